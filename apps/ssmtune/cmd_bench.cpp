@@ -1,0 +1,101 @@
+// ssmtune bench --model DIR: tokens/s of a full training step (forward, loss, backward of every
+// parameter) on this machine, with the time per op and the GFLOP/s the matrix products reach.
+// Performance targets live here and in docs/benchmarks.md, never in unit tests.
+#include <algorithm>
+#include <chrono>
+#include <random>
+
+#include <omp.h>
+#include <spdlog/spdlog.h>
+
+#include "apps/ssmtune/commands.h"
+#include "backend/backend.h"
+#include "model/mamba_config.h"
+#include "model/mamba_lm.h"
+#include "model/mamba_weights.h"
+
+namespace ssmtune {
+
+namespace {
+
+struct BenchOptions {
+  std::string model_dir;
+  std::int64_t batch = 4, seq_len = 256, steps = 5, warmup = 1, scan_chunk = 64;
+  std::uint64_t seed = 0;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+void run_bench(const BenchOptions& o) {
+  const MambaConfig cfg = load_mamba_config(o.model_dir);
+  const MambaWeights w = load_mamba_weights(o.model_dir, cfg, DType::F32);
+  MambaWeights grads = zeros_like_params(cfg, DType::F32);
+  auto be = make_cpu_backend();
+
+  std::mt19937_64 rng(o.seed);
+  std::uniform_int_distribution<std::int64_t> token(0, cfg.vocab_size - 1);
+  Tensor ids = Tensor::empty({o.batch, o.seq_len}, DType::I64);
+  for (std::int64_t i = 0; i < ids.numel(); ++i) ids.data<std::int64_t>()[i] = token(rng);
+  const Tensor targets = shift_labels(ids);
+
+  MambaLM lm(cfg, w, *be, o.scan_chunk);
+  OpProfile profile;
+  std::vector<double> step_seconds;
+  for (std::int64_t s = 0; s < o.warmup + o.steps; ++s) {
+    const bool measured = s >= o.warmup;
+    be->set_profile(measured ? &profile : nullptr);
+    const auto t0 = std::chrono::steady_clock::now();
+    lm.forward(ids);
+    lm.loss(targets);
+    lm.backward(targets, grads);
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (measured) step_seconds.push_back(sec);
+  }
+  be->set_profile(nullptr);
+
+  const double tokens = double(o.batch * o.seq_len);
+  const double med = median(step_seconds);
+  double total_op_seconds = 0;
+  for (const auto& [name, e] : profile.ops) total_op_seconds += e.seconds;
+  std::printf("model         %s (%lld layers, d_model %lld, d_inner %lld, d_state %lld)\n",
+              o.model_dir.c_str(), (long long)cfg.n_layer, (long long)cfg.d_model,
+              (long long)cfg.d_inner, (long long)cfg.d_state);
+  std::printf("backend       %s, %d threads, float32\n", be->name().c_str(), omp_get_max_threads());
+  std::printf("step          batch %lld x seq_len %lld = %.0f tokens, forward + backward\n",
+              (long long)o.batch, (long long)o.seq_len, tokens);
+  std::printf("time/step     median %.4f s over %lld steps (min %.4f, max %.4f)\n", med,
+              (long long)o.steps, *std::min_element(step_seconds.begin(), step_seconds.end()),
+              *std::max_element(step_seconds.begin(), step_seconds.end()));
+  std::printf("tokens/s      %.1f\n", tokens / med);
+  std::printf("\n%-16s %10s %10s %8s %12s\n", "op", "calls", "seconds", "share", "GFLOP/s");
+  for (const auto& [name, e] : profile.ops) {
+    const std::string gflops = e.flops > 0 ? std::to_string(int(e.flops / e.seconds / 1e9)) : "";
+    std::printf("%-16s %10lld %10.4f %7.1f%% %12s\n", name.c_str(), (long long)e.calls, e.seconds,
+                100.0 * e.seconds / std::max(total_op_seconds, 1e-12), gflops.c_str());
+  }
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "bench", "Measure training-step throughput (tokens/s) and per-op time on this machine.\n"
+               "Example: ssmtune bench --model tests/fixtures/mamba-sharded-bf16 --batch 4 --seq-len 256");
+  static BenchOptions o;
+  cmd->add_option("--model", o.model_dir, "model directory")->required();
+  cmd->add_option("--batch", o.batch, "sequences per step")->check(CLI::Range(1, 4096));
+  cmd->add_option("--seq-len", o.seq_len, "tokens per sequence")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--steps", o.steps, "measured steps (the median is reported)")
+      ->check(CLI::Range(1, 100000));
+  cmd->add_option("--warmup", o.warmup, "unmeasured steps first")->check(CLI::Range(0, 1000));
+  cmd->add_option("--scan-chunk", o.scan_chunk, "selective-scan chunk length")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--seed", o.seed, "seed of the random token ids");
+  cmd->callback([] { run_bench(o); });
+}
+
+}  // namespace ssmtune

@@ -1,0 +1,89 @@
+// ssmtune info MODEL_DIR: what a model directory holds (architecture, sizes, storage, and
+// parameter counts per module), read through the same validated loaders as training.
+#include <map>
+#include <set>
+
+#include <spdlog/spdlog.h>
+
+#include "apps/ssmtune/commands.h"
+#include "apps/ssmtune/format.h"
+#include "io/safetensors_checkpoint.h"
+#include "model/mamba_config.h"
+#include "model/mamba_weights.h"
+
+namespace ssmtune {
+
+namespace {
+
+// "backbone.layers.3.mixer.in_proj.weight" -> "mixer.in_proj.weight"; non-layer names unchanged.
+std::string module_key(const std::string& name, bool* per_layer) {
+  const std::string prefix = "backbone.layers.";
+  *per_layer = name.rfind(prefix, 0) == 0;
+  if (!*per_layer) return name;
+  return name.substr(name.find('.', prefix.size()) + 1);
+}
+
+void run_info(const std::string& model_dir) {
+  const MambaConfig cfg = load_mamba_config(model_dir);
+  const SafetensorsCheckpoint ckpt = SafetensorsCheckpoint::open(model_dir);
+  // Loading validates every tensor against the config: info never reports a broken model.
+  MambaWeights w = load_mamba_weights(model_dir, cfg);
+
+  std::set<std::string> dtypes;
+  for (const auto& name : ckpt.names())
+    dtypes.insert(std::string(dtype_name(ckpt.entry(name).dtype)));
+  std::string dtype_list;
+  for (const auto& d : dtypes) dtype_list += (dtype_list.empty() ? "" : ", ") + d;
+
+  std::printf("model         %s\n", model_dir.c_str());
+  std::printf("architecture  MambaForCausalLM (mamba), %lld layers\n", (long long)cfg.n_layer);
+  std::printf("sizes         d_model %lld, d_inner %lld, d_state %lld, d_conv %lld, dt_rank %lld, "
+              "vocab %lld\n",
+              (long long)cfg.d_model, (long long)cfg.d_inner, (long long)cfg.d_state,
+              (long long)cfg.d_conv, (long long)cfg.dt_rank, (long long)cfg.vocab_size);
+  std::printf("options       %s embeddings, %s, %s, rms eps %g\n",
+              cfg.tie_word_embeddings ? "tied" : "untied",
+              cfg.use_conv_bias ? "conv bias" : "no conv bias",
+              cfg.use_bias ? "in/out_proj bias" : "no in/out_proj bias", cfg.layer_norm_epsilon);
+  std::printf("storage       %s, %zu tensors, stored as %s\n",
+              ckpt.sharded() ? (std::to_string(ckpt.files().size()) + " shards").c_str()
+                             : "model.safetensors",
+              ckpt.names().size(), dtype_list.c_str());
+
+  // Parameter counts: per module, summed over layers for the per-layer ones.
+  std::map<std::string, std::int64_t> per_layer_counts;
+  std::vector<std::pair<std::string, std::int64_t>> model_counts;
+  std::int64_t total = 0;
+  for_each_param(cfg, w, [&](const std::string& name, Tensor& t) {
+    bool layered = false;
+    const std::string key = module_key(name, &layered);
+    if (layered)
+      per_layer_counts[key] += t.numel();
+    else
+      model_counts.emplace_back(key, t.numel());
+    total += t.numel();
+  });
+  std::printf("\n%-34s %14s %16s\n", "parameters", "per layer", "all layers");
+  for (const auto& [key, count] : per_layer_counts)
+    std::printf("  %-32s %14s %16s\n", key.c_str(), with_commas(count / cfg.n_layer).c_str(),
+                with_commas(count).c_str());
+  for (const auto& [key, count] : model_counts)
+    std::printf("  %-32s %14s %16s\n", key.c_str(), "", with_commas(count).c_str());
+  if (cfg.tie_word_embeddings)
+    std::printf("  %-32s %14s %16s\n", "lm_head.weight (tied)", "", "0");
+  std::printf("  %-32s %14s %16s\n", "total", "", with_commas(total).c_str());
+}
+
+}  // namespace
+
+void add_info_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("info", "Show what a model directory holds: sizes, dtypes, "
+                                         "parameter counts per module.\n"
+                                         "Example: ssmtune info tests/fixtures/mamba-tiny");
+  static std::string model_dir;
+  cmd->add_option("model_dir", model_dir, "Hugging Face model directory (config.json + safetensors)")
+      ->required();
+  cmd->callback([] { run_info(model_dir); });
+}
+
+}  // namespace ssmtune

@@ -1,0 +1,12 @@
+// One function per subcommand; main.cpp wires them to CLI11.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace ssmtune {
+
+// Each adds its subcommand to `app`; the callback runs the command and may throw ssmtune::Error.
+void add_info_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+
+}  // namespace ssmtune

@@ -1,0 +1,135 @@
+// The op interface the model and the PEFT methods are written against (DESIGN.md "The model
+// code is written once"). Ops are coarse, one call per layer stage, so a virtual call costs
+// nothing. Every op takes whole tensors on the backend's device; shapes are checked by the
+// backend. Backward ops overwrite input gradients and accumulate (+=) parameter gradients.
+// Shapes: B batch, L sequence, E d_inner, N d_state, K d_conv, V vocab, rows = B*L tokens.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace ssmtune {
+
+// Wall time and floating-point work per op, collected while a profile is attached
+// (ssmtune bench). Ops are coarse, so one clock read per call costs nothing measurable.
+struct OpProfile {
+  struct Entry {
+    std::int64_t calls = 0;
+    double seconds = 0;
+    double flops = 0;  // counted for matrix products only
+  };
+  std::map<std::string, Entry> ops;
+};
+
+// Adds one call's time to `profile` (if any) when it goes out of scope.
+class OpTimer {
+ public:
+  OpTimer(OpProfile* profile, const char* op, double flops = 0)
+      : profile_(profile), op_(op), flops_(flops), start_(std::chrono::steady_clock::now()) {}
+  ~OpTimer() {
+    if (!profile_) return;
+    auto& e = profile_->ops[op_];
+    e.calls += 1;
+    e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    e.flops += flops_;
+  }
+  OpTimer(const OpTimer&) = delete;
+  OpTimer& operator=(const OpTimer&) = delete;
+
+ private:
+  OpProfile* profile_;
+  const char* op_;
+  double flops_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  // Attach (or detach with nullptr) a profile that every op call adds to.
+  void set_profile(OpProfile* profile) { profile_ = profile; }
+  virtual std::string name() const = 0;
+  virtual Device device() const = 0;
+
+  virtual Tensor empty(const Shape& shape, DType dtype) = 0;
+  virtual Tensor zeros(const Shape& shape, DType dtype) = 0;
+  // Copies between host and this backend's device (or within one device); same shape and dtype.
+  virtual void copy(const Tensor& src, Tensor& dst) = 0;
+
+  // C = alpha * op(A) * op(B) + beta * C; A, B, C 2-D row-major; op = transpose if trans_*.
+  virtual void gemm(bool trans_a, bool trans_b, double alpha, const Tensor& A, const Tensor& B,
+                    double beta, Tensor& C) = 0;
+  // y: (rows, n) += bias: (n)
+  virtual void add_bias(Tensor& y, const Tensor& bias) = 0;
+  // dbias: (n) += column sums of dy: (rows, n)
+  virtual void bias_backward(const Tensor& dy, Tensor& dbias) = 0;
+  // y += x (same shape): the residual connection and gradient fan-in
+  virtual void add(const Tensor& x, Tensor& y) = 0;
+  // dst: (rows, n) = src: (rows, S)[:, col0 : col0+n]
+  virtual void split_columns(const Tensor& src, std::int64_t col0, Tensor& dst) = 0;
+  // dst: (rows, S)[:, col0 : col0+n] = src: (rows, n)
+  virtual void merge_columns(const Tensor& src, std::int64_t col0, Tensor& dst) = 0;
+
+  // x, y: (rows, D)  w: (D)  rstd: (rows) saved for backward
+  virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y,
+                               Tensor& rstd) = 0;
+  virtual void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                const Tensor& rstd, Tensor& dx, Tensor& dw) = 0;
+
+  // Causal depthwise conv. x, c: (B, L, E)  w: (E, K)  bias: (E) or undefined
+  virtual void conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
+                              Tensor& c) = 0;
+  // dbias may be undefined (no conv bias)
+  virtual void conv1d_backward(const Tensor& dc, const Tensor& x, const Tensor& w, Tensor& dx,
+                               Tensor& dw, Tensor& dbias) = 0;
+
+  virtual void silu_forward(const Tensor& x, Tensor& y) = 0;
+  virtual void silu_backward(const Tensor& dy, const Tensor& x, Tensor& dx) = 0;
+  virtual void softplus_forward(const Tensor& x, Tensor& y) = 0;
+  virtual void softplus_backward(const Tensor& dy, const Tensor& x, Tensor& dx) = 0;
+  // out = y * silu(z)
+  virtual void gate_forward(const Tensor& y, const Tensor& z, Tensor& out) = 0;
+  virtual void gate_backward(const Tensor& dout, const Tensor& y, const Tensor& z, Tensor& dy,
+                             Tensor& dz) = 0;
+  // A = -exp(A_log) and its backward dA_log += dA * A.   (E, N)
+  virtual void ssm_A_forward(const Tensor& A_log, Tensor& A) = 0;
+  virtual void ssm_A_backward(const Tensor& dA, const Tensor& A, Tensor& dA_log) = 0;
+
+  // Selective scan (cpu/scan_cpu.h for the math).
+  // u, delta, y: (B, L, E)  A: (E, N)  Bm, Cm: (B, L, N)  D: (E) or undefined
+  // h0: (B, E, N) or undefined   h_saved: (B, ceil(L/chunk), E, N)   h_last: (B, E, N) or undefined
+  struct ScanInputs {
+    Tensor u, delta, A, Bm, Cm, D, h0;
+    std::int64_t chunk = 64;
+  };
+  virtual void selective_scan_forward(const ScanInputs& in, Tensor& y, Tensor& h_saved,
+                                      Tensor& h_last) = 0;
+  // du, ddelta, dBm, dCm (and dh0 if defined) overwritten; dA, dD (if defined) accumulated.
+  struct ScanGrads {
+    Tensor du, ddelta, dA, dBm, dCm, dD, dh0;
+  };
+  virtual void selective_scan_backward(const ScanInputs& in, const Tensor& h_saved,
+                                       const Tensor& dy, ScanGrads& grads) = 0;
+
+  // ids: (rows) I64   table: (V, D)   out: (rows, D). Ids outside [0, V) are an error.
+  virtual void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
+  virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) = 0;
+  // logits: (rows, V)  targets: (rows) I64, -100 ignored. Returns the summed loss and sets
+  // *n_counted to the number of counted rows.
+  virtual double cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                       std::int64_t* n_counted) = 0;
+  // dlogits = scale * (softmax - onehot); dlogits may be the logits tensor itself.
+  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, double scale,
+                                      Tensor& dlogits) = 0;
+
+ protected:
+  OpProfile* profile_ = nullptr;
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+
+}  // namespace ssmtune

@@ -1,0 +1,71 @@
+// CPU reference ops other than the scan and GEMM: RMSNorm, causal depthwise conv1d,
+// elementwise activations, embedding, cross-entropy. Plain pointers, row-major,
+// T = float or double. Each op's "backward" overwrites input gradients and accumulates
+// (+=) parameter gradients, so gradient accumulation over micro-batches is free.
+// Parameter-gradient sums run over fixed column ranges in a fixed order: the result does
+// not depend on the thread count.
+#pragma once
+
+#include <cstdint>
+
+namespace ssmtune::cpu {
+
+// RMSNorm (HF MambaRMSNorm): y = w * x / sqrt(mean(x^2) + eps).
+// x, y: (rows, D)   w: (D)   rstd: (rows) out, 1/sqrt(mean(x^2)+eps), saved for backward
+template <class T>
+void rmsnorm_forward(std::int64_t rows, std::int64_t D, const T* x, const T* w, double eps,
+                     T* y, T* rstd);
+// dx: (rows, D) overwritten   dw: (D) accumulated
+template <class T>
+void rmsnorm_backward(std::int64_t rows, std::int64_t D, const T* dy, const T* x, const T* w,
+                      const T* rstd, T* dx, T* dw);
+
+// Causal depthwise conv1d (PyTorch Conv1d(groups=E, padding=K-1) truncated to L, i.e.
+// left zero padding): c[b,t,e] = bias[e] + sum_k w[e,k] * x[b, t-(K-1)+k, e].
+// x, c: (B, L, E)   w: (E, K)   bias: (E) or null
+template <class T>
+void conv1d_forward(std::int64_t B, std::int64_t L, std::int64_t E, std::int64_t K, const T* x,
+                    const T* w, const T* bias, T* c);
+// dx: (B, L, E) overwritten   dw: (E, K), dbias: (E) or null, accumulated
+template <class T>
+void conv1d_backward(std::int64_t B, std::int64_t L, std::int64_t E, std::int64_t K,
+                     const T* dc, const T* x, const T* w, T* dx, T* dw, T* dbias);
+
+// silu(v) = v * sigmoid(v)
+template <class T> void silu_forward(std::int64_t n, const T* x, T* y);
+template <class T> void silu_backward(std::int64_t n, const T* dy, const T* x, T* dx);
+
+// softplus(v) = log(1 + exp(v)), and v itself above 20 (PyTorch's threshold, as mamba_ssm).
+template <class T> void softplus_forward(std::int64_t n, const T* x, T* y);
+template <class T> void softplus_backward(std::int64_t n, const T* dy, const T* x, T* dx);
+
+// Output gate of the mixer: out = y * silu(z).   y, z, out: (n)
+template <class T> void gate_forward(std::int64_t n, const T* y, const T* z, T* out);
+// dy, dz overwritten
+template <class T>
+void gate_backward(std::int64_t n, const T* dout, const T* y, const T* z, T* dy, T* dz);
+
+// Sum over rows: db[j] += sum_t dy[t, j].   dy: (rows, cols)
+template <class T> void column_sum(std::int64_t rows, std::int64_t cols, const T* dy, T* db);
+
+// Embedding lookup: out[t] = table[ids[t]].   ids: (n) in [0, V)   table: (V, D)   out: (n, D)
+template <class T>
+void embedding_forward(std::int64_t n, std::int64_t D, const std::int64_t* ids, const T* table,
+                       T* out);
+// dtable[ids[t]] += dout[t], in token order
+template <class T>
+void embedding_backward(std::int64_t n, std::int64_t D, const std::int64_t* ids, const T* dout,
+                        T* dtable);
+
+// Token cross-entropy. logits: (rows, V); targets: (rows), -100 = ignore.
+// Returns the sum of -log softmax(logits)[target] over counted rows; *n_counted gets their number.
+template <class T>
+double cross_entropy_forward(std::int64_t rows, std::int64_t V, const T* logits,
+                             const std::int64_t* targets, std::int64_t* n_counted);
+// dlogits = scale * (softmax(logits) - onehot(target)), zero on ignored rows.
+// dlogits may alias logits (in place).
+template <class T>
+void cross_entropy_backward(std::int64_t rows, std::int64_t V, const T* logits,
+                            const std::int64_t* targets, double scale, T* dlogits);
+
+}  // namespace ssmtune::cpu

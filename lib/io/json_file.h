@@ -1,0 +1,41 @@
+// Reading JSON input files (config.json, index files, experiment configs) strictly enough
+// that a hostile or mistyped file gives one clear error instead of a crash or a surprise.
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace ssmtune {
+
+// Config and index files are kilobytes; tokenizer.json a few megabytes. Anything past this is
+// not one of ours, and reading it whole would be the "huge allocation" CONVENTIONS.md forbids.
+inline constexpr std::size_t kMaxJsonFileBytes = std::size_t(64) << 20;
+inline constexpr int kMaxJsonDepth = 64;
+
+// Parses `text`; every error is an ssmtune::Error that starts with `source`:
+//   <source>:3:14: invalid JSON: syntax error while parsing object - unexpected '}'; ...
+//   <source>: duplicate key "lr" in object "optimizer"
+// Duplicate keys are errors: nlohmann keeps the last one silently, Python's json too, other
+// readers the first, so such a file means different things to different tools.
+// Nesting deeper than max_depth is an error (bounded work on hostile input).
+nlohmann::json parse_json_text(std::string_view text, const std::string& source,
+                               int max_depth = kMaxJsonDepth);
+
+// Reads `path` (a regular file of at most max_bytes bytes) and parses it as above, with the
+// path as the source in error messages.
+nlohmann::json read_json_file(const std::filesystem::path& path,
+                              std::size_t max_bytes = kMaxJsonFileBytes);
+
+// A JSON value described for an error message: `string "16"`, `number -3`, `boolean true`,
+// `null`, `an array`, `an object`. Long strings are cut.
+std::string describe_json_value(const nlohmann::json& v);
+
+// `s` in double quotes with control characters escaped and cut to max_chars, so a hostile
+// name cannot break the one-line error format or flood the terminal.
+std::string quote_str(std::string_view s, std::size_t max_chars = 200);
+
+}  // namespace ssmtune

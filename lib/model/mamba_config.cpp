@@ -1,0 +1,221 @@
+#include "model/mamba_config.h"
+
+#include <cmath>
+#include <filesystem>
+#include <optional>
+
+#include "core/error.h"
+#include "io/json_fields.h"
+#include "io/json_file.h"
+
+namespace ssmtune {
+
+namespace {
+
+// Upper bounds far above any real Mamba (2.8b: D 2560, 64 layers, V 50280) that stop a
+// hostile config from asking for absurd allocations before a weight file is even opened.
+constexpr std::int64_t kMaxVocab = 10'000'000;
+constexpr std::int64_t kMaxDModel = 65536;
+constexpr std::int64_t kMaxDInner = 4 * kMaxDModel;
+constexpr std::int64_t kMaxLayers = 1024;
+constexpr std::int64_t kMaxDState = 1024;
+constexpr std::int64_t kMaxDConv = 16;
+constexpr std::int64_t kMaxDtRank = kMaxDModel;
+constexpr double kMaxExpand = 64;
+
+// HF name first, then its mamba_ssm alias; when a file has both (the -hf configs do) they
+// must agree, else the file means two models.
+std::optional<std::int64_t> get_aliased_int(const JsonFields& f, const std::string& name,
+                                            const std::string& alias, std::int64_t min,
+                                            std::int64_t max) {
+  const auto a = f.get_int(name, min, max);
+  const auto b = f.get_int(alias, min, max);
+  if (a && b && *a != *b)
+    throw Error(f.where(name) + " = " + std::to_string(*a) + " disagrees with its alias \"" + alias +
+                "\" = " + std::to_string(*b));
+  return a ? a : b;
+}
+
+std::int64_t require(const std::optional<std::int64_t>& v, const JsonFields& f,
+                     const std::string& name, const std::string& alias = "") {
+  if (!v)
+    throw Error(f.where(name) + (alias.empty() ? "" : " (or \"" + alias + "\")") +
+                ": missing, a Mamba config.json must set it");
+  return *v;
+}
+
+// time_step_rank / dt_rank: a positive integer or "auto" = ceil(d_model / 16) (HF MambaConfig).
+std::optional<std::int64_t> get_dt_rank(const JsonFields& f, const std::string& key,
+                                        std::int64_t d_model) {
+  if (!f.has(key)) return std::nullopt;
+  if (f.raw(key) == "auto") return (d_model + 15) / 16;
+  if (!f.raw(key).is_number_integer()) f.fail(key, "a positive integer or \"auto\"");
+  return f.get_int(key, 1, kMaxDtRank);
+}
+
+double positive_number(const JsonFields& f, const std::string& key, double fallback) {
+  const double v = f.get_number(key).value_or(fallback);
+  if (!(v > 0)) f.fail(key, "a positive number");
+  return v;
+}
+
+// A token id in [0, vocab) or null (unset, stored as -1).
+std::int64_t get_token_id(const JsonFields& f, const std::string& key, std::int64_t vocab,
+                          std::int64_t fallback) {
+  if (f.has(key) && f.raw(key).is_null()) return -1;
+  return f.get_int(key, 0, vocab - 1).value_or(fallback);
+}
+
+// Reads what both layouts share once the sizes are known.
+void read_common(const JsonFields& f, MambaConfig& c) {
+  c.residual_in_fp32 = f.get_bool("residual_in_fp32").value_or(c.residual_in_fp32);
+  c.pad_token_id = get_token_id(f, "pad_token_id", c.vocab_size, c.pad_token_id);
+  c.bos_token_id = get_token_id(f, "bos_token_id", c.vocab_size, c.bos_token_id);
+  c.eos_token_id = get_token_id(f, "eos_token_id", c.vocab_size, c.eos_token_id);
+}
+
+// transformers' MambaConfig (MODELS.md A.1).
+MambaConfig parse_hf(const JsonFields& f) {
+  MambaConfig c;
+  c.vocab_size = require(f.get_int("vocab_size", 1, kMaxVocab), f, "vocab_size");
+  c.d_model = require(get_aliased_int(f, "hidden_size", "d_model", 1, kMaxDModel), f,
+                      "hidden_size", "d_model");
+  c.n_layer = require(get_aliased_int(f, "num_hidden_layers", "n_layer", 1, kMaxLayers), f,
+                      "num_hidden_layers", "n_layer");
+  c.d_state = get_aliased_int(f, "state_size", "d_state", 1, kMaxDState).value_or(16);
+  c.d_conv = get_aliased_int(f, "conv_kernel", "d_conv", 1, kMaxDConv).value_or(4);
+  c.expand = positive_number(f, "expand", 2);
+  if (c.expand > kMaxExpand) f.fail("expand", "a positive number no larger than 64");
+  // An explicit intermediate_size wins over int(expand * hidden_size) (MODELS.md A.1).
+  const auto d_inner = get_aliased_int(f, "intermediate_size", "d_inner", 1, kMaxDInner);
+  c.d_inner = d_inner ? *d_inner : std::int64_t(c.expand * double(c.d_model));
+  if (c.d_inner < 1) f.fail("expand", "a value with int(expand * hidden_size) >= 1");
+  const auto rank = get_dt_rank(f, "time_step_rank", c.d_model);
+  const auto rank_alias = get_dt_rank(f, "dt_rank", c.d_model);
+  if (rank && rank_alias && *rank != *rank_alias)
+    throw Error(f.where("time_step_rank") + " = " + std::to_string(*rank) +
+                " disagrees with its alias \"dt_rank\" = " + std::to_string(*rank_alias));
+  c.dt_rank = rank ? *rank : rank_alias ? *rank_alias : (c.d_model + 15) / 16;
+
+  c.use_bias = f.get_bool("use_bias").value_or(false);  // absent: mamba_ssm's bias=False
+  c.use_conv_bias = f.get_bool("use_conv_bias").value_or(true);
+  c.tie_word_embeddings = f.get_bool("tie_word_embeddings").value_or(true);
+  c.layer_norm_epsilon = positive_number(f, "layer_norm_epsilon", 1e-5);
+  c.hidden_act = f.get_choice("hidden_act", {"silu", "swish"}).value_or("silu");
+  read_common(f, c);
+
+  c.initializer_range = f.get_number("initializer_range").value_or(c.initializer_range);
+  c.time_step_min = positive_number(f, "time_step_min", c.time_step_min);
+  c.time_step_max = positive_number(f, "time_step_max", c.time_step_max);
+  c.time_step_floor = positive_number(f, "time_step_floor", c.time_step_floor);
+  c.time_step_scale = f.get_number("time_step_scale").value_or(c.time_step_scale);
+  c.time_step_init_scheme =
+      f.get_choice("time_step_init_scheme", {"random", "constant"}).value_or("random");
+  c.rescale_prenorm_residual =
+      f.get_bool("rescale_prenorm_residual").value_or(c.rescale_prenorm_residual);
+  // transformers v5 writes "dtype" instead of "torch_dtype"; null means "not recorded".
+  for (const char* key : {"torch_dtype", "dtype"})
+    if (f.has(key) && !f.raw(key).is_null()) c.torch_dtype = *f.get_string(key);
+  return c;
+}
+
+// mamba_ssm's MambaConfig dataclass (MODELS.md A.6): sizes in the top level, mixer settings in
+// ssm_cfg with Mamba.__init__'s defaults, vocab padded as MambaLMHeadModel does.
+MambaConfig parse_original(const JsonFields& f, const std::string& file) {
+  MambaConfig c;
+  const std::int64_t vocab = require(f.get_int("vocab_size", 1, kMaxVocab), f, "vocab_size");
+  const std::int64_t multiple = f.get_int("pad_vocab_size_multiple", 1, 1 << 20).value_or(8);
+  c.vocab_size = (vocab + multiple - 1) / multiple * multiple;
+  if (c.vocab_size > kMaxVocab) f.fail("vocab_size", "a vocabulary of at most 10000000 once padded");
+  c.d_model = require(f.get_int("d_model", 1, kMaxDModel), f, "d_model");
+  c.n_layer = require(f.get_int("n_layer", 1, kMaxLayers), f, "n_layer");
+  // Parts of mamba_ssm that ssmtune does not implement: refuse rather than load wrong math.
+  if (!f.get_bool("rms_norm").value_or(true))
+    f.fail("rms_norm", "true (LayerNorm blocks are not supported)");
+  if (f.has("d_intermediate") && f.raw("d_intermediate") != 0)
+    f.fail("d_intermediate", "0 (MLP blocks are not supported)");
+  if (f.has("attn_layer_idx") && f.raw("attn_layer_idx") != nlohmann::json::array())
+    f.fail("attn_layer_idx", "an empty list (attention layers are not supported)");
+
+  static const nlohmann::json kNoSsmCfg = nlohmann::json::object();
+  const JsonFields ssm = f.get_object("ssm_cfg").value_or(JsonFields(kNoSsmCfg, file, "ssm_cfg."));
+  ssm.get_choice("layer", {"Mamba1"});
+  c.d_state = ssm.get_int("d_state", 1, kMaxDState).value_or(16);
+  c.d_conv = ssm.get_int("d_conv", 1, kMaxDConv).value_or(4);
+  c.expand = positive_number(ssm, "expand", 2);
+  if (c.expand > kMaxExpand) ssm.fail("expand", "a positive number no larger than 64");
+  c.d_inner = std::int64_t(c.expand * double(c.d_model));
+  if (c.d_inner < 1) ssm.fail("expand", "a value with int(expand * d_model) >= 1");
+  c.dt_rank = get_dt_rank(ssm, "dt_rank", c.d_model).value_or((c.d_model + 15) / 16);
+  c.use_conv_bias = ssm.get_bool("conv_bias").value_or(true);
+  c.use_bias = ssm.get_bool("bias").value_or(false);
+  c.time_step_min = positive_number(ssm, "dt_min", c.time_step_min);
+  c.time_step_max = positive_number(ssm, "dt_max", c.time_step_max);
+  c.time_step_floor = positive_number(ssm, "dt_init_floor", c.time_step_floor);
+  c.time_step_scale = ssm.get_number("dt_scale").value_or(c.time_step_scale);
+  c.time_step_init_scheme = ssm.get_choice("dt_init", {"random", "constant"}).value_or("random");
+  c.tie_word_embeddings = f.get_bool("tie_embeddings").value_or(true);
+  read_common(f, c);
+  return c;
+}
+
+}  // namespace
+
+MambaConfig parse_mamba_config(const nlohmann::json& j, const std::string& file) {
+  const JsonFields f(j, file);
+  if (f.has("model_type")) {
+    const auto type = f.get_string("model_type");
+    if (*type != "mamba")
+      throw Error(f.where("model_type") + ": expected \"mamba\", got " + quote_str(*type) +
+                  " (ssmtune reads this config as a Mamba-1 model)");
+  }
+  // mamba_ssm's own config.json has no model_type and no hidden_size; the -hf configs keep
+  // d_model and n_layer as leftovers beside the HF names, so those alone decide nothing.
+  const bool original = !f.has("model_type") && !f.has("hidden_size") && f.has("d_model");
+  return original ? parse_original(f, file) : parse_hf(f);
+}
+
+MambaConfig load_mamba_config(const std::string& model_dir) {
+  const std::filesystem::path path = std::filesystem::path(model_dir) / "config.json";
+  return parse_mamba_config(read_json_file(path), path.string());
+}
+
+nlohmann::json mamba_config_to_json(const MambaConfig& c) {
+  auto token = [](std::int64_t id) { return id < 0 ? nlohmann::json(nullptr) : nlohmann::json(id); };
+  // transformers writes expand as the int it was given; keep 2 rather than 2.0.
+  const nlohmann::json expand = c.expand == std::floor(c.expand)
+                                    ? nlohmann::json(std::int64_t(c.expand))
+                                    : nlohmann::json(c.expand);
+  return {
+      {"architectures", {"MambaForCausalLM"}},
+      {"model_type", "mamba"},
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.d_model},
+      {"num_hidden_layers", c.n_layer},
+      {"state_size", c.d_state},
+      {"expand", expand},
+      {"intermediate_size", c.d_inner},
+      {"conv_kernel", c.d_conv},
+      {"time_step_rank", c.dt_rank},
+      {"use_bias", c.use_bias},
+      {"use_conv_bias", c.use_conv_bias},
+      {"tie_word_embeddings", c.tie_word_embeddings},
+      {"residual_in_fp32", c.residual_in_fp32},
+      {"layer_norm_epsilon", c.layer_norm_epsilon},
+      {"hidden_act", c.hidden_act},
+      {"pad_token_id", token(c.pad_token_id)},
+      {"bos_token_id", token(c.bos_token_id)},
+      {"eos_token_id", token(c.eos_token_id)},
+      {"initializer_range", c.initializer_range},
+      {"time_step_min", c.time_step_min},
+      {"time_step_max", c.time_step_max},
+      {"time_step_floor", c.time_step_floor},
+      {"time_step_scale", c.time_step_scale},
+      {"time_step_init_scheme", c.time_step_init_scheme},
+      {"rescale_prenorm_residual", c.rescale_prenorm_residual},
+      {"use_cache", true},
+      {"torch_dtype", c.torch_dtype},
+  };
+}
+
+}  // namespace ssmtune

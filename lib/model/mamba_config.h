@@ -1,0 +1,49 @@
+// The Mamba (Mamba-1) model configuration, read from a Hugging Face config.json.
+// Field names, aliases and defaults follow transformers' MambaConfig (MODELS.md A.1, A.6).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace ssmtune {
+
+struct MambaConfig {
+  std::int64_t vocab_size = 50280;
+  std::int64_t d_model = 768;      // hidden_size (alias d_model)
+  std::int64_t n_layer = 32;       // num_hidden_layers (alias n_layer)
+  std::int64_t d_state = 16;       // state_size (alias d_state)
+  double expand = 2;
+  std::int64_t d_inner = 1536;     // intermediate_size (alias d_inner), default int(expand * d_model)
+  std::int64_t d_conv = 4;         // conv_kernel (alias d_conv)
+  std::int64_t dt_rank = 48;       // time_step_rank (alias dt_rank), "auto" = ceil(d_model / 16)
+  bool use_bias = false;           // bias on in_proj and out_proj
+  bool use_conv_bias = true;
+  bool tie_word_embeddings = true;
+  bool residual_in_fp32 = true;
+  double layer_norm_epsilon = 1e-5;
+  std::string hidden_act = "silu";
+  std::int64_t pad_token_id = 0, bos_token_id = 0, eos_token_id = 0;
+
+  // Initialisation only (ssmtune init, new layers): MODELS.md A.1.
+  double initializer_range = 0.1;
+  double time_step_min = 0.001, time_step_max = 0.1, time_step_floor = 1e-4, time_step_scale = 1.0;
+  std::string time_step_init_scheme = "random";
+  bool rescale_prenorm_residual = false;
+
+  std::string torch_dtype = "float32";  // what the checkpoint says it stores (informational)
+};
+
+// Parses a config.json object. `file` names the source in error messages, e.g.
+//   error: model/config.json: field "state_size": expected a positive integer, got "16"
+// Accepts Hugging Face names and the original mamba_ssm names (d_model, n_layer, ssm_cfg,
+// pad_vocab_size_multiple). Throws ssmtune::Error on a missing required field, a wrong type,
+// a value out of range or a model_type other than "mamba".
+MambaConfig parse_mamba_config(const nlohmann::json& j, const std::string& file);
+MambaConfig load_mamba_config(const std::string& model_dir);  // reads model_dir/config.json
+
+// The config.json that transformers writes for this config (round-trips through parse).
+nlohmann::json mamba_config_to_json(const MambaConfig& c);
+
+}  // namespace ssmtune

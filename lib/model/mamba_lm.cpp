@@ -1,0 +1,111 @@
+#include "model/mamba_lm.h"
+
+#include "model/linear.h"
+
+namespace ssmtune {
+
+Tensor shift_labels(const Tensor& labels) {
+  check(labels.ndim() == 2, "labels must be (batch, length), got " + shape_str(labels.shape()));
+  const std::int64_t B = labels.dim(0), L = labels.dim(1);
+  Tensor targets = Tensor::empty({B, L}, DType::I64);
+  const std::int64_t* in = labels.data<std::int64_t>();
+  std::int64_t* out = targets.data<std::int64_t>();
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t t = 0; t < L; ++t) out[b * L + t] = t + 1 < L ? in[b * L + t + 1] : -100;
+  return targets;
+}
+
+MambaLM::MambaLM(const MambaConfig& cfg, const MambaWeights& weights, Backend& be,
+                 std::int64_t scan_chunk)
+    : cfg_(cfg), w_(weights), be_(be), scan_chunk_(scan_chunk) {}
+
+void MambaLM::forward(const Tensor& ids) {
+  check(ids.ndim() == 2, "input ids must be (batch, length), got " + shape_str(ids.shape()));
+  const std::int64_t B = ids.dim(0), L = ids.dim(1), D = cfg_.d_model, rows = B * L;
+  const std::int64_t n_layer = cfg_.n_layer;
+  const DType dt = w_.embedding.dtype();
+  ids_ = ids;
+
+  layer_in_.assign(n_layer + 1, Tensor());
+  norm_out_.assign(n_layer, Tensor());
+  norm_rstd_.assign(n_layer, Tensor());
+  mixer_.assign(n_layer, MixerActivations());
+
+  layer_in_[0] = be_.empty({B, L, D}, dt);
+  Tensor h0 = layer_in_[0].reshape({rows, D});
+  be_.embedding_forward(ids.reshape({rows}), w_.embedding, h0);
+
+  for (std::int64_t i = 0; i < n_layer; ++i) {
+    const MambaLayerWeights& lw = w_.layers[i];
+    norm_out_[i] = be_.empty({B, L, D}, dt);
+    norm_rstd_[i] = be_.empty({rows}, dt);
+    be_.rmsnorm_forward(layer_in_[i], lw.norm, cfg_.layer_norm_epsilon, norm_out_[i],
+                        norm_rstd_[i]);
+    Tensor mix = be_.empty({B, L, D}, dt);
+    mixer_forward(be_, cfg_, lw, norm_out_[i], scan_chunk_, mixer_[i], mix);
+    // residual (fp32 or wider on the CPU, so residual_in_fp32 holds trivially)
+    layer_in_[i + 1] = be_.empty({B, L, D}, dt);
+    be_.copy(layer_in_[i], layer_in_[i + 1]);
+    be_.add(mix, layer_in_[i + 1]);
+  }
+
+  final_norm_ = be_.empty({B, L, D}, dt);
+  final_rstd_ = be_.empty({rows}, dt);
+  be_.rmsnorm_forward(layer_in_[n_layer], w_.norm_f, cfg_.layer_norm_epsilon, final_norm_,
+                      final_rstd_);
+  logits_ = be_.empty({B, L, cfg_.vocab_size}, dt);
+  Tensor logits2 = logits_.reshape({rows, cfg_.vocab_size});
+  linear_forward(be_, final_norm_.reshape({rows, D}), w_.lm_head, Tensor(), logits2);
+}
+
+LmLoss MambaLM::loss(const Tensor& targets) {
+  check(logits_.defined(), "MambaLM::loss called before forward");
+  check(targets.shape() == ids_.shape(), "targets shape " + shape_str(targets.shape()) +
+                                             " != ids shape " + shape_str(ids_.shape()));
+  LmLoss out;
+  const double sum = be_.cross_entropy_forward(
+      logits_.reshape({ids_.numel(), cfg_.vocab_size}), targets.reshape({ids_.numel()}),
+      &out.n_tokens);
+  out.loss = out.n_tokens ? sum / double(out.n_tokens) : 0.0;
+  return out;
+}
+
+void MambaLM::backward(const Tensor& targets, MambaWeights& grads) {
+  check(logits_.defined(), "MambaLM::backward called before forward");
+  const std::int64_t B = ids_.dim(0), L = ids_.dim(1), D = cfg_.d_model, rows = B * L;
+  const std::int64_t V = cfg_.vocab_size, n_layer = cfg_.n_layer;
+  const DType dt = logits_.dtype();
+  Tensor logits2 = logits_.reshape({rows, V});
+  const Tensor targets1 = targets.reshape({rows});
+
+  std::int64_t n_tokens = 0;  // targets live on the host
+  for (std::int64_t r = 0; r < rows; ++r) n_tokens += targets1.data<std::int64_t>()[r] != -100;
+  const double scale = n_tokens ? 1.0 / double(n_tokens) : 0.0;
+  be_.cross_entropy_backward(logits2, targets1, scale, logits2);  // in place: dlogits
+
+  // logits = lm_head(final_norm); the tied head's gradient lands in the embedding's.
+  Tensor dnorm = be_.empty({rows, D}, dt);
+  Tensor& d_head = cfg_.tie_word_embeddings ? grads.embedding : grads.lm_head;
+  Tensor no_bias;
+  linear_backward(be_, logits2, final_norm_.reshape({rows, D}), w_.lm_head, dnorm, 0.0, d_head,
+                  no_bias);
+  Tensor dh = be_.empty({B, L, D}, dt);  // dL/d(residual stream)
+  Tensor dnorm_f = grads.norm_f.defined() ? grads.norm_f : be_.zeros({D}, dt);
+  be_.rmsnorm_backward(dnorm.reshape({B, L, D}), layer_in_[n_layer], w_.norm_f, final_rstd_, dh,
+                       dnorm_f);
+
+  Tensor dn = be_.empty({B, L, D}, dt), dres = be_.empty({B, L, D}, dt);
+  for (std::int64_t i = n_layer - 1; i >= 0; --i) {
+    const MambaLayerWeights& lw = w_.layers[i];
+    MambaLayerWeights& lg = grads.layers[i];
+    mixer_backward(be_, cfg_, lw, norm_out_[i], mixer_[i], dh, dn, lg);
+    Tensor dnorm_w = lg.norm.defined() ? lg.norm : be_.zeros({D}, dt);
+    be_.rmsnorm_backward(dn, layer_in_[i], lw.norm, norm_rstd_[i], dres, dnorm_w);
+    be_.add(dres, dh);  // residual: dh flows through unchanged plus the block's branch
+  }
+  d_embed_ = dh;
+  if (grads.embedding.defined()) be_.embedding_backward(ids_.reshape({rows}), dh.reshape({rows, D}), grads.embedding);
+  logits_ = Tensor();  // consumed
+}
+
+}  // namespace ssmtune

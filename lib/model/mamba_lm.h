@@ -1,0 +1,63 @@
+// The Mamba causal LM (HF MambaForCausalLM, MODELS.md A.4): embedding -> n_layer pre-norm
+// residual blocks (h += mixer(rmsnorm(h))) -> norm_f -> lm_head (tied to the embedding unless
+// configured otherwise). Forward keeps the activations its backward needs, llm.c style.
+#pragma once
+
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/mamba_config.h"
+#include "model/mamba_mixer.h"
+#include "model/mamba_weights.h"
+
+namespace ssmtune {
+
+struct LmLoss {
+  double loss = 0;             // mean token cross-entropy over counted positions (0 if none)
+  std::int64_t n_tokens = 0;   // positions with a label (label != -100 after the shift)
+};
+
+// Next-token targets from HF-style labels: targets[b, t] = labels[b, t+1], and -100 at the
+// last position of each row (HF shifts inside the loss). labels: (B, L) I64 -> (B, L) I64.
+Tensor shift_labels(const Tensor& labels);
+
+class MambaLM {
+ public:
+  // Weights must stay alive and unchanged between forward and backward.
+  MambaLM(const MambaConfig& cfg, const MambaWeights& weights, Backend& be,
+          std::int64_t scan_chunk = 64);
+
+  // ids: (B, L) I64. Computes logits (B, L, V) and keeps the activations for backward.
+  void forward(const Tensor& ids);
+  // targets: (B, L) I64 from shift_labels. Mean cross-entropy of the last forward's logits.
+  LmLoss loss(const Tensor& targets);
+  // Gradient of loss(targets) w.r.t. every defined tensor of `grads` (accumulated, +=).
+  // Consumes the logits (overwritten by their gradient).
+  void backward(const Tensor& targets, MambaWeights& grads);
+
+  const Tensor& logits() const { return logits_; }  // (B, L, V)
+  // The residual stream entering layer i, (B, L, D): i = 0 is the embedding output and
+  // i = n_layer the input of norm_f. (HF's output_hidden_states[i] is residual(i + 1) for
+  // i < n_layer, and its last entry is final_norm().)
+  const Tensor& residual(std::int64_t i) const { return layer_in_.at(i); }
+  const Tensor& final_norm() const { return final_norm_; }  // (B, L, D) norm_f output
+  // After backward: gradient of the loss w.r.t. the embedding output (B, L, D).
+  const Tensor& grad_embeddings() const { return d_embed_; }
+
+ private:
+  const MambaConfig& cfg_;
+  const MambaWeights& w_;
+  Backend& be_;
+  std::int64_t scan_chunk_;
+
+  Tensor ids_;                           // (B, L)
+  std::vector<Tensor> layer_in_;         // n_layer + 1 tensors (B, L, D): the residual stream
+  std::vector<Tensor> norm_out_;         // (B, L, D) rmsnorm(layer_in_[i])
+  std::vector<Tensor> norm_rstd_;        // (B*L)
+  std::vector<MixerActivations> mixer_;  // per layer
+  Tensor final_norm_, final_rstd_;       // norm_f output (B, L, D) and its rstd (B*L)
+  Tensor logits_;                        // (B, L, V)
+  Tensor d_embed_;
+};
+
+}  // namespace ssmtune

@@ -1,0 +1,40 @@
+// The Mamba mixer (MODELS.md A.4 steps 3-8; HF MambaMixer.slow_forward), explicit forward and
+// backward in the style of llm.c: forward saves what backward needs in MixerActivations.
+//   [x ; z] = in_proj(n)                    x, z: (B, L, E)
+//   u = silu(conv1d(x))                     (B, L, E)
+//   [dt_in ; Bm ; Cm] = x_proj(u)           (B*L, R), (B, L, N), (B, L, N)
+//   delta = softplus(dt_proj(dt_in))        (B, L, E), bias inside the softplus
+//   y = selective_scan(u, delta, A = -exp(A_log), Bm, Cm, D)
+//   out = out_proj(y * silu(z))             (B, L, D)
+#pragma once
+
+#include "backend/backend.h"
+#include "model/mamba_config.h"
+#include "model/mamba_weights.h"
+
+namespace ssmtune {
+
+struct MixerActivations {
+  Tensor x, z;              // (B, L, E) the two halves of in_proj's output
+  Tensor c, u;              // (B, L, E) conv output before and after SiLU
+  Tensor dt_in;             // (B*L, R)
+  Tensor Bm, Cm;            // (B, L, N)
+  Tensor delta_raw, delta;  // (B, L, E) before and after softplus
+  Tensor A;                 // (E, N) = -exp(A_log)
+  Tensor h_saved;           // (B, n_chunks, E, N) scan state at each chunk start
+  std::int64_t scan_chunk = 64;
+  Tensor y;                 // (B, L, E) scan output, before the gate
+  Tensor gated;             // (B, L, E) y * silu(z), out_proj's input
+};
+
+// n: (B, L, D) normalised block input   out: (B, L, D) overwritten
+void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
+                   const Tensor& n, std::int64_t scan_chunk, MixerActivations& acts, Tensor& out);
+
+// dout: (B, L, D)   dn: (B, L, D) overwritten with the gradient w.r.t. n
+// grads: parameter gradients accumulated (+=); an undefined grad tensor is skipped (frozen).
+void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
+                    const Tensor& n, const MixerActivations& acts, const Tensor& dout, Tensor& dn,
+                    MambaLayerWeights& grads);
+
+}  // namespace ssmtune

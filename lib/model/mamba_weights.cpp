@@ -1,0 +1,224 @@
+#include "model/mamba_weights.h"
+
+#include <cctype>
+#include <cmath>
+#include <cstring>
+#include <set>
+
+#include "core/error.h"
+#include "io/json_file.h"
+#include "io/safetensors_checkpoint.h"
+
+namespace ssmtune {
+
+namespace {
+
+constexpr const char* kEmbedding = "backbone.embeddings.weight";
+constexpr const char* kEmbeddingMambaSsm = "backbone.embedding.weight";  // mamba_ssm's name
+constexpr const char* kLmHead = "lm_head.weight";
+
+// One parameter: its HF name, where it lives in MambaWeights, its shape under the config, and
+// why it is absent when the config leaves it out (nullptr when present).
+struct ParamSlot {
+  std::string name;
+  Tensor* tensor;
+  Shape shape;
+  const char* absent_because = nullptr;
+};
+
+// Every parameter in PyTorch state_dict order (MODELS.md A.3): a module's own parameters
+// (A_log, D) before its children's, MambaBlock's norm before its mixer.
+std::vector<ParamSlot> param_slots(const MambaConfig& c, MambaWeights& w) {
+  if (w.layers.size() != std::size_t(c.n_layer))
+    throw Error("Mamba weights hold " + std::to_string(w.layers.size()) + " layers, the config " +
+                std::to_string(c.n_layer));
+  const std::int64_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv,
+                     V = c.vocab_size;
+  const char* no_bias = c.use_bias ? nullptr : "use_bias is false";
+  const char* no_conv_bias = c.use_conv_bias ? nullptr : "use_conv_bias is false";
+  std::vector<ParamSlot> slots;
+  slots.push_back({kEmbedding, &w.embedding, {V, D}});
+  for (std::int64_t i = 0; i < c.n_layer; ++i) {
+    MambaLayerWeights& l = w.layers[std::size_t(i)];
+    const std::string p = "backbone.layers." + std::to_string(i) + ".";
+    slots.push_back({p + "norm.weight", &l.norm, {D}});
+    slots.push_back({p + "mixer.A_log", &l.A_log, {E, N}});
+    slots.push_back({p + "mixer.D", &l.D, {E}});
+    slots.push_back({p + "mixer.conv1d.weight", &l.conv1d, {E, 1, K}});
+    slots.push_back({p + "mixer.conv1d.bias", &l.conv1d_bias, {E}, no_conv_bias});
+    slots.push_back({p + "mixer.in_proj.weight", &l.in_proj, {2 * E, D}});
+    slots.push_back({p + "mixer.in_proj.bias", &l.in_proj_bias, {2 * E}, no_bias});
+    slots.push_back({p + "mixer.x_proj.weight", &l.x_proj, {R + 2 * N, E}});
+    slots.push_back({p + "mixer.dt_proj.weight", &l.dt_proj, {E, R}});
+    slots.push_back({p + "mixer.dt_proj.bias", &l.dt_proj_bias, {E}});
+    slots.push_back({p + "mixer.out_proj.weight", &l.out_proj, {D, E}});
+    slots.push_back({p + "mixer.out_proj.bias", &l.out_proj_bias, {D}, no_bias});
+  }
+  slots.push_back({"backbone.norm_f.weight", &w.norm_f, {D}});
+  slots.push_back({kLmHead, &w.lm_head, {V, D}, c.tie_word_embeddings ? "it is tied" : nullptr});
+  return slots;
+}
+
+bool is_float(DType t) {
+  return t == DType::F32 || t == DType::F64 || t == DType::F16 || t == DType::BF16;
+}
+
+// Cheap insurance before fine-tuning (MODELS.md E): a NaN in a base weight poisons every step.
+// t: F32 or F64. Returns the index of the first non-finite element, or -1.
+std::int64_t first_non_finite(const Tensor& t) {
+  for (std::int64_t i = 0; i < t.numel(); ++i) {
+    const double v = t.dtype() == DType::F32 ? double(t.data<float>()[i]) : t.data<double>()[i];
+    if (!std::isfinite(v)) return i;
+  }
+  return -1;
+}
+
+// "backbone.layers.7.mixer.D" -> 7; -1 when the name is not a layer tensor.
+std::int64_t layer_index(const std::string& name) {
+  const std::string prefix = "backbone.layers.";
+  if (name.rfind(prefix, 0) != 0) return -1;
+  std::int64_t i = 0;
+  std::size_t pos = prefix.size();
+  if (pos >= name.size() || !std::isdigit(static_cast<unsigned char>(name[pos]))) return -1;
+  for (; pos < name.size() && std::isdigit(static_cast<unsigned char>(name[pos])) && i < 1'000'000; ++pos)
+    i = i * 10 + (name[pos] - '0');
+  return i;
+}
+
+// Collects every problem so one run reports them together; the error names the first few.
+class Problems {
+ public:
+  void add(std::string message) { list_.push_back(std::move(message)); }
+  void throw_if_any() const {
+    if (list_.empty()) return;
+    std::string msg = list_[0];
+    for (std::size_t i = 1; i < list_.size() && i < 3; ++i) msg += "; " + list_[i];
+    if (list_.size() > 3)
+      msg += "; and " + std::to_string(list_.size() - 3) + (list_.size() == 4 ? " more problem" : " more problems");
+    throw Error(msg);
+  }
+
+ private:
+  std::vector<std::string> list_;
+};
+
+}  // namespace
+
+void for_each_param(const MambaConfig& c, MambaWeights& w,
+                    const std::function<void(const std::string& name, Tensor& t)>& fn) {
+  for (ParamSlot& s : param_slots(c, w))
+    if (!s.absent_because && s.tensor->defined()) fn(s.name, *s.tensor);
+}
+
+Shape expected_param_shape(const MambaConfig& c, const std::string& name) {
+  MambaWeights w;
+  w.layers.resize(std::size_t(c.n_layer));
+  const std::string wanted = name == kEmbeddingMambaSsm ? kEmbedding : name;
+  for (const ParamSlot& s : param_slots(c, w)) {
+    if (s.name != wanted) continue;
+    // A tied lm_head is still a (V, D) parameter, only not stored on its own.
+    if (s.absent_because && wanted != kLmHead)
+      throw Error("tensor " + quote_str(name) + " is not a parameter of this Mamba config (" +
+                  s.absent_because + ")");
+    return s.shape;
+  }
+  throw Error("tensor " + quote_str(name) + " is not a parameter of a Mamba model with " +
+              std::to_string(c.n_layer) + " layers");
+}
+
+MambaWeights zeros_like_params(const MambaConfig& c, DType dtype) {
+  MambaWeights w;
+  w.layers.resize(std::size_t(c.n_layer));
+  for (ParamSlot& s : param_slots(c, w))
+    if (!s.absent_because) *s.tensor = Tensor::zeros(s.shape, dtype);
+  if (c.tie_word_embeddings) w.lm_head = w.embedding;
+  return w;
+}
+
+MambaWeights load_mamba_weights(const std::string& model_dir, const MambaConfig& c, DType dtype) {
+  if (dtype != DType::F32 && dtype != DType::F64)
+    throw Error("load_mamba_weights: weights load as F32 or F64, not " +
+                std::string(dtype_name(dtype)));
+  const SafetensorsCheckpoint ckpt = SafetensorsCheckpoint::open(model_dir);
+  MambaWeights w;
+  w.layers.resize(std::size_t(c.n_layer));
+  std::vector<ParamSlot> slots = param_slots(c, w);
+
+  // The embedding may carry mamba_ssm's name (MODELS.md A.6).
+  std::string embedding_name = kEmbedding;
+  Problems problems;
+  if (ckpt.contains(kEmbeddingMambaSsm)) {
+    if (ckpt.contains(kEmbedding))
+      problems.add(model_dir + ": both " + quote_str(kEmbedding) + " and " + quote_str(kEmbeddingMambaSsm) +
+                   " are stored; expected one embedding");
+    else
+      embedding_name = kEmbeddingMambaSsm;
+  }
+
+  // Pass 1, names and shapes only: every problem is found before any data is read.
+  std::set<std::string> used;
+  std::vector<std::pair<ParamSlot*, std::string>> to_load;  // slot, stored name
+  for (ParamSlot& s : slots) {
+    const std::string stored = s.tensor == &w.embedding ? embedding_name : s.name;
+    const bool has = ckpt.contains(stored);
+    if (has) used.insert(stored);
+    if (s.tensor == &w.lm_head && c.tie_word_embeddings) {
+      if (has) to_load.push_back({&s, stored});  // allowed if equal to the embedding (below)
+    } else if (s.absent_because) {
+      if (has)
+        problems.add(ckpt.file_of(stored).path().string() + ": tensor " + quote_str(stored) +
+                     " is stored, but config.json says " + s.absent_because);
+      continue;
+    } else if (!has) {
+      std::string why;
+      if (s.tensor == &w.lm_head) why = " (tie_word_embeddings is false)";
+      if (s.name.ends_with("conv1d.bias")) why = " (use_conv_bias is true)";
+      if (s.name.ends_with("in_proj.bias") || s.name.ends_with("out_proj.bias"))
+        why = " (use_bias is true)";
+      problems.add(model_dir + ": missing tensor " + quote_str(stored) + ", expected shape " +
+                   shape_str(s.shape) + why);
+      continue;
+    } else {
+      to_load.push_back({&s, stored});
+    }
+    if (!has) continue;
+    const SafetensorsEntry& e = ckpt.entry(stored);
+    const std::string where = ckpt.file_of(stored).path().string() + ": tensor " + quote_str(stored);
+    if (e.shape != s.shape)
+      problems.add(where + ": expected shape " + shape_str(s.shape) + ", found " + shape_str(e.shape));
+    else if (!is_float(e.dtype))
+      problems.add(where + ": expected F32, F16, BF16 or F64, found " + std::string(dtype_name(e.dtype)));
+  }
+  for (const std::string& name : ckpt.names()) {
+    if (used.count(name)) continue;
+    const std::int64_t layer = layer_index(name);
+    problems.add(ckpt.file_of(name).path().string() + ": unexpected tensor " + quote_str(name) +
+                 (layer >= c.n_layer ? " (config.json has num_hidden_layers = " +
+                                           std::to_string(c.n_layer) + ")"
+                                     : ""));
+  }
+  problems.throw_if_any();
+
+  // Pass 2: read and convert. A view of the file is kept when no conversion is needed.
+  for (auto& [slot, stored] : to_load) {
+    Tensor t = ckpt.tensor(stored);
+    if (t.dtype() != dtype) t = t.to(dtype);
+    const std::int64_t bad = first_non_finite(t);
+    if (bad >= 0)
+      throw Error(ckpt.file_of(stored).path().string() + ": tensor " + quote_str(stored) +
+                  " holds a non-finite value (NaN or Inf) at element " + std::to_string(bad));
+    *slot->tensor = t;
+  }
+  if (c.tie_word_embeddings) {
+    // Stored while tied: transformers would ignore it; it must be the embedding, or the
+    // checkpoint is not the model its config says.
+    if (w.lm_head.defined() &&
+        std::memcmp(w.lm_head.raw(), w.embedding.raw(), w.embedding.nbytes()) != 0)
+      throw Error(ckpt.file_of(kLmHead).path().string() + ": tensor \"lm_head.weight\" differs from " +
+                  quote_str(embedding_name) + ", but config.json sets tie_word_embeddings = true");
+    w.lm_head = w.embedding;
+  }
+  return w;
+}
+
+}  // namespace ssmtune

@@ -1,0 +1,116 @@
+// ssmtune::cpu::gemm (lib/backend/cpu/gemm_cpu.h) against a double-precision triple loop, for
+// every transpose combination and with row strides longer than the rows, as the projections use.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "backend/cpu/gemm_cpu.h"
+#include "core/error.h"
+
+using ssmtune::cpu::gemm;
+
+namespace {
+
+struct Operands {
+  std::int64_t M, N, K, lda, ldb, ldc;
+  bool ta, tb;
+  std::vector<double> A, B, C;  // stored as gemm reads them, padded to the strides
+};
+
+// Stored shapes: A (M, K) or (K, M) when ta, B (K, N) or (N, K) when tb; each row padded by 3.
+Operands make_operands(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K,
+                       std::uint64_t seed) {
+  Operands o{M, N, K, (ta ? M : K) + 3, (tb ? K : N) + 3, N + 3, ta, tb, {}, {}, {}};
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  o.A.resize((ta ? K : M) * o.lda);
+  o.B.resize((tb ? N : K) * o.ldb);
+  o.C.resize(M * o.ldc);
+  for (auto* v : {&o.A, &o.B, &o.C})
+    for (auto& x : *v) x = u(rng);
+  return o;
+}
+
+// Returns alpha op(A) op(B) + beta C and, in bound, sum |alpha a b| + |beta c| per element.
+std::vector<double> reference(const Operands& o, double alpha, double beta,
+                              std::vector<double>& bound) {
+  std::vector<double> out(o.M * o.N);
+  bound.assign(o.M * o.N, 0.0);
+  for (std::int64_t i = 0; i < o.M; ++i)
+    for (std::int64_t j = 0; j < o.N; ++j) {
+      double s = 0, b = 0;
+      for (std::int64_t k = 0; k < o.K; ++k) {
+        const double p = (o.ta ? o.A[k * o.lda + i] : o.A[i * o.lda + k]) *
+                         (o.tb ? o.B[j * o.ldb + k] : o.B[k * o.ldb + j]);
+        s += p;
+        b += std::abs(alpha * p);
+      }
+      out[i * o.N + j] = alpha * s + beta * o.C[i * o.ldc + j];
+      bound[i * o.N + j] = b + std::abs(beta * o.C[i * o.ldc + j]);
+    }
+  return out;
+}
+
+// Runs gemm<T> on a T copy of o and returns the largest error relative to the element's bound.
+template <class T>
+double worst_relative_error(const Operands& o, double alpha, double beta) {
+  std::vector<T> A(o.A.begin(), o.A.end()), B(o.B.begin(), o.B.end()), C(o.C.begin(), o.C.end());
+  gemm<T>(o.ta, o.tb, o.M, o.N, o.K, T(alpha), A.data(), o.lda, B.data(), o.ldb, T(beta),
+          C.data(), o.ldc);
+  std::vector<double> bound;
+  const std::vector<double> want = reference(o, alpha, beta, bound);
+  double worst = 0;
+  for (std::int64_t i = 0; i < o.M; ++i)
+    for (std::int64_t j = 0; j < o.N; ++j)
+      worst = std::max(worst, std::abs(double(C[i * o.ldc + j]) - want[i * o.N + j]) /
+                                  bound[i * o.N + j]);
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("gemm matches a double reference for every transpose combination", "[gemm]") {
+  // 67 x 45 x 130 spans several register blocks and an uneven edge in every dimension.
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      CAPTURE(ta, tb);
+      const Operands o = make_operands(ta, tb, 67, 45, 130, 7);
+      // Error bound of a K-term dot product: ~K * eps * sum |a b|; float: 130 * 6e-8 = 8e-6.
+      CHECK(worst_relative_error<float>(o, 0.5, -1.5) < 8e-6);
+      CHECK(worst_relative_error<double>(o, 0.5, -1.5) < 130 * 1.2e-16);
+    }
+}
+
+TEST_CASE("gemm on a Mamba-sized projection matches a double reference", "[gemm]") {
+  // Large enough for OpenBLAS to split the work over threads and use its packed kernels.
+  const Operands o = make_operands(false, true, 256, 384, 192, 11);
+  CHECK(worst_relative_error<float>(o, 1.0, 0.0) < 192 * 6e-8);
+}
+
+TEST_CASE("gemm with beta = 0 overwrites NaNs in C", "[gemm]") {
+  const float A[2] = {1, 2}, B[2] = {3, 4};
+  float C[1] = {std::numeric_limits<float>::quiet_NaN()};
+  gemm<float>(false, false, 1, 1, 2, 1.0f, A, 2, B, 1, 0.0f, C, 1);
+  CHECK(C[0] == 11.0f);
+}
+
+TEST_CASE("gemm with K = 0 scales C by beta", "[gemm]") {
+  double C[4] = {1, 2, 3, 4};
+  gemm<double>(false, false, 2, 2, 0, 1.0, nullptr, 0, nullptr, 2, 2.0, C, 2);
+  CHECK(C[3] == 8.0);
+  gemm<double>(false, false, 2, 2, 0, 1.0, nullptr, 0, nullptr, 2, 0.0, C, 2);
+  CHECK(C[0] == 0.0);
+}
+
+TEST_CASE("gemm rejects a row stride shorter than the row", "[gemm]") {
+  std::vector<float> A(6), B(6), C(4);
+  // A is stored (2, 3) so lda must be >= 3.
+  CHECK_THROWS_AS(gemm<float>(false, false, 2, 2, 3, 1.0f, A.data(), 2, B.data(), 2, 0.0f,
+                              C.data(), 2),
+                  ssmtune::Error);
+  CHECK_NOTHROW(gemm<float>(false, false, 2, 2, 3, 1.0f, A.data(), 3, B.data(), 2, 0.0f,
+                            C.data(), 2));
+}

@@ -1,0 +1,60 @@
+// Central finite differences in double precision, for checking backward passes.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <functional>
+#include <random>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace ssmtune::testing {
+
+// Fills a F64 tensor with uniform values in [lo, hi).
+inline void fill_uniform(Tensor& t, std::mt19937_64& rng, double lo = -1.0, double hi = 1.0) {
+  std::uniform_real_distribution<double> dist(lo, hi);
+  double* p = t.data<double>();
+  for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = dist(rng);
+}
+
+inline Tensor random_f64(const Shape& shape, std::mt19937_64& rng, double lo = -1.0,
+                         double hi = 1.0) {
+  Tensor t = Tensor::empty(shape, DType::F64);
+  fill_uniform(t, rng, lo, hi);
+  return t;
+}
+
+// Sum of a * b over all elements (the scalar "loss" <dy, y> whose gradient is backward(dy)).
+inline double dot(const Tensor& a, const Tensor& b) {
+  REQUIRE(a.numel() == b.numel());
+  double s = 0;
+  for (std::int64_t i = 0; i < a.numel(); ++i) s += a.data<double>()[i] * b.data<double>()[i];
+  return s;
+}
+
+// Compares `analytic` (same shape as `x`) with (loss(x + h e_i) - loss(x - h e_i)) / 2h for
+// every element i of x. Double precision with h = 1e-6: truncation error ~h^2 * f''' ~ 1e-12 and
+// rounding ~1e-16 / h ~ 1e-10 relative, so 1e-6 relative (+ 1e-8 absolute) leaves a wide margin
+// while any wrong term in a backward pass (an O(1) relative error) fails.
+inline void check_gradient(const std::string& what, Tensor& x, const Tensor& analytic,
+                           const std::function<double()>& loss, double h = 1e-6,
+                           double rtol = 1e-6, double atol = 1e-8) {
+  REQUIRE(x.shape() == analytic.shape());
+  double* p = x.data<double>();
+  const double* g = analytic.data<double>();
+  for (std::int64_t i = 0; i < x.numel(); ++i) {
+    const double saved = p[i];
+    p[i] = saved + h;
+    const double up = loss();
+    p[i] = saved - h;
+    const double down = loss();
+    p[i] = saved;
+    const double numeric = (up - down) / (2 * h);
+    INFO(what << "[" << i << "]: analytic " << g[i] << ", numeric " << numeric);
+    REQUIRE(std::fabs(numeric - g[i]) <= atol + rtol * std::fabs(numeric));
+  }
+}
+
+}  // namespace ssmtune::testing

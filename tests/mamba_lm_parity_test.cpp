@@ -1,0 +1,118 @@
+// The CPU Mamba LM against Hugging Face transformers (float32, slow path) and against an
+// independent float64 implementation, on the fixture models that data_scripts/make_fixtures.py
+// made (tests/fixtures/<model>/reference.safetensors and reference_f64.safetensors).
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "backend/backend.h"
+#include "io/safetensors.h"
+#include "model/mamba_config.h"
+#include "model/mamba_lm.h"
+#include "model/mamba_weights.h"
+
+using namespace ssmtune;
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* const kFixtureModels[] = {"mamba-tiny", "mamba-odd", "mamba-sharded-bf16"};
+
+std::string fixture(const std::string& model) {
+  return (fs::path(SSMTUNE_FIXTURES_DIR) / model).string();
+}
+
+// max |a - ref| <= rtol * max |ref| + atol: a normwise comparison, so that elements near zero
+// (where an elementwise relative error means nothing) do not decide the result.
+void require_close(const std::string& what, const Tensor& actual, const Tensor& ref, double rtol,
+                   double atol) {
+  REQUIRE(actual.numel() == ref.numel());
+  const Tensor a = actual.to(DType::F64), r = ref.to(DType::F64);
+  double max_ref = 0, max_err = 0;
+  std::int64_t worst = 0;
+  for (std::int64_t i = 0; i < r.numel(); ++i) {
+    max_ref = std::max(max_ref, std::fabs(r.data<double>()[i]));
+    const double err = std::fabs(a.data<double>()[i] - r.data<double>()[i]);
+    if (err > max_err) max_err = err, worst = i;
+  }
+  INFO(what << ": max |error| " << max_err << " at " << worst << ", max |ref| " << max_ref);
+  REQUIRE(max_ref > 0);  // a reference of zeros would test nothing
+  REQUIRE(max_err <= rtol * max_ref + atol);
+}
+
+struct Run {
+  MambaConfig cfg;
+  MambaWeights w, grads;
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  std::unique_ptr<MambaLM> lm;
+  LmLoss loss;
+};
+
+// Forward, loss and backward of the fixture's batch in `dtype`.
+std::unique_ptr<Run> run_fixture(const std::string& model, const SafetensorsFile& ref,
+                                 DType dtype, std::int64_t scan_chunk) {
+  auto r = std::make_unique<Run>();
+  r->cfg = load_mamba_config(fixture(model));
+  r->w = load_mamba_weights(fixture(model), r->cfg, dtype);
+  r->grads = zeros_like_params(r->cfg, dtype);
+  r->lm = std::make_unique<MambaLM>(r->cfg, r->w, *r->be, scan_chunk);
+  const Tensor ids = ref.tensor("input_ids"), targets = shift_labels(ref.tensor("labels"));
+  r->lm->forward(ids);
+  r->loss = r->lm->loss(targets);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("Mamba LM matches transformers in float32: logits, loss, hidden states, gradients",
+          "[model][parity]") {
+  for (const char* model : kFixtureModels) {
+    for (std::int64_t chunk : {64, 4}) {
+      DYNAMIC_SECTION(model << " scan_chunk=" << chunk) {
+        const auto ref = SafetensorsFile::open(fixture(model) + "/reference.safetensors");
+        auto r = run_fixture(model, ref, DType::F32, chunk);
+        // float32 forward: products of length <= d_inner and a scan of <= 70 steps each add a
+        // few ulps (~1e-7 relative); HF's own float32 path agrees with float64 to ~1e-7.
+        require_close("logits", r->lm->logits(), ref.tensor("logits"), 1e-5, 1e-6);
+        CHECK(r->loss.loss == Approx(ref.tensor("loss").to(DType::F64).data<double>()[0])
+                                  .epsilon(1e-5));
+        for (std::int64_t i = 0; i < r->cfg.n_layer; ++i)
+          require_close("hidden_states." + std::to_string(i), r->lm->residual(i + 1),
+                        ref.tensor("hidden_states." + std::to_string(i)), 1e-5, 1e-6);
+        require_close("final norm", r->lm->final_norm(),
+                      ref.tensor("hidden_states." + std::to_string(r->cfg.n_layer)), 1e-5, 1e-6);
+
+        r->lm->backward(shift_labels(ref.tensor("labels")), r->grads);
+        // Gradients sum over every token and pass back through all layers: 1e-4 of the
+        // largest entry of each tensor (float32; HF itself is ~1e-6 from float64).
+        int n_checked = 0;
+        for_each_param(r->cfg, r->grads, [&](const std::string& name, Tensor& g) {
+          require_close("grad." + name, g, ref.tensor("grad." + name), 1e-4, 1e-7);
+          ++n_checked;
+        });
+        CHECK(n_checked == int(ref.entries().size()) - 4 - int(r->cfg.n_layer) - 1 -
+                               int(ref.contains("inputs_embeds")));
+      }
+    }
+  }
+}
+
+TEST_CASE("Mamba LM in float64 matches an independent float64 implementation",
+          "[model][parity]") {
+  for (const char* model : kFixtureModels) {
+    DYNAMIC_SECTION(model) {
+      const auto ref = SafetensorsFile::open(fixture(model) + "/reference_f64.safetensors");
+      auto r = run_fixture(model, ref, DType::F64, 4);
+      // Both sides compute in float64 from the same stored weights: only summation order
+      // differs, ~1e-15 relative per operation.
+      require_close("logits", r->lm->logits(), ref.tensor("logits"), 1e-11, 1e-13);
+      CHECK(r->loss.loss == Approx(ref.tensor("loss").data<double>()[0]).epsilon(1e-12));
+      r->lm->backward(shift_labels(ref.tensor("labels")), r->grads);
+      for_each_param(r->cfg, r->grads, [&](const std::string& name, Tensor& g) {
+        require_close("grad." + name, g, ref.tensor("grad." + name), 1e-10, 1e-14);
+      });
+    }
+  }
+}
