@@ -27,13 +27,15 @@ TEST_CASE("duplicate JSON keys are errors that name the key and its object", "[i
   require_error([] { parse_json_text(R"({"x": [{}, {"k": 1, "k": 1}]})", "c.json"); },
                 {"duplicate key \"k\" in object \"x\"[1]"});
   // The same key in sibling objects is fine.
-  const auto j = parse_json_text(R"({"a": {"k": 1}, "b": {"k": 2}, "c": [{"k": 3}, {"k": 4}]})", "c.json");
+  const auto j =
+      parse_json_text(R"({"a": {"k": 1}, "b": {"k": 2}, "c": [{"k": 3}, {"k": 4}]})", "c.json");
   CHECK(j["c"][1]["k"] == 4);
 }
 
 TEST_CASE("JSON nested past the depth limit is an error, not a stack overflow", "[io][json]") {
   const std::string deep = std::string(100000, '[') + std::string(100000, ']');
-  require_error([&] { parse_json_text(deep, "deep.json"); }, {"deep.json: JSON nested deeper than 64"});
+  require_error([&] { parse_json_text(deep, "deep.json"); },
+                {"deep.json: JSON nested deeper than 64"});
   CHECK_NOTHROW(parse_json_text(std::string(64, '[') + std::string(64, ']'), "ok.json"));
 }
 
@@ -70,14 +72,20 @@ TEST_CASE("JsonFields reads typed fields and names file and field in errors", "[
   CHECK(!f.get_int("absent", 1, 100));
   require_error([&] { f.get_int("s", 1, 100); },
                 {"m/config.json: field \"s\": expected a positive integer, got string \"16\""});
-  require_error([&] { f.get_int("f", 1, 100); }, {"field \"f\": expected a positive integer, got number 16.0"});
+  require_error([&] { f.get_int("f", 1, 100); },
+                {"field \"f\": expected a positive integer, got number 16.0"});
   require_error([&] { f.get_int("n", 1, 8); },
                 {"field \"n\": expected a positive integer no larger than 8, got number 16"});
-  require_error([&] { f.get_int("neg", 0, 8); }, {"expected a non-negative integer no larger than 8, got number -1"});
-  require_error([&] { f.get_int("big", 1, 1000); }, {"field \"big\"", "got number 18446744073709551615"});
+  require_error([&] { f.get_int("neg", 0, 8); },
+                {"expected a non-negative integer no larger than 8, got number -1"});
+  require_error([&] { f.get_int("big", 1, 1000); },
+                {"field \"big\"", "got number 18446744073709551615"});
   require_error([&] { f.get_bool("n"); }, {"field \"n\": expected true or false, got number 16"});
-  require_error([&] { f.get_choice("s", {"silu", "swish"}); },
-                {"field \"s\": expected \"silu\" or \"swish\", got string \"16\""});
+  require_error(
+      [&] {
+        f.get_choice("s", {"silu", "swish"});
+      },
+      {"field \"s\": expected \"silu\" or \"swish\", got string \"16\""});
   const auto sub = f.get_object("sub");
   REQUIRE(sub);
   require_error([&] { sub->get_int("k", 1, 4); }, {"field \"sub.k\": expected a positive integer"});

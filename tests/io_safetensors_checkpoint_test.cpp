@@ -41,7 +41,8 @@ TEST_CASE("a single-file checkpoint lists its tensors", "[io][checkpoint]") {
   require_error([&] { ckpt.tensor("c"); }, {dir.path().string() + ": no tensor \"c\""});
 }
 
-TEST_CASE("a sharded checkpoint reads each tensor from the shard the index names", "[io][checkpoint]") {
+TEST_CASE("a sharded checkpoint reads each tensor from the shard the index names",
+          "[io][checkpoint]") {
   TempDir dir;
   write_sharded(dir, kGoodMap);
   const auto ckpt = SafetensorsCheckpoint::open(dir.path());
@@ -58,13 +59,16 @@ TEST_CASE("a directory without weights is an error naming it", "[io][checkpoint]
   require_error([&] { SafetensorsCheckpoint::open(dir.path()); },
                 {dir.path().string() + ": no model.safetensors or model.safetensors.index.json"});
   write_bytes(dir / "pytorch_model.bin", "pickle");
-  require_error([&] { SafetensorsCheckpoint::open(dir.path()); }, {"pytorch_model.bin is a pickle"});
-  require_error([&] { SafetensorsCheckpoint::open(dir / "nowhere"); }, {"nowhere: not a directory"});
+  require_error([&] { SafetensorsCheckpoint::open(dir.path()); },
+                {"pytorch_model.bin is a pickle"});
+  require_error([&] { SafetensorsCheckpoint::open(dir / "nowhere"); },
+                {"nowhere: not a directory"});
 }
 
 TEST_CASE("shard names that leave the directory are refused", "[io][checkpoint]") {
   TempDir dir;
-  for (const std::string shard : {"../a.safetensors", "/etc/passwd", "sub/a.safetensors", "..", "."}) {
+  for (const std::string shard :
+       {"../a.safetensors", "/etc/passwd", "sub/a.safetensors", "..", "."}) {
     INFO(shard);
     write_sharded(dir, R"({"x": ")" + shard + R"(", "y": "a.safetensors", "z": "b.safetensors"})");
     require_error([&] { SafetensorsCheckpoint::open(dir.path()); },
@@ -73,23 +77,27 @@ TEST_CASE("shard names that leave the directory are refused", "[io][checkpoint]"
   }
 }
 
-TEST_CASE("sharded checkpoints: missing shards and misplaced tensors are errors", "[io][checkpoint]") {
+TEST_CASE("sharded checkpoints: missing shards and misplaced tensors are errors",
+          "[io][checkpoint]") {
   TempDir dir;
   write_sharded(dir, R"({"x": "a.safetensors", "y": "a.safetensors", "z": "c.safetensors"})");
   require_error([&] { SafetensorsCheckpoint::open(dir.path()); },
-                {"model.safetensors.index.json: shard \"c.safetensors\" (holding tensor \"z\") does not exist"});
+                {"model.safetensors.index.json: shard \"c.safetensors\" (holding tensor \"z\") "
+                 "does not exist"});
   write_sharded(dir, R"({"x": "a.safetensors", "y": "b.safetensors", "z": "b.safetensors"})");
   require_error([&] { SafetensorsCheckpoint::open(dir.path()); },
                 {"tensor \"y\" is mapped to shard \"b.safetensors\", which has no such tensor"});
   write_sharded(dir, R"({"x": "a.safetensors", "z": "b.safetensors"})");
   require_error([&] { SafetensorsCheckpoint::open(dir.path()); },
                 {"a.safetensors: tensor \"y\" is not listed in model.safetensors.index.json"});
-  write_sharded(dir, R"({"x": "a.safetensors", "y": "a.safetensors", "z": "b.safetensors", "w": "b.safetensors"})");
+  write_sharded(dir, R"({"x": "a.safetensors", "y": "a.safetensors", "z": "b.safetensors", )"
+                     R"("w": "b.safetensors"})");
   require_error([&] { SafetensorsCheckpoint::open(dir.path()); },
                 {"tensor \"w\" is mapped to shard \"b.safetensors\", which has no such tensor"});
 }
 
-TEST_CASE("sharded checkpoints: a malformed index is an error naming the field", "[io][checkpoint]") {
+TEST_CASE("sharded checkpoints: a malformed index is an error naming the field",
+          "[io][checkpoint]") {
   TempDir dir;
   write_sharded(dir, kGoodMap);
   const auto index = dir / "model.safetensors.index.json";

@@ -29,11 +29,16 @@ Tensor patterned(const Shape& shape, DType dtype, unsigned seed) {
 
 std::vector<NamedTensor> every_dtype() {
   return {
-      {"f32", patterned({2, 3}, DType::F32, 1)},    {"f64", patterned({3}, DType::F64, 2)},
-      {"f16", patterned({2, 2}, DType::F16, 3)},    {"bf16", patterned({5}, DType::BF16, 4)},
-      {"i64", patterned({2}, DType::I64, 5)},       {"i32", patterned({1, 3}, DType::I32, 6)},
-      {"u8", patterned({7}, DType::U8, 7)},         {"bool", patterned({3}, DType::BOOL, 8)},
-      {"scalar", patterned({}, DType::F32, 9)},     {"empty", patterned({0, 4}, DType::F32, 0)},
+      {"f32", patterned({2, 3}, DType::F32, 1)},
+      {"f64", patterned({3}, DType::F64, 2)},
+      {"f16", patterned({2, 2}, DType::F16, 3)},
+      {"bf16", patterned({5}, DType::BF16, 4)},
+      {"i64", patterned({2}, DType::I64, 5)},
+      {"i32", patterned({1, 3}, DType::I32, 6)},
+      {"u8", patterned({7}, DType::U8, 7)},
+      {"bool", patterned({3}, DType::BOOL, 8)},
+      {"scalar", patterned({}, DType::F32, 9)},
+      {"empty", patterned({0, 4}, DType::F32, 0)},
       {"empty_bf16", patterned({2, 0}, DType::BF16, 0)},
   };
 }
@@ -51,13 +56,15 @@ std::filesystem::path raw_file(const TempDir& dir, const std::string& header,
   return path;
 }
 
-void require_open_error(const std::filesystem::path& path, std::initializer_list<std::string> fragments) {
+void require_open_error(const std::filesystem::path& path,
+                        std::initializer_list<std::string> fragments) {
   require_error([&] { SafetensorsFile::open(path); }, fragments);
 }
 
 }  // namespace
 
-TEST_CASE("safetensors round trip keeps every dtype, scalars and empty tensors", "[io][safetensors]") {
+TEST_CASE("safetensors round trip keeps every dtype, scalars and empty tensors",
+          "[io][safetensors]") {
   TempDir dir;
   const auto tensors = every_dtype();
   write_safetensors(dir / "m.safetensors", tensors, {{"note", "hi"}});
@@ -106,7 +113,8 @@ TEST_CASE("safetensors tensors view the mapping without copying and outlive the 
   CHECK(same_bytes(again.tensor("w"), w));
 }
 
-TEST_CASE("a safetensors tensor at an unaligned offset is copied, not misread", "[io][safetensors]") {
+TEST_CASE("a safetensors tensor at an unaligned offset is copied, not misread",
+          "[io][safetensors]") {
   TempDir dir;
   const float values[2] = {1.5f, -2.25f};
   std::string data = "\x07";
@@ -129,31 +137,39 @@ TEST_CASE("safetensors: a file too short, or a header length past the end or abs
   TempDir dir;
   const auto path = dir / "x.safetensors";
   write_bytes(path, "abcde");
-  require_open_error(path, {path.string() + ": file is 5 bytes, too short for the 8-byte header length"});
+  require_open_error(path,
+                     {path.string() + ": file is 5 bytes, too short for the 8-byte header length"});
   write_bytes(path, "");
   require_open_error(path, {"file is 0 bytes"});
   write_bytes(path, u64_le(100) + "{}");
-  require_open_error(path, {path.string() + ": header length 100 runs past the end of the file (10 bytes)"});
+  require_open_error(
+      path, {path.string() + ": header length 100 runs past the end of the file (10 bytes)"});
   write_bytes(path, u64_le(std::uint64_t(1) << 63) + "{}");
-  require_open_error(path, {"header length 9223372036854775808 is more than the 100000000-byte limit"});
+  require_open_error(path,
+                     {"header length 9223372036854775808 is more than the 100000000-byte limit"});
   write_bytes(path, u64_le(~std::uint64_t(0)) + "{}");
   require_open_error(path, {"header length 18446744073709551615 is more than"});
   write_bytes(path, u64_le(0));
-  require_open_error(path, {"header must be a JSON object starting with '{', found an empty header"});
+  require_open_error(path,
+                     {"header must be a JSON object starting with '{', found an empty header"});
   require_open_error(dir.path(), {"not a regular file"});
   require_open_error(dir / "missing.safetensors", {"missing.safetensors: cannot open"});
 }
 
 TEST_CASE("safetensors: a header that is not a JSON object is refused", "[io][safetensors]") {
   TempDir dir;
-  require_open_error(raw_file(dir, "[1, 2]"), {"x.safetensors: header must be a JSON object starting with '{', found \"[1, 2]"});
+  require_open_error(
+      raw_file(dir, "[1, 2]"),
+      {"x.safetensors: header must be a JSON object starting with '{', found \"[1, 2]"});
   require_open_error(raw_file(dir, R"({"w": )"), {"x.safetensors: header:1:", "invalid JSON"});
   require_open_error(raw_file(dir, "{\"\xff\": 1}"), {"x.safetensors: header:1:", "invalid JSON"});
   require_open_error(raw_file(dir, "{} {}"), {"x.safetensors: header:1:4: invalid JSON"});
-  require_open_error(raw_file(dir, R"({"w": 3})"),
-                     {"tensor \"w\": expected an object with dtype, shape and data_offsets, got number 3"});
-  require_open_error(raw_file(dir, R"({"w": {"dtype": "F32", "shape": [[[[1]]]], "data_offsets": [0, 4]}})"),
-                     {"x.safetensors: header: JSON nested deeper than 4 levels"});
+  require_open_error(
+      raw_file(dir, R"({"w": 3})"),
+      {"tensor \"w\": expected an object with dtype, shape and data_offsets, got number 3"});
+  require_open_error(
+      raw_file(dir, R"({"w": {"dtype": "F32", "shape": [[[[1]]]], "data_offsets": [0, 4]}})"),
+      {"x.safetensors: header: JSON nested deeper than 4 levels"});
   // An empty object is a valid file with no tensors.
   CHECK(SafetensorsFile::open(raw_file(dir, "{}")).entries().empty());
 }
@@ -168,25 +184,36 @@ TEST_CASE("safetensors: entry fields are checked by name, type and value", "[io]
                      {"tensor \"w\": dtype \"I8\" is not supported by ssmtune"});
   require_open_error(raw_file(dir, entry(R"("dtype":5,"shape":[1],"data_offsets":[0,4])"), four),
                      {"tensor \"w\": dtype: expected a string, got number 5"});
-  require_open_error(raw_file(dir, entry(R"("dtype":"F32","shape":[2,-1],"data_offsets":[0,4])"), four),
-                     {"tensor \"w\": shape[1]: expected a non-negative integer, got number -1"});
-  require_open_error(raw_file(dir, entry(R"("dtype":"F32","shape":[1.0],"data_offsets":[0,4])"), four),
-                     {"tensor \"w\": shape[0]: expected a non-negative integer, got number 1.0"});
-  require_open_error(raw_file(dir, entry(R"("dtype":"F32","shape":4,"data_offsets":[0,4])"), four),
-                     {"tensor \"w\": shape: expected an array of non-negative integers, got number 4"});
-  require_open_error(raw_file(dir, entry(R"("dtype":"F32","shape":[1],"data_offsets":[0])"), four),
-                     {"tensor \"w\": data_offsets: expected [begin, end], got an array of 1 elements"});
-  require_open_error(raw_file(dir, entry(R"("dtype":"F32","shape":[1],"data_offsets":["0","4"])"), four),
-                     {"tensor \"w\": data_offsets[0]: expected a non-negative integer, got string \"0\""});
-  require_open_error(raw_file(dir, entry(R"("dtype":"F32","shape":[0],"data_offsets":[4,0])"), four),
-                     {"tensor \"w\": data_offsets [4, 0]: begin is after end"});
+  require_open_error(
+      raw_file(dir, entry(R"("dtype":"F32","shape":[2,-1],"data_offsets":[0,4])"), four),
+      {"tensor \"w\": shape[1]: expected a non-negative integer, got number -1"});
+  require_open_error(
+      raw_file(dir, entry(R"("dtype":"F32","shape":[1.0],"data_offsets":[0,4])"), four),
+      {"tensor \"w\": shape[0]: expected a non-negative integer, got number 1.0"});
+  require_open_error(
+      raw_file(dir, entry(R"("dtype":"F32","shape":4,"data_offsets":[0,4])"), four),
+      {"tensor \"w\": shape: expected an array of non-negative integers, got number 4"});
+  require_open_error(
+      raw_file(dir, entry(R"("dtype":"F32","shape":[1],"data_offsets":[0])"), four),
+      {"tensor \"w\": data_offsets: expected [begin, end], got an array of 1 elements"});
+  require_open_error(
+      raw_file(dir, entry(R"("dtype":"F32","shape":[1],"data_offsets":["0","4"])"), four),
+      {"tensor \"w\": data_offsets[0]: expected a non-negative integer, got string \"0\""});
+  require_open_error(
+      raw_file(dir, entry(R"("dtype":"F32","shape":[0],"data_offsets":[4,0])"), four),
+      {"tensor \"w\": data_offsets [4, 0]: begin is after end"});
   require_open_error(raw_file(dir, entry(R"("dtype":"F32","shape":[1])"), four),
                      {"tensor \"w\": missing field \"data_offsets\""});
-  require_open_error(raw_file(dir, entry(R"("dtype":"F32","shape":[1],"data_offsets":[0,4],"x":1)"), four),
-                     {"tensor \"w\": unexpected field \"x\""});
   require_open_error(
-      raw_file(dir, entry(R"("dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4])"), four),
-      {"tensor \"w\": shape [4294967296,4294967296,4294967296] x F32 has more bytes than fit in 64 bits"});
+      raw_file(dir, entry(R"("dtype":"F32","shape":[1],"data_offsets":[0,4],"x":1)"), four),
+      {"tensor \"w\": unexpected field \"x\""});
+  require_open_error(
+      raw_file(
+          dir,
+          entry(R"("dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4])"),
+          four),
+      {"tensor \"w\": shape [4294967296,4294967296,4294967296] x F32 has more bytes than fit in 64 "
+       "bits"});
 }
 
 TEST_CASE("safetensors: shape x dtype must equal the offset span", "[io][safetensors]") {
@@ -201,31 +228,40 @@ TEST_CASE("safetensors: shape x dtype must equal the offset span", "[io][safeten
 TEST_CASE("safetensors: offsets must tile the data area exactly", "[io][safetensors]") {
   TempDir dir;
   const std::string t8 = R"({"dtype":"F32","shape":[2],"data_offsets":)";
-  require_open_error(raw_file(dir, "{\"w\":" + t8 + "[0,8]}}", std::string(4, '\0')),
-                     {"tensor \"w\": data_offsets [0, 8] run past the end of the data area (4 bytes)"});
-  require_open_error(raw_file(dir, "{\"a\":" + t8 + "[0,8]},\"b\":" + t8 + "[4,12]}}", std::string(12, '\0')),
-                     {"x.safetensors: tensor \"b\" (bytes [4, 12]) overlaps tensor \"a\" (bytes [0, 8])"});
-  require_open_error(raw_file(dir, "{\"a\":" + t8 + "[0,8]},\"b\":" + t8 + "[12,20]}}", std::string(20, '\0')),
-                     {"x.safetensors: bytes [8, 12] of the data area belong to no tensor (gap before tensor \"b\")"});
+  require_open_error(
+      raw_file(dir, "{\"w\":" + t8 + "[0,8]}}", std::string(4, '\0')),
+      {"tensor \"w\": data_offsets [0, 8] run past the end of the data area (4 bytes)"});
+  require_open_error(
+      raw_file(dir, "{\"a\":" + t8 + "[0,8]},\"b\":" + t8 + "[4,12]}}", std::string(12, '\0')),
+      {"x.safetensors: tensor \"b\" (bytes [4, 12]) overlaps tensor \"a\" (bytes [0, 8])"});
+  require_open_error(
+      raw_file(dir, "{\"a\":" + t8 + "[0,8]},\"b\":" + t8 + "[12,20]}}", std::string(20, '\0')),
+      {"x.safetensors: bytes [8, 12] of the data area belong to no tensor (gap before tensor "
+       "\"b\")"});
   require_open_error(raw_file(dir, "{\"b\":" + t8 + "[4,12]}}", std::string(12, '\0')),
                      {"bytes [0, 4] of the data area belong to no tensor"});
   require_open_error(raw_file(dir, "{\"a\":" + t8 + "[0,8]}}", std::string(9, '\0')),
-                     {"x.safetensors: the data area is 9 bytes but the tensors cover only the first 8 (trailing bytes)"});
-  require_open_error(raw_file(dir, "{}", "x"), {"data area is 1 bytes but the tensors cover only the first 0"});
+                     {"x.safetensors: the data area is 9 bytes but the tensors cover only the "
+                      "first 8 (trailing bytes)"});
+  require_open_error(raw_file(dir, "{}", "x"),
+                     {"data area is 1 bytes but the tensors cover only the first 0"});
   // Empty tensors take no bytes; they may sit at any tiling boundary.
-  const auto ok = raw_file(dir,
-                           "{\"a\":" + t8 + "[0,8]},\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,8]}}",
-                           std::string(8, '\0'));
+  const auto ok = raw_file(
+      dir,
+      "{\"a\":" + t8 + "[0,8]},\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,8]}}",
+      std::string(8, '\0'));
   CHECK(SafetensorsFile::open(ok).tensor("e").numel() == 0);
 }
 
-TEST_CASE("safetensors: duplicate tensor names and bad __metadata__ are refused", "[io][safetensors]") {
+TEST_CASE("safetensors: duplicate tensor names and bad __metadata__ are refused",
+          "[io][safetensors]") {
   TempDir dir;
   const std::string t = R"({"dtype":"F32","shape":[1],"data_offsets":[0,4]})";
   require_open_error(raw_file(dir, "{\"w\":" + t + ",\"w\":" + t + "}", std::string(4, '\0')),
                      {"x.safetensors: header: duplicate key \"w\" in the top-level object"});
-  require_open_error(raw_file(dir, R"({"__metadata__": {"format": 1}})"),
-                     {"x.safetensors: \"__metadata__\": key \"format\": expected a string, got number 1"});
+  require_open_error(
+      raw_file(dir, R"({"__metadata__": {"format": 1}})"),
+      {"x.safetensors: \"__metadata__\": key \"format\": expected a string, got number 1"});
   require_open_error(raw_file(dir, R"({"__metadata__": ["pt"]})"),
                      {"\"__metadata__\": expected an object of strings, got an array"});
   CHECK(SafetensorsFile::open(raw_file(dir, R"({"__metadata__": null})")).metadata().empty());
@@ -246,7 +282,8 @@ TEST_CASE("safetensors: every truncation of a valid file is an error, never a cr
   require_open_error(path, {"trailing bytes"});
 }
 
-TEST_CASE("safetensors: random corruption either loads or throws ssmtune::Error", "[io][safetensors]") {
+TEST_CASE("safetensors: random corruption either loads or throws ssmtune::Error",
+          "[io][safetensors]") {
   TempDir dir;
   write_safetensors(dir / "ok.safetensors", every_dtype(), {{"k", "v"}});
   const std::string valid = read_bytes(dir / "ok.safetensors");
@@ -265,7 +302,8 @@ TEST_CASE("safetensors: random corruption either loads or throws ssmtune::Error"
       const int n_flips = 1 + int(rng() % 4);
       for (int k = 0; k < n_flips; ++k) {
         const std::size_t span = kind == 3 ? bytes.size() : header_end;
-        bytes[rng() % span] = static_cast<char>(kind == 1 ? rng() % 256 : "{}[]\":,0123456789-. eE"[rng() % 22]);
+        bytes[rng() % span] =
+            static_cast<char>(kind == 1 ? rng() % 256 : "{}[]\":,0123456789-. eE"[rng() % 22]);
       }
     }
     write_bytes(path, bytes);
@@ -275,7 +313,8 @@ TEST_CASE("safetensors: random corruption either loads or throws ssmtune::Error"
       std::size_t checksum = 0;
       for (const auto& e : f.entries()) {
         const Tensor t = f.tensor(e.name);
-        for (std::size_t i = 0; i < t.nbytes(); ++i) checksum += static_cast<const unsigned char*>(t.raw())[i];
+        for (std::size_t i = 0; i < t.nbytes(); ++i)
+          checksum += static_cast<const unsigned char*>(t.raw())[i];
       }
       (void)checksum;
       ++n_loaded;
@@ -288,19 +327,30 @@ TEST_CASE("safetensors: random corruption either loads or throws ssmtune::Error"
   CHECK(n_refused > 1000);
 }
 
-TEST_CASE("write_safetensors refuses bad input and leaves the old file intact", "[io][safetensors]") {
+TEST_CASE("write_safetensors refuses bad input and leaves the old file intact",
+          "[io][safetensors]") {
   TempDir dir;
   const auto path = dir / "m.safetensors";
   const Tensor t = patterned({2}, DType::F32, 1);
   write_safetensors(path, {{"w", t}});
   const std::string before = read_bytes(path);
-  require_error([&] { write_safetensors(path, {{"w", t}, {"w", t}}); },
-                {path.string() + ": tensor \"w\" given twice"});
-  require_error([&] { write_safetensors(path, {{"__metadata__", t}}); }, {"\"__metadata__\" is reserved"});
+  require_error(
+      [&] {
+        write_safetensors(path, {{"w", t}, {"w", t}});
+      },
+      {path.string() + ": tensor \"w\" given twice"});
+  require_error(
+      [&] {
+        write_safetensors(path, {{"__metadata__", t}});
+      },
+      {"\"__metadata__\" is reserved"});
   require_error([&] { write_safetensors(path, {{"u", Tensor()}}); }, {"tensor \"u\" is undefined"});
   require_error([&] { write_safetensors(path, {{"bad\xff", t}}); }, {"not valid UTF-8"});
-  require_error([&] { write_safetensors(dir / "no" / "m.safetensors", {{"w", t}}); },
-                {"cannot create temporary file"});
+  require_error(
+      [&] {
+        write_safetensors(dir / "no" / "m.safetensors", {{"w", t}});
+      },
+      {"cannot create temporary file"});
   CHECK(read_bytes(path) == before);
   std::size_t n_files = 0;
   for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir.path())) ++n_files;

@@ -1,9 +1,10 @@
 // config.json for Mamba-1: HF names, mamba_ssm aliases and original configs, defaults, and
 // the errors for missing, mistyped and out-of-range fields (MODELS.md A.1, A.6).
+#include "model/mamba_config.h"
+
 #include <catch2/catch.hpp>
 
 #include "io_test_util.h"
-#include "model/mamba_config.h"
 
 using namespace ssmtune;
 using nlohmann::json;
@@ -14,7 +15,10 @@ using ssmtune::test::write_bytes;
 namespace {
 
 // The minimal HF config; tests add or break one field at a time.
-json minimal() { return {{"model_type", "mamba"}, {"vocab_size", 64}, {"hidden_size", 16}, {"num_hidden_layers", 2}}; }
+json minimal() {
+  return {
+      {"model_type", "mamba"}, {"vocab_size", 64}, {"hidden_size", 16}, {"num_hidden_layers", 2}};
+}
 
 MambaConfig parse(const json& j) { return parse_mamba_config(j, "m/config.json"); }
 
@@ -41,9 +45,9 @@ TEST_CASE("a minimal HF Mamba config gets transformers' defaults", "[model][conf
   CHECK(c.n_layer == 2);
   CHECK(c.d_state == 16);
   CHECK(c.expand == 2);
-  CHECK(c.d_inner == 32);   // int(expand * hidden_size)
+  CHECK(c.d_inner == 32);  // int(expand * hidden_size)
   CHECK(c.d_conv == 4);
-  CHECK(c.dt_rank == 1);    // "auto" = ceil(16 / 16)
+  CHECK(c.dt_rank == 1);  // "auto" = ceil(16 / 16)
   CHECK(!c.use_bias);
   CHECK(c.use_conv_bias);
   CHECK(c.tie_word_embeddings);
@@ -74,17 +78,19 @@ TEST_CASE("mamba-130m-hf's config.json parses to its published sizes", "[model][
 }
 
 TEST_CASE("time_step_rank \"auto\" is ceil(hidden_size / 16)", "[model][config]") {
-  for (auto [hidden, rank] : {std::pair{768, 48}, {1024, 64}, {2560, 160}, {20, 2}, {17, 2}, {16, 1}}) {
+  for (auto [hidden, rank] :
+       {std::pair{768, 48}, {1024, 64}, {2560, 160}, {20, 2}, {17, 2}, {16, 1}}) {
     const auto j = with(with(minimal(), "hidden_size", hidden), "time_step_rank", "auto");
     CHECK(parse(j).dt_rank == rank);
   }
   require_config_error(with(minimal(), "time_step_rank", "big"),
-                       {"m/config.json: field \"time_step_rank\": expected a positive integer or \"auto\", got string \"big\""});
+                       {"m/config.json: field \"time_step_rank\": expected a positive integer or "
+                        "\"auto\", got string \"big\""});
 }
 
 TEST_CASE("legacy aliases stand in for HF names and must agree with them", "[model][config]") {
   json j = {{"model_type", "mamba"}, {"vocab_size", 10}, {"d_model", 32}, {"n_layer", 3},
-            {"d_state", 4}, {"d_conv", 2}, {"d_inner", 48}, {"dt_rank", 5}};
+            {"d_state", 4},          {"d_conv", 2},      {"d_inner", 48}, {"dt_rank", 5}};
   const MambaConfig c = parse(j);
   CHECK(c.d_model == 32);
   CHECK(c.n_layer == 3);
@@ -92,9 +98,11 @@ TEST_CASE("legacy aliases stand in for HF names and must agree with them", "[mod
   CHECK(c.d_conv == 2);
   CHECK(c.d_inner == 48);
   CHECK(c.dt_rank == 5);
-  require_config_error(with(j, "hidden_size", 64),
-                       {"m/config.json: field \"hidden_size\" = 64 disagrees with its alias \"d_model\" = 32"});
-  require_config_error(with(j, "time_step_rank", 6), {"field \"time_step_rank\" = 6 disagrees with its alias \"dt_rank\" = 5"});
+  require_config_error(
+      with(j, "hidden_size", 64),
+      {"m/config.json: field \"hidden_size\" = 64 disagrees with its alias \"d_model\" = 32"});
+  require_config_error(with(j, "time_step_rank", 6),
+                       {"field \"time_step_rank\" = 6 disagrees with its alias \"dt_rank\" = 5"});
 }
 
 TEST_CASE("an explicit intermediate_size wins over expand * hidden_size", "[model][config]") {
@@ -106,7 +114,8 @@ TEST_CASE("an explicit intermediate_size wins over expand * hidden_size", "[mode
 TEST_CASE("an original mamba_ssm config pads the vocab and reads ssm_cfg", "[model][config]") {
   // state-spaces/mamba-130m's config.json (MODELS.md A.6).
   json j = json::parse(R"({"d_model": 768, "n_layer": 24, "vocab_size": 50277, "ssm_cfg": {},
-      "rms_norm": true, "residual_in_fp32": true, "fused_add_norm": true, "pad_vocab_size_multiple": 8})");
+      "rms_norm": true, "residual_in_fp32": true, "fused_add_norm": true,
+      "pad_vocab_size_multiple": 8})");
   MambaConfig c = parse(j);
   CHECK(c.vocab_size == 50280);
   CHECK(c.d_model == 768);
@@ -117,8 +126,8 @@ TEST_CASE("an original mamba_ssm config pads the vocab and reads ssm_cfg", "[mod
   CHECK(!c.use_bias);
   CHECK(c.tie_word_embeddings);
 
-  j["ssm_cfg"] = {{"d_state", 8}, {"d_conv", 3}, {"expand", 1}, {"dt_rank", 7}, {"conv_bias", false},
-                  {"bias", true}, {"layer", "Mamba1"}};
+  j["ssm_cfg"] = {{"d_state", 8},       {"d_conv", 3},  {"expand", 1},      {"dt_rank", 7},
+                  {"conv_bias", false}, {"bias", true}, {"layer", "Mamba1"}};
   j["tie_embeddings"] = false;
   c = parse(j);
   CHECK(c.d_state == 8);
@@ -133,12 +142,16 @@ TEST_CASE("an original mamba_ssm config pads the vocab and reads ssm_cfg", "[mod
 
   require_config_error(with(j, "ssm_cfg", {{"layer", "Mamba2"}}),
                        {"field \"ssm_cfg.layer\": expected \"Mamba1\", got string \"Mamba2\""});
-  require_config_error(with(j, "ssm_cfg", {{"d_state", "8"}}),
-                       {"field \"ssm_cfg.d_state\": expected a positive integer, got string \"8\""});
-  require_config_error(with(j, "rms_norm", false), {"field \"rms_norm\": expected true (LayerNorm"});
+  require_config_error(
+      with(j, "ssm_cfg", {{"d_state", "8"}}),
+      {"field \"ssm_cfg.d_state\": expected a positive integer, got string \"8\""});
+  require_config_error(with(j, "rms_norm", false),
+                       {"field \"rms_norm\": expected true (LayerNorm"});
   require_config_error(with(j, "d_intermediate", 512), {"field \"d_intermediate\": expected 0"});
-  require_config_error(with(j, "attn_layer_idx", {1}), {"field \"attn_layer_idx\": expected an empty list"});
-  require_config_error(with(j, "ssm_cfg", 3), {"field \"ssm_cfg\": expected an object, got number 3"});
+  require_config_error(with(j, "attn_layer_idx", {1}),
+                       {"field \"attn_layer_idx\": expected an empty list"});
+  require_config_error(with(j, "ssm_cfg", 3),
+                       {"field \"ssm_cfg\": expected an object, got number 3"});
 }
 
 TEST_CASE("a missing required field is an error naming it and its alias", "[model][config]") {
@@ -150,37 +163,59 @@ TEST_CASE("a missing required field is an error naming it and its alias", "[mode
                        {"field \"num_hidden_layers\" (or \"n_layer\"): missing"});
 }
 
-TEST_CASE("a mistyped field is an error naming file, field, expected type and value", "[model][config]") {
-  require_config_error(with(minimal(), "state_size", "16"),
-                       {"m/config.json: field \"state_size\": expected a positive integer, got string \"16\""});
+TEST_CASE("a mistyped field is an error naming file, field, expected type and value",
+          "[model][config]") {
+  require_config_error(
+      with(minimal(), "state_size", "16"),
+      {"m/config.json: field \"state_size\": expected a positive integer, got string \"16\""});
   require_config_error(with(minimal(), "hidden_size", 16.5),
                        {"field \"hidden_size\": expected a positive integer, got number 16.5"});
   require_config_error(with(minimal(), "use_bias", "false"),
                        {"field \"use_bias\": expected true or false, got string \"false\""});
   require_config_error(with(minimal(), "layer_norm_epsilon", "1e-5"),
                        {"field \"layer_norm_epsilon\": expected a number, got string \"1e-5\""});
-  require_config_error(with(minimal(), "hidden_act", "gelu"),
-                       {"field \"hidden_act\": expected \"silu\" or \"swish\", got string \"gelu\""});
+  require_config_error(
+      with(minimal(), "hidden_act", "gelu"),
+      {"field \"hidden_act\": expected \"silu\" or \"swish\", got string \"gelu\""});
   require_config_error(with(minimal(), "model_type", "jamba"),
                        {"field \"model_type\": expected \"mamba\", got \"jamba\""});
-  require_config_error(with(minimal(), "model_type", 1), {"field \"model_type\": expected a string"});
+  require_config_error(with(minimal(), "model_type", 1),
+                       {"field \"model_type\": expected a string"});
   require_config_error(json::array(), {"m/config.json: expected a JSON object, got an array"});
 }
 
 TEST_CASE("out-of-range sizes are errors before anything is allocated", "[model][config]") {
-  require_config_error(with(minimal(), "vocab_size", 0), {"field \"vocab_size\": expected a positive integer no larger than 10000000, got number 0"});
-  require_config_error(with(minimal(), "vocab_size", 100000000), {"field \"vocab_size\"", "got number 100000000"});
-  require_config_error(with(minimal(), "hidden_size", 1 << 20), {"field \"hidden_size\": expected a positive integer no larger than 65536"});
-  require_config_error(with(minimal(), "num_hidden_layers", -1), {"field \"num_hidden_layers\"", "got number -1"});
+  require_config_error(
+      with(minimal(), "vocab_size", 0),
+      {"field \"vocab_size\": expected a positive integer no larger than 10000000, got number 0"});
+  require_config_error(with(minimal(), "vocab_size", 100000000),
+                       {"field \"vocab_size\"", "got number 100000000"});
+  require_config_error(with(minimal(), "hidden_size", 1 << 20),
+                       {"field \"hidden_size\": expected a positive integer no larger than 65536"});
+  require_config_error(with(minimal(), "num_hidden_layers", -1),
+                       {"field \"num_hidden_layers\"", "got number -1"});
   require_config_error(with(minimal(), "num_hidden_layers", 5000), {"no larger than 1024"});
-  require_config_error(with(minimal(), "state_size", 4096), {"field \"state_size\"", "no larger than 1024"});
-  require_config_error(with(minimal(), "conv_kernel", 0), {"field \"conv_kernel\": expected a positive integer no larger than 16, got number 0"});
-  require_config_error(with(minimal(), "conv_kernel", 17), {"field \"conv_kernel\"", "got number 17"});
-  require_config_error(with(minimal(), "layer_norm_epsilon", 0), {"field \"layer_norm_epsilon\": expected a positive number, got number 0"});
-  require_config_error(with(minimal(), "expand", -2), {"field \"expand\": expected a positive number"});
-  require_config_error(with(minimal(), "expand", 0.01), {"field \"expand\": expected a value with int(expand * hidden_size) >= 1"});
-  require_config_error(with(minimal(), "eos_token_id", 64), {"field \"eos_token_id\": expected a non-negative integer no larger than 63"});
-  require_config_error(with(minimal(), "vocab_size", 18446744073709551615u), {"field \"vocab_size\""});
+  require_config_error(with(minimal(), "state_size", 4096),
+                       {"field \"state_size\"", "no larger than 1024"});
+  require_config_error(
+      with(minimal(), "conv_kernel", 0),
+      {"field \"conv_kernel\": expected a positive integer no larger than 16, got number 0"});
+  require_config_error(with(minimal(), "conv_kernel", 17),
+                       {"field \"conv_kernel\"", "got number 17"});
+  require_config_error(with(minimal(), "layer_norm_epsilon", 0),
+                       {"field \"layer_norm_epsilon\": expected a positive number, got number 0"});
+  require_config_error(with(minimal(), "expand", -2),
+                       {"field \"expand\": expected a positive number"});
+  require_config_error(
+      with(minimal(), "expand", 0.01),
+      {"field \"expand\": expected a value with int(expand * hidden_size) from 1 to 262144"});
+  require_config_error(with(with(minimal(), "hidden_size", 65536), "expand", 64),
+                       {"field \"expand\": expected a value with int(expand * hidden_size)"});
+  require_config_error(
+      with(minimal(), "eos_token_id", 64),
+      {"field \"eos_token_id\": expected a non-negative integer no larger than 63"});
+  require_config_error(with(minimal(), "vocab_size", 18446744073709551615u),
+                       {"field \"vocab_size\""});
   CHECK(parse(with(minimal(), "pad_token_id", nullptr)).pad_token_id == -1);
 }
 
@@ -196,16 +231,19 @@ TEST_CASE("mamba_config_to_json round-trips through parse", "[model][config]") {
   CHECK(j["pad_token_id"].is_null());
   const MambaConfig back = parse(j);
   CHECK(mamba_config_to_json(back) == j);
-  CHECK(mamba_config_to_json(parse(minimal()))["expand"].is_number_integer());  // 2, as HF writes it
+  CHECK(
+      mamba_config_to_json(parse(minimal()))["expand"].is_number_integer());  // 2, as HF writes it
 }
 
-TEST_CASE("load_mamba_config reads model_dir/config.json and names it in errors", "[model][config]") {
+TEST_CASE("load_mamba_config reads model_dir/config.json and names it in errors",
+          "[model][config]") {
   TempDir dir;
   require_error([&] { load_mamba_config(dir.path().string()); }, {"config.json: cannot open"});
   write_bytes(dir / "config.json", R"({"model_type": "mamba", "vocab_size": 8, "hidden_size": 4, )"
                                    R"("num_hidden_layers": 1, "state_size": "4"})");
   require_error([&] { load_mamba_config(dir.path().string()); },
-                {(dir / "config.json").string() + ": field \"state_size\": expected a positive integer, got string \"4\""});
+                {(dir / "config.json").string() +
+                 ": field \"state_size\": expected a positive integer, got string \"4\""});
   write_bytes(dir / "config.json", R"({"vocab_size": 8, "vocab_size": 9})");
   require_error([&] { load_mamba_config(dir.path().string()); }, {"duplicate key \"vocab_size\""});
 }

@@ -1,5 +1,7 @@
 // Mamba weights: HF names and shapes under a config, and a loader that reports missing,
 // unexpected, wrong-shape and untied/tied tensors by name (MODELS.md A.3, E).
+#include "model/mamba_weights.h"
+
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
@@ -8,7 +10,6 @@
 #include "io/json_file.h"
 #include "io/safetensors_checkpoint.h"
 #include "io_test_util.h"
-#include "model/mamba_weights.h"
 
 using namespace ssmtune;
 using ssmtune::test::require_error;
@@ -62,7 +63,8 @@ Tensor find(const std::vector<NamedTensor>& v, const std::string& name) {
   return {};
 }
 
-void write_model(const TempDir& dir, const std::vector<NamedTensor>& params, DType dtype = DType::F32) {
+void write_model(const TempDir& dir, const std::vector<NamedTensor>& params,
+                 DType dtype = DType::F32) {
   std::vector<NamedTensor> stored;
   for (const auto& [name, t] : params)
     stored.push_back({name, t.dtype() == DType::F32 ? t.to(dtype) : t});  // others as they are
@@ -98,9 +100,11 @@ TEST_CASE("expected_param_shape follows the HF module shapes", "[model][weights]
   CHECK(expected_param_shape(c, "backbone.norm_f.weight") == Shape{4});
   CHECK(expected_param_shape(c, "lm_head.weight") == Shape{10, 4});
   require_error([&] { expected_param_shape(c, "backbone.layers.0.mixer.in_proj.bias"); },
-                {"tensor \"backbone.layers.0.mixer.in_proj.bias\" is not a parameter of this Mamba config (use_bias is false)"});
+                {"tensor \"backbone.layers.0.mixer.in_proj.bias\" is not a parameter of this Mamba "
+                 "config (use_bias is false)"});
   require_error([&] { expected_param_shape(c, "backbone.layers.2.norm.weight"); },
-                {"tensor \"backbone.layers.2.norm.weight\" is not a parameter of a Mamba model with 2 layers"});
+                {"tensor \"backbone.layers.2.norm.weight\" is not a parameter of a Mamba model "
+                 "with 2 layers"});
   MambaConfig b = c;
   b.use_bias = true;
   CHECK(expected_param_shape(b, "backbone.layers.0.mixer.in_proj.bias") == Shape{16});
@@ -113,7 +117,8 @@ TEST_CASE("for_each_param visits parameters in state_dict order, skipping absent
   MambaWeights w = zeros_like_params(c, DType::F32);
   std::vector<std::string> names;
   for_each_param(c, w, [&](const std::string& name, Tensor&) { names.push_back(name); });
-  REQUIRE(names.size() == 1 + 2 * 10 + 1);  // embedding, 10 per layer (conv bias, no in/out bias), norm_f
+  REQUIRE(names.size() ==
+          1 + 2 * 10 + 1);  // embedding, 10 per layer (conv bias, no in/out bias), norm_f
   CHECK(names[0] == "backbone.embeddings.weight");
   CHECK(names[1] == "backbone.layers.0.norm.weight");
   CHECK(names[2] == "backbone.layers.0.mixer.A_log");
@@ -138,7 +143,8 @@ TEST_CASE("for_each_param visits parameters in state_dict order, skipping absent
                 {"Mamba weights hold 1 layers, the config 2"});
 }
 
-TEST_CASE("load_mamba_weights reads every parameter and converts F32 and BF16 files", "[model][weights]") {
+TEST_CASE("load_mamba_weights reads every parameter and converts F32 and BF16 files",
+          "[model][weights]") {
   const MambaConfig c = tiny_config();
   const auto params = tiny_params(c);
   for (DType stored : {DType::F32, DType::BF16, DType::F16}) {
@@ -163,25 +169,33 @@ TEST_CASE("load_mamba_weights reads every parameter and converts F32 and BF16 fi
                 {"weights load as F32 or F64, not BF16"});
 }
 
-TEST_CASE("load_mamba_weights: a missing tensor is named with its expected shape", "[model][weights]") {
+TEST_CASE("load_mamba_weights: a missing tensor is named with its expected shape",
+          "[model][weights]") {
   TempDir dir;
   const MambaConfig c = tiny_config();
   write_model(dir, without(tiny_params(c), "backbone.layers.1.mixer.D"));
-  require_load_error(dir, c, {dir.path().string() + ": missing tensor \"backbone.layers.1.mixer.D\", expected shape (8,)"});
+  require_load_error(dir, c,
+                     {dir.path().string() +
+                      ": missing tensor \"backbone.layers.1.mixer.D\", expected shape (8,)"});
 }
 
 TEST_CASE("load_mamba_weights: a wrong shape names the tensor, the expected and the found shape",
           "[model][weights]") {
   TempDir dir;
   const MambaConfig c = tiny_config();
-  write_model(dir, replaced(tiny_params(c), "backbone.layers.0.mixer.x_proj.weight", Tensor::zeros({7, 8}, DType::F32)));
-  require_load_error(dir, c, {"model.safetensors: tensor \"backbone.layers.0.mixer.x_proj.weight\": expected shape (8, 8), found (7, 8)"});
+  write_model(dir, replaced(tiny_params(c), "backbone.layers.0.mixer.x_proj.weight",
+                            Tensor::zeros({7, 8}, DType::F32)));
+  require_load_error(dir, c,
+                     {"model.safetensors: tensor \"backbone.layers.0.mixer.x_proj.weight\": "
+                      "expected shape (8, 8), found (7, 8)"});
   // The config is read the other way round too: a checkpoint of another size does not load.
   MambaConfig bigger = c;
   bigger.d_state = 4;
   write_model(dir, tiny_params(c));
-  require_load_error(dir, bigger, {"tensor \"backbone.layers.0.mixer.x_proj.weight\": expected shape (10, 8), found (8, 8)",
-                                   "and 1 more problem"});
+  require_load_error(
+      dir, bigger,
+      {"tensor \"backbone.layers.0.mixer.x_proj.weight\": expected shape (10, 8), found (8, 8)",
+       "and 1 more problem"});
 }
 
 TEST_CASE("load_mamba_weights: unexpected tensors are named", "[model][weights]") {
@@ -191,8 +205,10 @@ TEST_CASE("load_mamba_weights: unexpected tensors are named", "[model][weights]"
   params.push_back({"backbone.layers.0.mixer.extra", Tensor::zeros({2}, DType::F32)});
   params.push_back({"backbone.layers.2.norm.weight", Tensor::zeros({4}, DType::F32)});
   write_model(dir, params);
-  require_load_error(dir, c, {"model.safetensors: unexpected tensor \"backbone.layers.0.mixer.extra\"",
-                              "unexpected tensor \"backbone.layers.2.norm.weight\" (config.json has num_hidden_layers = 2)"});
+  require_load_error(dir, c,
+                     {"model.safetensors: unexpected tensor \"backbone.layers.0.mixer.extra\"",
+                      "unexpected tensor \"backbone.layers.2.norm.weight\" (config.json has "
+                      "num_hidden_layers = 2)"});
 }
 
 TEST_CASE("load_mamba_weights: biases must match use_bias and use_conv_bias", "[model][weights]") {
@@ -201,14 +217,22 @@ TEST_CASE("load_mamba_weights: biases must match use_bias and use_conv_bias", "[
   auto params = tiny_params(c);
   params.push_back({"backbone.layers.0.mixer.in_proj.bias", Tensor::zeros({16}, DType::F32)});
   write_model(dir, params);
-  require_load_error(dir, c, {"tensor \"backbone.layers.0.mixer.in_proj.bias\" is stored, but config.json says use_bias is false"});
+  require_load_error(dir, c,
+                     {"tensor \"backbone.layers.0.mixer.in_proj.bias\" is stored, but config.json "
+                      "says use_bias is false"});
   c.use_bias = true;
-  require_load_error(dir, c, {"missing tensor \"backbone.layers.0.mixer.out_proj.bias\", expected shape (4,) (use_bias is true)"});
+  require_load_error(dir, c,
+                     {"missing tensor \"backbone.layers.0.mixer.out_proj.bias\", expected shape "
+                      "(4,) (use_bias is true)"});
   c = tiny_config();
   write_model(dir, without(tiny_params(c), "backbone.layers.1.mixer.conv1d.bias"));
-  require_load_error(dir, c, {"missing tensor \"backbone.layers.1.mixer.conv1d.bias\", expected shape (8,) (use_conv_bias is true)"});
+  require_load_error(dir, c,
+                     {"missing tensor \"backbone.layers.1.mixer.conv1d.bias\", expected shape (8,) "
+                      "(use_conv_bias is true)"});
   c.use_conv_bias = false;
-  require_load_error(dir, c, {"tensor \"backbone.layers.0.mixer.conv1d.bias\" is stored, but config.json says use_conv_bias is false"});
+  require_load_error(dir, c,
+                     {"tensor \"backbone.layers.0.mixer.conv1d.bias\" is stored, but config.json "
+                      "says use_conv_bias is false"});
 }
 
 TEST_CASE("load_mamba_weights: tied and untied lm_head", "[model][weights]") {
@@ -230,12 +254,16 @@ TEST_CASE("load_mamba_weights: tied and untied lm_head", "[model][weights]") {
     other.data<float>()[5] += 1;
     p.push_back({"lm_head.weight", other});
     write_model(dir, p);
-    require_load_error(dir, c, {"tensor \"lm_head.weight\" differs from \"backbone.embeddings.weight\", but config.json sets tie_word_embeddings = true"});
+    require_load_error(dir, c,
+                       {"tensor \"lm_head.weight\" differs from \"backbone.embeddings.weight\", "
+                        "but config.json sets tie_word_embeddings = true"});
   }
   SECTION("untied and absent: refused") {
     c.tie_word_embeddings = false;
     write_model(dir, params);
-    require_load_error(dir, c, {"missing tensor \"lm_head.weight\", expected shape (10, 4) (tie_word_embeddings is false)"});
+    require_load_error(dir, c,
+                       {"missing tensor \"lm_head.weight\", expected shape (10, 4) "
+                        "(tie_word_embeddings is false)"});
   }
   SECTION("untied and stored: its own tensor") {
     c.tie_word_embeddings = false;
@@ -251,7 +279,8 @@ TEST_CASE("load_mamba_weights: tied and untied lm_head", "[model][weights]") {
   }
 }
 
-TEST_CASE("load_mamba_weights accepts mamba_ssm's embedding name, but not both names", "[model][weights]") {
+TEST_CASE("load_mamba_weights accepts mamba_ssm's embedding name, but not both names",
+          "[model][weights]") {
   TempDir dir;
   const MambaConfig c = tiny_config();
   auto params = tiny_params(c);
@@ -262,23 +291,29 @@ TEST_CASE("load_mamba_weights accepts mamba_ssm's embedding name, but not both n
   CHECK(same_values(w.embedding, find(params, "backbone.embedding.weight")));
   params.push_back({"backbone.embeddings.weight", find(params, "backbone.embedding.weight")});
   write_model(dir, params);
-  require_load_error(dir, c, {"both \"backbone.embeddings.weight\" and \"backbone.embedding.weight\" are stored"});
+  require_load_error(
+      dir, c, {"both \"backbone.embeddings.weight\" and \"backbone.embedding.weight\" are stored"});
 }
 
 TEST_CASE("load_mamba_weights refuses integer tensors and non-finite values", "[model][weights]") {
   TempDir dir;
   const MambaConfig c = tiny_config();
-  write_model(dir, replaced(tiny_params(c), "backbone.norm_f.weight", Tensor::zeros({4}, DType::I32)));
-  require_load_error(dir, c, {"tensor \"backbone.norm_f.weight\": expected F32, F16, BF16 or F64, found I32"});
+  write_model(dir,
+              replaced(tiny_params(c), "backbone.norm_f.weight", Tensor::zeros({4}, DType::I32)));
+  require_load_error(
+      dir, c, {"tensor \"backbone.norm_f.weight\": expected F32, F16, BF16 or F64, found I32"});
   Tensor nan = Tensor::zeros({8}, DType::F32);
   nan.data<float>()[3] = std::numeric_limits<float>::quiet_NaN();
   write_model(dir, replaced(tiny_params(c), "backbone.layers.0.mixer.D", nan));
-  require_load_error(dir, c, {"tensor \"backbone.layers.0.mixer.D\" holds a non-finite value (NaN or Inf) at element 3"});
+  require_load_error(
+      dir, c,
+      {"tensor \"backbone.layers.0.mixer.D\" holds a non-finite value (NaN or Inf) at element 3"});
 }
 
 // Fixtures from data_scripts/make_fixtures.py (transformers' MambaForCausalLM, saved with
 // save_pretrained). Every Mamba fixture directory is loaded, so new fixtures are picked up.
-TEST_CASE("every Mamba fixture model loads with the shapes its config implies", "[model][weights][fixtures]") {
+TEST_CASE("every Mamba fixture model loads with the shapes its config implies",
+          "[model][weights][fixtures]") {
   namespace fs = std::filesystem;
   const fs::path root = SSMTUNE_FIXTURES_DIR;
   std::vector<fs::path> model_dirs;

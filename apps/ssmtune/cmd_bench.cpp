@@ -3,6 +3,7 @@
 // Performance targets live here and in docs/benchmarks.md, never in unit tests.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <random>
 
 #include <omp.h>
@@ -10,6 +11,7 @@
 
 #include "apps/ssmtune/commands.h"
 #include "backend/backend.h"
+#include "io/json_file.h"
 #include "model/mamba_config.h"
 #include "model/mamba_lm.h"
 #include "model/mamba_weights.h"
@@ -20,9 +22,35 @@ namespace {
 
 struct BenchOptions {
   std::string model_dir;
+  std::string config_file;  // a config.json to benchmark with random weights instead
   std::int64_t batch = 4, seq_len = 256, steps = 5, warmup = 1, scan_chunk = 64;
   std::uint64_t seed = 0;
 };
+
+// Random weights of the right scale for timing only (throughput does not depend on the values,
+// but keep softplus and exp in their usual ranges): matrices ~ N(0, 0.02), norms 1,
+// A_log = log(n + 1) as S4D-real, D = 1, dt bias -4 (dt ~ 0.02).
+MambaWeights random_weights(const MambaConfig& cfg, std::uint64_t seed) {
+  MambaWeights w = zeros_like_params(cfg, DType::F32);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  for_each_param(cfg, w, [&](const std::string& name, Tensor& t) {
+    float* p = t.data<float>();
+    const auto ends_with = [&](const char* s) { return name.ends_with(s); };
+    for (std::int64_t i = 0; i < t.numel(); ++i) {
+      if (ends_with("norm.weight") || ends_with("norm_f.weight") || ends_with("mixer.D"))
+        p[i] = 1.0f;
+      else if (ends_with("A_log"))
+        p[i] = std::log(float(i % cfg.d_state + 1));
+      else if (ends_with("dt_proj.bias"))
+        p[i] = -4.0f;
+      else if (!ends_with("bias"))
+        p[i] = normal(rng);
+    }
+  });
+  if (cfg.tie_word_embeddings) w.lm_head = w.embedding;
+  return w;
+}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -31,8 +59,11 @@ double median(std::vector<double> v) {
 }
 
 void run_bench(const BenchOptions& o) {
-  const MambaConfig cfg = load_mamba_config(o.model_dir);
-  const MambaWeights w = load_mamba_weights(o.model_dir, cfg, DType::F32);
+  const bool random = !o.config_file.empty();
+  const MambaConfig cfg = random ? parse_mamba_config(read_json_file(o.config_file), o.config_file)
+                                 : load_mamba_config(o.model_dir);
+  const MambaWeights w = random ? random_weights(cfg, o.seed)
+                                : load_mamba_weights(o.model_dir, cfg, DType::F32);
   MambaWeights grads = zeros_like_params(cfg, DType::F32);
   auto be = make_cpu_backend();
 
@@ -62,7 +93,8 @@ void run_bench(const BenchOptions& o) {
   double total_op_seconds = 0;
   for (const auto& [name, e] : profile.ops) total_op_seconds += e.seconds;
   std::printf("model         %s (%lld layers, d_model %lld, d_inner %lld, d_state %lld)\n",
-              o.model_dir.c_str(), (long long)cfg.n_layer, (long long)cfg.d_model,
+              random ? (o.config_file + ", random weights").c_str() : o.model_dir.c_str(),
+              (long long)cfg.n_layer, (long long)cfg.d_model,
               (long long)cfg.d_inner, (long long)cfg.d_state);
   std::printf("backend       %s, %d threads, float32\n", be->name().c_str(), omp_get_max_threads());
   std::printf("step          batch %lld x seq_len %lld = %.0f tokens, forward + backward\n",
@@ -86,7 +118,11 @@ void add_bench_command(CLI::App& app) {
       "bench", "Measure training-step throughput (tokens/s) and per-op time on this machine.\n"
                "Example: ssmtune bench --model tests/fixtures/mamba-sharded-bf16 --batch 4 --seq-len 256");
   static BenchOptions o;
-  cmd->add_option("--model", o.model_dir, "model directory")->required();
+  auto* model = cmd->add_option("--model", o.model_dir, "model directory");
+  auto* config = cmd->add_option("--config", o.config_file,
+                                 "a model config.json: benchmark its shapes with random weights");
+  model->excludes(config);
+  config->excludes(model);
   cmd->add_option("--batch", o.batch, "sequences per step")->check(CLI::Range(1, 4096));
   cmd->add_option("--seq-len", o.seq_len, "tokens per sequence")->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--steps", o.steps, "measured steps (the median is reported)")
@@ -95,7 +131,11 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--scan-chunk", o.scan_chunk, "selective-scan chunk length")
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--seed", o.seed, "seed of the random token ids");
-  cmd->callback([] { run_bench(o); });
+  cmd->callback([] {
+    if (o.model_dir.empty() && o.config_file.empty())
+      throw UsageError("bench: give --model DIR or --config CONFIG.json");
+    run_bench(o);
+  });
 }
 
 }  // namespace ssmtune

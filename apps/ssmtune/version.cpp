@@ -2,16 +2,15 @@
 
 #include <omp.h>
 
+#include "backend/cuda/device_info.h"
+
 namespace ssmtune {
 
 std::string version_text() {
   std::string s = "ssmtune " SSMTUNE_VERSION "\n";
   s += "cpu backend: float32, " + std::to_string(omp_get_max_threads()) + " OpenMP threads\n";
-#ifdef SSMTUNE_WITH_CUDA
-  s += "cuda: built in\n";
-#else
-  s += "cuda: not built in\n";
-#endif
+  const CudaDevices cuda = query_cuda_devices();
+  s += std::string("cuda: ") + (cuda.built ? "built in; " : "") + cuda.detail;
   return s;
 }
 

@@ -77,8 +77,8 @@ void AtomicFile::commit() {
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
     const int err = errno;
     ::unlink(temp_path_.c_str());
-    throw Error(path_.string() + ": cannot rename " + temp_path_.string() + " into place: " +
-                std::strerror(err));
+    throw Error(path_.string() + ": cannot rename " + temp_path_.string() +
+                " into place: " + std::strerror(err));
   }
   fsync_directory(path_.parent_path());
 }

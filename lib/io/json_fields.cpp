@@ -11,10 +11,10 @@ namespace ssmtune {
 JsonFields::JsonFields(const nlohmann::json& object, std::string file, std::string prefix)
     : object_(object), file_(std::move(file)), prefix_(std::move(prefix)) {
   if (!object_.is_object()) {
-    const std::string what = prefix_.empty()
-                                 ? file_ + ": expected a JSON object"
-                                 : file_ + ": field " + quote_str(prefix_.substr(0, prefix_.size() - 1)) +
-                                       ": expected an object";
+    const std::string what =
+        prefix_.empty() ? file_ + ": expected a JSON object"
+                        : file_ + ": field " + quote_str(prefix_.substr(0, prefix_.size() - 1)) +
+                              ": expected an object";
     throw Error(what + ", got " + describe_json_value(object_));
   }
 }
@@ -64,8 +64,8 @@ std::optional<std::string> JsonFields::get_string(const std::string& key) const 
   return raw(key).get<std::string>();
 }
 
-std::optional<std::string> JsonFields::get_choice(const std::string& key,
-                                                  std::initializer_list<const char*> choices) const {
+std::optional<std::string> JsonFields::get_choice(
+    const std::string& key, std::initializer_list<const char*> choices) const {
   auto s = get_string(key);
   if (!s) return s;
   std::string list;

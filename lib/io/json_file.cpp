@@ -27,7 +27,8 @@ struct Frame {
 std::string frame_path(const std::vector<Frame>& stack) {
   if (stack.size() <= 1) return "the top-level object";
   std::string path;
-  for (std::size_t i = 1; i < stack.size(); ++i) path += (i > 1 && stack[i].label[0] != '[' ? "." : "") + stack[i].label;
+  for (std::size_t i = 1; i < stack.size(); ++i)
+    path += (i > 1 && stack[i].label[0] != '[' ? "." : "") + stack[i].label;
   return "object " + path;
 }
 
@@ -58,7 +59,8 @@ nlohmann::json parse_json_text(std::string_view text, const std::string& source,
       case E::object_start:
       case E::array_start: {
         if (int(stack.size()) >= max_depth)
-          throw Error(source + ": JSON nested deeper than " + std::to_string(max_depth) + " levels");
+          throw Error(source + ": JSON nested deeper than " + std::to_string(max_depth) +
+                      " levels");
         Frame f;
         f.is_object = event == E::object_start;
         if (!stack.empty()) f.label = child_label(stack.back());
@@ -69,7 +71,8 @@ nlohmann::json parse_json_text(std::string_view text, const std::string& source,
         Frame& f = stack.back();
         f.last_key = parsed.get<std::string>();
         if (!f.keys.insert(f.last_key).second)
-          throw Error(source + ": duplicate key " + quote_str(f.last_key) + " in " + frame_path(stack));
+          throw Error(source + ": duplicate key " + quote_str(f.last_key) + " in " +
+                      frame_path(stack));
         break;
       }
       case E::object_end:

@@ -68,7 +68,9 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const fs::path& model_dir) {
   if (!fs::exists(index_path, ec)) {
     std::string hint;
     if (fs::exists(model_dir / "pytorch_model.bin", ec))
-      hint = " (pytorch_model.bin is a pickle, which ssmtune does not read: convert it to safetensors)";
+      hint =
+          " (pytorch_model.bin is a pickle, which ssmtune does not read: convert it to "
+          "safetensors)";
     throw Error(model_dir.string() + ": no " + kSingleName + " or " + kIndexName + hint);
   }
 
@@ -79,8 +81,9 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const fs::path& model_dir) {
   for (auto& [shard, i] : shard_index) {
     const fs::path shard_path = model_dir / shard;
     if (!fs::exists(shard_path, ec)) {
+      const std::string& missing = shard;  // clang < 16 cannot capture a structured binding
       const auto user = std::find_if(weight_map.begin(), weight_map.end(),
-                                     [&](const auto& kv) { return kv.second == shard; });
+                                     [&](const auto& kv) { return kv.second == missing; });
       throw Error(index_path.string() + ": shard " + quote_str(shard) + " (holding tensor " +
                   quote_str(user->first) + ") does not exist: " + shard_path.string());
     }
@@ -101,8 +104,9 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const fs::path& model_dir) {
         throw Error(ckpt.files_[i].path().string() + ": tensor " + quote_str(e.name) +
                     " is not listed in " + kIndexName);
       if (shard_index.at(it->second) != i)
-        throw Error(ckpt.files_[i].path().string() + ": tensor " + quote_str(e.name) + " is also in " +
-                    "this shard, but " + kIndexName + " maps it to " + quote_str(it->second));
+        throw Error(ckpt.files_[i].path().string() + ": tensor " + quote_str(e.name) +
+                    " is also in " + "this shard, but " + kIndexName + " maps it to " +
+                    quote_str(it->second));
     }
   }
   return ckpt;

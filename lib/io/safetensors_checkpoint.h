@@ -26,7 +26,7 @@ class SafetensorsCheckpoint {
   const std::filesystem::path& dir() const { return dir_; }
   bool sharded() const { return sharded_; }
   const std::vector<SafetensorsFile>& files() const { return files_; }  // shards sorted by name
-  std::vector<std::string> names() const;                                // sorted
+  std::vector<std::string> names() const;                               // sorted
   bool contains(const std::string& name) const { return where_.count(name) != 0; }
   const SafetensorsFile& file_of(const std::string& name) const;  // throws if absent
   const SafetensorsEntry& entry(const std::string& name) const { return file_of(name).entry(name); }

@@ -17,8 +17,8 @@ using nlohmann::json;
 
 // dtypes the safetensors format defines that ssmtune has no DType for: named apart from typos.
 constexpr std::array<std::string_view, 14> kForeignDTypes = {
-    "I8",     "I16",         "U16",         "U32", "U64",     "C64",     "F8_E5M2",
-    "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4", "F6_E2M3", "F6_E3M2"};
+    "I8",      "I16",     "U16",         "U32",         "U64", "C64",     "F8_E5M2",
+    "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4",  "F6_E2M3", "F6_E3M2"};
 
 std::string range_str(std::uint64_t begin, std::uint64_t end) {
   return "[" + std::to_string(begin) + ", " + std::to_string(end) + "]";
@@ -42,8 +42,9 @@ DType parse_dtype(const json& v, const std::string& where) {
   const auto& name = v.get_ref<const std::string&>();
   if (auto t = dtype_from_name(name)) return *t;
   if (std::find(kForeignDTypes.begin(), kForeignDTypes.end(), name) != kForeignDTypes.end())
-    throw Error(where + " " + quote_str(name) +
-                " is not supported by ssmtune (supported: F32, F64, F16, BF16, I64, I32, U8, BOOL)");
+    throw Error(
+        where + " " + quote_str(name) +
+        " is not supported by ssmtune (supported: F32, F64, F16, BF16, I64, I32, U8, BOOL)");
   throw Error(where + ": unknown dtype " + quote_str(name));
 }
 
@@ -131,12 +132,13 @@ void check_tiling(std::vector<SafetensorsEntry>& entries, std::uint64_t data_siz
   const SafetensorsEntry* prev = nullptr;
   for (const auto& e : entries) {
     if (e.begin < covered)
-      throw Error(source + ": tensor " + quote_str(e.name) + " (bytes " + range_str(e.begin, e.end) +
-                  ") overlaps tensor " + quote_str(prev->name) + " (bytes " +
-                  range_str(prev->begin, prev->end) + ")");
+      throw Error(source + ": tensor " + quote_str(e.name) + " (bytes " +
+                  range_str(e.begin, e.end) + ") overlaps tensor " + quote_str(prev->name) +
+                  " (bytes " + range_str(prev->begin, prev->end) + ")");
     if (e.begin > covered)
       throw Error(source + ": bytes " + range_str(covered, e.begin) +
-                  " of the data area belong to no tensor (gap before tensor " + quote_str(e.name) + ")");
+                  " of the data area belong to no tensor (gap before tensor " + quote_str(e.name) +
+                  ")");
     covered = e.end;
     prev = &e;
   }

@@ -13,17 +13,21 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
   const std::string where = path.string();
   std::set<std::string> seen;
   for (const auto& [name, t] : tensors) {
-    if (name == "__metadata__") throw Error(where + ": \"__metadata__\" is reserved, not a tensor name");
-    if (!seen.insert(name).second) throw Error(where + ": tensor " + quote_str(name) + " given twice");
+    if (name == "__metadata__")
+      throw Error(where + ": \"__metadata__\" is reserved, not a tensor name");
+    if (!seen.insert(name).second)
+      throw Error(where + ": tensor " + quote_str(name) + " given twice");
     if (!t.defined()) throw Error(where + ": tensor " + quote_str(name) + " is undefined");
     if (t.device() != Device::CPU)
-      throw Error(where + ": tensor " + quote_str(name) + " is not on the CPU; copy it there first");
+      throw Error(where + ": tensor " + quote_str(name) +
+                  " is not on the CPU; copy it there first");
   }
 
   // The reference writer's order (safetensors tensor.rs prepare): largest alignment first, so
   // every offset is a multiple of its dtype size.
-  std::vector<const NamedTensor*> order;
-  for (const auto& nt : tensors) order.push_back(&nt);
+  std::vector<const NamedTensor*> order(tensors.size());
+  std::transform(tensors.begin(), tensors.end(), order.begin(),
+                 [](const NamedTensor& nt) { return &nt; });
   std::sort(order.begin(), order.end(), [](const NamedTensor* a, const NamedTensor* b) {
     const std::size_t sa = dtype_size(a->tensor.dtype()), sb = dtype_size(b->tensor.dtype());
     return sa != sb ? sa > sb : a->name < b->name;
@@ -51,7 +55,8 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
   text.append((8 - text.size() % 8) % 8, ' ');  // data area starts 8-byte aligned
 
   unsigned char length_le[8];
-  for (int i = 0; i < 8; ++i) length_le[i] = static_cast<unsigned char>(std::uint64_t(text.size()) >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    length_le[i] = static_cast<unsigned char>(std::uint64_t(text.size()) >> (8 * i));
   AtomicFile out(path);
   out.write(length_le, 8);
   out.write(text);

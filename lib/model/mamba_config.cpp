@@ -31,8 +31,8 @@ std::optional<std::int64_t> get_aliased_int(const JsonFields& f, const std::stri
   const auto a = f.get_int(name, min, max);
   const auto b = f.get_int(alias, min, max);
   if (a && b && *a != *b)
-    throw Error(f.where(name) + " = " + std::to_string(*a) + " disagrees with its alias \"" + alias +
-                "\" = " + std::to_string(*b));
+    throw Error(f.where(name) + " = " + std::to_string(*a) + " disagrees with its alias \"" +
+                alias + "\" = " + std::to_string(*b));
   return a ? a : b;
 }
 
@@ -78,8 +78,8 @@ void read_common(const JsonFields& f, MambaConfig& c) {
 MambaConfig parse_hf(const JsonFields& f) {
   MambaConfig c;
   c.vocab_size = require(f.get_int("vocab_size", 1, kMaxVocab), f, "vocab_size");
-  c.d_model = require(get_aliased_int(f, "hidden_size", "d_model", 1, kMaxDModel), f,
-                      "hidden_size", "d_model");
+  c.d_model = require(get_aliased_int(f, "hidden_size", "d_model", 1, kMaxDModel), f, "hidden_size",
+                      "d_model");
   c.n_layer = require(get_aliased_int(f, "num_hidden_layers", "n_layer", 1, kMaxLayers), f,
                       "num_hidden_layers", "n_layer");
   c.d_state = get_aliased_int(f, "state_size", "d_state", 1, kMaxDState).value_or(16);
@@ -89,7 +89,8 @@ MambaConfig parse_hf(const JsonFields& f) {
   // An explicit intermediate_size wins over int(expand * hidden_size) (MODELS.md A.1).
   const auto d_inner = get_aliased_int(f, "intermediate_size", "d_inner", 1, kMaxDInner);
   c.d_inner = d_inner ? *d_inner : std::int64_t(c.expand * double(c.d_model));
-  if (c.d_inner < 1) f.fail("expand", "a value with int(expand * hidden_size) >= 1");
+  if (!d_inner && (c.d_inner < 1 || c.d_inner > kMaxDInner))
+    f.fail("expand", "a value with int(expand * hidden_size) from 1 to 262144");
   const auto rank = get_dt_rank(f, "time_step_rank", c.d_model);
   const auto rank_alias = get_dt_rank(f, "dt_rank", c.d_model);
   if (rank && rank_alias && *rank != *rank_alias)
@@ -126,7 +127,8 @@ MambaConfig parse_original(const JsonFields& f, const std::string& file) {
   const std::int64_t vocab = require(f.get_int("vocab_size", 1, kMaxVocab), f, "vocab_size");
   const std::int64_t multiple = f.get_int("pad_vocab_size_multiple", 1, 1 << 20).value_or(8);
   c.vocab_size = (vocab + multiple - 1) / multiple * multiple;
-  if (c.vocab_size > kMaxVocab) f.fail("vocab_size", "a vocabulary of at most 10000000 once padded");
+  if (c.vocab_size > kMaxVocab)
+    f.fail("vocab_size", "a vocabulary of at most 10000000 once padded");
   c.d_model = require(f.get_int("d_model", 1, kMaxDModel), f, "d_model");
   c.n_layer = require(f.get_int("n_layer", 1, kMaxLayers), f, "n_layer");
   // Parts of mamba_ssm that ssmtune does not implement: refuse rather than load wrong math.
@@ -145,7 +147,8 @@ MambaConfig parse_original(const JsonFields& f, const std::string& file) {
   c.expand = positive_number(ssm, "expand", 2);
   if (c.expand > kMaxExpand) ssm.fail("expand", "a positive number no larger than 64");
   c.d_inner = std::int64_t(c.expand * double(c.d_model));
-  if (c.d_inner < 1) ssm.fail("expand", "a value with int(expand * d_model) >= 1");
+  if (c.d_inner < 1 || c.d_inner > kMaxDInner)
+    ssm.fail("expand", "a value with int(expand * d_model) from 1 to 262144");
   c.dt_rank = get_dt_rank(ssm, "dt_rank", c.d_model).value_or((c.d_model + 15) / 16);
   c.use_conv_bias = ssm.get_bool("conv_bias").value_or(true);
   c.use_bias = ssm.get_bool("bias").value_or(false);
@@ -181,7 +184,9 @@ MambaConfig load_mamba_config(const std::string& model_dir) {
 }
 
 nlohmann::json mamba_config_to_json(const MambaConfig& c) {
-  auto token = [](std::int64_t id) { return id < 0 ? nlohmann::json(nullptr) : nlohmann::json(id); };
+  auto token = [](std::int64_t id) {
+    return id < 0 ? nlohmann::json(nullptr) : nlohmann::json(id);
+  };
   // transformers writes expand as the int it was given; keep 2 rather than 2.0.
   const nlohmann::json expand = c.expand == std::floor(c.expand)
                                     ? nlohmann::json(std::int64_t(c.expand))

@@ -36,7 +36,7 @@ struct MambaConfig {
 };
 
 // Parses a config.json object. `file` names the source in error messages, e.g.
-//   error: model/config.json: field "state_size": expected a positive integer, got "16"
+//   error: model/config.json: field "state_size": expected a positive integer, got string "16"
 // Accepts Hugging Face names and the original mamba_ssm names (d_model, n_layer, ssm_cfg,
 // pad_vocab_size_multiple). Throws ssmtune::Error on a missing required field, a wrong type,
 // a value out of range or a model_type other than "mamba".

@@ -80,7 +80,8 @@ std::int64_t layer_index(const std::string& name) {
   std::int64_t i = 0;
   std::size_t pos = prefix.size();
   if (pos >= name.size() || !std::isdigit(static_cast<unsigned char>(name[pos]))) return -1;
-  for (; pos < name.size() && std::isdigit(static_cast<unsigned char>(name[pos])) && i < 1'000'000; ++pos)
+  for (; pos < name.size() && std::isdigit(static_cast<unsigned char>(name[pos])) && i < 1'000'000;
+       ++pos)
     i = i * 10 + (name[pos] - '0');
   return i;
 }
@@ -94,7 +95,8 @@ class Problems {
     std::string msg = list_[0];
     for (std::size_t i = 1; i < list_.size() && i < 3; ++i) msg += "; " + list_[i];
     if (list_.size() > 3)
-      msg += "; and " + std::to_string(list_.size() - 3) + (list_.size() == 4 ? " more problem" : " more problems");
+      msg += "; and " + std::to_string(list_.size() - 3) +
+             (list_.size() == 4 ? " more problem" : " more problems");
     throw Error(msg);
   }
 
@@ -149,8 +151,8 @@ MambaWeights load_mamba_weights(const std::string& model_dir, const MambaConfig&
   Problems problems;
   if (ckpt.contains(kEmbeddingMambaSsm)) {
     if (ckpt.contains(kEmbedding))
-      problems.add(model_dir + ": both " + quote_str(kEmbedding) + " and " + quote_str(kEmbeddingMambaSsm) +
-                   " are stored; expected one embedding");
+      problems.add(model_dir + ": both " + quote_str(kEmbedding) + " and " +
+                   quote_str(kEmbeddingMambaSsm) + " are stored; expected one embedding");
     else
       embedding_name = kEmbeddingMambaSsm;
   }
@@ -183,19 +185,22 @@ MambaWeights load_mamba_weights(const std::string& model_dir, const MambaConfig&
     }
     if (!has) continue;
     const SafetensorsEntry& e = ckpt.entry(stored);
-    const std::string where = ckpt.file_of(stored).path().string() + ": tensor " + quote_str(stored);
+    const std::string where =
+        ckpt.file_of(stored).path().string() + ": tensor " + quote_str(stored);
     if (e.shape != s.shape)
-      problems.add(where + ": expected shape " + shape_str(s.shape) + ", found " + shape_str(e.shape));
+      problems.add(where + ": expected shape " + shape_str(s.shape) + ", found " +
+                   shape_str(e.shape));
     else if (!is_float(e.dtype))
-      problems.add(where + ": expected F32, F16, BF16 or F64, found " + std::string(dtype_name(e.dtype)));
+      problems.add(where + ": expected F32, F16, BF16 or F64, found " +
+                   std::string(dtype_name(e.dtype)));
   }
   for (const std::string& name : ckpt.names()) {
     if (used.count(name)) continue;
     const std::int64_t layer = layer_index(name);
     problems.add(ckpt.file_of(name).path().string() + ": unexpected tensor " + quote_str(name) +
-                 (layer >= c.n_layer ? " (config.json has num_hidden_layers = " +
-                                           std::to_string(c.n_layer) + ")"
-                                     : ""));
+                 (layer >= c.n_layer
+                      ? " (config.json has num_hidden_layers = " + std::to_string(c.n_layer) + ")"
+                      : ""));
   }
   problems.throw_if_any();
 
@@ -214,8 +219,9 @@ MambaWeights load_mamba_weights(const std::string& model_dir, const MambaConfig&
     // checkpoint is not the model its config says.
     if (w.lm_head.defined() &&
         std::memcmp(w.lm_head.raw(), w.embedding.raw(), w.embedding.nbytes()) != 0)
-      throw Error(ckpt.file_of(kLmHead).path().string() + ": tensor \"lm_head.weight\" differs from " +
-                  quote_str(embedding_name) + ", but config.json sets tie_word_embeddings = true");
+      throw Error(ckpt.file_of(kLmHead).path().string() +
+                  ": tensor \"lm_head.weight\" differs from " + quote_str(embedding_name) +
+                  ", but config.json sets tie_word_embeddings = true");
     w.lm_head = w.embedding;
   }
   return w;

@@ -47,8 +47,8 @@ MambaWeights zeros_like_params(const MambaConfig& c, DType dtype);
 
 // Loads model_dir/model.safetensors or the shards of model.safetensors.index.json, checks every
 // tensor against the config (missing, unexpected or wrong-shape tensors are errors naming the
-// tensor, the expected and the found shape), converts to `dtype` (F32 or F64) and unties
-// lm_head when tie_word_embeddings is set. Accepts mamba_ssm's `backbone.embedding.weight`.
+// tensor, the expected and the found shape), converts to `dtype` (F32 or F64) and ties
+// lm_head to the embedding (shared storage) when tie_word_embeddings is set. Accepts mamba_ssm's `backbone.embedding.weight`.
 MambaWeights load_mamba_weights(const std::string& model_dir, const MambaConfig& c,
                                 DType dtype = DType::F32);
 

@@ -1,0 +1,33 @@
+#include <cuda_runtime.h>
+
+#include "backend/cuda/device_info.h"
+
+namespace ssmtune {
+
+CudaDevices query_cuda_devices() {
+  CudaDevices out;
+  out.built = true;
+  int count = 0;
+  // Without a GPU the runtime answers with an error (e.g. "CUDA driver version is insufficient"
+  // or "no CUDA-capable device"); any error means no usable device (BUILD.md).
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    out.detail = std::string("no usable GPU: ") + cudaGetErrorString(err);
+    return out;
+  }
+  if (count == 0) {
+    out.detail = "no usable GPU: the CUDA runtime reports 0 devices";
+    return out;
+  }
+  out.count = count;
+  for (int i = 0; i < count; ++i) {
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
+    out.detail += (i ? "; " : "") + std::to_string(i) + ": " + prop.name + " (sm_" +
+                  std::to_string(prop.major) + std::to_string(prop.minor) + ", " +
+                  std::to_string(prop.totalGlobalMem >> 20) + " MiB)";
+  }
+  return out;
+}
+
+}  // namespace ssmtune
