@@ -2,12 +2,13 @@
 // silu(z) output gate), forward and backward.
 #include <cmath>
 
+#include "backend/cpu/fast_exp.h"
 #include "backend/cpu/ops_cpu.h"
 
 namespace ssmtune::cpu {
 
 namespace {
-template <class T> T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
+template <class T> T sigmoid(T v) { return T(1) / (T(1) + fast_exp(-v)); }
 // d silu(v) / dv = s * (1 + v * (1 - s)), s = sigmoid(v)
 template <class T> T silu_grad(T v) {
   const T s = sigmoid(v);
@@ -29,7 +30,7 @@ template <class T> void silu_backward(std::int64_t n, const T* dy, const T* x, T
 template <class T> void softplus_forward(std::int64_t n, const T* x, T* y) {
 #pragma omp parallel for schedule(static)
   for (std::int64_t i = 0; i < n; ++i)
-    y[i] = x[i] > T(kSoftplusThreshold) ? x[i] : std::log1p(std::exp(x[i]));
+    y[i] = x[i] > T(kSoftplusThreshold) ? x[i] : std::log1p(fast_exp(x[i]));
 }
 
 template <class T> void softplus_backward(std::int64_t n, const T* dy, const T* x, T* dx) {

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "backend/cpu/fast_exp.h"
 #include "backend/cpu/ops_cpu.h"
 
 namespace ssmtune::cpu {
@@ -31,7 +32,7 @@ template <class T> double log_sum_exp(std::int64_t V, const T* x) {
   double mx = -std::numeric_limits<double>::infinity();
   for (std::int64_t v = 0; v < V; ++v) mx = std::max(mx, double(x[v]));
   double s = 0;
-  for (std::int64_t v = 0; v < V; ++v) s += std::exp(double(x[v]) - mx);
+  for (std::int64_t v = 0; v < V; ++v) s += double(fast_exp(x[v] - T(mx)));
   return mx + std::log(s);
 }
 }  // namespace
@@ -64,7 +65,7 @@ void cross_entropy_backward(std::int64_t rows, std::int64_t V, const T* logits,
       continue;
     }
     const double lse = log_sum_exp(V, x);
-    for (std::int64_t v = 0; v < V; ++v) dx[v] = T(scale * std::exp(double(x[v]) - lse));
+    for (std::int64_t v = 0; v < V; ++v) dx[v] = T(scale) * fast_exp(x[v] - T(lse));
     dx[targets[r]] -= T(scale);
   }
 }
