@@ -1,13 +1,13 @@
 // ssmtune::cpu::gemm (lib/backend/cpu/gemm_cpu.h) against a double-precision triple loop, for
 // every transpose combination and with row strides longer than the rows, as the projections use.
-#include <catch2/catch.hpp>
+#include "backend/cpu/gemm_cpu.h"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <limits>
 #include <random>
 #include <vector>
 
-#include "backend/cpu/gemm_cpu.h"
 #include "core/error.h"
 
 using ssmtune::cpu::gemm;
@@ -58,15 +58,15 @@ std::vector<double> reference(const Operands& o, double alpha, double beta,
 template <class T>
 double worst_relative_error(const Operands& o, double alpha, double beta) {
   std::vector<T> A(o.A.begin(), o.A.end()), B(o.B.begin(), o.B.end()), C(o.C.begin(), o.C.end());
-  gemm<T>(o.ta, o.tb, o.M, o.N, o.K, T(alpha), A.data(), o.lda, B.data(), o.ldb, T(beta),
-          C.data(), o.ldc);
+  gemm<T>(o.ta, o.tb, o.M, o.N, o.K, T(alpha), A.data(), o.lda, B.data(), o.ldb, T(beta), C.data(),
+          o.ldc);
   std::vector<double> bound;
   const std::vector<double> want = reference(o, alpha, beta, bound);
   double worst = 0;
   for (std::int64_t i = 0; i < o.M; ++i)
     for (std::int64_t j = 0; j < o.N; ++j)
-      worst = std::max(worst, std::abs(double(C[i * o.ldc + j]) - want[i * o.N + j]) /
-                                  bound[i * o.N + j]);
+      worst = std::max(worst,
+                       std::abs(double(C[i * o.ldc + j]) - want[i * o.N + j]) / bound[i * o.N + j]);
   return worst;
 }
 
@@ -108,9 +108,9 @@ TEST_CASE("gemm with K = 0 scales C by beta", "[gemm]") {
 TEST_CASE("gemm rejects a row stride shorter than the row", "[gemm]") {
   std::vector<float> A(6), B(6), C(4);
   // A is stored (2, 3) so lda must be >= 3.
-  CHECK_THROWS_AS(gemm<float>(false, false, 2, 2, 3, 1.0f, A.data(), 2, B.data(), 2, 0.0f,
-                              C.data(), 2),
-                  ssmtune::Error);
-  CHECK_NOTHROW(gemm<float>(false, false, 2, 2, 3, 1.0f, A.data(), 3, B.data(), 2, 0.0f,
-                            C.data(), 2));
+  CHECK_THROWS_AS(
+      gemm<float>(false, false, 2, 2, 3, 1.0f, A.data(), 2, B.data(), 2, 0.0f, C.data(), 2),
+      ssmtune::Error);
+  CHECK_NOTHROW(
+      gemm<float>(false, false, 2, 2, 3, 1.0f, A.data(), 3, B.data(), 2, 0.0f, C.data(), 2));
 }

@@ -11,6 +11,7 @@
 
 #include "apps/ssmtune/commands.h"
 #include "backend/backend.h"
+#include "backend/cpu/blas_select.h"
 #include "io/json_file.h"
 #include "model/mamba_config.h"
 #include "model/mamba_lm.h"
@@ -97,6 +98,7 @@ void run_bench(const BenchOptions& o) {
               (long long)cfg.n_layer, (long long)cfg.d_model,
               (long long)cfg.d_inner, (long long)cfg.d_state);
   std::printf("backend       %s, %d threads, float32\n", be->name().c_str(), omp_get_max_threads());
+  std::printf("blas          %s\n", cpu::blas_description().c_str());
   std::printf("step          batch %lld x seq_len %lld = %.0f tokens, forward + backward\n",
               (long long)o.batch, (long long)o.seq_len, tokens);
   std::printf("time/step     median %.4f s over %lld steps (min %.4f, max %.4f)\n", med,

@@ -9,9 +9,12 @@
 
 #include "apps/ssmtune/commands.h"
 #include "apps/ssmtune/version.h"
+#include "backend/cpu/blas_select.h"
 #include "core/error.h"
 
 int main(int argc, char** argv) {
+  // First of all: may re-execute this program once so OpenBLAS picks this CPU's kernels.
+  ssmtune::cpu::ensure_fast_blas(argc, argv);
   CLI::App app{"ssmtune: parameter-efficient fine-tuning of Mamba state-space language models"};
   app.require_subcommand(1);
   app.set_version_flag("--version", [] { return ssmtune::version_text(); });

@@ -112,8 +112,7 @@ const Case kCases[] = {
 };
 
 double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 template <typename T>
@@ -134,7 +133,8 @@ double rel_error(const Case& c, const std::vector<T>& A, int64_t lda, const std:
     std::fill(row.begin(), row.end(), 0.0);
     for (int64_t k = 0; k < c.K; ++k) {
       const double a = c.ta ? A[k * lda + i] : A[i * lda + k];
-      for (int64_t j = 0; j < c.N; ++j) row[j] += a * double(c.tb ? B[j * ldb + k] : B[k * ldb + j]);
+      for (int64_t j = 0; j < c.N; ++j)
+        row[j] += a * double(c.tb ? B[j * ldb + k] : B[k * ldb + j]);
     }
     for (int64_t j = 0; j < c.N; ++j) {
       const double d = double(C[i * c.N + j]) - row[j];
@@ -176,10 +176,11 @@ void bench_case(const Case& c, int runs, double min_time_s) {
     gflops.push_back(2.0 * c.M * c.N * c.K * reps / dt * 1e-9);
   }
   std::sort(gflops.begin(), gflops.end());
-  std::printf("%-24s %s%s M=%-5lld N=%-5lld K=%-5lld  median %7.1f  min %7.1f  max %7.1f GFLOP/s"
-              "  relerr %.1e\n",
-              c.name, c.ta ? "T" : "N", c.tb ? "T" : "N", (long long)c.M, (long long)c.N,
-              (long long)c.K, gflops[gflops.size() / 2], gflops.front(), gflops.back(), err);
+  std::printf(
+      "%-24s %s%s M=%-5lld N=%-5lld K=%-5lld  median %7.1f  min %7.1f  max %7.1f GFLOP/s"
+      "  relerr %.1e\n",
+      c.name, c.ta ? "T" : "N", c.tb ? "T" : "N", (long long)c.M, (long long)c.N, (long long)c.K,
+      gflops[gflops.size() / 2], gflops.front(), gflops.back(), err);
 }
 
 // A training step alternates GEMMs with ssmtune's own OpenMP loops (norms, activations, scan).
@@ -190,9 +191,11 @@ void bench_mixed(int runs) {
   std::vector<float> X(M * K), W(N * K), Y(M * N), Z(M * N);
   fill(X, 1);
   fill(W, 2);
-  auto gemm_part = [&] { run_gemm<float>(false, true, M, N, K, X.data(), K, W.data(), K, Y.data(), N); };
+  auto gemm_part = [&] {
+    run_gemm<float>(false, true, M, N, K, X.data(), K, W.data(), K, Y.data(), N);
+  };
   auto omp_part = [&] {
-    // SiLU over Y, the bandwidth-bound kind of pass that follows in_proj.
+  // SiLU over Y, the bandwidth-bound kind of pass that follows in_proj.
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < M * N; ++i) Z[i] = Y[i] / (1.0f + std::exp(-Y[i]));
   };
@@ -209,10 +212,16 @@ void bench_mixed(int runs) {
   gemm_part();
   omp_part();
   const double g = time_ms(gemm_part, 10), o = time_ms(omp_part, 10);
-  const double both = time_ms([&] { gemm_part(); omp_part(); }, 10);
-  std::printf("mixed (in_proj_fwd + OpenMP SiLU, omp threads %d): gemm %.2f ms, omp loop %.2f ms, "
-              "alternating %.2f ms/iter (overhead %+.1f%%)\n",
-              omp_get_max_threads(), g, o, both, 100.0 * (both - g - o) / (g + o));
+  const double both = time_ms(
+      [&] {
+        gemm_part();
+        omp_part();
+      },
+      10);
+  std::printf(
+      "mixed (in_proj_fwd + OpenMP SiLU, omp threads %d): gemm %.2f ms, omp loop %.2f ms, "
+      "alternating %.2f ms/iter (overhead %+.1f%%)\n",
+      omp_get_max_threads(), g, o, both, 100.0 * (both - g - o) / (g + o));
 }
 
 }  // namespace
@@ -226,24 +235,32 @@ int main(int argc, char** argv) {
   bool mixed = false;
   const char* only = nullptr;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--runs") && i + 1 < argc) runs = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--min-time") && i + 1 < argc) min_time_s = std::atof(argv[++i]);
-    else if (!std::strcmp(argv[i], "--mixed")) mixed = true;
-    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+    if (!std::strcmp(argv[i], "--runs") && i + 1 < argc)
+      runs = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--min-time") && i + 1 < argc)
+      min_time_s = std::atof(argv[++i]);
+    else if (!std::strcmp(argv[i], "--mixed"))
+      mixed = true;
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc)
+      only = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--runs N] [--min-time S] [--mixed] [--only NAME]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--runs N] [--min-time S] [--mixed] [--only NAME]\n",
+                   argv[0]);
       return 2;
     }
   }
   std::printf("backend: %s\n", backend_description().c_str());
-  std::printf("env: OMP_NUM_THREADS=%s OPENBLAS_NUM_THREADS=%s BLIS_NUM_THREADS=%s "
-              "OPENBLAS_CORETYPE=%s\n",
-              std::getenv("OMP_NUM_THREADS") ?: "-", std::getenv("OPENBLAS_NUM_THREADS") ?: "-",
-              std::getenv("BLIS_NUM_THREADS") ?: "-", std::getenv("OPENBLAS_CORETYPE") ?: "-");
+  std::printf(
+      "env: OMP_NUM_THREADS=%s OPENBLAS_NUM_THREADS=%s BLIS_NUM_THREADS=%s "
+      "OPENBLAS_CORETYPE=%s\n",
+      std::getenv("OMP_NUM_THREADS") ?: "-", std::getenv("OPENBLAS_NUM_THREADS") ?: "-",
+      std::getenv("BLIS_NUM_THREADS") ?: "-", std::getenv("OPENBLAS_CORETYPE") ?: "-");
   for (const Case& c : kCases) {
     if (only && !std::strstr(c.name, only)) continue;
-    if (c.is_double) bench_case<double>(c, runs, min_time_s);
-    else bench_case<float>(c, runs, min_time_s);
+    if (c.is_double)
+      bench_case<double>(c, runs, min_time_s);
+    else
+      bench_case<float>(c, runs, min_time_s);
   }
   if (mixed) bench_mixed(runs);
   return 0;

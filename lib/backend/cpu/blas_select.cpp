@@ -42,13 +42,13 @@ bool same_name(std::string_view a, std::string_view b) {
 // width their sgemm/dgemm kernels use: 0 SSE, 1 AVX, 2 AVX2+FMA, 3 AVX-512. -1: not in this table.
 int openblas_core_rank(std::string_view core) {
   static constexpr std::pair<std::string_view, int> kRanks[] = {
-      {"Unknown", 0},     {"Katmai", 0},      {"Coppermine", 0},    {"Northwood", 0},
-      {"Prescott", 0},    {"Banias", 0},      {"Atom", 0},          {"Core2", 0},
-      {"Penryn", 0},      {"Dunnington", 0},  {"Nehalem", 0},       {"Athlon", 0},
-      {"Opteron", 0},     {"Opteron_SSE3", 0}, {"Barcelona", 0},    {"Nano", 0},
-      {"Bobcat", 0},      {"Sandybridge", 1}, {"Bulldozer", 1},     {"Piledriver", 1},
-      {"Steamroller", 1}, {"Haswell", 2},     {"Excavator", 2},     {"Zen", 2},
-      {"SkylakeX", 3},    {"Cooperlake", 3},  {"SapphireRapids", 3}};
+      {"Unknown", 0},     {"Katmai", 0},       {"Coppermine", 0},    {"Northwood", 0},
+      {"Prescott", 0},    {"Banias", 0},       {"Atom", 0},          {"Core2", 0},
+      {"Penryn", 0},      {"Dunnington", 0},   {"Nehalem", 0},       {"Athlon", 0},
+      {"Opteron", 0},     {"Opteron_SSE3", 0}, {"Barcelona", 0},     {"Nano", 0},
+      {"Bobcat", 0},      {"Sandybridge", 1},  {"Bulldozer", 1},     {"Piledriver", 1},
+      {"Steamroller", 1}, {"Haswell", 2},      {"Excavator", 2},     {"Zen", 2},
+      {"SkylakeX", 3},    {"Cooperlake", 3},   {"SapphireRapids", 3}};
   for (const auto& [name, rank] : kRanks)
     if (same_name(name, core)) return rank;
   return -1;
@@ -94,13 +94,15 @@ void ensure_fast_blas(int argc, char** argv) {
   setenv(kReexecMarker, active_core.c_str(), 1);
   std::fflush(nullptr);
   execv("/proc/self/exe", argv);  // returns only on failure
-  exec_failure() = "re-executing with OPENBLAS_CORETYPE=" + *core + " failed: " + std::strerror(errno);
+  exec_failure() =
+      "re-executing with OPENBLAS_CORETYPE=" + *core + " failed: " + std::strerror(errno);
   unsetenv("OPENBLAS_CORETYPE");
   unsetenv(kReexecMarker);
 }
 
 std::string blas_description() {
-  if (!openblas_get_corename || !openblas_get_config) return "cblas (not OpenBLAS; kernels unknown)";
+  if (!openblas_get_corename || !openblas_get_config)
+    return "cblas (not OpenBLAS; kernels unknown)";
   // "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH ..." -> "OpenBLAS 0.3.21"
   std::string s = openblas_get_config();
   if (const size_t first_space = s.find(' '); first_space != std::string::npos)

@@ -2,7 +2,6 @@
 
 #include <cblas.h>
 
-#include <algorithm>
 #include <climits>
 #include <string>
 
@@ -15,28 +14,27 @@ namespace {
 CBLAS_TRANSPOSE op(bool t) { return t ? CblasTrans : CblasNoTrans; }
 
 // OpenBLAS reports bad arguments by printing a line and returning with C untouched; catch them
-// here instead so a caller's mistake is an error, not a silently stale C.
+// here instead so a caller's mistake is an error, not a silently stale C. Called with M, N nonzero.
 void check_args(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K,
                 std::int64_t lda, std::int64_t ldb, std::int64_t ldc) {
   const auto fits = [](std::int64_t v) { return v >= 0 && v <= INT_MAX; };
-  const std::string dims = " (M=" + std::to_string(M) + " N=" + std::to_string(N) +
-                           " K=" + std::to_string(K) + ")";
+  const std::string dims =
+      " (M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) + ")";
   check(fits(M) && fits(N) && fits(K) && fits(lda) && fits(ldb) && fits(ldc),
         "gemm: dimensions must be in [0, 2^31)" + dims);
+  check(ldc >= N, "gemm: ldc " + std::to_string(ldc) + " shorter than a row of C" + dims);
+  if (K == 0) return;  // A and B are not read
   const std::int64_t a_row = trans_a ? M : K, b_row = trans_b ? K : N;
-  check(lda >= std::max<std::int64_t>(1, a_row), "gemm: lda " + std::to_string(lda) +
-                                                     " shorter than a row of A" + dims);
-  check(ldb >= std::max<std::int64_t>(1, b_row), "gemm: ldb " + std::to_string(ldb) +
-                                                     " shorter than a row of B" + dims);
-  check(ldc >= std::max<std::int64_t>(1, N),
-        "gemm: ldc " + std::to_string(ldc) + " shorter than a row of C" + dims);
+  check(lda >= a_row, "gemm: lda " + std::to_string(lda) + " shorter than a row of A" + dims);
+  check(ldb >= b_row, "gemm: ldb " + std::to_string(ldb) + " shorter than a row of B" + dims);
 }
 
 // K == 0: op(A) op(B) is an empty sum, so C = beta * C (beta == 0 clears C, as in BLAS).
 template <class T>
 void scale_c(std::int64_t M, std::int64_t N, T beta, T* C, std::int64_t ldc) {
   for (std::int64_t i = 0; i < M; ++i)
-    for (std::int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    for (std::int64_t j = 0; j < N; ++j)
+      C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
 }
 
 }  // namespace
