@@ -2,6 +2,7 @@
 // every transpose combination and with row strides longer than the rows, as the projections use.
 #include "backend/cpu/gemm_cpu.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <limits>
@@ -29,8 +30,7 @@ Operands make_operands(bool ta, bool tb, std::int64_t M, std::int64_t N, std::in
   o.A.resize((ta ? K : M) * o.lda);
   o.B.resize((tb ? N : K) * o.ldb);
   o.C.resize(M * o.ldc);
-  for (auto* v : {&o.A, &o.B, &o.C})
-    for (auto& x : *v) x = u(rng);
+  for (auto* v : {&o.A, &o.B, &o.C}) std::generate(v->begin(), v->end(), [&] { return u(rng); });
   return o;
 }
 

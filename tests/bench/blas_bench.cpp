@@ -10,6 +10,13 @@
 // Threads come from the environment (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, BLIS_NUM_THREADS),
 // because each library reads them when it initialises.
 //
+// Build by hand from the repository root (one command; other backends: docs/cpu_blas.md):
+//   g++ -O2 -std=c++20 -fopenmp -DBENCH_SSMTUNE -Ilib
+//     -I/usr/include/x86_64-linux-gnu/openblas-openmp tests/bench/blas_bench.cpp
+//     lib/backend/cpu/gemm_cpu.cpp lib/backend/cpu/blas_select.cpp -o /tmp/blas_bench
+//     /usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so
+//     -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -ldl
+//
 // Usage: blas_bench [--runs N] [--min-time S] [--mixed] [--only NAME]
 //   prints one line per case: median/min/max GFLOP/s over N samples and the relative error
 //   against a double-precision reference on sampled rows.
@@ -119,7 +126,7 @@ template <typename T>
 void fill(std::vector<T>& v, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  for (auto& x : v) x = T(u(rng));
+  std::generate(v.begin(), v.end(), [&] { return T(u(rng)); });
 }
 
 // ||C - C_ref||_F / ||C_ref||_F over 32 evenly spaced rows, reference in double.
@@ -250,11 +257,15 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("backend: %s\n", backend_description().c_str());
+  const auto env = [](const char* name) {
+    const char* v = std::getenv(name);
+    return v ? v : "-";
+  };
   std::printf(
       "env: OMP_NUM_THREADS=%s OPENBLAS_NUM_THREADS=%s BLIS_NUM_THREADS=%s "
       "OPENBLAS_CORETYPE=%s\n",
-      std::getenv("OMP_NUM_THREADS") ?: "-", std::getenv("OPENBLAS_NUM_THREADS") ?: "-",
-      std::getenv("BLIS_NUM_THREADS") ?: "-", std::getenv("OPENBLAS_CORETYPE") ?: "-");
+      env("OMP_NUM_THREADS"), env("OPENBLAS_NUM_THREADS"), env("BLIS_NUM_THREADS"),
+      env("OPENBLAS_CORETYPE"));
   for (const Case& c : kCases) {
     if (only && !std::strstr(c.name, only)) continue;
     if (c.is_double)

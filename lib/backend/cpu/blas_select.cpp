@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -31,11 +32,11 @@ std::string& exec_failure() {
   return reason;
 }
 
+// Case-insensitive, as OpenBLAS compares OPENBLAS_CORETYPE with its core names.
 bool same_name(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if ((a[i] | 0x20) != (b[i] | 0x20)) return false;  // OpenBLAS compares core names this way
-  return true;
+  const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c; };
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(),
+                    [&](char x, char y) { return lower(x) == lower(y); });
 }
 
 // OpenBLAS's x86-64 core names (driver/others/dynamic.c, 0.3.21 and later), ranked by the SIMD
@@ -106,7 +107,7 @@ std::string blas_description() {
   // "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH ..." -> "OpenBLAS 0.3.21"
   std::string s = openblas_get_config();
   if (const size_t first_space = s.find(' '); first_space != std::string::npos)
-    s = s.substr(0, s.find(' ', first_space + 1));
+    s.resize(std::min(s.size(), s.find(' ', first_space + 1)));
   if (openblas_get_parallel) {
     const int parallel = openblas_get_parallel();
     s += parallel == 0 ? ", sequential" : parallel == 2 ? ", openmp" : ", pthreads";

@@ -4,6 +4,7 @@
 
 #include <climits>
 #include <string>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -24,7 +25,8 @@ void check_args(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std:
         "gemm: dimensions must be in [0, 2^31)" + dims);
   check(ldc >= N, "gemm: ldc " + std::to_string(ldc) + " shorter than a row of C" + dims);
   if (K == 0) return;  // A and B are not read
-  const std::int64_t a_row = trans_a ? M : K, b_row = trans_b ? K : N;
+  const std::int64_t a_row = trans_a ? M : K;
+  const std::int64_t b_row = trans_b ? K : N;
   check(lda >= a_row, "gemm: lda " + std::to_string(lda) + " shorter than a row of A" + dims);
   check(ldb >= b_row, "gemm: ldb " + std::to_string(ldb) + " shorter than a row of B" + dims);
 }
@@ -39,32 +41,28 @@ void scale_c(std::int64_t M, std::int64_t N, T beta, T* C, std::int64_t ldc) {
 
 }  // namespace
 
-template <>
-void gemm<float>(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K,
-                 float alpha, const float* A, std::int64_t lda, const float* B, std::int64_t ldb,
-                 float beta, float* C, std::int64_t ldc) {
+template <class T>
+void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, T alpha,
+          const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T beta, T* C,
+          std::int64_t ldc) {
   if (M == 0 || N == 0) return;
   check_args(trans_a, trans_b, M, N, K, lda, ldb, ldc);
   if (K == 0) {
     scale_c(M, N, beta, C, ldc);
     return;
   }
-  cblas_sgemm(CblasRowMajor, op(trans_a), op(trans_b), int(M), int(N), int(K), alpha, A, int(lda),
-              B, int(ldb), beta, C, int(ldc));
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, op(trans_a), op(trans_b), int(M), int(N), int(K), alpha, A, int(lda),
+                B, int(ldb), beta, C, int(ldc));
+  else
+    cblas_dgemm(CblasRowMajor, op(trans_a), op(trans_b), int(M), int(N), int(K), alpha, A, int(lda),
+                B, int(ldb), beta, C, int(ldc));
 }
 
-template <>
-void gemm<double>(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K,
-                  double alpha, const double* A, std::int64_t lda, const double* B,
-                  std::int64_t ldb, double beta, double* C, std::int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  check_args(trans_a, trans_b, M, N, K, lda, ldb, ldc);
-  if (K == 0) {
-    scale_c(M, N, beta, C, ldc);
-    return;
-  }
-  cblas_dgemm(CblasRowMajor, op(trans_a), op(trans_b), int(M), int(N), int(K), alpha, A, int(lda),
-              B, int(ldb), beta, C, int(ldc));
-}
+template void gemm<float>(bool, bool, std::int64_t, std::int64_t, std::int64_t, float, const float*,
+                          std::int64_t, const float*, std::int64_t, float, float*, std::int64_t);
+template void gemm<double>(bool, bool, std::int64_t, std::int64_t, std::int64_t, double,
+                           const double*, std::int64_t, const double*, std::int64_t, double,
+                           double*, std::int64_t);
 
 }  // namespace ssmtune::cpu
