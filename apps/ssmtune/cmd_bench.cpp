@@ -49,8 +49,7 @@ MambaWeights random_weights(const MambaConfig& cfg, std::uint64_t seed) {
         p[i] = normal(rng);
     }
   });
-  if (cfg.tie_word_embeddings) w.lm_head = w.embedding;
-  return w;
+  return w;  // zeros_like_params already shares a tied lm_head with the embedding
 }
 
 double median(std::vector<double> v) {

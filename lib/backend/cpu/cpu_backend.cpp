@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 
 #include "backend/backend.h"
 #include "backend/cpu/gemm_cpu.h"
@@ -191,7 +192,7 @@ class CpuBackend final : public Backend {
   void gate_backward(const Tensor& dout, const Tensor& y, const Tensor& z, Tensor& dy,
                      Tensor& dz) override {
     OpTimer timer(profile_, "elementwise");
-    for (const Tensor* t : {&y, &z, static_cast<const Tensor*>(&dy), static_cast<const Tensor*>(&dz)})
+    for (const Tensor* t : std::initializer_list<const Tensor*>{&y, &z, &dy, &dz})
       require(t->shape() == dout.shape(), "gate_backward", "shapes differ");
     dispatch(dout.dtype(), "gate_backward", [&](auto zero) {
       using T = decltype(zero);
