@@ -2,6 +2,8 @@
 // and no partial output on bad input. Runs the built binary (SSMTUNE_BIN) in a shell.
 #include <catch2/catch.hpp>
 
+#include "cli_run.h"
+
 #include <sys/wait.h>
 
 #include <array>
@@ -14,21 +16,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string(SSMTUNE_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  std::array<char, 4096> buf{};
-  while (std::fgets(buf.data(), buf.size(), p)) out += buf.data();
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using Result = ssmtune::test::CliResult;
+Result run(const std::string& args) { return ssmtune::test::run_cli(args); }
 
 fs::path fixture(const std::string& model) { return fs::path(SSMTUNE_FIXTURES_DIR) / model; }
 

@@ -12,8 +12,10 @@
 #include "model/mamba_config.h"
 #include "model/mamba_lm.h"
 #include "model/mamba_weights.h"
+#include "test_compare.h"
 
 using namespace ssmtune;
+using ssmtune::testing::require_close;
 namespace fs = std::filesystem;
 
 namespace {
@@ -22,24 +24,6 @@ const char* const kFixtureModels[] = {"mamba-tiny", "mamba-odd", "mamba-sharded-
 
 std::string fixture(const std::string& model) {
   return (fs::path(SSMTUNE_FIXTURES_DIR) / model).string();
-}
-
-// max |a - ref| <= rtol * max |ref| + atol: a normwise comparison, so that elements near zero
-// (where an elementwise relative error means nothing) do not decide the result.
-void require_close(const std::string& what, const Tensor& actual, const Tensor& ref, double rtol,
-                   double atol) {
-  REQUIRE(actual.numel() == ref.numel());
-  const Tensor a = actual.to(DType::F64), r = ref.to(DType::F64);
-  double max_ref = 0, max_err = 0;
-  std::int64_t worst = 0;
-  for (std::int64_t i = 0; i < r.numel(); ++i) {
-    max_ref = std::max(max_ref, std::fabs(r.data<double>()[i]));
-    const double err = std::fabs(a.data<double>()[i] - r.data<double>()[i]);
-    if (err > max_err) max_err = err, worst = i;
-  }
-  INFO(what << ": max |error| " << max_err << " at " << worst << ", max |ref| " << max_ref);
-  REQUIRE(max_ref > 0);  // a reference of zeros would test nothing
-  REQUIRE(max_err <= rtol * max_ref + atol);
 }
 
 struct Run {

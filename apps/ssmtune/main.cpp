@@ -30,6 +30,11 @@ int main(int argc, char** argv) {
 
   ssmtune::add_info_command(app);
   ssmtune::add_bench_command(app);
+  ssmtune::add_init_command(app);
+  ssmtune::add_train_command(app);
+  ssmtune::add_eval_command(app);
+  ssmtune::add_generate_command(app);
+  ssmtune::add_merge_adapter_command(app);
 
   try {
     app.parse(argc, argv);

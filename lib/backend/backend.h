@@ -126,6 +126,22 @@ class Backend {
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, double scale,
                                       Tensor& dlogits) = 0;
 
+  // Optimizer and PEFT support, elementwise over tensors of any shape.
+  // Sum of squares of x in double, in an order that does not depend on the thread count
+  // (the global gradient norm must be the same on a resumed run).
+  virtual double sum_squares(const Tensor& x) = 0;
+  virtual void scale(Tensor& x, double alpha) = 0;                       // x *= alpha
+  virtual void mul(const Tensor& a, const Tensor& b, Tensor& out) = 0;   // out = a * b
+  // One AdamW update of `param` in place, in the operation order of torch.optim.AdamW
+  // (single-tensor path): param *= 1 - lr*wd; m = lerp(m, g, 1-beta1); v = beta2 v + (1-beta2) g^2;
+  // param -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps).  step >= 1.
+  struct AdamWStep {
+    double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+    std::int64_t step = 1;
+  };
+  virtual void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                            const AdamWStep& s) = 0;
+
  protected:
   OpProfile* profile_ = nullptr;
 };

@@ -34,6 +34,7 @@ void MambaLM::forward(const Tensor& ids) {
   layer_in_[0] = be_.empty({B, L, D}, dt);
   Tensor h0 = layer_in_[0].reshape({rows, D});
   be_.embedding_forward(ids.reshape({rows}), w_.embedding, h0);
+  if (hook_) hook_->embedding_forward(ids.reshape({rows}), h0);
 
   for (std::int64_t i = 0; i < n_layer; ++i) {
     const MambaLayerWeights& lw = w_.layers[i];
@@ -42,7 +43,7 @@ void MambaLM::forward(const Tensor& ids) {
     be_.rmsnorm_forward(layer_in_[i], lw.norm, cfg_.layer_norm_epsilon, norm_out_[i],
                         norm_rstd_[i]);
     Tensor mix = be_.empty({B, L, D}, dt);
-    mixer_forward(be_, cfg_, lw, norm_out_[i], scan_chunk_, mixer_[i], mix);
+    mixer_forward(be_, cfg_, lw, norm_out_[i], scan_chunk_, mixer_[i], mix, hook_, i);
     // residual (fp32 or wider on the CPU, so residual_in_fp32 holds trivially)
     layer_in_[i + 1] = be_.empty({B, L, D}, dt);
     be_.copy(layer_in_[i], layer_in_[i + 1]);
@@ -70,17 +71,22 @@ LmLoss MambaLM::loss(const Tensor& targets) {
   return out;
 }
 
-void MambaLM::backward(const Tensor& targets, MambaWeights& grads) {
+void MambaLM::backward(const Tensor& targets, MambaWeights& grads,
+                       std::int64_t normaliser_tokens) {
   check(logits_.defined(), "MambaLM::backward called before forward");
   const std::int64_t B = ids_.dim(0), L = ids_.dim(1), D = cfg_.d_model, rows = B * L;
   const std::int64_t V = cfg_.vocab_size, n_layer = cfg_.n_layer;
   const DType dt = logits_.dtype();
+  check(grads.layers.empty() || std::int64_t(grads.layers.size()) == n_layer,
+        "MambaLM::backward: gradients for " + std::to_string(grads.layers.size()) +
+            " layers, the model has " + std::to_string(n_layer));
   Tensor logits2 = logits_.reshape({rows, V});
   const Tensor targets1 = targets.reshape({rows});
 
   std::int64_t n_tokens = 0;  // targets live on the host
   for (std::int64_t r = 0; r < rows; ++r) n_tokens += targets1.data<std::int64_t>()[r] != -100;
-  const double scale = n_tokens ? 1.0 / double(n_tokens) : 0.0;
+  const std::int64_t divisor = normaliser_tokens > 0 ? normaliser_tokens : n_tokens;
+  const double scale = divisor ? 1.0 / double(divisor) : 0.0;
   be_.cross_entropy_backward(logits2, targets1, scale, logits2);  // in place: dlogits
 
   // logits = lm_head(final_norm); the tied head's gradient lands in the embedding's.
@@ -97,14 +103,17 @@ void MambaLM::backward(const Tensor& targets, MambaWeights& grads) {
   Tensor dn = be_.empty({B, L, D}, dt), dres = be_.empty({B, L, D}, dt);
   for (std::int64_t i = n_layer - 1; i >= 0; --i) {
     const MambaLayerWeights& lw = w_.layers[i];
-    MambaLayerWeights& lg = grads.layers[i];
-    mixer_backward(be_, cfg_, lw, norm_out_[i], mixer_[i], dh, dn, lg);
+    MambaLayerWeights frozen;  // no layer gradients at all: every layer tensor is frozen
+    MambaLayerWeights& lg = grads.layers.empty() ? frozen : grads.layers[i];
+    mixer_backward(be_, cfg_, lw, norm_out_[i], mixer_[i], dh, dn, lg, hook_, i);
     Tensor dnorm_w = lg.norm.defined() ? lg.norm : be_.zeros({D}, dt);
     be_.rmsnorm_backward(dn, layer_in_[i], lw.norm, norm_rstd_[i], dres, dnorm_w);
     be_.add(dres, dh);  // residual: dh flows through unchanged plus the block's branch
   }
   d_embed_ = dh;
-  if (grads.embedding.defined()) be_.embedding_backward(ids_.reshape({rows}), dh.reshape({rows, D}), grads.embedding);
+  if (grads.embedding.defined())
+    be_.embedding_backward(ids_.reshape({rows}), dh.reshape({rows, D}), grads.embedding);
+  if (hook_) hook_->embedding_backward(ids_.reshape({rows}), dh.reshape({rows, D}));
   logits_ = Tensor();  // consumed
 }
 

@@ -27,13 +27,20 @@ class MambaLM {
   MambaLM(const MambaConfig& cfg, const MambaWeights& weights, Backend& be,
           std::int64_t scan_chunk = 64);
 
+  // PEFT terms beside the projections and the embedding (null = none). Must stay alive and
+  // unchanged between forward and backward.
+  void set_hook(LinearHook* hook) { hook_ = hook; }
+
   // ids: (B, L) I64. Computes logits (B, L, V) and keeps the activations for backward.
   void forward(const Tensor& ids);
   // targets: (B, L) I64 from shift_labels. Mean cross-entropy of the last forward's logits.
   LmLoss loss(const Tensor& targets);
-  // Gradient of loss(targets) w.r.t. every defined tensor of `grads` (accumulated, +=).
-  // Consumes the logits (overwritten by their gradient).
-  void backward(const Tensor& targets, MambaWeights& grads);
+  // Gradient of loss(targets) w.r.t. every defined tensor of `grads` (accumulated, +=); a
+  // default MambaWeights (no layers) means every base tensor is frozen.
+  // Consumes the logits (overwritten by their gradient). The loss is the token sum divided by
+  // `normaliser_tokens` when given (> 0), so micro-batches of one optimizer step weigh each
+  // token equally; by default by this batch's own token count (the mean, as loss()).
+  void backward(const Tensor& targets, MambaWeights& grads, std::int64_t normaliser_tokens = 0);
 
   const Tensor& logits() const { return logits_; }  // (B, L, V)
   // The residual stream entering layer i, (B, L, D): i = 0 is the embedding output and
@@ -49,6 +56,7 @@ class MambaLM {
   const MambaWeights& w_;
   Backend& be_;
   std::int64_t scan_chunk_;
+  LinearHook* hook_ = nullptr;
 
   Tensor ids_;                           // (B, L)
   std::vector<Tensor> layer_in_;         // n_layer + 1 tensors (B, L, D): the residual stream

@@ -13,7 +13,8 @@ Tensor row_slice(const Tensor& t, std::int64_t begin, std::int64_t end) {
 }  // namespace
 
 void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
-                   const Tensor& n, std::int64_t scan_chunk, MixerActivations& a, Tensor& out) {
+                   const Tensor& n, std::int64_t scan_chunk, MixerActivations& a, Tensor& out,
+                   LinearHook* hook, std::int64_t layer) {
   const std::int64_t B = n.dim(0), L = n.dim(1), D = cfg.d_model, E = cfg.d_inner;
   const std::int64_t N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv, rows = B * L;
   const DType dt = n.dtype();
@@ -25,6 +26,10 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
   Tensor x2 = a.x.reshape({rows, E}), z2 = a.z.reshape({rows, E});
   linear_forward(be, n2, w.in_proj.rows(0, E), row_slice(w.in_proj_bias, 0, E), x2);
   linear_forward(be, n2, w.in_proj.rows(E, 2 * E), row_slice(w.in_proj_bias, E, 2 * E), z2);
+  if (hook) {
+    std::vector<LinearPart> parts{{0, x2}, {E, z2}};
+    hook->linear_forward(layer, LinearSite::InProj, n2, parts);
+  }
 
   a.c = be.empty({B, L, E}, dt);
   be.conv1d_forward(a.x, w.conv1d.reshape({E, K}), w.conv1d_bias, a.c);
@@ -41,10 +46,18 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
   be.split_columns(x_dbl, 0, a.dt_in);
   be.split_columns(x_dbl, R, B2);
   be.split_columns(x_dbl, R + N, C2);
+  if (hook) {  // after the split, so a slice hook (x_proj.B) adds to its own part
+    std::vector<LinearPart> parts{{0, a.dt_in}, {R, B2}, {R + N, C2}};
+    hook->linear_forward(layer, LinearSite::XProj, u2, parts);
+  }
 
   a.delta_raw = be.empty({B, L, E}, dt);
   Tensor draw2 = a.delta_raw.reshape({rows, E});
   linear_forward(be, a.dt_in, w.dt_proj, w.dt_proj_bias, draw2);
+  if (hook) {
+    std::vector<LinearPart> parts{{0, draw2}};
+    hook->linear_forward(layer, LinearSite::DtProj, a.dt_in, parts);
+  }
   a.delta = be.empty({B, L, E}, dt);
   be.softplus_forward(a.delta_raw, a.delta);
 
@@ -61,11 +74,15 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
   be.gate_forward(a.y, a.z, a.gated);
   Tensor out2 = out.reshape({rows, D});
   linear_forward(be, a.gated.reshape({rows, E}), w.out_proj, w.out_proj_bias, out2);
+  if (hook) {
+    std::vector<LinearPart> parts{{0, out2}};
+    hook->linear_forward(layer, LinearSite::OutProj, a.gated.reshape({rows, E}), parts);
+  }
 }
 
 void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
                     const Tensor& n, const MixerActivations& a, const Tensor& dout, Tensor& dn,
-                    MambaLayerWeights& g) {
+                    MambaLayerWeights& g, LinearHook* hook, std::int64_t layer) {
   const std::int64_t B = n.dim(0), L = n.dim(1), E = cfg.d_inner;
   const std::int64_t N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv, rows = B * L;
   const DType dt = n.dtype();
@@ -75,6 +92,7 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
   Tensor dgated = be.empty({rows, E}, dt);
   linear_backward(be, flat(dout), flat(a.gated), w.out_proj, dgated, 0.0, g.out_proj,
                   g.out_proj_bias);
+  if (hook) hook->linear_backward(layer, LinearSite::OutProj, flat(a.gated), {{0, flat(dout)}}, dgated);
   // gated = y * silu(z)
   Tensor dy = be.empty({B, L, E}, dt), dz = be.empty({B, L, E}, dt);
   be.gate_backward(dgated.reshape({B, L, E}), a.y, a.z, dy, dz);
@@ -97,6 +115,8 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
   Tensor ddt_in = be.empty({rows, R}, dt);
   linear_backward(be, flat(ddelta_raw), a.dt_in, w.dt_proj, ddt_in, 0.0, g.dt_proj,
                   g.dt_proj_bias);
+  if (hook)
+    hook->linear_backward(layer, LinearSite::DtProj, a.dt_in, {{0, flat(ddelta_raw)}}, ddt_in);
 
   // [dt_in ; Bm ; Cm] = x_proj(u): the gradient of u adds to the scan's du
   Tensor dx_dbl = be.empty({rows, R + 2 * N}, dt);
@@ -106,6 +126,9 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
   Tensor du2 = flat(sg.du);
   Tensor no_bias;
   linear_backward(be, dx_dbl, flat(a.u), w.x_proj, du2, 1.0, g.x_proj, no_bias);
+  if (hook)
+    hook->linear_backward(layer, LinearSite::XProj, flat(a.u),
+                          {{0, ddt_in}, {R, flat(sg.dBm)}, {R + N, flat(sg.dCm)}}, du2);
 
   // u = silu(c), c = conv1d(x)
   Tensor dc = be.empty({B, L, E}, dt);
@@ -120,6 +143,7 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
   Tensor dbx = row_slice(g.in_proj_bias, 0, E), dbz = row_slice(g.in_proj_bias, E, 2 * E);
   linear_backward(be, flat(dx), n2, w.in_proj.rows(0, E), dn2, 0.0, dWx, dbx);
   linear_backward(be, flat(dz), n2, w.in_proj.rows(E, 2 * E), dn2, 1.0, dWz, dbz);
+  if (hook) hook->linear_backward(layer, LinearSite::InProj, n2, {{0, flat(dx)}, {E, flat(dz)}}, dn2);
 }
 
 }  // namespace ssmtune

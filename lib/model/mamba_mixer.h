@@ -9,6 +9,7 @@
 #pragma once
 
 #include "backend/backend.h"
+#include "model/linear_hook.h"
 #include "model/mamba_config.h"
 #include "model/mamba_weights.h"
 
@@ -28,13 +29,15 @@ struct MixerActivations {
 };
 
 // n: (B, L, D) normalised block input   out: (B, L, D) overwritten
+// hook: PEFT terms beside the projections of layer `layer`, or null.
 void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
-                   const Tensor& n, std::int64_t scan_chunk, MixerActivations& acts, Tensor& out);
+                   const Tensor& n, std::int64_t scan_chunk, MixerActivations& acts, Tensor& out,
+                   LinearHook* hook = nullptr, std::int64_t layer = 0);
 
 // dout: (B, L, D)   dn: (B, L, D) overwritten with the gradient w.r.t. n
 // grads: parameter gradients accumulated (+=); an undefined grad tensor is skipped (frozen).
 void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
                     const Tensor& n, const MixerActivations& acts, const Tensor& dout, Tensor& dn,
-                    MambaLayerWeights& grads);
+                    MambaLayerWeights& grads, LinearHook* hook = nullptr, std::int64_t layer = 0);
 
 }  // namespace ssmtune

@@ -8,6 +8,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/gemm_cpu.h"
 #include "backend/cpu/ops_cpu.h"
+#include "backend/cpu/optim_cpu.h"
 #include "backend/cpu/scan_cpu.h"
 
 namespace ssmtune {
@@ -299,6 +300,51 @@ class CpuBackend final : public Backend {
       using T = decltype(zero);
       cpu::cross_entropy_backward<T>(rows, V, logits.data<T>(), targets.data<std::int64_t>(),
                                      scale, dlogits.data<T>());
+    });
+  }
+
+  double sum_squares(const Tensor& x) override {
+    OpTimer timer(profile_, "optimizer");
+    double out = 0;
+    dispatch(x.dtype(), "sum_squares", [&](auto zero) {
+      using T = decltype(zero);
+      out = cpu::sum_squares<T>(x.numel(), x.data<T>());
+    });
+    return out;
+  }
+
+  void scale(Tensor& x, double alpha) override {
+    OpTimer timer(profile_, "elementwise");
+    dispatch(x.dtype(), "scale", [&](auto zero) {
+      using T = decltype(zero);
+      T* p = x.data<T>();
+      const T a = T(alpha);
+      const std::int64_t n = x.numel();
+#pragma omp parallel for schedule(static)
+      for (std::int64_t i = 0; i < n; ++i) p[i] *= a;
+    });
+  }
+
+  void mul(const Tensor& a, const Tensor& b, Tensor& out) override {
+    OpTimer timer(profile_, "elementwise");
+    binary("mul", a, b, out, [](std::int64_t n, const auto* ap, const auto* bp, auto* op) {
+#pragma omp parallel for schedule(static)
+      for (std::int64_t i = 0; i < n; ++i) op[i] = ap[i] * bp[i];
+    });
+  }
+
+  void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                    const AdamWStep& s) override {
+    OpTimer timer(profile_, "optimizer");
+    const char* op = "adamw_update";
+    require_shape(grad, param.shape(), op, "grad");
+    require_shape(m, param.shape(), op, "m");
+    require_shape(v, param.shape(), op, "v");
+    require(s.step >= 1, op, "step must be >= 1");
+    dispatch(param.dtype(), op, [&](auto zero) {
+      using T = decltype(zero);
+      cpu::adamw_update<T>(param.numel(), param.data<T>(), grad.data<T>(), m.data<T>(),
+                           v.data<T>(), s.lr, s.beta1, s.beta2, s.eps, s.weight_decay, s.step);
     });
   }
 

@@ -1,0 +1,128 @@
+// ssmtune eval: loss, perplexity, accuracy (classification) and exact match (generation) of a
+// model with an optional adapter on a JSONL dataset, either as an experiment config says or
+// from flags alone.
+#include <cstdio>
+#include <filesystem>
+
+#include <spdlog/spdlog.h>
+
+#include "apps/ssmtune/commands.h"
+#include "backend/backend.h"
+#include "data/jsonl_dataset.h"
+#include "data/tokenizer.h"
+#include "model/mamba_lm.h"
+#include "peft/merge.h"
+#include "train/evaluate.h"
+#include "train/experiment_config.h"
+
+namespace fs = std::filesystem;
+
+namespace ssmtune {
+
+namespace {
+
+struct EvalArgs {
+  std::string config;
+  std::vector<std::string> overrides;
+  std::string model, adapter, data;
+  std::vector<std::string> metrics;
+  std::int64_t batch_size = 8, max_length = 0, max_examples = 0, max_new_tokens = 0;
+  std::string format;
+  bool json = false;
+};
+
+void run_eval(const EvalArgs& a) {
+  std::string model = a.model, adapter = a.adapter, data = a.data;
+  DataConfig data_cfg;
+  EvalConfig eval_cfg;
+  std::vector<std::string> class_names;
+  if (!a.config.empty()) {
+    const ExperimentConfig cfg = load_experiment_config(a.config, a.overrides);
+    if (model.empty()) model = cfg.model;
+    data_cfg = cfg.data;
+    eval_cfg = cfg.eval;
+    if (data.empty()) data = cfg.data.eval;
+    if (data.empty())
+      throw UsageError(cfg.source + ": field \"data.eval\": needed by ssmtune eval (or pass --data)");
+    // What the run produced, unless told otherwise.
+    if (adapter.empty() && a.model.empty()) {
+      const fs::path out = cfg.output_dir;
+      if (fs::exists(out / "adapter" / "adapter_config.json")) {
+        adapter = (out / "adapter").string();
+      } else if (fs::exists(out / "model" / "config.json")) {
+        model = (out / "model").string();
+      }
+    }
+    if (data_cfg.format == DataFormat::Classification || data_cfg.labels.empty()) {
+      // The eval set is scored against the training set's classes (as during training).
+      if (!cfg.data.train.empty() && cfg.data.labels.empty()) {
+        const std::unique_ptr<Tokenizer> tok = load_tokenizer(model);
+        const Dataset train_set = load_jsonl_dataset(cfg.data.train, cfg.data, *tok);
+        class_names = train_set.class_names;
+      }
+    }
+  } else if (model.empty() || data.empty()) {
+    throw UsageError("ssmtune eval needs an experiment config, or --model and --data");
+  }
+  if (!a.metrics.empty()) eval_cfg.metrics = a.metrics;
+  eval_cfg.batch_size = a.batch_size;
+  if (a.max_examples > 0) eval_cfg.max_examples = a.max_examples;
+  if (a.max_new_tokens > 0) eval_cfg.max_new_tokens = a.max_new_tokens;
+  if (a.max_length > 0) data_cfg.max_length = a.max_length;
+  if (!a.format.empty())
+    data_cfg.format = a.format == "text"                ? DataFormat::Text
+                      : a.format == "prompt_completion" ? DataFormat::PromptCompletion
+                      : a.format == "tokens"            ? DataFormat::Tokens
+                      : a.format == "classification"    ? DataFormat::Classification
+                                                        : DataFormat::Auto;
+
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(model);
+  const Dataset ds = load_jsonl_dataset(data, data_cfg, *tokenizer, class_names);
+  const LoadedModel m = load_model_with_adapter(model, adapter, *be);
+  MambaLM lm(m.cfg, m.weights, *be);
+  EvalInputs in{lm, *tokenizer, *be, [&] { return m; }};
+  const EvalResult r = evaluate(in, ds, eval_cfg);
+
+  if (a.json) {
+    nlohmann::json j = {{"model", model}, {"adapter", adapter}, {"data", data},
+                        {"examples", r.n_examples}, {"tokens", r.n_tokens}, {"metrics", r.metrics}};
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::printf("model    %s%s%s\n", model.c_str(), adapter.empty() ? "" : " + ", adapter.c_str());
+  std::printf("data     %s (%lld examples, %lld loss tokens)\n", data.c_str(),
+              (long long)r.n_examples, (long long)r.n_tokens);
+  for (const auto& [k, v] : r.metrics) std::printf("%-12s %.4f\n", k.c_str(), v);
+}
+
+}  // namespace
+
+void add_eval_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "eval",
+      "Evaluate a model (and adapter) on a JSONL dataset.\n"
+      "Examples: ssmtune eval configs/quickstart.json\n"
+      "          ssmtune eval --model DIR --adapter runs/x/adapter --data eval.jsonl "
+      "--metrics loss,accuracy");
+  static EvalArgs a;
+  cmd->add_option("config", a.config, "experiment config (its eval set, metrics and output)");
+  cmd->add_option("--set", a.overrides, "override a config key: key.path=value (repeatable)");
+  cmd->add_option("--model", a.model, "model directory");
+  cmd->add_option("--adapter", a.adapter, "LoRA adapter directory");
+  cmd->add_option("--data", a.data, "JSONL dataset");
+  cmd->add_option("--metrics", a.metrics, "loss, perplexity, accuracy, exact_match")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"loss", "perplexity", "accuracy", "exact_match"}));
+  cmd->add_option("--format", a.format, "dataset format (default: auto)")
+      ->check(CLI::IsMember({"auto", "text", "prompt_completion", "tokens", "classification"}));
+  cmd->add_option("--batch-size", a.batch_size, "examples per forward pass")
+      ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--max-length", a.max_length, "tokens per example (default: config or 256)");
+  cmd->add_option("--max-examples", a.max_examples, "evaluate only the first N examples");
+  cmd->add_option("--max-new-tokens", a.max_new_tokens, "generation length for exact_match");
+  cmd->add_flag("--json", a.json, "print one JSON object");
+  cmd->callback([] { run_eval(a); });
+}
+
+}  // namespace ssmtune

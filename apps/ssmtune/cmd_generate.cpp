@@ -1,0 +1,62 @@
+// ssmtune generate --model DIR [--adapter DIR] --prompt TEXT: recurrent decoding (constant
+// memory per token) with greedy or sampled tokens, streamed to stdout as they become final.
+#include <cstdio>
+
+#include <spdlog/spdlog.h>
+
+#include "apps/ssmtune/commands.h"
+#include "backend/backend.h"
+#include "data/tokenizer.h"
+#include "infer/generate.h"
+#include "infer/mamba_decoder.h"
+#include "peft/merge.h"
+
+namespace ssmtune {
+
+namespace {
+
+struct GenerateArgs {
+  std::string model, adapter, prompt;
+  SamplingOptions sampling;
+};
+
+void run_generate(const GenerateArgs& a) {
+  check_sampling_options(a.sampling);
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(a.model);
+  const LoadedModel m = load_model_with_adapter(a.model, a.adapter, *be);
+  MambaDecoder decoder(m.cfg, m.weights, *be);
+  std::fputs(a.prompt.c_str(), stdout);
+  const GenerationResult r = generate(decoder, *tokenizer, a.prompt, a.sampling,
+                                      [](const std::string& piece) {
+                                        std::fputs(piece.c_str(), stdout);
+                                        std::fflush(stdout);
+                                      });
+  std::fputs("\n", stdout);
+  spdlog::debug("{} prompt tokens, {} generated, stop: {}", r.n_prompt_tokens, r.token_ids.size(),
+                r.stop_reason);
+}
+
+}  // namespace
+
+void add_generate_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "generate",
+      "Generate text from a model (and adapter) with recurrent decoding.\n"
+      "Example: ssmtune generate --model models/base --adapter runs/x/adapter --prompt \"Q: \"");
+  static GenerateArgs a;
+  cmd->add_option("--model", a.model, "model directory (with tokenizer files)")->required();
+  cmd->add_option("--adapter", a.adapter, "LoRA adapter directory, merged before decoding");
+  cmd->add_option("--prompt", a.prompt, "text to continue")->required();
+  cmd->add_option("--max-new-tokens", a.sampling.max_new_tokens, "tokens to generate at most")
+      ->capture_default_str();
+  cmd->add_option("--temperature", a.sampling.temperature, "0 = greedy (default)")
+      ->capture_default_str();
+  cmd->add_option("--top-k", a.sampling.top_k, "sample from the k most likely tokens; 0 = off");
+  cmd->add_option("--top-p", a.sampling.top_p, "nucleus sampling mass; 1 = off");
+  cmd->add_option("--seed", a.sampling.seed, "random seed for sampling");
+  cmd->add_option("--stop", a.sampling.stop, "stop when the text contains this (repeatable)");
+  cmd->callback([] { run_generate(a); });
+}
+
+}  // namespace ssmtune

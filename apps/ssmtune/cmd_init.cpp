@@ -1,0 +1,216 @@
+// ssmtune init SIZES.json --out DIR: a new, randomly initialised Mamba model directory in
+// Hugging Face format (config.json + model.safetensors, optionally tokenizer files), drawn as
+// transformers' MambaForCausalLM(config) draws it (lib/model/mamba_init.cpp lists the rules).
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <set>
+
+#include "apps/ssmtune/commands.h"
+#include "apps/ssmtune/format.h"
+#include "io/json_fields.h"
+#include "io/json_file.h"
+#include "model/mamba_config.h"
+#include "model/mamba_init.h"
+#include "model/mamba_weights.h"
+
+namespace ssmtune {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct InitOptions {
+  std::string sizes_file;
+  std::string out_dir;
+  std::string tokenizer_dir;
+  std::uint64_t seed = 0;
+  bool overwrite = false;
+};
+
+// Keys a Mamba config.json may hold that parse_mamba_config does not read or that only
+// document where the file came from, beside those mamba_config_to_json writes.
+const char* const kOtherKnownKeys[] = {"d_model",
+                                       "n_layer",
+                                       "d_state",
+                                       "d_conv",
+                                       "dt_rank",
+                                       "d_inner",
+                                       "ssm_cfg",
+                                       "pad_vocab_size_multiple",
+                                       "rms_norm",
+                                       "fused_add_norm",
+                                       "tie_embeddings",
+                                       "d_intermediate",
+                                       "attn_layer_idx",
+                                       "attn_cfg",
+                                       "dtype",
+                                       "use_mambapy",
+                                       "transformers_version",
+                                       "_name_or_path"};
+
+// A typo ("stat_size") would otherwise silently give the default; a warning, not an error, so
+// a config.json copied from a real model (with its leftovers) still works as SIZES.json.
+void warn_unknown_keys(const nlohmann::json& j, const std::string& file) {
+  if (!j.is_object()) return;  // parse_mamba_config reports it
+  std::set<std::string> known(std::begin(kOtherKnownKeys), std::end(kOtherKnownKeys));
+  const nlohmann::json written = mamba_config_to_json(MambaConfig{});
+  for (const auto& [key, value] : written.items()) known.insert(key);
+  for (const auto& [key, value] : j.items())
+    if (!known.count(key))
+      spdlog::warn("warning: {}: field {} is not a Mamba config field; ignored", file,
+                   quote_str(key));
+}
+
+// Every mistake in SIZES.json is the user's configuration: exit 2, naming the file and field.
+MambaConfig read_sizes(const std::string& file) {
+  try {
+    const nlohmann::json j = read_json_file(file);
+    warn_unknown_keys(j, file);
+    MambaConfig c = parse_mamba_config(j, file);
+    const JsonFields f(j, file);
+    if (c.initializer_range < 0) f.fail("initializer_range", "a non-negative number");
+    if (c.time_step_min > c.time_step_max)
+      throw Error(f.where(f.has("time_step_min") ? "time_step_min" : "time_step_max") + ": " +
+                  "time_step_min = " + nlohmann::json(c.time_step_min).dump() +
+                  " is larger than time_step_max = " + nlohmann::json(c.time_step_max).dump());
+    if (c.torch_dtype != "float32")
+      spdlog::warn("warning: {}: field \"torch_dtype\" = {} ignored; init writes float32", file,
+                   quote_str(c.torch_dtype));
+    c.torch_dtype = "float32";
+    return c;
+  } catch (const UsageError&) {
+    throw;
+  } catch (const Error& e) {
+    throw UsageError(e.what());
+  }
+}
+
+// Largest token id in tokenizer.json's model.vocab (an object token -> id for BPE, WordPiece
+// and WordLevel; a list of [piece, score] for Unigram, where the id is the position) and
+// added_tokens (a list of {"id", "content", ...}). Only enough JSON to find ids: no tokenizer.
+struct MaxToken {
+  std::int64_t id = -1;
+  std::string token;
+  void see(std::int64_t i, const std::string& t) {
+    if (i > id) id = i, token = t;
+  }
+};
+
+MaxToken max_token_id(const fs::path& path) {
+  const std::string file = path.string();
+  const nlohmann::json j = read_json_file(path);
+  const JsonFields root(j, file);
+  MaxToken max;
+  const auto id_of = [&](const nlohmann::json& v, const std::string& field) {
+    if (!v.is_number_integer() || v.get<std::int64_t>() < 0 ||
+        (v.is_number_unsigned() && v.get<std::uint64_t>() > std::uint64_t(INT64_MAX)))
+      throw Error(file + ": field " + quote_str(field) +
+                  ": expected a non-negative integer id, got " + describe_json_value(v));
+    return v.get<std::int64_t>();
+  };
+  const auto model = root.get_object("model");
+  if (!model || !model->has("vocab")) throw Error(file + ": field \"model.vocab\": missing");
+  const nlohmann::json& vocab = model->raw("vocab");
+  if (vocab.is_object()) {
+    for (const auto& [token, id] : vocab.items()) max.see(id_of(id, "model.vocab"), token);
+  } else if (vocab.is_array()) {
+    if (!vocab.empty()) {
+      const nlohmann::json& last = vocab.back();
+      max.see(std::int64_t(vocab.size()) - 1,
+              last.is_array() && !last.empty() && last[0].is_string() ? last[0].get<std::string>()
+                                                                      : "");
+    }
+  } else {
+    model->fail("vocab", "an object (token -> id) or a list of [piece, score]");
+  }
+  if (root.has("added_tokens") && !root.raw("added_tokens").is_null()) {
+    const nlohmann::json& added = root.raw("added_tokens");
+    if (!added.is_array()) root.fail("added_tokens", "a list");
+    for (const nlohmann::json& t : added) {
+      if (!t.is_object() || !t.contains("id"))
+        throw Error(file + ": field \"added_tokens\": expected objects with an \"id\", got " +
+                    describe_json_value(t));
+      const std::string content =
+          t.contains("content") && t["content"].is_string() ? t["content"].get<std::string>() : "";
+      max.see(id_of(t["id"], "added_tokens.id"), content);
+    }
+  }
+  return max;
+}
+
+// The tokenizer files of `dir` to copy, after checking the vocabulary fits the model.
+std::vector<fs::path> tokenizer_files(const std::string& dir, const MambaConfig& c,
+                                      const std::string& sizes_file) {
+  static const char* const kNames[] = {"tokenizer.json", "tokenizer_config.json",
+                                       "special_tokens_map.json", "tokenizer.model"};
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) throw UsageError("--tokenizer " + dir + ": not a directory");
+  std::vector<fs::path> files;
+  for (const char* name : kNames)
+    if (fs::is_regular_file(fs::path(dir) / name, ec)) files.push_back(fs::path(dir) / name);
+  if (files.empty())
+    throw UsageError("--tokenizer " + dir +
+                     ": holds none of tokenizer.json, "
+                     "tokenizer_config.json, special_tokens_map.json, tokenizer.model");
+  const fs::path json = fs::path(dir) / "tokenizer.json";
+  if (fs::is_regular_file(json, ec)) {
+    const MaxToken max = max_token_id(json);
+    if (max.id >= c.vocab_size)
+      throw UsageError(json.string() + ": token id " + std::to_string(max.id) + " (" +
+                       quote_str(max.token, 40) + ") does not fit vocab_size " +
+                       std::to_string(c.vocab_size) + " of " + sizes_file +
+                       "; set vocab_size to at least " + std::to_string(max.id + 1));
+  } else {
+    spdlog::warn("warning: {} has no tokenizer.json; its vocabulary size is not checked", dir);
+  }
+  return files;
+}
+
+void run_init(const InitOptions& o) {
+  const MambaConfig cfg = read_sizes(o.sizes_file);
+  const std::vector<fs::path> extra = o.tokenizer_dir.empty()
+                                          ? std::vector<fs::path>{}
+                                          : tokenizer_files(o.tokenizer_dir, cfg, o.sizes_file);
+  check_model_dir_target(o.out_dir, o.overwrite);  // before the weights, which may take a while
+  const MambaWeights w = init_mamba_weights(cfg, o.seed);
+  write_mamba_model_dir(o.out_dir, cfg, w, o.overwrite, extra);
+
+  std::string files = "config.json, model.safetensors";
+  for (const fs::path& f : extra) files += ", " + f.filename().string();
+  std::printf(
+      "wrote %s (%s): %lld layers, d_model %lld, d_inner %lld, d_state %lld, vocab %lld, "
+      "%s embeddings, %s parameters, float32, seed %llu\n",
+      o.out_dir.c_str(), files.c_str(), (long long)cfg.n_layer, (long long)cfg.d_model,
+      (long long)cfg.d_inner, (long long)cfg.d_state, (long long)cfg.vocab_size,
+      cfg.tie_word_embeddings ? "tied" : "untied", with_commas(mamba_param_count(cfg)).c_str(),
+      (unsigned long long)o.seed);
+}
+
+}  // namespace
+
+void add_init_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "init",
+      "Write a new, randomly initialised Mamba model directory (config.json + model.safetensors)\n"
+      "that transformers' MambaForCausalLM.from_pretrained loads. SIZES.json holds Hugging Face\n"
+      "config fields; those left out take transformers' defaults (vocab_size, hidden_size and\n"
+      "num_hidden_layers are required), e.g.\n"
+      "  {\"vocab_size\": 50280, \"hidden_size\": 256, \"num_hidden_layers\": 4, \"state_size\": "
+      "16}\n"
+      "Example: ssmtune init sizes.json --out models/mamba-small --seed 1 "
+      "--tokenizer models/mamba-130m-hf");
+  static InitOptions o;
+  cmd->add_option("sizes", o.sizes_file, "JSON file with the model's config fields")->required();
+  cmd->add_option("--out", o.out_dir, "model directory to create (its parent must exist)")
+      ->required();
+  cmd->add_option("--seed", o.seed, "random seed; the same seed gives the same bytes")
+      ->capture_default_str();
+  cmd->add_option("--tokenizer", o.tokenizer_dir,
+                  "copy tokenizer.json, tokenizer_config.json, special_tokens_map.json and "
+                  "tokenizer.model (those present) from this directory");
+  cmd->add_flag("--overwrite", o.overwrite, "replace an existing model directory at --out");
+  cmd->callback([] { run_init(o); });
+}
+
+}  // namespace ssmtune

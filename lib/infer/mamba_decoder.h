@@ -1,0 +1,72 @@
+// Recurrent Mamba inference for one sequence (MODELS.md A.5; HF MambaCache, mamba_ssm
+// Mamba.step): per layer a conv state and an SSM state, so memory does not grow with the
+// number of tokens fed. Tokens go through the model in blocks: a prompt as blocks of up to
+// `prefill_block` tokens (the chunked scan, one matrix product per projection and block), a
+// decode step as a block of one. Each block starts from the state the previous one left:
+//   conv state (1, K-1, E): the last K-1 pre-conv inputs x, time-major. It is the left context
+//     of the next block's causal conv. (HF keeps K columns, [B, E, K], but the oldest is shifted
+//     out before it is read; llama.cpp keeps K-1 as here.) Zeros = the conv's zero padding.
+//   ssm state (1, E, N): h after the last token, the next scan's h0.
+// Every op goes through the Backend, so the decoder runs wherever the backend does.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/mamba_config.h"
+#include "model/mamba_weights.h"
+
+namespace ssmtune {
+
+class MambaDecoder {
+ public:
+  // `weights` (F32 or F64, the dtype of every activation and state) must stay alive and
+  // unchanged while the decoder exists: A = -exp(A_log) is computed once here. Merge LoRA
+  // into the weights before making the decoder. prefill_block >= 1 bounds the prefill's
+  // activation memory to about 10 * prefill_block * d_inner values.
+  MambaDecoder(const MambaConfig& cfg, const MambaWeights& weights, Backend& be,
+               std::int64_t prefill_block = 256);
+
+  // Empty sequence: all states zero (the conv's zero padding and h_{-1} = 0 of A.4).
+  void reset();
+
+  // Feeds `ids` after whatever was fed since reset() and returns the logits (V) after the last
+  // one. Runs the blocked path: same result as feeding the ids one by one through step(), in
+  // far fewer, larger matrix products. Throws on an empty list or an id outside [0, V).
+  // The reference is valid until the next prefill/step/reset.
+  const Tensor& prefill(const std::vector<std::int64_t>& ids);
+  // Feeds one token; returns the logits (V) after it (as prefill).
+  const Tensor& step(std::int64_t id);
+
+  std::int64_t n_tokens() const { return n_tokens_; }  // fed since reset()
+  const MambaConfig& config() const { return cfg_; }
+  const Tensor& conv_state(std::int64_t layer) const { return conv_state_.at(layer); }
+  const Tensor& ssm_state(std::int64_t layer) const { return ssm_state_.at(layer); }
+
+ private:
+  // Runs ids[0, n) (already checked) through every layer, updating the states; logits_ = logits
+  // after ids[n-1].
+  void forward_block(const std::int64_t* ids, std::int64_t n);
+  // One mixer over a block of Lb tokens, from and into layer i's states (A.4 steps 3-8 with the
+  // cache of A.5). The PEFT state hooks belong here: initial-state tuning sets the states in
+  // reset(); state-offset tuning adds C_t h' (or y') to y right after the scan.
+  // n: (Lb, D) normalised block input   out: (Lb, D) overwritten
+  void mixer_block(std::int64_t i, const Tensor& n, Tensor& out);
+
+  const MambaConfig& cfg_;
+  const MambaWeights& w_;
+  Backend& be_;
+  std::int64_t prefill_block_;
+  DType dtype_;
+
+  std::vector<Tensor> A_;           // per layer (E, N) = -exp(A_log)
+  std::vector<Tensor> conv_state_;  // per layer (1, K-1, E)
+  std::vector<Tensor> ssm_state_;   // per layer (1, E, N)
+  Tensor h_next_;                   // (1, E, N) scan output, swapped with a layer's ssm state
+  std::int64_t n_tokens_ = 0;
+  Tensor logits_;       // (1, V) on the backend's device
+  Tensor logits_host_;  // (V) host view or copy of logits_
+};
+
+}  // namespace ssmtune

@@ -1,0 +1,96 @@
+#include "io/staged_dir.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <regex>
+#include <system_error>
+
+#include "core/error.h"
+
+namespace fs = std::filesystem;
+
+namespace ssmtune {
+
+namespace {
+std::atomic<int> counter{0};
+
+void fsync_path(const fs::path& p) {  // best effort, as for AtomicFile's directory fsync
+  const int fd = ::open(p.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+// fsync every file below `dir`, so the rename publishes data that is on disk.
+void fsync_tree(const fs::path& dir) {
+  std::error_code ec;
+  for (const auto& e : fs::recursive_directory_iterator(dir, ec)) {
+    const int fd = ::open(e.path().c_str(), O_RDONLY);
+    if (fd < 0) continue;
+    ::fsync(fd);
+    ::close(fd);
+  }
+  fsync_path(dir);
+}
+}  // namespace
+
+StagedDir::StagedDir(fs::path final_dir, bool replace)
+    : final_(std::move(final_dir)), replace_(replace) {
+  if (final_.filename().empty()) final_ = final_.parent_path();  // "out/" -> "out"
+  std::error_code ec;
+  if (!replace_ && fs::exists(final_, ec))
+    throw Error(final_.string() + ": already exists; choose another directory or remove it");
+  const fs::path parent = final_.has_parent_path() ? final_.parent_path() : fs::path(".");
+  if (!fs::is_directory(parent, ec))
+    throw Error(final_.string() + ": parent directory " + parent.string() + " does not exist");
+  temp_ = final_;
+  temp_ += ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  if (!fs::create_directory(temp_, ec) || ec)
+    throw Error(final_.string() + ": cannot create " + temp_.string() + ": " +
+                (ec ? ec.message() : "it already exists"));
+}
+
+StagedDir::~StagedDir() {
+  if (committed_) return;
+  std::error_code ec;
+  fs::remove_all(temp_, ec);
+}
+
+void StagedDir::commit() {
+  check(!committed_, "StagedDir committed twice");
+  fsync_tree(temp_);
+  std::error_code ec;
+  fs::path aside;
+  if (replace_ && fs::exists(final_, ec)) {
+    aside = final_;
+    aside += ".old.tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+    if (::rename(final_.c_str(), aside.c_str()) != 0)
+      throw Error(final_.string() + ": cannot move the old version aside: " +
+                  std::strerror(errno));
+  }
+  if (::rename(temp_.c_str(), final_.c_str()) != 0) {
+    const int err = errno;
+    if (!aside.empty()) ::rename(aside.c_str(), final_.c_str());
+    throw Error(final_.string() + ": cannot rename " + temp_.string() + " into place: " +
+                std::strerror(err));
+  }
+  committed_ = true;
+  fsync_path(final_.has_parent_path() ? final_.parent_path() : fs::path("."));
+  if (!aside.empty()) fs::remove_all(aside, ec);
+}
+
+void remove_stale_staging(const fs::path& parent) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(parent, ec)) {
+    // Only names StagedDir makes: <name>.tmp.<pid>.<n>
+    static const std::regex staged(R"(.+\.tmp\.[0-9]+\.[0-9]+$)");
+    const std::string name = e.path().filename().string();
+    if (e.is_directory(ec) && std::regex_match(name, staged)) fs::remove_all(e.path(), ec);
+  }
+}
+
+}  // namespace ssmtune

@@ -1,0 +1,331 @@
+#include "model/mamba_init.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <optional>
+#include <set>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "io/atomic_file.h"
+#include "io/json_file.h"
+#include "io/safetensors.h"
+
+namespace ssmtune {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// What transformers 4.44.2 does for `MambaForCausalLM(config)`, tensor by tensor. A tensor's
+// value is first set by its module's constructor (PyTorch defaults), then `post_init` applies
+// MambaPreTrainedModel._init_weights to every module and ties lm_head to the embedding
+// (transformers/models/mamba/modeling_mamba.py; MODELS.md A.1). PyTorch's defaults:
+// nn.Linear and nn.Conv1d draw weight ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in),
+// 1/sqrt(fan_in)) and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+//
+//   tensor                     rule                                   set by
+//   backbone.embeddings.weight N(0, initializer_range)                _init_weights, nn.Embedding
+//   layers.i.norm.weight       1                                      MambaRMSNorm.__init__
+//   backbone.norm_f.weight     1                                      MambaRMSNorm.__init__
+//   mixer.A_log (E, N)         A_log[e, n] = ln(n + 1), S4D-real      MambaMixer.__init__
+//   mixer.D (E)                1                                      MambaMixer.__init__
+//   mixer.conv1d.weight        U(+-1/sqrt(K)); fan_in = (E/groups)*K  nn.Conv1d default (not a
+//     (E, 1, K)                = K since groups = E                   Linear: _init_weights skips)
+//   mixer.conv1d.bias (E)      U(+-1/sqrt(K))                         nn.Conv1d default (kept)
+//   mixer.in_proj.weight       U(+-1/sqrt(D))                         nn.Linear default
+//   mixer.in_proj.bias         0                                      _init_weights zeroes
+//                                                                     Linear biases
+//   mixer.x_proj.weight        U(+-1/sqrt(E))                         nn.Linear default
+//   mixer.dt_proj.weight       "random": U(+-s), "constant": s,       _init_weights, MambaMixer
+//                              s = dt_rank^-0.5 * time_step_scale
+//   mixer.dt_proj.bias (E)     dt = exp(U(ln dt_min, ln dt_max)),     _init_weights, MambaMixer
+//                              clamped >= time_step_floor; bias =     (_no_reinit keeps the
+//                              dt + ln(-expm1(-dt)) = softplus^-1(dt) Linear rule off it)
+//   mixer.out_proj.weight      U(+-1/sqrt(E)), divided by             nn.Linear default; the
+//                              sqrt(n_layer) if rescale_prenorm_      rescale branch of
+//                              residual                               _init_weights
+//   mixer.out_proj.bias        0                                      _init_weights
+//   lm_head.weight (untied)    U(+-1/sqrt(D))                         nn.Linear default (no bias;
+//                                                                     _init_weights keeps it)
+//   lm_head.weight (tied)      the embedding itself                   tie_weights
+//
+// The distributions match transformers'; the numbers do not (torch's generator is not ours).
+// Values are computed in double and rounded to F32 once.
+enum class Rule { kNormal, kUniform, kConstant, kLogA, kDtBias };
+
+struct InitRule {
+  Rule rule;
+  double scale = 0;  // std (kNormal), bound (kUniform), value (kConstant)
+};
+
+InitRule rule_for(const MambaConfig& c, const std::string& name) {
+  const auto ends = [&](const char* suffix) { return name.ends_with(suffix); };
+  const double kaiming_d = 1.0 / std::sqrt(double(c.d_model));
+  const double kaiming_e = 1.0 / std::sqrt(double(c.d_inner));
+  const double kaiming_k = 1.0 / std::sqrt(double(c.d_conv));
+  const double dt_init_std = std::pow(double(c.dt_rank), -0.5) * c.time_step_scale;
+  if (ends("embeddings.weight")) return {Rule::kNormal, c.initializer_range};
+  if (ends("norm.weight") || ends("norm_f.weight") || ends("mixer.D")) return {Rule::kConstant, 1};
+  if (ends("mixer.A_log")) return {Rule::kLogA};
+  if (ends("conv1d.weight") || ends("conv1d.bias")) return {Rule::kUniform, kaiming_k};
+  if (ends("in_proj.weight") || ends("lm_head.weight")) return {Rule::kUniform, kaiming_d};
+  if (ends("x_proj.weight")) return {Rule::kUniform, kaiming_e};
+  if (ends("in_proj.bias") || ends("out_proj.bias")) return {Rule::kConstant, 0};
+  if (ends("dt_proj.weight"))
+    return c.time_step_init_scheme == "constant" ? InitRule{Rule::kConstant, dt_init_std}
+                                                 : InitRule{Rule::kUniform, dt_init_std};
+  if (ends("dt_proj.bias")) return {Rule::kDtBias};
+  if (ends("out_proj.weight"))
+    return {Rule::kUniform,
+            c.rescale_prenorm_residual ? kaiming_e / std::sqrt(double(c.n_layer)) : kaiming_e};
+  throw Error("init_mamba_weights: no initialisation rule for tensor " + quote_str(name));
+}
+
+// t: any shape, F32. A_log needs its last dimension (d_state) to know n.
+void fill(const MambaConfig& c, const InitRule& r, Rng& rng, Tensor& t) {
+  float* p = t.data<float>();
+  const std::int64_t n = t.numel();
+  switch (r.rule) {
+    case Rule::kNormal:
+      for (std::int64_t i = 0; i < n; ++i) p[i] = float(r.scale * rng.normal());
+      break;
+    case Rule::kUniform:
+      for (std::int64_t i = 0; i < n; ++i) p[i] = float(rng.uniform(-r.scale, r.scale));
+      break;
+    case Rule::kConstant:
+      for (std::int64_t i = 0; i < n; ++i) p[i] = float(r.scale);
+      break;
+    case Rule::kLogA:
+      for (std::int64_t i = 0; i < n; ++i) p[i] = float(std::log(double(i % c.d_state + 1)));
+      break;
+    case Rule::kDtBias: {
+      const double log_min = std::log(c.time_step_min), log_max = std::log(c.time_step_max);
+      for (std::int64_t i = 0; i < n; ++i) {
+        const double dt =
+            std::max(std::exp(log_min + rng.uniform() * (log_max - log_min)), c.time_step_floor);
+        p[i] = float(dt + std::log(-std::expm1(-dt)));
+      }
+      break;
+    }
+  }
+}
+
+std::int64_t physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? std::int64_t(pages) * page : INT64_MAX;
+}
+
+std::string gib(std::int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f GiB", double(bytes) / double(1ll << 30));
+  return buf;
+}
+
+const char* torch_dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "float32";
+    case DType::F64: return "float64";
+    case DType::F16: return "float16";
+    case DType::BF16: return "bfloat16";
+    default: return nullptr;
+  }
+}
+
+// Removes a directory tree when the scope ends, unless released: a failed write leaves nothing.
+class RemoveOnExit {
+ public:
+  explicit RemoveOnExit(fs::path p) : path_(std::move(p)) {}
+  ~RemoveOnExit() {
+    std::error_code ec;
+    if (!path_.empty()) fs::remove_all(path_, ec);
+  }
+  RemoveOnExit(const RemoveOnExit&) = delete;
+  RemoveOnExit& operator=(const RemoveOnExit&) = delete;
+  void release() { path_.clear(); }
+
+ private:
+  fs::path path_;
+};
+
+// A fresh directory `<base><suffix>XXXXXX` beside `base` (same filesystem, so rename works).
+fs::path make_temp_dir(const fs::path& base, const char* suffix, const std::string& shown) {
+  std::string tmpl = base.string() + suffix + "XXXXXX";
+  if (!::mkdtemp(tmpl.data()))
+    throw Error(shown + ": cannot create temporary directory " + tmpl + ": " +
+                std::strerror(errno));
+  return tmpl;
+}
+
+// Streams `src` into `dst` through AtomicFile (fsync'ed like the files written here).
+void copy_file_durably(const fs::path& src, const fs::path& dst) {
+  std::ifstream in(src, std::ios::binary);
+  if (!in) throw Error(src.string() + ": cannot open: " + std::strerror(errno));
+  AtomicFile out(dst);
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), std::streamsize(buf.size()));
+    if (in.gcount() > 0) out.write(buf.data(), std::size_t(in.gcount()));
+  }
+  if (in.bad()) throw Error(src.string() + ": read failed");
+  out.commit();
+}
+
+void fsync_dir(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;  // best effort, as in AtomicFile
+  ::fsync(fd);
+  ::close(fd);
+}
+
+// Where a model directory goes, and whether an existing non-empty one must be swapped out.
+struct ModelDirTarget {
+  fs::path path;  // absolute, normalised, no trailing slash
+  bool replace_non_empty = false;
+};
+
+ModelDirTarget model_dir_target(const std::string& dir, bool overwrite) {
+  ModelDirTarget t;
+  t.path = fs::absolute(fs::path(dir)).lexically_normal();
+  if (!t.path.has_filename()) t.path = t.path.parent_path();  // "out/" -> "out"
+  if (!t.path.has_filename() || t.path == t.path.root_path())
+    throw UsageError(quote_str(dir) + ": not a usable model directory name");
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(t.path, ec);
+  if (fs::exists(st)) {
+    if (!fs::is_directory(st)) throw UsageError(dir + ": exists and is not a directory");
+    if (!fs::is_empty(t.path, ec)) {
+      if (!overwrite)
+        throw UsageError(dir +
+                         ": already exists and is not empty (pass --overwrite to replace "
+                         "it)");
+      if (!fs::exists(t.path / "config.json"))
+        throw UsageError(dir +
+                         ": holds no config.json, so it is not a model directory; "
+                         "refusing to replace it even with --overwrite");
+      t.replace_non_empty = true;
+    }
+  }
+  const fs::path parent = t.path.parent_path();
+  if (!fs::is_directory(parent, ec))
+    throw Error(dir + ": parent directory " + parent.string() +
+                (fs::exists(parent, ec) ? " is not a directory" : " does not exist"));
+  return t;
+}
+
+}  // namespace
+
+std::int64_t mamba_param_count(const MambaConfig& c) {
+  const std::int64_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv,
+                     V = c.vocab_size;
+  const std::int64_t per_layer = D                                       // norm
+                                 + E * N + E                             // A_log, D
+                                 + E * K + (c.use_conv_bias ? E : 0)     // conv1d
+                                 + 2 * E * D + (c.use_bias ? 2 * E : 0)  // in_proj
+                                 + (R + 2 * N) * E                       // x_proj
+                                 + E * R + E                             // dt_proj
+                                 + D * E + (c.use_bias ? D : 0);         // out_proj
+  return V * D + c.n_layer * per_layer + D + (c.tie_word_embeddings ? 0 : V * D);
+}
+
+MambaWeights init_mamba_weights(const MambaConfig& c, std::uint64_t seed) {
+  if (c.time_step_min > c.time_step_max)
+    throw Error("time_step_min = " + std::to_string(c.time_step_min) +
+                " is larger than time_step_max = " + std::to_string(c.time_step_max));
+  if (!(c.initializer_range >= 0))
+    throw Error("initializer_range = " + std::to_string(c.initializer_range) +
+                " is negative; it is the std of the embedding");
+  // The parse limits bound each size but not their product; check before allocating.
+  const std::int64_t bytes = mamba_param_count(c) * std::int64_t(sizeof(float));
+  if (bytes > physical_memory_bytes())
+    throw Error("a model of " + std::to_string(mamba_param_count(c)) + " parameters needs " +
+                gib(bytes) + " in F32, more than this machine's " + gib(physical_memory_bytes()) +
+                " of memory");
+  MambaWeights w = zeros_like_params(c, DType::F32);
+  for_each_param(c, w, [&](const std::string& name, Tensor& t) {
+    Rng rng = Rng::for_stream(seed, stream_id(name.c_str()));
+    fill(c, rule_for(c, name), rng, t);
+  });
+  return w;  // zeros_like_params already made a tied lm_head share the embedding
+}
+
+void check_model_dir_target(const std::string& dir, bool overwrite) {
+  model_dir_target(dir, overwrite);
+}
+
+void write_mamba_model_dir(const std::string& dir, const MambaConfig& c, const MambaWeights& w,
+                           bool overwrite, const std::vector<fs::path>& extra_files) {
+  const ModelDirTarget where = model_dir_target(dir, overwrite);
+  const fs::path& target = where.path;
+  const fs::path parent = target.parent_path();
+  std::error_code ec;
+
+  std::vector<NamedTensor> tensors;
+  MambaWeights handles = w;  // for_each_param wants a mutable struct; copies only handles
+  std::optional<DType> dtype;
+  for_each_param(c, handles, [&](const std::string& name, Tensor& t) {
+    if (dtype && t.dtype() != *dtype)
+      throw Error("write_mamba_model_dir: tensor " + quote_str(name) + " is " +
+                  std::string(dtype_name(t.dtype())) + ", the others " +
+                  std::string(dtype_name(*dtype)));
+    dtype = t.dtype();
+    tensors.push_back({name, t});
+  });
+  if (!dtype || !torch_dtype_name(*dtype))
+    throw Error("write_mamba_model_dir: weights must be F32, F64, F16 or BF16");
+  std::set<std::string> names = {"config.json", "model.safetensors"};
+  for (const fs::path& f : extra_files)
+    if (!names.insert(f.filename().string()).second)
+      throw Error(f.string() + ": a second file named " + quote_str(f.filename().string()) +
+                  " for the model directory");
+
+  const fs::path tmp = make_temp_dir(target, ".tmp-", dir);
+  RemoveOnExit cleanup(tmp);
+  nlohmann::json config = mamba_config_to_json(c);
+  config["torch_dtype"] = torch_dtype_name(*dtype);
+  write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
+  write_safetensors(tmp / "model.safetensors", tensors);
+  for (const fs::path& f : extra_files) copy_file_durably(f, tmp / f.filename());
+  // mkdtemp makes 0700; a model directory is as readable as any other new directory.
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  fs::permissions(tmp, fs::perms(0777 & ~mask), ec);
+
+  if (!where.replace_non_empty) {
+    // rename(2) also replaces an empty directory, and fails if one appeared meanwhile.
+    if (::rename(tmp.c_str(), target.c_str()) != 0)
+      throw Error(dir + ": cannot rename " + tmp.string() + " into place: " + std::strerror(errno));
+  } else {
+    // Swap: old aside, new in, old removed. If the second rename fails the old one goes back.
+    const fs::path old = make_temp_dir(target, ".old-", dir);
+    if (::rename(target.c_str(), old.c_str()) != 0) {
+      const int err = errno;
+      fs::remove(old, ec);
+      throw Error(dir + ": cannot move the existing directory aside: " + std::strerror(err));
+    }
+    if (::rename(tmp.c_str(), target.c_str()) != 0) {
+      const int err = errno;
+      ::rename(old.c_str(), target.c_str());
+      throw Error(dir + ": cannot rename " + tmp.string() + " into place: " + std::strerror(err));
+    }
+    // The new model is in place; a leftover copy of the old one is worth a warning, not a failure.
+    fs::remove_all(old, ec);
+    if (ec)
+      spdlog::warn("warning: {}: the replaced directory could not be removed from {}: {}", dir,
+                   old.string(), ec.message());
+  }
+  cleanup.release();
+  fsync_dir(parent);
+}
+
+}  // namespace ssmtune

@@ -1,0 +1,48 @@
+// A freshly initialised Mamba causal LM, as transformers 4.44.2's MambaForCausalLM(config)
+// draws it (MODELS.md A.1), and the Hugging Face model directory that holds it.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "model/mamba_config.h"
+#include "model/mamba_weights.h"
+
+namespace ssmtune {
+
+// Number of parameters of the model `c` describes, counting a tied lm_head once (what
+// `sum(p.numel() for p in model.parameters())` gives in transformers). From the sizes alone,
+// so a caller can refuse a model too large for memory before anything is allocated.
+std::int64_t mamba_param_count(const MambaConfig& c);
+
+// Every parameter of `c` in F32, drawn by the rules listed in mamba_init.cpp. Each tensor
+// draws from its own Rng::for_stream(seed, stream_id(HF name)), so a tensor's values depend
+// only on (seed, its name, the config): not on the order tensors are visited, and adding a
+// layer leaves the existing layers' values unchanged. Same seed, same bytes (Rng is defined bit
+// for bit; the libm exp/log/cos behind normal() and dt could differ in a last bit elsewhere).
+// The lm_head shares the embedding's storage when c.tie_word_embeddings.
+// Throws Error if the config's init fields are unusable (time_step_min > time_step_max,
+// negative initializer_range).
+MambaWeights init_mamba_weights(const MambaConfig& c, std::uint64_t seed);
+
+// Writes a model directory that transformers' MambaForCausalLM.from_pretrained loads:
+//   dir/config.json         mamba_config_to_json(c) with torch_dtype set from the weights' dtype
+//   dir/model.safetensors   every parameter under its HF name (a tied lm_head is not stored)
+//   dir/<name>              a copy of each of `extra_files` (tokenizer files), by file name
+// All of it is written into a fresh sibling DIR.tmp-XXXXXX and renamed into place, so on any
+// failure `dir` is left as it was and no temporary remains. `dir`'s parent must exist.
+// An existing empty `dir` is replaced. An existing non-empty one is an error unless `overwrite`;
+// even then only a model directory (one holding a config.json) is replaced, so a mistyped --out
+// cannot delete an unrelated tree. Weights: all tensors of one float dtype.
+// The checks write_mamba_model_dir makes on `dir` before writing anything, for a caller that
+// wants to fail before a long computation: throws UsageError for an existing non-empty `dir`
+// without `overwrite` (or one that is no model directory), Error for a missing parent.
+void check_model_dir_target(const std::string& dir, bool overwrite);
+
+void write_mamba_model_dir(const std::string& dir, const MambaConfig& c, const MambaWeights& w,
+                           bool overwrite = false,
+                           const std::vector<std::filesystem::path>& extra_files = {});
+
+}  // namespace ssmtune

@@ -1,0 +1,91 @@
+// LoRA (METHODS.md 1; Hu et al. 2021, PEFT's LoraLayer): beside a frozen W (out, in),
+//   y = x W^T + s * dropout(x) A^T B^T,   A: (r, in), B: (rows, r), s = alpha / r (rsLoRA:
+//   alpha / sqrt(r)),
+// on any Mamba projection or on a slice of one (in_proj.x, in_proj.z, x_proj.dt, x_proj.B,
+// x_proj.C), where B covers only the slice's rows of W; and on the embedding, as PEFT does it
+// (lora_embedding_A: (r, V), lora_embedding_B: (D, r), no dropout). Implements the model's
+// LinearHook; forward saves U = dropout(x) A^T for backward:
+//   dB += s dY^T U,  dU = s dY B,  dA += dU^T dropout(x),  dx += dropout'(dU A).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/rng.h"
+#include "model/linear_hook.h"
+#include "model/mamba_config.h"
+#include "model/mamba_weights.h"
+#include "peft/lora_config.h"
+#include "peft/trainable.h"
+
+namespace ssmtune {
+
+struct LoraTerm {
+  std::string name;    // ssmtune's name: "layers.3.in_proj.x", "embeddings"
+  std::string module;  // the HF module it sits on: "backbone.layers.3.mixer.in_proj"
+  std::int64_t layer = -1;  // -1 for the embedding
+  LinearSite site = LinearSite::InProj;
+  bool embedding = false;
+  std::int64_t row0 = 0, rows = 0;  // the weight rows it updates (all rows: [0, out))
+  std::int64_t module_rows = 0;     // the weight's row count (out), for the PEFT layout
+  std::int64_t in = 0, rank = 0;
+  double scale = 1;
+  // Linear: A (r, in), B (rows, r). Embedding: A holds lora_embedding_A transposed, (V, r),
+  // so the forward is a row lookup; B is lora_embedding_B (D, r).
+  Tensor A, B, dA, dB;
+  Tensor U;           // (tokens, r) saved by forward
+  Tensor x_dropped;   // (tokens, in) dropout(x), saved by forward when dropout is on
+  Tensor keep_scale;  // (tokens, in) 0 or 1/(1-p), the dropout mask
+};
+
+// The terms a LoraConfig asks for on a model, with zero-filled tensors (shapes only).
+// Throws UsageError for an unknown target, a target that matches nothing, or two targets that
+// update the same rows of one module. dtype: F32 or F64.
+std::vector<LoraTerm> plan_lora_terms(const MambaConfig& cfg, const LoraConfig& lora,
+                                      DType dtype);
+
+class LoraModel final : public LinearHook {
+ public:
+  // The terms `lora` asks for (plan_lora_terms), zero-filled: call init() or load into them.
+  LoraModel(const MambaConfig& cfg, const LoraConfig& lora, DType dtype, Backend& be);
+  // Given terms (read from an adapter file); their dA/dB are allocated here.
+  LoraModel(LoraConfig lora, std::vector<LoraTerm> terms, Backend& be);
+
+  // PEFT's initialisation: "kaiming": A ~ kaiming_uniform(a = sqrt(5)) = U(+-1/sqrt(in)),
+  // B = 0; "gaussian": A ~ N(0, 1/r), B = 0. Embedding terms: A = 0, B ~ N(0, 1) (PEFT's
+  // reset_lora_parameters for nn.Embedding). Each term draws from its own stream of `seed`.
+  void init(std::uint64_t seed);
+
+  // Dropout is applied while training (masks drawn from `dropout_rng`, which the trainer
+  // saves in checkpoints); eval runs without it.
+  void set_training(bool training, Rng* dropout_rng);
+
+  std::vector<LoraTerm>& terms() { return terms_; }
+  const std::vector<LoraTerm>& terms() const { return terms_; }
+  const LoraConfig& config() const { return config_; }
+  // "lora.<term name>.A" / ".B": every trainable tensor with its gradient.
+  void append_trainables(std::vector<TrainableParam>& out);
+
+  // W[rows of the term] += s B A for every term (exact). An embedding term on a model with tied
+  // embeddings unties lm_head first (it keeps the original embedding), as the merged weight no
+  // longer equals the head. Changes cfg.tie_word_embeddings in that case.
+  void merge_into(MambaConfig& cfg, MambaWeights& w) const;
+
+  void linear_forward(std::int64_t layer, LinearSite site, const Tensor& x,
+                      std::vector<LinearPart>& out) override;
+  void linear_backward(std::int64_t layer, LinearSite site, const Tensor& x,
+                       const std::vector<LinearPart>& dout, Tensor& dx) override;
+  void embedding_forward(const Tensor& ids, Tensor& out) override;
+  void embedding_backward(const Tensor& ids, const Tensor& dout) override;
+
+ private:
+  LoraConfig config_;
+  Backend& be_;
+  std::vector<LoraTerm> terms_;
+  bool training_ = false;
+  Rng* dropout_rng_ = nullptr;
+};
+
+}  // namespace ssmtune

@@ -1,0 +1,29 @@
+#include "peft/merge.h"
+
+#include "peft/lora_adapter_io.h"
+
+namespace ssmtune {
+
+LoadedModel merged_copy(const MambaConfig& cfg, const MambaWeights& w, const LoraModel* lora,
+                        Backend& be) {
+  LoadedModel m{cfg, w};
+  for_each_param(m.cfg, m.weights, [](const std::string&, Tensor& t) { t = t.clone(); });
+  if (m.cfg.tie_word_embeddings) m.weights.lm_head = m.weights.embedding;
+  (void)be;
+  if (lora) lora->merge_into(m.cfg, m.weights);
+  return m;
+}
+
+LoadedModel load_model_with_adapter(const std::string& model_dir, const std::string& adapter_dir,
+                                    Backend& be) {
+  LoadedModel m;
+  m.cfg = load_mamba_config(model_dir);
+  m.weights = load_mamba_weights(model_dir, m.cfg, DType::F32);
+  if (!adapter_dir.empty()) {
+    const std::unique_ptr<LoraModel> lora = read_lora_adapter(adapter_dir, m.cfg, DType::F32, be);
+    lora->merge_into(m.cfg, m.weights);
+  }
+  return m;
+}
+
+}  // namespace ssmtune

@@ -1,0 +1,330 @@
+#include "train/trainer.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include <spdlog/spdlog.h>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "data/batcher.h"
+#include "data/jsonl_dataset.h"
+#include "data/tokenizer.h"
+#include "io/atomic_file.h"
+#include "io/staged_dir.h"
+#include "model/mamba_init.h"
+#include "model/mamba_lm.h"
+#include "peft/lora_adapter_io.h"
+#include "peft/merge.h"
+#include "peft/peft_model.h"
+#include "train/adamw.h"
+#include "train/checkpoint.h"
+#include "train/evaluate.h"
+#include "train/interrupt.h"
+#include "train/metrics_log.h"
+#include "train/schedule.h"
+
+namespace fs = std::filesystem;
+
+namespace ssmtune {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Lower is better for losses, higher for the rest.
+bool improves(const std::string& metric, double value, double best, double min_delta) {
+  if (metric == "loss" || metric == "perplexity") return value < best - min_delta;
+  return value > best + min_delta;
+}
+
+std::string format_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  char buf[32];
+  const long t = long(s + 0.5);
+  if (t >= 3600)
+    std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+  return buf;
+}
+
+std::string metrics_text(const std::map<std::string, double>& m) {
+  std::string s;
+  for (const auto& [k, v] : m) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%s%s %.4f", s.empty() ? "" : ", ", k.c_str(), v);
+    s += buf;
+  }
+  return s;
+}
+
+// Refuses to start a fresh run on top of another run's files.
+void check_fresh_output_dir(const fs::path& out) {
+  std::error_code ec;
+  if (!fs::exists(out, ec)) return;
+  if (!fs::is_directory(out, ec))
+    throw UsageError("output_dir " + out.string() + " exists and is not a directory");
+  const bool has_run = !list_checkpoints(out).empty() || fs::exists(out / "metrics.jsonl") ||
+                       fs::exists(out / "adapter") || fs::exists(out / "model");
+  if (has_run)
+    throw UsageError("output_dir " + out.string() +
+                     " already holds a run; pass --resume to continue it, or choose another "
+                     "output_dir (--set output_dir=...)");
+}
+
+void make_output_dir(const fs::path& out) {
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  if (ec || !fs::is_directory(out))
+    throw Error("output_dir " + out.string() + ": cannot create it: " +
+                (ec ? ec.message() : "not a directory"));
+}
+
+}  // namespace
+
+TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
+  if (cfg.data.train.empty())
+    throw UsageError(cfg.source + ": field \"data.train\": required by ssmtune train");
+  if (cfg.training.threads > 0) omp_set_num_threads(int(cfg.training.threads));
+  const fs::path out = cfg.output_dir;
+  const bool resuming = opts.resume || !opts.resume_from.empty();
+  if (!resuming) check_fresh_output_dir(out);
+
+  // Everything that reads input comes first, so a bad file fails before anything is written.
+  const MambaConfig mcfg = load_mamba_config(cfg.model);
+  MambaWeights weights = load_mamba_weights(cfg.model, mcfg, DType::F32);
+  const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(cfg.model);
+  if (tokenizer->vocab_size() > mcfg.vocab_size)
+    throw Error(tokenizer->source() + ": the tokenizer has " +
+                std::to_string(tokenizer->vocab_size()) + " tokens but the model's vocab_size is " +
+                std::to_string(mcfg.vocab_size));
+  const Dataset train_set = load_jsonl_dataset(cfg.data.train, cfg.data, *tokenizer);
+  Dataset eval_set;
+  const bool has_eval = !cfg.data.eval.empty();
+  if (has_eval) {
+    eval_set = load_jsonl_dataset(cfg.data.eval, cfg.data, *tokenizer, train_set.class_names);
+    check_metrics_fit(cfg.eval.metrics, eval_set);
+  }
+  if (train_set.n_truncated)
+    spdlog::warn("{}: {} examples truncated to max_length {}", train_set.path,
+                 train_set.n_truncated, cfg.data.max_length);
+
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  PeftModel peft(mcfg, weights, cfg.peft, *be, cfg.seed);
+  const std::int64_t n_trainable = peft.n_trainable();
+  std::int64_t n_total = 0;
+  for_each_param(mcfg, weights, [&](const std::string&, Tensor& t) { n_total += t.numel(); });
+  for (const std::string& line : peft.summary()) spdlog::info("{}", line);
+  spdlog::info("trainable parameters: {} of {} ({:.4f}%)", n_trainable, n_total,
+               100.0 * double(n_trainable) / double(n_total));
+
+  MambaLM lm(mcfg, weights, *be, cfg.training.scan_chunk);
+  lm.set_hook(peft.hook());
+  AdamW optimizer(cfg.optimizer, peft.trainables(), *be);
+  EpochSampler sampler(std::int64_t(train_set.examples.size()), cfg.seed, cfg.data.shuffle);
+  Rng dropout_rng = Rng::for_stream(cfg.seed, stream_id("dropout"));
+
+  const std::int64_t per_epoch = (sampler.size() + cfg.training.batch_size - 1) /
+                                 cfg.training.batch_size;  // micro-batches
+  const std::int64_t total_steps =
+      cfg.training.steps > 0
+          ? cfg.training.steps
+          : std::max<std::int64_t>(1, (cfg.training.epochs * per_epoch +
+                                       cfg.training.grad_accum - 1) /
+                                          cfg.training.grad_accum);
+
+  // Resume: the newest complete checkpoint (or the one named) restores every bit of state.
+  TrainerState state;
+  state.config_hash = experiment_config_hash(cfg);
+  if (resuming) {
+    fs::path ckpt = opts.resume_from;
+    if (ckpt.empty()) {
+      const std::vector<fs::path> all = list_checkpoints(out);
+      if (!all.empty()) ckpt = all.back();
+    }
+    if (ckpt.empty()) {
+      spdlog::info("no checkpoint in {}: starting from step 0", out.string());
+    } else {
+      const std::string hash = state.config_hash;
+      state = read_checkpoint(ckpt, peft, optimizer);
+      if (state.config_hash != hash)
+        throw UsageError(ckpt.string() + " was written by a run with another config (hash " +
+                         state.config_hash + ", this config " + hash +
+                         "); resume with the config it was trained with");
+      sampler.set_position({state.data_epoch, state.data_index});
+      dropout_rng.set_state(state.dropout_rng);
+      spdlog::info("resuming from {} (step {} of {})", ckpt.string(), state.step, total_steps);
+    }
+  }
+  make_output_dir(out);
+  remove_stale_staging(out);
+  write_file_atomic(out / "experiment.json",
+                    cfg.json.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+  MetricsLog metrics(out / "metrics.jsonl", resuming ? state.step : 0);
+
+  const std::string base_model = fs::absolute(cfg.model).lexically_normal().string();
+  auto save_checkpoint = [&] {
+    const auto pos = sampler.position();
+    state.data_epoch = pos.epoch;
+    state.data_index = pos.index;
+    state.dropout_rng = dropout_rng.state();
+    const fs::path p =
+        write_checkpoint(out, state, peft, optimizer, base_model, cfg.checkpoint.keep);
+    spdlog::info("checkpoint {}", p.string());
+  };
+  EvalInputs eval_in{lm, *tokenizer, *be,
+                     [&] { return merged_copy(mcfg, weights, peft.lora(), *be); }};
+  auto run_eval = [&] {
+    peft.set_training(false, nullptr);
+    const EvalResult r = evaluate(eval_in, eval_set, cfg.eval);
+    metrics.write({{"step", state.step}, {"eval", r.metrics}, {"eval_examples", r.n_examples}});
+    spdlog::info("eval step {}: {}", state.step, metrics_text(r.metrics));
+    return r;
+  };
+
+  TrainResult result;
+  result.total_steps = total_steps;
+  result.n_trainable = n_trainable;
+  result.output_dir = out.string();
+  InterruptGuard interrupts;
+  const auto started = Clock::now();
+  const double elapsed_before = state.elapsed_s;
+  std::int64_t tokens_this_process = 0, steps_this_process = 0;
+  double train_s = 0;  // time in training steps only (not eval or checkpoints): tokens/s
+  std::map<std::string, double> last_eval;
+  bool stop_early = false;
+
+  while (state.step < total_steps && !stop_early) {
+    const auto step_start = Clock::now();
+    peft.set_training(true, &dropout_rng);
+    peft.zero_grads();
+    // Draw the step's micro-batches first: every token of the step weighs the same.
+    std::vector<Batch> micro;
+    std::int64_t step_tokens = 0;
+    for (std::int64_t a = 0; a < cfg.training.grad_accum; ++a) {
+      micro.push_back(make_batch(train_set, sampler.next(cfg.training.batch_size),
+                                 tokenizer->pad_id()));
+      step_tokens += micro.back().n_loss_tokens;
+    }
+    double loss_sum = 0;
+    for (const Batch& b : micro) {
+      lm.forward(b.input_ids);
+      const Tensor targets = shift_labels(b.labels);
+      const LmLoss l = lm.loss(targets);
+      loss_sum += l.loss * double(l.n_tokens);
+      lm.backward(targets, peft.base_grads(), step_tokens);
+    }
+    const double loss = step_tokens ? loss_sum / double(step_tokens) : 0.0;
+    if (!std::isfinite(loss))
+      throw Error("training diverged at step " + std::to_string(state.step + 1) +
+                  ": the loss is " + std::to_string(loss) + "; lower optimizer.lr");
+    const double grad_norm = optimizer.clip_grad_norm(cfg.optimizer.grad_clip);
+    const double lr = scheduled_lr(cfg.schedule, cfg.optimizer.lr, state.step, total_steps);
+    optimizer.step(lr);
+    state.step += 1;
+    steps_this_process += 1;
+    state.tokens_seen += step_tokens;
+    tokens_this_process += step_tokens;
+    result.last_loss = loss;
+
+    const double now_s = std::chrono::duration<double>(Clock::now() - started).count();
+    state.elapsed_s = elapsed_before + now_s;
+    const double step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
+    train_s += step_s;
+    const double tokens_per_s = train_s > 0 ? double(tokens_this_process) / train_s : 0.0;
+    if (state.step % cfg.training.log_every == 0 || state.step == total_steps) {
+      const auto pos = sampler.position();
+      metrics.write({{"step", state.step},
+                     {"epoch", double(pos.epoch) + double(pos.index) / double(sampler.size())},
+                     {"loss", loss},
+                     {"lr", lr},
+                     {"grad_norm", grad_norm},
+                     {"tokens", step_tokens},
+                     {"tokens_per_s", tokens_per_s},
+                     {"step_s", step_s},
+                     {"elapsed_s", state.elapsed_s}});
+      const double eta = now_s / double(steps_this_process) * double(total_steps - state.step);
+      if (opts.progress_line) {
+        std::fprintf(stderr, "\rstep %lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s   ",
+                     (long long)state.step, (long long)total_steps, loss, lr, tokens_per_s,
+                     format_duration(eta).c_str());
+        std::fflush(stderr);
+      } else {
+        spdlog::info("step {}/{} loss {:.4f} lr {:.3g} grad_norm {:.3g} {:.0f} tok/s", state.step,
+                     total_steps, loss, lr, grad_norm, tokens_per_s);
+      }
+    }
+    const bool last = state.step == total_steps;
+    if (has_eval && cfg.eval.every > 0 && state.step % cfg.eval.every == 0 && !last) {
+      if (opts.progress_line) std::fprintf(stderr, "\n");
+      last_eval = run_eval().metrics;
+      const EarlyStoppingConfig& es = cfg.eval.early_stopping;
+      if (es.patience > 0) {
+        const auto it = last_eval.find(es.metric);
+        if (it == last_eval.end())
+          throw UsageError("eval.early_stopping.metric \"" + es.metric +
+                           "\" is not one of eval.metrics");
+        if (!state.has_best || improves(es.metric, it->second, state.best_metric, es.min_delta)) {
+          state.best_metric = it->second;
+          state.has_best = true;
+          state.evals_without_improvement = 0;
+        } else if (++state.evals_without_improvement >= es.patience) {
+          spdlog::info("early stopping: {} has not improved for {} evaluations", es.metric,
+                       es.patience);
+          stop_early = true;
+        }
+      }
+    }
+    if (cfg.checkpoint.every > 0 && state.step % cfg.checkpoint.every == 0 && !last)
+      save_checkpoint();
+    if (const int sig = InterruptGuard::pending()) {
+      if (opts.progress_line) std::fprintf(stderr, "\n");
+      if (cfg.checkpoint.every == 0 || state.step % cfg.checkpoint.every != 0) save_checkpoint();
+      spdlog::warn("interrupted by signal {} at step {}; resume with --resume", sig, state.step);
+      result.interrupted = true;
+      result.signal = sig;
+      result.steps = state.step;
+      return result;
+    }
+  }
+  if (opts.progress_line) std::fprintf(stderr, "\n");
+  result.stopped_early = stop_early;
+  result.steps = state.step;
+
+  // The end: final checkpoint, final evaluation, the adapter / model, the summary.
+  save_checkpoint();
+  if (has_eval) last_eval = run_eval().metrics;
+  result.eval = last_eval;
+  if (cfg.peft.full) {  // a complete model directory, any LoRA merged in
+    const LoadedModel merged = merged_copy(mcfg, weights, peft.lora(), *be);
+    const std::vector<std::string> names = tokenizer->files();
+    const std::vector<fs::path> tokenizer_files(names.begin(), names.end());
+    write_mamba_model_dir((out / "model").string(), merged.cfg, merged.weights, /*overwrite=*/true,
+                          tokenizer_files);
+    spdlog::info("model: {}", (out / "model").string());
+  } else if (peft.lora()) {
+    StagedDir adapter(out / "adapter", /*replace=*/true);
+    write_lora_adapter(adapter.path(), *peft.lora(), base_model,
+                       {{"ssmtune.step", std::to_string(state.step)}});
+    adapter.commit();
+    spdlog::info("adapter: {}", (out / "adapter").string());
+  }
+  result.tokens_per_s = train_s > 0 ? double(tokens_this_process) / train_s : 0.0;
+  nlohmann::json summary = {{"steps", result.steps},
+                            {"total_steps", total_steps},
+                            {"last_loss", result.last_loss},
+                            {"eval", last_eval},
+                            {"tokens_per_s", result.tokens_per_s},
+                            {"trainable_parameters", n_trainable},
+                            {"total_parameters", n_total},
+                            {"stopped_early", stop_early},
+                            {"elapsed_s", state.elapsed_s}};
+  write_file_atomic(out / "summary.json", summary.dump(2) + "\n");
+  return result;
+}
+
+}  // namespace ssmtune

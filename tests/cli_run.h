@@ -1,0 +1,31 @@
+// Runs the ssmtune binary (SSMTUNE_BIN) from a test, as a user's shell would.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+
+namespace ssmtune::test {
+
+struct CliResult {
+  int exit_code;       // -1 if killed by a signal
+  std::string output;  // stdout and stderr together
+};
+
+// `args` is passed through the shell: quote paths that may hold spaces.
+inline CliResult run_cli(const std::string& args) {
+  const std::string cmd = std::string(SSMTUNE_BIN) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  std::array<char, 4096> buf{};
+  while (std::fgets(buf.data(), buf.size(), p)) out += buf.data();
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+}  // namespace ssmtune::test

@@ -1,0 +1,32 @@
+// Normwise tensor comparison for parity tests.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace ssmtune::testing {
+
+// max |a - ref| <= rtol * max |ref| + atol: a normwise comparison, so that elements near zero
+// (where an elementwise relative error means nothing) do not decide the result.
+inline void require_close(const std::string& what, const Tensor& actual, const Tensor& ref,
+                          double rtol, double atol) {
+  REQUIRE(actual.numel() == ref.numel());
+  const Tensor a = actual.to(DType::F64), r = ref.to(DType::F64);
+  double max_ref = 0, max_err = 0;
+  std::int64_t worst = 0;
+  for (std::int64_t i = 0; i < r.numel(); ++i) {
+    max_ref = std::max(max_ref, std::fabs(r.data<double>()[i]));
+    const double err = std::fabs(a.data<double>()[i] - r.data<double>()[i]);
+    if (err > max_err) max_err = err, worst = i;
+  }
+  INFO(what << ": max |error| " << max_err << " at " << worst << ", max |ref| " << max_ref);
+  REQUIRE(max_ref > 0);  // a reference of zeros would test nothing
+  REQUIRE(max_err <= rtol * max_ref + atol);
+}
+
+}  // namespace ssmtune::testing
