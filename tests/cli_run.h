@@ -16,9 +16,10 @@ struct CliResult {
   std::string output;  // stdout and stderr together
 };
 
-// `args` is passed through the shell: quote paths that may hold spaces.
-inline CliResult run_cli(const std::string& args) {
-  const std::string cmd = std::string(SSMTUNE_BIN) + " " + args + " 2>&1";
+// `args` is passed through the shell: quote paths that may hold spaces. `shell_prefix` runs
+// before the binary in the same shell command (environment variables, ulimit, trap).
+inline CliResult run_cli(const std::string& args, const std::string& shell_prefix = "") {
+  const std::string cmd = shell_prefix + " " + std::string(SSMTUNE_BIN) + " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   REQUIRE(p != nullptr);
   std::string out;

@@ -36,8 +36,10 @@ class Tokenizer {
 
 // Loads the tokenizer of a model directory: tokenizer.json if present, else tokenizer.model
 // (SentencePiece). tokenizer_config.json / special_tokens_map.json, when present, name the
-// EOS/pad tokens. Throws Error naming the directory when neither file exists, and naming the
-// file and field when one is malformed.
+// EOS/pad tokens (the map wins, as in transformers). Without them a tokenizer.json's EOS is
+// "<|endoftext|>" if it has that token (GPTNeoXTokenizerFast's default, which Mamba uses) and a
+// tokenizer.model's EOS/pad are the model's own. Throws Error naming the directory when
+// neither file exists, and naming the file and field when one is malformed.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir);
 
 }  // namespace ssmtune

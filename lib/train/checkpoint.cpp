@@ -12,6 +12,7 @@
 #include "io/staged_dir.h"
 #include "peft/peft_model.h"
 #include "train/adamw.h"
+#include "train/fault_injection.h"
 
 namespace fs = std::filesystem;
 
@@ -91,6 +92,7 @@ fs::path write_checkpoint(const fs::path& output_dir, const TrainerState& state,
     StagedDir staged(final_dir, /*replace=*/true);
     peft.save(staged.path(), base_model, {{"ssmtune.step", std::to_string(state.step)}});
     optimizer.save(staged.path() / "optimizer.safetensors");
+    fault_point("SSMTUNE_FAULT_KILL_IN_CHECKPOINT", state.step);
     // Written last: a checkpoint is only read when its state file exists and parses.
     write_file_atomic(staged.path() / "trainer_state.json", state_to_json(state).dump(2) + "\n");
     staged.commit();

@@ -23,6 +23,7 @@
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
+#include "train/fault_injection.h"
 #include "train/interrupt.h"
 #include "train/metrics_log.h"
 #include "train/schedule.h"
@@ -258,6 +259,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
                      total_steps, loss, lr, grad_norm, tokens_per_s);
       }
     }
+    fault_point("SSMTUNE_FAULT_KILL_AFTER_STEP", state.step);
     const bool last = state.step == total_steps;
     if (has_eval && cfg.eval.every > 0 && state.step % cfg.eval.every == 0 && !last) {
       if (opts.progress_line) std::fprintf(stderr, "\n");
