@@ -1,11 +1,10 @@
 // Runs the ssmtune binary (SSMTUNE_BIN) from a test, as a user's shell would.
 #pragma once
 
-#include <catch2/catch.hpp>
-
 #include <sys/wait.h>
 
 #include <array>
+#include <catch2/catch.hpp>
 #include <cstdio>
 #include <string>
 

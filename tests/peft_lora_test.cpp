@@ -4,7 +4,6 @@
 // and merge. Plus finite-difference gradients of every LoRA target (slices, embedding,
 // dropout), the adapter file round trip, and target errors.
 #include <catch2/catch.hpp>
-
 #include <filesystem>
 #include <map>
 #include <random>
@@ -131,14 +130,13 @@ TEST_CASE("K AdamW steps on LoRA match torch.optim.AdamW, with and without clipp
           backward(*r);
           // The loss before step k (float64 throughout: 1e-12).
           forward_loss(*r);
-          CHECK(r->lm->loss(r->targets).loss ==
-                Approx(losses.data<double>()[k]).epsilon(1e-12));
+          CHECK(r->lm->loss(r->targets).loss == Approx(losses.data<double>()[k]).epsilon(1e-12));
           backward(*r);
           const double norm = opt.clip_grad_norm(oc.grad_clip);
           const double lr = scheduled_lr(sc, oc.lr, k, 5);
           if (clip_sched) {
-            CHECK(norm == Approx(ref.tensor("grad_norms_clip_sched.f64").data<double>()[k])
-                              .epsilon(1e-10));
+            CHECK(norm ==
+                  Approx(ref.tensor("grad_norms_clip_sched.f64").data<double>()[k]).epsilon(1e-10));
             CHECK(lr == Approx(ref.tensor("lrs_clip_sched.f64").data<double>()[k]).margin(1e-15));
           }
           opt.step(lr);
@@ -151,9 +149,9 @@ TEST_CASE("K AdamW steps on LoRA match torch.optim.AdamW, with and without clipp
           require_close("after " + peft_name(t, "B"), t.B,
                         ref.tensor("after_k" + suffix + "." + peft_name(t, "B")), 1e-10, 0);
         }
-        CHECK(forward_loss(*r) ==
-              Approx(ref.tensor("loss_after_k" + suffix + ".f64").data<double>()[0])
-                  .epsilon(1e-10));
+        CHECK(
+            forward_loss(*r) ==
+            Approx(ref.tensor("loss_after_k" + suffix + ".f64").data<double>()[0]).epsilon(1e-10));
       }
     }
   }
@@ -176,8 +174,8 @@ TEST_CASE("merged LoRA weights give the adapter model's logits", "[lora][merge]"
   Tensor base_logits = again.logits();
   double diff = 0;
   for (std::int64_t i = 0; i < base_logits.numel(); ++i)
-    diff = std::max(diff, double(std::fabs(base_logits.data<float>()[i] -
-                                           adapter_logits.data<float>()[i])));
+    diff = std::max(
+        diff, double(std::fabs(base_logits.data<float>()[i] - adapter_logits.data<float>()[i])));
   CHECK(diff > 1e-3);  // the adapter does change the model
 }
 
@@ -191,8 +189,9 @@ TEST_CASE("LoRA backward matches finite differences on every target, slices and 
   const auto ref = SafetensorsFile::open(fixtures() / "mamba-tiny" / "reference.safetensors");
   const Tensor ids = ref.tensor("input_ids"), targets = shift_labels(ref.tensor("labels"));
   LoraConfig lc;
-  lc.targets = {"layers.0.in_proj.x", "layers.1.in_proj.z", "x_proj.dt", "layers.0.x_proj.B",
-                "layers.1.x_proj.C", "dt_proj", "layers.1.out_proj", "embeddings"};
+  lc.targets = {"layers.0.in_proj.x", "layers.1.in_proj.z", "x_proj.dt",
+                "layers.0.x_proj.B",  "layers.1.x_proj.C",  "dt_proj",
+                "layers.1.out_proj",  "embeddings"};
   lc.rank = 2;
   lc.alpha = 3;
   for (const double dropout : {0.0, 0.3}) {
@@ -273,8 +272,7 @@ TEST_CASE("LoRA adapters round-trip bit for bit, slices stacked as one PEFT LoRA
   fs::remove_all(dir);
 }
 
-TEST_CASE("LoRA targets that match nothing, overlap or do not exist are config errors",
-          "[lora]") {
+TEST_CASE("LoRA targets that match nothing, overlap or do not exist are config errors", "[lora]") {
   const MambaConfig cfg = load_mamba_config((fixtures() / "mamba-tiny").string());
   auto plan = [&](std::vector<std::string> targets) {
     LoraConfig lc;

@@ -1,9 +1,8 @@
 // Normwise tensor comparison for parity tests.
 #pragma once
 
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <string>
 

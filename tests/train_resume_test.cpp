@@ -3,87 +3,32 @@
 // parameters and losses to the run that was never interrupted; bad input and failed writes give
 // one clear error and leave no partial files. The model is made here with init_mamba_weights and
 // the byte-level BPE tokenizer fixture (data_scripts/make_tokenizer_fixtures.py).
-#include <catch2/catch.hpp>
-
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
-#include <nlohmann/json.hpp>
-
 #include "cli_run.h"
 #include "io_test_util.h"
-#include "model/mamba_init.h"
+#include "train_experiment_fixture.h"
 
+using ssmtune::test::Experiment;
+using ssmtune::test::read_file;
 using ssmtune::test::run_cli;
-using ssmtune::test::TempDir;
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 extern char** environ;
 
 namespace {
-
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// A 2-layer model with the BPE fixture tokenizer, 48 prompt/completion examples and a config
-// that exercises shuffling, LoRA dropout (the RNG), clipping, warmup and eval.
-struct Experiment {
-  TempDir dir;
-  fs::path config;
-
-  explicit Experiment(std::int64_t steps = 12, std::int64_t checkpoint_every = 3,
-                      std::int64_t eval_every = 4) {
-    const fs::path tok = fs::path(SSMTUNE_FIXTURES_DIR) / "tokenizers" / "bpe";
-    ssmtune::MambaConfig c;
-    c.vocab_size = 1024;
-    c.d_model = 32;
-    c.n_layer = 2;
-    c.d_inner = 64;
-    c.d_state = 8;
-    c.dt_rank = 2;
-    ssmtune::write_mamba_model_dir((dir / "model").string(), c, ssmtune::init_mamba_weights(c, 1),
-                                   false, {tok / "tokenizer.json", tok / "tokenizer_config.json"});
-    std::ofstream train(dir / "train.jsonl"), eval(dir / "eval.jsonl");
-    const char* words[] = {"alpha", "beta", "gamma", "delta", "red", "green"};
-    for (int i = 0; i < 48; ++i)
-      train << json{{"prompt", "Say " + std::string(words[i % 6]) + " " + std::to_string(i)},
-                    {"completion", std::string(" ") + words[(i * 7) % 6]}}.dump()
-            << "\n";
-    for (int i = 0; i < 6; ++i)
-      eval << json{{"prompt", "Say " + std::string(words[i])}, {"completion", " ok"}}.dump() << "\n";
-    json cfg = {{"model", "model"},
-                {"output_dir", (dir / "run").string()},
-                {"seed", 5},
-                {"data", {{"train", "train.jsonl"}, {"eval", "eval.jsonl"}, {"max_length", 24}}},
-                {"peft", {{"lora", {{"targets", {"in_proj", "x_proj.B", "out_proj"}},
-                                    {"rank", 2}, {"dropout", 0.1}}}}},
-                {"optimizer", {{"lr", 5e-3}, {"weight_decay", 0.01}, {"grad_clip", 0.5}}},
-                {"schedule", {{"type", "cosine"}, {"warmup_steps", 2}}},
-                {"training", {{"steps", steps}, {"batch_size", 4}, {"grad_accum", 2}}},
-                {"eval", {{"every", eval_every}, {"metrics", {"loss"}}}},
-                {"checkpoint", {{"every", checkpoint_every}, {"keep", 2}}}};
-    config = dir / "exp.json";
-    std::ofstream(config) << cfg.dump(2);
-  }
-
-  fs::path run_dir() const { return dir / "run"; }
-  std::string train_args(const std::string& extra = "") const {
-    return "--quiet train '" + config.string() + "' " + extra;
-  }
-};
 
 // The numbers of metrics.jsonl that must not depend on interruptions (not timings).
 std::vector<std::string> trajectory(const fs::path& run) {
@@ -109,7 +54,9 @@ void require_same_result(const fs::path& a, const fs::path& b) {
 }
 
 // popen's shell reports a child killed by SIGKILL as exit status 128 + 9 (or we see the signal).
-bool was_killed(const ssmtune::test::CliResult& r) { return r.exit_code == -1 || r.exit_code == 137; }
+bool was_killed(const ssmtune::test::CliResult& r) {
+  return r.exit_code == -1 || r.exit_code == 137;
+}
 
 bool has_staging_leftovers(const fs::path& dir) {
   for (const auto& e : fs::recursive_directory_iterator(dir))
@@ -210,9 +157,9 @@ TEST_CASE("resume refuses a corrupted checkpoint or a changed config, naming the
     CHECK_THAT(r.output, Catch::Contains("checkpoint-6/trainer_state.json"));
   }
   SECTION("adapter tensor of the wrong shape") {
-    fs::copy_file(fs::path(SSMTUNE_FIXTURES_DIR) / "peft-lora" / "adapter_init" /
-                      "adapter_model.safetensors",
-                  ckpt / "adapter_model.safetensors", fs::copy_options::overwrite_existing);
+    fs::copy_file(
+        fs::path(SSMTUNE_FIXTURES_DIR) / "peft-lora" / "adapter_init" / "adapter_model.safetensors",
+        ckpt / "adapter_model.safetensors", fs::copy_options::overwrite_existing);
     const auto r = run_cli(e.train_args("--resume"));
     CHECK(r.exit_code == 1);
     CHECK_THAT(r.output, Catch::Contains("checkpoint-6/adapter_model.safetensors"));
@@ -229,7 +176,8 @@ TEST_CASE("train reports bad input and failed writes in one line and leaves no p
           "[train][bad-input]") {
   Experiment e;
   SECTION("malformed JSONL line") {
-    std::ofstream(e.dir / "train.jsonl", std::ios::app) << "{\"prompt\": \"x\", \"completion\": 3}\n";
+    std::ofstream(e.dir / "train.jsonl", std::ios::app)
+        << "{\"prompt\": \"x\", \"completion\": 3}\n";
     const auto r = run_cli(e.train_args());
     CHECK(r.exit_code == 1);
     CHECK_THAT(r.output, Catch::Contains("train.jsonl:49") && Catch::Contains("completion"));

@@ -1,10 +1,10 @@
 // ssmtune eval: loss, perplexity, accuracy (classification) and exact match (generation) of a
 // model with an optional adapter on a JSONL dataset, either as an experiment config says or
 // from flags alone.
+#include <spdlog/spdlog.h>
+
 #include <cstdio>
 #include <filesystem>
-
-#include <spdlog/spdlog.h>
 
 #include "apps/ssmtune/commands.h"
 #include "backend/backend.h"
@@ -43,7 +43,8 @@ void run_eval(const EvalArgs& a) {
     eval_cfg = cfg.eval;
     if (data.empty()) data = cfg.data.eval;
     if (data.empty())
-      throw UsageError(cfg.source + ": field \"data.eval\": needed by ssmtune eval (or pass --data)");
+      throw UsageError(cfg.source +
+                       ": field \"data.eval\": needed by ssmtune eval (or pass --data)");
     // What the run produced, unless told otherwise.
     if (adapter.empty() && a.model.empty()) {
       const fs::path out = cfg.output_dir;
@@ -85,7 +86,7 @@ void run_eval(const EvalArgs& a) {
   const EvalResult r = evaluate(in, ds, eval_cfg);
 
   if (a.json) {
-    nlohmann::json j = {{"model", model}, {"adapter", adapter}, {"data", data},
+    nlohmann::json j = {{"model", model},           {"adapter", adapter},   {"data", data},
                         {"examples", r.n_examples}, {"tokens", r.n_tokens}, {"metrics", r.metrics}};
     std::printf("%s\n", j.dump().c_str());
     return;

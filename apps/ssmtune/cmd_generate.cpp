@@ -1,8 +1,8 @@
 // ssmtune generate --model DIR [--adapter DIR] --prompt TEXT: recurrent decoding (constant
 // memory per token) with greedy or sampled tokens, streamed to stdout as they become final.
-#include <cstdio>
-
 #include <spdlog/spdlog.h>
+
+#include <cstdio>
 
 #include "apps/ssmtune/commands.h"
 #include "backend/backend.h"
@@ -27,11 +27,11 @@ void run_generate(const GenerateArgs& a) {
   const LoadedModel m = load_model_with_adapter(a.model, a.adapter, *be);
   MambaDecoder decoder(m.cfg, m.weights, *be);
   std::fputs(a.prompt.c_str(), stdout);
-  const GenerationResult r = generate(decoder, *tokenizer, a.prompt, a.sampling,
-                                      [](const std::string& piece) {
-                                        std::fputs(piece.c_str(), stdout);
-                                        std::fflush(stdout);
-                                      });
+  const GenerationResult r =
+      generate(decoder, *tokenizer, a.prompt, a.sampling, [](const std::string& piece) {
+        std::fputs(piece.c_str(), stdout);
+        std::fflush(stdout);
+      });
   std::fputs("\n", stdout);
   spdlog::debug("{} prompt tokens, {} generated, stop: {}", r.n_prompt_tokens, r.token_ids.size(),
                 r.stop_reason);

@@ -21,8 +21,8 @@ struct MergeArgs {
 // The tokenizer files of a model directory, or none (a model may ship without one).
 std::vector<std::filesystem::path> tokenizer_files_of(const std::string& model_dir) {
   std::vector<std::filesystem::path> files;
-  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                           "tokenizer.model"})
+  for (const char* name :
+       {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"})
     if (std::filesystem::is_regular_file(std::filesystem::path(model_dir) / name))
       files.push_back(std::filesystem::path(model_dir) / name);
   return files;
@@ -45,8 +45,10 @@ void add_merge_adapter_command(CLI::App& app) {
       "Example: ssmtune merge-adapter --model models/base --adapter runs/x/adapter --out merged");
   static MergeArgs a;
   cmd->add_option("--model", a.model, "base model directory")->required();
-  cmd->add_option("--adapter", a.adapter, "adapter directory (adapter_config.json + "
-                                          "adapter_model.safetensors)")->required();
+  cmd->add_option("--adapter", a.adapter,
+                  "adapter directory (adapter_config.json + "
+                  "adapter_model.safetensors)")
+      ->required();
   cmd->add_option("--out", a.out, "model directory to write (its parent must exist)")->required();
   cmd->add_flag("--overwrite", a.overwrite, "replace an existing model directory at --out");
   cmd->callback([] { run_merge(a); });

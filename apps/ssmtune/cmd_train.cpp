@@ -1,10 +1,9 @@
 // ssmtune train CONFIG: fine-tune as the experiment config says (lib/train/trainer.h), with
 // --set overrides for sweeps, --resume after a crash or Ctrl-C, and a summary at the end.
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <cstdio>
-
-#include <spdlog/spdlog.h>
 
 #include "apps/ssmtune/commands.h"
 #include "apps/ssmtune/format.h"
@@ -62,7 +61,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("config", a.config, "experiment config (JSON)")->required();
   cmd->add_option("--set", a.overrides, "override a config key: key.path=value (repeatable)");
   cmd->add_option("--out", a.out, "output directory (same as --set output_dir=DIR)");
-  cmd->add_flag("--resume", a.resume, "continue from the newest checkpoint in the output directory");
+  cmd->add_flag("--resume", a.resume,
+                "continue from the newest checkpoint in the output directory");
   cmd->add_option("--resume-from", a.resume_from, "continue from this checkpoint directory");
   cmd->callback([] { run_train(a); });
 }

@@ -19,10 +19,10 @@ class Rng {
   static Rng for_stream(std::uint64_t seed, std::uint64_t stream);
 
   std::uint64_t next_u64();
-  double uniform();                           // [0, 1), 53 random bits
-  double uniform(double lo, double hi);       // [lo, hi)
-  double normal();                            // N(0, 1), Box-Muller (two uniforms per draw)
-  std::uint64_t below(std::uint64_t n);       // uniform integer in [0, n), n > 0, unbiased
+  double uniform();                      // [0, 1), 53 random bits
+  double uniform(double lo, double hi);  // [lo, hi)
+  double normal();                       // N(0, 1), Box-Muller (two uniforms per draw)
+  std::uint64_t below(std::uint64_t n);  // uniform integer in [0, n), n > 0, unbiased
 
   const State& state() const { return s_; }
   void set_state(const State& s) { s_ = s; }

@@ -69,14 +69,13 @@ void StagedDir::commit() {
     aside = final_;
     aside += ".old.tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
     if (::rename(final_.c_str(), aside.c_str()) != 0)
-      throw Error(final_.string() + ": cannot move the old version aside: " +
-                  std::strerror(errno));
+      throw Error(final_.string() + ": cannot move the old version aside: " + std::strerror(errno));
   }
   if (::rename(temp_.c_str(), final_.c_str()) != 0) {
     const int err = errno;
     if (!aside.empty()) ::rename(aside.c_str(), final_.c_str());
-    throw Error(final_.string() + ": cannot rename " + temp_.string() + " into place: " +
-                std::strerror(err));
+    throw Error(final_.string() + ": cannot rename " + temp_.string() +
+                " into place: " + std::strerror(err));
   }
   committed_ = true;
   fsync_path(final_.has_parent_path() ? final_.parent_path() : fs::path("."));

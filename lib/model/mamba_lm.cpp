@@ -61,18 +61,16 @@ void MambaLM::forward(const Tensor& ids) {
 
 LmLoss MambaLM::loss(const Tensor& targets) {
   check(logits_.defined(), "MambaLM::loss called before forward");
-  check(targets.shape() == ids_.shape(), "targets shape " + shape_str(targets.shape()) +
-                                             " != ids shape " + shape_str(ids_.shape()));
+  check(targets.shape() == ids_.shape(),
+        "targets shape " + shape_str(targets.shape()) + " != ids shape " + shape_str(ids_.shape()));
   LmLoss out;
-  const double sum = be_.cross_entropy_forward(
-      logits_.reshape({ids_.numel(), cfg_.vocab_size}), targets.reshape({ids_.numel()}),
-      &out.n_tokens);
+  const double sum = be_.cross_entropy_forward(logits_.reshape({ids_.numel(), cfg_.vocab_size}),
+                                               targets.reshape({ids_.numel()}), &out.n_tokens);
   out.loss = out.n_tokens ? sum / double(out.n_tokens) : 0.0;
   return out;
 }
 
-void MambaLM::backward(const Tensor& targets, MambaWeights& grads,
-                       std::int64_t normaliser_tokens) {
+void MambaLM::backward(const Tensor& targets, MambaWeights& grads, std::int64_t normaliser_tokens) {
   check(logits_.defined(), "MambaLM::backward called before forward");
   const std::int64_t B = ids_.dim(0), L = ids_.dim(1), D = cfg_.d_model, rows = B * L;
   const std::int64_t V = cfg_.vocab_size, n_layer = cfg_.n_layer;

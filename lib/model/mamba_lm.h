@@ -13,8 +13,8 @@
 namespace ssmtune {
 
 struct LmLoss {
-  double loss = 0;             // mean token cross-entropy over counted positions (0 if none)
-  std::int64_t n_tokens = 0;   // positions with a label (label != -100 after the shift)
+  double loss = 0;            // mean token cross-entropy over counted positions (0 if none)
+  std::int64_t n_tokens = 0;  // positions with a label (label != -100 after the shift)
 };
 
 // Next-token targets from HF-style labels: targets[b, t] = labels[b, t+1], and -100 at the

@@ -12,9 +12,9 @@ Tensor row_slice(const Tensor& t, std::int64_t begin, std::int64_t end) {
 }
 }  // namespace
 
-void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
-                   const Tensor& n, std::int64_t scan_chunk, MixerActivations& a, Tensor& out,
-                   LinearHook* hook, std::int64_t layer) {
+void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w, const Tensor& n,
+                   std::int64_t scan_chunk, MixerActivations& a, Tensor& out, LinearHook* hook,
+                   std::int64_t layer) {
   const std::int64_t B = n.dim(0), L = n.dim(1), D = cfg.d_model, E = cfg.d_inner;
   const std::int64_t N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv, rows = B * L;
   const DType dt = n.dtype();
@@ -92,7 +92,8 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
   Tensor dgated = be.empty({rows, E}, dt);
   linear_backward(be, flat(dout), flat(a.gated), w.out_proj, dgated, 0.0, g.out_proj,
                   g.out_proj_bias);
-  if (hook) hook->linear_backward(layer, LinearSite::OutProj, flat(a.gated), {{0, flat(dout)}}, dgated);
+  if (hook)
+    hook->linear_backward(layer, LinearSite::OutProj, flat(a.gated), {{0, flat(dout)}}, dgated);
   // gated = y * silu(z)
   Tensor dy = be.empty({B, L, E}, dt), dz = be.empty({B, L, E}, dt);
   be.gate_backward(dgated.reshape({B, L, E}), a.y, a.z, dy, dz);
@@ -113,8 +114,7 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
   Tensor ddelta_raw = be.empty({B, L, E}, dt);
   be.softplus_backward(sg.ddelta, a.delta_raw, ddelta_raw);
   Tensor ddt_in = be.empty({rows, R}, dt);
-  linear_backward(be, flat(ddelta_raw), a.dt_in, w.dt_proj, ddt_in, 0.0, g.dt_proj,
-                  g.dt_proj_bias);
+  linear_backward(be, flat(ddelta_raw), a.dt_in, w.dt_proj, ddt_in, 0.0, g.dt_proj, g.dt_proj_bias);
   if (hook)
     hook->linear_backward(layer, LinearSite::DtProj, a.dt_in, {{0, flat(ddelta_raw)}}, ddt_in);
 
@@ -143,7 +143,8 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
   Tensor dbx = row_slice(g.in_proj_bias, 0, E), dbz = row_slice(g.in_proj_bias, E, 2 * E);
   linear_backward(be, flat(dx), n2, w.in_proj.rows(0, E), dn2, 0.0, dWx, dbx);
   linear_backward(be, flat(dz), n2, w.in_proj.rows(E, 2 * E), dn2, 1.0, dWz, dbz);
-  if (hook) hook->linear_backward(layer, LinearSite::InProj, n2, {{0, flat(dx)}, {E, flat(dz)}}, dn2);
+  if (hook)
+    hook->linear_backward(layer, LinearSite::InProj, n2, {{0, flat(dx)}, {E, flat(dz)}}, dn2);
 }
 
 }  // namespace ssmtune

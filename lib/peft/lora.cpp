@@ -47,8 +47,8 @@ bool take_layer_prefix(std::string& target, std::int64_t& first, std::int64_t& l
   auto parse = [&](const std::string& s) -> std::int64_t {
     if (s.empty() || s.size() > 9 || s.find_first_not_of("0123456789") != std::string::npos)
       throw UsageError("peft.lora.targets: \"" + original +
-                       "\": expected layers.I. or layers.I-J. with layer numbers, got \"" +
-                       range + "\"");
+                       "\": expected layers.I. or layers.I-J. with layer numbers, got \"" + range +
+                       "\"");
     return std::stoll(s);
   };
   first = parse(range.substr(0, dash));
@@ -89,16 +89,15 @@ std::vector<LoraTerm> plan_lora_terms(const MambaConfig& c, const LoraConfig& lo
     }
     const auto it = table.find(target);
     if (it == table.end())
-      throw UsageError("peft.lora.targets: unknown target \"" + original + "\"; valid: " +
-                       valid_targets_text());
+      throw UsageError("peft.lora.targets: unknown target \"" + original +
+                       "\"; valid: " + valid_targets_text());
     if (first >= c.n_layer)
       throw UsageError("peft.lora.targets: \"" + original + "\" matches no module: the model has " +
-                       std::to_string(c.n_layer) + " layers (0-" +
-                       std::to_string(c.n_layer - 1) + ")");
+                       std::to_string(c.n_layer) + " layers (0-" + std::to_string(c.n_layer - 1) +
+                       ")");
     if (last >= c.n_layer)
       throw UsageError("peft.lora.targets: \"" + original + "\": layer " + std::to_string(last) +
-                       " does not exist (the model has " + std::to_string(c.n_layer) +
-                       " layers)");
+                       " does not exist (the model has " + std::to_string(c.n_layer) + " layers)");
     const SliceRows& s = it->second;
     for (std::int64_t layer = first; layer <= last; ++layer) {
       LoraTerm t;
@@ -252,7 +251,7 @@ void LoraModel::embedding_forward(const Tensor& ids, Tensor& out) {
   for (LoraTerm& t : terms_) {
     if (!t.embedding) continue;
     t.U = be_.empty({ids.numel(), t.rank}, out.dtype());
-    be_.embedding_forward(ids, t.A, t.U);               // U = A^T[ids]
+    be_.embedding_forward(ids, t.A, t.U);                // U = A^T[ids]
     be_.gemm(false, true, t.scale, t.U, t.B, 1.0, out);  // out += s U B^T
   }
 }
@@ -261,7 +260,7 @@ void LoraModel::embedding_backward(const Tensor& ids, const Tensor& dout) {
   for (LoraTerm& t : terms_) {
     if (!t.embedding) continue;
     Tensor dU = be_.empty({ids.numel(), t.rank}, dout.dtype());
-    be_.gemm(false, false, t.scale, dout, t.B, 0.0, dU);  // dU = s dout B
+    be_.gemm(false, false, t.scale, dout, t.B, 0.0, dU);   // dU = s dout B
     be_.gemm(true, false, t.scale, dout, t.U, 1.0, t.dB);  // dB += s dout^T U
     be_.embedding_backward(ids, dU, t.dA);
   }

@@ -23,8 +23,8 @@
 namespace ssmtune {
 
 struct LoraTerm {
-  std::string name;    // ssmtune's name: "layers.3.in_proj.x", "embeddings"
-  std::string module;  // the HF module it sits on: "backbone.layers.3.mixer.in_proj"
+  std::string name;         // ssmtune's name: "layers.3.in_proj.x", "embeddings"
+  std::string module;       // the HF module it sits on: "backbone.layers.3.mixer.in_proj"
   std::int64_t layer = -1;  // -1 for the embedding
   LinearSite site = LinearSite::InProj;
   bool embedding = false;
@@ -43,8 +43,7 @@ struct LoraTerm {
 // The terms a LoraConfig asks for on a model, with zero-filled tensors (shapes only).
 // Throws UsageError for an unknown target, a target that matches nothing, or two targets that
 // update the same rows of one module. dtype: F32 or F64.
-std::vector<LoraTerm> plan_lora_terms(const MambaConfig& cfg, const LoraConfig& lora,
-                                      DType dtype);
+std::vector<LoraTerm> plan_lora_terms(const MambaConfig& cfg, const LoraConfig& lora, DType dtype);
 
 class LoraModel final : public LinearHook {
  public:

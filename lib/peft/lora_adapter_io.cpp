@@ -1,8 +1,8 @@
 #include "peft/lora_adapter_io.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <algorithm>
 #include <regex>
 #include <tuple>
 
@@ -69,7 +69,8 @@ struct ModuleShape {
 std::optional<ModuleShape> module_shape(const MambaConfig& c, const std::string& module) {
   if (module == "backbone.embeddings")
     return ModuleShape{-1, LinearSite::InProj, true, c.d_model, c.vocab_size};
-  static const std::regex re(R"(backbone\.layers\.([0-9]{1,6})\.mixer\.(in_proj|x_proj|dt_proj|out_proj))");
+  static const std::regex re(
+      R"(backbone\.layers\.([0-9]{1,6})\.mixer\.(in_proj|x_proj|dt_proj|out_proj))");
   std::smatch m;
   if (!std::regex_match(module, m, re)) return std::nullopt;
   const std::int64_t layer = std::stoll(m[1]);
@@ -88,10 +89,10 @@ template <class V>
 std::optional<V> pattern_value(const nlohmann::json& pattern, const std::string& module) {
   for (auto it = pattern.begin(); it != pattern.end(); ++it) {
     const std::string& key = it.key();
-    const bool match = module == key || (module.size() > key.size() &&
-                                         module.compare(module.size() - key.size(), key.size(),
-                                                        key) == 0 &&
-                                         module[module.size() - key.size() - 1] == '.');
+    const bool match =
+        module == key || (module.size() > key.size() &&
+                          module.compare(module.size() - key.size(), key.size(), key) == 0 &&
+                          module[module.size() - key.size() - 1] == '.');
     if (match) return it.value().get<V>();
   }
   return std::nullopt;
@@ -124,8 +125,12 @@ void write_lora_adapter(const fs::path& dir, const LoraModel& lora, const std::s
     const LoraTerm& first = *terms.front();
     if (first.embedding) {
       check(terms.size() == 1, "two LoRA terms on the embedding");
-      terms_meta.push_back({{"name", first.name}, {"module", module}, {"row0", 0},
-                            {"rows", first.rows}, {"rank0", 0}, {"rank", first.rank},
+      terms_meta.push_back({{"name", first.name},
+                            {"module", module},
+                            {"row0", 0},
+                            {"rows", first.rows},
+                            {"rank0", 0},
+                            {"rank", first.rank},
                             {"order", order[&first]}});
       tensors.push_back({kPrefix + module + ".lora_embedding_A", transpose2d(first.A)});
       tensors.push_back({kPrefix + module + ".lora_embedding_B", first.B.clone()});
@@ -141,8 +146,12 @@ void write_lora_adapter(const fs::path& dir, const LoraModel& lora, const std::s
         check(t->scale == first.scale, "LoRA terms of one module with different scales");
         copy_block(t->A, A, rank0, 0);
         copy_block(t->B, B, t->row0, rank0);
-        terms_meta.push_back({{"name", t->name}, {"module", module}, {"row0", t->row0},
-                              {"rows", t->rows}, {"rank0", rank0}, {"rank", t->rank},
+        terms_meta.push_back({{"name", t->name},
+                              {"module", module},
+                              {"row0", t->row0},
+                              {"rows", t->rows},
+                              {"rank0", rank0},
+                              {"rank", t->rank},
                               {"order", order[t]}});
         rank0 += t->rank;
       }
@@ -183,20 +192,23 @@ void write_lora_adapter(const fs::path& dir, const LoraModel& lora, const std::s
   write_file_atomic(dir / "adapter_config.json", cfg.dump(2) + "\n");
 }
 
-std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaConfig& c,
-                                             DType dtype, Backend& be) {
+std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaConfig& c, DType dtype,
+                                             Backend& be) {
   const fs::path cfg_path = dir / "adapter_config.json";
   const std::string cfg_file = cfg_path.string();
   const nlohmann::json j = read_json_file(cfg_path);
   const JsonFields f(j, cfg_file);
   const std::string peft_type = f.get_string("peft_type").value_or("");
   if (peft_type != "LORA")
-    throw Error(cfg_file + ": field \"peft_type\": expected \"LORA\" (the only PEFT adapter type "
-                "ssmtune reads), got " + quote_str(peft_type));
+    throw Error(cfg_file +
+                ": field \"peft_type\": expected \"LORA\" (the only PEFT adapter type "
+                "ssmtune reads), got " +
+                quote_str(peft_type));
   if (f.get_bool("use_dora").value_or(false))
     throw Error(cfg_file + ": field \"use_dora\": DoRA adapters are not supported yet");
   if (f.get_bool("fan_in_fan_out").value_or(false))
-    throw Error(cfg_file + ": field \"fan_in_fan_out\": expected false (Mamba has no Conv1D "
+    throw Error(cfg_file +
+                ": field \"fan_in_fan_out\": expected false (Mamba has no Conv1D "
                 "projections)");
   const std::string bias = f.get_string("bias").value_or("none");
   if (bias != "none") f.fail("bias", "\"none\" (LoRA bias training is not supported)");
@@ -208,11 +220,10 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaCon
   lc.dropout = f.get_number("lora_dropout").value_or(0.0);
   if (lc.dropout < 0 || lc.dropout >= 1) f.fail("lora_dropout", "a number in [0, 1)");
   const nlohmann::json empty = nlohmann::json::object();
-  const nlohmann::json& rank_pattern = f.has("rank_pattern") && f.raw("rank_pattern").is_object()
-                                           ? f.raw("rank_pattern") : empty;
+  const nlohmann::json& rank_pattern =
+      f.has("rank_pattern") && f.raw("rank_pattern").is_object() ? f.raw("rank_pattern") : empty;
   const nlohmann::json& alpha_pattern =
-      f.has("alpha_pattern") && f.raw("alpha_pattern").is_object() ? f.raw("alpha_pattern")
-                                                                    : empty;
+      f.has("alpha_pattern") && f.raw("alpha_pattern").is_object() ? f.raw("alpha_pattern") : empty;
   for (auto it = rank_pattern.begin(); it != rank_pattern.end(); ++it)
     if (!it.value().is_number_integer() || it.value().get<std::int64_t>() < 1)
       throw Error(cfg_file + ": field \"rank_pattern." + it.key() +
@@ -247,8 +258,8 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaCon
     const bool is_a = kind == "lora_A.weight" || kind == "lora_embedding_A";
     std::string& slot = is_a ? p.a_name : p.b_name;
     if (!slot.empty())
-      throw Error(st_file + ": tensor " + quote_str(e.name) + ": a second " +
-                  (is_a ? "A" : "B") + " matrix for module " + module);
+      throw Error(st_file + ": tensor " + quote_str(e.name) + ": a second " + (is_a ? "A" : "B") +
+                  " matrix for module " + module);
     slot = e.name;
     p.embedding = kind.rfind("lora_embedding", 0) == 0;
   }
@@ -257,8 +268,8 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaCon
   // ssmtune's own files say how each module splits into slice terms.
   std::map<std::string, std::vector<nlohmann::json>> slices;
   if (st.metadata().count(kTermsKey)) {
-    const nlohmann::json meta = parse_json_text(st.metadata().at(kTermsKey),
-                                                st_file + ": metadata " + kTermsKey);
+    const nlohmann::json meta =
+        parse_json_text(st.metadata().at(kTermsKey), st_file + ": metadata " + kTermsKey);
     if (!meta.is_array()) throw Error(st_file + ": metadata " + kTermsKey + ": expected an array");
     for (const nlohmann::json& t : meta) {
       const JsonFields tf(t, st_file + ": metadata " + kTermsKey);
@@ -289,7 +300,8 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaCon
     if (B_file.shape() != b_expect)
       throw Error(st_file + ": tensor " + p.b_name + ": expected shape " + shape_str(b_expect) +
                   " (out, rank), got " + shape_str(B_file.shape()));
-    const std::int64_t r_declared = pattern_value<std::int64_t>(rank_pattern, module).value_or(lc.rank);
+    const std::int64_t r_declared =
+        pattern_value<std::int64_t>(rank_pattern, module).value_or(lc.rank);
     if (r_declared != r)
       throw Error(st_file + ": module " + module + " has rank " + std::to_string(r) + " but " +
                   cfg_file + " declares " + std::to_string(r_declared));
@@ -318,7 +330,10 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaCon
     if (parts.empty()) {  // a plain PEFT module: one term over the whole weight
       const std::string site = linear_site_name(shape->site);
       parts.push_back({{"name", "layers." + std::to_string(shape->layer) + "." + site},
-                       {"row0", 0}, {"rows", shape->out}, {"rank0", 0}, {"rank", r}});
+                       {"row0", 0},
+                       {"rows", shape->out},
+                       {"rank0", 0},
+                       {"rank", r}});
     }
     for (const nlohmann::json& part : parts) {
       const std::string where = st_file + ": metadata " + kTermsKey;

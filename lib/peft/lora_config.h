@@ -12,12 +12,12 @@ struct LoraConfig {
   // in_proj.z, x_proj.dt, x_proj.B, x_proj.C. Each target may be prefixed by "layers.I." or
   // "layers.I-J." to restrict it to some layers; otherwise every layer.
   std::vector<std::string> targets = {"in_proj", "out_proj"};
-  std::int64_t rank = 8;          // r >= 1
-  double alpha = 8;               // scale = alpha / r (alpha / sqrt(r) with rslora)
-  double dropout = 0.0;           // on the LoRA branch's input, [0, 1)
+  std::int64_t rank = 8;  // r >= 1
+  double alpha = 8;       // scale = alpha / r (alpha / sqrt(r) with rslora)
+  double dropout = 0.0;   // on the LoRA branch's input, [0, 1)
   bool rslora = false;
-  std::string init = "kaiming";   // "kaiming" (PEFT default: A kaiming-uniform a=sqrt(5), B = 0)
-                                  // or "gaussian" (A ~ N(0, 1/r), B = 0)
+  std::string init = "kaiming";  // "kaiming" (PEFT default: A kaiming-uniform a=sqrt(5), B = 0)
+                                 // or "gaussian" (A ~ N(0, 1/r), B = 0)
 };
 
 }  // namespace ssmtune

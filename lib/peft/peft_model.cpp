@@ -101,7 +101,8 @@ void PeftModel::save(const fs::path& dir, const std::string& base_model,
 
 void PeftModel::load(const fs::path& dir) {
   if (lora_) {
-    const std::unique_ptr<LoraModel> saved = read_lora_adapter(dir, cfg_, lora_->terms().front().A.dtype(), be_);
+    const std::unique_ptr<LoraModel> saved =
+        read_lora_adapter(dir, cfg_, lora_->terms().front().A.dtype(), be_);
     std::vector<LoraTerm>& mine = lora_->terms();
     const std::vector<LoraTerm>& theirs = saved->terms();
     const std::string file = (dir / "adapter_model.safetensors").string();
@@ -121,7 +122,8 @@ void PeftModel::load(const fs::path& dir) {
     MambaWeights saved = load_mamba_weights(dir.string(), cfg_, base_.embedding.dtype());
     std::map<std::string, Tensor> by_name;
     for_each_param(cfg_, saved, [&](const std::string& name, Tensor& t) { by_name[name] = t; });
-    for_each_param(cfg_, base_, [&](const std::string& name, Tensor& t) { be_.copy(by_name.at(name), t); });
+    for_each_param(cfg_, base_,
+                   [&](const std::string& name, Tensor& t) { be_.copy(by_name.at(name), t); });
   }
 }
 

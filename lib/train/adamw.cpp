@@ -60,8 +60,8 @@ void AdamW::save(const std::filesystem::path& file) const {
     tensors.push_back({"m." + params_[i].name, m_[i]});
     tensors.push_back({"v." + params_[i].name, v_[i]});
   }
-  write_safetensors(file, tensors, {{"ssmtune.optimizer", "adamw"},
-                                    {"ssmtune.step", std::to_string(step_)}});
+  write_safetensors(file, tensors,
+                    {{"ssmtune.optimizer", "adamw"}, {"ssmtune.step", std::to_string(step_)}});
 }
 
 void AdamW::load(const std::filesystem::path& file) {

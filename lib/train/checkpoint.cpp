@@ -1,9 +1,8 @@
 #include "train/checkpoint.h"
 
 #include <algorithm>
-#include <regex>
-
 #include <nlohmann/json.hpp>
+#include <regex>
 
 #include "core/error.h"
 #include "io/atomic_file.h"
@@ -53,13 +52,13 @@ TrainerState state_from_json(const nlohmann::json& j, const std::string& file) {
   s.elapsed_s = f.get_number("elapsed_s").value_or(0);
   s.best_metric = f.get_number("best_metric").value_or(0);
   s.has_best = f.get_bool("has_best").value_or(false);
-  if (!f.has("dropout_rng") || !f.raw("dropout_rng").is_array() ||
-      f.raw("dropout_rng").size() != 4)
+  if (!f.has("dropout_rng") || !f.raw("dropout_rng").is_array() || f.raw("dropout_rng").size() != 4)
     throw Error(f.where("dropout_rng") + ": expected an array of 4 decimal strings");
   for (std::size_t i = 0; i < 4; ++i) {
     const nlohmann::json& w = f.raw("dropout_rng")[i];
     const std::string text = w.is_string() ? w.get<std::string>() : "";
-    if (text.empty() || text.size() > 20 || text.find_first_not_of("0123456789") != std::string::npos)
+    if (text.empty() || text.size() > 20 ||
+        text.find_first_not_of("0123456789") != std::string::npos)
       throw Error(f.where("dropout_rng") + ": expected an array of 4 decimal strings");
     s.dropout_rng[i] = std::stoull(text);
   }
@@ -114,8 +113,8 @@ TrainerState read_checkpoint(const fs::path& dir, PeftModel& peft, AdamW& optimi
   optimizer.load(dir / "optimizer.safetensors");
   if (optimizer.steps_taken() != s.step)
     throw Error((dir / "optimizer.safetensors").string() + ": step " +
-                std::to_string(optimizer.steps_taken()) + " does not match " +
-                state_file.string() + "'s step " + std::to_string(s.step));
+                std::to_string(optimizer.steps_taken()) + " does not match " + state_file.string() +
+                "'s step " + std::to_string(s.step));
   return s;
 }
 

@@ -22,14 +22,14 @@ class PeftModel;
 class AdamW;
 
 struct TrainerState {
-  std::int64_t step = 0;              // optimizer steps completed
-  std::int64_t data_epoch = 0;        // EpochSampler position of the next batch
+  std::int64_t step = 0;        // optimizer steps completed
+  std::int64_t data_epoch = 0;  // EpochSampler position of the next batch
   std::int64_t data_index = 0;
-  Rng::State dropout_rng{};           // the LoRA dropout generator
-  std::string config_hash;            // experiment_config_hash of the run
-  std::int64_t tokens_seen = 0;       // loss tokens trained on
-  double elapsed_s = 0;               // training wall time so far
-  double best_metric = 0;             // early stopping: best eval value so far
+  Rng::State dropout_rng{};      // the LoRA dropout generator
+  std::string config_hash;       // experiment_config_hash of the run
+  std::int64_t tokens_seen = 0;  // loss tokens trained on
+  double elapsed_s = 0;          // training wall time so far
+  double best_metric = 0;        // early stopping: best eval value so far
   bool has_best = false;
   std::int64_t evals_without_improvement = 0;
 };
@@ -46,7 +46,6 @@ std::vector<std::filesystem::path> list_checkpoints(const std::filesystem::path&
 
 // Restores `peft` and `optimizer` from a checkpoint directory and returns its trainer state.
 // Every file is validated; errors name the file and the field or tensor.
-TrainerState read_checkpoint(const std::filesystem::path& dir, PeftModel& peft,
-                             AdamW& optimizer);
+TrainerState read_checkpoint(const std::filesystem::path& dir, PeftModel& peft, AdamW& optimizer);
 
 }  // namespace ssmtune

@@ -25,8 +25,7 @@ MetricsLog::MetricsLog(std::filesystem::path path, std::int64_t keep_up_to_step)
     write_file_atomic(path_, kept);
   }
   file_ = std::fopen(path_.c_str(), "a");
-  if (!file_)
-    throw Error(path_.string() + ": cannot open for writing: " + std::strerror(errno));
+  if (!file_) throw Error(path_.string() + ": cannot open for writing: " + std::strerror(errno));
 }
 
 MetricsLog::~MetricsLog() {

@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
-
 #include <nlohmann/json.hpp>
 
 namespace ssmtune {

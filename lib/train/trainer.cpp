@@ -1,12 +1,11 @@
 #include "train/trainer.h"
 
 #include <omp.h>
+#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-
-#include <spdlog/spdlog.h>
 
 #include "backend/backend.h"
 #include "core/error.h"
@@ -81,8 +80,8 @@ void make_output_dir(const fs::path& out) {
   std::error_code ec;
   fs::create_directories(out, ec);
   if (ec || !fs::is_directory(out))
-    throw Error("output_dir " + out.string() + ": cannot create it: " +
-                (ec ? ec.message() : "not a directory"));
+    throw Error("output_dir " + out.string() +
+                ": cannot create it: " + (ec ? ec.message() : "not a directory"));
 }
 
 }  // namespace
@@ -129,14 +128,14 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   EpochSampler sampler(std::int64_t(train_set.examples.size()), cfg.seed, cfg.data.shuffle);
   Rng dropout_rng = Rng::for_stream(cfg.seed, stream_id("dropout"));
 
-  const std::int64_t per_epoch = (sampler.size() + cfg.training.batch_size - 1) /
-                                 cfg.training.batch_size;  // micro-batches
+  const std::int64_t per_epoch =
+      (sampler.size() + cfg.training.batch_size - 1) / cfg.training.batch_size;  // micro-batches
   const std::int64_t total_steps =
       cfg.training.steps > 0
           ? cfg.training.steps
-          : std::max<std::int64_t>(1, (cfg.training.epochs * per_epoch +
-                                       cfg.training.grad_accum - 1) /
-                                          cfg.training.grad_accum);
+          : std::max<std::int64_t>(1,
+                                   (cfg.training.epochs * per_epoch + cfg.training.grad_accum - 1) /
+                                       cfg.training.grad_accum);
 
   // Resume: the newest complete checkpoint (or the one named) restores every bit of state.
   TrainerState state;
@@ -207,8 +206,8 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     std::vector<Batch> micro;
     std::int64_t step_tokens = 0;
     for (std::int64_t a = 0; a < cfg.training.grad_accum; ++a) {
-      micro.push_back(make_batch(train_set, sampler.next(cfg.training.batch_size),
-                                 tokenizer->pad_id()));
+      micro.push_back(
+          make_batch(train_set, sampler.next(cfg.training.batch_size), tokenizer->pad_id()));
       step_tokens += micro.back().n_loss_tokens;
     }
     double loss_sum = 0;
@@ -221,8 +220,8 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     }
     const double loss = step_tokens ? loss_sum / double(step_tokens) : 0.0;
     if (!std::isfinite(loss))
-      throw Error("training diverged at step " + std::to_string(state.step + 1) +
-                  ": the loss is " + std::to_string(loss) + "; lower optimizer.lr");
+      throw Error("training diverged at step " + std::to_string(state.step + 1) + ": the loss is " +
+                  std::to_string(loss) + "; lower optimizer.lr");
     const double grad_norm = optimizer.clip_grad_norm(cfg.optimizer.grad_clip);
     const double lr = scheduled_lr(cfg.schedule, cfg.optimizer.lr, state.step, total_steps);
     optimizer.step(lr);

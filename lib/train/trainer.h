@@ -19,19 +19,19 @@
 namespace ssmtune {
 
 struct TrainOptions {
-  bool resume = false;       // continue from the newest checkpoint in output_dir
-  std::string resume_from;   // or from this checkpoint directory
+  bool resume = false;         // continue from the newest checkpoint in output_dir
+  std::string resume_from;     // or from this checkpoint directory
   bool progress_line = false;  // a live one-line progress display (stderr is a terminal)
 };
 
 struct TrainResult {
-  std::int64_t steps = 0;        // optimizer steps completed
+  std::int64_t steps = 0;  // optimizer steps completed
   std::int64_t total_steps = 0;
-  double last_loss = 0;          // training loss of the last step
+  double last_loss = 0;                // training loss of the last step
   std::map<std::string, double> eval;  // final evaluation (empty without an eval set)
-  double tokens_per_s = 0;       // loss tokens per second of training (this process)
+  double tokens_per_s = 0;             // loss tokens per second of training (this process)
   std::int64_t n_trainable = 0;
-  bool interrupted = false;      // stopped by SIGINT/SIGTERM after writing a checkpoint
+  bool interrupted = false;  // stopped by SIGINT/SIGTERM after writing a checkpoint
   int signal = 0;
   bool stopped_early = false;
   std::string output_dir;

@@ -6,7 +6,8 @@
 
 namespace ssmtune::cpu {
 
-template <class T> double sum_squares(std::int64_t n, const T* x) {
+template <class T>
+double sum_squares(std::int64_t n, const T* x) {
   constexpr std::int64_t kBlock = 8192;
   const std::int64_t n_blocks = (n + kBlock - 1) / kBlock;
   std::vector<double> partial(n_blocks, 0.0);

@@ -7,7 +7,8 @@ namespace ssmtune::cpu {
 
 // Sum of x[i]^2 in double: fixed-size blocks summed in parallel, then the block sums in order,
 // so the result is the same for every thread count.
-template <class T> double sum_squares(std::int64_t n, const T* x);
+template <class T>
+double sum_squares(std::int64_t n, const T* x);
 
 // torch.optim.AdamW's update for n elements (see Backend::adamw_update).
 template <class T>

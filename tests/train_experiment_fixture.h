@@ -1,0 +1,77 @@
+// A small complete experiment for CLI tests: a 2-layer model (init_mamba_weights) with the
+// byte-level BPE tokenizer fixture (data_scripts/make_tokenizer_fixtures.py), 48 prompt/completion
+// training examples, 6 eval examples, and a config that exercises shuffling, LoRA dropout (the
+// RNG), clipping, warmup and eval.
+#pragma once
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include "io_test_util.h"
+#include "model/mamba_init.h"
+
+namespace ssmtune::test {
+
+inline std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+struct Experiment {
+  TempDir dir;
+  std::filesystem::path config;
+
+  explicit Experiment(std::int64_t steps = 12, std::int64_t checkpoint_every = 3,
+                      std::int64_t eval_every = 4) {
+    const std::filesystem::path tok =
+        std::filesystem::path(SSMTUNE_FIXTURES_DIR) / "tokenizers" / "bpe";
+    ssmtune::MambaConfig c;
+    c.vocab_size = 1024;
+    c.d_model = 32;
+    c.n_layer = 2;
+    c.d_inner = 64;
+    c.d_state = 8;
+    c.dt_rank = 2;
+    ssmtune::write_mamba_model_dir((dir / "model").string(), c, ssmtune::init_mamba_weights(c, 1),
+                                   false, {tok / "tokenizer.json", tok / "tokenizer_config.json"});
+    std::ofstream train(dir / "train.jsonl"), eval(dir / "eval.jsonl");
+    const char* words[] = {"alpha", "beta", "gamma", "delta", "red", "green"};
+    for (int i = 0; i < 48; ++i)
+      train << nlohmann::json{{"prompt",
+                               "Say " + std::string(words[i % 6]) + " " + std::to_string(i)},
+                              {"completion", std::string(" ") + words[(i * 7) % 6]}}
+                   .dump()
+            << "\n";
+    for (int i = 0; i < 6; ++i)
+      eval << nlohmann::json{{"prompt", "Say " + std::string(words[i])}, {"completion", " ok"}}
+                  .dump()
+           << "\n";
+    nlohmann::json cfg = {
+        {"model", "model"},
+        {"output_dir", (dir / "run").string()},
+        {"seed", 5},
+        {"data", {{"train", "train.jsonl"}, {"eval", "eval.jsonl"}, {"max_length", 24}}},
+        {"peft",
+         {{"lora",
+           {{"targets", {"in_proj", "x_proj.B", "out_proj"}}, {"rank", 2}, {"dropout", 0.1}}}}},
+        {"optimizer", {{"lr", 5e-3}, {"weight_decay", 0.01}, {"grad_clip", 0.5}}},
+        {"schedule", {{"type", "cosine"}, {"warmup_steps", 2}}},
+        {"training", {{"steps", steps}, {"batch_size", 4}, {"grad_accum", 2}}},
+        {"eval", {{"every", eval_every}, {"metrics", {"loss"}}}},
+        {"checkpoint", {{"every", checkpoint_every}, {"keep", 2}}}};
+    config = dir / "exp.json";
+    std::ofstream(config) << cfg.dump(2);
+  }
+
+  std::filesystem::path run_dir() const { return dir / "run"; }
+  std::string train_args(const std::string& extra = "") const {
+    return "--quiet train '" + config.string() + "' " + extra;
+  }
+};
+
+}  // namespace ssmtune::test
