@@ -212,6 +212,7 @@ def main(argv=None) -> int:
         os.path.join(args.root, x)
         for x in os.listdir(args.root)
         if os.path.exists(os.path.join(args.root, x, "reference.safetensors"))
+        and os.path.exists(os.path.join(args.root, x, "config.json"))  # models, not peft-lora
     )
     if not dirs:
         print(f"no fixtures under {args.root}")

@@ -31,7 +31,7 @@ piece's original bytes to byte-level characters, and run the library's BPE model
 (`tokenizer.model.tokenize`). The emulation is checked against the library's encode() on
 every valid test string it applies to. Decodes are the library's decode() of those ids.
 
-Usage (from the repository root; see data_scripts/TOKENIZER_FIXTURES.md):
+Usage (from the repository root; see data_scripts/README.md, "Tokenizer fixtures"):
     /tmp/fxenv/bin/python data_scripts/make_tokenizer_fixtures.py --out tests/fixtures/tokenizers
 """
 

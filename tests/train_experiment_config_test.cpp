@@ -439,7 +439,7 @@ TEST_CASE("closest_key suggests only keys within about a third of the key's leng
   CHECK(closest_key(std::string(100000, 'x'), keys) == "");  // bounded work on a huge key
 }
 
-TEST_CASE("--set overrides put JSON values, or plain strings, at a dotted key", "[config]") {
+TEST_CASE("config overrides (--set) put JSON values, or plain strings, at a dotted key", "[config]") {
   json j = {{"model", "m"}};
   apply_override(j, "optimizer.lr=3e-4");
   apply_override(j, "data.train=x.jsonl");

@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <random>
 
 #include <omp.h>
 #include <spdlog/spdlog.h>
@@ -13,7 +12,9 @@
 #include "backend/backend.h"
 #include "backend/cpu/blas_select.h"
 #include "io/json_file.h"
+#include "core/rng.h"
 #include "model/mamba_config.h"
+#include "model/mamba_init.h"
 #include "model/mamba_lm.h"
 #include "model/mamba_weights.h"
 
@@ -28,30 +29,6 @@ struct BenchOptions {
   std::uint64_t seed = 0;
 };
 
-// Random weights of the right scale for timing only (throughput does not depend on the values,
-// but keep softplus and exp in their usual ranges): matrices ~ N(0, 0.02), norms 1,
-// A_log = log(n + 1) as S4D-real, D = 1, dt bias -4 (dt ~ 0.02).
-MambaWeights random_weights(const MambaConfig& cfg, std::uint64_t seed) {
-  MambaWeights w = zeros_like_params(cfg, DType::F32);
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.02f);
-  for_each_param(cfg, w, [&](const std::string& name, Tensor& t) {
-    float* p = t.data<float>();
-    const auto ends_with = [&](const char* s) { return name.ends_with(s); };
-    for (std::int64_t i = 0; i < t.numel(); ++i) {
-      if (ends_with("norm.weight") || ends_with("norm_f.weight") || ends_with("mixer.D"))
-        p[i] = 1.0f;
-      else if (ends_with("A_log"))
-        p[i] = std::log(float(i % cfg.d_state + 1));
-      else if (ends_with("dt_proj.bias"))
-        p[i] = -4.0f;
-      else if (!ends_with("bias"))
-        p[i] = normal(rng);
-    }
-  });
-  return w;  // zeros_like_params already shares a tied lm_head with the embedding
-}
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const std::size_t n = v.size();
@@ -62,15 +39,17 @@ void run_bench(const BenchOptions& o) {
   const bool random = !o.config_file.empty();
   const MambaConfig cfg = random ? parse_mamba_config(read_json_file(o.config_file), o.config_file)
                                  : load_mamba_config(o.model_dir);
-  const MambaWeights w = random ? random_weights(cfg, o.seed)
+  // Hugging Face's initialisation (ssmtune init): throughput does not depend on the values, but
+  // softplus and exp stay in their usual ranges.
+  const MambaWeights w = random ? init_mamba_weights(cfg, o.seed)
                                 : load_mamba_weights(o.model_dir, cfg, DType::F32);
   MambaWeights grads = zeros_like_params(cfg, DType::F32);
   auto be = make_cpu_backend();
 
-  std::mt19937_64 rng(o.seed);
-  std::uniform_int_distribution<std::int64_t> token(0, cfg.vocab_size - 1);
+  Rng rng = Rng::for_stream(o.seed, stream_id("bench-tokens"));
   Tensor ids = Tensor::empty({o.batch, o.seq_len}, DType::I64);
-  for (std::int64_t i = 0; i < ids.numel(); ++i) ids.data<std::int64_t>()[i] = token(rng);
+  for (std::int64_t i = 0; i < ids.numel(); ++i)
+    ids.data<std::int64_t>()[i] = std::int64_t(rng.below(std::uint64_t(cfg.vocab_size)));
   const Tensor targets = shift_labels(ids);
 
   MambaLM lm(cfg, w, *be, o.scan_chunk);

@@ -1,6 +1,6 @@
 // Fault injection for the crash-safety tests: the process kills itself with SIGKILL at a chosen
 // point, exactly as a power loss or `kill -9` would stop it there. Off unless the environment
-// variable names a step; documented in docs/checkpoints.md.
+// variable names a step; documented in docs/formats.md ("Checkpoints").
 //   SSMTUNE_FAULT_KILL_AFTER_STEP=N     right after optimizer step N (before its checkpoint)
 //   SSMTUNE_FAULT_KILL_IN_CHECKPOINT=N  half way through writing checkpoint-N
 #pragma once
