@@ -53,6 +53,9 @@ TEST_CASE("eval, merge-adapter and generate agree on a trained adapter", "[cli][
   CHECK(eval_json("--model " + q(merged) + " --data " + q(data))["metrics"]["loss"].get<double>() ==
         Approx(loss).epsilon(1e-5));
   CHECK(run_cli("info " + q(merged)).exit_code == 0);
+  const auto info = run_cli("info " + q(adapter));
+  CHECK(info.exit_code == 0);
+  CHECK_THAT(info.output, Catch::Contains("LoRA, rank 2") && Catch::Contains("layers.1.x_proj.B"));
 
   // An existing output is refused unless --overwrite.
   const auto again = run_cli("merge-adapter --model " + q(model) + " --adapter " + q(adapter) +

@@ -1,15 +1,19 @@
 // ssmtune info MODEL_DIR: what a model directory holds (architecture, sizes, storage, and
 // parameter counts per module), read through the same validated loaders as training.
+#include <spdlog/spdlog.h>
+
 #include <map>
 #include <set>
 
-#include <spdlog/spdlog.h>
-
 #include "apps/ssmtune/commands.h"
 #include "apps/ssmtune/format.h"
+#include "backend/backend.h"
+#include "io/json_file.h"
+#include "io/safetensors.h"
 #include "io/safetensors_checkpoint.h"
 #include "model/mamba_config.h"
 #include "model/mamba_weights.h"
+#include "peft/lora_adapter_io.h"
 
 namespace ssmtune {
 
@@ -23,7 +27,48 @@ std::string module_key(const std::string& name, bool* per_layer) {
   return name.substr(name.find('.', prefix.size()) + 1);
 }
 
+// An adapter directory: what it trains, on which modules, with how many parameters. Read with
+// the same loader as training, checked against the base model it names when that loads.
+void run_adapter_info(const std::string& dir) {
+  const nlohmann::json cfg = read_json_file(std::filesystem::path(dir) / "adapter_config.json");
+  const std::string base =
+      cfg.contains("base_model_name_or_path") && cfg["base_model_name_or_path"].is_string()
+          ? cfg["base_model_name_or_path"].get<std::string>()
+          : "";
+  std::printf("adapter       %s\n", dir.c_str());
+  std::printf("base model    %s\n", base.empty() ? "(not recorded)" : base.c_str());
+  if (base.empty() || !std::filesystem::exists(std::filesystem::path(base) / "config.json")) {
+    // Without the base model the shapes cannot be checked; list the stored tensors.
+    const SafetensorsFile st =
+        SafetensorsFile::open(std::filesystem::path(dir) / "adapter_model.safetensors");
+    std::int64_t total = 0;
+    for (const auto& e : st.entries()) {
+      std::printf("  %-70s %s\n", e.name.c_str(), shape_str(e.shape).c_str());
+      total += shape_numel(e.shape);
+    }
+    std::printf("parameters    %s (base model not found: shapes not checked)\n",
+                with_commas(total).c_str());
+    return;
+  }
+  const MambaConfig mcfg = load_mamba_config(base);
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  const auto lora = read_lora_adapter(dir, mcfg, DType::F32, *be);
+  const LoraConfig& lc = lora->config();
+  std::printf("method        LoRA, rank %lld, alpha %g%s, scale %g, dropout %g\n",
+              (long long)lc.rank, lc.alpha, lc.rslora ? " (rsLoRA)" : "",
+              lora->terms().front().scale, lc.dropout);
+  std::int64_t total = 0;
+  std::printf("\n%-40s %8s %12s\n", "term", "rank", "parameters");
+  for (const LoraTerm& t : lora->terms()) {
+    const std::int64_t n = t.A.numel() + t.B.numel();
+    std::printf("  %-38s %8lld %12s\n", t.name.c_str(), (long long)t.rank, with_commas(n).c_str());
+    total += n;
+  }
+  std::printf("  %-38s %8s %12s\n", "total", "", with_commas(total).c_str());
+}
+
 void run_info(const std::string& model_dir) {
+  if (is_adapter_dir(model_dir)) return run_adapter_info(model_dir);
   const MambaConfig cfg = load_mamba_config(model_dir);
   const SafetensorsCheckpoint ckpt = SafetensorsCheckpoint::open(model_dir);
   // Loading validates every tensor against the config: info never reports a broken model.
@@ -37,10 +82,11 @@ void run_info(const std::string& model_dir) {
 
   std::printf("model         %s\n", model_dir.c_str());
   std::printf("architecture  MambaForCausalLM (mamba), %lld layers\n", (long long)cfg.n_layer);
-  std::printf("sizes         d_model %lld, d_inner %lld, d_state %lld, d_conv %lld, dt_rank %lld, "
-              "vocab %lld\n",
-              (long long)cfg.d_model, (long long)cfg.d_inner, (long long)cfg.d_state,
-              (long long)cfg.d_conv, (long long)cfg.dt_rank, (long long)cfg.vocab_size);
+  std::printf(
+      "sizes         d_model %lld, d_inner %lld, d_state %lld, d_conv %lld, dt_rank %lld, "
+      "vocab %lld\n",
+      (long long)cfg.d_model, (long long)cfg.d_inner, (long long)cfg.d_state, (long long)cfg.d_conv,
+      (long long)cfg.dt_rank, (long long)cfg.vocab_size);
   std::printf("options       %s embeddings, %s, %s, rms eps %g\n",
               cfg.tie_word_embeddings ? "tied" : "untied",
               cfg.use_conv_bias ? "conv bias" : "no conv bias",
@@ -69,19 +115,20 @@ void run_info(const std::string& model_dir) {
                 with_commas(count).c_str());
   for (const auto& [key, count] : model_counts)
     std::printf("  %-32s %14s %16s\n", key.c_str(), "", with_commas(count).c_str());
-  if (cfg.tie_word_embeddings)
-    std::printf("  %-32s %14s %16s\n", "lm_head.weight (tied)", "", "0");
+  if (cfg.tie_word_embeddings) std::printf("  %-32s %14s %16s\n", "lm_head.weight (tied)", "", "0");
   std::printf("  %-32s %14s %16s\n", "total", "", with_commas(total).c_str());
 }
 
 }  // namespace
 
 void add_info_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("info", "Show what a model directory holds: sizes, dtypes, "
-                                         "parameter counts per module.\n"
-                                         "Example: ssmtune info tests/fixtures/mamba-tiny");
+  auto* cmd = app.add_subcommand("info",
+                                 "Show what a model or adapter directory holds: sizes, "
+                                 "dtypes, parameter counts per module.\n"
+                                 "Example: ssmtune info tests/fixtures/mamba-tiny");
   static std::string model_dir;
-  cmd->add_option("model_dir", model_dir, "Hugging Face model directory (config.json + safetensors)")
+  cmd->add_option("model_dir", model_dir,
+                  "Hugging Face model directory (config.json + safetensors) or adapter directory")
       ->required();
   cmd->callback([] { run_info(model_dir); });
 }
