@@ -367,6 +367,8 @@ def main() -> int:
     ap.add_argument("--keep", help="work in this (new or empty) directory and keep it")
     args = ap.parse_args()
     binary = os.path.abspath(args.ssmtune)
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        ap.error(f"{args.ssmtune}: not an executable file (build the ssmtune target first)")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     hf_logging.set_verbosity_error()
