@@ -119,6 +119,9 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   std::int64_t n_total = 0;
   for_each_param(mcfg, weights, [&](const std::string&, Tensor& t) { n_total += t.numel(); });
   for (const std::string& line : peft.summary()) spdlog::info("{}", line);
+  if (peft.lora())
+    for (const LoraTerm& t : peft.lora()->terms())
+      spdlog::debug("  LoRA {} on {} rows [{}, {})", t.name, t.module, t.row0, t.row0 + t.rows);
   spdlog::info("trainable parameters: {} of {} ({:.4f}%)", n_trainable, n_total,
                100.0 * double(n_trainable) / double(n_total));
 
@@ -164,7 +167,10 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   remove_stale_staging(out);
   write_file_atomic(out / "experiment.json",
                     cfg.json.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
-  MetricsLog metrics(out / "metrics.jsonl", resuming ? state.step : 0);
+  // A resumed run rewrites what came after its checkpoint; one with nothing to resume from
+  // starts its metrics afresh.
+  if (resuming && state.step == 0) fs::remove(out / "metrics.jsonl");
+  MetricsLog metrics(out / "metrics.jsonl", resuming && state.step > 0 ? state.step : -1);
 
   const std::string base_model = fs::absolute(cfg.model).lexically_normal().string();
   auto save_checkpoint = [&] {
@@ -197,6 +203,9 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   double train_s = 0;  // time in training steps only (not eval or checkpoints): tokens/s
   std::map<std::string, double> last_eval;
   bool stop_early = false;
+
+  // The baseline: what the model scores before any training (fresh runs only).
+  if (has_eval && cfg.eval.every > 0 && state.step == 0) run_eval();
 
   while (state.step < total_steps && !stop_early) {
     const auto step_start = Clock::now();
