@@ -123,46 +123,39 @@ void write_lora_adapter(const fs::path& dir, const LoraModel& lora, const std::s
   for (const std::string& module : modules) {
     const std::vector<const LoraTerm*>& terms = by_module[module];
     const LoraTerm& first = *terms.front();
+    std::int64_t r_total = 0;
+    for (const LoraTerm* t : terms) {
+      check(t->scale == first.scale, "LoRA terms of one module with different scales");
+      terms_meta.push_back({{"name", t->name},
+                            {"module", module},
+                            {"row0", t->row0},
+                            {"rows", t->rows},
+                            {"rank0", r_total},
+                            {"rank", t->rank},
+                            {"order", order[t]}});
+      r_total += t->rank;
+    }
     if (first.embedding) {
       check(terms.size() == 1, "two LoRA terms on the embedding");
-      terms_meta.push_back({{"name", first.name},
-                            {"module", module},
-                            {"row0", 0},
-                            {"rows", first.rows},
-                            {"rank0", 0},
-                            {"rank", first.rank},
-                            {"order", order[&first]}});
       tensors.push_back({kPrefix + module + ".lora_embedding_A", transpose2d(first.A)});
       tensors.push_back({kPrefix + module + ".lora_embedding_B", first.B.clone()});
     } else {
       // Stack: A = [A_1; A_2; ...] (sum r_i, in); B (out, sum r_i) holds B_i in its slice's rows
       // and its own columns. B A = sum_i (B_i in rows of slice i) A_i, exactly the terms' sum.
-      std::int64_t r_total = 0;
-      for (const LoraTerm* t : terms) r_total += t->rank;
       Tensor A = Tensor::zeros({r_total, first.in}, first.A.dtype());
       Tensor B = Tensor::zeros({first.module_rows, r_total}, first.B.dtype());
       std::int64_t rank0 = 0;
       for (const LoraTerm* t : terms) {
-        check(t->scale == first.scale, "LoRA terms of one module with different scales");
         copy_block(t->A, A, rank0, 0);
         copy_block(t->B, B, t->row0, rank0);
-        terms_meta.push_back({{"name", t->name},
-                              {"module", module},
-                              {"row0", t->row0},
-                              {"rows", t->rows},
-                              {"rank0", rank0},
-                              {"rank", t->rank},
-                              {"order", order[t]}});
         rank0 += t->rank;
       }
       tensors.push_back({kPrefix + module + ".lora_A.weight", A});
       tensors.push_back({kPrefix + module + ".lora_B.weight", B});
-      if (r_total != lc.rank) rank_pattern[module] = r_total;
     }
-    std::int64_t r_total = 0;
-    for (const LoraTerm* t : terms) r_total += t->rank;
-    const double alpha = alpha_for_scale(first.scale, r_total, lc.rslora);
-    if (peft_scale(lc.alpha, r_total, lc.rslora) != first.scale) alpha_pattern[module] = alpha;
+    if (r_total != lc.rank) rank_pattern[module] = r_total;
+    if (peft_scale(lc.alpha, r_total, lc.rslora) != first.scale)
+      alpha_pattern[module] = alpha_for_scale(first.scale, r_total, lc.rslora);
   }
 
   nlohmann::json cfg = {
