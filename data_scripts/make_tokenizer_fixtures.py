@@ -50,8 +50,9 @@ import unicodedata
 import regex
 import sentencepiece as spm
 import tokenizers
-from tokenizers import (AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers,
-                        processors, trainers)
+from tokenizers import AddedToken, Tokenizer, normalizers
+
+from neox_tokenizer import neox_like_bpe
 
 GENERATOR = "data_scripts/make_tokenizer_fixtures.py"
 
@@ -183,14 +184,7 @@ GPT2_PATTERN = regex.compile(
 
 
 def train_bpe() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.post_processor = processors.ByteLevel(trim_offsets=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000, special_tokens=["<|endoftext|>", "<|padding|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok, trainer = neox_like_bpe(1000)
     tok.train_from_iterator(CORPUS.splitlines(keepends=True), trainer)
     assert tok.token_to_id("<|endoftext|>") == 0 and tok.token_to_id("<|padding|>") == 1
     tok.add_tokens(BPE_ADDED)

@@ -38,9 +38,11 @@ void run_train(const TrainArgs& a) {
                     "; a checkpoint was written; continue with: ssmtune train " + a.config +
                     " --resume",
                 128 + r.signal);
-  std::printf("done: %lld/%lld steps%s, train loss %.4f, %.0f tokens/s, %s trainable parameters\n",
+  const std::string speed =
+      r.tokens_per_s > 0 ? ", " + with_commas(std::int64_t(r.tokens_per_s)) + " tokens/s" : "";
+  std::printf("done: %lld/%lld steps%s, train loss %.4f%s, %s trainable parameters\n",
               (long long)r.steps, (long long)r.total_steps,
-              r.stopped_early ? " (stopped early)" : "", r.last_loss, r.tokens_per_s,
+              r.stopped_early ? " (stopped early)" : "", r.last_loss, speed.c_str(),
               with_commas(r.n_trainable).c_str());
   if (!r.eval.empty()) {
     std::printf("eval:");

@@ -29,6 +29,7 @@ nlohmann::json state_to_json(const TrainerState& s) {
           {"dropout_rng", rng},
           {"config_hash", s.config_hash},
           {"tokens_seen", s.tokens_seen},
+          {"last_loss", s.last_loss},
           {"elapsed_s", s.elapsed_s},
           {"best_metric", s.best_metric},
           {"has_best", s.has_best},
@@ -50,6 +51,7 @@ TrainerState state_from_json(const nlohmann::json& j, const std::string& file) {
   s.evals_without_improvement = need_int("evals_without_improvement");
   s.config_hash = f.get_string("config_hash").value_or("");
   s.elapsed_s = f.get_number("elapsed_s").value_or(0);
+  s.last_loss = f.get_number("last_loss").value_or(0);
   s.best_metric = f.get_number("best_metric").value_or(0);
   s.has_best = f.get_bool("has_best").value_or(false);
   if (!f.has("dropout_rng") || !f.raw("dropout_rng").is_array() || f.raw("dropout_rng").size() != 4)

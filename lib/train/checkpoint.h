@@ -28,6 +28,7 @@ struct TrainerState {
   Rng::State dropout_rng{};      // the LoRA dropout generator
   std::string config_hash;       // experiment_config_hash of the run
   std::int64_t tokens_seen = 0;  // loss tokens trained on
+  double last_loss = 0;          // training loss of the last step
   double elapsed_s = 0;          // training wall time so far
   double best_metric = 0;        // early stopping: best eval value so far
   bool has_best = false;

@@ -213,11 +213,13 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     peft.zero_grads();
     // Draw the step's micro-batches first: every token of the step weighs the same.
     std::vector<Batch> micro;
-    std::int64_t step_tokens = 0;
+    std::int64_t step_tokens = 0, step_inputs = 0;  // loss tokens; tokens run (no padding)
     for (std::int64_t a = 0; a < cfg.training.grad_accum; ++a) {
       micro.push_back(
           make_batch(train_set, sampler.next(cfg.training.batch_size), tokenizer->pad_id()));
       step_tokens += micro.back().n_loss_tokens;
+      for (const std::int64_t i : micro.back().example_indices)
+        step_inputs += std::int64_t(train_set.examples[i].input_ids.size());
     }
     double loss_sum = 0;
     for (const Batch& b : micro) {
@@ -237,8 +239,8 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     state.step += 1;
     steps_this_process += 1;
     state.tokens_seen += step_tokens;
-    tokens_this_process += step_tokens;
-    result.last_loss = loss;
+    tokens_this_process += step_inputs;
+    state.last_loss = loss;
 
     const double now_s = std::chrono::duration<double>(Clock::now() - started).count();
     state.elapsed_s = elapsed_before + now_s;
@@ -252,7 +254,8 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
                      {"loss", loss},
                      {"lr", lr},
                      {"grad_norm", grad_norm},
-                     {"tokens", step_tokens},
+                     {"tokens", step_inputs},
+                     {"loss_tokens", step_tokens},
                      {"tokens_per_s", tokens_per_s},
                      {"step_s", step_s},
                      {"elapsed_s", state.elapsed_s}});
@@ -323,6 +326,10 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     adapter.commit();
     spdlog::info("adapter: {}", (out / "adapter").string());
   }
+  result.last_loss = state.last_loss;
+  if (steps_this_process == 0)
+    spdlog::info("the run was already complete at step {}: re-evaluated and rewrote its outputs",
+                 state.step);
   result.tokens_per_s = train_s > 0 ? double(tokens_this_process) / train_s : 0.0;
   nlohmann::json summary = {{"steps", result.steps},
                             {"total_steps", total_steps},
