@@ -32,6 +32,8 @@ peft_for() {
 
 # The value of a number field of summary.json (flat keys and the "eval" object's keys).
 field() { grep -o "\"$2\": [-0-9.eE+]*" "$1" | head -1 | awk '{print $2}'; }
+# The same, rounded to 4 decimals (empty stays empty: a metric the run did not compute).
+num() { field "$1" "$2" | awk '{printf "%.4f", $1}'; }
 
 mkdir -p "$out"
 for method in $methods; do
@@ -58,8 +60,9 @@ done
   for s in "$out"/*/summary.json; do
     [ -f "$s" ] || continue
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(basename "$(dirname "$s")")" \
-      "$(field "$s" steps)" "$(field "$s" last_loss)" "$(field "$s" loss)" \
-      "$(field "$s" accuracy)" "$(field "$s" tokens_per_s)" "$(field "$s" trainable_parameters)"
+      "$(field "$s" steps)" "$(num "$s" last_loss)" "$(num "$s" loss)" \
+      "$(num "$s" accuracy)" "$(field "$s" tokens_per_s | cut -d. -f1)" \
+      "$(field "$s" trainable_parameters)"
   done
 } > "$out/results.tsv"
 column -t -s $'\t' "$out/results.tsv"

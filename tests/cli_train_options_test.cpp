@@ -141,3 +141,31 @@ TEST_CASE("exact_match is 1 for completions equal to the greedy generation", "[t
   CHECK(nlohmann::json::parse(r.output)["metrics"]["exact_match"].get<double>() ==
         Approx(2.0 / 3.0));
 }
+
+TEST_CASE("configs/sweep.sh runs a grid, skips finished runs and tabulates them",
+          "[train][sweep]") {
+  Experiment e;
+  const fs::path script =
+      fs::path(SSMTUNE_FIXTURES_DIR).parent_path().parent_path() / "configs" / "sweep.sh";
+  const fs::path out = e.dir / "sweep";
+  const std::string cmd = "SSMTUNE='" + std::string(SSMTUNE_BIN) +
+                          "' METHODS='lora-out full' RANKS='2 4' LRS='1e-3' "
+                          "EXTRA='--set training.steps=2 --set eval.every=0' bash " +
+                          q(script) + " " + q(e.config) + " " + q(out) + " 2>&1";
+  auto run = [&] {
+    FILE* p = popen(cmd.c_str(), "r");
+    REQUIRE(p != nullptr);
+    std::string text;
+    char buf[4096];
+    while (std::fgets(buf, sizeof buf, p)) text += buf;
+    REQUIRE(pclose(p) == 0);
+    return text;
+  };
+  run();
+  // Two LoRA ranks and one full fine-tuning run (full has no rank), plus the header.
+  const std::string table = read_file(out / "results.tsv");
+  CHECK(std::count(table.begin(), table.end(), '\n') == 4);
+  CHECK_THAT(table, Catch::Contains("lora-out-r2-lr1e-3") && Catch::Contains("full-lr1e-3"));
+  const std::string again = run();
+  CHECK_THAT(again, Catch::Contains("done already: lora-out-r4-lr1e-3"));
+}
