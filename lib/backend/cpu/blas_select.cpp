@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 // OpenBLAS's reporting functions, declared weak so that ssmtune still links and runs against
 // another cblas (they are then null and nothing is forced).
@@ -24,7 +25,9 @@ namespace ssmtune::cpu {
 namespace {
 
 // Set in the re-executed process; its value is the core OpenBLAS had detected by itself.
-constexpr const char* kReexecMarker = "SSMTUNE_BLAS_REEXEC";
+constexpr const char* kReexecMarker = "SSMTUNE_BLAS_REEXEC";  // the core OpenBLAS detected
+constexpr const char* kReexecDone = "SSMTUNE_REEXEC";         // set in the re-executed process
+constexpr const char* kSpinCount = "10000";
 
 // Why re-executing failed, if it did (shown by blas_description).
 std::string& exec_failure() {
@@ -84,21 +87,35 @@ std::optional<std::string> openblas_core_to_force(const std::string& active_core
 }
 
 void ensure_fast_blas(int argc, char** argv) {
-  if (!openblas_get_corename || !is_dynamic_arch_openblas()) return;  // nothing to choose
-  if (std::getenv(kReexecMarker)) return;  // this is the re-executed process
-  const std::string active_core = openblas_get_corename();
-  const auto core = openblas_core_to_force(active_core, std::getenv("OPENBLAS_CORETYPE") != nullptr,
-                                           best_openblas_core_for_cpu());
-  if (!core || argc < 1 || argv[argc] != nullptr) return;
+  if (std::getenv(kReexecDone)) return;  // this is the re-executed process
+  std::vector<const char*> set_here;      // what to undo if the exec fails
+  if (openblas_get_corename && is_dynamic_arch_openblas()) {
+    const std::string active_core = openblas_get_corename();
+    const auto core = openblas_core_to_force(
+        active_core, std::getenv("OPENBLAS_CORETYPE") != nullptr, best_openblas_core_for_cpu());
+    if (core) {
+      setenv("OPENBLAS_CORETYPE", core->c_str(), 1);
+      setenv(kReexecMarker, active_core.c_str(), 1);
+      set_here.insert(set_here.end(), {"OPENBLAS_CORETYPE", kReexecMarker});
+    }
+  }
+  // libgomp lets idle threads spin for about 0.3 s before sleeping. Between ssmtune's many short
+  // parallel regions that is fine on idle cores, but when other processes share the cores the
+  // spinning threads take their time slices: training ran over 3x slower. A short spin keeps
+  // the idle speed (docs/cpu_blas.md "OpenMP waiting"). libgomp reads it when it loads.
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) {
+    setenv("GOMP_SPINCOUNT", kSpinCount, 1);
+    set_here.push_back("GOMP_SPINCOUNT");
+  }
+  if (set_here.empty() || argc < 1 || argv[argc] != nullptr) return;
 
-  setenv("OPENBLAS_CORETYPE", core->c_str(), 1);
-  setenv(kReexecMarker, active_core.c_str(), 1);
+  setenv(kReexecDone, "1", 1);
   std::fflush(nullptr);
   execv("/proc/self/exe", argv);  // returns only on failure
-  exec_failure() =
-      "re-executing with OPENBLAS_CORETYPE=" + *core + " failed: " + std::strerror(errno);
-  unsetenv("OPENBLAS_CORETYPE");
-  unsetenv(kReexecMarker);
+  exec_failure() = std::string("re-executing with the chosen environment failed: ") +
+                   std::strerror(errno);
+  for (const char* name : set_here) unsetenv(name);
+  unsetenv(kReexecDone);
 }
 
 std::string blas_description() {

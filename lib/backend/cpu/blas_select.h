@@ -13,12 +13,15 @@
 namespace ssmtune::cpu {
 
 // Call first thing in main() of every program that links ssmtune_core (ssmtune, the test runner,
-// benchmarks), before any thread, output or BLAS call exists. If OpenBLAS picked kernels weaker
-// than this CPU supports and OPENBLAS_CORETYPE is not set, re-executes /proc/self/exe with the
-// same argv and OPENBLAS_CORETYPE set; the re-executed process carries SSMTUNE_BLAS_REEXEC and
-// never re-executes again. Returns normally in every other case, including when the exec fails
-// (the program then runs correctly on the slower kernels; blas_description() says why).
-// A user-set OPENBLAS_CORETYPE is always respected.
+// benchmarks), before any thread, output or BLAS call exists. Re-executes /proc/self/exe once
+// with the same argv when the environment the libraries read at load time needs a change:
+// OPENBLAS_CORETYPE when OpenBLAS picked kernels weaker than this CPU supports, and
+// GOMP_SPINCOUNT=10000 when neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set (OpenMP's long
+// busy wait makes training several times slower when other processes share the cores). The
+// re-executed process carries SSMTUNE_REEXEC (and SSMTUNE_BLAS_REEXEC = the core OpenBLAS
+// detected, when the core was forced) and never re-executes again. Returns normally in every
+// other case, including when the exec fails (the program then runs correctly, only slower;
+// blas_description() says why). A user's setting of any of these variables is respected.
 void ensure_fast_blas(int argc, char** argv);
 
 // One line naming the BLAS, its threading and the kernels in use, for `ssmtune --version` and
