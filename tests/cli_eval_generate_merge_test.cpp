@@ -134,3 +134,26 @@ TEST_CASE("eval, generate and merge-adapter refuse bad adapters and options clea
     CHECK_THAT(r.output, Catch::Contains("top_p") || Catch::Contains("top-p"));
   }
 }
+
+TEST_CASE("a model with a SentencePiece tokenizer trains, evaluates, merges and generates",
+          "[cli][sentencepiece]") {
+  Experiment e(6, 0, 3, "sp");
+  REQUIRE(fs::exists(e.dir / "model" / "tokenizer.model"));
+  const auto r = run_cli(e.train_args());
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const fs::path model = e.dir / "model", adapter = e.run_dir() / "adapter";
+  const double loss = eval_json("--model " + q(model) + " --adapter " + q(adapter) + " --data " +
+                                q(e.dir / "eval.jsonl"))["metrics"]["loss"];
+  REQUIRE(run_cli("--quiet merge-adapter --model " + q(model) + " --adapter " + q(adapter) +
+                  " --out " + q(e.dir / "merged"))
+              .exit_code == 0);
+  CHECK(fs::exists(e.dir / "merged" / "tokenizer.model"));  // the tokenizer travels with it
+  CHECK(eval_json("--model " + q(e.dir / "merged") + " --data " +
+                  q(e.dir / "eval.jsonl"))["metrics"]["loss"]
+            .get<double>() == Approx(loss).epsilon(1e-5));
+  const auto g = run_cli("--quiet generate --model " + q(e.dir / "merged") +
+                         " --prompt 'Say alpha' --max-new-tokens 4");
+  CHECK(g.exit_code == 0);
+  CHECK_THAT(g.output, Catch::StartsWith("Say alpha"));
+}

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "io_test_util.h"
 #include "model/mamba_init.h"
@@ -26,10 +27,12 @@ struct Experiment {
   TempDir dir;
   std::filesystem::path config;
 
+  // tokenizer: a directory of tests/fixtures/tokenizers ("bpe": tokenizer.json, "sp":
+  // SentencePiece tokenizer.model); its files are copied into the model directory.
   explicit Experiment(std::int64_t steps = 12, std::int64_t checkpoint_every = 3,
-                      std::int64_t eval_every = 4) {
+                      std::int64_t eval_every = 4, const std::string& tokenizer = "bpe") {
     const std::filesystem::path tok =
-        std::filesystem::path(SSMTUNE_FIXTURES_DIR) / "tokenizers" / "bpe";
+        std::filesystem::path(SSMTUNE_FIXTURES_DIR) / "tokenizers" / tokenizer;
     ssmtune::MambaConfig c;
     c.vocab_size = 1024;
     c.d_model = 32;
@@ -37,8 +40,10 @@ struct Experiment {
     c.d_inner = 64;
     c.d_state = 8;
     c.dt_rank = 2;
+    std::vector<std::filesystem::path> tokenizer_files;
+    for (const auto& f : std::filesystem::directory_iterator(tok)) tokenizer_files.push_back(f);
     ssmtune::write_mamba_model_dir((dir / "model").string(), c, ssmtune::init_mamba_weights(c, 1),
-                                   false, {tok / "tokenizer.json", tok / "tokenizer_config.json"});
+                                   false, tokenizer_files);
     std::ofstream train(dir / "train.jsonl"), eval(dir / "eval.jsonl");
     const char* words[] = {"alpha", "beta", "gamma", "delta", "red", "green"};
     for (int i = 0; i < 48; ++i)
