@@ -107,7 +107,9 @@ void add_eval_command(CLI::App& app) {
       "          ssmtune eval --model DIR --adapter runs/x/adapter --data eval.jsonl "
       "--metrics loss,accuracy");
   static EvalArgs a;
-  cmd->add_option("config", a.config, "experiment config (its eval set, metrics and output)");
+  cmd->add_option("config", a.config,
+                  "experiment config: its eval set and metrics, on what the run produced "
+                  "(<output_dir>/adapter or /model) when that exists, else the base model");
   cmd->add_option("--set", a.overrides, "override a config key: key.path=value (repeatable)");
   cmd->add_option("--model", a.model, "model directory");
   cmd->add_option("--adapter", a.adapter, "LoRA adapter directory");
