@@ -43,7 +43,7 @@ void MambaLM::forward(const Tensor& ids) {
     be_.rmsnorm_forward(layer_in_[i], lw.norm, cfg_.layer_norm_epsilon, norm_out_[i],
                         norm_rstd_[i]);
     Tensor mix = be_.empty({B, L, D}, dt);
-    mixer_forward(be_, cfg_, lw, norm_out_[i], scan_chunk_, mixer_[i], mix, hook_, i);
+    mixer_forward(be_, cfg_, lw, norm_out_[i], scan_chunk_, mixer_[i], mix, hook_, i, scan_hook_);
     // residual (fp32 or wider on the CPU, so residual_in_fp32 holds trivially)
     layer_in_[i + 1] = be_.empty({B, L, D}, dt);
     be_.copy(layer_in_[i], layer_in_[i + 1]);
@@ -103,7 +103,7 @@ void MambaLM::backward(const Tensor& targets, MambaWeights& grads, std::int64_t 
     const MambaLayerWeights& lw = w_.layers[i];
     MambaLayerWeights frozen;  // no layer gradients at all: every layer tensor is frozen
     MambaLayerWeights& lg = grads.layers.empty() ? frozen : grads.layers[i];
-    mixer_backward(be_, cfg_, lw, norm_out_[i], mixer_[i], dh, dn, lg, hook_, i);
+    mixer_backward(be_, cfg_, lw, norm_out_[i], mixer_[i], dh, dn, lg, hook_, i, scan_hook_);
     Tensor dnorm_w = lg.norm.defined() ? lg.norm : be_.zeros({D}, dt);
     be_.rmsnorm_backward(dn, layer_in_[i], lw.norm, norm_rstd_[i], dres, dnorm_w);
     be_.add(dres, dh);  // residual: dh flows through unchanged plus the block's branch

@@ -30,6 +30,8 @@ class MambaLM {
   // PEFT terms beside the projections and the embedding (null = none). Must stay alive and
   // unchanged between forward and backward.
   void set_hook(LinearHook* hook) { hook_ = hook; }
+  // PEFT terms on every layer's scan state (state-based methods), null = none. Same lifetime.
+  void set_scan_hook(ScanHook* hook) { scan_hook_ = hook; }
 
   // ids: (B, L) I64. Computes logits (B, L, V) and keeps the activations for backward.
   void forward(const Tensor& ids);
@@ -57,6 +59,7 @@ class MambaLM {
   Backend& be_;
   std::int64_t scan_chunk_;
   LinearHook* hook_ = nullptr;
+  ScanHook* scan_hook_ = nullptr;
 
   Tensor ids_;                           // (B, L)
   std::vector<Tensor> layer_in_;         // n_layer + 1 tensors (B, L, D): the residual stream

@@ -14,7 +14,7 @@ Tensor row_slice(const Tensor& t, std::int64_t begin, std::int64_t end) {
 
 void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w, const Tensor& n,
                    std::int64_t scan_chunk, MixerActivations& a, Tensor& out, LinearHook* hook,
-                   std::int64_t layer) {
+                   std::int64_t layer, ScanHook* scan_hook) {
   const std::int64_t B = n.dim(0), L = n.dim(1), D = cfg.d_model, E = cfg.d_inner;
   const std::int64_t N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv, rows = B * L;
   const DType dt = n.dtype();
@@ -63,12 +63,17 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
 
   a.A = be.empty({E, N}, dt);
   be.ssm_A_forward(w.A_log, a.A);
-  Backend::ScanInputs in{a.u, a.delta, a.A, a.Bm, a.Cm, w.D, Tensor(), scan_chunk};
+  a.h0 = scan_hook ? scan_hook->initial_state(layer, B) : Tensor();
+  Backend::ScanInputs in{a.u, a.delta, a.A, a.Bm, a.Cm, w.D, a.h0, scan_chunk};
   a.y = be.empty({B, L, E}, dt);
   a.scan_chunk = scan_chunk;
   a.h_saved = be.empty({B, (L + scan_chunk - 1) / scan_chunk, E, N}, dt);
   Tensor no_last;
   be.selective_scan_forward(in, a.y, a.h_saved, no_last);
+  if (scan_hook) {  // the state read-out terms, before the gate
+    Tensor y2 = a.y.reshape({rows, E});
+    scan_hook->output_forward(layer, C2, y2);
+  }
 
   a.gated = be.empty({B, L, E}, dt);
   be.gate_forward(a.y, a.z, a.gated);
@@ -82,7 +87,8 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
 
 void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
                     const Tensor& n, const MixerActivations& a, const Tensor& dout, Tensor& dn,
-                    MambaLayerWeights& g, LinearHook* hook, std::int64_t layer) {
+                    MambaLayerWeights& g, LinearHook* hook, std::int64_t layer,
+                    ScanHook* scan_hook) {
   const std::int64_t B = n.dim(0), L = n.dim(1), E = cfg.d_inner;
   const std::int64_t N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv, rows = B * L;
   const DType dt = n.dtype();
@@ -99,7 +105,7 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
   be.gate_backward(dgated.reshape({B, L, E}), a.y, a.z, dy, dz);
 
   // the scan
-  Backend::ScanInputs in{a.u, a.delta, a.A, a.Bm, a.Cm, w.D, Tensor(), a.scan_chunk};
+  Backend::ScanInputs in{a.u, a.delta, a.A, a.Bm, a.Cm, w.D, a.h0, a.scan_chunk};
   Backend::ScanGrads sg;
   sg.du = be.empty({B, L, E}, dt);
   sg.ddelta = be.empty({B, L, E}, dt);
@@ -107,7 +113,13 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
   sg.dBm = be.empty({B, L, N}, dt);
   sg.dCm = be.empty({B, L, N}, dt);
   sg.dD = g.D;
+  if (a.h0.defined()) sg.dh0 = be.empty({B, E, N}, dt);
   be.selective_scan_backward(in, a.h_saved, dy, sg);
+  if (scan_hook) {
+    Tensor dC2 = flat(sg.dCm);
+    scan_hook->output_backward(layer, flat(a.Cm), flat(dy), dC2);
+    if (a.h0.defined()) scan_hook->initial_state_backward(layer, sg.dh0);
+  }
   if (g.A_log.defined()) be.ssm_A_backward(sg.dA, a.A, g.A_log);
 
   // delta = softplus(dt_proj(dt_in))

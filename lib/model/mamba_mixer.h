@@ -12,6 +12,7 @@
 #include "model/linear_hook.h"
 #include "model/mamba_config.h"
 #include "model/mamba_weights.h"
+#include "model/scan_hook.h"
 
 namespace ssmtune {
 
@@ -22,22 +23,26 @@ struct MixerActivations {
   Tensor Bm, Cm;            // (B, L, N)
   Tensor delta_raw, delta;  // (B, L, E) before and after softplus
   Tensor A;                 // (E, N) = -exp(A_log)
+  Tensor h0;                // (B, E, N) the scan's initial state, or undefined (zeros)
   Tensor h_saved;           // (B, n_chunks, E, N) scan state at each chunk start
   std::int64_t scan_chunk = 64;
-  Tensor y;                 // (B, L, E) scan output, before the gate
-  Tensor gated;             // (B, L, E) y * silu(z), out_proj's input
+  Tensor y;      // (B, L, E) scan output, before the gate
+  Tensor gated;  // (B, L, E) y * silu(z), out_proj's input
 };
 
 // n: (B, L, D) normalised block input   out: (B, L, D) overwritten
-// hook: PEFT terms beside the projections of layer `layer`, or null.
-void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
-                   const Tensor& n, std::int64_t scan_chunk, MixerActivations& acts, Tensor& out,
-                   LinearHook* hook = nullptr, std::int64_t layer = 0);
+// hook: PEFT terms beside the projections of layer `layer`, or null; scan_hook: PEFT terms on
+// its scan state, or null.
+void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w, const Tensor& n,
+                   std::int64_t scan_chunk, MixerActivations& acts, Tensor& out,
+                   LinearHook* hook = nullptr, std::int64_t layer = 0,
+                   ScanHook* scan_hook = nullptr);
 
 // dout: (B, L, D)   dn: (B, L, D) overwritten with the gradient w.r.t. n
 // grads: parameter gradients accumulated (+=); an undefined grad tensor is skipped (frozen).
 void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
                     const Tensor& n, const MixerActivations& acts, const Tensor& dout, Tensor& dn,
-                    MambaLayerWeights& grads, LinearHook* hook = nullptr, std::int64_t layer = 0);
+                    MambaLayerWeights& grads, LinearHook* hook = nullptr, std::int64_t layer = 0,
+                    ScanHook* scan_hook = nullptr);
 
 }  // namespace ssmtune
