@@ -169,3 +169,40 @@ TEST_CASE("configs/sweep.sh runs a grid, skips finished runs and tabulates them"
   const std::string again = run();
   CHECK_THAT(again, Catch::Contains("done already: lora-out-r4-lr1e-3"));
 }
+
+TEST_CASE("state tuning trains, resumes bit-exactly, evaluates and generates; merge refuses it",
+          "[train][state]") {
+  const std::string peft =
+      "--set 'peft={\"initial_state\": true, \"state_offset\": \"h\", \"lora\": {\"targets\": "
+      "[\"out_proj\"]}}' ";
+  Experiment straight, killed;
+  train_ok(straight, peft);
+  const fs::path adapter = straight.run_dir() / "adapter";
+  CHECK(fs::exists(adapter / "ssmtune_state.safetensors"));
+  CHECK(fs::exists(adapter / "adapter_config.json"));
+  const auto r = run_cli(killed.train_args(peft), "SSMTUNE_FAULT_KILL_AFTER_STEP=5");
+  REQUIRE((r.exit_code == -1 || r.exit_code == 137));
+  train_ok(killed, peft + "--resume");
+  CHECK(read_file(killed.run_dir() / "adapter" / "ssmtune_state.safetensors") ==
+        read_file(adapter / "ssmtune_state.safetensors"));
+
+  const fs::path model = straight.dir / "model";
+  const auto base = run_cli("--quiet eval --json --model " + q(model) + " --data " +
+                            q(straight.dir / "eval.jsonl"));
+  const auto tuned = run_cli("--quiet eval --json --model " + q(model) + " --adapter " +
+                             q(adapter) + " --data " + q(straight.dir / "eval.jsonl"));
+  REQUIRE(tuned.exit_code == 0);
+  CHECK(nlohmann::json::parse(tuned.output)["metrics"]["loss"].get<double>() !=
+        Approx(nlohmann::json::parse(base.output)["metrics"]["loss"].get<double>()));
+  // The run's own final eval (hooks in training) equals eval --adapter (hooks loaded from disk).
+  CHECK(nlohmann::json::parse(tuned.output)["metrics"]["loss"].get<double>() ==
+        Approx(summary(straight.run_dir())["eval"]["loss"].get<double>()).epsilon(1e-5));
+  CHECK(run_cli("--quiet generate --model " + q(model) + " --adapter " + q(adapter) +
+                " --prompt 'Say red' --max-new-tokens 3")
+            .exit_code == 0);
+  const auto merge = run_cli("merge-adapter --model " + q(model) + " --adapter " + q(adapter) +
+                             " --out " + q(straight.dir / "merged"));
+  CHECK(merge.exit_code == 2);
+  CHECK_THAT(merge.output, Catch::Contains("cannot be merged"));
+  CHECK(!fs::exists(straight.dir / "merged"));
+}

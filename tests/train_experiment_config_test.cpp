@@ -67,6 +67,8 @@ void require_same(const ExperimentConfig& a, const ExperimentConfig& b) {
     CHECK(a.peft.lora->init == b.peft.lora->init);
   }
   CHECK(a.peft.full == b.peft.full);
+  CHECK(a.peft.initial_state == b.peft.initial_state);
+  CHECK(a.peft.state_offset == b.peft.state_offset);
   CHECK(a.peft.init_from == b.peft.init_from);
   CHECK(a.optimizer.lr == b.optimizer.lr);
   CHECK(a.optimizer.beta1 == b.optimizer.beta1);
@@ -414,7 +416,8 @@ TEST_CASE("an unknown key names the closest valid key, or lists the valid ones",
   // Another method's name is not close to lora or full: the valid keys are listed.
   require_config_error(with("peft.prefix", json::object()),
                        {"c/exp.json: unknown field \"peft.prefix\" (valid fields of \"peft\": "
-                        "\"lora\", \"full\", \"init_from\")"});
+                        "\"lora\", \"full\", \"initial_state\", \"state_offset\", "
+                        "\"init_from\")"});
   require_config_error(with("learning_rate", 0.1),
                        {"c/exp.json: unknown field \"learning_rate\" (valid top-level fields: "
                         "\"model\", \"output_dir\", \"seed\", \"data\", \"peft\", \"optimizer\", "

@@ -82,7 +82,8 @@ void run_eval(const EvalArgs& a) {
   const Dataset ds = load_jsonl_dataset(data, data_cfg, *tokenizer, class_names);
   const LoadedModel m = load_model_with_adapter(model, adapter, *be);
   MambaLM lm(m.cfg, m.weights, *be);
-  EvalInputs in{lm, *tokenizer, *be, [&] { return m; }};
+  lm.set_scan_hook(m.state.get());
+  EvalInputs in{lm, *tokenizer, *be, [&] { return m; }, m.state.get()};
   const EvalResult r = evaluate(in, ds, eval_cfg);
 
   if (a.json) {

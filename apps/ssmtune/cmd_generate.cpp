@@ -26,6 +26,7 @@ void run_generate(const GenerateArgs& a) {
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(a.model);
   const LoadedModel m = load_model_with_adapter(a.model, a.adapter, *be);
   MambaDecoder decoder(m.cfg, m.weights, *be);
+  decoder.set_scan_hook(m.state.get());  // state methods apply in every recurrent step
   std::fputs(a.prompt.c_str(), stdout);
   const GenerationResult r =
       generate(decoder, *tokenizer, a.prompt, a.sampling, [](const std::string& piece) {

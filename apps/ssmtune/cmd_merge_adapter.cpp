@@ -5,6 +5,7 @@
 
 #include "apps/ssmtune/commands.h"
 #include "backend/backend.h"
+#include "core/error.h"
 #include "data/tokenizer.h"
 #include "model/mamba_init.h"
 #include "peft/merge.h"
@@ -32,6 +33,10 @@ void run_merge(const MergeArgs& a) {
   check_model_dir_target(a.out, a.overwrite);  // fail before the work, not after
   std::unique_ptr<Backend> be = make_cpu_backend();
   const LoadedModel m = load_model_with_adapter(a.model, a.adapter, *be);
+  if (m.state)  // METHODS.md 4: both offsets act through C_t or the gate, not a weight
+    throw UsageError(a.adapter + ": " + std::string(kStateTuningFile) +
+                     " holds initial-state / state-offset tuning, which no weight of the model "
+                     "can hold: it cannot be merged; use it with --adapter in eval or generate");
   write_mamba_model_dir(a.out, m.cfg, m.weights, a.overwrite, tokenizer_files_of(a.model));
   spdlog::info("merged {} into {}: {}", a.adapter, a.model, a.out);
 }

@@ -53,8 +53,9 @@ void MambaDecoder::reset() {
   for (std::int64_t i = 0; i < cfg_.n_layer; ++i) {
     Tensor zero_conv = be_.zeros(conv_state_[i].shape(), dtype_);
     be_.copy(zero_conv, conv_state_[i]);
-    Tensor zero_h = be_.zeros(ssm_state_[i].shape(), dtype_);
-    be_.copy(zero_h, ssm_state_[i]);
+    const Tensor h0 = scan_hook_ ? scan_hook_->initial_state(i, 1) : Tensor();
+    const Tensor start = h0.defined() ? h0 : be_.zeros(ssm_state_[i].shape(), dtype_);
+    be_.copy(start, ssm_state_[i]);
   }
   n_tokens_ = 0;
 }
@@ -158,6 +159,10 @@ void MambaDecoder::mixer_block(std::int64_t i, const Tensor& n, Tensor& out) {
   Tensor h_start = be_.empty({1, 1, E, N}, dtype_);
   be_.selective_scan_forward(in, y, h_start, h_next_);
   std::swap(ssm_state_[i], h_next_);
+  if (scan_hook_) {  // state-offset tuning reads the state out with an offset (not carried)
+    Tensor y2 = y.reshape({Lb, E});
+    scan_hook_->output_forward(i, C2, y2);
+  }
 
   Tensor gated = be_.empty({1, Lb, E}, dtype_);
   be_.gate_forward(y, z, gated);

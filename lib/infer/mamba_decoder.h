@@ -16,6 +16,7 @@
 #include "backend/backend.h"
 #include "model/mamba_config.h"
 #include "model/mamba_weights.h"
+#include "model/scan_hook.h"
 
 namespace ssmtune {
 
@@ -28,8 +29,12 @@ class MambaDecoder {
   MambaDecoder(const MambaConfig& cfg, const MambaWeights& weights, Backend& be,
                std::int64_t prefill_block = 256);
 
-  // Empty sequence: all states zero (the conv's zero padding and h_{-1} = 0 of A.4).
+  // Empty sequence: all states zero (the conv's zero padding and h_{-1} = 0 of A.4), or the
+  // scan hook's initial state (initial-state tuning).
   void reset();
+  // State-based PEFT (initial-state and state-offset tuning) applied as in training; null =
+  // none. Must outlive the decoder's use; takes effect from the next reset().
+  void set_scan_hook(ScanHook* hook) { scan_hook_ = hook; }
 
   // Feeds `ids` after whatever was fed since reset() and returns the logits (V) after the last
   // one. Runs the blocked path: same result as feeding the ids one by one through step(), in
@@ -65,6 +70,7 @@ class MambaDecoder {
   std::vector<Tensor> ssm_state_;   // per layer (1, E, N)
   Tensor h_next_;                   // (1, E, N) scan output, swapped with a layer's ssm state
   std::int64_t n_tokens_ = 0;
+  ScanHook* scan_hook_ = nullptr;
   Tensor logits_;       // (1, V) on the backend's device
   Tensor logits_host_;  // (V) host view or copy of logits_
 };

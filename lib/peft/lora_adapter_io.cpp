@@ -11,6 +11,7 @@
 #include "io/json_fields.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "peft/state_tuning.h"
 
 namespace fs = std::filesystem;
 
@@ -102,7 +103,8 @@ std::optional<V> pattern_value(const nlohmann::json& pattern, const std::string&
 
 bool is_adapter_dir(const fs::path& dir) {
   std::error_code ec;
-  return fs::is_regular_file(dir / "adapter_config.json", ec);
+  return fs::is_regular_file(dir / "adapter_config.json", ec) ||
+         fs::is_regular_file(dir / kStateTuningFile, ec);
 }
 
 void write_lora_adapter(const fs::path& dir, const LoraModel& lora, const std::string& base_model,

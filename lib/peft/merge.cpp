@@ -11,6 +11,7 @@ LoadedModel merged_copy(const MambaConfig& cfg, const MambaWeights& w, const Lor
   if (m.cfg.tie_word_embeddings) m.weights.lm_head = m.weights.embedding;
   (void)be;
   if (lora) lora->merge_into(m.cfg, m.weights);
+  // (state methods stay outside the weights: the caller applies them through the scan hook)
   return m;
 }
 
@@ -20,8 +21,14 @@ LoadedModel load_model_with_adapter(const std::string& model_dir, const std::str
   m.cfg = load_mamba_config(model_dir);
   m.weights = load_mamba_weights(model_dir, m.cfg, DType::F32);
   if (!adapter_dir.empty()) {
-    const std::unique_ptr<LoraModel> lora = read_lora_adapter(adapter_dir, m.cfg, DType::F32, be);
-    lora->merge_into(m.cfg, m.weights);
+    if (!is_adapter_dir(adapter_dir))
+      throw Error(adapter_dir + ": not an adapter directory (no adapter_config.json or " +
+                  kStateTuningFile + ")");
+    if (std::filesystem::exists(std::filesystem::path(adapter_dir) / "adapter_config.json")) {
+      const std::unique_ptr<LoraModel> lora = read_lora_adapter(adapter_dir, m.cfg, DType::F32, be);
+      lora->merge_into(m.cfg, m.weights);
+    }
+    m.state = read_state_tuning(adapter_dir, m.cfg, DType::F32, be);
   }
   return m;
 }

@@ -9,20 +9,23 @@
 #include "model/mamba_config.h"
 #include "model/mamba_weights.h"
 #include "peft/lora.h"
+#include "peft/state_tuning.h"
 
 namespace ssmtune {
 
 struct LoadedModel {
   MambaConfig cfg;
   MambaWeights weights;  // F32
+  // State-based methods of the adapter (not mergeable: applied through the scan hook), or null.
+  std::shared_ptr<StateTuning> state;
 };
 
 // A deep copy of `w` with `lora` (if not null) merged in; `w` is unchanged.
 LoadedModel merged_copy(const MambaConfig& cfg, const MambaWeights& w, const LoraModel* lora,
                         Backend& be);
 
-// Loads model_dir; when adapter_dir is not empty, reads its LoRA adapter (checked against the
-// model) and merges it.
+// Loads model_dir; when adapter_dir is not empty, reads its LoRA (checked against the model) and
+// merges it, and reads its state methods into `state`.
 LoadedModel load_model_with_adapter(const std::string& model_dir, const std::string& adapter_dir,
                                     Backend& be);
 

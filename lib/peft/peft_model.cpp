@@ -15,8 +15,11 @@ namespace ssmtune {
 PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfig& peft,
                      Backend& be, std::uint64_t seed)
     : cfg_(cfg), base_(base), config_(peft), be_(be) {
-  if (!peft.lora && !peft.full)
-    throw UsageError("peft: no method enabled (set peft.lora or peft.full)");
+  const bool state_on = peft.initial_state || !peft.state_offset.empty();
+  if (!peft.lora && !peft.full && !state_on)
+    throw UsageError(
+        "peft: no method enabled (set peft.lora, peft.full, peft.initial_state or "
+        "peft.state_offset)");
   if (!peft.init_from.empty() && !peft.lora)
     throw UsageError("peft.init_from continues a LoRA adapter: it needs peft.lora");
   const DType dtype = base.embedding.dtype();
@@ -29,8 +32,15 @@ PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfi
     lora_ = std::make_unique<LoraModel>(cfg, *peft.lora, dtype, be);
     lora_->init(seed);
   }
+  if (state_on)  // zero-initialised: the model is unchanged at step 0
+    state_ = std::make_unique<StateTuning>(cfg, peft.initial_state,
+                                           peft.state_offset == "h"   ? StateOffset::H
+                                           : peft.state_offset == "y" ? StateOffset::Y
+                                                                      : StateOffset::None,
+                                           dtype, be);
   if (peft.full) base_grads_ = zeros_like_params(cfg, dtype);
   if (lora_) lora_->append_trainables(trainables_);
+  if (state_) state_->append_trainables(trainables_);
   if (peft.full)
     for_each_param(cfg_, base_grads_, [&](const std::string& name, Tensor& grad) {
       trainables_.push_back({name, Tensor(), grad});
@@ -79,9 +89,18 @@ std::vector<std::string> PeftModel::summary() const {
   }
   if (config_.full) {
     std::int64_t n = 0;
-    for (const TrainableParam& p : trainables_)
-      if (p.name.rfind("lora.", 0) != 0) n += p.value.numel();
+    for (const TrainableParam& p : trainables_)  // the base tensors: HF names
+      if (p.name.rfind("backbone.", 0) == 0 || p.name == "lm_head.weight") n += p.value.numel();
     lines.push_back("full fine-tuning: every base tensor, " + std::to_string(n) + " parameters");
+  }
+  if (config_.initial_state)
+    lines.push_back("initial-state tuning: h0 (d_inner x d_state) per layer, " +
+                    std::to_string(cfg_.n_layer * cfg_.d_inner * cfg_.d_state) + " parameters");
+  if (!config_.state_offset.empty()) {
+    const std::int64_t per_layer =
+        config_.state_offset == "h" ? cfg_.d_inner * cfg_.d_state : cfg_.d_inner;
+    lines.push_back("state-offset tuning (" + config_.state_offset +
+                    "): " + std::to_string(cfg_.n_layer * per_layer) + " parameters");
   }
   return lines;
 }
@@ -89,6 +108,7 @@ std::vector<std::string> PeftModel::summary() const {
 void PeftModel::save(const fs::path& dir, const std::string& base_model,
                      const std::map<std::string, std::string>& metadata) const {
   if (lora_) write_lora_adapter(dir, *lora_, base_model, metadata);
+  if (state_) write_state_tuning(dir, *state_, metadata);
   if (config_.full) {
     std::vector<NamedTensor> tensors;
     for_each_param(cfg_, base_, [&](const std::string& name, Tensor& t) {
@@ -117,6 +137,19 @@ void PeftModel::load(const fs::path& dir) {
       be_.copy(theirs[i].A, mine[i].A);
       be_.copy(theirs[i].B, mine[i].B);
     }
+  }
+  if (state_) {
+    const std::unique_ptr<StateTuning> saved =
+        read_state_tuning(dir, cfg_, base_.embedding.dtype(), be_);
+    const std::string file = (dir / kStateTuningFile).string();
+    if (!saved) throw Error(file + ": missing (this run trains state methods)");
+    std::vector<TrainableParam> mine, theirs;
+    state_->append_trainables(mine);
+    saved->append_trainables(theirs);
+    if (mine.size() != theirs.size() || saved->offset() != state_->offset() ||
+        saved->initial_state_on() != state_->initial_state_on())
+      throw Error(file + ": holds other state methods than this run trains");
+    for (std::size_t i = 0; i < mine.size(); ++i) be_.copy(theirs[i].value, mine[i].value);
   }
   if (config_.full) {
     MambaWeights saved = load_mamba_weights(dir.string(), cfg_, base_.embedding.dtype());

@@ -15,6 +15,7 @@
 #include "model/mamba_weights.h"
 #include "peft/lora.h"
 #include "peft/peft_config.h"
+#include "peft/state_tuning.h"
 #include "peft/trainable.h"
 
 namespace ssmtune {
@@ -28,7 +29,9 @@ class PeftModel {
             std::uint64_t seed);
 
   LinearHook* hook() { return lora_.get(); }
+  ScanHook* scan_hook() { return state_.get(); }
   LoraModel* lora() { return lora_.get(); }
+  StateTuning* state() { return state_.get(); }
   // Gradients of the base tensors: defined exactly where a base tensor trains.
   MambaWeights& base_grads() { return base_grads_; }
   std::vector<TrainableParam>& trainables() { return trainables_; }
@@ -40,7 +43,8 @@ class PeftModel {
   std::vector<std::string> summary() const;
 
   // Writes the trained state into `dir` (existing): adapter_config.json +
-  // adapter_model.safetensors for LoRA; config.json + model.safetensors for full fine-tuning.
+  // adapter_model.safetensors for LoRA; ssmtune_state.safetensors for the state methods;
+  // config.json + model.safetensors for full fine-tuning.
   void save(const std::filesystem::path& dir, const std::string& base_model,
             const std::map<std::string, std::string>& metadata) const;
   // Restores exactly what save() wrote (resume). Errors name the file and tensor.
@@ -54,6 +58,7 @@ class PeftModel {
   PeftConfig config_;
   Backend& be_;
   std::unique_ptr<LoraModel> lora_;
+  std::unique_ptr<StateTuning> state_;
   MambaWeights base_grads_;
   std::vector<TrainableParam> trainables_;
 };

@@ -1,6 +1,13 @@
 #include "peft/state_tuning.h"
 
+#include <nlohmann/json.hpp>
+#include <set>
 #include <string>
+
+#include "core/error.h"
+#include "io/json_fields.h"
+#include "io/json_file.h"
+#include "io/safetensors.h"
 
 namespace ssmtune {
 
@@ -62,6 +69,60 @@ void StateTuning::output_backward(std::int64_t layer, const Tensor& Cm, const Te
   } else if (kind_ == StateOffset::Y) {
     be_.bias_backward(dy, doffset_.at(layer));  // dy' += sum over tokens
   }
+}
+
+void write_state_tuning(const std::filesystem::path& dir, StateTuning& st,
+                        const std::map<std::string, std::string>& metadata) {
+  std::vector<TrainableParam> params;
+  st.append_trainables(params);
+  std::vector<NamedTensor> tensors;
+  for (const TrainableParam& p : params) tensors.push_back({p.name, p.value});
+  std::map<std::string, std::string> meta = metadata;
+  const char* offset = st.offset() == StateOffset::H   ? "h"
+                       : st.offset() == StateOffset::Y ? "y"
+                                                       : "";
+  meta["ssmtune.state_methods"] =
+      nlohmann::json{{"initial_state", st.initial_state_on()}, {"state_offset", offset}}.dump();
+  write_safetensors(dir / kStateTuningFile, tensors, meta);
+}
+
+std::unique_ptr<StateTuning> read_state_tuning(const std::filesystem::path& dir,
+                                               const MambaConfig& cfg, DType dtype, Backend& be) {
+  const std::filesystem::path path = dir / kStateTuningFile;
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return nullptr;
+  const std::string file = path.string();
+  const SafetensorsFile st = SafetensorsFile::open(path);
+  const auto it = st.metadata().find("ssmtune.state_methods");
+  if (it == st.metadata().end())
+    throw Error(file + ": metadata \"ssmtune.state_methods\" is missing");
+  const nlohmann::json methods = parse_json_text(it->second, file + ": metadata");
+  const JsonFields f(methods, file + ": metadata ssmtune.state_methods");
+  const bool initial_state = f.get_bool("initial_state").value_or(false);
+  const std::string offset = f.get_choice("state_offset", {"", "h", "y"}).value_or("");
+  auto out = std::make_unique<StateTuning>(cfg, initial_state,
+                                           offset == "h"   ? StateOffset::H
+                                           : offset == "y" ? StateOffset::Y
+                                                           : StateOffset::None,
+                                           dtype, be);
+  std::vector<TrainableParam> params;
+  out->append_trainables(params);
+  std::set<std::string> expected;
+  for (TrainableParam& p : params) {
+    expected.insert(p.name);
+    if (!st.contains(p.name)) throw Error(file + ": missing tensor " + p.name);
+    const Tensor t = st.tensor(p.name);
+    if (t.shape() != p.value.shape())
+      throw Error(file + ": tensor " + p.name + ": expected shape " + shape_str(p.value.shape()) +
+                  ", got " + shape_str(t.shape()));
+    const Tensor converted = t.to(dtype);
+    be.copy(converted, p.value);
+  }
+  for (const SafetensorsEntry& e : st.entries())
+    if (!expected.count(e.name))
+      throw Error(file + ": unexpected tensor " + quote_str(e.name) + " (the model has " +
+                  std::to_string(cfg.n_layer) + " layers)");
+  return out;
 }
 
 }  // namespace ssmtune

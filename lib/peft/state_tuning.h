@@ -8,6 +8,10 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "backend/backend.h"
@@ -42,5 +46,16 @@ class StateTuning final : public ScanHook {
   std::vector<Tensor> h0_, dh0_;          // per layer (E, N), empty when off
   std::vector<Tensor> offset_, doffset_;  // per layer (E, N) for H, (E) for Y
 };
+
+// In an adapter directory, beside (or without) the LoRA files: ssmtune_state.safetensors holds
+// initial_state.layers.I.h0 (E, N) and/or state_offset.layers.I.h (E, N) / .y (E); its metadata
+// "ssmtune.state_methods" = {"initial_state": bool, "state_offset": "" | "h" | "y"}.
+inline constexpr const char* kStateTuningFile = "ssmtune_state.safetensors";
+void write_state_tuning(const std::filesystem::path& dir, StateTuning& st,
+                        const std::map<std::string, std::string>& metadata = {});
+// Null when `dir` has no state file. Every tensor is checked against the model (names, shapes,
+// one per layer); errors name the file and the tensor.
+std::unique_ptr<StateTuning> read_state_tuning(const std::filesystem::path& dir,
+                                               const MambaConfig& cfg, DType dtype, Backend& be);
 
 }  // namespace ssmtune

@@ -27,6 +27,8 @@ struct EvalInputs {
   // Weights with the adapter merged and their config, for the recurrent decoder (exact_match
   // only; called once per evaluation).
   std::function<LoadedModel()> merged_model;
+  // State-based methods the decoder must apply too (exact_match), or null.
+  ScanHook* scan_hook = nullptr;
 };
 
 struct EvalResult {

@@ -272,12 +272,15 @@ PeftConfig read_peft(Section& root, const std::string& base_dir) {
     s.record("lora", nullptr);
   }
   p.full = s.boolean("full", def.full);
+  p.initial_state = s.boolean("initial_state", def.initial_state);
+  p.state_offset = s.choice("state_offset", {"", "h", "y"}, def.state_offset);
   p.init_from = s.path("init_from", base_dir, false);
   s.finish();
-  if (!p.lora && !p.full)
+  if (!p.lora && !p.full && !p.initial_state && p.state_offset.empty())
     throw UsageError(root.where("peft") +
                      ": no method is enabled; set \"peft.lora\" (an object, {} for LoRA's "
-                     "defaults) or \"peft.full\": true");
+                     "defaults), \"peft.full\": true, \"peft.initial_state\": true or "
+                     "\"peft.state_offset\": \"h\" or \"y\"");
   return p;
 }
 

@@ -127,6 +127,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
 
   MambaLM lm(mcfg, weights, *be, cfg.training.scan_chunk);
   lm.set_hook(peft.hook());
+  lm.set_scan_hook(peft.scan_hook());
   AdamW optimizer(cfg.optimizer, peft.trainables(), *be);
   EpochSampler sampler(std::int64_t(train_set.examples.size()), cfg.seed, cfg.data.shuffle);
   Rng dropout_rng = Rng::for_stream(cfg.seed, stream_id("dropout"));
@@ -183,7 +184,8 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     spdlog::info("checkpoint {}", p.string());
   };
   EvalInputs eval_in{lm, *tokenizer, *be,
-                     [&] { return merged_copy(mcfg, weights, peft.lora(), *be); }};
+                     [&] { return merged_copy(mcfg, weights, peft.lora(), *be); },
+                     peft.scan_hook()};
   auto run_eval = [&] {
     peft.set_training(false, nullptr);
     const EvalResult r = evaluate(eval_in, eval_set, cfg.eval);
@@ -319,10 +321,15 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     write_mamba_model_dir((out / "model").string(), merged.cfg, merged.weights, /*overwrite=*/true,
                           tokenizer_files);
     spdlog::info("model: {}", (out / "model").string());
-  } else if (peft.lora()) {
+  }
+  // The adapter: LoRA (unless merged into model/ above) and the state methods, which no
+  // weight can hold.
+  const bool lora_in_adapter = peft.lora() && !cfg.peft.full;
+  if (lora_in_adapter || peft.state()) {
     StagedDir adapter(out / "adapter", /*replace=*/true);
-    write_lora_adapter(adapter.path(), *peft.lora(), base_model,
-                       {{"ssmtune.step", std::to_string(state.step)}});
+    const std::map<std::string, std::string> meta{{"ssmtune.step", std::to_string(state.step)}};
+    if (lora_in_adapter) write_lora_adapter(adapter.path(), *peft.lora(), base_model, meta);
+    if (peft.state()) write_state_tuning(adapter.path(), *peft.state(), meta);
     adapter.commit();
     spdlog::info("adapter: {}", (out / "adapter").string());
   }
