@@ -11,6 +11,7 @@
 #include "io/safetensors.h"
 #include "model/mamba_lm.h"
 #include "peft/lora.h"
+#include "peft/peft_model.h"
 #include "peft/state_tuning.h"
 #include "test_compare.h"
 
@@ -123,4 +124,31 @@ TEST_CASE("the recurrent decoder applies state tuning as the full forward does",
       }
     }
   }
+}
+
+TEST_CASE("trainable parameter counts follow the methods' formulas", "[peft][state]") {
+  TinyModel m(DType::F32);
+  const std::int64_t L = m.cfg.n_layer, D = m.cfg.d_model, E = m.cfg.d_inner, N = m.cfg.d_state;
+  const std::int64_t R = m.cfg.dt_rank, V = m.cfg.vocab_size;
+  auto count = [&](PeftConfig p) {
+    MambaWeights w = m.w;
+    return PeftModel(m.cfg, w, p, *m.be, 0).n_trainable();
+  };
+  PeftConfig p;
+  p.initial_state = true;
+  CHECK(count(p) == L * E * N);
+  p.state_offset = "h";
+  CHECK(count(p) == 2 * L * E * N);
+  p.initial_state = false;
+  p.state_offset = "y";
+  CHECK(count(p) == L * E);
+  PeftConfig lora;
+  lora.lora = LoraConfig{};
+  lora.lora->rank = 3;
+  lora.lora->targets = {"in_proj", "out_proj", "x_proj", "dt_proj", "embeddings"};
+  const std::int64_t r = 3;
+  CHECK(count(lora) ==
+        L * (r * (D + 2 * E) + r * (E + D) + r * (E + R + 2 * N) + r * (R + E)) + r * (V + D));
+  lora.lora->targets = {"in_proj.x", "x_proj.B", "layers.1.x_proj.C"};
+  CHECK(count(lora) == L * (r * (D + E) + r * (E + N)) + r * (E + N));
 }
