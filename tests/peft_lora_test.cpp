@@ -287,3 +287,26 @@ TEST_CASE("LoRA targets that match nothing, overlap or do not exist are config e
   CHECK_THROWS_WITH(plan({"in_proj", "in_proj.x"}), Catch::Contains("both update rows"));
   CHECK_THROWS_AS(plan({"layers.x.in_proj"}), UsageError);
 }
+
+TEST_CASE("a fixed LoRA scale (MambaPEFT's s) replaces alpha / r and survives the PEFT layout",
+          "[lora][adapter]") {
+  const std::string base = (fixtures() / "mamba-tiny").string();
+  const MambaConfig cfg = load_mamba_config(base);
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  LoraConfig lc;
+  lc.targets = {"in_proj.x", "in_proj.z", "out_proj"};
+  lc.rank = 4;
+  lc.alpha = 8;
+  lc.scale = 0.1;
+  LoraModel lora(cfg, lc, DType::F32, *be);
+  lora.init(3);
+  for (const LoraTerm& t : lora.terms()) CHECK(t.scale == 0.1);
+  const fs::path dir = fs::temp_directory_path() / "ssmtune_lora_fixed_scale";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  write_lora_adapter(dir, lora, base);
+  const auto back = read_lora_adapter(dir, cfg, DType::F32, *be);
+  // PEFT computes alpha_pattern / r = (0.1 * 8) / 8 for the stacked in_proj: exact here.
+  for (const LoraTerm& t : back->terms()) CHECK(t.scale == Approx(0.1).epsilon(1e-15));
+  fs::remove_all(dir);
+}

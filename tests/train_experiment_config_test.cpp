@@ -64,6 +64,7 @@ void require_same(const ExperimentConfig& a, const ExperimentConfig& b) {
     CHECK(a.peft.lora->alpha == b.peft.lora->alpha);
     CHECK(a.peft.lora->dropout == b.peft.lora->dropout);
     CHECK(a.peft.lora->rslora == b.peft.lora->rslora);
+    CHECK(a.peft.lora->scale == b.peft.lora->scale);
     CHECK(a.peft.lora->init == b.peft.lora->init);
   }
   CHECK(a.peft.full == b.peft.full);

@@ -63,8 +63,9 @@ bool take_layer_prefix(std::string& target, std::int64_t& first, std::int64_t& l
 
 std::vector<LoraTerm> plan_lora_terms(const MambaConfig& c, const LoraConfig& lora, DType dtype) {
   const auto table = target_table(c);
-  const double scale =
-      lora.rslora ? lora.alpha / std::sqrt(double(lora.rank)) : lora.alpha / double(lora.rank);
+  const double scale = lora.scale > 0 ? lora.scale
+                       : lora.rslora  ? lora.alpha / std::sqrt(double(lora.rank))
+                                      : lora.alpha / double(lora.rank);
   std::vector<LoraTerm> terms;
   for (const std::string& original : lora.targets) {
     std::string target = original;

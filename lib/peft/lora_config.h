@@ -16,6 +16,7 @@ struct LoraConfig {
   double alpha = 8;       // scale = alpha / r (alpha / sqrt(r) with rslora)
   double dropout = 0.0;   // on the LoRA branch's input, [0, 1)
   bool rslora = false;
+  double scale = 0;               // > 0: a fixed scale s instead of alpha / r (MambaPEFT uses 0.1)
   std::string init = "kaiming";  // "kaiming" (PEFT default: A kaiming-uniform a=sqrt(5), B = 0)
                                  // or "gaussian" (A ~ N(0, 1/r), B = 0)
 };

@@ -252,6 +252,7 @@ LoraConfig read_lora(Section s) {
   l.alpha = s.number("alpha", kPositive, def.alpha);
   l.dropout = s.number("dropout", kUnitOpen, def.dropout);
   l.rslora = s.boolean("rslora", def.rslora);
+  l.scale = s.number("scale", kNonNegative, def.scale);
   l.init = s.choice("init", {"kaiming", "gaussian"}, def.init);
   s.finish();
   return l;
