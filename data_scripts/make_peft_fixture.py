@@ -143,12 +143,19 @@ def _rmsnorm_forward_clean(self, hidden_states):
 def _slow_forward_clean(self, input_states, cache_params=None, cache_position=None):
     # MambaMixer.slow_forward (transformers 4.44.2), cache_params=None branch, minus the
     # `.float()` casts of A_log, B, u and `ssm_state.to(dtype)` (all no-ops for float32 input).
+    # A mixer may carry `state_terms` (make_state_fixture.py, METHODS.md 4): a dict with optional
+    # "h0" (E, N) initial state, "h" (E, N) and "y" (E) state offsets; absent = plain Mamba.
     assert cache_params is None
+    terms = getattr(self, "state_terms", {})
     batch_size, seq_len, _ = input_states.shape
     dtype = input_states.dtype
     projected_states = self.in_proj(input_states).transpose(1, 2)
     hidden_states, gate = projected_states.chunk(2, dim=1)
-    ssm_state = torch.zeros((batch_size, self.intermediate_size, self.ssm_state_size), dtype=dtype)
+    if "h0" in terms:  # initial-state tuning: the same H0 for every sequence of the batch
+        ssm_state = terms["h0"][None].expand(batch_size, -1, -1)
+    else:
+        ssm_state = torch.zeros((batch_size, self.intermediate_size, self.ssm_state_size),
+                                dtype=dtype)
     hidden_states = self.act(self.conv1d(hidden_states)[..., :seq_len])
     ssm_parameters = self.x_proj(hidden_states.transpose(1, 2))
     time_step, B, C = torch.split(
@@ -166,6 +173,10 @@ def _slow_forward_clean(self, input_states, cache_params=None, cache_position=No
         scan_outputs.append(scan_output[:, :, 0])
     scan_output = torch.stack(scan_outputs, dim=-1)
     scan_output = scan_output + (hidden_states * self.D[None, :, None])
+    if "h" in terms:  # state-offset h: C_t h' at the read-out only
+        scan_output = scan_output + torch.einsum("bln,dn->bdl", C, terms["h"])
+    if "y" in terms:  # state-offset y: a per-channel constant
+        scan_output = scan_output + terms["y"][None, :, None]
     scan_output = scan_output * self.act(gate)
     return self.out_proj(scan_output.transpose(1, 2))
 
