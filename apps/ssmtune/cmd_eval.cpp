@@ -35,7 +35,8 @@ void run_eval(const EvalArgs& a) {
   std::string model = a.model, adapter = a.adapter, data = a.data;
   DataConfig data_cfg;
   EvalConfig eval_cfg;
-  std::vector<std::string> class_names;
+  std::string classes_from;  // the training set whose class names the eval set uses, or ""
+  DataConfig classes_cfg;    // how that set is read: the config's data section
   if (!a.config.empty()) {
     const ExperimentConfig cfg = load_experiment_config(a.config, a.overrides);
     if (model.empty()) model = cfg.model;
@@ -54,13 +55,10 @@ void run_eval(const EvalArgs& a) {
         model = (out / "model").string();
       }
     }
-    if (data_cfg.format == DataFormat::Classification || data_cfg.labels.empty()) {
-      // The eval set is scored against the training set's classes (as during training).
-      if (!cfg.data.train.empty() && cfg.data.labels.empty()) {
-        const std::unique_ptr<Tokenizer> tok = load_tokenizer(model);
-        const Dataset train_set = load_jsonl_dataset(cfg.data.train, cfg.data, *tok);
-        class_names = train_set.class_names;
-      }
+    // Classification is scored against the training set's classes (as during training).
+    if (cfg.data.labels.empty()) {
+      classes_from = cfg.data.train;
+      classes_cfg = cfg.data;
     }
   } else if (model.empty() || data.empty()) {
     throw UsageError("ssmtune eval needs an experiment config, or --model and --data");
@@ -79,6 +77,11 @@ void run_eval(const EvalArgs& a) {
 
   std::unique_ptr<Backend> be = make_cpu_backend();
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(model);
+  std::vector<std::string> class_names;
+  const bool may_classify =
+      data_cfg.format == DataFormat::Classification || data_cfg.format == DataFormat::Auto;
+  if (may_classify && !classes_from.empty())
+    class_names = load_jsonl_dataset(classes_from, classes_cfg, *tokenizer).class_names;
   const Dataset ds = load_jsonl_dataset(data, data_cfg, *tokenizer, class_names);
   const LoadedModel m = load_model_with_adapter(model, adapter, *be);
   MambaLM lm(m.cfg, m.weights, *be);

@@ -8,6 +8,7 @@
 
 #include "apps/ssmtune/commands.h"
 #include "apps/ssmtune/format.h"
+#include "data/tokenizer.h"
 #include "io/json_fields.h"
 #include "io/json_file.h"
 #include "model/mamba_config.h"
@@ -142,13 +143,9 @@ MaxToken max_token_id(const fs::path& path) {
 // The tokenizer files of `dir` to copy, after checking the vocabulary fits the model.
 std::vector<fs::path> tokenizer_files(const std::string& dir, const MambaConfig& c,
                                       const std::string& sizes_file) {
-  static const char* const kNames[] = {"tokenizer.json", "tokenizer_config.json",
-                                       "special_tokens_map.json", "tokenizer.model"};
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) throw UsageError("--tokenizer " + dir + ": not a directory");
-  std::vector<fs::path> files;
-  for (const char* name : kNames)
-    if (fs::is_regular_file(fs::path(dir) / name, ec)) files.push_back(fs::path(dir) / name);
+  const std::vector<fs::path> files = tokenizer_files_in(dir);
   if (files.empty())
     throw UsageError("--tokenizer " + dir +
                      ": holds none of tokenizer.json, "

@@ -19,16 +19,6 @@ struct MergeArgs {
   bool overwrite = false;
 };
 
-// The tokenizer files of a model directory, or none (a model may ship without one).
-std::vector<std::filesystem::path> tokenizer_files_of(const std::string& model_dir) {
-  std::vector<std::filesystem::path> files;
-  for (const char* name :
-       {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"})
-    if (std::filesystem::is_regular_file(std::filesystem::path(model_dir) / name))
-      files.push_back(std::filesystem::path(model_dir) / name);
-  return files;
-}
-
 void run_merge(const MergeArgs& a) {
   check_model_dir_target(a.out, a.overwrite);  // fail before the work, not after
   std::unique_ptr<Backend> be = make_cpu_backend();
@@ -37,7 +27,8 @@ void run_merge(const MergeArgs& a) {
     throw UsageError(a.adapter + ": " + std::string(kStateTuningFile) +
                      " holds initial-state / state-offset tuning, which no weight of the model "
                      "can hold: it cannot be merged; use it with --adapter in eval or generate");
-  write_mamba_model_dir(a.out, m.cfg, m.weights, a.overwrite, tokenizer_files_of(a.model));
+  // The base model's tokenizer files travel along (none if it ships without one).
+  write_mamba_model_dir(a.out, m.cfg, m.weights, a.overwrite, tokenizer_files_in(a.model));
   spdlog::info("merged {} into {}: {}", a.adapter, a.model, a.out);
 }
 

@@ -72,14 +72,20 @@ std::optional<std::int64_t> resolve(
 
 }  // namespace
 
+std::vector<fs::path> tokenizer_files_in(const fs::path& dir) {
+  std::vector<fs::path> files;
+  for (const char* name :
+       {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"})
+    if (is_file(dir / name)) files.push_back(dir / name);
+  return files;
+}
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir) {
   const fs::path dir(model_dir);
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) throw Error(model_dir + ": not a directory");
   std::vector<std::string> files;
-  for (const char* name :
-       {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"})
-    if (is_file(dir / name)) files.push_back((dir / name).string());
+  for (const fs::path& f : tokenizer_files_in(dir)) files.push_back(f.string());
   const fs::path json_path = dir / "tokenizer.json", sp_path = dir / "tokenizer.model";
 
   if (is_file(json_path)) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,6 +34,11 @@ class Tokenizer {
   virtual const std::string& source() const = 0;
   virtual std::vector<std::string> files() const = 0;
 };
+
+// The tokenizer files `dir` holds, in a fixed order: tokenizer.json, tokenizer_config.json,
+// special_tokens_map.json, tokenizer.model (those present). What a model directory made from this
+// one (merge-adapter, init --tokenizer, a fine-tuned model) must carry along.
+std::vector<std::filesystem::path> tokenizer_files_in(const std::filesystem::path& dir);
 
 // Loads the tokenizer of a model directory: tokenizer.json if present, else tokenizer.model
 // (SentencePiece). tokenizer_config.json / special_tokens_map.json, when present, name the

@@ -15,10 +15,6 @@ void check_token_id(std::int64_t id, std::int64_t vocab_size) {
                 "vocabulary [0, " + std::to_string(vocab_size) + ")");
 }
 
-// Rows [begin, end) of a bias, or undefined when the bias is absent.
-Tensor row_slice(const Tensor& t, std::int64_t begin, std::int64_t end) {
-  return t.defined() ? t.rows(begin, end) : Tensor();
-}
 }  // namespace
 
 MambaDecoder::MambaDecoder(const MambaConfig& cfg, const MambaWeights& weights, Backend& be,

@@ -2,6 +2,10 @@
 
 namespace ssmtune {
 
+Tensor row_slice(const Tensor& t, std::int64_t begin, std::int64_t end) {
+  return t.defined() ? t.rows(begin, end) : Tensor();
+}
+
 void linear_forward(Backend& be, const Tensor& x, const Tensor& W, const Tensor& bias, Tensor& y) {
   be.gemm(false, true, 1.0, x, W, 0.0, y);
   if (bias.defined()) be.add_bias(y, bias);

@@ -6,6 +6,10 @@
 
 namespace ssmtune {
 
+// Rows [begin, end) of a weight, bias or gradient, or undefined when `t` is (an absent bias, a
+// frozen gradient): how a fused projection (in_proj's x and z halves) is used one part at a time.
+Tensor row_slice(const Tensor& t, std::int64_t begin, std::int64_t end);
+
 // x: (rows, in)  W: (out, in)  bias: (out) or undefined  y: (rows, out) overwritten
 void linear_forward(Backend& be, const Tensor& x, const Tensor& W, const Tensor& bias, Tensor& y);
 

@@ -4,14 +4,6 @@
 
 namespace ssmtune {
 
-namespace {
-// Rows [begin, end) of a weight or bias, or undefined if `t` is undefined (absent bias or
-// frozen gradient).
-Tensor row_slice(const Tensor& t, std::int64_t begin, std::int64_t end) {
-  return t.defined() ? t.rows(begin, end) : Tensor();
-}
-}  // namespace
-
 void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w, const Tensor& n,
                    std::int64_t scan_chunk, MixerActivations& a, Tensor& out, LinearHook* hook,
                    std::int64_t layer, ScanHook* scan_hook) {

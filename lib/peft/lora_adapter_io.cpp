@@ -68,7 +68,7 @@ struct ModuleShape {
 
 // "backbone.layers.3.mixer.in_proj" / "backbone.embeddings" -> its place and shape, or nullopt.
 std::optional<ModuleShape> module_shape(const MambaConfig& c, const std::string& module) {
-  if (module == "backbone.embeddings")
+  if (module == "backbone.embeddings")  // the lookup as a linear map: in = V, out = D
     return ModuleShape{-1, LinearSite::InProj, true, c.d_model, c.vocab_size};
   static const std::regex re(
       R"(backbone\.layers\.([0-9]{1,6})\.mixer\.(in_proj|x_proj|dt_proj|out_proj))");
@@ -76,12 +76,13 @@ std::optional<ModuleShape> module_shape(const MambaConfig& c, const std::string&
   if (!std::regex_match(module, m, re)) return std::nullopt;
   const std::int64_t layer = std::stoll(m[1]);
   if (layer >= c.n_layer) return std::nullopt;
-  const std::int64_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank;
   const std::string site = m[2];
-  if (site == "in_proj") return ModuleShape{layer, LinearSite::InProj, false, 2 * E, D};
-  if (site == "x_proj") return ModuleShape{layer, LinearSite::XProj, false, R + 2 * N, E};
-  if (site == "dt_proj") return ModuleShape{layer, LinearSite::DtProj, false, E, R};
-  return ModuleShape{layer, LinearSite::OutProj, false, D, E};
+  const Shape w = expected_param_shape(c, module + ".weight");  // (out, in)
+  const LinearSite s = site == "in_proj"   ? LinearSite::InProj
+                       : site == "x_proj"  ? LinearSite::XProj
+                       : site == "dt_proj" ? LinearSite::DtProj
+                                           : LinearSite::OutProj;
+  return ModuleShape{layer, s, false, w[0], w[1]};
 }
 
 // PEFT's pattern lookup (get_pattern_key): a key applies to a module equal to it or ending in

@@ -316,10 +316,8 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   result.eval = last_eval;
   if (cfg.peft.full) {  // a complete model directory, any LoRA merged in
     const LoadedModel merged = merged_copy(mcfg, weights, peft.lora(), *be);
-    const std::vector<std::string> names = tokenizer->files();
-    const std::vector<fs::path> tokenizer_files(names.begin(), names.end());
     write_mamba_model_dir((out / "model").string(), merged.cfg, merged.weights, /*overwrite=*/true,
-                          tokenizer_files);
+                          tokenizer_files_in(cfg.model));
     spdlog::info("model: {}", (out / "model").string());
   }
   // The adapter: LoRA (unless merged into model/ above) and the state methods, which no
