@@ -206,3 +206,23 @@ TEST_CASE("state tuning trains, resumes bit-exactly, evaluates and generates; me
   CHECK_THAT(merge.output, Catch::Contains("cannot be merged"));
   CHECK(!fs::exists(straight.dir / "merged"));
 }
+
+TEST_CASE("a state-only adapter (no LoRA) is found by eval CONFIG and described by info",
+          "[train][state]") {
+  Experiment e;
+  train_ok(e, "--set 'peft={\"state_offset\": \"y\"}'");
+  const fs::path adapter = e.run_dir() / "adapter";
+  REQUIRE(fs::exists(adapter / "ssmtune_state.safetensors"));
+  CHECK(!fs::exists(adapter / "adapter_config.json"));
+  const auto info = run_cli("info " + q(adapter));
+  CHECK(info.exit_code == 0);
+  CHECK_THAT(info.output, Catch::Contains("\"state_offset\":\"y\"") &&
+                              Catch::Contains("2 tensors, 128 parameters"));
+  // eval CONFIG evaluates what the run produced: the same loss as its own final eval.
+  const auto r = run_cli("--quiet eval --json " + q(e.config));
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK(nlohmann::json::parse(r.output)["adapter"] == adapter.string());
+  CHECK(nlohmann::json::parse(r.output)["metrics"]["loss"].get<double>() ==
+        Approx(summary(e.run_dir())["eval"]["loss"].get<double>()).epsilon(1e-5));
+}

@@ -11,6 +11,7 @@
 #include "data/jsonl_dataset.h"
 #include "data/tokenizer.h"
 #include "model/mamba_lm.h"
+#include "peft/lora_adapter_io.h"
 #include "peft/merge.h"
 #include "train/evaluate.h"
 #include "train/experiment_config.h"
@@ -49,7 +50,7 @@ void run_eval(const EvalArgs& a) {
     // What the run produced, unless told otherwise.
     if (adapter.empty() && a.model.empty()) {
       const fs::path out = cfg.output_dir;
-      if (fs::exists(out / "adapter" / "adapter_config.json")) {
+      if (is_adapter_dir(out / "adapter")) {  // LoRA and/or state methods
         adapter = (out / "adapter").string();
       } else if (fs::exists(out / "model" / "config.json")) {
         model = (out / "model").string();

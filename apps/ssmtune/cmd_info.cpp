@@ -14,6 +14,7 @@
 #include "model/mamba_config.h"
 #include "model/mamba_weights.h"
 #include "peft/lora_adapter_io.h"
+#include "peft/state_tuning.h"
 
 namespace ssmtune {
 
@@ -27,15 +28,26 @@ std::string module_key(const std::string& name, bool* per_layer) {
   return name.substr(name.find('.', prefix.size()) + 1);
 }
 
-// An adapter directory: what it trains, on which modules, with how many parameters. Read with
+// The state methods of an adapter (ssmtune_state.safetensors): which, and how many parameters.
+void print_state_methods(const std::filesystem::path& file) {
+  const SafetensorsFile st = SafetensorsFile::open(file);
+  const auto it = st.metadata().find("ssmtune.state_methods");
+  std::printf("state methods %s\n",
+              it == st.metadata().end() ? "(not recorded)" : it->second.c_str());
+  std::int64_t total = 0;
+  for (const auto& e : st.entries()) total += shape_numel(e.shape);
+  std::printf("  %s tensors, %s parameters\n",
+              with_commas(std::int64_t(st.entries().size())).c_str(), with_commas(total).c_str());
+}
+
+// The LoRA of an adapter: what it trains, on which modules, with how many parameters. Read with
 // the same loader as training, checked against the base model it names when that loads.
-void run_adapter_info(const std::string& dir) {
+void print_lora(const std::string& dir) {
   const nlohmann::json cfg = read_json_file(std::filesystem::path(dir) / "adapter_config.json");
   const std::string base =
       cfg.contains("base_model_name_or_path") && cfg["base_model_name_or_path"].is_string()
           ? cfg["base_model_name_or_path"].get<std::string>()
           : "";
-  std::printf("adapter       %s\n", dir.c_str());
   std::printf("base model    %s\n", base.empty() ? "(not recorded)" : base.c_str());
   if (base.empty() || !std::filesystem::exists(std::filesystem::path(base) / "config.json")) {
     // Without the base model the shapes cannot be checked; list the stored tensors.
@@ -65,6 +77,16 @@ void run_adapter_info(const std::string& dir) {
     total += n;
   }
   std::printf("  %-38s %8s %12s\n", "total", "", with_commas(total).c_str());
+}
+
+// An adapter directory: its LoRA (adapter_config.json + adapter_model.safetensors) and/or its
+// state methods (ssmtune_state.safetensors).
+void run_adapter_info(const std::string& dir) {
+  const std::filesystem::path path(dir);
+  std::printf("adapter       %s\n", dir.c_str());
+  if (std::filesystem::exists(path / "adapter_config.json")) print_lora(dir);
+  if (std::filesystem::exists(path / kStateTuningFile))
+    print_state_methods(path / kStateTuningFile);
 }
 
 void run_info(const std::string& model_dir) {
