@@ -414,10 +414,10 @@ TEST_CASE("an unknown key names the closest valid key, or lists the valid ones",
                         "\"eval.early_stopping.patience\"?)"});
   require_config_error(with("peft.lora.ranks", 2),
                        {"unknown field \"peft.lora.ranks\" (did you mean \"peft.lora.rank\"?)"});
-  // Another method's name is not close to lora or full: the valid keys are listed.
-  require_config_error(with("peft.prefix", json::object()),
-                       {"c/exp.json: unknown field \"peft.prefix\" (valid fields of \"peft\": "
-                        "\"lora\", \"full\", \"initial_state\", \"state_offset\", "
+  // A name far from every method's: the valid keys are listed.
+  require_config_error(with("peft.hypernetwork", json::object()),
+                       {"c/exp.json: unknown field \"peft.hypernetwork\" (valid fields of "
+                        "\"peft\": \"lora\", \"full\", \"partial\", \"bitfit\", \"sdt\", ",
                         "\"init_from\")"});
   require_config_error(with("learning_rate", 0.1),
                        {"c/exp.json: unknown field \"learning_rate\" (valid top-level fields: "
@@ -607,4 +607,42 @@ TEST_CASE("the effective config parses back to the same config", "[config]") {
     // Through text, as the trainer writes it to the run directory.
     require_same(first, parse_experiment_config(json::parse(first.json.dump(2)), "c.json", "/z"));
   }
+}
+
+TEST_CASE("partial tuning, BitFit and SDT sections parse with their defaults and ranges",
+          "[config][partial][sdt]") {
+  json j = with("peft", {{"partial", {{"tensors", {"A_log", "layers.0-1.D"}},
+                                      {"mode", "delta"},
+                                      {"lr_multipliers", {{"A_log", 10}}}}},
+                         {"bitfit", true},
+                         {"sdt", json::object()}});
+  const ExperimentConfig c = parse(j);
+  REQUIRE(c.peft.partial);
+  CHECK(c.peft.partial->tensors == std::vector<std::string>{"A_log", "layers.0-1.D"});
+  CHECK(c.peft.partial->mode == "delta");
+  CHECK(c.peft.partial->lr_multipliers.at("A_log") == 10);
+  CHECK(c.peft.bitfit);
+  REQUIRE(c.peft.sdt);
+  CHECK(c.peft.sdt->warmup_steps == 250);
+  CHECK(c.peft.sdt->channel_freeze_fraction == 0.99);
+  CHECK(c.peft.sdt->state_freeze_fraction == 0.75);
+  CHECK(!c.peft.lora);
+  // The effective config records the defaults.
+  CHECK(c.json["peft"]["sdt"]["warmup_steps"] == 250);
+  CHECK(c.json["peft"]["partial"]["weight_decay_multipliers"] == json::object());
+
+  require_config_error(with("peft", {{"partial", json::object()}}),
+                       {"field \"peft.partial.tensors\": missing"});
+  require_config_error(with("peft", {{"partial", {{"tensors", {"D"}}, {"mode", "v2"}}}}),
+                       {"field \"peft.partial.mode\": expected \"direct\" or \"delta\""});
+  require_config_error(
+      with("peft", {{"partial", {{"tensors", {"D"}}, {"lr_multipliers", {{"D", -1}}}}}}),
+      {"field \"peft.partial.lr_multipliers.D\": expected a positive number, got number -1"});
+  require_config_error(with("peft", {{"sdt", {{"channel_freeze_fraction", 1}}}}),
+                       {"field \"peft.sdt.channel_freeze_fraction\": expected a number in [0, 1)"});
+  require_config_error(with("peft", {{"sdt", {{"warmup_steps", 0}}}}),
+                       {"field \"peft.sdt.warmup_steps\""});
+  require_config_error(with("peft", {{"sdt", {{"warmup_step", 5}}}}),
+                       {"unknown field \"peft.sdt.warmup_step\" (did you mean "
+                        "\"peft.sdt.warmup_steps\"?)"});
 }

@@ -23,6 +23,19 @@ inline std::string read_file(const std::filesystem::path& p) {
   return ss.str();
 }
 
+// The numbers of metrics.jsonl that must not depend on interruptions (not timings).
+inline std::vector<std::string> trajectory(const std::filesystem::path& run) {
+  std::vector<std::string> out;
+  std::ifstream in(run / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    for (const char* k : {"tokens_per_s", "step_s", "elapsed_s"}) j.erase(k);
+    out.push_back(j.dump());
+  }
+  return out;
+}
+
 struct Experiment {
   TempDir dir;
   std::filesystem::path config;

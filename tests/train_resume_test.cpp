@@ -22,6 +22,7 @@
 
 using ssmtune::test::Experiment;
 using ssmtune::test::read_file;
+using ssmtune::test::trajectory;
 using ssmtune::test::run_cli;
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -29,19 +30,6 @@ using nlohmann::json;
 extern char** environ;
 
 namespace {
-
-// The numbers of metrics.jsonl that must not depend on interruptions (not timings).
-std::vector<std::string> trajectory(const fs::path& run) {
-  std::vector<std::string> out;
-  std::ifstream in(run / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    json j = json::parse(line);
-    for (const char* k : {"tokens_per_s", "step_s", "elapsed_s"}) j.erase(k);
-    out.push_back(j.dump());
-  }
-  return out;
-}
 
 void require_same_result(const fs::path& a, const fs::path& b) {
   const std::string adapter = "adapter/adapter_model.safetensors";

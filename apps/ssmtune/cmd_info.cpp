@@ -14,6 +14,7 @@
 #include "model/mamba_config.h"
 #include "model/mamba_weights.h"
 #include "peft/lora_adapter_io.h"
+#include "peft/param_tuning.h"
 #include "peft/state_tuning.h"
 
 namespace ssmtune {
@@ -38,6 +39,27 @@ void print_state_methods(const std::filesystem::path& file) {
   for (const auto& e : st.entries()) total += shape_numel(e.shape);
   std::printf("  %s tensors, %s parameters\n",
               with_commas(std::int64_t(st.entries().size())).c_str(), with_commas(total).c_str());
+}
+
+// Parameter tuning (partial, BitFit, SDT): each tuned tensor, its mode and its parameter count,
+// read from the file alone (its metadata lists the entries).
+void print_param_tuning(const std::filesystem::path& file) {
+  const SafetensorsFile st = SafetensorsFile::open(file);
+  const auto it = st.metadata().find("ssmtune.param_tuning");
+  if (it == st.metadata().end()) throw Error(file.string() + ": metadata \"ssmtune.param_tuning\" is missing");
+  const nlohmann::json meta = parse_json_text(it->second, file.string() + ": metadata");
+  if (meta.contains("sdt")) std::printf("sdt           %s\n", meta["sdt"].dump().c_str());
+  if (!meta.contains("entries") || !meta["entries"].is_array())
+    throw Error(file.string() + ": metadata ssmtune.param_tuning: no \"entries\" array");
+  std::printf("\n%-52s %-7s %12s\n", "tuned tensor", "mode", "parameters");
+  std::int64_t total = 0;
+  for (const nlohmann::json& e : meta["entries"]) {
+    const std::string name = e.value("name", ""), mode = e.value("mode", "");
+    const std::int64_t n = st.contains(name) ? shape_numel(st.entry(name).shape) : 0;
+    std::printf("  %-50s %-7s %12s\n", name.c_str(), mode.c_str(), with_commas(n).c_str());
+    total += n;
+  }
+  std::printf("  %-50s %-7s %12s\n", "total", "", with_commas(total).c_str());
 }
 
 // The LoRA of an adapter: what it trains, on which modules, with how many parameters. Read with
@@ -87,6 +109,7 @@ void run_adapter_info(const std::string& dir) {
   if (std::filesystem::exists(path / "adapter_config.json")) print_lora(dir);
   if (std::filesystem::exists(path / kStateTuningFile))
     print_state_methods(path / kStateTuningFile);
+  if (std::filesystem::exists(path / kParamTuningFile)) print_param_tuning(path / kParamTuningFile);
 }
 
 void run_info(const std::string& model_dir) {

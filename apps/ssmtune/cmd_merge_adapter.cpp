@@ -37,7 +37,8 @@ void run_merge(const MergeArgs& a) {
 void add_merge_adapter_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "merge-adapter",
-      "Fold a LoRA adapter into its base model and write a Hugging Face model directory.\n"
+      "Fold an adapter (LoRA, partial tuning, BitFit, SDT) into its base model and write a\n"
+      "Hugging Face model directory (state methods, which no weight can hold, are refused).\n"
       "Example: ssmtune merge-adapter --model models/base --adapter runs/x/adapter --out merged");
   static MergeArgs a;
   cmd->add_option("--model", a.model, "base model directory")->required();

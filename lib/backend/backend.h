@@ -132,6 +132,11 @@ class Backend {
   virtual double sum_squares(const Tensor& x) = 0;
   virtual void scale(Tensor& x, double alpha) = 0;                       // x *= alpha
   virtual void mul(const Tensor& a, const Tensor& b, Tensor& out) = 0;   // out = a * b
+  // Masked parameter tuning (SDT). index: (k) I64 distinct flat indices into dst / src.
+  // dst.flat[index[i]] += values[i]   values: (k)
+  virtual void index_add(const Tensor& values, const Tensor& index, Tensor& dst) = 0;
+  // out[i] = src.flat[index[i]]   out: (k)
+  virtual void index_gather(const Tensor& src, const Tensor& index, Tensor& out) = 0;
   // One AdamW update of `param` in place, in the operation order of torch.optim.AdamW
   // (single-tensor path): param *= 1 - lr*wd; m = lerp(m, g, 1-beta1); v = beta2 v + (1-beta2) g^2;
   // param -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps).  step >= 1.

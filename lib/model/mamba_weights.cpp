@@ -17,17 +17,8 @@ constexpr const char* kEmbedding = "backbone.embeddings.weight";
 constexpr const char* kEmbeddingMambaSsm = "backbone.embedding.weight";  // mamba_ssm's name
 constexpr const char* kLmHead = "lm_head.weight";
 
-// One parameter: its HF name, where it lives in MambaWeights, its shape under the config, and
-// why it is absent when the config leaves it out (nullptr when present).
-struct ParamSlot {
-  std::string name;
-  Tensor* tensor;
-  Shape shape;
-  const char* absent_because = nullptr;
-};
+}  // namespace
 
-// Every parameter in PyTorch state_dict order (MODELS.md A.3): a module's own parameters
-// (A_log, D) before its children's, MambaBlock's norm before its mixer.
 std::vector<ParamSlot> param_slots(const MambaConfig& c, MambaWeights& w) {
   if (w.layers.size() != std::size_t(c.n_layer))
     throw Error("Mamba weights hold " + std::to_string(w.layers.size()) + " layers, the config " +
@@ -58,6 +49,8 @@ std::vector<ParamSlot> param_slots(const MambaConfig& c, MambaWeights& w) {
   slots.push_back({kLmHead, &w.lm_head, {V, D}, c.tie_word_embeddings ? "it is tied" : nullptr});
   return slots;
 }
+
+namespace {
 
 bool is_float(DType t) {
   return t == DType::F32 || t == DType::F64 || t == DType::F16 || t == DType::BF16;

@@ -34,6 +34,19 @@ struct MambaWeights {
   Tensor lm_head;    // (V, D) lm_head.weight; shares storage with `embedding` when tied
 };
 
+// One parameter: its HF name, where it lives in a MambaWeights, its shape under the config, and
+// why it is absent when the config leaves it out (nullptr when present).
+struct ParamSlot {
+  std::string name;
+  Tensor* tensor;
+  Shape shape;
+  const char* absent_because = nullptr;
+};
+
+// Every parameter slot of `w` (which must hold c.n_layer layers) in PyTorch state_dict order
+// (MODELS.md A.3), absent ones included: what PEFT methods use to reach a tensor by name.
+std::vector<ParamSlot> param_slots(const MambaConfig& c, MambaWeights& w);
+
 // Visits every parameter with its Hugging Face name, in checkpoint order. Undefined
 // (absent) tensors are skipped; a tied lm_head is skipped (it is the embedding).
 void for_each_param(const MambaConfig& c, MambaWeights& w,

@@ -4,6 +4,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "peft/target_names.h"
 
 namespace ssmtune {
 
@@ -36,29 +37,6 @@ std::string valid_targets_text() {
          "out_proj, embeddings (optionally prefixed by layers.I. or layers.I-J.)";
 }
 
-// Parses "layers.I." / "layers.I-J." off the front of `target`. Returns false if absent.
-bool take_layer_prefix(std::string& target, std::int64_t& first, std::int64_t& last,
-                       const std::string& original) {
-  const std::string prefix = "layers.";
-  if (target.rfind(prefix, 0) != 0) return false;
-  const std::size_t dot = target.find('.', prefix.size());
-  const std::string range = target.substr(prefix.size(), dot - prefix.size());
-  const std::size_t dash = range.find('-');
-  auto parse = [&](const std::string& s) -> std::int64_t {
-    if (s.empty() || s.size() > 9 || s.find_first_not_of("0123456789") != std::string::npos)
-      throw UsageError("peft.lora.targets: \"" + original +
-                       "\": expected layers.I. or layers.I-J. with layer numbers, got \"" + range +
-                       "\"");
-    return std::stoll(s);
-  };
-  first = parse(range.substr(0, dash));
-  last = dash == std::string::npos ? first : parse(range.substr(dash + 1));
-  if (dot == std::string::npos || last < first)
-    throw UsageError("peft.lora.targets: \"" + original + "\": malformed layer range");
-  target = target.substr(dot + 1);
-  return true;
-}
-
 }  // namespace
 
 std::vector<LoraTerm> plan_lora_terms(const MambaConfig& c, const LoraConfig& lora, DType dtype) {
@@ -69,8 +47,9 @@ std::vector<LoraTerm> plan_lora_terms(const MambaConfig& c, const LoraConfig& lo
   std::vector<LoraTerm> terms;
   for (const std::string& original : lora.targets) {
     std::string target = original;
-    std::int64_t first = 0, last = c.n_layer - 1;
-    const bool restricted = take_layer_prefix(target, first, last, original);
+    std::int64_t first = 0, last = 0;
+    const bool restricted =
+        take_layer_range(target, c.n_layer, first, last, "peft.lora.targets", original);
     if (target == "embeddings") {
       if (restricted)
         throw UsageError("peft.lora.targets: \"" + original +
@@ -92,13 +71,6 @@ std::vector<LoraTerm> plan_lora_terms(const MambaConfig& c, const LoraConfig& lo
     if (it == table.end())
       throw UsageError("peft.lora.targets: unknown target \"" + original +
                        "\"; valid: " + valid_targets_text());
-    if (first >= c.n_layer)
-      throw UsageError("peft.lora.targets: \"" + original + "\" matches no module: the model has " +
-                       std::to_string(c.n_layer) + " layers (0-" + std::to_string(c.n_layer - 1) +
-                       ")");
-    if (last >= c.n_layer)
-      throw UsageError("peft.lora.targets: \"" + original + "\": layer " + std::to_string(last) +
-                       " does not exist (the model has " + std::to_string(c.n_layer) + " layers)");
     const SliceRows& s = it->second;
     for (std::int64_t layer = first; layer <= last; ++layer) {
       LoraTerm t;

@@ -1,5 +1,7 @@
 #include "peft/lora_adapter_io.h"
 
+#include "peft/param_tuning.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -105,7 +107,8 @@ std::optional<V> pattern_value(const nlohmann::json& pattern, const std::string&
 bool is_adapter_dir(const fs::path& dir) {
   std::error_code ec;
   return fs::is_regular_file(dir / "adapter_config.json", ec) ||
-         fs::is_regular_file(dir / kStateTuningFile, ec);
+         fs::is_regular_file(dir / kStateTuningFile, ec) ||
+         fs::is_regular_file(dir / kParamTuningFile, ec);
 }
 
 void write_lora_adapter(const fs::path& dir, const LoraModel& lora, const std::string& base_model,

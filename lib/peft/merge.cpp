@@ -1,6 +1,7 @@
 #include "peft/merge.h"
 
 #include "peft/lora_adapter_io.h"
+#include "peft/param_tuning.h"
 
 namespace ssmtune {
 
@@ -22,8 +23,20 @@ LoadedModel load_model_with_adapter(const std::string& model_dir, const std::str
   m.weights = load_mamba_weights(model_dir, m.cfg, DType::F32);
   if (!adapter_dir.empty()) {
     if (!is_adapter_dir(adapter_dir))
-      throw Error(adapter_dir + ": not an adapter directory (no adapter_config.json or " +
-                  kStateTuningFile + ")");
+      throw Error(adapter_dir + ": not an adapter directory (no adapter_config.json, " +
+                  kStateTuningFile + " or " + kParamTuningFile + ")");
+    // Parameter tuning first: a direct entry replaces a tensor that LoRA then adds to.
+    if (std::optional<SavedParamTuning> saved = read_param_tuning(adapter_dir, m.cfg, DType::F32)) {
+      MambaConfig merged_cfg = m.cfg;
+      {
+        ParamTuning pt(m.cfg, m.weights, saved->entries, be);
+        for (std::size_t i = 0; i < saved->entries.size(); ++i)
+          be.copy(saved->entries[i].value, pt.entries()[i].value);
+        pt.sync();
+        pt.merge_into(merged_cfg, m.weights);
+      }
+      m.cfg = merged_cfg;
+    }
     if (std::filesystem::exists(std::filesystem::path(adapter_dir) / "adapter_config.json")) {
       const std::unique_ptr<LoraModel> lora = read_lora_adapter(adapter_dir, m.cfg, DType::F32, be);
       lora->merge_into(m.cfg, m.weights);

@@ -17,7 +17,7 @@ struct LoadedModel {
   MambaConfig cfg;
   MambaWeights weights;  // F32
   // State-based methods of the adapter (not mergeable: applied through the scan hook), or null.
-  std::shared_ptr<StateTuning> state;
+  std::shared_ptr<StateTuning> state = nullptr;
 };
 
 // A deep copy of `w` with `lora` (if not null) merged in; `w` is unchanged.

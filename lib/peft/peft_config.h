@@ -1,16 +1,43 @@
 // What the "peft" section of an experiment config says: which methods train (docs/config.md).
 #pragma once
 
+#include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "peft/lora_config.h"
 
 namespace ssmtune {
 
+// Partial tuning and BitFit (METHODS.md 2): base tensors made trainable.
+struct PartialConfig {
+  // Tensor names relative to a layer (A_log, D, conv1d, conv1d.bias, dt_proj, dt_proj.bias,
+  // in_proj, in_proj.bias, x_proj, out_proj, out_proj.bias, norm), optionally prefixed by
+  // "layers.I." / "layers.I-J.", or model-level (embeddings, norm_f, lm_head).
+  std::vector<std::string> tensors;
+  // "direct": the tensor itself trains; "delta": a zero-initialised delta beside the frozen
+  // tensor (MambaPEFT's v2), so weight decay pulls toward the pretrained value.
+  std::string mode = "direct";
+  // Per-entry-of-`tensors` multipliers of optimizer.lr and optimizer.weight_decay. A weight
+  // decay multiplier given here overrides optimizer.no_decay for that tensor.
+  std::map<std::string, double> lr_multipliers, weight_decay_multipliers;
+};
+
+// Sparse Dimension Tuning (METHODS.md 3): warmup, selection, reset, masked training.
+struct SdtConfig {
+  std::int64_t warmup_steps = 250;       // P1: 250 (GLUE), 500 (generation tasks)
+  double channel_freeze_fraction = 0.99;  // P1 freezes 99% of the channels
+  double state_freeze_fraction = 0.75;    // P1: 75 / 90 / 95%
+};
+
 struct PeftConfig {
   std::optional<LoraConfig> lora;  // present = LoRA on
   bool full = false;               // full fine-tuning: every base tensor trains
+  std::optional<PartialConfig> partial;  // present = partial tuning on
+  bool bitfit = false;             // BitFit (P1): conv1d and dt_proj biases, created if absent
+  std::optional<SdtConfig> sdt;    // present = SDT on (with lora: SDLoRA)
   bool initial_state = false;      // initial-state tuning: a learned h_0 per layer (E, N)
   std::string state_offset;        // state-offset tuning: "" (off), "h" (E, N) or "y" (E)
   std::string init_from;           // adapter directory to start from, or ""

@@ -1,12 +1,14 @@
 #include "peft/peft_model.h"
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "peft/lora_adapter_io.h"
+#include "peft/partial.h"
 
 namespace fs = std::filesystem;
 
@@ -14,14 +16,19 @@ namespace ssmtune {
 
 PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfig& peft,
                      Backend& be, std::uint64_t seed)
-    : cfg_(cfg), base_(base), config_(peft), be_(be) {
+    : cfg_(cfg), base_(base), config_(peft), be_(be), seed_(seed) {
   const bool state_on = peft.initial_state || !peft.state_offset.empty();
-  if (!peft.lora && !peft.full && !state_on)
+  const bool params_on = peft.partial || peft.bitfit || peft.sdt;
+  if (!peft.lora && !peft.full && !state_on && !params_on)
     throw UsageError(
-        "peft: no method enabled (set peft.lora, peft.full, peft.initial_state or "
-        "peft.state_offset)");
+        "peft: no method enabled (set peft.lora, peft.full, peft.partial, peft.bitfit, "
+        "peft.sdt, peft.initial_state or peft.state_offset)");
   if (!peft.init_from.empty() && !peft.lora)
     throw UsageError("peft.init_from continues a LoRA adapter: it needs peft.lora");
+  if (peft.full && params_on)
+    throw UsageError(
+        "peft.full trains every base tensor already: drop peft.partial, "
+        "peft.bitfit and peft.sdt, or peft.full");
   const DType dtype = base.embedding.dtype();
   if (!peft.init_from.empty()) {
     if (!is_adapter_dir(peft.init_from))
@@ -39,17 +46,52 @@ PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfi
                                                                       : StateOffset::None,
                                            dtype, be);
   if (peft.full) base_grads_ = zeros_like_params(cfg, dtype);
+  partial_plan_ = plan_partial_entries(cfg, peft.partial ? &*peft.partial : nullptr, peft.bitfit);
+  if (peft.sdt) {
+    for (const TunedTensor& e : partial_plan_) {
+      if (e.tensor.ends_with("mixer.A_log") || e.tensor.ends_with("mixer.x_proj.weight"))
+        throw UsageError("peft.partial: " + e.tensor +
+                         " is SDT's to tune; leave A_log and x_proj out of peft.partial "
+                         "when peft.sdt is on");
+      if (e.mode == TuneMode::Direct) pristine_[e.tensor] = Tensor();  // filled below
+    }
+    sdt_phase_ = SdtPhase::Warmup;
+  }
+  model_weights_ = base_;
+  model_grads_ = base_grads_;
+  if (params_on) {
+    for (ParamSlot& s : param_slots(cfg_, base_))
+      if (pristine_.count(s.name) && s.tensor->defined()) pristine_[s.name] = s.tensor->clone();
+    build_params(sdt_phase_ == SdtPhase::Warmup ? sdt_warmup_entries(cfg)
+                                                : std::vector<TunedTensor>{});
+  } else {
+    collect_trainables();
+  }
+}
+
+void PeftModel::build_params(std::vector<TunedTensor> sdt_entries) {
+  std::vector<TunedTensor> entries = partial_plan_;
+  for (TunedTensor& e : sdt_entries) entries.push_back(std::move(e));
+  params_ = std::make_unique<ParamTuning>(cfg_, base_, std::move(entries), be_);
+  model_weights_ = params_->weights();
+  model_grads_ = params_->grads();
+  collect_trainables();
+}
+
+void PeftModel::collect_trainables() {
+  trainables_.clear();
   if (lora_) lora_->append_trainables(trainables_);
   if (state_) state_->append_trainables(trainables_);
-  if (peft.full)
+  if (params_) params_->append_trainables(trainables_);
+  if (config_.full) {
+    // Values of the base trainables: the same names in the base weights.
+    std::map<std::string, Tensor> base_by_name;
+    for_each_param(cfg_, base_,
+                   [&](const std::string& name, Tensor& t) { base_by_name[name] = t; });
     for_each_param(cfg_, base_grads_, [&](const std::string& name, Tensor& grad) {
-      trainables_.push_back({name, Tensor(), grad});
+      trainables_.push_back({name, base_by_name.at(name), grad});
     });
-  // Values of the base trainables: the same names in the base weights.
-  std::map<std::string, Tensor> base_by_name;
-  for_each_param(cfg_, base_, [&](const std::string& name, Tensor& t) { base_by_name[name] = t; });
-  for (TrainableParam& p : trainables_)
-    if (!p.value.defined()) p.value = base_by_name.at(p.name);
+  }
 }
 
 std::int64_t PeftModel::n_trainable() const {
@@ -60,10 +102,74 @@ std::int64_t PeftModel::n_trainable() const {
 
 void PeftModel::zero_grads() {
   for (TrainableParam& p : trainables_) p.grad.fill_zero();
+  if (params_) params_->zero_grads();
+}
+
+void PeftModel::finish_backward() {
+  if (params_) params_->gather_grads();
+}
+
+void PeftModel::after_step() {
+  if (params_) params_->sync();
 }
 
 void PeftModel::set_training(bool training, Rng* dropout_rng) {
   if (lora_) lora_->set_training(training, dropout_rng);
+}
+
+const std::vector<SdtLayerSelection>& PeftModel::end_sdt_warmup() {
+  check(sdt_phase_ == SdtPhase::Warmup, "end_sdt_warmup: SDT is not warming up");
+  const SdtConfig& sc = *config_.sdt;
+  const std::int64_t k_channels = sdt_kept(cfg_.d_inner, sc.channel_freeze_fraction);
+  const std::int64_t k_states = sdt_kept(cfg_.d_state, sc.state_freeze_fraction);
+  sdt_selection_.clear();
+  for (const TunedTensor& e : params_->entries())
+    if (e.name.rfind("sdt_warmup.", 0) == 0)
+      sdt_selection_.push_back(select_sdt_dimensions(e.value, k_channels, k_states));
+  // Reset (METHODS.md 3 step 3): the pretrained model, fresh adapters from the seed.
+  for (ParamSlot& s : param_slots(cfg_, base_))
+    if (auto it = pristine_.find(s.name); it != pristine_.end() && it->second.defined())
+      be_.copy(it->second, *s.tensor);
+  if (lora_) {
+    if (!config_.init_from.empty()) {
+      const std::unique_ptr<LoraModel> again =
+          read_lora_adapter(config_.init_from, cfg_, base_.embedding.dtype(), be_);
+      for (std::size_t i = 0; i < again->terms().size(); ++i) {
+        be_.copy(again->terms()[i].A, lora_->terms()[i].A);
+        be_.copy(again->terms()[i].B, lora_->terms()[i].B);
+      }
+    } else {
+      lora_->init(seed_);
+    }
+  }
+  if (state_) {
+    std::vector<TrainableParam> state_params;
+    state_->append_trainables(state_params);
+    for (TrainableParam& p : state_params) p.value.fill_zero();
+  }
+  build_params(sdt_masked_entries(cfg_, sdt_selection_));
+  sdt_phase_ = SdtPhase::Train;
+  return sdt_selection_;
+}
+
+LoadedModel PeftModel::merged() const {
+  LoadedModel m{cfg_, base_};
+  for_each_param(m.cfg, m.weights, [](const std::string&, Tensor& t) { t = t.clone(); });
+  if (m.cfg.tie_word_embeddings) m.weights.lm_head = m.weights.embedding;
+  if (params_) params_->merge_into(m.cfg, m.weights);
+  if (lora_) lora_->merge_into(m.cfg, m.weights);
+  return m;
+}
+
+std::string PeftModel::sdt_json() const {
+  if (!config_.sdt) return "{}";
+  const SdtConfig& sc = *config_.sdt;
+  return nlohmann::json{{"sdt",
+                         {{"phase", sdt_phase_ == SdtPhase::Warmup ? "warmup" : "train"},
+                          {"warmup_steps", sc.warmup_steps},
+                          {"channel_freeze_fraction", sc.channel_freeze_fraction},
+                          {"state_freeze_fraction", sc.state_freeze_fraction}}}}
+      .dump();
 }
 
 std::vector<std::string> PeftModel::summary() const {
@@ -93,6 +199,38 @@ std::vector<std::string> PeftModel::summary() const {
       if (p.name.rfind("backbone.", 0) == 0 || p.name == "lm_head.weight") n += p.value.numel();
     lines.push_back("full fine-tuning: every base tensor, " + std::to_string(n) + " parameters");
   }
+  if (params_) {
+    std::int64_t n_partial = 0, n_tensors = 0, n_sdt = 0;
+    for (const TunedTensor& e : params_->entries()) {
+      if (e.name.rfind("partial.", 0) == 0) {
+        n_partial += e.value.numel();
+        n_tensors += 1;
+      } else {
+        n_sdt += e.value.numel();
+      }
+    }
+    if (n_tensors > 0) {
+      const std::string what = config_.partial && config_.bitfit ? "partial tuning + BitFit"
+                               : config_.bitfit                  ? "BitFit"
+                                                                 : "partial tuning";
+      lines.push_back(what + " (" + (config_.partial ? config_.partial->mode : "direct") +
+                      "): " + std::to_string(n_tensors) + " tensors, " + std::to_string(n_partial) +
+                      " parameters");
+    }
+    if (sdt_phase_ == SdtPhase::Warmup) {
+      const SdtConfig& sc = *config_.sdt;
+      const std::int64_t kc = sdt_kept(cfg_.d_inner, sc.channel_freeze_fraction);
+      const std::int64_t ks = sdt_kept(cfg_.d_state, sc.state_freeze_fraction);
+      lines.push_back(
+          "sdt warmup: dense delta on A_log, " + std::to_string(n_sdt) + " parameters, for " +
+          std::to_string(sc.warmup_steps) + " steps; then per layer " + std::to_string(kc) +
+          " channels x " + std::to_string(ks) + " states of A_log + B, C of those channels: " +
+          std::to_string(cfg_.n_layer * (kc * ks + 2 * kc * cfg_.d_state)) + " parameters");
+    } else if (sdt_phase_ == SdtPhase::Train) {
+      lines.push_back("sdt: masked A_log, x_proj.B, x_proj.C, " + std::to_string(n_sdt) +
+                      " parameters");
+    }
+  }
   if (config_.initial_state)
     lines.push_back("initial-state tuning: h0 (d_inner x d_state) per layer, " +
                     std::to_string(cfg_.n_layer * cfg_.d_inner * cfg_.d_state) + " parameters");
@@ -109,6 +247,7 @@ void PeftModel::save(const fs::path& dir, const std::string& base_model,
                      const std::map<std::string, std::string>& metadata) const {
   if (lora_) write_lora_adapter(dir, *lora_, base_model, metadata);
   if (state_) write_state_tuning(dir, *state_, metadata);
+  save_params(dir, metadata);
   if (config_.full) {
     std::vector<NamedTensor> tensors;
     for_each_param(cfg_, base_, [&](const std::string& name, Tensor& t) {
@@ -117,6 +256,11 @@ void PeftModel::save(const fs::path& dir, const std::string& base_model,
     write_safetensors(dir / "model.safetensors", tensors, metadata);
     write_file_atomic(dir / "config.json", mamba_config_to_json(cfg_).dump(2) + "\n");
   }
+}
+
+void PeftModel::save_params(const fs::path& dir,
+                            const std::map<std::string, std::string>& metadata) const {
+  if (params_) write_param_tuning(dir, *params_, sdt_json(), metadata);
 }
 
 void PeftModel::load(const fs::path& dir) {
@@ -151,6 +295,7 @@ void PeftModel::load(const fs::path& dir) {
       throw Error(file + ": holds other state methods than this run trains");
     for (std::size_t i = 0; i < mine.size(); ++i) be_.copy(theirs[i].value, mine[i].value);
   }
+  if (params_) load_params(dir);
   if (config_.full) {
     MambaWeights saved = load_mamba_weights(dir.string(), cfg_, base_.embedding.dtype());
     std::map<std::string, Tensor> by_name;
@@ -158,6 +303,56 @@ void PeftModel::load(const fs::path& dir) {
     for_each_param(cfg_, base_,
                    [&](const std::string& name, Tensor& t) { be_.copy(by_name.at(name), t); });
   }
+}
+
+void PeftModel::load_params(const fs::path& dir) {
+  const std::string file = (dir / kParamTuningFile).string();
+  std::optional<SavedParamTuning> saved = read_param_tuning(dir, cfg_, base_.embedding.dtype());
+  if (!saved) throw Error(file + ": missing (this run tunes base tensors)");
+  if (config_.sdt) {
+    const nlohmann::json extra = nlohmann::json::parse(saved->extra_json);
+    const auto* sdt = extra.contains("sdt") && extra["sdt"].is_object() ? &extra["sdt"] : nullptr;
+    const std::string phase = sdt && sdt->contains("phase") && (*sdt)["phase"].is_string()
+                                  ? (*sdt)["phase"].get<std::string>()
+                                  : "";
+    if (phase != "warmup" && phase != "train")
+      throw Error(file +
+                  ": metadata ssmtune.param_tuning: expected \"sdt\": {\"phase\": "
+                  "\"warmup\" or \"train\"} (this run trains SDT)");
+    if (phase == "train" && sdt_phase_ == SdtPhase::Warmup) {
+      // A checkpoint of masked training: take its selection, then its values below.
+      sdt_selection_ = sdt_selection_of(cfg_, saved->entries);
+      for (const SdtLayerSelection& s : sdt_selection_)
+        if (s.channels.empty())
+          throw Error(file + ": SDT's masked training has no A_log entry for every layer");
+      for (ParamSlot& s : param_slots(cfg_, base_))
+        if (auto it = pristine_.find(s.name); it != pristine_.end() && it->second.defined())
+          be_.copy(it->second, *s.tensor);
+      build_params(sdt_masked_entries(cfg_, sdt_selection_));
+      sdt_phase_ = SdtPhase::Train;
+    } else if (phase == "warmup" && sdt_phase_ == SdtPhase::Train) {
+      throw Error(file + ": holds SDT's warmup, but this run is past it");
+    }
+  }
+  std::vector<TunedTensor>& mine = params_->entries();
+  if (saved->entries.size() != mine.size())
+    throw Error(file + ": holds " + std::to_string(saved->entries.size()) +
+                " tuned tensors, this run tunes " + std::to_string(mine.size()));
+  for (std::size_t i = 0; i < mine.size(); ++i) {
+    const TunedTensor& theirs = saved->entries[i];
+    const bool same_index = theirs.index.defined() == mine[i].index.defined() &&
+                            (!theirs.index.defined() ||
+                             (theirs.index.numel() == mine[i].index.numel() &&
+                              std::equal(theirs.index.data<std::int64_t>(),
+                                         theirs.index.data<std::int64_t>() + theirs.index.numel(),
+                                         mine[i].index.data<std::int64_t>())));
+    if (theirs.name != mine[i].name || theirs.tensor != mine[i].tensor ||
+        theirs.mode != mine[i].mode || !same_index)
+      throw Error(file + ": entry " + theirs.name + " (" + tune_mode_name(theirs.mode) + " on " +
+                  theirs.tensor + ") does not match this run's " + mine[i].name);
+    be_.copy(theirs.value, mine[i].value);
+  }
+  params_->sync();
 }
 
 }  // namespace ssmtune

@@ -1,7 +1,12 @@
 // PeftModel: the methods a run trains on top of a frozen base model, put together from the
 // "peft" config section. It owns the method parameters and their gradients, gives the model
-// its hook, lists every trainable tensor for the optimizer, and saves and loads them:
-// LoRA as a PEFT adapter (lora_adapter_io.h), full fine-tuning as the model's own tensors.
+// its hooks and the weights to run on (the base, or the base with parameter-tuning deltas),
+// lists every trainable tensor for the optimizer, runs SDT's phases, and saves and loads them:
+// LoRA as a PEFT adapter (lora_adapter_io.h), parameter tuning (partial, BitFit, SDT) and the
+// state methods in their own files of the adapter, full fine-tuning as the model's own tensors.
+//
+// A training step: forward/backward on weights() into base_grads(), finish_backward(), the
+// optimizer step, after_step().
 #pragma once
 
 #include <filesystem>
@@ -14,7 +19,10 @@
 #include "model/mamba_config.h"
 #include "model/mamba_weights.h"
 #include "peft/lora.h"
+#include "peft/merge.h"
+#include "peft/param_tuning.h"
 #include "peft/peft_config.h"
+#include "peft/sdt.h"
 #include "peft/state_tuning.h"
 #include "peft/trainable.h"
 
@@ -31,13 +39,36 @@ class PeftModel {
   LinearHook* hook() { return lora_.get(); }
   ScanHook* scan_hook() { return state_.get(); }
   LoraModel* lora() { return lora_.get(); }
+  const LoraModel* lora() const { return lora_.get(); }
   StateTuning* state() { return state_.get(); }
-  // Gradients of the base tensors: defined exactly where a base tensor trains.
-  MambaWeights& base_grads() { return base_grads_; }
+  const ParamTuning* params() const { return params_.get(); }
+  // The weights the model runs on; the same object for the PeftModel's life (its tensors are
+  // updated in place), so a MambaLM may keep a reference.
+  const MambaWeights& weights() const { return model_weights_; }
+  // Gradients of the base tensors: defined exactly where a base tensor trains. Same lifetime.
+  MambaWeights& base_grads() { return model_grads_; }
   std::vector<TrainableParam>& trainables() { return trainables_; }
   std::int64_t n_trainable() const;
   void zero_grads();
+  // After the backward passes of a step, before clipping: masked gradients are gathered.
+  void finish_backward();
+  // After each optimizer step (and after load()): the effective weights follow the deltas.
+  void after_step();
   void set_training(bool training, Rng* dropout_rng);
+
+  // SDT: while warming up, the step count at which end_sdt_warmup() is due.
+  bool sdt_warming_up() const { return sdt_phase_ == SdtPhase::Warmup; }
+  std::int64_t sdt_warmup_steps() const { return config_.sdt ? config_.sdt->warmup_steps : 0; }
+  // Selects each layer's channels and states from the warmup delta, restores the pretrained
+  // model, re-initialises every other method from the seed and switches to masked training.
+  // trainables() changes: the optimizer must be reset. Returns the selection.
+  const std::vector<SdtLayerSelection>& end_sdt_warmup();
+  // The selection once masked training runs (also after a resume), else empty.
+  const std::vector<SdtLayerSelection>& sdt_selection() const { return sdt_selection_; }
+
+  // A deep copy of the base with every mergeable method folded in (LoRA, parameter tuning);
+  // the state methods are the caller's to apply through the scan hook.
+  LoadedModel merged() const;
 
   // One line per method and module group: what trains and how many parameters.
   std::vector<std::string> summary() const;
@@ -47,19 +78,34 @@ class PeftModel {
   // config.json + model.safetensors for full fine-tuning.
   void save(const std::filesystem::path& dir, const std::string& base_model,
             const std::map<std::string, std::string>& metadata) const;
+  // Only the parameter-tuning file of save() (the final adapter of a run).
+  void save_params(const std::filesystem::path& dir,
+                   const std::map<std::string, std::string>& metadata) const;
   // Restores exactly what save() wrote (resume). Errors name the file and tensor.
   void load(const std::filesystem::path& dir);
 
  private:
+  enum class SdtPhase { Off, Warmup, Train };
+  // (Re)builds params_ from the partial entries and the SDT phase's, and what depends on it.
+  void build_params(std::vector<TunedTensor> sdt_entries);
   void collect_trainables();
+  std::string sdt_json() const;  // SDT's phase and settings for the params file
+  void load_params(const std::filesystem::path& dir);
 
   const MambaConfig& cfg_;
   MambaWeights& base_;
   PeftConfig config_;
   Backend& be_;
+  std::uint64_t seed_;
   std::unique_ptr<LoraModel> lora_;
   std::unique_ptr<StateTuning> state_;
-  MambaWeights base_grads_;
+  std::vector<TunedTensor> partial_plan_;  // partial tuning / BitFit entries, values unset
+  std::unique_ptr<ParamTuning> params_;
+  SdtPhase sdt_phase_ = SdtPhase::Off;
+  std::vector<SdtLayerSelection> sdt_selection_;
+  std::map<std::string, Tensor> pristine_;  // SDT: direct-tuned tensors as pretrained
+  MambaWeights base_grads_;                 // full fine-tuning's gradients
+  MambaWeights model_weights_, model_grads_;
   std::vector<TrainableParam> trainables_;
 };
 

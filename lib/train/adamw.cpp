@@ -23,11 +23,22 @@ bool decays(const std::string& name, const std::vector<std::string>& no_decay) {
 
 AdamW::AdamW(const OptimizerConfig& cfg, std::vector<TrainableParam>& params, Backend& be)
     : cfg_(cfg), params_(params), be_(be) {
+  reset();
+}
+
+void AdamW::reset() {
+  m_.clear();
+  v_.clear();
+  weight_decay_.clear();
   for (const TrainableParam& p : params_) {
     m_.push_back(be_.zeros(p.value.shape(), p.value.dtype()));
     v_.push_back(be_.zeros(p.value.shape(), p.value.dtype()));
-    decay_.push_back(decays(p.name, cfg_.no_decay));
+    weight_decay_.push_back(p.weight_decay_multiplier
+                                ? cfg_.weight_decay * *p.weight_decay_multiplier
+                            : decays(p.name, cfg_.no_decay) ? cfg_.weight_decay
+                                                            : 0.0);
   }
+  step_ = 0;
 }
 
 double AdamW::clip_grad_norm(double max_norm) {
@@ -44,11 +55,11 @@ void AdamW::step(double lr) {
   ++step_;
   for (std::size_t i = 0; i < params_.size(); ++i) {
     Backend::AdamWStep s;
-    s.lr = lr;
+    s.lr = lr * params_[i].lr_multiplier;
     s.beta1 = cfg_.beta1;
     s.beta2 = cfg_.beta2;
     s.eps = cfg_.eps;
-    s.weight_decay = decay_[i] ? cfg_.weight_decay : 0.0;
+    s.weight_decay = weight_decay_[i];
     s.step = step_;
     be_.adamw_update(params_[i].value, params_[i].grad, m_[i], v_[i], s);
   }
@@ -65,6 +76,7 @@ void AdamW::save(const std::filesystem::path& file) const {
 }
 
 void AdamW::load(const std::filesystem::path& file) {
+  reset();  // the parameter list may have changed since construction (SDT's phases)
   const SafetensorsFile st = SafetensorsFile::open(file);
   const std::string where = file.string();
   const auto& meta = st.metadata();

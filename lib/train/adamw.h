@@ -22,6 +22,9 @@ class AdamW {
  public:
   // `params` must outlive the optimizer; their moments start at zero.
   AdamW(const OptimizerConfig& cfg, std::vector<TrainableParam>& params, Backend& be);
+  // Forgets every moment and the step count and re-reads `params`, which may have changed
+  // (SDT's switch from warmup to masked training starts a fresh optimizer).
+  void reset();
 
   // Global L2 norm of all gradients; if max_norm > 0, scales every gradient by
   // min(1, max_norm / (norm + 1e-6)) (torch's formula). Returns the norm before clipping.
@@ -41,7 +44,7 @@ class AdamW {
   std::vector<TrainableParam>& params_;
   Backend& be_;
   std::vector<Tensor> m_, v_;
-  std::vector<bool> decay_;
+  std::vector<double> weight_decay_;  // per parameter, after no_decay and multipliers
   std::int64_t step_ = 0;
 };
 

@@ -33,7 +33,8 @@ nlohmann::json state_to_json(const TrainerState& s) {
           {"elapsed_s", s.elapsed_s},
           {"best_metric", s.best_metric},
           {"has_best", s.has_best},
-          {"evals_without_improvement", s.evals_without_improvement}};
+          {"evals_without_improvement", s.evals_without_improvement},
+          {"optimizer_start_step", s.optimizer_start_step}};
 }
 
 TrainerState state_from_json(const nlohmann::json& j, const std::string& file) {
@@ -49,6 +50,7 @@ TrainerState state_from_json(const nlohmann::json& j, const std::string& file) {
   s.data_index = need_int("data_index");
   s.tokens_seen = need_int("tokens_seen");
   s.evals_without_improvement = need_int("evals_without_improvement");
+  s.optimizer_start_step = f.get_int("optimizer_start_step", 0, s.step).value_or(0);
   s.config_hash = f.get_string("config_hash").value_or("");
   s.elapsed_s = f.get_number("elapsed_s").value_or(0);
   s.last_loss = f.get_number("last_loss").value_or(0);
@@ -113,10 +115,11 @@ TrainerState read_checkpoint(const fs::path& dir, PeftModel& peft, AdamW& optimi
   const TrainerState s = state_from_json(read_json_file(state_file), state_file.string());
   peft.load(dir);
   optimizer.load(dir / "optimizer.safetensors");
-  if (optimizer.steps_taken() != s.step)
+  if (optimizer.steps_taken() != s.step - s.optimizer_start_step)
     throw Error((dir / "optimizer.safetensors").string() + ": step " +
                 std::to_string(optimizer.steps_taken()) + " does not match " + state_file.string() +
-                "'s step " + std::to_string(s.step));
+                "'s step " + std::to_string(s.step) + " (optimizer started at step " +
+                std::to_string(s.optimizer_start_step) + ")");
   return s;
 }
 

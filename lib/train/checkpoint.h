@@ -33,6 +33,9 @@ struct TrainerState {
   double best_metric = 0;        // early stopping: best eval value so far
   bool has_best = false;
   std::int64_t evals_without_improvement = 0;
+  // The step at which the current optimizer (and its schedule) started: 0, or SDT's warmup
+  // length once its masked training runs with a fresh optimizer.
+  std::int64_t optimizer_start_step = 0;
 };
 
 // Writes checkpoint-<state.step> into output_dir, then removes the oldest checkpoints beyond

@@ -181,6 +181,21 @@ class Section {
     return out;
   }
 
+  // An object of numbers in `range` keyed by names (absent: empty).
+  std::map<std::string, double> number_map(const std::string& key, const Range& range) {
+    const json* v = take(key);
+    std::map<std::string, double> out;
+    if (v && !v->is_object()) fail(key, "an object of numbers");
+    if (v)
+      for (auto it = v->begin(); it != v->end(); ++it) {
+        if (!in_range(it.value(), range))
+          element_error(key + "." + it.key(), range.wording, it.value());
+        out[it.key()] = it.value().get<double>();
+      }
+    record(key, out);
+    return out;
+  }
+
   // A nested object; absent reads as every default. It records into out[key].
   Section section(const std::string& key) {
     const json* v = take(key);
@@ -258,6 +273,39 @@ LoraConfig read_lora(Section s) {
   return l;
 }
 
+PartialConfig read_partial(Section s) {
+  const PartialConfig def;
+  PartialConfig p;
+  p.tensors = s.strings("tensors", def.tensors, false);
+  p.mode = s.choice("mode", {"direct", "delta"}, def.mode);
+  p.lr_multipliers = s.number_map("lr_multipliers", kPositive);
+  p.weight_decay_multipliers = s.number_map("weight_decay_multipliers", kNonNegative);
+  s.finish();
+  if (p.tensors.empty())
+    throw UsageError(s.where("tensors") + ": missing; expected the tensors to tune, e.g. "
+                                          "[\"A_log\", \"D\"]");
+  return p;
+}
+
+SdtConfig read_sdt(Section s) {
+  const SdtConfig def;
+  SdtConfig d;
+  d.warmup_steps = s.integer("warmup_steps", 1, kMaxCount, def.warmup_steps);
+  d.channel_freeze_fraction = s.number("channel_freeze_fraction", kUnitOpen, def.channel_freeze_fraction);
+  d.state_freeze_fraction = s.number("state_freeze_fraction", kUnitOpen, def.state_freeze_fraction);
+  s.finish();
+  return d;
+}
+
+// An optional method section: absent or null = off (recorded as null), an object = on.
+template <class C, class Read>
+std::optional<C> read_optional(Section& s, const std::string& key, Read read) {
+  if (s.has(key) && !s.raw(key).is_null()) return read(s.section(key));
+  s.take(key);
+  s.record(key, nullptr);
+  return std::nullopt;
+}
+
 // Without a "peft" section the methods are the defaults (LoRA); a "peft" section names exactly
 // the methods it turns on.
 PeftConfig read_peft(Section& root, const std::string& base_dir) {
@@ -273,14 +321,19 @@ PeftConfig read_peft(Section& root, const std::string& base_dir) {
     s.record("lora", nullptr);
   }
   p.full = s.boolean("full", def.full);
+  p.partial = read_optional<PartialConfig>(s, "partial", read_partial);
+  p.bitfit = s.boolean("bitfit", def.bitfit);
+  p.sdt = read_optional<SdtConfig>(s, "sdt", read_sdt);
   p.initial_state = s.boolean("initial_state", def.initial_state);
   p.state_offset = s.choice("state_offset", {"", "h", "y"}, def.state_offset);
   p.init_from = s.path("init_from", base_dir, false);
   s.finish();
-  if (!p.lora && !p.full && !p.initial_state && p.state_offset.empty())
+  if (!p.lora && !p.full && !p.partial && !p.bitfit && !p.sdt && !p.initial_state &&
+      p.state_offset.empty())
     throw UsageError(root.where("peft") +
                      ": no method is enabled; set \"peft.lora\" (an object, {} for LoRA's "
-                     "defaults), \"peft.full\": true, \"peft.initial_state\": true or "
+                     "defaults), \"peft.full\": true, \"peft.partial\", \"peft.bitfit\": "
+                     "true, \"peft.sdt\" (an object), \"peft.initial_state\": true or "
                      "\"peft.state_offset\": \"h\" or \"y\"");
   return p;
 }

@@ -19,6 +19,7 @@
 #include "peft/lora_adapter_io.h"
 #include "peft/merge.h"
 #include "peft/peft_model.h"
+#include "peft/sdt.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
@@ -76,6 +77,22 @@ void check_fresh_output_dir(const fs::path& out) {
                      "output_dir (--set output_dir=...)");
 }
 
+// SDT's selection: one line per layer on the log, the whole of it in
+// <output_dir>/sdt_selection.json.
+void report_sdt_selection(const std::vector<SdtLayerSelection>& selection, const fs::path& out) {
+  spdlog::info("sdt: warmup done; selected per layer (channels: A_log states kept):");
+  for (std::size_t i = 0; i < selection.size(); ++i) {
+    std::string line;
+    for (std::size_t j = 0; j < selection[i].channels.size(); ++j) {
+      line += (j ? " " : "") + std::to_string(selection[i].channels[j]) + ":";
+      for (std::size_t k = 0; k < selection[i].states[j].size(); ++k)
+        line += (k ? "," : "") + std::to_string(selection[i].states[j][k]);
+    }
+    spdlog::info("  layer {}: {}", i, line);
+  }
+  write_file_atomic(out / "sdt_selection.json", sdt_selection_json(selection).dump(1) + "\n");
+}
+
 void make_output_dir(const fs::path& out) {
   std::error_code ec;
   fs::create_directories(out, ec);
@@ -125,7 +142,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   spdlog::info("trainable parameters: {} of {} ({:.4f}%)", n_trainable, n_total,
                100.0 * double(n_trainable) / double(n_total));
 
-  MambaLM lm(mcfg, weights, *be, cfg.training.scan_chunk);
+  MambaLM lm(mcfg, peft.weights(), *be, cfg.training.scan_chunk);
   lm.set_hook(peft.hook());
   lm.set_scan_hook(peft.scan_hook());
   AdamW optimizer(cfg.optimizer, peft.trainables(), *be);
@@ -140,6 +157,11 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
           : std::max<std::int64_t>(1,
                                    (cfg.training.epochs * per_epoch + cfg.training.grad_accum - 1) /
                                        cfg.training.grad_accum);
+
+  if (peft.sdt_warming_up() && peft.sdt_warmup_steps() >= total_steps)
+    throw UsageError(cfg.source + ": field \"peft.sdt.warmup_steps\": " +
+                     std::to_string(peft.sdt_warmup_steps()) + " leaves no step of the " +
+                     std::to_string(total_steps) + " for SDT's masked training");
 
   // Resume: the newest complete checkpoint (or the one named) restores every bit of state.
   TrainerState state;
@@ -162,6 +184,8 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
       sampler.set_position({state.data_epoch, state.data_index});
       dropout_rng.set_state(state.dropout_rng);
       spdlog::info("resuming from {} (step {} of {})", ckpt.string(), state.step, total_steps);
+      if (!peft.sdt_selection().empty())  // resumed in SDT's masked training
+        for (const std::string& line : peft.summary()) spdlog::info("{}", line);
     }
   }
   make_output_dir(out);
@@ -183,9 +207,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
         write_checkpoint(out, state, peft, optimizer, base_model, cfg.checkpoint.keep);
     spdlog::info("checkpoint {}", p.string());
   };
-  EvalInputs eval_in{lm, *tokenizer, *be,
-                     [&] { return merged_copy(mcfg, weights, peft.lora(), *be); },
-                     peft.scan_hook()};
+  EvalInputs eval_in{lm, *tokenizer, *be, [&] { return peft.merged(); }, peft.scan_hook()};
   auto run_eval = [&] {
     peft.set_training(false, nullptr);
     const EvalResult r = evaluate(eval_in, eval_set, cfg.eval);
@@ -231,14 +253,27 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
       loss_sum += l.loss * double(l.n_tokens);
       lm.backward(targets, peft.base_grads(), step_tokens);
     }
+    peft.finish_backward();
     const double loss = step_tokens ? loss_sum / double(step_tokens) : 0.0;
     if (!std::isfinite(loss))
       throw Error("training diverged at step " + std::to_string(state.step + 1) + ": the loss is " +
                   std::to_string(loss) + "; lower optimizer.lr");
     const double grad_norm = optimizer.clip_grad_norm(cfg.optimizer.grad_clip);
-    const double lr = scheduled_lr(cfg.schedule, cfg.optimizer.lr, state.step, total_steps);
+    // SDT's two phases each run the schedule over their own steps (docs/methods.md).
+    const std::int64_t phase_steps =
+        peft.sdt_warming_up() ? peft.sdt_warmup_steps() : total_steps - state.optimizer_start_step;
+    const double lr = scheduled_lr(cfg.schedule, cfg.optimizer.lr,
+                                   state.step - state.optimizer_start_step, phase_steps);
     optimizer.step(lr);
+    peft.after_step();
     state.step += 1;
+    if (peft.sdt_warming_up() && state.step == peft.sdt_warmup_steps()) {
+      if (opts.progress_line) std::fprintf(stderr, "\n");
+      report_sdt_selection(peft.end_sdt_warmup(), out);
+      for (const std::string& line : peft.summary()) spdlog::info("{}", line);
+      optimizer.reset();
+      state.optimizer_start_step = state.step;
+    }
     steps_this_process += 1;
     state.tokens_seen += step_tokens;
     tokens_this_process += step_inputs;
@@ -315,7 +350,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   if (has_eval) last_eval = run_eval().metrics;
   result.eval = last_eval;
   if (cfg.peft.full) {  // a complete model directory, any LoRA merged in
-    const LoadedModel merged = merged_copy(mcfg, weights, peft.lora(), *be);
+    const LoadedModel merged = peft.merged();
     write_mamba_model_dir((out / "model").string(), merged.cfg, merged.weights, /*overwrite=*/true,
                           tokenizer_files_in(cfg.model));
     spdlog::info("model: {}", (out / "model").string());
@@ -323,11 +358,12 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   // The adapter: LoRA (unless merged into model/ above) and the state methods, which no
   // weight can hold.
   const bool lora_in_adapter = peft.lora() && !cfg.peft.full;
-  if (lora_in_adapter || peft.state()) {
+  if (lora_in_adapter || peft.state() || peft.params()) {
     StagedDir adapter(out / "adapter", /*replace=*/true);
     const std::map<std::string, std::string> meta{{"ssmtune.step", std::to_string(state.step)}};
     if (lora_in_adapter) write_lora_adapter(adapter.path(), *peft.lora(), base_model, meta);
     if (peft.state()) write_state_tuning(adapter.path(), *peft.state(), meta);
+    if (peft.params()) peft.save_params(adapter.path(), meta);
     adapter.commit();
     spdlog::info("adapter: {}", (out / "adapter").string());
   }

@@ -333,6 +333,30 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void index_add(const Tensor& values, const Tensor& index, Tensor& dst) override {
+    OpTimer timer(profile_, "elementwise");
+    check_index("index_add", values, index, dst);
+    dispatch(dst.dtype(), "index_add", [&](auto zero) {
+      using T = decltype(zero);
+      const T* v = values.data<T>();
+      const std::int64_t* idx = index.data<std::int64_t>();
+      T* d = dst.data<T>();
+      for (std::int64_t i = 0; i < index.numel(); ++i) d[idx[i]] += v[i];
+    });
+  }
+
+  void index_gather(const Tensor& src, const Tensor& index, Tensor& out) override {
+    OpTimer timer(profile_, "elementwise");
+    check_index("index_gather", out, index, src);
+    dispatch(src.dtype(), "index_gather", [&](auto zero) {
+      using T = decltype(zero);
+      const T* s = src.data<T>();
+      const std::int64_t* idx = index.data<std::int64_t>();
+      T* o = out.data<T>();
+      for (std::int64_t i = 0; i < index.numel(); ++i) o[i] = s[idx[i]];
+    });
+  }
+
   void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                     const AdamWStep& s) override {
     OpTimer timer(profile_, "optimizer");
@@ -361,6 +385,19 @@ class CpuBackend final : public Backend {
     if (in.D.defined()) require_shape(in.D, {d.d_inner}, op, "D");
     if (in.h0.defined()) require_shape(in.h0, {d.batch, d.d_inner, d.d_state}, op, "h0");
     return d;
+  }
+
+  // values: (k) of full's dtype, index: (k) I64 within [0, full.numel())
+  static void check_index(const char* op, const Tensor& values, const Tensor& index,
+                          const Tensor& full) {
+    require(index.dtype() == DType::I64 && index.ndim() == 1, op, "index must be (k) I64");
+    require_shape(values, {index.numel()}, op, "values");
+    require(values.dtype() == full.dtype(), op, "values and tensor dtypes differ");
+    const std::int64_t* idx = index.data<std::int64_t>();
+    for (std::int64_t i = 0; i < index.numel(); ++i)
+      require(idx[i] >= 0 && idx[i] < full.numel(), op,
+              "index " + std::to_string(idx[i]) + " outside [0, " + std::to_string(full.numel()) +
+                  ")");
   }
 
   static void check_ids(const Tensor& ids, std::int64_t V) {

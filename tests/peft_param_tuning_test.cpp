@@ -1,0 +1,435 @@
+// Parameter tuning (METHODS.md 2 and 3: partial tuning, BitFit, SDT's warmup delta and masked
+// training) through PeftModel: against the independent float64 PyTorch reference
+// tests/fixtures/methods/reference.safetensors (data_scripts/make_method_fixture.py: its own
+// float64 Mamba forward, autograd gradients, non-zero parameter values), against central finite
+// differences, zero-initialised at step 0, trainable counts equal METHODS.md's formulas, the
+// adapter file round trip and the exact merge.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "backend/backend.h"
+#include "gradient_check.h"
+#include "io/safetensors.h"
+#include "io_test_util.h"
+#include "model/mamba_lm.h"
+#include "peft/merge.h"
+#include "peft/peft_model.h"
+#include "peft/sdt.h"
+#include "test_compare.h"
+
+using namespace ssmtune;
+using ssmtune::test::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kFixtures(SSMTUNE_FIXTURES_DIR);
+
+SafetensorsFile method_reference() {
+  return SafetensorsFile::open(kFixtures / "methods" / "reference.safetensors");
+}
+
+struct Base {
+  std::string dir;
+  MambaConfig cfg;
+  MambaWeights w;
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  explicit Base(const std::string& name, DType dtype = DType::F64) {
+    dir = (kFixtures / name).string();
+    cfg = load_mamba_config(dir);
+    w = load_mamba_weights(dir, cfg, dtype);
+  }
+};
+
+PeftConfig partial_config(std::vector<std::string> tensors, const std::string& mode) {
+  PeftConfig p;
+  p.partial = PartialConfig{};
+  p.partial->tensors = std::move(tensors);
+  p.partial->mode = mode;
+  return p;
+}
+
+// Forward + loss + backward of the model the PeftModel runs; returns the loss.
+double loss_and_grads(Base& b, PeftModel& peft, const Tensor& ids, const Tensor& targets,
+                      Tensor* logits = nullptr) {
+  peft.after_step();  // the effective weights follow the current values
+  MambaLM lm(b.cfg, peft.weights(), *b.be);
+  lm.set_hook(peft.hook());
+  peft.zero_grads();
+  lm.forward(ids);
+  if (logits) *logits = lm.logits().clone();
+  const double loss = lm.loss(targets).loss;
+  lm.backward(targets, peft.base_grads());
+  peft.finish_backward();
+  return loss;
+}
+
+double loss_only(Base& b, PeftModel& peft, const Tensor& ids, const Tensor& targets) {
+  peft.after_step();  // the values changed: the effective weights follow
+  MambaLM lm(b.cfg, peft.weights(), *b.be);
+  lm.set_hook(peft.hook());
+  lm.forward(ids);
+  return lm.loss(targets).loss;
+}
+
+// Tolerances (both sides float64, same weights and inputs, only summation orders differ):
+// logits and loss 1e-12 relative; gradients, one more pass with sums that partly cancel, 1e-10
+// relative to the tensor's largest entry.
+void check_against_reference(Base& b, PeftModel& peft, const SafetensorsFile& ref,
+                             const std::string& variant, const Tensor& ids, const Tensor& targets,
+                             const std::function<std::string(const std::string&)>& ref_name) {
+  for (TrainableParam& p : peft.trainables()) {
+    INFO(p.name);
+    REQUIRE(ref.contains(variant + "." + ref_name(p.name)));
+    b.be->copy(ref.tensor(variant + "." + ref_name(p.name)), p.value);
+  }
+  peft.after_step();
+  Tensor logits;
+  const double loss = loss_and_grads(b, peft, ids, targets, &logits);
+  testing::require_close(variant + ".logits", logits, ref.tensor(variant + ".logits"), 1e-12, 0);
+  const double ref_loss = ref.tensor(variant + ".loss").data<double>()[0];
+  INFO("loss " << loss << " reference " << ref_loss);
+  REQUIRE(std::fabs(loss - ref_loss) <= 1e-12 * std::fabs(ref_loss));
+  for (const TrainableParam& p : peft.trainables())
+    testing::require_close(variant + ".grad." + p.name, p.grad,
+                           ref.tensor(variant + ".grad." + ref_name(p.name)), 1e-10, 0);
+}
+
+std::string same_name(const std::string& n) { return n; }
+
+}  // namespace
+
+TEST_CASE("partial tuning in delta mode matches the PyTorch float64 reference",
+          "[peft][partial][methods-parity]") {
+  Base b("mamba-tiny");
+  const SafetensorsFile ref = method_reference();
+  PeftModel peft(b.cfg, b.w,
+                 partial_config({"A_log", "D", "conv1d.bias", "dt_proj.bias", "norm_f"}, "delta"),
+                 *b.be, 0);
+  REQUIRE(peft.trainables().size() == std::size_t(4 * b.cfg.n_layer + 1));
+  check_against_reference(b, peft, ref, "partial_delta", ref.tensor("input_ids"),
+                          shift_labels(ref.tensor("labels")), same_name);
+}
+
+TEST_CASE("BitFit creates the conv bias a model lacks and matches the reference",
+          "[peft][partial][bitfit][methods-parity]") {
+  // mamba-odd has use_conv_bias false: BitFit's conv1d.bias starts at zero (created), its
+  // dt_proj.bias is the model's own, trained directly: value = pretrained + the fixture's delta.
+  Base b("mamba-odd");
+  const MambaWeights pretrained = load_mamba_weights(b.dir, b.cfg, DType::F64);
+  const SafetensorsFile ref = method_reference();
+  PeftConfig pc;
+  pc.bitfit = true;
+  PeftModel peft(b.cfg, b.w, pc, *b.be, 0);
+  REQUIRE(peft.n_trainable() == b.cfg.n_layer * 2 * b.cfg.d_inner);  // METHODS.md 2: L * 2E
+  for (TrainableParam& p : peft.trainables()) {
+    INFO(p.name);
+    const Tensor delta = ref.tensor("bitfit_odd." + p.name);
+    b.be->copy(delta, p.value);
+    if (p.name.ends_with("dt_proj.bias")) {
+      const std::int64_t layer =
+          std::stoll(p.name.substr(std::string("partial.backbone.layers.").size()));
+      b.be->add(pretrained.layers[layer].dt_proj_bias, p.value);
+    }
+  }
+  peft.after_step();
+  Tensor logits;
+  const double loss = loss_and_grads(b, peft, ref.tensor("bitfit_odd.input_ids"),
+                                     shift_labels(ref.tensor("bitfit_odd.labels")), &logits);
+  testing::require_close("bitfit logits", logits, ref.tensor("bitfit_odd.logits"), 1e-12, 0);
+  REQUIRE(std::fabs(loss - ref.tensor("bitfit_odd.loss").data<double>()[0]) <= 1e-12 * loss);
+  for (const TrainableParam& p : peft.trainables())
+    testing::require_close(p.name, p.grad, ref.tensor("bitfit_odd.grad." + p.name), 1e-10, 0);
+}
+
+TEST_CASE("SDT's selection keeps the top channels and states, ties to the lower index",
+          "[peft][sdt]") {
+  const SafetensorsFile ref = method_reference();
+  // The fixture's settings: E = 32, N = 8, channel_freeze_fraction 0.75, state 0.5.
+  const std::int64_t E = 32, N = 8, R = 1;
+  REQUIRE(sdt_kept(E, 0.75) == 8);
+  REQUIRE(sdt_kept(N, 0.5) == 4);
+  REQUIRE(sdt_kept(32, 0.99) == 1);  // never zero channels
+  MambaConfig cfg;
+  cfg.n_layer = 2;
+  cfg.d_inner = E;
+  cfg.d_state = N;
+  cfg.dt_rank = R;
+  std::vector<SdtLayerSelection> selection;
+  for (int i = 0; i < 2; ++i)
+    selection.push_back(
+        select_sdt_dimensions(ref.tensor("sdt_select.layers." + std::to_string(i) + ".G"), 8, 4));
+  const std::vector<TunedTensor> entries = sdt_masked_entries(cfg, selection);
+  REQUIRE(entries.size() == 6);
+  for (const TunedTensor& e : entries) {
+    INFO(e.name);
+    // The fixture's B / C indices are into the (N, E) slice: x_proj rows R.. and R+N...
+    const std::string what = e.name.substr(e.name.find('.', 11) + 1);  // A_log, x_proj.B, ...
+    const std::string layer = e.name.substr(11, e.name.find('.', 11) - 11);
+    const Tensor want = ref.tensor("sdt_select.layers." + layer + "." + what + ".index");
+    const std::int64_t offset = what == "x_proj.B" ? R * E : what == "x_proj.C" ? (R + N) * E : 0;
+    REQUIRE(e.index.numel() == want.numel());
+    for (std::int64_t j = 0; j < want.numel(); ++j)
+      REQUIRE(e.index.data<std::int64_t>()[j] == want.data<std::int64_t>()[j] + offset);
+  }
+  // And back: the selection recovered from the masked entries is the one they were made from.
+  const auto back = sdt_selection_of(cfg, entries);
+  for (std::size_t i = 0; i < 2; ++i) {
+    REQUIRE(back[i].channels == selection[i].channels);
+    REQUIRE(back[i].states == selection[i].states);
+  }
+}
+
+TEST_CASE("SDT's masked training matches the PyTorch float64 reference",
+          "[peft][sdt][methods-parity]") {
+  Base b("mamba-tiny");
+  const SafetensorsFile ref = method_reference();
+  const std::int64_t E = b.cfg.d_inner, N = b.cfg.d_state, R = b.cfg.dt_rank;
+  // The fixture's masks, as ParamTuning entries on A_log and x_proj.weight.
+  std::vector<TunedTensor> entries;
+  for (std::int64_t i = 0; i < b.cfg.n_layer; ++i)
+    for (const std::string what : {"A_log", "x_proj.B", "x_proj.C"}) {
+      const std::string name = "sdt.layers." + std::to_string(i) + "." + what;
+      Tensor index = ref.tensor("sdt." + name + ".index").clone();
+      const std::int64_t offset = what == "x_proj.B" ? R * E : what == "x_proj.C" ? (R + N) * E : 0;
+      for (std::int64_t j = 0; j < index.numel(); ++j) index.data<std::int64_t>()[j] += offset;
+      TunedTensor e;
+      e.name = name;
+      e.tensor = "backbone.layers." + std::to_string(i) +
+                 (what == "A_log" ? ".mixer.A_log" : ".mixer.x_proj.weight");
+      e.mode = TuneMode::Masked;
+      e.index = index;
+      entries.push_back(e);
+    }
+  ParamTuning pt(b.cfg, b.w, entries, *b.be);
+  for (TunedTensor& e : pt.entries()) b.be->copy(ref.tensor("sdt." + e.name), e.value);
+  pt.sync();
+  MambaLM lm(b.cfg, pt.weights(), *b.be);
+  const Tensor targets = shift_labels(ref.tensor("labels"));
+  lm.forward(ref.tensor("input_ids"));
+  testing::require_close("sdt logits", lm.logits(), ref.tensor("sdt.logits"), 1e-12, 0);
+  pt.zero_grads();
+  lm.backward(targets, pt.grads());
+  pt.gather_grads();
+  for (const TunedTensor& e : pt.entries())
+    testing::require_close(e.name, e.grad, ref.tensor("sdt.grad." + e.name), 1e-10, 0);
+}
+
+TEST_CASE("parameter-tuning gradients match finite differences", "[peft][partial][sdt][gradient]") {
+  Base b("mamba-odd");  // biases on in/out_proj, no conv bias (created), untied head
+  const SafetensorsFile ref = SafetensorsFile::open(fs::path(b.dir) / "reference.safetensors");
+  // Short sequences keep the finite differences cheap: every element is two forwards.
+  const Tensor ids = ref.tensor("input_ids").rows(0, 2);
+  const Tensor targets = shift_labels(ref.tensor("labels").rows(0, 2));
+  std::mt19937_64 rng(17);
+  PeftConfig pc =
+      partial_config({"layers.1.D", "conv1d.bias", "layers.2.out_proj.bias", "norm_f"}, "delta");
+  pc.sdt = SdtConfig{};
+  pc.sdt->channel_freeze_fraction = 0.9;
+  pc.sdt->state_freeze_fraction = 0.6;
+  PeftModel peft(b.cfg, b.w, pc, *b.be, 3);
+  for (const bool masked : {false, true}) {
+    DYNAMIC_SECTION((masked ? "masked SDT phase" : "SDT warmup phase")) {
+      if (masked) {
+        // A warmup delta of random values gives the selection something to rank.
+        for (TrainableParam& p : peft.trainables()) testing::fill_uniform(p.value, rng, -0.1, 0.1);
+        peft.end_sdt_warmup();
+      }
+      for (TrainableParam& p : peft.trainables()) testing::fill_uniform(p.value, rng, -0.1, 0.1);
+      loss_and_grads(b, peft, ids, targets);
+      for (TrainableParam& p : peft.trainables()) {
+        const Tensor analytic = p.grad.clone();
+        testing::check_gradient(p.name, p.value, analytic,
+                                [&] { return loss_only(b, peft, ids, targets); });
+      }
+    }
+  }
+}
+
+TEST_CASE("zero-initialised parameter tuning leaves the model's logits unchanged",
+          "[peft][partial][sdt]") {
+  Base b("mamba-tiny", DType::F32);
+  const SafetensorsFile ref = SafetensorsFile::open(fs::path(b.dir) / "reference.safetensors");
+  MambaLM plain(b.cfg, b.w, *b.be);
+  plain.forward(ref.tensor("input_ids"));
+  PeftConfig pc = partial_config({"D", "norm"}, "delta");
+  pc.bitfit = true;
+  pc.sdt = SdtConfig{};
+  PeftModel peft(b.cfg, b.w, pc, *b.be, 0);
+  MambaLM tuned(b.cfg, peft.weights(), *b.be);
+  tuned.forward(ref.tensor("input_ids"));
+  // Adding exact zeros changes no bit.
+  testing::require_close("logits (warmup)", tuned.logits(), plain.logits(), 0, 0);
+  peft.end_sdt_warmup();
+  MambaLM masked(b.cfg, peft.weights(), *b.be);
+  masked.forward(ref.tensor("input_ids"));
+  testing::require_close("logits (masked)", masked.logits(), plain.logits(), 0, 0);
+}
+
+TEST_CASE("parameter-tuning trainable counts follow METHODS.md", "[peft][partial][sdt]") {
+  Base b("mamba-tiny", DType::F32);
+  const std::int64_t L = b.cfg.n_layer, E = b.cfg.d_inner, N = b.cfg.d_state, D = b.cfg.d_model;
+  PeftModel partial(b.cfg, b.w, partial_config({"A_log", "D", "norm_f"}, "direct"), *b.be, 0);
+  REQUIRE(partial.n_trainable() == L * (E * N + E) + D);
+  PeftConfig pc;
+  pc.sdt = SdtConfig{};
+  pc.sdt->channel_freeze_fraction = 0.75;  // k_D = 8 of 32
+  pc.sdt->state_freeze_fraction = 0.5;     // k_N = 4 of 8
+  PeftModel sdt(b.cfg, b.w, pc, *b.be, 0);
+  REQUIRE(sdt.n_trainable() == L * E * N);  // the warmup: a dense delta on A_log
+  sdt.end_sdt_warmup();
+  // Masked: k_D k_N entries of A_log and all N states of B and C for the k_D channels.
+  REQUIRE(sdt.n_trainable() == L * (8 * 4 + 2 * 8 * N));
+}
+
+TEST_CASE("parameter-tuning configs that are ill-defined are refused", "[peft][partial][sdt]") {
+  Base b("mamba-tiny", DType::F32);
+  auto refuses = [&](const PeftConfig& pc, const std::string& fragment) {
+    try {
+      PeftModel peft(b.cfg, b.w, pc, *b.be, 0);
+    } catch (const UsageError& e) {
+      INFO(e.what());
+      CHECK_THAT(e.what(), Catch::Contains(fragment));
+      return;
+    }
+    FAIL("expected a UsageError containing " << fragment);
+  };
+  refuses(partial_config({"A_logg"}, "direct"), "unknown tensor \"A_logg\"");
+  refuses(partial_config({"layers.5.D"}, "direct"), "the model has 2 layers");
+  refuses(partial_config({"D", "layers.0.D"}, "delta"), "asked for twice");
+  refuses(partial_config({"lm_head"}, "direct"), "lm_head is tied to the embedding");
+  PeftConfig both = partial_config({"conv1d.bias"}, "direct");
+  both.bitfit = true;
+  refuses(both, "asked for twice");
+  PeftConfig with_sdt = partial_config({"A_log"}, "delta");
+  with_sdt.sdt = SdtConfig{};
+  refuses(with_sdt, "is SDT's to tune");
+  PeftConfig with_full = partial_config({"D"}, "direct");
+  with_full.full = true;
+  refuses(with_full, "peft.full trains every base tensor already");
+  PeftConfig mult = partial_config({"D"}, "direct");
+  mult.partial->lr_multipliers["A_log"] = 2;
+  refuses(mult, "\"A_log\" is not one of peft.partial.tensors");
+}
+
+TEST_CASE("two deltas on the same entries are refused", "[peft][partial][sdt]") {
+  Base b("mamba-tiny", DType::F32);
+  TunedTensor dense;
+  dense.name = "a";
+  dense.tensor = "backbone.layers.0.mixer.D";
+  TunedTensor masked = dense;
+  masked.name = "b";
+  masked.mode = TuneMode::Masked;
+  masked.index = Tensor::zeros({1}, DType::I64);
+  try {
+    ParamTuning pt(b.cfg, b.w, {dense, masked}, *b.be);
+    FAIL("overlapping deltas were accepted");
+  } catch (const UsageError& e) {
+    CHECK_THAT(e.what(), Catch::Contains("two deltas on the same entries"));
+  }
+  masked.index.data<std::int64_t>()[0] = 32;  // one past the end of D (32)
+  try {
+    ParamTuning pt(b.cfg, b.w, {masked}, *b.be);
+    FAIL("an index out of range was accepted");
+  } catch (const UsageError& e) {
+    CHECK_THAT(e.what(), Catch::Contains("expected strictly ascending values in [0, 32)"));
+  }
+}
+
+TEST_CASE("parameter tuning saves, loads (SDT in either phase) and merges exactly",
+          "[peft][partial][sdt][adapter]") {
+  Base b("mamba-odd", DType::F32);
+  const SafetensorsFile ref = SafetensorsFile::open(fs::path(b.dir) / "reference.safetensors");
+  const Tensor ids = ref.tensor("input_ids");
+  PeftConfig pc = partial_config({"D", "dt_proj.bias"}, "direct");
+  pc.bitfit = false;
+  pc.partial->tensors.push_back("conv1d.bias");  // created: mamba-odd has no conv bias
+  pc.sdt = SdtConfig{};
+  pc.sdt->channel_freeze_fraction = 0.8;
+  std::mt19937_64 rng(5);
+  auto randomise = [&](PeftModel& peft) {
+    for (TrainableParam& p : peft.trainables()) {
+      std::uniform_real_distribution<float> u(-0.2f, 0.2f);
+      for (std::int64_t i = 0; i < p.value.numel(); ++i) p.value.data<float>()[i] += u(rng);
+    }
+    peft.after_step();
+  };
+  for (const bool past_warmup : {false, true}) {
+    DYNAMIC_SECTION((past_warmup ? "masked phase" : "warmup phase")) {
+      TempDir dir;
+      MambaWeights w1 = load_mamba_weights(b.dir, b.cfg, DType::F32);
+      PeftModel peft(b.cfg, w1, pc, *b.be, 0);
+      randomise(peft);
+      if (past_warmup) {
+        peft.end_sdt_warmup();
+        randomise(peft);
+      }
+      peft.save(dir.path(), "base", {});
+      REQUIRE(fs::exists(dir / kParamTuningFile));
+
+      // Resume: a fresh PeftModel (in warmup, as every run starts) takes the file's phase.
+      MambaWeights w2 = load_mamba_weights(b.dir, b.cfg, DType::F32);
+      PeftModel back(b.cfg, w2, pc, *b.be, 0);
+      back.load(dir.path());
+      REQUIRE(back.sdt_warming_up() == !past_warmup);
+      REQUIRE(back.trainables().size() == peft.trainables().size());
+      for (std::size_t i = 0; i < peft.trainables().size(); ++i) {
+        INFO(peft.trainables()[i].name);
+        REQUIRE(back.trainables()[i].name == peft.trainables()[i].name);
+        testing::require_close("value", back.trainables()[i].value, peft.trainables()[i].value, 0,
+                               0);
+      }
+      MambaLM tuned(b.cfg, peft.weights(), *b.be);
+      tuned.forward(ids);
+
+      // Merge (what eval, generate and merge-adapter load): the same logits from plain weights,
+      // a created conv bias turning use_conv_bias on. Float32 sums in another order: 1e-5.
+      const LoadedModel merged = load_model_with_adapter(b.dir, dir.path().string(), *b.be);
+      REQUIRE(merged.cfg.use_conv_bias);
+      MambaLM plain(merged.cfg, merged.weights, *b.be);
+      plain.forward(ids);
+      testing::require_close("merged logits", plain.logits(), tuned.logits(), 1e-5, 1e-6);
+    }
+  }
+}
+
+TEST_CASE("a hostile parameter-tuning file gets a clear error", "[peft][partial][adapter]") {
+  Base b("mamba-tiny", DType::F32);
+  TempDir dir;
+  auto expect_error = [&](const std::vector<NamedTensor>& tensors, const std::string& meta,
+                          const std::string& fragment) {
+    write_safetensors(dir / kParamTuningFile, tensors, {{"ssmtune.param_tuning", meta}});
+    try {
+      read_param_tuning(dir.path(), b.cfg, DType::F32);
+      FAIL("accepted: " << meta);
+    } catch (const Error& e) {
+      INFO(e.what());
+      CHECK_THAT(e.what(), Catch::Contains(kParamTuningFile));
+      CHECK_THAT(e.what(), Catch::Contains(fragment));
+    }
+  };
+  const Tensor d = Tensor::zeros({32}, DType::F32);
+  const std::string entry =
+      R"({"entries": [{"name": "x", "tensor": "backbone.layers.0.mixer.D", "mode": "masked"}]})";
+  expect_error({{"x", d}}, "{", "metadata");
+  expect_error({{"x", d}}, R"({"entries": 3})", "\"entries\" array");
+  expect_error({{"x", d}}, entry, "missing tensor x.index");
+  Tensor bad_index = Tensor::zeros({2}, DType::I64);
+  bad_index.data<std::int64_t>()[1] = 99;
+  expect_error({{"x", Tensor::zeros({2}, DType::F32)}, {"x.index", bad_index}}, entry,
+               "strictly ascending indices in [0, 32)");
+  expect_error(
+      {{"x", d}},
+      R"({"entries": [{"name": "x", "tensor": "backbone.layers.9.mixer.D", "mode": "delta"}]})",
+      "which this model does not have");
+  expect_error(
+      {{"x", Tensor::zeros({31}, DType::F32)}},
+      R"({"entries": [{"name": "x", "tensor": "backbone.layers.0.mixer.D", "mode": "delta"}]})",
+      "expected shape (32,)");
+  expect_error(
+      {{"x", d}, {"y", d}},
+      R"({"entries": [{"name": "x", "tensor": "backbone.layers.0.mixer.D", "mode": "delta"}]})",
+      "unexpected tensor \"y\"");
+}
