@@ -170,21 +170,21 @@ TEST_CASE("configs/sweep.sh runs a grid, skips finished runs and tabulates them"
   CHECK_THAT(again, Catch::Contains("done already: lora-out-r4-lr1e-3"));
 }
 
-TEST_CASE("state tuning trains, resumes bit-exactly, evaluates and generates; merge refuses it",
-          "[train][state]") {
-  const std::string peft =
-      "--set 'peft={\"initial_state\": true, \"state_offset\": \"h\", \"lora\": {\"targets\": "
-      "[\"out_proj\"]}}' ";
+namespace {
+
+// A run of methods that no weight can hold (`peft`, a --set of the whole section; `files`, the
+// adapter files it writes) trains, resumes bit-exactly after a SIGKILL, evaluates and generates
+// with --adapter the numbers its own final eval saw, and merge-adapter refuses it.
+void check_unmergeable_methods(const std::string& peft, const std::vector<std::string>& files) {
   Experiment straight, killed;
   train_ok(straight, peft);
   const fs::path adapter = straight.run_dir() / "adapter";
-  CHECK(fs::exists(adapter / "ssmtune_state.safetensors"));
-  CHECK(fs::exists(adapter / "adapter_config.json"));
+  for (const std::string& f : files) CHECK(fs::exists(adapter / f));
   const auto r = run_cli(killed.train_args(peft), "SSMTUNE_FAULT_KILL_AFTER_STEP=5");
   REQUIRE((r.exit_code == -1 || r.exit_code == 137));
   train_ok(killed, peft + "--resume");
-  CHECK(read_file(killed.run_dir() / "adapter" / "ssmtune_state.safetensors") ==
-        read_file(adapter / "ssmtune_state.safetensors"));
+  for (const std::string& f : files)
+    CHECK(read_file(killed.run_dir() / "adapter" / f) == read_file(adapter / f));
 
   const fs::path model = straight.dir / "model";
   const auto base = run_cli("--quiet eval --json --model " + q(model) + " --data " +
@@ -205,6 +205,26 @@ TEST_CASE("state tuning trains, resumes bit-exactly, evaluates and generates; me
   CHECK(merge.exit_code == 2);
   CHECK_THAT(merge.output, Catch::Contains("cannot be merged"));
   CHECK(!fs::exists(straight.dir / "merged"));
+}
+
+}  // namespace
+
+TEST_CASE("state tuning trains, resumes bit-exactly, evaluates and generates; merge refuses it",
+          "[train][state]") {
+  check_unmergeable_methods(
+      "--set 'peft={\"initial_state\": true, \"state_offset\": \"h\", \"lora\": {\"targets\": "
+      "[\"out_proj\"]}}' ",
+      {"ssmtune_state.safetensors", "adapter_model.safetensors"});
+}
+
+TEST_CASE("parallel adapter and additional scan train, resume, evaluate, generate; merge refuses",
+          "[train][modules]") {
+  // Dropout in the parallel adapter: its masks come from the checkpointed generator.
+  check_unmergeable_methods(
+      "--set 'peft={\"parallel_adapter\": {\"rank\": 4, \"dropout\": 0.2}, "
+      "\"additional_scan\": {\"states\": 4}, \"lora\": {\"targets\": [\"in_proj\"]}}' ",
+      {"ssmtune_parallel_adapter.safetensors", "ssmtune_additional_scan.safetensors",
+       "adapter_model.safetensors"});
 }
 
 TEST_CASE("a state-only adapter (no LoRA) is found by eval CONFIG and described by info",

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "backend/backend.h"
+#include "decoder_check.h"
 #include "gradient_check.h"
 #include "infer/mamba_decoder.h"
 #include "io/safetensors.h"
@@ -108,20 +109,8 @@ TEST_CASE("the recurrent decoder applies state tuning as the full forward does",
       MambaLM lm(m.cfg, m.w, *m.be);
       lm.set_scan_hook(&st);
       lm.forward(ids);
-      const std::int64_t L = ids.dim(1), V = m.cfg.vocab_size;
-      MambaDecoder dec(m.cfg, m.w, *m.be, /*prefill_block=*/3);
-      dec.set_scan_hook(&st);
-      dec.reset();
-      const std::int64_t* p = ids.data<std::int64_t>();
-      // Prefill 4 tokens (blocks of 3 and 1), then one step at a time.
-      std::vector<Tensor> got;
-      got.push_back(dec.prefill({p, p + 4}).clone());
-      for (std::int64_t t = 4; t < L; ++t) got.push_back(dec.step(p[t]).clone());
-      for (std::int64_t t = 3; t < L; ++t) {
-        const Tensor want = lm.logits().reshape({L, V}).rows(t, t + 1).reshape({V});
-        // float32, as the decoder's parity tests: the same ops in blocks of another length.
-        testing::require_close("logits at " + std::to_string(t), got[t - 3], want, 1e-5, 1e-6);
-      }
+      testing::require_decoder_matches_forward(m.cfg, m.w, *m.be, ids, lm.logits(), nullptr,
+                                               &st);
     }
   }
 }

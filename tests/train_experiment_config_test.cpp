@@ -417,7 +417,8 @@ TEST_CASE("an unknown key names the closest valid key, or lists the valid ones",
   // A name far from every method's: the valid keys are listed.
   require_config_error(with("peft.hypernetwork", json::object()),
                        {"c/exp.json: unknown field \"peft.hypernetwork\" (valid fields of "
-                        "\"peft\": \"lora\", \"full\", \"partial\", \"bitfit\", \"sdt\", ",
+                        "\"peft\": \"lora\", \"full\", \"partial\", \"bitfit\", \"sdt\", "
+                        "\"parallel_adapter\", \"additional_scan\", ",
                         "\"init_from\")"});
   require_config_error(with("learning_rate", 0.1),
                        {"c/exp.json: unknown field \"learning_rate\" (valid top-level fields: "

@@ -86,8 +86,9 @@ void run_eval(const EvalArgs& a) {
   const Dataset ds = load_jsonl_dataset(data, data_cfg, *tokenizer, class_names);
   const LoadedModel m = load_model_with_adapter(model, adapter, *be);
   MambaLM lm(m.cfg, m.weights, *be);
-  lm.set_scan_hook(m.state.get());
-  EvalInputs in{lm, *tokenizer, *be, [&] { return m; }, m.state.get()};
+  lm.set_scan_hook(m.scan_hook());
+  lm.set_hook(m.hook());
+  EvalInputs in{lm, *tokenizer, *be, [&] { return m; }, m.scan_hook(), m.hook()};
   const EvalResult r = evaluate(in, ds, eval_cfg);
 
   if (a.json) {

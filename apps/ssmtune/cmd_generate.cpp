@@ -26,7 +26,9 @@ void run_generate(const GenerateArgs& a) {
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(a.model);
   const LoadedModel m = load_model_with_adapter(a.model, a.adapter, *be);
   MambaDecoder decoder(m.cfg, m.weights, *be);
-  decoder.set_scan_hook(m.state.get());  // state methods apply in every recurrent step
+  // The methods no weight holds apply in every recurrent step.
+  decoder.set_scan_hook(m.scan_hook());
+  decoder.set_hook(m.hook());
   std::fputs(a.prompt.c_str(), stdout);
   const GenerationResult r =
       generate(decoder, *tokenizer, a.prompt, a.sampling, [](const std::string& piece) {

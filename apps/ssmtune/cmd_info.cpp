@@ -14,6 +14,7 @@
 #include "model/mamba_config.h"
 #include "model/mamba_weights.h"
 #include "peft/lora_adapter_io.h"
+#include "peft/method_file.h"
 #include "peft/param_tuning.h"
 #include "peft/state_tuning.h"
 
@@ -110,6 +111,14 @@ void run_adapter_info(const std::string& dir) {
   if (std::filesystem::exists(path / kStateTuningFile))
     print_state_methods(path / kStateTuningFile);
   if (std::filesystem::exists(path / kParamTuningFile)) print_param_tuning(path / kParamTuningFile);
+  for (const char* method : {"parallel_adapter", "additional_scan"})
+    if (const auto settings = read_method_config(path, method)) {
+      const SafetensorsFile st = SafetensorsFile::open(path / method_file_name(method));
+      std::int64_t total = 0;
+      for (const auto& e : st.entries()) total += shape_numel(e.shape);
+      std::printf("%-13s %s, %s parameters\n", method, settings->dump().c_str(),
+                  with_commas(total).c_str());
+    }
 }
 
 void run_info(const std::string& model_dir) {

@@ -23,10 +23,9 @@ void run_merge(const MergeArgs& a) {
   check_model_dir_target(a.out, a.overwrite);  // fail before the work, not after
   std::unique_ptr<Backend> be = make_cpu_backend();
   const LoadedModel m = load_model_with_adapter(a.model, a.adapter, *be);
-  if (m.state)  // METHODS.md 4: both offsets act through C_t or the gate, not a weight
-    throw UsageError(a.adapter + ": " + std::string(kStateTuningFile) +
-                     " holds initial-state / state-offset tuning, which no weight of the model "
-                     "can hold: it cannot be merged; use it with --adapter in eval or generate");
+  if (const std::string why = m.unmergeable(); !why.empty())
+    throw UsageError(a.adapter + ": cannot be merged: " + why +
+                     "; use it with --adapter in eval or generate");
   // The base model's tokenizer files travel along (none if it ships without one).
   write_mamba_model_dir(a.out, m.cfg, m.weights, a.overwrite, tokenizer_files_in(a.model));
   spdlog::info("merged {} into {}: {}", a.adapter, a.model, a.out);
@@ -38,7 +37,8 @@ void add_merge_adapter_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "merge-adapter",
       "Fold an adapter (LoRA, partial tuning, BitFit, SDT) into its base model and write a\n"
-      "Hugging Face model directory (state methods, which no weight can hold, are refused).\n"
+      "Hugging Face model directory (state methods, additional scan and parallel adapter, which\n"
+      "no weight can hold, are refused).\n"
       "Example: ssmtune merge-adapter --model models/base --adapter runs/x/adapter --out merged");
   static MergeArgs a;
   cmd->add_option("--model", a.model, "base model directory")->required();

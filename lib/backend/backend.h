@@ -91,6 +91,9 @@ class Backend {
   virtual void silu_backward(const Tensor& dy, const Tensor& x, Tensor& dx) = 0;
   virtual void softplus_forward(const Tensor& x, Tensor& y) = 0;
   virtual void softplus_backward(const Tensor& dy, const Tensor& x, Tensor& dx) = 0;
+  // y = max(x, 0); dx = dy where x > 0, else 0 (the parallel adapter's ReLU)
+  virtual void relu_forward(const Tensor& x, Tensor& y) = 0;
+  virtual void relu_backward(const Tensor& dy, const Tensor& x, Tensor& dx) = 0;
   // out = y * silu(z)
   virtual void gate_forward(const Tensor& y, const Tensor& z, Tensor& out) = 0;
   virtual void gate_backward(const Tensor& dout, const Tensor& y, const Tensor& z, Tensor& dy,

@@ -32,26 +32,27 @@ MambaDecoder::MambaDecoder(const MambaConfig& cfg, const MambaWeights& weights, 
   check(std::int64_t(weights.layers.size()) == cfg.n_layer,
         "decoder: weights have " + std::to_string(weights.layers.size()) + " layers, config " +
             std::to_string(cfg.n_layer));
-  const std::int64_t E = cfg.d_inner, N = cfg.d_state;
-  for (const MambaLayerWeights& lw : weights.layers) {
-    A_.push_back(be_.empty({E, N}, dtype_));
-    be_.ssm_A_forward(lw.A_log, A_.back());
-    conv_state_.push_back(be_.empty({1, cfg.d_conv - 1, E}, dtype_));
-    ssm_state_.push_back(be_.empty({1, E, N}, dtype_));
-  }
-  h_next_ = be_.empty({1, E, N}, dtype_);
+  cache_.resize(std::size_t(cfg.n_layer));
   reset();
 }
 
 void MambaDecoder::reset() {
-  // Zero conv state = the conv's left zero padding; zero h = h_{-1} of the scan (A.4 step 7).
-  // Initial-state tuning would copy its learned H0 (and conv state) in here instead.
+  // Zero conv state = the conv's left zero padding; zero h = h_{-1} of the scan (A.4 step 7),
+  // or initial-state tuning's learned H0; a scan hook's carried state starts at zero.
+  const std::int64_t E = cfg_.d_inner, N = cfg_.d_state;
   for (std::int64_t i = 0; i < cfg_.n_layer; ++i) {
-    Tensor zero_conv = be_.zeros(conv_state_[i].shape(), dtype_);
-    be_.copy(zero_conv, conv_state_[i]);
+    MixerCache& c = cache_[i];
+    c.conv = be_.zeros({1, cfg_.d_conv - 1, E}, dtype_);
     const Tensor h0 = scan_hook_ ? scan_hook_->initial_state(i, 1) : Tensor();
-    const Tensor start = h0.defined() ? h0 : be_.zeros(ssm_state_[i].shape(), dtype_);
-    be_.copy(start, ssm_state_[i]);
+    c.ssm = be_.empty({1, E, N}, dtype_);
+    be_.copy(h0.defined() ? h0 : be_.zeros({1, E, N}, dtype_), c.ssm);
+    Shape carried = scan_hook_ ? scan_hook_->carried_state_shape(i) : Shape{};
+    if (carried.empty()) {
+      c.hook = Tensor();
+    } else {
+      carried.insert(carried.begin(), 1);
+      c.hook = be_.zeros(carried, dtype_);
+    }
   }
   n_tokens_ = 0;
 }
@@ -85,7 +86,10 @@ void MambaDecoder::forward_block(const std::int64_t* ids, std::int64_t n) {
   Tensor mix = be_.empty({n, D}, dtype_);
   for (std::int64_t i = 0; i < cfg_.n_layer; ++i) {
     be_.rmsnorm_forward(h, w_.layers[i].norm, cfg_.layer_norm_epsilon, normed, rstd);
-    mixer_block(i, normed, mix);
+    MixerActivations scratch;  // what a backward would need; dropped with the block
+    Tensor mix3 = mix.reshape({1, n, D});
+    mixer_forward(be_, cfg_, w_.layers[i], normed.reshape({1, n, D}), n, scratch, mix3, hook_, i,
+                  scan_hook_, &cache_[i]);
     be_.add(mix, h);
   }
   n_tokens_ += n;
@@ -102,67 +106,6 @@ void MambaDecoder::forward_block(const std::int64_t* ids, std::int64_t n) {
     logits_host_ = Tensor::empty({V}, dtype_);
     be_.copy(logits_.reshape({V}), logits_host_);
   }
-}
-
-void MambaDecoder::mixer_block(std::int64_t i, const Tensor& n, Tensor& out) {
-  const MambaLayerWeights& w = w_.layers[i];
-  const std::int64_t Lb = n.dim(0), E = cfg_.d_inner, N = cfg_.d_state, R = cfg_.dt_rank;
-  const std::int64_t K = cfg_.d_conv, ctx = K - 1;
-
-  // x goes after the conv state's K-1 earlier inputs, so the causal conv over the extended
-  // sequence sees them instead of zero padding; its first K-1 outputs are dropped.
-  Tensor x_ext = be_.empty({1, ctx + Lb, E}, dtype_);  // (1, K-1+Lb, E)
-  const Tensor x_rows = x_ext.reshape({ctx + Lb, E});
-  Tensor x = x_rows.rows(ctx, ctx + Lb);  // (Lb, E) view
-  linear_forward(be_, n, w.in_proj.rows(0, E), row_slice(w.in_proj_bias, 0, E), x);
-  Tensor z = be_.empty({1, Lb, E}, dtype_);
-  Tensor z2 = z.reshape({Lb, E});
-  linear_forward(be_, n, w.in_proj.rows(E, 2 * E), row_slice(w.in_proj_bias, E, 2 * E), z2);
-  if (ctx > 0) {
-    Tensor head = x_rows.rows(0, ctx);
-    be_.copy(conv_state_[i].reshape({ctx, E}), head);
-  }
-
-  Tensor c_ext = be_.empty({1, ctx + Lb, E}, dtype_);
-  be_.conv1d_forward(x_ext, w.conv1d.reshape({E, K}), w.conv1d_bias, c_ext);
-  if (ctx > 0) {  // A.5 decode step 1: the window moves on by Lb inputs
-    Tensor state = conv_state_[i].reshape({ctx, E});
-    be_.copy(x_rows.rows(Lb, Lb + ctx), state);
-  }
-  const Tensor c = c_ext.reshape({ctx + Lb, E}).rows(ctx, ctx + Lb).reshape({1, Lb, E});
-  Tensor u = be_.empty({1, Lb, E}, dtype_);
-  be_.silu_forward(c, u);
-  const Tensor u2 = u.reshape({Lb, E});
-
-  // [dt_in ; B ; C] = x_proj(u); delta = softplus(dt_proj(dt_in))   (A.4 steps 5, 6)
-  Tensor x_dbl = be_.empty({Lb, R + 2 * N}, dtype_);
-  linear_forward(be_, u2, w.x_proj, Tensor(), x_dbl);
-  Tensor dt_in = be_.empty({Lb, R}, dtype_);
-  Tensor Bm = be_.empty({1, Lb, N}, dtype_), Cm = be_.empty({1, Lb, N}, dtype_);
-  Tensor B2 = Bm.reshape({Lb, N}), C2 = Cm.reshape({Lb, N});
-  be_.split_columns(x_dbl, 0, dt_in);
-  be_.split_columns(x_dbl, R, B2);
-  be_.split_columns(x_dbl, R + N, C2);
-  Tensor delta_raw = be_.empty({1, Lb, E}, dtype_);
-  Tensor draw2 = delta_raw.reshape({Lb, E});
-  linear_forward(be_, dt_in, w.dt_proj, w.dt_proj_bias, draw2);
-  Tensor delta = be_.empty({1, Lb, E}, dtype_);
-  be_.softplus_forward(delta_raw, delta);
-
-  // The scan from the cached h (A.5 step 4 for Lb = 1). One chunk: h_saved is scratch here.
-  const Backend::ScanInputs in{u, delta, A_[i], Bm, Cm, w.D, ssm_state_[i], Lb};
-  Tensor y = be_.empty({1, Lb, E}, dtype_);
-  Tensor h_start = be_.empty({1, 1, E, N}, dtype_);
-  be_.selective_scan_forward(in, y, h_start, h_next_);
-  std::swap(ssm_state_[i], h_next_);
-  if (scan_hook_) {  // state-offset tuning reads the state out with an offset (not carried)
-    Tensor y2 = y.reshape({Lb, E});
-    scan_hook_->output_forward(i, C2, y2);
-  }
-
-  Tensor gated = be_.empty({1, Lb, E}, dtype_);
-  be_.gate_forward(y, z, gated);
-  linear_forward(be_, gated.reshape({Lb, E}), w.out_proj, w.out_proj_bias, out);
 }
 
 }  // namespace ssmtune

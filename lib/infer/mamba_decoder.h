@@ -15,6 +15,7 @@
 
 #include "backend/backend.h"
 #include "model/mamba_config.h"
+#include "model/mamba_mixer.h"
 #include "model/mamba_weights.h"
 #include "model/scan_hook.h"
 
@@ -23,18 +24,21 @@ namespace ssmtune {
 class MambaDecoder {
  public:
   // `weights` (F32 or F64, the dtype of every activation and state) must stay alive and
-  // unchanged while the decoder exists: A = -exp(A_log) is computed once here. Merge LoRA
-  // into the weights before making the decoder. prefill_block >= 1 bounds the prefill's
-  // activation memory to about 10 * prefill_block * d_inner values.
+  // unchanged while the decoder exists. Merge LoRA into the weights before making the decoder.
+  // prefill_block >= 1 bounds the prefill's activation memory to about 10 * prefill_block * d_inner
+  // values.
   MambaDecoder(const MambaConfig& cfg, const MambaWeights& weights, Backend& be,
                std::int64_t prefill_block = 256);
 
   // Empty sequence: all states zero (the conv's zero padding and h_{-1} = 0 of A.4), or the
   // scan hook's initial state (initial-state tuning).
   void reset();
-  // State-based PEFT (initial-state and state-offset tuning) applied as in training; null =
-  // none. Must outlive the decoder's use; takes effect from the next reset().
+  // PEFT terms that are not merged into the weights, applied as in training (null = none): on
+  // the scan (initial-state and state-offset tuning, additional scan) and beside the
+  // projections (parallel adapter). Must outlive the decoder's use; take effect from the next
+  // reset().
   void set_scan_hook(ScanHook* hook) { scan_hook_ = hook; }
+  void set_hook(LinearHook* hook) { hook_ = hook; }
 
   // Feeds `ids` after whatever was fed since reset() and returns the logits (V) after the last
   // one. Runs the blocked path: same result as feeding the ids one by one through step(), in
@@ -46,31 +50,23 @@ class MambaDecoder {
 
   std::int64_t n_tokens() const { return n_tokens_; }  // fed since reset()
   const MambaConfig& config() const { return cfg_; }
-  const Tensor& conv_state(std::int64_t layer) const { return conv_state_.at(layer); }
-  const Tensor& ssm_state(std::int64_t layer) const { return ssm_state_.at(layer); }
+  const Tensor& conv_state(std::int64_t layer) const { return cache_.at(layer).conv; }
+  const Tensor& ssm_state(std::int64_t layer) const { return cache_.at(layer).ssm; }
 
  private:
   // Runs ids[0, n) (already checked) through every layer, updating the states; logits_ = logits
   // after ids[n-1].
   void forward_block(const std::int64_t* ids, std::int64_t n);
-  // One mixer over a block of Lb tokens, from and into layer i's states (A.4 steps 3-8 with the
-  // cache of A.5). The PEFT state hooks belong here: initial-state tuning sets the states in
-  // reset(); state-offset tuning adds C_t h' (or y') to y right after the scan.
-  // n: (Lb, D) normalised block input   out: (Lb, D) overwritten
-  void mixer_block(std::int64_t i, const Tensor& n, Tensor& out);
-
   const MambaConfig& cfg_;
   const MambaWeights& w_;
   Backend& be_;
   std::int64_t prefill_block_;
   DType dtype_;
 
-  std::vector<Tensor> A_;           // per layer (E, N) = -exp(A_log)
-  std::vector<Tensor> conv_state_;  // per layer (1, K-1, E)
-  std::vector<Tensor> ssm_state_;   // per layer (1, E, N)
-  Tensor h_next_;                   // (1, E, N) scan output, swapped with a layer's ssm state
+  std::vector<MixerCache> cache_;  // per layer
   std::int64_t n_tokens_ = 0;
   ScanHook* scan_hook_ = nullptr;
+  LinearHook* hook_ = nullptr;
   Tensor logits_;       // (1, V) on the backend's device
   Tensor logits_host_;  // (V) host view or copy of logits_
 };

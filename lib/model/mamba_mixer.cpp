@@ -4,9 +4,39 @@
 
 namespace ssmtune {
 
+namespace {
+
+// The causal conv of a block that follows earlier tokens (recurrent decoding, B = 1):
+// x_ext = [context ; x] (K-1+L, E), c = the last L outputs of conv(x_ext); context becomes the
+// last K-1 rows of x_ext.   w: (E, K)  x, c: (1, L, E)  context: (1, K-1, E)
+void conv_with_context(Backend& be, const Tensor& w, const Tensor& bias, const Tensor& x,
+                       Tensor& context, Tensor& c) {
+  check(x.dim(0) == 1, "recurrent decoding runs one sequence at a time");
+  const std::int64_t L = x.dim(1), E = x.dim(2), ctx = context.dim(1);
+  const DType dt = x.dtype();
+  Tensor x_ext = be.empty({1, ctx + L, E}, dt);
+  const Tensor rows = x_ext.reshape({ctx + L, E});
+  if (ctx > 0) {
+    Tensor head = rows.rows(0, ctx);
+    be.copy(context.reshape({ctx, E}), head);
+  }
+  Tensor tail = rows.rows(ctx, ctx + L);
+  be.copy(x.reshape({L, E}), tail);
+  Tensor c_ext = be.empty({1, ctx + L, E}, dt);
+  be.conv1d_forward(x_ext, w, bias, c_ext);
+  Tensor c_rows = c.reshape({L, E});
+  be.copy(c_ext.reshape({ctx + L, E}).rows(ctx, ctx + L), c_rows);
+  if (ctx > 0) {  // A.5 decode step 1: the window moves on by L inputs
+    Tensor state = context.reshape({ctx, E});
+    be.copy(rows.rows(L, L + ctx), state);
+  }
+}
+
+}  // namespace
+
 void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w, const Tensor& n,
                    std::int64_t scan_chunk, MixerActivations& a, Tensor& out, LinearHook* hook,
-                   std::int64_t layer, ScanHook* scan_hook) {
+                   std::int64_t layer, ScanHook* scan_hook, MixerCache* cache) {
   const std::int64_t B = n.dim(0), L = n.dim(1), D = cfg.d_model, E = cfg.d_inner;
   const std::int64_t N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv, rows = B * L;
   const DType dt = n.dtype();
@@ -24,7 +54,11 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
   }
 
   a.c = be.empty({B, L, E}, dt);
-  be.conv1d_forward(a.x, w.conv1d.reshape({E, K}), w.conv1d_bias, a.c);
+  if (cache) {
+    conv_with_context(be, w.conv1d.reshape({E, K}), w.conv1d_bias, a.x, cache->conv, a.c);
+  } else {
+    be.conv1d_forward(a.x, w.conv1d.reshape({E, K}), w.conv1d_bias, a.c);
+  }
   a.u = be.empty({B, L, E}, dt);
   be.silu_forward(a.c, a.u);
   const Tensor u2 = a.u.reshape({rows, E});
@@ -55,17 +89,17 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
 
   a.A = be.empty({E, N}, dt);
   be.ssm_A_forward(w.A_log, a.A);
-  a.h0 = scan_hook ? scan_hook->initial_state(layer, B) : Tensor();
+  a.h0 = cache ? cache->ssm : scan_hook ? scan_hook->initial_state(layer, B) : Tensor();
   Backend::ScanInputs in{a.u, a.delta, a.A, a.Bm, a.Cm, w.D, a.h0, scan_chunk};
   a.y = be.empty({B, L, E}, dt);
   a.scan_chunk = scan_chunk;
   a.h_saved = be.empty({B, (L + scan_chunk - 1) / scan_chunk, E, N}, dt);
-  Tensor no_last;
-  be.selective_scan_forward(in, a.y, a.h_saved, no_last);
-  if (scan_hook) {  // the state read-out terms, before the gate
-    Tensor y2 = a.y.reshape({rows, E});
-    scan_hook->output_forward(layer, C2, y2);
-  }
+  Tensor h_last = cache ? be.empty({B, E, N}, dt) : Tensor();
+  be.selective_scan_forward(in, a.y, a.h_saved, h_last);
+  if (cache) cache->ssm = h_last;
+  if (scan_hook)  // the state read-out terms, before the gate
+    scan_hook->output_forward(layer, {a.u, a.delta, a.Cm}, a.y,
+                              cache && cache->hook.defined() ? &cache->hook : nullptr);
 
   a.gated = be.empty({B, L, E}, dt);
   be.gate_forward(a.y, a.z, a.gated);
@@ -108,8 +142,8 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
   if (a.h0.defined()) sg.dh0 = be.empty({B, E, N}, dt);
   be.selective_scan_backward(in, a.h_saved, dy, sg);
   if (scan_hook) {
-    Tensor dC2 = flat(sg.dCm);
-    scan_hook->output_backward(layer, flat(a.Cm), flat(dy), dC2);
+    ScanIOGrads io_grads{sg.du, sg.ddelta, sg.dCm};
+    scan_hook->output_backward(layer, {a.u, a.delta, a.Cm}, dy, io_grads);
     if (a.h0.defined()) scan_hook->initial_state_backward(layer, sg.dh0);
   }
   if (g.A_log.defined()) be.ssm_A_backward(sg.dA, a.A, g.A_log);

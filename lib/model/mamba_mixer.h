@@ -30,13 +30,26 @@ struct MixerActivations {
   Tensor gated;  // (B, L, E) y * silu(z), out_proj's input
 };
 
+// The state recurrent decoding carries from one block of tokens to the next (MODELS.md A.5;
+// HF MambaCache), for one sequence:
+//   conv (1, K-1, E): the last K-1 pre-conv inputs x, time-major: the next block's causal conv
+//     reads them instead of zero padding. (HF keeps K columns, [B, E, K], but the oldest is
+//     shifted out before it is read; llama.cpp keeps K-1 as here.)
+//   ssm (1, E, N): h after the last token, the next scan's h0.
+//   hook (1, ...): what the scan hook carries (ScanHook::carried_state_shape), or undefined.
+struct MixerCache {
+  Tensor conv, ssm, hook;
+};
+
 // n: (B, L, D) normalised block input   out: (B, L, D) overwritten
 // hook: PEFT terms beside the projections of layer `layer`, or null; scan_hook: PEFT terms on
-// its scan state, or null.
+// its scan state, or null. cache: null in training (zero conv padding, the scan from the scan
+// hook's initial state); in recurrent decoding (B = 1) the states to start from, updated to the
+// end of the block (backward is then not possible).
 void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w, const Tensor& n,
                    std::int64_t scan_chunk, MixerActivations& acts, Tensor& out,
                    LinearHook* hook = nullptr, std::int64_t layer = 0,
-                   ScanHook* scan_hook = nullptr);
+                   ScanHook* scan_hook = nullptr, MixerCache* cache = nullptr);
 
 // dout: (B, L, D)   dn: (B, L, D) overwritten with the gradient w.r.t. n
 // grads: parameter gradients accumulated (+=); an undefined grad tensor is skipped (frozen).

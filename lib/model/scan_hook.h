@@ -1,8 +1,10 @@
-// The scan hook (DESIGN.md "Where PEFT methods attach"): terms on a layer's selective-scan state,
-// for the state-based methods of State-offset Tuning (METHODS.md 4):
+// The scan hook (DESIGN.md "Where PEFT methods attach"): terms on a layer's selective scan, for
+// the state-based methods of State-offset Tuning (METHODS.md 4) and MambaPEFT's additional scan
+// (METHODS.md 6):
 //   initial-state tuning   the scan starts from a learned h_0 instead of 0
 //   state-offset tuning    y_t += C_t h' (the h variant) or y_t += y' (the y variant), added where
 //                          the state is read out; the recurrence carries the unmodified h_t
+//   additional scan        y_t += the read-out of extra states driven by the same u and dt
 // The model calls it around each layer's scan; lib/peft implements it.
 #pragma once
 
@@ -12,6 +14,15 @@
 
 namespace ssmtune {
 
+// What one layer's scan read: u, delta (B, L, E) (delta after softplus) and Cm (B, L, N).
+struct ScanIO {
+  Tensor u, delta, Cm;
+};
+// Gradients w.r.t. those inputs, (B, L, E) and (B, L, N): hooks add to them.
+struct ScanIOGrads {
+  Tensor du, ddelta, dCm;
+};
+
 class ScanHook {
  public:
   virtual ~ScanHook() = default;
@@ -19,12 +30,17 @@ class ScanHook {
   virtual Tensor initial_state(std::int64_t layer, std::int64_t batch) = 0;
   // dh0: (batch, E, N), the gradient w.r.t. what initial_state returned. Accumulates.
   virtual void initial_state_backward(std::int64_t layer, const Tensor& dh0) = 0;
-  // Cm: (tokens, N) the scan's C   y: (tokens, E) the scan output (before the gate) += the term
-  virtual void output_forward(std::int64_t layer, const Tensor& Cm, Tensor& y) = 0;
-  // dy: (tokens, E) the gradient at y. Adds the term's gradient w.r.t. C to dCm: (tokens, N)
-  // and accumulates the hook's parameter gradients.
-  virtual void output_backward(std::int64_t layer, const Tensor& Cm, const Tensor& dy,
-                               Tensor& dCm) = 0;
+  // The state the hook's terms carry from one block of tokens to the next in recurrent decoding,
+  // per sequence (the additional scan's extra states: (E, n)), or empty when they carry none.
+  virtual Shape carried_state_shape(std::int64_t layer) const = 0;
+  // y: (B, L, E), the scan output before the gate, += the hook's terms. carry: null in training
+  // (every sequence starts from zero); in recurrent decoding (B = 1) the carried state
+  // (1, carried_state_shape), read at the start of the block and updated to its end.
+  virtual void output_forward(std::int64_t layer, const ScanIO& in, Tensor& y, Tensor* carry) = 0;
+  // dy: (B, L, E) the gradient at y. Adds the terms' gradients w.r.t. the scan's inputs to
+  // `grads` and accumulates the hook's parameter gradients.
+  virtual void output_backward(std::int64_t layer, const ScanIO& in, const Tensor& dy,
+                               ScanIOGrads& grads) = 0;
 };
 
 }  // namespace ssmtune

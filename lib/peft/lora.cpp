@@ -4,6 +4,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "peft/init_util.h"
 #include "peft/target_names.h"
 
 namespace ssmtune {
@@ -116,16 +117,7 @@ LoraModel::LoraModel(LoraConfig lora, std::vector<LoraTerm> terms, Backend& be)
 void LoraModel::init(std::uint64_t seed) {
   for (LoraTerm& t : terms_) {
     Rng rng = Rng::for_stream(seed, stream_id(("lora:" + t.name).c_str()));
-    const bool f64 = t.A.dtype() == DType::F64;
-    auto fill = [&](Tensor& x, auto draw) {
-      for (std::int64_t i = 0; i < x.numel(); ++i) {
-        const double v = draw();
-        if (f64)
-          x.data<double>()[i] = v;
-        else
-          x.data<float>()[i] = float(v);
-      }
-    };
+    const auto fill = [](Tensor& x, auto draw) { fill_with(x, draw); };
     if (t.embedding) {  // PEFT: A = 0, B ~ N(0, 1)
       t.A.fill_zero();
       fill(t.B, [&] { return rng.normal(); });
@@ -161,16 +153,7 @@ void LoraModel::linear_forward(std::int64_t layer, LinearSite site, const Tensor
     if (t.embedding || t.layer != layer || t.site != site) continue;
     const Tensor* input = &x;
     if (training_ && config_.dropout > 0) {
-      // Inverted dropout as torch.nn.Dropout: keep with probability 1-p, scale by 1/(1-p).
-      t.keep_scale = Tensor::empty(x.shape(), x.dtype());
-      const double keep = 1.0 / (1.0 - config_.dropout);
-      for (std::int64_t i = 0; i < t.keep_scale.numel(); ++i) {
-        const double v = dropout_rng_->uniform() < config_.dropout ? 0.0 : keep;
-        if (x.dtype() == DType::F64)
-          t.keep_scale.data<double>()[i] = v;
-        else
-          t.keep_scale.data<float>()[i] = float(v);
-      }
+      t.keep_scale = dropout_keep_scale(x.shape(), x.dtype(), config_.dropout, *dropout_rng_);
       t.x_dropped = be_.empty(x.shape(), x.dtype());
       be_.mul(x, t.keep_scale, t.x_dropped);
       input = &t.x_dropped;

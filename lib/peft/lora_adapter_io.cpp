@@ -1,5 +1,6 @@
 #include "peft/lora_adapter_io.h"
 
+#include "peft/method_file.h"
 #include "peft/param_tuning.h"
 
 #include <algorithm>
@@ -108,7 +109,9 @@ bool is_adapter_dir(const fs::path& dir) {
   std::error_code ec;
   return fs::is_regular_file(dir / "adapter_config.json", ec) ||
          fs::is_regular_file(dir / kStateTuningFile, ec) ||
-         fs::is_regular_file(dir / kParamTuningFile, ec);
+         fs::is_regular_file(dir / kParamTuningFile, ec) ||
+         fs::is_regular_file(dir / method_file_name("parallel_adapter"), ec) ||
+         fs::is_regular_file(dir / method_file_name("additional_scan"), ec);
 }
 
 void write_lora_adapter(const fs::path& dir, const LoraModel& lora, const std::string& base_model,

@@ -39,8 +39,9 @@ void write_lora_adapter(const std::filesystem::path& dir, const LoraModel& lora,
 std::unique_ptr<LoraModel> read_lora_adapter(const std::filesystem::path& dir,
                                              const MambaConfig& cfg, DType dtype, Backend& be);
 
-// True if `dir` holds an adapter_config.json or a state-methods file (ssmtune_state.safetensors):
-// how adapters are told from model directories.
+// True if `dir` holds an adapter_config.json or one of the other methods' files
+// (ssmtune_state / ssmtune_params / ssmtune_<method>.safetensors): how adapters are told from
+// model directories.
 bool is_adapter_dir(const std::filesystem::path& dir);
 
 }  // namespace ssmtune

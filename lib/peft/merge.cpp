@@ -1,6 +1,7 @@
 #include "peft/merge.h"
 
 #include "peft/lora_adapter_io.h"
+#include "peft/method_file.h"
 #include "peft/param_tuning.h"
 
 namespace ssmtune {
@@ -42,8 +43,31 @@ LoadedModel load_model_with_adapter(const std::string& model_dir, const std::str
       lora->merge_into(m.cfg, m.weights);
     }
     m.state = read_state_tuning(adapter_dir, m.cfg, DType::F32, be);
+    m.additional_scan = read_additional_scan(adapter_dir, m.cfg, DType::F32, be);
+    m.parallel_adapter = read_parallel_adapter(adapter_dir, m.cfg, DType::F32, be);
   }
+  m.scan_hooks = std::make_shared<ScanHookList>();
+  m.hooks = std::make_shared<LinearHookList>();
+  if (m.state) m.scan_hooks->add(m.state.get());
+  if (m.additional_scan) m.scan_hooks->add(m.additional_scan.get());
+  if (m.parallel_adapter) m.hooks->add(m.parallel_adapter.get());
   return m;
+}
+
+std::string LoadedModel::unmergeable() const {
+  std::string out;
+  const auto add = [&](const std::string& what) { out += (out.empty() ? "" : "; ") + what; };
+  if (state)
+    add(std::string(kStateTuningFile) +
+        " holds initial-state / state-offset tuning, which acts through C_t or before the gate, "
+        "not through a weight");
+  if (additional_scan)
+    add(method_file_name("additional_scan") +
+        " holds an additional scan, which needs more states than the model's d_state");
+  if (parallel_adapter)
+    add(method_file_name("parallel_adapter") +
+        " holds a parallel adapter, which is not linear (its ReLU)");
+  return out;
 }
 
 }  // namespace ssmtune

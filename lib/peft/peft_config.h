@@ -32,12 +32,28 @@ struct SdtConfig {
   double state_freeze_fraction = 0.75;    // P1: 75 / 90 / 95%
 };
 
+// Parallel adapter beside out_proj (MambaPEFT; METHODS.md 7).
+struct ParallelAdapterConfig {
+  std::int64_t rank = 32;  // r, the bottleneck width
+  double scale = 0.1;      // s
+  double dropout = 0.1;    // on the ReLU output, while training
+};
+
+// Additional scan (MambaPEFT; METHODS.md 6): n extra states per layer sharing dt.
+struct AdditionalScanConfig {
+  std::int64_t states = 8;  // n
+  // "copy": A_log_add[d, j] = A_log[d, 0] (MambaPEFT); "s4d": log(N + 1 + j) (S4D-real style).
+  std::string init = "copy";
+};
+
 struct PeftConfig {
   std::optional<LoraConfig> lora;  // present = LoRA on
   bool full = false;               // full fine-tuning: every base tensor trains
   std::optional<PartialConfig> partial;  // present = partial tuning on
   bool bitfit = false;             // BitFit (P1): conv1d and dt_proj biases, created if absent
   std::optional<SdtConfig> sdt;    // present = SDT on (with lora: SDLoRA)
+  std::optional<ParallelAdapterConfig> parallel_adapter;  // present = on
+  std::optional<AdditionalScanConfig> additional_scan;    // present = on
   bool initial_state = false;      // initial-state tuning: a learned h_0 per layer (E, N)
   std::string state_offset;        // state-offset tuning: "" (off), "h" (E, N) or "y" (E)
   std::string init_from;           // adapter directory to start from, or ""

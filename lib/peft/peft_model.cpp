@@ -8,6 +8,7 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "peft/lora_adapter_io.h"
+#include "peft/method_file.h"
 #include "peft/partial.h"
 
 namespace fs = std::filesystem;
@@ -19,10 +20,12 @@ PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfi
     : cfg_(cfg), base_(base), config_(peft), be_(be), seed_(seed) {
   const bool state_on = peft.initial_state || !peft.state_offset.empty();
   const bool params_on = peft.partial || peft.bitfit || peft.sdt;
-  if (!peft.lora && !peft.full && !state_on && !params_on)
+  const bool modules_on = peft.parallel_adapter || peft.additional_scan;
+  if (!peft.lora && !peft.full && !state_on && !params_on && !modules_on)
     throw UsageError(
         "peft: no method enabled (set peft.lora, peft.full, peft.partial, peft.bitfit, "
-        "peft.sdt, peft.initial_state or peft.state_offset)");
+        "peft.sdt, peft.parallel_adapter, peft.additional_scan, peft.initial_state or "
+        "peft.state_offset)");
   if (!peft.init_from.empty() && !peft.lora)
     throw UsageError("peft.init_from continues a LoRA adapter: it needs peft.lora");
   if (peft.full && params_on)
@@ -45,6 +48,21 @@ PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfi
                                            : peft.state_offset == "y" ? StateOffset::Y
                                                                       : StateOffset::None,
                                            dtype, be);
+  if (peft.parallel_adapter) {
+    parallel_ = std::make_unique<ParallelAdapter>(cfg, *peft.parallel_adapter, dtype, be);
+    parallel_->init(seed);
+  }
+  if (peft.additional_scan) {
+    add_scan_ = std::make_unique<AdditionalScan>(cfg, *peft.additional_scan, dtype, be);
+    add_scan_->init(base, seed);
+  }
+  if (lora_) hooks_.add(lora_.get());
+  if (parallel_) {
+    hooks_.add(parallel_.get());
+    unmerged_hooks_.add(parallel_.get());
+  }
+  if (state_) scan_hooks_.add(state_.get());
+  if (add_scan_) scan_hooks_.add(add_scan_.get());
   if (peft.full) base_grads_ = zeros_like_params(cfg, dtype);
   partial_plan_ = plan_partial_entries(cfg, peft.partial ? &*peft.partial : nullptr, peft.bitfit);
   if (peft.sdt) {
@@ -82,6 +100,8 @@ void PeftModel::collect_trainables() {
   trainables_.clear();
   if (lora_) lora_->append_trainables(trainables_);
   if (state_) state_->append_trainables(trainables_);
+  if (parallel_) parallel_->append_trainables(trainables_);
+  if (add_scan_) add_scan_->append_trainables(trainables_);
   if (params_) params_->append_trainables(trainables_);
   if (config_.full) {
     // Values of the base trainables: the same names in the base weights.
@@ -115,6 +135,7 @@ void PeftModel::after_step() {
 
 void PeftModel::set_training(bool training, Rng* dropout_rng) {
   if (lora_) lora_->set_training(training, dropout_rng);
+  if (parallel_) parallel_->set_training(training, dropout_rng);
 }
 
 const std::vector<SdtLayerSelection>& PeftModel::end_sdt_warmup() {
@@ -147,6 +168,8 @@ const std::vector<SdtLayerSelection>& PeftModel::end_sdt_warmup() {
     state_->append_trainables(state_params);
     for (TrainableParam& p : state_params) p.value.fill_zero();
   }
+  if (parallel_) parallel_->init(seed_);
+  if (add_scan_) add_scan_->init(base_, seed_);
   build_params(sdt_masked_entries(cfg_, sdt_selection_));
   sdt_phase_ = SdtPhase::Train;
   return sdt_selection_;
@@ -231,6 +254,20 @@ std::vector<std::string> PeftModel::summary() const {
                       " parameters");
     }
   }
+  if (parallel_) {
+    const ParallelAdapterConfig& c = parallel_->config();
+    std::ostringstream line;
+    line << "parallel adapter: rank " << c.rank << ", scale " << c.scale << ", dropout "
+         << c.dropout << ", beside out_proj, "
+         << cfg_.n_layer * c.rank * (cfg_.d_inner + cfg_.d_model) << " parameters";
+    lines.push_back(line.str());
+  }
+  if (add_scan_) {
+    const AdditionalScanConfig& c = add_scan_->config();
+    lines.push_back("additional scan: " + std::to_string(c.states) + " extra states (init " +
+                    c.init + "), " + std::to_string(cfg_.n_layer * 3 * c.states * cfg_.d_inner) +
+                    " parameters");
+  }
   if (config_.initial_state)
     lines.push_back("initial-state tuning: h0 (d_inner x d_state) per layer, " +
                     std::to_string(cfg_.n_layer * cfg_.d_inner * cfg_.d_state) + " parameters");
@@ -243,11 +280,21 @@ std::vector<std::string> PeftModel::summary() const {
   return lines;
 }
 
+bool PeftModel::save_adapter(const fs::path& dir, const std::string& base_model,
+                             const std::map<std::string, std::string>& metadata) const {
+  const bool lora_here = lora_ && !config_.full;
+  if (lora_here) write_lora_adapter(dir, *lora_, base_model, metadata);
+  if (state_) write_state_tuning(dir, *state_, metadata);
+  if (params_) write_param_tuning(dir, *params_, sdt_json(), metadata);
+  if (parallel_) write_parallel_adapter(dir, *parallel_, metadata);
+  if (add_scan_) write_additional_scan(dir, *add_scan_, metadata);
+  return lora_here || state_ || params_ || parallel_ || add_scan_;
+}
+
 void PeftModel::save(const fs::path& dir, const std::string& base_model,
                      const std::map<std::string, std::string>& metadata) const {
-  if (lora_) write_lora_adapter(dir, *lora_, base_model, metadata);
-  if (state_) write_state_tuning(dir, *state_, metadata);
-  save_params(dir, metadata);
+  save_adapter(dir, base_model, metadata);
+  if (lora_ && config_.full) write_lora_adapter(dir, *lora_, base_model, metadata);
   if (config_.full) {
     std::vector<NamedTensor> tensors;
     for_each_param(cfg_, base_, [&](const std::string& name, Tensor& t) {
@@ -256,11 +303,6 @@ void PeftModel::save(const fs::path& dir, const std::string& base_model,
     write_safetensors(dir / "model.safetensors", tensors, metadata);
     write_file_atomic(dir / "config.json", mamba_config_to_json(cfg_).dump(2) + "\n");
   }
-}
-
-void PeftModel::save_params(const fs::path& dir,
-                            const std::map<std::string, std::string>& metadata) const {
-  if (params_) write_param_tuning(dir, *params_, sdt_json(), metadata);
 }
 
 void PeftModel::load(const fs::path& dir) {
@@ -296,6 +338,16 @@ void PeftModel::load(const fs::path& dir) {
     for (std::size_t i = 0; i < mine.size(); ++i) be_.copy(theirs[i].value, mine[i].value);
   }
   if (params_) load_params(dir);
+  const auto load_module = [&](const char* method, auto* module) {
+    if (!module) return;
+    std::vector<TrainableParam> params;
+    module->append_trainables(params);
+    if (!read_method_config(dir, method))
+      throw Error((dir / method_file_name(method)).string() + ": missing (this run trains it)");
+    read_method_tensors(dir, method, params, be_);
+  };
+  load_module("parallel_adapter", parallel_.get());
+  load_module("additional_scan", add_scan_.get());
   if (config_.full) {
     MambaWeights saved = load_mamba_weights(dir.string(), cfg_, base_.embedding.dtype());
     std::map<std::string, Tensor> by_name;

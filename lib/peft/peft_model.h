@@ -18,7 +18,10 @@
 #include "backend/backend.h"
 #include "model/mamba_config.h"
 #include "model/mamba_weights.h"
+#include "peft/additional_scan.h"
+#include "peft/hook_lists.h"
 #include "peft/lora.h"
+#include "peft/parallel_adapter.h"
 #include "peft/merge.h"
 #include "peft/param_tuning.h"
 #include "peft/peft_config.h"
@@ -36,11 +39,17 @@ class PeftModel {
   PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfig& peft, Backend& be,
             std::uint64_t seed);
 
-  LinearHook* hook() { return lora_.get(); }
-  ScanHook* scan_hook() { return state_.get(); }
+  // Every method's terms beside the projections / on the scan, as the model takes them.
+  LinearHook* hook() { return hooks_.get(); }
+  ScanHook* scan_hook() { return scan_hooks_.get(); }
+  // The linear terms that merged() cannot fold in (the parallel adapter), for a decoder that
+  // runs on merged().
+  LinearHook* unmerged_hook() { return unmerged_hooks_.get(); }
   LoraModel* lora() { return lora_.get(); }
   const LoraModel* lora() const { return lora_.get(); }
   StateTuning* state() { return state_.get(); }
+  ParallelAdapter* parallel_adapter() { return parallel_.get(); }
+  AdditionalScan* additional_scan() { return add_scan_.get(); }
   const ParamTuning* params() const { return params_.get(); }
   // The weights the model runs on; the same object for the PeftModel's life (its tensors are
   // updated in place), so a MambaLM may keep a reference.
@@ -75,12 +84,15 @@ class PeftModel {
 
   // Writes the trained state into `dir` (existing): adapter_config.json +
   // adapter_model.safetensors for LoRA; ssmtune_state.safetensors for the state methods;
-  // config.json + model.safetensors for full fine-tuning.
+  // ssmtune_params.safetensors for parameter tuning; ssmtune_<method>.safetensors for the
+  // parallel adapter and the additional scan; config.json + model.safetensors for full
+  // fine-tuning.
   void save(const std::filesystem::path& dir, const std::string& base_model,
             const std::map<std::string, std::string>& metadata) const;
-  // Only the parameter-tuning file of save() (the final adapter of a run).
-  void save_params(const std::filesystem::path& dir,
-                   const std::map<std::string, std::string>& metadata) const;
+  // The adapter a run ends with: every method's files, but no LoRA when full fine-tuning
+  // (it is merged into the run's model/ then) and no model tensors. Nothing to write: false.
+  bool save_adapter(const std::filesystem::path& dir, const std::string& base_model,
+                    const std::map<std::string, std::string>& metadata) const;
   // Restores exactly what save() wrote (resume). Errors name the file and tensor.
   void load(const std::filesystem::path& dir);
 
@@ -99,6 +111,10 @@ class PeftModel {
   std::uint64_t seed_;
   std::unique_ptr<LoraModel> lora_;
   std::unique_ptr<StateTuning> state_;
+  std::unique_ptr<ParallelAdapter> parallel_;
+  std::unique_ptr<AdditionalScan> add_scan_;
+  LinearHookList hooks_, unmerged_hooks_;
+  ScanHookList scan_hooks_;
   std::vector<TunedTensor> partial_plan_;  // partial tuning / BitFit entries, values unset
   std::unique_ptr<ParamTuning> params_;
   SdtPhase sdt_phase_ = SdtPhase::Off;

@@ -54,15 +54,22 @@ void StateTuning::initial_state_backward(std::int64_t layer, const Tensor& dh0) 
     be_.add(dh0.rows(b, b + 1).reshape(dh0_.at(layer).shape()), dh0_.at(layer));
 }
 
-void StateTuning::output_forward(std::int64_t layer, const Tensor& Cm, Tensor& y) {
+void StateTuning::output_forward(std::int64_t layer, const ScanIO& in, Tensor& y3, Tensor*) {
+  const std::int64_t tokens = in.Cm.dim(0) * in.Cm.dim(1);
+  const Tensor Cm = in.Cm.reshape({tokens, in.Cm.dim(2)});
+  Tensor y = y3.reshape({tokens, y3.dim(2)});
   if (kind_ == StateOffset::H)
     be_.gemm(false, true, 1.0, Cm, offset_.at(layer), 1.0, y);  // y += C h'^T
   else if (kind_ == StateOffset::Y)
     be_.add_bias(y, offset_.at(layer));  // y += y'
 }
 
-void StateTuning::output_backward(std::int64_t layer, const Tensor& Cm, const Tensor& dy,
-                                  Tensor& dCm) {
+void StateTuning::output_backward(std::int64_t layer, const ScanIO& in, const Tensor& dy3,
+                                  ScanIOGrads& grads) {
+  const std::int64_t tokens = in.Cm.dim(0) * in.Cm.dim(1);
+  const Tensor Cm = in.Cm.reshape({tokens, in.Cm.dim(2)});
+  const Tensor dy = dy3.reshape({tokens, dy3.dim(2)});
+  Tensor dCm = grads.dCm.reshape({tokens, in.Cm.dim(2)});
   if (kind_ == StateOffset::H) {
     be_.gemm(true, false, 1.0, dy, Cm, 1.0, doffset_.at(layer));   // dh' += dy^T C
     be_.gemm(false, false, 1.0, dy, offset_.at(layer), 1.0, dCm);  // dC += dy h'

@@ -36,9 +36,10 @@ class StateTuning final : public ScanHook {
 
   Tensor initial_state(std::int64_t layer, std::int64_t batch) override;
   void initial_state_backward(std::int64_t layer, const Tensor& dh0) override;
-  void output_forward(std::int64_t layer, const Tensor& Cm, Tensor& y) override;
-  void output_backward(std::int64_t layer, const Tensor& Cm, const Tensor& dy,
-                       Tensor& dCm) override;
+  Shape carried_state_shape(std::int64_t) const override { return {}; }
+  void output_forward(std::int64_t layer, const ScanIO& in, Tensor& y, Tensor* carry) override;
+  void output_backward(std::int64_t layer, const ScanIO& in, const Tensor& dy,
+                       ScanIOGrads& grads) override;
 
  private:
   Backend& be_;

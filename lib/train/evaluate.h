@@ -27,8 +27,10 @@ struct EvalInputs {
   // Weights with the adapter merged and their config, for the recurrent decoder (exact_match
   // only; called once per evaluation).
   std::function<LoadedModel()> merged_model;
-  // State-based methods the decoder must apply too (exact_match), or null.
+  // The methods merged_model cannot hold, which the decoder must apply too (exact_match), or
+  // null: on the scan (state methods, additional scan) and beside the projections.
   ScanHook* scan_hook = nullptr;
+  LinearHook* hook = nullptr;
 };
 
 struct EvalResult {

@@ -297,6 +297,25 @@ SdtConfig read_sdt(Section s) {
   return d;
 }
 
+ParallelAdapterConfig read_parallel_adapter(Section s) {
+  const ParallelAdapterConfig def;
+  ParallelAdapterConfig c;
+  c.rank = s.integer("rank", 1, kMaxSize, def.rank);
+  c.scale = s.number("scale", kPositive, def.scale);
+  c.dropout = s.number("dropout", kUnitOpen, def.dropout);
+  s.finish();
+  return c;
+}
+
+AdditionalScanConfig read_additional_scan(Section s) {
+  const AdditionalScanConfig def;
+  AdditionalScanConfig c;
+  c.states = s.integer("states", 1, 1024, def.states);
+  c.init = s.choice("init", {"copy", "s4d"}, def.init);
+  s.finish();
+  return c;
+}
+
 // An optional method section: absent or null = off (recorded as null), an object = on.
 template <class C, class Read>
 std::optional<C> read_optional(Section& s, const std::string& key, Read read) {
@@ -324,16 +343,21 @@ PeftConfig read_peft(Section& root, const std::string& base_dir) {
   p.partial = read_optional<PartialConfig>(s, "partial", read_partial);
   p.bitfit = s.boolean("bitfit", def.bitfit);
   p.sdt = read_optional<SdtConfig>(s, "sdt", read_sdt);
+  p.parallel_adapter =
+      read_optional<ParallelAdapterConfig>(s, "parallel_adapter", read_parallel_adapter);
+  p.additional_scan =
+      read_optional<AdditionalScanConfig>(s, "additional_scan", read_additional_scan);
   p.initial_state = s.boolean("initial_state", def.initial_state);
   p.state_offset = s.choice("state_offset", {"", "h", "y"}, def.state_offset);
   p.init_from = s.path("init_from", base_dir, false);
   s.finish();
-  if (!p.lora && !p.full && !p.partial && !p.bitfit && !p.sdt && !p.initial_state &&
-      p.state_offset.empty())
+  if (!p.lora && !p.full && !p.partial && !p.bitfit && !p.sdt && !p.parallel_adapter &&
+      !p.additional_scan && !p.initial_state && p.state_offset.empty())
     throw UsageError(root.where("peft") +
                      ": no method is enabled; set \"peft.lora\" (an object, {} for LoRA's "
                      "defaults), \"peft.full\": true, \"peft.partial\", \"peft.bitfit\": "
-                     "true, \"peft.sdt\" (an object), \"peft.initial_state\": true or "
+                     "true, \"peft.sdt\", \"peft.parallel_adapter\", "
+                     "\"peft.additional_scan\" (objects), \"peft.initial_state\": true or "
                      "\"peft.state_offset\": \"h\" or \"y\"");
   return p;
 }

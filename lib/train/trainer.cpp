@@ -207,7 +207,8 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
         write_checkpoint(out, state, peft, optimizer, base_model, cfg.checkpoint.keep);
     spdlog::info("checkpoint {}", p.string());
   };
-  EvalInputs eval_in{lm, *tokenizer, *be, [&] { return peft.merged(); }, peft.scan_hook()};
+  EvalInputs eval_in{lm, *tokenizer, *be, [&] { return peft.merged(); }, peft.scan_hook(),
+                     peft.unmerged_hook()};
   auto run_eval = [&] {
     peft.set_training(false, nullptr);
     const EvalResult r = evaluate(eval_in, eval_set, cfg.eval);
@@ -355,17 +356,14 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
                           tokenizer_files_in(cfg.model));
     spdlog::info("model: {}", (out / "model").string());
   }
-  // The adapter: LoRA (unless merged into model/ above) and the state methods, which no
-  // weight can hold.
-  const bool lora_in_adapter = peft.lora() && !cfg.peft.full;
-  if (lora_in_adapter || peft.state() || peft.params()) {
+  // The adapter: every method's files (LoRA unless merged into model/ above).
+  {
     StagedDir adapter(out / "adapter", /*replace=*/true);
     const std::map<std::string, std::string> meta{{"ssmtune.step", std::to_string(state.step)}};
-    if (lora_in_adapter) write_lora_adapter(adapter.path(), *peft.lora(), base_model, meta);
-    if (peft.state()) write_state_tuning(adapter.path(), *peft.state(), meta);
-    if (peft.params()) peft.save_params(adapter.path(), meta);
-    adapter.commit();
-    spdlog::info("adapter: {}", (out / "adapter").string());
+    if (peft.save_adapter(adapter.path(), base_model, meta)) {
+      adapter.commit();
+      spdlog::info("adapter: {}", (out / "adapter").string());
+    }
   }
   result.last_loss = state.last_loss;
   if (steps_this_process == 0)

@@ -175,6 +175,19 @@ class CpuBackend final : public Backend {
     binary("silu_backward", dy, x, dx,
            [](auto n, auto a, auto b, auto o) { cpu::silu_backward(n, a, b, o); });
   }
+  void relu_forward(const Tensor& x, Tensor& y) override {
+    OpTimer timer(profile_, "elementwise");
+    unary("relu_forward", x, y, [](std::int64_t n, const auto* xp, auto* yp) {
+      for (std::int64_t i = 0; i < n; ++i) yp[i] = xp[i] > 0 ? xp[i] : 0;
+    });
+  }
+  void relu_backward(const Tensor& dy, const Tensor& x, Tensor& dx) override {
+    OpTimer timer(profile_, "elementwise");
+    binary("relu_backward", dy, x, dx,
+           [](std::int64_t n, const auto* dyp, const auto* xp, auto* dxp) {
+             for (std::int64_t i = 0; i < n; ++i) dxp[i] = xp[i] > 0 ? dyp[i] : 0;
+           });
+  }
   void softplus_forward(const Tensor& x, Tensor& y) override {
     OpTimer timer(profile_, "elementwise");
     unary("softplus_forward", x, y,

@@ -1,0 +1,140 @@
+#include "peft/additional_scan.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "io/json_fields.h"
+#include "peft/init_util.h"
+#include "peft/method_file.h"
+
+namespace ssmtune {
+
+AdditionalScan::AdditionalScan(const MambaConfig& cfg, const AdditionalScanConfig& config,
+                               DType dtype, Backend& be, std::int64_t scan_chunk)
+    : cfg_(cfg), config_(config), be_(be), scan_chunk_(scan_chunk) {
+  const std::int64_t n = config.states, E = cfg.d_inner;
+  for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
+    Layer l;
+    l.A_log = be_.zeros({E, n}, dtype);
+    l.W = be_.zeros({2 * n, E}, dtype);
+    l.dA_log = be_.zeros({E, n}, dtype);
+    l.dW = be_.zeros({2 * n, E}, dtype);
+    layers_.push_back(std::move(l));
+  }
+}
+
+void AdditionalScan::init(const MambaWeights& base, std::uint64_t seed) {
+  const std::int64_t n = config_.states, E = cfg_.d_inner, N = cfg_.d_state;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    Layer& l = layers_[i];
+    const Tensor base_A_log = base.layers.at(i).A_log.to(DType::F64);  // (E, N)
+    Tensor a = Tensor::empty({E, n}, l.A_log.dtype());
+    std::int64_t k = 0;
+    fill_with(a, [&] {
+      const std::int64_t d = k / n, j = k % n;
+      ++k;
+      return config_.init == "copy" ? base_A_log.data<double>()[d * N]
+                                    : std::log(double(N + 1 + j));
+    });
+    be_.copy(a, l.A_log);
+    // W_B: kaiming_uniform(a = sqrt(5)) over fan_in E; W_C: zero.
+    Rng rng = Rng::for_stream(seed, stream_id(("additional_scan:" + std::to_string(i)).c_str()));
+    const double bound = 1.0 / std::sqrt(double(E));
+    Tensor w = Tensor::zeros({2 * n, E}, l.W.dtype());
+    Tensor w_B = w.rows(0, n);
+    fill_with(w_B, [&] { return rng.uniform(-bound, bound); });
+    be_.copy(w, l.W);
+  }
+}
+
+void AdditionalScan::append_trainables(std::vector<TrainableParam>& out) {
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const std::string p = "additional_scan.layers." + std::to_string(i);
+    out.push_back({p + ".A_log", layers_[i].A_log, layers_[i].dA_log});
+    out.push_back({p + ".x_proj", layers_[i].W, layers_[i].dW});
+  }
+}
+
+Shape AdditionalScan::carried_state_shape(std::int64_t) const {
+  return {cfg_.d_inner, config_.states};
+}
+
+void AdditionalScan::output_forward(std::int64_t layer, const ScanIO& in, Tensor& y,
+                                    Tensor* carry) {
+  Layer& l = layers_.at(std::size_t(layer));
+  const std::int64_t B = in.u.dim(0), L = in.u.dim(1), E = in.u.dim(2), n = config_.states;
+  const DType dt = in.u.dtype();
+  const Tensor u2 = in.u.reshape({B * L, E});
+  l.Bm = be_.empty({B, L, n}, dt);
+  l.Cm = be_.empty({B, L, n}, dt);
+  Tensor B2 = l.Bm.reshape({B * L, n}), C2 = l.Cm.reshape({B * L, n});
+  be_.gemm(false, true, 1.0, u2, l.W.rows(0, n), 0.0, B2);      // B_add = u W_B^T
+  be_.gemm(false, true, 1.0, u2, l.W.rows(n, 2 * n), 0.0, C2);  // C_add = u W_C^T
+  l.A = be_.empty({E, n}, dt);
+  be_.ssm_A_forward(l.A_log, l.A);
+  const std::int64_t chunk = carry ? L : scan_chunk_;
+  const Tensor h0 = carry ? *carry : Tensor();
+  Backend::ScanInputs scan{in.u, in.delta, l.A, l.Bm, l.Cm, Tensor(), h0, chunk};
+  l.h_saved = be_.empty({B, (L + chunk - 1) / chunk, E, n}, dt);
+  Tensor y_add = be_.empty({B, L, E}, dt);
+  Tensor h_last = carry ? be_.empty({B, E, n}, dt) : Tensor();
+  be_.selective_scan_forward(scan, y_add, l.h_saved, h_last);
+  if (carry) *carry = h_last;
+  be_.add(y_add, y);
+}
+
+void AdditionalScan::output_backward(std::int64_t layer, const ScanIO& in, const Tensor& dy,
+                                     ScanIOGrads& grads) {
+  Layer& l = layers_.at(std::size_t(layer));
+  check(l.Bm.defined() && l.Bm.dim(0) == in.u.dim(0) && l.Bm.dim(1) == in.u.dim(1),
+        "additional scan backward without its forward");
+  const std::int64_t B = in.u.dim(0), L = in.u.dim(1), E = in.u.dim(2), n = config_.states;
+  const DType dt = in.u.dtype();
+  Backend::ScanInputs scan{in.u, in.delta, l.A, l.Bm, l.Cm, Tensor(), Tensor(), scan_chunk_};
+  Backend::ScanGrads sg;
+  sg.du = be_.empty({B, L, E}, dt);
+  sg.ddelta = be_.empty({B, L, E}, dt);
+  sg.dA = be_.zeros({E, n}, dt);
+  sg.dBm = be_.empty({B, L, n}, dt);
+  sg.dCm = be_.empty({B, L, n}, dt);
+  be_.selective_scan_backward(scan, l.h_saved, dy, sg);
+  be_.add(sg.du, grads.du);
+  be_.add(sg.ddelta, grads.ddelta);
+  be_.ssm_A_backward(sg.dA, l.A, l.dA_log);
+  const Tensor u2 = in.u.reshape({B * L, E});
+  Tensor du2 = grads.du.reshape({B * L, E});
+  const Tensor dB2 = sg.dBm.reshape({B * L, n}), dC2 = sg.dCm.reshape({B * L, n});
+  Tensor dW_B = l.dW.rows(0, n), dW_C = l.dW.rows(n, 2 * n);
+  be_.gemm(true, false, 1.0, dB2, u2, 1.0, dW_B);  // dW_B += dB_add^T u
+  be_.gemm(true, false, 1.0, dC2, u2, 1.0, dW_C);
+  be_.gemm(false, false, 1.0, dB2, l.W.rows(0, n), 1.0, du2);  // du += dB_add W_B
+  be_.gemm(false, false, 1.0, dC2, l.W.rows(n, 2 * n), 1.0, du2);
+}
+
+void write_additional_scan(const std::filesystem::path& dir, AdditionalScan& as,
+                           const std::map<std::string, std::string>& metadata) {
+  std::vector<TrainableParam> params;
+  as.append_trainables(params);
+  write_method_file(dir, "additional_scan", params,
+                    {{"states", as.config().states}, {"init", as.config().init}}, metadata);
+}
+
+std::unique_ptr<AdditionalScan> read_additional_scan(const std::filesystem::path& dir,
+                                                     const MambaConfig& cfg, DType dtype,
+                                                     Backend& be) {
+  const std::optional<nlohmann::json> settings = read_method_config(dir, "additional_scan");
+  if (!settings) return nullptr;
+  const JsonFields f(*settings, (dir / method_file_name("additional_scan")).string() +
+                                    ": metadata ssmtune.method_config");
+  AdditionalScanConfig c;
+  c.states = f.get_int("states", 1, 1024).value_or(0);
+  if (c.states < 1) f.fail("states", "an integer in [1, 1024]");
+  c.init = f.get_choice("init", {"copy", "s4d"}).value_or("copy");
+  auto as = std::make_unique<AdditionalScan>(cfg, c, dtype, be);
+  std::vector<TrainableParam> params;
+  as->append_trainables(params);
+  read_method_tensors(dir, "additional_scan", params, be);
+  return as;
+}
+
+}  // namespace ssmtune

@@ -1,0 +1,37 @@
+// One PEFT method's tensors in an adapter directory: <dir>/ssmtune_<method>.safetensors holds
+// its trainable tensors under their names and its settings as JSON in the metadata
+// "ssmtune.method_config", so a reader rebuilds the method from the file alone.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "io/safetensors.h"
+#include "peft/trainable.h"
+
+namespace ssmtune {
+
+// "ssmtune_<method>.safetensors"
+std::string method_file_name(const std::string& method);
+
+void write_method_file(const std::filesystem::path& dir, const std::string& method,
+                       const std::vector<TrainableParam>& params, const nlohmann::json& config,
+                       const std::map<std::string, std::string>& metadata = {});
+
+// The settings stored in dir's file for `method`, or nullopt when there is no such file.
+// Errors name the file: not a safetensors file, no or malformed settings.
+std::optional<nlohmann::json> read_method_config(const std::filesystem::path& dir,
+                                                 const std::string& method);
+
+// Copies every tensor of the file into `params` (the method rebuilt from its settings): each
+// name must be present with the parameter's shape, and the file may hold nothing else. Values
+// are converted to each parameter's dtype.
+void read_method_tensors(const std::filesystem::path& dir, const std::string& method,
+                         std::vector<TrainableParam>& params, Backend& be);
+
+}  // namespace ssmtune
