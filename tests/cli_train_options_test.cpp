@@ -227,6 +227,15 @@ TEST_CASE("parallel adapter and additional scan train, resume, evaluate, generat
        "adapter_model.safetensors"});
 }
 
+TEST_CASE("prompt, prefix and affix tuning train, resume, evaluate, generate; merge refuses",
+          "[train][virtual]") {
+  check_unmergeable_methods(
+      "--set 'peft={\"prompt\": {\"tokens\": 3, \"init_text\": \"Say red\"}, "
+      "\"prefix\": {\"tokens\": 2}, \"affix\": {}, \"initial_state\": true, "
+      "\"initial_conv_state\": true}' ",
+      {"ssmtune_virtual_tokens.safetensors", "ssmtune_state.safetensors"});
+}
+
 TEST_CASE("a state-only adapter (no LoRA) is found by eval CONFIG and described by info",
           "[train][state]") {
   Experiment e;

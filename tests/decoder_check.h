@@ -15,11 +15,13 @@ namespace ssmtune::testing {
 // same ops, in blocks of another length.
 inline void require_decoder_matches_forward(const MambaConfig& cfg, const MambaWeights& w,
                                             Backend& be, const Tensor& ids, const Tensor& logits,
-                                            LinearHook* hook, ScanHook* scan_hook) {
+                                            LinearHook* hook, ScanHook* scan_hook,
+                                            InputHook* input_hook = nullptr) {
   const std::int64_t L = ids.dim(1), V = cfg.vocab_size;
   MambaDecoder dec(cfg, w, be, /*prefill_block=*/3);
   dec.set_hook(hook);
   dec.set_scan_hook(scan_hook);
+  dec.set_input_hook(input_hook);
   dec.reset();
   const std::int64_t* p = ids.data<std::int64_t>();
   std::vector<Tensor> got;

@@ -20,6 +20,7 @@
 #include "peft/merge.h"
 #include "peft/peft_model.h"
 #include "test_compare.h"
+#include "tiny_model.h"
 
 using namespace ssmtune;
 using ssmtune::test::TempDir;
@@ -29,19 +30,7 @@ namespace {
 
 const fs::path kFixtures(SSMTUNE_FIXTURES_DIR);
 
-struct Tiny {
-  std::string dir = (kFixtures / "mamba-tiny").string();
-  MambaConfig cfg = load_mamba_config(dir);
-  MambaWeights w;
-  std::unique_ptr<Backend> be = make_cpu_backend();
-  Tensor ids, targets;
-  explicit Tiny(DType dtype) {
-    w = load_mamba_weights(dir, cfg, dtype);
-    const SafetensorsFile ref = SafetensorsFile::open(fs::path(dir) / "reference.safetensors");
-    ids = ref.tensor("input_ids");
-    targets = shift_labels(ref.tensor("labels"));
-  }
-};
+using Tiny = ssmtune::test::TinyModel;
 
 PeftConfig parallel_config(std::int64_t rank, double dropout = 0.0) {
   PeftConfig p;

@@ -15,26 +15,14 @@
 #include "peft/peft_model.h"
 #include "peft/state_tuning.h"
 #include "test_compare.h"
+#include "tiny_model.h"
 
 using namespace ssmtune;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TinyModel {
-  MambaConfig cfg;
-  MambaWeights w;
-  std::unique_ptr<Backend> be = make_cpu_backend();
-  Tensor ids, targets;
-  explicit TinyModel(DType dtype) {
-    const std::string dir = (fs::path(SSMTUNE_FIXTURES_DIR) / "mamba-tiny").string();
-    cfg = load_mamba_config(dir);
-    w = load_mamba_weights(dir, cfg, dtype);
-    const auto ref = SafetensorsFile::open(fs::path(dir) / "reference.safetensors");
-    ids = ref.tensor("input_ids");
-    targets = shift_labels(ref.tensor("labels"));
-  }
-};
+using ssmtune::test::TinyModel;
 
 }  // namespace
 

@@ -418,7 +418,8 @@ TEST_CASE("an unknown key names the closest valid key, or lists the valid ones",
   require_config_error(with("peft.hypernetwork", json::object()),
                        {"c/exp.json: unknown field \"peft.hypernetwork\" (valid fields of "
                         "\"peft\": \"lora\", \"full\", \"partial\", \"bitfit\", \"sdt\", "
-                        "\"parallel_adapter\", \"additional_scan\", ",
+                        "\"parallel_adapter\", \"additional_scan\", \"prompt\", \"prefix\", "
+                        "\"affix\", \"initial_state\", \"initial_conv_state\", ",
                         "\"init_from\")"});
   require_config_error(with("learning_rate", 0.1),
                        {"c/exp.json: unknown field \"learning_rate\" (valid top-level fields: "
@@ -646,4 +647,33 @@ TEST_CASE("partial tuning, BitFit and SDT sections parse with their defaults and
   require_config_error(with("peft", {{"sdt", {{"warmup_step", 5}}}}),
                        {"unknown field \"peft.sdt.warmup_step\" (did you mean "
                         "\"peft.sdt.warmup_steps\"?)"});
+}
+
+TEST_CASE("virtual-token and module sections parse with their defaults and ranges",
+          "[config][virtual][modules]") {
+  const ExperimentConfig c =
+      parse(with("peft", {{"prompt", {{"init_text", "Classify:"}}},
+                          {"prefix", json::object()},
+                          {"affix", {{"tokens", 5}}},
+                          {"parallel_adapter", json::object()},
+                          {"additional_scan", {{"init", "s4d"}}},
+                          {"initial_conv_state", true}}));
+  CHECK(c.peft.virtual_tokens.prompt_tokens == 20);
+  CHECK(c.peft.virtual_tokens.prompt_init_text == "Classify:");
+  CHECK(c.peft.virtual_tokens.prefix_tokens == 10);
+  CHECK(c.peft.virtual_tokens.affix_tokens == 5);
+  REQUIRE(c.peft.parallel_adapter);
+  CHECK(c.peft.parallel_adapter->rank == 32);
+  CHECK(c.peft.parallel_adapter->scale == 0.1);
+  CHECK(c.peft.parallel_adapter->dropout == 0.1);
+  REQUIRE(c.peft.additional_scan);
+  CHECK(c.peft.additional_scan->states == 8);
+  CHECK(c.peft.additional_scan->init == "s4d");
+  CHECK(c.peft.initial_conv_state);
+  CHECK(c.json["peft"]["prompt"]["tokens"] == 20);
+  require_config_error(with("peft", {{"affix", {{"tokens", 0}}}}), {"field \"peft.affix.tokens\""});
+  require_config_error(with("peft", {{"additional_scan", {{"init", "random"}}}}),
+                       {"field \"peft.additional_scan.init\": expected \"copy\" or \"s4d\""});
+  require_config_error(with("peft", {{"parallel_adapter", {{"dropout", 1}}}}),
+                       {"field \"peft.parallel_adapter.dropout\": expected a number in [0, 1)"});
 }

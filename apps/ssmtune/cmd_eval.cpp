@@ -88,7 +88,8 @@ void run_eval(const EvalArgs& a) {
   MambaLM lm(m.cfg, m.weights, *be);
   lm.set_scan_hook(m.scan_hook());
   lm.set_hook(m.hook());
-  EvalInputs in{lm, *tokenizer, *be, [&] { return m; }, m.scan_hook(), m.hook()};
+  lm.set_input_hook(m.input_hook());
+  EvalInputs in{lm, *tokenizer, *be, [&] { return m; }, m.scan_hook(), m.hook(), m.input_hook()};
   const EvalResult r = evaluate(in, ds, eval_cfg);
 
   if (a.json) {

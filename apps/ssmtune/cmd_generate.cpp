@@ -29,6 +29,7 @@ void run_generate(const GenerateArgs& a) {
   // The methods no weight holds apply in every recurrent step.
   decoder.set_scan_hook(m.scan_hook());
   decoder.set_hook(m.hook());
+  decoder.set_input_hook(m.input_hook());
   std::fputs(a.prompt.c_str(), stdout);
   const GenerationResult r =
       generate(decoder, *tokenizer, a.prompt, a.sampling, [](const std::string& piece) {

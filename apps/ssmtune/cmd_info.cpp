@@ -111,7 +111,7 @@ void run_adapter_info(const std::string& dir) {
   if (std::filesystem::exists(path / kStateTuningFile))
     print_state_methods(path / kStateTuningFile);
   if (std::filesystem::exists(path / kParamTuningFile)) print_param_tuning(path / kParamTuningFile);
-  for (const char* method : {"parallel_adapter", "additional_scan"})
+  for (const char* method : {"parallel_adapter", "additional_scan", "virtual_tokens"})
     if (const auto settings = read_method_config(path, method)) {
       const SafetensorsFile st = SafetensorsFile::open(path / method_file_name(method));
       std::int64_t total = 0;

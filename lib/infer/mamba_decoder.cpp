@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "model/linear.h"
+#include "model/sequence_steps.h"
 
 namespace ssmtune {
 
@@ -43,6 +44,9 @@ void MambaDecoder::reset() {
   for (std::int64_t i = 0; i < cfg_.n_layer; ++i) {
     MixerCache& c = cache_[i];
     c.conv = be_.zeros({1, cfg_.d_conv - 1, E}, dtype_);
+    const Tensor conv0 = scan_hook_ ? scan_hook_->initial_conv_state(i) : Tensor();
+    if (conv0.defined()) be_.copy(conv0, c.conv);  // initial-state tuning's learned conv state
+    c.affix_pending = input_hook_ != nullptr;
     const Tensor h0 = scan_hook_ ? scan_hook_->initial_state(i, 1) : Tensor();
     c.ssm = be_.empty({1, E, N}, dtype_);
     be_.copy(h0.defined() ? h0 : be_.zeros({1, E, N}, dtype_), c.ssm);
@@ -55,6 +59,7 @@ void MambaDecoder::reset() {
     }
   }
   n_tokens_ = 0;
+  sequence_start_ = true;
 }
 
 const Tensor& MambaDecoder::prefill(const std::vector<std::int64_t>& ids) {
@@ -80,19 +85,37 @@ void MambaDecoder::forward_block(const std::int64_t* ids, std::int64_t n) {
   be_.copy(ids_host, ids_dev);
 
   // Residual stream (A.4 steps 1, 2, 9): h += mixer(rmsnorm(h)), fp32 or wider on the CPU.
-  Tensor h = be_.empty({n, D}, dtype_);  // (Lb, D)
-  be_.embedding_forward(ids_dev, w_.embedding, h);
-  Tensor normed = be_.empty({n, D}, dtype_), rstd = be_.empty({n}, dtype_);
-  Tensor mix = be_.empty({n, D}, dtype_);
+  // The first block of a sequence starts with the virtual tokens, as in training: the prompt
+  // before the embedded ids, each layer's prefix before its input (dropped after the layer);
+  // the mixers put the affix first themselves (MixerCache::affix_pending).
+  Tensor h = be_.empty({1, n, D}, dtype_);  // (1, Lb, D)
+  Tensor h2 = h.reshape({n, D});
+  be_.embedding_forward(ids_dev, w_.embedding, h2);
+  const bool first = sequence_start_ && input_hook_;
+  sequence_start_ = false;
+  const Tensor prompt = first ? input_hook_->prompt() : Tensor();
+  if (prompt.defined()) h = prepend_steps(be_, prompt, h);
+  const MixerHooks hooks{hook_, scan_hook_, input_hook_};
   for (std::int64_t i = 0; i < cfg_.n_layer; ++i) {
-    be_.rmsnorm_forward(h, w_.layers[i].norm, cfg_.layer_norm_epsilon, normed, rstd);
+    const Tensor prefix = first ? input_hook_->prefix(i) : Tensor();
+    Tensor block = prefix.defined() ? prepend_steps(be_, prefix, h) : h;
+    const std::int64_t Lb = block.dim(1);
+    Tensor normed = be_.empty({1, Lb, D}, dtype_), rstd = be_.empty({Lb}, dtype_);
+    be_.rmsnorm_forward(block, w_.layers[i].norm, cfg_.layer_norm_epsilon, normed, rstd);
     MixerActivations scratch;  // what a backward would need; dropped with the block
-    Tensor mix3 = mix.reshape({1, n, D});
-    mixer_forward(be_, cfg_, w_.layers[i], normed.reshape({1, n, D}), n, scratch, mix3, hook_, i,
-                  scan_hook_, &cache_[i]);
-    be_.add(mix, h);
+    Tensor mix = be_.empty({1, Lb, D}, dtype_);
+    mixer_forward(be_, cfg_, w_.layers[i], normed, Lb, scratch, mix, i, hooks, &cache_[i]);
+    be_.add(block, mix);
+    if (prefix.defined()) {
+      h = be_.empty({1, Lb - prefix.dim(0), D}, dtype_);
+      take_steps(be_, mix, prefix.dim(0), h);
+    } else {
+      h = mix;
+    }
   }
   n_tokens_ += n;
+  h = h.reshape({h.dim(1), D});
+  n = h.dim(0);
 
   // Only the last token's logits are wanted (A.4 step 10): norm_f and lm_head on one row.
   const Tensor last = h.rows(n - 1, n);  // (1, D)

@@ -39,6 +39,8 @@ class MambaDecoder {
   // reset().
   void set_scan_hook(ScanHook* hook) { scan_hook_ = hook; }
   void set_hook(LinearHook* hook) { hook_ = hook; }
+  // Virtual tokens (prompt, prefix, affix tuning): fed at the start of every sequence.
+  void set_input_hook(InputHook* hook) { input_hook_ = hook; }
 
   // Feeds `ids` after whatever was fed since reset() and returns the logits (V) after the last
   // one. Runs the blocked path: same result as feeding the ids one by one through step(), in
@@ -67,6 +69,8 @@ class MambaDecoder {
   std::int64_t n_tokens_ = 0;
   ScanHook* scan_hook_ = nullptr;
   LinearHook* hook_ = nullptr;
+  InputHook* input_hook_ = nullptr;
+  bool sequence_start_ = true;  // no token fed since reset(): the virtual tokens come first
   Tensor logits_;       // (1, V) on the backend's device
   Tensor logits_host_;  // (V) host view or copy of logits_
 };

@@ -1,6 +1,7 @@
 #include "model/mamba_lm.h"
 
 #include "model/linear.h"
+#include "model/sequence_steps.h"
 
 namespace ssmtune {
 
@@ -25,35 +26,54 @@ void MambaLM::forward(const Tensor& ids) {
   const std::int64_t n_layer = cfg_.n_layer;
   const DType dt = w_.embedding.dtype();
   ids_ = ids;
+  const MixerHooks hooks{hook_, scan_hook_, input_hook_};
 
   layer_in_.assign(n_layer + 1, Tensor());
+  block_in_.assign(n_layer, Tensor());
+  n_prefix_.assign(n_layer, 0);
   norm_out_.assign(n_layer, Tensor());
   norm_rstd_.assign(n_layer, Tensor());
   mixer_.assign(n_layer, MixerActivations());
 
-  layer_in_[0] = be_.empty({B, L, D}, dt);
-  Tensor h0 = layer_in_[0].reshape({rows, D});
-  be_.embedding_forward(ids.reshape({rows}), w_.embedding, h0);
-  if (hook_) hook_->embedding_forward(ids.reshape({rows}), h0);
+  Tensor embedded = be_.empty({B, L, D}, dt);
+  Tensor e2 = embedded.reshape({rows, D});
+  be_.embedding_forward(ids.reshape({rows}), w_.embedding, e2);
+  if (hook_) hook_->embedding_forward(ids.reshape({rows}), e2);
+  const Tensor prompt = input_hook_ ? input_hook_->prompt() : Tensor();
+  n_prompt_ = prompt.defined() ? prompt.dim(0) : 0;
+  layer_in_[0] = n_prompt_ ? prepend_steps(be_, prompt, embedded) : embedded;
 
   for (std::int64_t i = 0; i < n_layer; ++i) {
     const MambaLayerWeights& lw = w_.layers[i];
-    norm_out_[i] = be_.empty({B, L, D}, dt);
-    norm_rstd_[i] = be_.empty({rows}, dt);
-    be_.rmsnorm_forward(layer_in_[i], lw.norm, cfg_.layer_norm_epsilon, norm_out_[i],
+    const Tensor prefix = input_hook_ ? input_hook_->prefix(i) : Tensor();
+    n_prefix_[i] = prefix.defined() ? prefix.dim(0) : 0;
+    block_in_[i] = n_prefix_[i] ? prepend_steps(be_, prefix, layer_in_[i]) : layer_in_[i];
+    const std::int64_t Lb = block_in_[i].dim(1);
+    norm_out_[i] = be_.empty({B, Lb, D}, dt);
+    norm_rstd_[i] = be_.empty({B * Lb}, dt);
+    be_.rmsnorm_forward(block_in_[i], lw.norm, cfg_.layer_norm_epsilon, norm_out_[i],
                         norm_rstd_[i]);
-    Tensor mix = be_.empty({B, L, D}, dt);
-    mixer_forward(be_, cfg_, lw, norm_out_[i], scan_chunk_, mixer_[i], mix, hook_, i, scan_hook_);
+    Tensor mix = be_.empty({B, Lb, D}, dt);
+    mixer_forward(be_, cfg_, lw, norm_out_[i], scan_chunk_, mixer_[i], mix, i, hooks);
     // residual (fp32 or wider on the CPU, so residual_in_fp32 holds trivially)
-    layer_in_[i + 1] = be_.empty({B, L, D}, dt);
-    be_.copy(layer_in_[i], layer_in_[i + 1]);
-    be_.add(mix, layer_in_[i + 1]);
+    be_.add(block_in_[i], mix);
+    if (n_prefix_[i]) {  // the prefix's outputs are dropped: the next layer never sees them
+      layer_in_[i + 1] = be_.empty({B, Lb - n_prefix_[i], D}, dt);
+      take_steps(be_, mix, n_prefix_[i], layer_in_[i + 1]);
+    } else {
+      layer_in_[i + 1] = mix;
+    }
   }
 
+  if (n_prompt_) {  // the prompt's outputs are dropped before norm_f
+    final_in_ = be_.empty({B, L, D}, dt);
+    take_steps(be_, layer_in_[n_layer], n_prompt_, final_in_);
+  } else {
+    final_in_ = layer_in_[n_layer];
+  }
   final_norm_ = be_.empty({B, L, D}, dt);
   final_rstd_ = be_.empty({rows}, dt);
-  be_.rmsnorm_forward(layer_in_[n_layer], w_.norm_f, cfg_.layer_norm_epsilon, final_norm_,
-                      final_rstd_);
+  be_.rmsnorm_forward(final_in_, w_.norm_f, cfg_.layer_norm_epsilon, final_norm_, final_rstd_);
   logits_ = be_.empty({B, L, cfg_.vocab_size}, dt);
   Tensor logits2 = logits_.reshape({rows, cfg_.vocab_size});
   linear_forward(be_, final_norm_.reshape({rows, D}), w_.lm_head, Tensor(), logits2);
@@ -93,25 +113,54 @@ void MambaLM::backward(const Tensor& targets, MambaWeights& grads, std::int64_t 
   Tensor no_bias;
   linear_backward(be_, logits2, final_norm_.reshape({rows, D}), w_.lm_head, dnorm, 0.0, d_head,
                   no_bias);
-  Tensor dh = be_.empty({B, L, D}, dt);  // dL/d(residual stream)
+  Tensor dfinal = be_.empty({B, L, D}, dt);
   Tensor dnorm_f = grads.norm_f.defined() ? grads.norm_f : be_.zeros({D}, dt);
-  be_.rmsnorm_backward(dnorm.reshape({B, L, D}), layer_in_[n_layer], w_.norm_f, final_rstd_, dh,
+  be_.rmsnorm_backward(dnorm.reshape({B, L, D}), final_in_, w_.norm_f, final_rstd_, dfinal,
                        dnorm_f);
-
-  Tensor dn = be_.empty({B, L, D}, dt), dres = be_.empty({B, L, D}, dt);
+  // dL/d(residual stream), (B, P+L, D): the prompt's dropped outputs get no gradient.
+  Tensor dh = dfinal;
+  if (n_prompt_) {
+    dh = be_.zeros({B, n_prompt_ + L, D}, dt);
+    put_steps(be_, dfinal, n_prompt_, dh);
+  }
+  const MixerHooks hooks{hook_, scan_hook_, input_hook_};
   for (std::int64_t i = n_layer - 1; i >= 0; --i) {
     const MambaLayerWeights& lw = w_.layers[i];
     MambaLayerWeights frozen;  // no layer gradients at all: every layer tensor is frozen
     MambaLayerWeights& lg = grads.layers.empty() ? frozen : grads.layers[i];
-    mixer_backward(be_, cfg_, lw, norm_out_[i], mixer_[i], dh, dn, lg, hook_, i, scan_hook_);
+    const std::int64_t Tq = n_prefix_[i], Lb = block_in_[i].dim(1);
+    Tensor dblock = dh;  // gradient at the block's output, (B, Tq+P+L, D)
+    if (Tq) {
+      dblock = be_.zeros({B, Lb, D}, dt);
+      put_steps(be_, dh, Tq, dblock);
+    }
+    Tensor dn = be_.empty({B, Lb, D}, dt), dres = be_.empty({B, Lb, D}, dt);
+    mixer_backward(be_, cfg_, lw, norm_out_[i], mixer_[i], dblock, dn, lg, i, hooks);
     Tensor dnorm_w = lg.norm.defined() ? lg.norm : be_.zeros({D}, dt);
-    be_.rmsnorm_backward(dn, layer_in_[i], lw.norm, norm_rstd_[i], dres, dnorm_w);
-    be_.add(dres, dh);  // residual: dh flows through unchanged plus the block's branch
+    be_.rmsnorm_backward(dn, block_in_[i], lw.norm, norm_rstd_[i], dres, dnorm_w);
+    be_.add(dres, dblock);  // residual: the gradient flows through plus the block's branch
+    if (Tq) {
+      Tensor dprefix = be_.zeros({Tq, D}, dt);
+      sum_steps(be_, dblock, 0, dprefix);
+      input_hook_->prefix_backward(i, dprefix);
+      dh = be_.empty({B, Lb - Tq, D}, dt);
+      take_steps(be_, dblock, Tq, dh);
+    } else {
+      dh = dblock;
+    }
   }
-  d_embed_ = dh;
+  if (n_prompt_) {
+    Tensor dprompt = be_.zeros({n_prompt_, D}, dt);
+    sum_steps(be_, dh, 0, dprompt);
+    input_hook_->prompt_backward(dprompt);
+    d_embed_ = be_.empty({B, L, D}, dt);
+    take_steps(be_, dh, n_prompt_, d_embed_);
+  } else {
+    d_embed_ = dh;
+  }
   if (grads.embedding.defined())
-    be_.embedding_backward(ids_.reshape({rows}), dh.reshape({rows, D}), grads.embedding);
-  if (hook_) hook_->embedding_backward(ids_.reshape({rows}), dh.reshape({rows, D}));
+    be_.embedding_backward(ids_.reshape({rows}), d_embed_.reshape({rows, D}), grads.embedding);
+  if (hook_) hook_->embedding_backward(ids_.reshape({rows}), d_embed_.reshape({rows, D}));
   logits_ = Tensor();  // consumed
 }
 

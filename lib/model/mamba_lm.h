@@ -1,12 +1,16 @@
 // The Mamba causal LM (HF MambaForCausalLM, MODELS.md A.4): embedding -> n_layer pre-norm
 // residual blocks (h += mixer(rmsnorm(h))) -> norm_f -> lm_head (tied to the embedding unless
 // configured otherwise). Forward keeps the activations its backward needs, llm.c style.
+// Virtual-token methods (the input hook) lengthen sequences: prompt tuning's P vectors go
+// before the embedded input and are dropped before norm_f; prefix tuning's Tq vectors go before
+// block i's input and its outputs there are dropped; affix tuning acts inside the mixer.
 #pragma once
 
 #include <vector>
 
 #include "backend/backend.h"
 #include "model/mamba_config.h"
+#include "model/input_hook.h"
 #include "model/mamba_mixer.h"
 #include "model/mamba_weights.h"
 
@@ -32,6 +36,8 @@ class MambaLM {
   void set_hook(LinearHook* hook) { hook_ = hook; }
   // PEFT terms on every layer's scan state (state-based methods), null = none. Same lifetime.
   void set_scan_hook(ScanHook* hook) { scan_hook_ = hook; }
+  // Virtual tokens (prompt, prefix and affix tuning), null = none. Same lifetime.
+  void set_input_hook(InputHook* hook) { input_hook_ = hook; }
 
   // ids: (B, L) I64. Computes logits (B, L, V) and keeps the activations for backward.
   void forward(const Tensor& ids);
@@ -45,8 +51,8 @@ class MambaLM {
   void backward(const Tensor& targets, MambaWeights& grads, std::int64_t normaliser_tokens = 0);
 
   const Tensor& logits() const { return logits_; }  // (B, L, V)
-  // The residual stream entering layer i, (B, L, D): i = 0 is the embedding output and
-  // i = n_layer the input of norm_f. (HF's output_hidden_states[i] is residual(i + 1) for
+  // The residual stream entering layer i, (B, P + L, D) with P prompt vectors in front: i = 0
+  // is the embedding output and i = n_layer the input of norm_f (before the prompt is dropped). (HF's output_hidden_states[i] is residual(i + 1) for
   // i < n_layer, and its last entry is final_norm().)
   const Tensor& residual(std::int64_t i) const { return layer_in_.at(i); }
   const Tensor& final_norm() const { return final_norm_; }  // (B, L, D) norm_f output
@@ -60,11 +66,16 @@ class MambaLM {
   std::int64_t scan_chunk_;
   LinearHook* hook_ = nullptr;
   ScanHook* scan_hook_ = nullptr;
+  InputHook* input_hook_ = nullptr;
 
   Tensor ids_;                           // (B, L)
-  std::vector<Tensor> layer_in_;         // n_layer + 1 tensors (B, L, D): the residual stream
-  std::vector<Tensor> norm_out_;         // (B, L, D) rmsnorm(layer_in_[i])
-  std::vector<Tensor> norm_rstd_;        // (B*L)
+  std::int64_t n_prompt_ = 0;            // P
+  std::vector<Tensor> layer_in_;         // n_layer + 1 tensors (B, P+L, D): the residual stream
+  std::vector<std::int64_t> n_prefix_;   // per layer Tq
+  std::vector<Tensor> block_in_;         // (B, Tq+P+L, D) [prefix ; layer_in_[i]]
+  std::vector<Tensor> norm_out_;         // (B, Tq+P+L, D) rmsnorm(block_in_[i])
+  std::vector<Tensor> norm_rstd_;        // (B*(Tq+P+L))
+  Tensor final_in_;                      // (B, L, D) layer_in_[n_layer] without the prompt
   std::vector<MixerActivations> mixer_;  // per layer
   Tensor final_norm_, final_rstd_;       // norm_f output (B, L, D) and its rstd (B*L)
   Tensor logits_;                        // (B, L, V)

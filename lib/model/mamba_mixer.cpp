@@ -1,46 +1,20 @@
 #include "model/mamba_mixer.h"
 
 #include "model/linear.h"
+#include "model/sequence_steps.h"
 
 namespace ssmtune {
 
-namespace {
-
-// The causal conv of a block that follows earlier tokens (recurrent decoding, B = 1):
-// x_ext = [context ; x] (K-1+L, E), c = the last L outputs of conv(x_ext); context becomes the
-// last K-1 rows of x_ext.   w: (E, K)  x, c: (1, L, E)  context: (1, K-1, E)
-void conv_with_context(Backend& be, const Tensor& w, const Tensor& bias, const Tensor& x,
-                       Tensor& context, Tensor& c) {
-  check(x.dim(0) == 1, "recurrent decoding runs one sequence at a time");
-  const std::int64_t L = x.dim(1), E = x.dim(2), ctx = context.dim(1);
-  const DType dt = x.dtype();
-  Tensor x_ext = be.empty({1, ctx + L, E}, dt);
-  const Tensor rows = x_ext.reshape({ctx + L, E});
-  if (ctx > 0) {
-    Tensor head = rows.rows(0, ctx);
-    be.copy(context.reshape({ctx, E}), head);
-  }
-  Tensor tail = rows.rows(ctx, ctx + L);
-  be.copy(x.reshape({L, E}), tail);
-  Tensor c_ext = be.empty({1, ctx + L, E}, dt);
-  be.conv1d_forward(x_ext, w, bias, c_ext);
-  Tensor c_rows = c.reshape({L, E});
-  be.copy(c_ext.reshape({ctx + L, E}).rows(ctx, ctx + L), c_rows);
-  if (ctx > 0) {  // A.5 decode step 1: the window moves on by L inputs
-    Tensor state = context.reshape({ctx, E});
-    be.copy(rows.rows(L, L + ctx), state);
-  }
-}
-
-}  // namespace
-
 void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w, const Tensor& n,
-                   std::int64_t scan_chunk, MixerActivations& a, Tensor& out, LinearHook* hook,
-                   std::int64_t layer, ScanHook* scan_hook, MixerCache* cache) {
+                   std::int64_t scan_chunk, MixerActivations& a, Tensor& out, std::int64_t layer,
+                   const MixerHooks& hooks, MixerCache* cache) {
   const std::int64_t B = n.dim(0), L = n.dim(1), D = cfg.d_model, E = cfg.d_inner;
   const std::int64_t N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv, rows = B * L;
   const DType dt = n.dtype();
   const Tensor n2 = n.reshape({rows, D});
+  LinearHook* hook = hooks.linear;
+  ScanHook* scan_hook = hooks.scan;
+  check(!cache || B == 1, "recurrent decoding runs one sequence at a time");
 
   // in_proj as two products over the weight's row halves: x and z come out contiguous.
   a.x = be.empty({B, L, E}, dt);
@@ -53,22 +27,44 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
     hook->linear_forward(layer, LinearSite::InProj, n2, parts);
   }
 
-  a.c = be.empty({B, L, E}, dt);
-  if (cache) {
-    conv_with_context(be, w.conv1d.reshape({E, K}), w.conv1d_bias, a.x, cache->conv, a.c);
+  // conv_in = [context ; affix ; x]: the conv's left context (decoding cache or learned conv
+  // state) and affix tuning's vectors (at the start of a sequence only).
+  const Tensor context = cache       ? cache->conv
+                         : scan_hook ? scan_hook->initial_conv_state(layer)
+                                     : Tensor();
+  const bool affix_now = hooks.input && (!cache || cache->affix_pending);
+  const Tensor affix = affix_now ? hooks.input->affix(layer) : Tensor();
+  if (cache) cache->affix_pending = false;
+  a.n_context = context.defined() ? K - 1 : 0;
+  a.n_affix = affix.defined() ? affix.dim(0) : 0;
+  const std::int64_t Cx = a.n_context, Ta = a.n_affix, Le = Ta + L, rows_e = B * Le;
+  if (Cx == 0 && Ta == 0) {
+    a.conv_in = a.x;
   } else {
-    be.conv1d_forward(a.x, w.conv1d.reshape({E, K}), w.conv1d_bias, a.c);
+    a.conv_in = be.empty({B, Cx + Le, E}, dt);
+    if (Cx > 0) put_steps_broadcast(be, context, 0, a.conv_in);
+    if (Ta > 0) put_steps_broadcast(be, affix, Cx, a.conv_in);
+    put_steps(be, a.x, Cx + Ta, a.conv_in);
   }
-  a.u = be.empty({B, L, E}, dt);
+  Tensor c_full = Cx == 0 ? be.empty({B, Le, E}, dt) : be.empty({B, Cx + Le, E}, dt);
+  be.conv1d_forward(a.conv_in, w.conv1d.reshape({E, K}), w.conv1d_bias, c_full);
+  if (Cx == 0) {
+    a.c = c_full;
+  } else {  // the context's own outputs belong to tokens before this block: dropped
+    a.c = be.empty({B, Le, E}, dt);
+    take_steps(be, c_full, Cx, a.c);
+  }
+  if (cache && K > 1) take_steps(be, a.conv_in, a.conv_in.dim(1) - (K - 1), cache->conv);
+  a.u = be.empty({B, Le, E}, dt);
   be.silu_forward(a.c, a.u);
-  const Tensor u2 = a.u.reshape({rows, E});
+  const Tensor u2 = a.u.reshape({rows_e, E});
 
-  Tensor x_dbl = be.empty({rows, R + 2 * N}, dt);
+  Tensor x_dbl = be.empty({rows_e, R + 2 * N}, dt);
   linear_forward(be, u2, w.x_proj, Tensor(), x_dbl);
-  a.dt_in = be.empty({rows, R}, dt);
-  a.Bm = be.empty({B, L, N}, dt);
-  a.Cm = be.empty({B, L, N}, dt);
-  Tensor B2 = a.Bm.reshape({rows, N}), C2 = a.Cm.reshape({rows, N});
+  a.dt_in = be.empty({rows_e, R}, dt);
+  a.Bm = be.empty({B, Le, N}, dt);
+  a.Cm = be.empty({B, Le, N}, dt);
+  Tensor B2 = a.Bm.reshape({rows_e, N}), C2 = a.Cm.reshape({rows_e, N});
   be.split_columns(x_dbl, 0, a.dt_in);
   be.split_columns(x_dbl, R, B2);
   be.split_columns(x_dbl, R + N, C2);
@@ -77,29 +73,35 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
     hook->linear_forward(layer, LinearSite::XProj, u2, parts);
   }
 
-  a.delta_raw = be.empty({B, L, E}, dt);
-  Tensor draw2 = a.delta_raw.reshape({rows, E});
+  a.delta_raw = be.empty({B, Le, E}, dt);
+  Tensor draw2 = a.delta_raw.reshape({rows_e, E});
   linear_forward(be, a.dt_in, w.dt_proj, w.dt_proj_bias, draw2);
   if (hook) {
     std::vector<LinearPart> parts{{0, draw2}};
     hook->linear_forward(layer, LinearSite::DtProj, a.dt_in, parts);
   }
-  a.delta = be.empty({B, L, E}, dt);
+  a.delta = be.empty({B, Le, E}, dt);
   be.softplus_forward(a.delta_raw, a.delta);
 
   a.A = be.empty({E, N}, dt);
   be.ssm_A_forward(w.A_log, a.A);
   a.h0 = cache ? cache->ssm : scan_hook ? scan_hook->initial_state(layer, B) : Tensor();
   Backend::ScanInputs in{a.u, a.delta, a.A, a.Bm, a.Cm, w.D, a.h0, scan_chunk};
-  a.y = be.empty({B, L, E}, dt);
+  a.y_scan = be.empty({B, Le, E}, dt);
   a.scan_chunk = scan_chunk;
-  a.h_saved = be.empty({B, (L + scan_chunk - 1) / scan_chunk, E, N}, dt);
+  a.h_saved = be.empty({B, (Le + scan_chunk - 1) / scan_chunk, E, N}, dt);
   Tensor h_last = cache ? be.empty({B, E, N}, dt) : Tensor();
-  be.selective_scan_forward(in, a.y, a.h_saved, h_last);
+  be.selective_scan_forward(in, a.y_scan, a.h_saved, h_last);
   if (cache) cache->ssm = h_last;
   if (scan_hook)  // the state read-out terms, before the gate
-    scan_hook->output_forward(layer, {a.u, a.delta, a.Cm}, a.y,
+    scan_hook->output_forward(layer, {a.u, a.delta, a.Cm}, a.y_scan,
                               cache && cache->hook.defined() ? &cache->hook : nullptr);
+  if (Ta == 0) {
+    a.y = a.y_scan;
+  } else {  // the affix's outputs are dropped before the gate
+    a.y = be.empty({B, L, E}, dt);
+    take_steps(be, a.y_scan, Ta, a.y);
+  }
 
   a.gated = be.empty({B, L, E}, dt);
   be.gate_forward(a.y, a.z, a.gated);
@@ -113,12 +115,16 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
 
 void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
                     const Tensor& n, const MixerActivations& a, const Tensor& dout, Tensor& dn,
-                    MambaLayerWeights& g, LinearHook* hook, std::int64_t layer,
-                    ScanHook* scan_hook) {
+                    MambaLayerWeights& g, std::int64_t layer, const MixerHooks& hooks) {
   const std::int64_t B = n.dim(0), L = n.dim(1), E = cfg.d_inner;
   const std::int64_t N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv, rows = B * L;
+  const std::int64_t Cx = a.n_context, Ta = a.n_affix, Le = Ta + L, rows_e = B * Le;
   const DType dt = n.dtype();
-  const auto flat = [&](const Tensor& t) { return t.reshape({rows, t.numel() / rows}); };
+  LinearHook* hook = hooks.linear;
+  ScanHook* scan_hook = hooks.scan;
+  const auto flat = [&](const Tensor& t) {
+    return t.reshape({t.dim(0) * t.dim(1), t.numel() / (t.dim(0) * t.dim(1))});
+  };
 
   // out = out_proj(gated)
   Tensor dgated = be.empty({rows, E}, dt);
@@ -126,38 +132,43 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
                   g.out_proj_bias);
   if (hook)
     hook->linear_backward(layer, LinearSite::OutProj, flat(a.gated), {{0, flat(dout)}}, dgated);
-  // gated = y * silu(z)
+  // gated = y * silu(z); the affix's dropped steps get no gradient
   Tensor dy = be.empty({B, L, E}, dt), dz = be.empty({B, L, E}, dt);
   be.gate_backward(dgated.reshape({B, L, E}), a.y, a.z, dy, dz);
+  Tensor dy_scan = dy;
+  if (Ta > 0) {
+    dy_scan = be.zeros({B, Le, E}, dt);
+    put_steps(be, dy, Ta, dy_scan);
+  }
 
   // the scan
   Backend::ScanInputs in{a.u, a.delta, a.A, a.Bm, a.Cm, w.D, a.h0, a.scan_chunk};
   Backend::ScanGrads sg;
-  sg.du = be.empty({B, L, E}, dt);
-  sg.ddelta = be.empty({B, L, E}, dt);
+  sg.du = be.empty({B, Le, E}, dt);
+  sg.ddelta = be.empty({B, Le, E}, dt);
   sg.dA = be.zeros({E, N}, dt);
-  sg.dBm = be.empty({B, L, N}, dt);
-  sg.dCm = be.empty({B, L, N}, dt);
+  sg.dBm = be.empty({B, Le, N}, dt);
+  sg.dCm = be.empty({B, Le, N}, dt);
   sg.dD = g.D;
   if (a.h0.defined()) sg.dh0 = be.empty({B, E, N}, dt);
-  be.selective_scan_backward(in, a.h_saved, dy, sg);
+  be.selective_scan_backward(in, a.h_saved, dy_scan, sg);
   if (scan_hook) {
     ScanIOGrads io_grads{sg.du, sg.ddelta, sg.dCm};
-    scan_hook->output_backward(layer, {a.u, a.delta, a.Cm}, dy, io_grads);
+    scan_hook->output_backward(layer, {a.u, a.delta, a.Cm}, dy_scan, io_grads);
     if (a.h0.defined()) scan_hook->initial_state_backward(layer, sg.dh0);
   }
   if (g.A_log.defined()) be.ssm_A_backward(sg.dA, a.A, g.A_log);
 
   // delta = softplus(dt_proj(dt_in))
-  Tensor ddelta_raw = be.empty({B, L, E}, dt);
+  Tensor ddelta_raw = be.empty({B, Le, E}, dt);
   be.softplus_backward(sg.ddelta, a.delta_raw, ddelta_raw);
-  Tensor ddt_in = be.empty({rows, R}, dt);
+  Tensor ddt_in = be.empty({rows_e, R}, dt);
   linear_backward(be, flat(ddelta_raw), a.dt_in, w.dt_proj, ddt_in, 0.0, g.dt_proj, g.dt_proj_bias);
   if (hook)
     hook->linear_backward(layer, LinearSite::DtProj, a.dt_in, {{0, flat(ddelta_raw)}}, ddt_in);
 
   // [dt_in ; Bm ; Cm] = x_proj(u): the gradient of u adds to the scan's du
-  Tensor dx_dbl = be.empty({rows, R + 2 * N}, dt);
+  Tensor dx_dbl = be.empty({rows_e, R + 2 * N}, dt);
   be.merge_columns(ddt_in, 0, dx_dbl);
   be.merge_columns(flat(sg.dBm), R, dx_dbl);
   be.merge_columns(flat(sg.dCm), R + N, dx_dbl);
@@ -168,12 +179,32 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
     hook->linear_backward(layer, LinearSite::XProj, flat(a.u),
                           {{0, ddt_in}, {R, flat(sg.dBm)}, {R + N, flat(sg.dCm)}}, du2);
 
-  // u = silu(c), c = conv1d(x)
-  Tensor dc = be.empty({B, L, E}, dt);
+  // u = silu(c), c = the last Le outputs of conv1d(conv_in)
+  Tensor dc = be.empty({B, Le, E}, dt);
   be.silu_backward(sg.du, a.c, dc);
-  Tensor dx = be.empty({B, L, E}, dt);
+  Tensor dc_full = dc;
+  if (Cx > 0) {
+    dc_full = be.zeros({B, Cx + Le, E}, dt);
+    put_steps(be, dc, Cx, dc_full);
+  }
+  Tensor dconv_in = be.empty(a.conv_in.shape(), dt);
   Tensor dconv = g.conv1d.defined() ? g.conv1d.reshape({E, K}) : be.zeros({E, K}, dt);
-  be.conv1d_backward(dc, a.x, w.conv1d.reshape({E, K}), dx, dconv, g.conv1d_bias);
+  be.conv1d_backward(dc_full, a.conv_in, w.conv1d.reshape({E, K}), dconv_in, dconv, g.conv1d_bias);
+  Tensor dx = dconv_in;
+  if (Cx > 0 || Ta > 0) {
+    if (Cx > 0 && scan_hook) {
+      Tensor dcontext = be.zeros({1, Cx, E}, dt);
+      sum_steps(be, dconv_in, 0, dcontext);
+      scan_hook->initial_conv_state_backward(layer, dcontext);
+    }
+    if (Ta > 0 && hooks.input) {
+      Tensor daffix = be.zeros({Ta, E}, dt);
+      sum_steps(be, dconv_in, Cx, daffix);
+      hooks.input->affix_backward(layer, daffix);
+    }
+    dx = be.empty({B, L, E}, dt);
+    take_steps(be, dconv_in, Cx + Ta, dx);
+  }
 
   // [x ; z] = in_proj(n): dn = dx W_x + dz W_z
   Tensor dn2 = flat(dn), n2 = flat(n);

@@ -6,9 +6,15 @@
 //   delta = softplus(dt_proj(dt_in))        (B, L, E), bias inside the softplus
 //   y = selective_scan(u, delta, A = -exp(A_log), Bm, Cm, D)
 //   out = out_proj(y * silu(z))             (B, L, D)
+// Two PEFT methods lengthen the sequence inside the mixer: affix tuning puts Ta learned x~
+// vectors before x (the conv, x_proj, dt and the scan run over Ta + L steps; y drops the first
+// Ta before the gate), and a learned conv state (initial-state tuning's option) or the decoding
+// cache gives the conv K-1 steps of left context instead of zero padding. The conv then runs
+// over conv_in = [context (Cx steps) ; affix (Ta) ; x (L)] and its first Cx outputs are dropped.
 #pragma once
 
 #include "backend/backend.h"
+#include "model/input_hook.h"
 #include "model/linear_hook.h"
 #include "model/mamba_config.h"
 #include "model/mamba_weights.h"
@@ -18,16 +24,19 @@ namespace ssmtune {
 
 struct MixerActivations {
   Tensor x, z;              // (B, L, E) the two halves of in_proj's output
-  Tensor c, u;              // (B, L, E) conv output before and after SiLU
-  Tensor dt_in;             // (B*L, R)
-  Tensor Bm, Cm;            // (B, L, N)
-  Tensor delta_raw, delta;  // (B, L, E) before and after softplus
+  std::int64_t n_context = 0, n_affix = 0;  // Cx, Ta (above); Le = Ta + L below
+  Tensor conv_in;           // (B, Cx + Le, E) the conv's input (= x when Cx = Ta = 0)
+  Tensor c, u;              // (B, Le, E) conv output before and after SiLU
+  Tensor dt_in;             // (B*Le, R)
+  Tensor Bm, Cm;            // (B, Le, N)
+  Tensor delta_raw, delta;  // (B, Le, E) before and after softplus
   Tensor A;                 // (E, N) = -exp(A_log)
   Tensor h0;                // (B, E, N) the scan's initial state, or undefined (zeros)
   Tensor h_saved;           // (B, n_chunks, E, N) scan state at each chunk start
   std::int64_t scan_chunk = 64;
-  Tensor y;      // (B, L, E) scan output, before the gate
-  Tensor gated;  // (B, L, E) y * silu(z), out_proj's input
+  Tensor y_scan;  // (B, Le, E) scan output with the hooks' terms (= y when Ta = 0)
+  Tensor y;       // (B, L, E) its last L steps, before the gate
+  Tensor gated;   // (B, L, E) y * silu(z), out_proj's input
 };
 
 // The state recurrent decoding carries from one block of tokens to the next (MODELS.md A.5;
@@ -39,23 +48,31 @@ struct MixerActivations {
 //   hook (1, ...): what the scan hook carries (ScanHook::carried_state_shape), or undefined.
 struct MixerCache {
   Tensor conv, ssm, hook;
+  bool affix_pending = false;  // the sequence has not started: affix tuning's vectors go first
 };
 
-// n: (B, L, D) normalised block input   out: (B, L, D) overwritten
-// hook: PEFT terms beside the projections of layer `layer`, or null; scan_hook: PEFT terms on
-// its scan state, or null. cache: null in training (zero conv padding, the scan from the scan
-// hook's initial state); in recurrent decoding (B = 1) the states to start from, updated to the
-// end of the block (backward is then not possible).
+// The PEFT hooks of one mixer (each may be null).
+struct MixerHooks {
+  LinearHook* linear = nullptr;
+  ScanHook* scan = nullptr;
+  InputHook* input = nullptr;
+};
+
+// n: (B, L, D) normalised block input of layer `layer`   out: (B, L, D) overwritten
+// hooks: the PEFT terms on this layer. cache: null in training (conv context from the scan
+// hook's learned conv state or zero padding, the scan from its initial state); in recurrent
+// decoding (B = 1) the states to start from, updated to the end of the block (backward is then
+// not possible).
 void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w, const Tensor& n,
                    std::int64_t scan_chunk, MixerActivations& acts, Tensor& out,
-                   LinearHook* hook = nullptr, std::int64_t layer = 0,
-                   ScanHook* scan_hook = nullptr, MixerCache* cache = nullptr);
+                   std::int64_t layer = 0, const MixerHooks& hooks = {},
+                   MixerCache* cache = nullptr);
 
 // dout: (B, L, D)   dn: (B, L, D) overwritten with the gradient w.r.t. n
 // grads: parameter gradients accumulated (+=); an undefined grad tensor is skipped (frozen).
 void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
                     const Tensor& n, const MixerActivations& acts, const Tensor& dout, Tensor& dn,
-                    MambaLayerWeights& grads, LinearHook* hook = nullptr, std::int64_t layer = 0,
-                    ScanHook* scan_hook = nullptr);
+                    MambaLayerWeights& grads, std::int64_t layer = 0,
+                    const MixerHooks& hooks = {});
 
 }  // namespace ssmtune

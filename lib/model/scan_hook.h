@@ -30,6 +30,11 @@ class ScanHook {
   virtual Tensor initial_state(std::int64_t layer, std::int64_t batch) = 0;
   // dh0: (batch, E, N), the gradient w.r.t. what initial_state returned. Accumulates.
   virtual void initial_state_backward(std::int64_t layer, const Tensor& dh0) = 0;
+  // The conv's left context for layer `layer` instead of zero padding (initial-state tuning's
+  // learned conv state): (1, K-1, E) time-major, or undefined for zeros.
+  virtual Tensor initial_conv_state(std::int64_t) { return Tensor(); }
+  // d: (1, K-1, E), summed over the batch. Accumulates.
+  virtual void initial_conv_state_backward(std::int64_t, const Tensor&) {}
   // The state the hook's terms carry from one block of tokens to the next in recurrent decoding,
   // per sequence (the additional scan's extra states: (E, n)), or empty when they carry none.
   virtual Shape carried_state_shape(std::int64_t layer) const = 0;

@@ -113,9 +113,7 @@ void AdditionalScan::output_backward(std::int64_t layer, const ScanIO& in, const
 
 void write_additional_scan(const std::filesystem::path& dir, AdditionalScan& as,
                            const std::map<std::string, std::string>& metadata) {
-  std::vector<TrainableParam> params;
-  as.append_trainables(params);
-  write_method_file(dir, "additional_scan", params,
+  save_method(dir, "additional_scan", as,
                     {{"states", as.config().states}, {"init", as.config().init}}, metadata);
 }
 
@@ -131,9 +129,7 @@ std::unique_ptr<AdditionalScan> read_additional_scan(const std::filesystem::path
   if (c.states < 1) f.fail("states", "an integer in [1, 1024]");
   c.init = f.get_choice("init", {"copy", "s4d"}).value_or("copy");
   auto as = std::make_unique<AdditionalScan>(cfg, c, dtype, be);
-  std::vector<TrainableParam> params;
-  as->append_trainables(params);
-  read_method_tensors(dir, "additional_scan", params, be);
+  load_method(dir, "additional_scan", *as, be);
   return as;
 }
 

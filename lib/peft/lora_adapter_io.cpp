@@ -111,7 +111,8 @@ bool is_adapter_dir(const fs::path& dir) {
          fs::is_regular_file(dir / kStateTuningFile, ec) ||
          fs::is_regular_file(dir / kParamTuningFile, ec) ||
          fs::is_regular_file(dir / method_file_name("parallel_adapter"), ec) ||
-         fs::is_regular_file(dir / method_file_name("additional_scan"), ec);
+         fs::is_regular_file(dir / method_file_name("additional_scan"), ec) ||
+         fs::is_regular_file(dir / method_file_name("virtual_tokens"), ec);
 }
 
 void write_lora_adapter(const fs::path& dir, const LoraModel& lora, const std::string& base_model,

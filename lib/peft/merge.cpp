@@ -45,6 +45,7 @@ LoadedModel load_model_with_adapter(const std::string& model_dir, const std::str
     m.state = read_state_tuning(adapter_dir, m.cfg, DType::F32, be);
     m.additional_scan = read_additional_scan(adapter_dir, m.cfg, DType::F32, be);
     m.parallel_adapter = read_parallel_adapter(adapter_dir, m.cfg, DType::F32, be);
+    m.virtual_tokens = read_virtual_tokens(adapter_dir, m.cfg, DType::F32, be);
   }
   m.scan_hooks = std::make_shared<ScanHookList>();
   m.hooks = std::make_shared<LinearHookList>();
@@ -67,6 +68,9 @@ std::string LoadedModel::unmergeable() const {
   if (parallel_adapter)
     add(method_file_name("parallel_adapter") +
         " holds a parallel adapter, which is not linear (its ReLU)");
+  if (virtual_tokens)
+    add(method_file_name("virtual_tokens") +
+        " holds virtual tokens (prompt / prefix / affix tuning), which lengthen every sequence");
   return out;
 }
 

@@ -13,6 +13,7 @@
 #include "peft/lora.h"
 #include "peft/parallel_adapter.h"
 #include "peft/state_tuning.h"
+#include "peft/virtual_tokens.h"
 
 namespace ssmtune {
 
@@ -24,11 +25,13 @@ struct LoadedModel {
   std::shared_ptr<StateTuning> state = nullptr;
   std::shared_ptr<AdditionalScan> additional_scan = nullptr;
   std::shared_ptr<ParallelAdapter> parallel_adapter = nullptr;
+  std::shared_ptr<VirtualTokens> virtual_tokens = nullptr;  // the input hook
   std::shared_ptr<ScanHookList> scan_hooks = nullptr;  // all of them, as the model takes them
   std::shared_ptr<LinearHookList> hooks = nullptr;
   // What eval and generate give the model and the decoder (null when nothing).
   ScanHook* scan_hook() const { return scan_hooks ? scan_hooks->get() : nullptr; }
   LinearHook* hook() const { return hooks ? hooks->get() : nullptr; }
+  InputHook* input_hook() const { return virtual_tokens.get(); }
   // The unmergeable methods present, with the file that holds each ("" when none): what
   // merge-adapter refuses.
   std::string unmergeable() const;

@@ -34,4 +34,20 @@ std::optional<nlohmann::json> read_method_config(const std::filesystem::path& di
 void read_method_tensors(const std::filesystem::path& dir, const std::string& method,
                          std::vector<TrainableParam>& params, Backend& be);
 
+// The same for a method object with append_trainables(): its tensors under their names.
+template <class Method>
+void save_method(const std::filesystem::path& dir, const std::string& method, Method& m,
+                 const nlohmann::json& config, const std::map<std::string, std::string>& metadata) {
+  std::vector<TrainableParam> params;
+  m.append_trainables(params);
+  write_method_file(dir, method, params, config, metadata);
+}
+template <class Method>
+void load_method(const std::filesystem::path& dir, const std::string& method, Method& m,
+                 Backend& be) {
+  std::vector<TrainableParam> params;
+  m.append_trainables(params);
+  read_method_tensors(dir, method, params, be);
+}
+
 }  // namespace ssmtune

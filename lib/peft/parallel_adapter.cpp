@@ -85,10 +85,8 @@ void ParallelAdapter::linear_backward(std::int64_t layer, LinearSite site, const
 
 void write_parallel_adapter(const std::filesystem::path& dir, ParallelAdapter& pa,
                             const std::map<std::string, std::string>& metadata) {
-  std::vector<TrainableParam> params;
-  pa.append_trainables(params);
   const ParallelAdapterConfig& c = pa.config();
-  write_method_file(dir, "parallel_adapter", params,
+  save_method(dir, "parallel_adapter", pa,
                     {{"rank", c.rank}, {"scale", c.scale}, {"dropout", c.dropout}}, metadata);
 }
 
@@ -107,9 +105,7 @@ std::unique_ptr<ParallelAdapter> read_parallel_adapter(const std::filesystem::pa
   if (!std::isfinite(c.scale)) f.fail("scale", "a finite number");
   if (!(c.dropout >= 0 && c.dropout < 1)) f.fail("dropout", "a number in [0, 1)");
   auto pa = std::make_unique<ParallelAdapter>(cfg, c, dtype, be);
-  std::vector<TrainableParam> params;
-  pa->append_trainables(params);
-  read_method_tensors(dir, "parallel_adapter", params, be);
+  load_method(dir, "parallel_adapter", *pa, be);
   return pa;
 }
 

@@ -46,6 +46,16 @@ struct AdditionalScanConfig {
   std::string init = "copy";
 };
 
+// Virtual tokens (METHODS.md 5): prompt tuning, prefix tuning (per layer), affix tuning.
+struct VirtualTokensConfig {
+  std::int64_t prompt_tokens = 0;  // T of prompt tuning, 0 = off
+  std::string prompt_init_text;    // "" = the embeddings of T random vocabulary tokens
+  std::vector<std::int64_t> prompt_init_ids;  // the text's ids, set by whoever has the tokenizer
+  std::int64_t prefix_tokens = 0;  // T per layer of prefix tuning, 0 = off
+  std::int64_t affix_tokens = 0;   // T per layer of affix tuning, 0 = off
+  bool any() const { return prompt_tokens > 0 || prefix_tokens > 0 || affix_tokens > 0; }
+};
+
 struct PeftConfig {
   std::optional<LoraConfig> lora;  // present = LoRA on
   bool full = false;               // full fine-tuning: every base tensor trains
@@ -54,7 +64,9 @@ struct PeftConfig {
   std::optional<SdtConfig> sdt;    // present = SDT on (with lora: SDLoRA)
   std::optional<ParallelAdapterConfig> parallel_adapter;  // present = on
   std::optional<AdditionalScanConfig> additional_scan;    // present = on
+  VirtualTokensConfig virtual_tokens;  // prompt / prefix / affix tuning, each off at 0 tokens
   bool initial_state = false;      // initial-state tuning: a learned h_0 per layer (E, N)
+  bool initial_conv_state = false;  // and a learned conv state per layer (K-1, E)
   std::string state_offset;        // state-offset tuning: "" (off), "h" (E, N) or "y" (E)
   std::string init_from;           // adapter directory to start from, or ""
 };

@@ -18,14 +18,15 @@ namespace ssmtune {
 PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfig& peft,
                      Backend& be, std::uint64_t seed)
     : cfg_(cfg), base_(base), config_(peft), be_(be), seed_(seed) {
-  const bool state_on = peft.initial_state || !peft.state_offset.empty();
+  const bool state_on = peft.initial_state || peft.initial_conv_state || !peft.state_offset.empty();
   const bool params_on = peft.partial || peft.bitfit || peft.sdt;
-  const bool modules_on = peft.parallel_adapter || peft.additional_scan;
+  const bool modules_on =
+      peft.parallel_adapter || peft.additional_scan || peft.virtual_tokens.any();
   if (!peft.lora && !peft.full && !state_on && !params_on && !modules_on)
     throw UsageError(
         "peft: no method enabled (set peft.lora, peft.full, peft.partial, peft.bitfit, "
-        "peft.sdt, peft.parallel_adapter, peft.additional_scan, peft.initial_state or "
-        "peft.state_offset)");
+        "peft.sdt, peft.parallel_adapter, peft.additional_scan, peft.prompt, peft.prefix, "
+        "peft.affix, peft.initial_state or peft.state_offset)");
   if (!peft.init_from.empty() && !peft.lora)
     throw UsageError("peft.init_from continues a LoRA adapter: it needs peft.lora");
   if (peft.full && params_on)
@@ -47,7 +48,11 @@ PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfi
                                            peft.state_offset == "h"   ? StateOffset::H
                                            : peft.state_offset == "y" ? StateOffset::Y
                                                                       : StateOffset::None,
-                                           dtype, be);
+                                           dtype, be, peft.initial_conv_state);
+  if (peft.virtual_tokens.any()) {
+    virtual_ = std::make_unique<VirtualTokens>(cfg, peft.virtual_tokens, dtype, be);
+    virtual_->init(base, seed);
+  }
   if (peft.parallel_adapter) {
     parallel_ = std::make_unique<ParallelAdapter>(cfg, *peft.parallel_adapter, dtype, be);
     parallel_->init(seed);
@@ -102,6 +107,7 @@ void PeftModel::collect_trainables() {
   if (state_) state_->append_trainables(trainables_);
   if (parallel_) parallel_->append_trainables(trainables_);
   if (add_scan_) add_scan_->append_trainables(trainables_);
+  if (virtual_) virtual_->append_trainables(trainables_);
   if (params_) params_->append_trainables(trainables_);
   if (config_.full) {
     // Values of the base trainables: the same names in the base weights.
@@ -170,6 +176,7 @@ const std::vector<SdtLayerSelection>& PeftModel::end_sdt_warmup() {
   }
   if (parallel_) parallel_->init(seed_);
   if (add_scan_) add_scan_->init(base_, seed_);
+  if (virtual_) virtual_->init(base_, seed_);
   build_params(sdt_masked_entries(cfg_, sdt_selection_));
   sdt_phase_ = SdtPhase::Train;
   return sdt_selection_;
@@ -268,6 +275,23 @@ std::vector<std::string> PeftModel::summary() const {
                     c.init + "), " + std::to_string(cfg_.n_layer * 3 * c.states * cfg_.d_inner) +
                     " parameters");
   }
+  if (virtual_) {
+    const VirtualTokensConfig& c = virtual_->config();
+    if (c.prompt_tokens)
+      lines.push_back("prompt tuning: " + std::to_string(c.prompt_tokens) + " tokens, " +
+                      std::to_string(c.prompt_tokens * cfg_.d_model) + " parameters");
+    if (c.prefix_tokens)
+      lines.push_back("prefix tuning: " + std::to_string(c.prefix_tokens) + " tokens per layer, " +
+                      std::to_string(cfg_.n_layer * c.prefix_tokens * cfg_.d_model) +
+                      " parameters");
+    if (c.affix_tokens)
+      lines.push_back("affix tuning: " + std::to_string(c.affix_tokens) + " tokens per layer, " +
+                      std::to_string(cfg_.n_layer * c.affix_tokens * cfg_.d_inner) + " parameters");
+  }
+  if (config_.initial_conv_state)
+    lines.push_back("initial-state tuning, conv state: (d_conv - 1) x d_inner per layer, " +
+                    std::to_string(cfg_.n_layer * (cfg_.d_conv - 1) * cfg_.d_inner) +
+                    " parameters");
   if (config_.initial_state)
     lines.push_back("initial-state tuning: h0 (d_inner x d_state) per layer, " +
                     std::to_string(cfg_.n_layer * cfg_.d_inner * cfg_.d_state) + " parameters");
@@ -288,7 +312,8 @@ bool PeftModel::save_adapter(const fs::path& dir, const std::string& base_model,
   if (params_) write_param_tuning(dir, *params_, sdt_json(), metadata);
   if (parallel_) write_parallel_adapter(dir, *parallel_, metadata);
   if (add_scan_) write_additional_scan(dir, *add_scan_, metadata);
-  return lora_here || state_ || params_ || parallel_ || add_scan_;
+  if (virtual_) write_virtual_tokens(dir, *virtual_, metadata);
+  return lora_here || state_ || params_ || parallel_ || add_scan_ || virtual_;
 }
 
 void PeftModel::save(const fs::path& dir, const std::string& base_model,
@@ -333,21 +358,21 @@ void PeftModel::load(const fs::path& dir) {
     state_->append_trainables(mine);
     saved->append_trainables(theirs);
     if (mine.size() != theirs.size() || saved->offset() != state_->offset() ||
-        saved->initial_state_on() != state_->initial_state_on())
+        saved->initial_state_on() != state_->initial_state_on() ||
+        saved->conv_state_on() != state_->conv_state_on())
       throw Error(file + ": holds other state methods than this run trains");
     for (std::size_t i = 0; i < mine.size(); ++i) be_.copy(theirs[i].value, mine[i].value);
   }
   if (params_) load_params(dir);
   const auto load_module = [&](const char* method, auto* module) {
     if (!module) return;
-    std::vector<TrainableParam> params;
-    module->append_trainables(params);
     if (!read_method_config(dir, method))
       throw Error((dir / method_file_name(method)).string() + ": missing (this run trains it)");
-    read_method_tensors(dir, method, params, be_);
+    load_method(dir, method, *module, be_);
   };
   load_module("parallel_adapter", parallel_.get());
   load_module("additional_scan", add_scan_.get());
+  load_module("virtual_tokens", virtual_.get());
   if (config_.full) {
     MambaWeights saved = load_mamba_weights(dir.string(), cfg_, base_.embedding.dtype());
     std::map<std::string, Tensor> by_name;

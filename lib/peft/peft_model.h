@@ -27,6 +27,7 @@
 #include "peft/peft_config.h"
 #include "peft/sdt.h"
 #include "peft/state_tuning.h"
+#include "peft/virtual_tokens.h"
 #include "peft/trainable.h"
 
 namespace ssmtune {
@@ -45,11 +46,13 @@ class PeftModel {
   // The linear terms that merged() cannot fold in (the parallel adapter), for a decoder that
   // runs on merged().
   LinearHook* unmerged_hook() { return unmerged_hooks_.get(); }
+  InputHook* input_hook() { return virtual_.get(); }
   LoraModel* lora() { return lora_.get(); }
   const LoraModel* lora() const { return lora_.get(); }
   StateTuning* state() { return state_.get(); }
   ParallelAdapter* parallel_adapter() { return parallel_.get(); }
   AdditionalScan* additional_scan() { return add_scan_.get(); }
+  VirtualTokens* virtual_tokens() { return virtual_.get(); }
   const ParamTuning* params() const { return params_.get(); }
   // The weights the model runs on; the same object for the PeftModel's life (its tensors are
   // updated in place), so a MambaLM may keep a reference.
@@ -113,6 +116,7 @@ class PeftModel {
   std::unique_ptr<StateTuning> state_;
   std::unique_ptr<ParallelAdapter> parallel_;
   std::unique_ptr<AdditionalScan> add_scan_;
+  std::unique_ptr<VirtualTokens> virtual_;
   LinearHookList hooks_, unmerged_hooks_;
   ScanHookList scan_hooks_;
   std::vector<TunedTensor> partial_plan_;  // partial tuning / BitFit entries, values unset

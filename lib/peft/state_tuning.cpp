@@ -12,10 +12,14 @@
 namespace ssmtune {
 
 StateTuning::StateTuning(const MambaConfig& cfg, bool initial_state, StateOffset offset,
-                         DType dtype, Backend& be)
+                         DType dtype, Backend& be, bool conv_state)
     : be_(be), kind_(offset) {
   const std::int64_t E = cfg.d_inner, N = cfg.d_state;
   for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
+    if (conv_state && cfg.d_conv > 1) {
+      conv_.push_back(be_.zeros({cfg.d_conv - 1, E}, dtype));
+      dconv_.push_back(be_.zeros({cfg.d_conv - 1, E}, dtype));
+    }
     if (initial_state) {
       h0_.push_back(be_.zeros({E, N}, dtype));
       dh0_.push_back(be_.zeros({E, N}, dtype));
@@ -31,6 +35,8 @@ StateTuning::StateTuning(const MambaConfig& cfg, bool initial_state, StateOffset
 void StateTuning::append_trainables(std::vector<TrainableParam>& out) {
   for (std::size_t i = 0; i < h0_.size(); ++i)
     out.push_back({"initial_state.layers." + std::to_string(i) + ".h0", h0_[i], dh0_[i]});
+  for (std::size_t i = 0; i < conv_.size(); ++i)
+    out.push_back({"initial_state.layers." + std::to_string(i) + ".conv", conv_[i], dconv_[i]});
   const char* kind = kind_ == StateOffset::H ? ".h" : ".y";
   for (std::size_t i = 0; i < offset_.size(); ++i)
     out.push_back({"state_offset.layers." + std::to_string(i) + kind, offset_[i], doffset_[i]});
@@ -52,6 +58,17 @@ void StateTuning::initial_state_backward(std::int64_t layer, const Tensor& dh0) 
   if (h0_.empty()) return;
   for (std::int64_t b = 0; b < dh0.dim(0); ++b)  // the batch shares H0: gradients add
     be_.add(dh0.rows(b, b + 1).reshape(dh0_.at(layer).shape()), dh0_.at(layer));
+}
+
+Tensor StateTuning::initial_conv_state(std::int64_t layer) {
+  if (conv_.empty()) return Tensor();
+  const Tensor& c = conv_.at(layer);
+  return c.reshape({1, c.dim(0), c.dim(1)});
+}
+
+void StateTuning::initial_conv_state_backward(std::int64_t layer, const Tensor& d) {
+  if (conv_.empty()) return;
+  be_.add(d.reshape(dconv_.at(layer).shape()), dconv_.at(layer));
 }
 
 void StateTuning::output_forward(std::int64_t layer, const ScanIO& in, Tensor& y3, Tensor*) {
@@ -88,8 +105,10 @@ void write_state_tuning(const std::filesystem::path& dir, StateTuning& st,
   const char* offset = st.offset() == StateOffset::H   ? "h"
                        : st.offset() == StateOffset::Y ? "y"
                                                        : "";
-  meta["ssmtune.state_methods"] =
-      nlohmann::json{{"initial_state", st.initial_state_on()}, {"state_offset", offset}}.dump();
+  meta["ssmtune.state_methods"] = nlohmann::json{
+      {"initial_state", st.initial_state_on()},
+      {"initial_conv_state", st.conv_state_on()},
+      {"state_offset", offset}}.dump();
   write_safetensors(dir / kStateTuningFile, tensors, meta);
 }
 
@@ -106,12 +125,13 @@ std::unique_ptr<StateTuning> read_state_tuning(const std::filesystem::path& dir,
   const nlohmann::json methods = parse_json_text(it->second, file + ": metadata");
   const JsonFields f(methods, file + ": metadata ssmtune.state_methods");
   const bool initial_state = f.get_bool("initial_state").value_or(false);
+  const bool conv_state = f.get_bool("initial_conv_state").value_or(false);
   const std::string offset = f.get_choice("state_offset", {"", "h", "y"}).value_or("");
   auto out = std::make_unique<StateTuning>(cfg, initial_state,
                                            offset == "h"   ? StateOffset::H
                                            : offset == "y" ? StateOffset::Y
                                                            : StateOffset::None,
-                                           dtype, be);
+                                           dtype, be, conv_state);
   std::vector<TrainableParam> params;
   out->append_trainables(params);
   std::set<std::string> expected;

@@ -1,6 +1,8 @@
 // State-based PEFT (State-offset Tuning, Kang et al. 2025; METHODS.md 4), per layer, all
 // zero-initialised so the model is unchanged at step 0:
-//   initial-state tuning   H0 (E, N): the scan starts from h_0 = H0 for every sequence
+//   initial-state tuning   H0 (E, N): the scan starts from h_0 = H0 for every sequence; with the
+//                          conv-state option also C0 (K-1, E), the causal conv's left context
+//                          instead of zero padding (row j = the input at time j - (K-1))
 //   state-offset tuning h  h' (E, N): y_t[d] += sum_n C_t[n] h'[d, n]   (dh' = dy^T C)
 //   state-offset tuning y  y' (E):    y_t[d] += y'[d]                   (dy' = sum_t dy_t)
 // Both offsets act on y before the gate, so neither can be merged into the base weights.
@@ -27,15 +29,19 @@ class StateTuning final : public ScanHook {
  public:
   // Zero parameters for every layer (F32 or F64).
   StateTuning(const MambaConfig& cfg, bool initial_state, StateOffset offset, DType dtype,
-              Backend& be);
+              Backend& be, bool conv_state = false);
 
-  // "initial_state.layers.I.h0", "state_offset.layers.I.h" / ".y", with their gradients.
+  // "initial_state.layers.I.h0", "initial_state.layers.I.conv", "state_offset.layers.I.h" /
+  // ".y", with their gradients.
   void append_trainables(std::vector<TrainableParam>& out);
   bool initial_state_on() const { return !h0_.empty(); }
+  bool conv_state_on() const { return !conv_.empty(); }
   StateOffset offset() const { return kind_; }
 
   Tensor initial_state(std::int64_t layer, std::int64_t batch) override;
   void initial_state_backward(std::int64_t layer, const Tensor& dh0) override;
+  Tensor initial_conv_state(std::int64_t layer) override;
+  void initial_conv_state_backward(std::int64_t layer, const Tensor& d) override;
   Shape carried_state_shape(std::int64_t) const override { return {}; }
   void output_forward(std::int64_t layer, const ScanIO& in, Tensor& y, Tensor* carry) override;
   void output_backward(std::int64_t layer, const ScanIO& in, const Tensor& dy,
@@ -45,12 +51,14 @@ class StateTuning final : public ScanHook {
   Backend& be_;
   StateOffset kind_;
   std::vector<Tensor> h0_, dh0_;          // per layer (E, N), empty when off
+  std::vector<Tensor> conv_, dconv_;      // per layer (K-1, E), empty when off
   std::vector<Tensor> offset_, doffset_;  // per layer (E, N) for H, (E) for Y
 };
 
 // In an adapter directory, beside (or without) the LoRA files: ssmtune_state.safetensors holds
 // initial_state.layers.I.h0 (E, N) and/or state_offset.layers.I.h (E, N) / .y (E); its metadata
-// "ssmtune.state_methods" = {"initial_state": bool, "state_offset": "" | "h" | "y"}.
+// "ssmtune.state_methods" = {"initial_state": bool, "initial_conv_state": bool,
+// "state_offset": "" | "h" | "y"}; initial_state.layers.I.conv (K-1, E) with the conv option.
 inline constexpr const char* kStateTuningFile = "ssmtune_state.safetensors";
 void write_state_tuning(const std::filesystem::path& dir, StateTuning& st,
                         const std::map<std::string, std::string>& metadata = {});

@@ -111,6 +111,7 @@ EvalResult evaluate(EvalInputs& in, const Dataset& ds, const EvalConfig& cfg) {
     MambaDecoder dec(merged.cfg, merged.weights, in.be);
     dec.set_scan_hook(in.scan_hook);
     dec.set_hook(in.hook);
+    dec.set_input_hook(in.input_hook);
     const std::int64_t vocab_limit = std::min(merged.cfg.vocab_size, in.tokenizer.vocab_size());
     std::int64_t matches = 0;
     for (std::int64_t i = 0; i < n; ++i) {

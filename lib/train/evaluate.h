@@ -31,6 +31,7 @@ struct EvalInputs {
   // null: on the scan (state methods, additional scan) and beside the projections.
   ScanHook* scan_hook = nullptr;
   LinearHook* hook = nullptr;
+  InputHook* input_hook = nullptr;
 };
 
 struct EvalResult {

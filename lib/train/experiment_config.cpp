@@ -118,6 +118,14 @@ class Section {
     return v;
   }
 
+  // Any string.
+  std::string string(const std::string& key, const std::string& def) {
+    take(key);
+    const std::string v = fields_.get_string(key).value_or(def);
+    record(key, v);
+    return v;
+  }
+
   // A string among `choices` (worded as JsonFields::get_choice does).
   std::string choice(const std::string& key, const std::vector<std::string>& choices,
                      const std::string& def) {
@@ -316,6 +324,14 @@ AdditionalScanConfig read_additional_scan(Section s) {
   return c;
 }
 
+// peft.prompt / peft.prefix / peft.affix: {"tokens": T}; prompt also {"init_text": "..."}.
+std::int64_t read_tokens(Section s, std::int64_t def, std::string* init_text = nullptr) {
+  const std::int64_t t = s.integer("tokens", 1, 1 << 16, def);
+  if (init_text) *init_text = s.string("init_text", "");
+  s.finish();
+  return t;
+}
+
 // An optional method section: absent or null = off (recorded as null), an object = on.
 template <class C, class Read>
 std::optional<C> read_optional(Section& s, const std::string& key, Read read) {
@@ -347,17 +363,30 @@ PeftConfig read_peft(Section& root, const std::string& base_dir) {
       read_optional<ParallelAdapterConfig>(s, "parallel_adapter", read_parallel_adapter);
   p.additional_scan =
       read_optional<AdditionalScanConfig>(s, "additional_scan", read_additional_scan);
+  VirtualTokensConfig& vt = p.virtual_tokens;
+  vt.prompt_tokens = read_optional<std::int64_t>(s, "prompt", [&](Section sec) {
+                       return read_tokens(sec, 20, &vt.prompt_init_text);
+                     }).value_or(0);
+  vt.prefix_tokens =
+      read_optional<std::int64_t>(s, "prefix", [](Section sec) { return read_tokens(sec, 10); })
+          .value_or(0);
+  vt.affix_tokens =
+      read_optional<std::int64_t>(s, "affix", [](Section sec) { return read_tokens(sec, 3); })
+          .value_or(0);
   p.initial_state = s.boolean("initial_state", def.initial_state);
+  p.initial_conv_state = s.boolean("initial_conv_state", def.initial_conv_state);
   p.state_offset = s.choice("state_offset", {"", "h", "y"}, def.state_offset);
   p.init_from = s.path("init_from", base_dir, false);
   s.finish();
   if (!p.lora && !p.full && !p.partial && !p.bitfit && !p.sdt && !p.parallel_adapter &&
-      !p.additional_scan && !p.initial_state && p.state_offset.empty())
+      !p.additional_scan && !vt.any() && !p.initial_state && !p.initial_conv_state &&
+      p.state_offset.empty())
     throw UsageError(root.where("peft") +
                      ": no method is enabled; set \"peft.lora\" (an object, {} for LoRA's "
                      "defaults), \"peft.full\": true, \"peft.partial\", \"peft.bitfit\": "
                      "true, \"peft.sdt\", \"peft.parallel_adapter\", "
-                     "\"peft.additional_scan\" (objects), \"peft.initial_state\": true or "
+                     "\"peft.additional_scan\", \"peft.prompt\", \"peft.prefix\", "
+                     "\"peft.affix\" (objects), \"peft.initial_state\": true or "
                      "\"peft.state_offset\": \"h\" or \"y\"");
   return p;
 }

@@ -131,7 +131,14 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
                  train_set.n_truncated, cfg.data.max_length);
 
   std::unique_ptr<Backend> be = make_cpu_backend();
-  PeftModel peft(mcfg, weights, cfg.peft, *be, cfg.seed);
+  PeftConfig peft_cfg = cfg.peft;
+  const std::string& init_text = peft_cfg.virtual_tokens.prompt_init_text;
+  if (!init_text.empty()) {  // prompt tuning starts from this text's embeddings
+    peft_cfg.virtual_tokens.prompt_init_ids = tokenizer->encode(init_text);
+    if (peft_cfg.virtual_tokens.prompt_init_ids.empty())
+      throw UsageError(cfg.source + ": field \"peft.prompt.init_text\": the text has no tokens");
+  }
+  PeftModel peft(mcfg, weights, peft_cfg, *be, cfg.seed);
   const std::int64_t n_trainable = peft.n_trainable();
   std::int64_t n_total = 0;
   for_each_param(mcfg, weights, [&](const std::string&, Tensor& t) { n_total += t.numel(); });
@@ -145,6 +152,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   MambaLM lm(mcfg, peft.weights(), *be, cfg.training.scan_chunk);
   lm.set_hook(peft.hook());
   lm.set_scan_hook(peft.scan_hook());
+  lm.set_input_hook(peft.input_hook());
   AdamW optimizer(cfg.optimizer, peft.trainables(), *be);
   EpochSampler sampler(std::int64_t(train_set.examples.size()), cfg.seed, cfg.data.shuffle);
   Rng dropout_rng = Rng::for_stream(cfg.seed, stream_id("dropout"));
@@ -208,7 +216,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     spdlog::info("checkpoint {}", p.string());
   };
   EvalInputs eval_in{lm, *tokenizer, *be, [&] { return peft.merged(); }, peft.scan_hook(),
-                     peft.unmerged_hook()};
+                     peft.unmerged_hook(), peft.input_hook()};
   auto run_eval = [&] {
     peft.set_training(false, nullptr);
     const EvalResult r = evaluate(eval_in, eval_set, cfg.eval);

@@ -1,0 +1,120 @@
+#include "peft/virtual_tokens.h"
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "io/json_fields.h"
+#include "peft/method_file.h"
+
+namespace ssmtune {
+
+namespace {
+
+// rows[i] = table[ids[i]]   table: (V, D) base embedding   rows: (T, D)
+void copy_embedding_rows(Backend& be, const Tensor& table, const std::vector<std::int64_t>& ids,
+                         Tensor& rows) {
+  Tensor ids_host = Tensor::empty({std::int64_t(ids.size())}, DType::I64);
+  std::copy(ids.begin(), ids.end(), ids_host.data<std::int64_t>());
+  Tensor ids_dev = be.empty(ids_host.shape(), DType::I64);
+  be.copy(ids_host, ids_dev);
+  be.embedding_forward(ids_dev, table, rows);
+}
+
+// T token ids: the text's ids repeated to length T (cut at T), or T random ids of the vocabulary.
+std::vector<std::int64_t> init_ids(std::int64_t T, const std::vector<std::int64_t>& text_ids,
+                                   std::int64_t vocab, Rng& rng) {
+  std::vector<std::int64_t> ids;
+  for (std::int64_t t = 0; t < T; ++t)
+    ids.push_back(text_ids.empty() ? std::int64_t(rng.below(std::uint64_t(vocab)))
+                                   : text_ids[std::size_t(t) % text_ids.size()]);
+  return ids;
+}
+
+}  // namespace
+
+VirtualTokens::VirtualTokens(const MambaConfig& cfg, const VirtualTokensConfig& config, DType dtype,
+                             Backend& be)
+    : config_(config), be_(be) {
+  const std::int64_t D = cfg.d_model, E = cfg.d_inner;
+  if (config.prompt_tokens > 0) {
+    prompt_ = be_.zeros({config.prompt_tokens, D}, dtype);
+    dprompt_ = be_.zeros({config.prompt_tokens, D}, dtype);
+  }
+  for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
+    if (config.prefix_tokens > 0) {
+      prefix_.push_back(be_.zeros({config.prefix_tokens, D}, dtype));
+      dprefix_.push_back(be_.zeros({config.prefix_tokens, D}, dtype));
+    }
+    if (config.affix_tokens > 0) {
+      affix_.push_back(be_.zeros({config.affix_tokens, E}, dtype));
+      daffix_.push_back(be_.zeros({config.affix_tokens, E}, dtype));
+    }
+  }
+}
+
+void VirtualTokens::init(const MambaWeights& base, std::uint64_t seed) {
+  const std::int64_t V = base.embedding.dim(0);
+  if (prompt_.defined()) {
+    Rng rng = Rng::for_stream(seed, stream_id("prompt"));
+    copy_embedding_rows(be_, base.embedding,
+                        init_ids(prompt_.dim(0), config_.prompt_init_ids, V, rng), prompt_);
+  }
+  for (std::size_t i = 0; i < prefix_.size(); ++i) {
+    Rng rng = Rng::for_stream(seed, stream_id(("prefix:" + std::to_string(i)).c_str()));
+    copy_embedding_rows(be_, base.embedding, init_ids(prefix_[i].dim(0), {}, V, rng), prefix_[i]);
+  }
+  for (Tensor& a : affix_) a.fill_zero();
+}
+
+void VirtualTokens::append_trainables(std::vector<TrainableParam>& out) {
+  if (prompt_.defined()) out.push_back({"prompt.embeddings", prompt_, dprompt_});
+  for (std::size_t i = 0; i < prefix_.size(); ++i)
+    out.push_back({"prefix.layers." + std::to_string(i) + ".tokens", prefix_[i], dprefix_[i]});
+  for (std::size_t i = 0; i < affix_.size(); ++i)
+    out.push_back({"affix.layers." + std::to_string(i) + ".x", affix_[i], daffix_[i]});
+}
+
+Tensor VirtualTokens::prefix(std::int64_t layer) {
+  return prefix_.empty() ? Tensor() : prefix_.at(std::size_t(layer));
+}
+Tensor VirtualTokens::affix(std::int64_t layer) {
+  return affix_.empty() ? Tensor() : affix_.at(std::size_t(layer));
+}
+void VirtualTokens::prompt_backward(const Tensor& d) {
+  if (prompt_.defined()) be_.add(d, dprompt_);
+}
+void VirtualTokens::prefix_backward(std::int64_t layer, const Tensor& d) {
+  if (!prefix_.empty()) be_.add(d, dprefix_.at(std::size_t(layer)));
+}
+void VirtualTokens::affix_backward(std::int64_t layer, const Tensor& d) {
+  if (!affix_.empty()) be_.add(d, daffix_.at(std::size_t(layer)));
+}
+
+void write_virtual_tokens(const std::filesystem::path& dir, VirtualTokens& vt,
+                          const std::map<std::string, std::string>& metadata) {
+  const VirtualTokensConfig& c = vt.config();
+  save_method(dir, "virtual_tokens", vt,
+                    {{"prompt_tokens", c.prompt_tokens},
+                     {"prefix_tokens", c.prefix_tokens},
+                     {"affix_tokens", c.affix_tokens}},
+                    metadata);
+}
+
+std::unique_ptr<VirtualTokens> read_virtual_tokens(const std::filesystem::path& dir,
+                                                   const MambaConfig& cfg, DType dtype,
+                                                   Backend& be) {
+  const std::optional<nlohmann::json> settings = read_method_config(dir, "virtual_tokens");
+  if (!settings) return nullptr;
+  const JsonFields f(*settings, (dir / method_file_name("virtual_tokens")).string() +
+                                    ": metadata ssmtune.method_config");
+  VirtualTokensConfig c;
+  constexpr std::int64_t kMaxTokens = 1 << 16;
+  c.prompt_tokens = f.get_int("prompt_tokens", 0, kMaxTokens).value_or(0);
+  c.prefix_tokens = f.get_int("prefix_tokens", 0, kMaxTokens).value_or(0);
+  c.affix_tokens = f.get_int("affix_tokens", 0, kMaxTokens).value_or(0);
+  if (!c.any()) f.fail("prompt_tokens", "at least one of prompt/prefix/affix_tokens > 0");
+  auto vt = std::make_unique<VirtualTokens>(cfg, c, dtype, be);
+  load_method(dir, "virtual_tokens", *vt, be);
+  return vt;
+}
+
+}  // namespace ssmtune

@@ -1,0 +1,62 @@
+// Virtual-token methods (METHODS.md 5), learned vectors at the start of every sequence:
+//   prompt tuning   P (T, D) before the embedded input, outputs dropped before norm_f.
+//                   Init: the embeddings of T random vocabulary tokens, or of a given text.
+//   prefix tuning   per layer P_i (T, D) before block i's input (MambaPEFT's "outer" affix),
+//                   outputs there dropped. Init: embeddings of random tokens, as prompt tuning.
+//   affix tuning    per layer X_i (T, E) before the x~ half of in_proj's output (MambaPEFT);
+//                   the mixer runs over them and drops them before the gate. Their z half
+//                   would only gate dropped outputs, so it is not a parameter. Init: zero.
+// P1 and P2 report that prompt and prefix tuning do poorly on SSMs; they are here so users can
+// see it. None is mergeable. Implements the model's InputHook.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/input_hook.h"
+#include "model/mamba_config.h"
+#include "model/mamba_weights.h"
+#include "peft/peft_config.h"
+#include "peft/trainable.h"
+
+namespace ssmtune {
+
+class VirtualTokens final : public InputHook {
+ public:
+  // Zero-filled vectors for the methods `config` turns on: call init() or load into them.
+  VirtualTokens(const MambaConfig& cfg, const VirtualTokensConfig& config, DType dtype,
+                Backend& be);
+  // `base` gives the embeddings the prompt and prefix start from.
+  void init(const MambaWeights& base, std::uint64_t seed);
+  const VirtualTokensConfig& config() const { return config_; }
+  // "prompt.embeddings" (T, D), "prefix.layers.I.tokens" (T, D), "affix.layers.I.x" (T, E)
+  void append_trainables(std::vector<TrainableParam>& out);
+
+  Tensor prompt() override { return prompt_; }
+  Tensor prefix(std::int64_t layer) override;
+  Tensor affix(std::int64_t layer) override;
+  void prompt_backward(const Tensor& d) override;
+  void prefix_backward(std::int64_t layer, const Tensor& d) override;
+  void affix_backward(std::int64_t layer, const Tensor& d) override;
+
+ private:
+  VirtualTokensConfig config_;
+  Backend& be_;
+  Tensor prompt_, dprompt_;
+  std::vector<Tensor> prefix_, dprefix_, affix_, daffix_;
+};
+
+// In an adapter directory: ssmtune_virtual_tokens.safetensors (method_file.h), settings
+// {"prompt_tokens", "prefix_tokens", "affix_tokens"}. read: null when the file is absent.
+void write_virtual_tokens(const std::filesystem::path& dir, VirtualTokens& vt,
+                          const std::map<std::string, std::string>& metadata = {});
+std::unique_ptr<VirtualTokens> read_virtual_tokens(const std::filesystem::path& dir,
+                                                   const MambaConfig& cfg, DType dtype,
+                                                   Backend& be);
+
+}  // namespace ssmtune

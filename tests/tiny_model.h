@@ -1,0 +1,32 @@
+// The committed mamba-tiny fixture (data_scripts/make_fixtures.py) with its reference inputs:
+// what most PEFT method tests run on.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "backend/backend.h"
+#include "io/safetensors.h"
+#include "model/mamba_config.h"
+#include "model/mamba_lm.h"
+#include "model/mamba_weights.h"
+
+namespace ssmtune::test {
+
+struct TinyModel {
+  std::string dir = (std::filesystem::path(SSMTUNE_FIXTURES_DIR) / "mamba-tiny").string();
+  MambaConfig cfg = load_mamba_config(dir);
+  MambaWeights w;
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  Tensor ids, targets;  // (2, 9) reference.safetensors' input_ids and shifted labels
+  explicit TinyModel(DType dtype) {
+    w = load_mamba_weights(dir, cfg, dtype);
+    const SafetensorsFile ref =
+        SafetensorsFile::open(std::filesystem::path(dir) / "reference.safetensors");
+    ids = ref.tensor("input_ids");
+    targets = shift_labels(ref.tensor("labels"));
+  }
+};
+
+}  // namespace ssmtune::test
