@@ -18,6 +18,7 @@
 #include "peft/peft_model.h"
 #include "peft/sdt.h"
 #include "test_compare.h"
+#include "train/adamw.h"
 
 using namespace ssmtune;
 using ssmtune::test::TempDir;
@@ -432,4 +433,39 @@ TEST_CASE("a hostile parameter-tuning file gets a clear error", "[peft][partial]
       {{"x", d}, {"y", d}},
       R"({"entries": [{"name": "x", "tensor": "backbone.layers.0.mixer.D", "mode": "delta"}]})",
       "unexpected tensor \"y\"");
+}
+
+TEST_CASE("per-tensor LR and weight-decay multipliers scale AdamW's update of that tensor",
+          "[peft][partial][optimizer]") {
+  auto be = make_cpu_backend();
+  OptimizerConfig oc;
+  oc.weight_decay = 0.5;
+  oc.no_decay = {"D"};
+  // Four copies of one parameter and gradient: plain, lr x3, a decay multiplier that overrides
+  // no_decay ("D" is in it), and that name without any multiplier (no decay at all).
+  const auto make = [&](const std::string& name, double lr_mult, std::optional<double> wd_mult) {
+    TrainableParam p{name, Tensor::zeros({3}, DType::F64), Tensor::zeros({3}, DType::F64), lr_mult,
+                     wd_mult};
+    for (int i = 0; i < 3; ++i) {
+      p.value.data<double>()[i] = 1.0 + i;
+      p.grad.data<double>()[i] = 0.5 - i;
+    }
+    return p;
+  };
+  std::vector<TrainableParam> params{make("a", 1.0, std::nullopt), make("b", 3.0, std::nullopt),
+                                     make("c.D", 1.0, 2.0), make("d.D", 1.0, std::nullopt)};
+  AdamW opt(oc, params, *be);
+  opt.step(0.1);  // the scheduled lr: oc.lr's schedule is the trainer's
+  // Step 1 of AdamW: value * (1 - lr wd) - lr * sign(g) (m / sqrt(v) = g / |g| after bias
+  // correction, eps negligible): exact up to eps / |g| ~ 1e-8 relative.
+  for (int i = 0; i < 3; ++i) {
+    const double v = 1.0 + i, g = 0.5 - i, sign = g > 0 ? 1.0 : -1.0;
+    CHECK(params[0].value.data<double>()[i] ==
+          Approx(v * (1 - 0.1 * 0.5) - 0.1 * sign).epsilon(1e-7));
+    CHECK(params[1].value.data<double>()[i] ==
+          Approx(v * (1 - 0.3 * 0.5) - 0.3 * sign).epsilon(1e-7));
+    CHECK(params[2].value.data<double>()[i] ==
+          Approx(v * (1 - 0.1 * 1.0) - 0.1 * sign).epsilon(1e-7));
+    CHECK(params[3].value.data<double>()[i] == Approx(v - 0.1 * sign).epsilon(1e-7));
+  }
 }

@@ -216,3 +216,17 @@ TEST_CASE("virtual tokens and the conv state save, load, and are refused by merg
   testing::require_close("loaded logits", b.logits(), a.logits(), 0, 0);
   CHECK_THAT(loaded.unmergeable(), Catch::Contains("virtual tokens"));
 }
+
+TEST_CASE("a zero-initialised conv state leaves the model's logits unchanged", "[peft][virtual]") {
+  Tiny m(DType::F32);
+  MambaLM plain(m.cfg, m.w, *m.be);
+  plain.forward(m.ids);
+  PeftConfig pc;
+  pc.initial_conv_state = true;
+  PeftModel peft(m.cfg, m.w, pc, *m.be, 0);
+  MambaLM lm = make_lm(m, peft);
+  lm.forward(m.ids);
+  // Explicit zero context instead of zero padding: the conv adds w * 0 = 0 terms, in the same
+  // order, so no bit changes.
+  testing::require_close("logits", lm.logits(), plain.logits(), 0, 0);
+}
