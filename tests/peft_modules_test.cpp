@@ -236,3 +236,46 @@ TEST_CASE("module methods save, load, and are refused by merge", "[peft][modules
                                          "parallel_adapter.layers.0.down: expected shape (5, 32)"));
   }
 }
+
+TEST_CASE("a hostile method file gets a clear error naming it", "[peft][modules][adapter]") {
+  Tiny m(DType::F32);
+  TempDir dir;
+  const fs::path file = dir / "ssmtune_parallel_adapter.safetensors";
+  const Tensor down = Tensor::zeros({4, m.cfg.d_inner}, DType::F32);
+  auto expect_error = [&](const std::vector<NamedTensor>& tensors,
+                          const std::map<std::string, std::string>& meta,
+                          const std::string& fragment) {
+    write_safetensors(file, tensors, meta);
+    try {
+      read_parallel_adapter(dir.path(), m.cfg, DType::F32, *m.be);
+      FAIL("accepted a bad file: " << fragment);
+    } catch (const Error& e) {
+      INFO(e.what());
+      CHECK_THAT(e.what(), Catch::Contains(file.string()));
+      CHECK_THAT(e.what(), Catch::Contains(fragment));
+    }
+  };
+  expect_error({{"x", down}}, {}, "metadata \"ssmtune.method_config\" is missing");
+  expect_error({{"x", down}}, {{"ssmtune.method_config", "[1"}}, "ssmtune.method_config");
+  expect_error({{"x", down}}, {{"ssmtune.method_config", R"({"rank": 0})"}}, "rank");
+  expect_error({{"x", down}}, {{"ssmtune.method_config", R"({"rank": 4, "dropout": 2})"}},
+               "dropout");
+  const std::string ok = R"({"rank": 4, "scale": 0.1, "dropout": 0})";
+  expect_error({{"x", down}}, {{"ssmtune.method_config", ok}},
+               "missing tensor parallel_adapter.layers.0.down");
+  std::vector<NamedTensor> all;
+  for (std::int64_t i = 0; i < m.cfg.n_layer; ++i) {
+    all.push_back({"parallel_adapter.layers." + std::to_string(i) + ".down", down});
+    all.push_back({"parallel_adapter.layers." + std::to_string(i) + ".up",
+                   Tensor::zeros({m.cfg.d_model, 4}, DType::F32)});
+  }
+  std::vector<NamedTensor> extra = all;
+  extra.push_back({"parallel_adapter.layers.9.down", down});
+  expect_error(extra, {{"ssmtune.method_config", ok}},
+               "unexpected tensor \"parallel_adapter.layers.9.down\"");
+  std::vector<NamedTensor> ints = all;
+  ints[0].tensor = Tensor::zeros({4, m.cfg.d_inner}, DType::I64);
+  expect_error(ints, {{"ssmtune.method_config", ok}}, "expected a float tensor, got I64");
+  write_safetensors(file, all, {{"ssmtune.method_config", ok}});
+  CHECK(read_parallel_adapter(dir.path(), m.cfg, DType::F32, *m.be) != nullptr);
+}
