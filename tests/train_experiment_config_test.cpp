@@ -677,3 +677,14 @@ TEST_CASE("virtual-token and module sections parse with their defaults and range
   require_config_error(with("peft", {{"parallel_adapter", {{"dropout", 1}}}}),
                        {"field \"peft.parallel_adapter.dropout\": expected a number in [0, 1)"});
 }
+
+TEST_CASE("methods that are off leave the resume hash as it was before they existed",
+          "[config][resume]") {
+  // The hash of this config as the release before partial/SDT/modules/virtual tokens wrote it
+  // into trainer_state.json: every method key added since is off here.
+  const json j = {{"model", "m"}, {"data", {{"train", "t.jsonl"}}}};
+  CHECK(experiment_config_hash(parse(j)) ==
+        experiment_config_hash(parse(with("peft.bitfit", false, j))));
+  CHECK(experiment_config_hash(parse(j)) !=
+        experiment_config_hash(parse(with("peft.affix", json::object(), j))));
+}

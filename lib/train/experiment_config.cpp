@@ -633,6 +633,16 @@ std::string experiment_config_hash(const ExperimentConfig& cfg) {
     j.erase("eval");
     erase_in(j, "data", "eval");
   }
+  // Methods added after the first release hash only when on, so a checkpoint written before they
+  // existed still resumes (its config hashes as it did then).
+  if (j.contains("peft") && j["peft"].is_object()) {
+    nlohmann::json& peft = j["peft"];
+    for (const char* key : {"partial", "sdt", "parallel_adapter", "additional_scan", "prompt",
+                            "prefix", "affix"})
+      if (peft.contains(key) && peft[key].is_null()) peft.erase(key);
+    for (const char* key : {"bitfit", "initial_conv_state"})
+      if (peft.contains(key) && peft[key] == false) peft.erase(key);
+  }
   // FNV-1a 64 of the canonical dump (nlohmann::json sorts keys). Paths from the file system may
   // hold invalid UTF-8: replaced rather than thrown on.
   std::uint64_t h = 0xcbf29ce484222325ULL;
