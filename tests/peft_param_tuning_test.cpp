@@ -17,32 +17,16 @@
 #include "peft/merge.h"
 #include "peft/peft_model.h"
 #include "peft/sdt.h"
+#include "peft_method_check.h"
 #include "test_compare.h"
 #include "train/adamw.h"
 
 using namespace ssmtune;
 using ssmtune::test::TempDir;
+using namespace ssmtune::testing::method_check;
 namespace fs = std::filesystem;
 
 namespace {
-
-const fs::path kFixtures(SSMTUNE_FIXTURES_DIR);
-
-SafetensorsFile method_reference() {
-  return SafetensorsFile::open(kFixtures / "methods" / "reference.safetensors");
-}
-
-struct Base {
-  std::string dir;
-  MambaConfig cfg;
-  MambaWeights w;
-  std::unique_ptr<Backend> be = make_cpu_backend();
-  explicit Base(const std::string& name, DType dtype = DType::F64) {
-    dir = (kFixtures / name).string();
-    cfg = load_mamba_config(dir);
-    w = load_mamba_weights(dir, cfg, dtype);
-  }
-};
 
 PeftConfig partial_config(std::vector<std::string> tensors, const std::string& mode) {
   PeftConfig p;
@@ -50,52 +34,6 @@ PeftConfig partial_config(std::vector<std::string> tensors, const std::string& m
   p.partial->tensors = std::move(tensors);
   p.partial->mode = mode;
   return p;
-}
-
-// Forward + loss + backward of the model the PeftModel runs; returns the loss.
-double loss_and_grads(Base& b, PeftModel& peft, const Tensor& ids, const Tensor& targets,
-                      Tensor* logits = nullptr) {
-  peft.after_step();  // the effective weights follow the current values
-  MambaLM lm(b.cfg, peft.weights(), *b.be);
-  lm.set_hook(peft.hook());
-  peft.zero_grads();
-  lm.forward(ids);
-  if (logits) *logits = lm.logits().clone();
-  const double loss = lm.loss(targets).loss;
-  lm.backward(targets, peft.base_grads());
-  peft.finish_backward();
-  return loss;
-}
-
-double loss_only(Base& b, PeftModel& peft, const Tensor& ids, const Tensor& targets) {
-  peft.after_step();  // the values changed: the effective weights follow
-  MambaLM lm(b.cfg, peft.weights(), *b.be);
-  lm.set_hook(peft.hook());
-  lm.forward(ids);
-  return lm.loss(targets).loss;
-}
-
-// Tolerances (both sides float64, same weights and inputs, only summation orders differ):
-// logits and loss 1e-12 relative; gradients, one more pass with sums that partly cancel, 1e-10
-// relative to the tensor's largest entry.
-void check_against_reference(Base& b, PeftModel& peft, const SafetensorsFile& ref,
-                             const std::string& variant, const Tensor& ids, const Tensor& targets,
-                             const std::function<std::string(const std::string&)>& ref_name) {
-  for (TrainableParam& p : peft.trainables()) {
-    INFO(p.name);
-    REQUIRE(ref.contains(variant + "." + ref_name(p.name)));
-    b.be->copy(ref.tensor(variant + "." + ref_name(p.name)), p.value);
-  }
-  peft.after_step();
-  Tensor logits;
-  const double loss = loss_and_grads(b, peft, ids, targets, &logits);
-  testing::require_close(variant + ".logits", logits, ref.tensor(variant + ".logits"), 1e-12, 0);
-  const double ref_loss = ref.tensor(variant + ".loss").data<double>()[0];
-  INFO("loss " << loss << " reference " << ref_loss);
-  REQUIRE(std::fabs(loss - ref_loss) <= 1e-12 * std::fabs(ref_loss));
-  for (const TrainableParam& p : peft.trainables())
-    testing::require_close(variant + ".grad." + p.name, p.grad,
-                           ref.tensor(variant + ".grad." + ref_name(p.name)), 1e-10, 0);
 }
 
 std::string same_name(const std::string& n) { return n; }

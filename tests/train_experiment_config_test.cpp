@@ -66,6 +66,7 @@ void require_same(const ExperimentConfig& a, const ExperimentConfig& b) {
     CHECK(a.peft.lora->rslora == b.peft.lora->rslora);
     CHECK(a.peft.lora->scale == b.peft.lora->scale);
     CHECK(a.peft.lora->init == b.peft.lora->init);
+    CHECK(a.peft.lora->dora == b.peft.lora->dora);
   }
   CHECK(a.peft.full == b.peft.full);
   CHECK(a.peft.initial_state == b.peft.initial_state);
@@ -113,7 +114,8 @@ json full_config() {
              "packing": true, "shuffle": false, "add_eos": false,
              "labels": ["negative", "positive"]},
     "peft": {"lora": {"targets": ["layers.0-3.in_proj.x", "x_proj.dt", "out_proj"], "rank": 16,
-                      "alpha": 32, "dropout": 0.1, "rslora": true, "init": "gaussian"},
+                      "alpha": 32, "dropout": 0.1, "rslora": true, "init": "gaussian",
+                      "dora": true},
              "full": true, "init_from": "adapters/warm"},
     "optimizer": {"lr": 3e-4, "betas": [0.8, 0.95], "eps": 1e-6, "weight_decay": 0.01,
                   "no_decay": ["norm"], "grad_clip": 0.5},
@@ -151,6 +153,7 @@ TEST_CASE("a config with only a model gets every documented default", "[config]"
   CHECK(c.peft.lora->dropout == 0);
   CHECK(!c.peft.lora->rslora);
   CHECK(c.peft.lora->init == "kaiming");
+  CHECK(!c.peft.lora->dora);
   CHECK(!c.peft.full);
   CHECK(c.peft.init_from.empty());
   CHECK(c.optimizer.lr == 1e-3);
@@ -214,6 +217,7 @@ TEST_CASE("a config that sets every key parses into the matching fields", "[conf
   CHECK(c.peft.lora->dropout == 0.1);
   CHECK(c.peft.lora->rslora);
   CHECK(c.peft.lora->init == "gaussian");
+  CHECK(c.peft.lora->dora);
   CHECK(c.peft.full);
   CHECK(c.peft.init_from == "/cfg/adapters/warm");
   CHECK(c.optimizer.lr == 3e-4);

@@ -89,13 +89,13 @@ void print_lora(const std::string& dir) {
   std::unique_ptr<Backend> be = make_cpu_backend();
   const auto lora = read_lora_adapter(dir, mcfg, DType::F32, *be);
   const LoraConfig& lc = lora->config();
-  std::printf("method        LoRA, rank %lld, alpha %g%s, scale %g, dropout %g\n",
-              (long long)lc.rank, lc.alpha, lc.rslora ? " (rsLoRA)" : "",
+  std::printf("method        %s, rank %lld, alpha %g%s, scale %g, dropout %g\n",
+              lc.dora ? "DoRA" : "LoRA", (long long)lc.rank, lc.alpha, lc.rslora ? " (rsLoRA)" : "",
               lora->terms().front().scale, lc.dropout);
   std::int64_t total = 0;
   std::printf("\n%-40s %8s %12s\n", "term", "rank", "parameters");
   for (const LoraTerm& t : lora->terms()) {
-    const std::int64_t n = t.A.numel() + t.B.numel();
+    const std::int64_t n = t.A.numel() + t.B.numel() + (t.dora() ? t.magnitude.numel() : 0);
     std::printf("  %-38s %8lld %12s\n", t.name.c_str(), (long long)t.rank, with_commas(n).c_str());
     total += n;
   }

@@ -4,6 +4,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "peft/dora.h"
 #include "peft/init_util.h"
 #include "peft/target_names.h"
 
@@ -40,6 +41,16 @@ std::string valid_targets_text() {
 
 }  // namespace
 
+Tensor linear_weight(const MambaLayerWeights& lw, LinearSite site) {
+  switch (site) {
+    case LinearSite::InProj: return lw.in_proj;
+    case LinearSite::XProj: return lw.x_proj;
+    case LinearSite::DtProj: return lw.dt_proj;
+    case LinearSite::OutProj: return lw.out_proj;
+  }
+  return Tensor();
+}
+
 std::vector<LoraTerm> plan_lora_terms(const MambaConfig& c, const LoraConfig& lora, DType dtype) {
   const auto table = target_table(c);
   const double scale = lora.scale > 0 ? lora.scale
@@ -51,7 +62,15 @@ std::vector<LoraTerm> plan_lora_terms(const MambaConfig& c, const LoraConfig& lo
     std::int64_t first = 0, last = 0;
     const bool restricted =
         take_layer_range(target, c.n_layer, first, last, "peft.lora.targets", original);
+    // PEFT's DoRA has one magnitude per module's output row: a slice or the embedding has no
+    // such vector in its adapter layout, so they stay LoRA-only.
+    const auto refuse_dora = [&](const char* what) {
+      throw UsageError("peft.lora.targets: \"" + original + "\" is " + what +
+                       ": DoRA (peft.lora.dora) works on whole modules only (in_proj, x_proj, "
+                       "dt_proj, out_proj); target the module, or turn dora off");
+    };
     if (target == "embeddings") {
+      if (lora.dora) refuse_dora("the embedding");
       if (restricted)
         throw UsageError("peft.lora.targets: \"" + original +
                          "\": the embedding is not part of a layer; write \"embeddings\"");
@@ -73,6 +92,7 @@ std::vector<LoraTerm> plan_lora_terms(const MambaConfig& c, const LoraConfig& lo
       throw UsageError("peft.lora.targets: unknown target \"" + original +
                        "\"; valid: " + valid_targets_text());
     const SliceRows& s = it->second;
+    if (lora.dora && s.rows != s.module_rows) refuse_dora("a slice");
     for (std::int64_t layer = first; layer <= last; ++layer) {
       LoraTerm t;
       t.name = "layers." + std::to_string(layer) + "." + target;
@@ -87,6 +107,7 @@ std::vector<LoraTerm> plan_lora_terms(const MambaConfig& c, const LoraConfig& lo
       t.scale = scale;
       t.A = Tensor::zeros({lora.rank, s.in}, dtype);
       t.B = Tensor::zeros({s.rows, lora.rank}, dtype);
+      if (lora.dora) t.magnitude = Tensor::zeros({s.rows}, dtype);
       terms.push_back(std::move(t));
     }
   }
@@ -111,7 +132,18 @@ LoraModel::LoraModel(LoraConfig lora, std::vector<LoraTerm> terms, Backend& be)
   for (LoraTerm& t : terms_) {
     t.dA = be_.zeros(t.A.shape(), t.A.dtype());
     t.dB = be_.zeros(t.B.shape(), t.B.dtype());
+    if (t.dora()) t.dmagnitude = be_.zeros(t.magnitude.shape(), t.magnitude.dtype());
   }
+}
+
+Tensor LoraModel::base_weight(const LoraTerm& t) const {
+  check(base_weights_ != nullptr,
+        "DoRA term " + t.name + " needs the base weights (LoraModel::set_base_weights)");
+  check(t.layer >= 0 && t.layer < std::int64_t(base_weights_->layers.size()),
+        "DoRA term " + t.name + ": the base weights have no layer " + std::to_string(t.layer));
+  const Tensor W = linear_weight(base_weights_->layers[t.layer], t.site);
+  check_shape(W, {t.module_rows, t.in}, t.module + ".weight (DoRA's base weight)");
+  return W;
 }
 
 void LoraModel::init(std::uint64_t seed) {
@@ -129,6 +161,7 @@ void LoraModel::init(std::uint64_t seed) {
       fill(t.A, [&] { return rng.uniform(-bound, bound); });
       t.B.fill_zero();
     }
+    if (t.dora()) be_.copy(dora_direction(be_, t, base_weight(t)).norm, t.magnitude);
   }
 }
 
@@ -143,6 +176,25 @@ void LoraModel::append_trainables(std::vector<TrainableParam>& out) {
   for (LoraTerm& t : terms_) {
     out.push_back({"lora." + t.name + ".A", t.A, t.dA});
     out.push_back({"lora." + t.name + ".B", t.B, t.dB});
+    if (t.dora()) out.push_back({"lora." + t.name + ".magnitude", t.magnitude, t.dmagnitude});
+  }
+}
+
+void LoraModel::copy_values_from(const LoraModel& saved, const std::string& file) {
+  const std::vector<LoraTerm>& theirs = saved.terms();
+  if (theirs.size() != terms_.size())
+    throw Error(file + ": holds " + std::to_string(theirs.size()) + " LoRA terms, this run has " +
+                std::to_string(terms_.size()));
+  for (std::size_t i = 0; i < terms_.size(); ++i) {
+    LoraTerm& mine = terms_[i];
+    const LoraTerm& t = theirs[i];
+    if (t.name != mine.name || t.A.shape() != mine.A.shape() || t.B.shape() != mine.B.shape() ||
+        t.dora() != mine.dora())
+      throw Error(file + ": LoRA term " + t.name + (t.dora() ? " (DoRA)" : "") +
+                  " does not match this run's " + mine.name + (mine.dora() ? " (DoRA)" : ""));
+    be_.copy(t.A, mine.A);
+    be_.copy(t.B, mine.B);
+    if (mine.dora()) be_.copy(t.magnitude, mine.magnitude);
   }
 }
 
@@ -163,6 +215,10 @@ void LoraModel::linear_forward(std::int64_t layer, LinearSite site, const Tensor
     }
     t.U = be_.empty({tokens, t.rank}, x.dtype());
     be_.gemm(false, true, 1.0, *input, t.A, 0.0, t.U);  // U = x A^T
+    if (t.dora()) {
+      dora_forward(be_, t, base_weight(t), *input, out);
+      continue;
+    }
     for (LinearPart& p : out) {
       const std::int64_t n = p.y.dim(1);
       if (p.row0 + n <= t.row0 || p.row0 >= t.row0 + t.rows) continue;  // disjoint
@@ -180,25 +236,29 @@ void LoraModel::linear_backward(std::int64_t layer, LinearSite site, const Tenso
   for (LoraTerm& t : terms_) {
     if (t.embedding || t.layer != layer || t.site != site) continue;
     check(t.U.defined() && t.U.dim(0) == tokens, "LoRA backward without its forward");
-    Tensor dU = be_.zeros({tokens, t.rank}, x.dtype());
-    for (const LinearPart& p : dout) {
-      const std::int64_t n = p.y.dim(1);
-      if (p.row0 + n <= t.row0 || p.row0 >= t.row0 + t.rows) continue;
-      const std::int64_t b0 = p.row0 - t.row0;
-      const Tensor Bp = t.B.rows(b0, b0 + n);
-      Tensor dBp = t.dB.rows(b0, b0 + n);
-      be_.gemm(true, false, t.scale, p.y, t.U, 1.0, dBp);  // dB += s dY^T U
-      be_.gemm(false, false, t.scale, p.y, Bp, 1.0, dU);   // dU += s dY B
-    }
     const Tensor& input = t.x_dropped.defined() ? t.x_dropped : x;
+    // dxd: the gradient w.r.t. this term's input; without dropout that is x, so it adds to dx
+    // in place (dxd shares dx's storage).
+    Tensor dxd = t.keep_scale.defined() ? be_.zeros(x.shape(), x.dtype()) : dx;
+    Tensor dU = be_.zeros({tokens, t.rank}, x.dtype());
+    if (t.dora()) {
+      dora_backward(be_, t, base_weight(t), input, dout, dU, dxd);
+    } else {
+      for (const LinearPart& p : dout) {
+        const std::int64_t n = p.y.dim(1);
+        if (p.row0 + n <= t.row0 || p.row0 >= t.row0 + t.rows) continue;
+        const std::int64_t b0 = p.row0 - t.row0;
+        const Tensor Bp = t.B.rows(b0, b0 + n);
+        Tensor dBp = t.dB.rows(b0, b0 + n);
+        be_.gemm(true, false, t.scale, p.y, t.U, 1.0, dBp);  // dB += s dY^T U
+        be_.gemm(false, false, t.scale, p.y, Bp, 1.0, dU);   // dU += s dY B
+      }
+      be_.gemm(false, false, 1.0, dU, t.A, 1.0, dxd);  // dxd += dU A
+    }
     be_.gemm(true, false, 1.0, dU, input, 1.0, t.dA);  // dA += dU^T x
     if (t.keep_scale.defined()) {
-      Tensor dxd = be_.empty(x.shape(), x.dtype());
-      be_.gemm(false, false, 1.0, dU, t.A, 0.0, dxd);
       be_.mul(dxd, t.keep_scale, dxd);
       be_.add(dxd, dx);
-    } else {
-      be_.gemm(false, false, 1.0, dU, t.A, 1.0, dx);  // dx += dU A
     }
   }
 }
@@ -233,11 +293,11 @@ void LoraModel::merge_into(MambaConfig& cfg, MambaWeights& w) const {
       be_.gemm(false, true, t.scale, t.A, t.B, 1.0, w.embedding);  // W += s (B A)^T
       continue;
     }
-    MambaLayerWeights& lw = w.layers.at(t.layer);
-    Tensor& W = t.site == LinearSite::InProj   ? lw.in_proj
-                : t.site == LinearSite::XProj  ? lw.x_proj
-                : t.site == LinearSite::DtProj ? lw.dt_proj
-                                               : lw.out_proj;
+    Tensor W = linear_weight(w.layers.at(t.layer), t.site);
+    if (t.dora()) {
+      dora_merge(be_, t, W);
+      continue;
+    }
     Tensor rows = W.rows(t.row0, t.row0 + t.rows);
     be_.gemm(false, false, t.scale, t.B, t.A, 1.0, rows);  // W += s B A
   }

@@ -6,6 +6,13 @@
 // (lora_embedding_A: (r, V), lora_embedding_B: (D, r), no dropout). Implements the model's
 // LinearHook; forward saves U = dropout(x) A^T for backward:
 //   dB += s dY^T U,  dU = s dY B,  dA += dU^T dropout(x),  dx += dropout'(dU A).
+// With peft.lora.dora a term is DoRA instead (whole modules only; the math is in dora.h): it
+// also trains a magnitude m per output row and needs its module's base weight W, which the
+// hook interface does not pass, so the LoraModel is given the model's weights
+// (set_base_weights) and reads W from them at every forward: the norms ||W + s B A||_row follow
+// every change of A and B without any cache to invalidate. The hook runs only where the model
+// trains (and in tests): eval and generate run on merged weights, so this costs a few weight-
+// sized products per training step, small beside the tokens x weight products of the step.
 #pragma once
 
 #include <cstdint>
@@ -38,23 +45,40 @@ struct LoraTerm {
   Tensor U;           // (tokens, r) saved by forward
   Tensor x_dropped;   // (tokens, in) dropout(x), saved by forward when dropout is on
   Tensor keep_scale;  // (tokens, in) 0 or 1/(1-p), the dropout mask
+  // DoRA only (undefined otherwise): the magnitude m (rows) and its gradient, and n (rows) =
+  // ||W + s B A||_row as the last forward computed it, the constant backward uses (PEFT
+  // detaches it).
+  Tensor magnitude, dmagnitude, norm;
+  bool dora() const { return magnitude.defined(); }
 };
 
+// The weight (out, in) of one projection of a layer: a handle, so writing through it writes
+// the layer's tensor.
+Tensor linear_weight(const MambaLayerWeights& lw, LinearSite site);
+
 // The terms a LoraConfig asks for on a model, with zero-filled tensors (shapes only).
-// Throws UsageError for an unknown target, a target that matches nothing, or two targets that
-// update the same rows of one module. dtype: F32 or F64.
+// Throws UsageError for an unknown target, a target that matches nothing, two targets that
+// update the same rows of one module, or a slice / the embedding with DoRA. dtype: F32 or F64.
 std::vector<LoraTerm> plan_lora_terms(const MambaConfig& cfg, const LoraConfig& lora, DType dtype);
 
 class LoraModel final : public LinearHook {
  public:
   // The terms `lora` asks for (plan_lora_terms), zero-filled: call init() or load into them.
   LoraModel(const MambaConfig& cfg, const LoraConfig& lora, DType dtype, Backend& be);
-  // Given terms (read from an adapter file); their dA/dB are allocated here.
+  // Given terms (read from an adapter file); their dA/dB (and dmagnitude) are allocated here.
   LoraModel(LoraConfig lora, std::vector<LoraTerm> terms, Backend& be);
+
+  // The weights the model runs on, from which DoRA terms read their module's W (the layer's
+  // in_proj, x_proj, ... tensor; its shape is checked at each use). Needed before init() and
+  // forward when any term is DoRA; `w` must outlive this object and hold, for every DoRA
+  // module, the weight the model multiplies by (PeftModel refuses to train such a weight).
+  void set_base_weights(const MambaWeights* w) { base_weights_ = w; }
 
   // PEFT's initialisation: "kaiming": A ~ kaiming_uniform(a = sqrt(5)) = U(+-1/sqrt(in)),
   // B = 0; "gaussian": A ~ N(0, 1/r), B = 0. Embedding terms: A = 0, B ~ N(0, 1) (PEFT's
   // reset_lora_parameters for nn.Embedding). Each term draws from its own stream of `seed`.
+  // DoRA terms: m = ||W + s B A||_row = ||W||_row (PEFT's DoraLinearLayer.update_layer), so
+  // the model starts exactly as the base model.
   void init(std::uint64_t seed);
 
   // Dropout is applied while training (masks drawn from `dropout_rng`, which the trainer
@@ -64,12 +88,17 @@ class LoraModel final : public LinearHook {
   std::vector<LoraTerm>& terms() { return terms_; }
   const std::vector<LoraTerm>& terms() const { return terms_; }
   const LoraConfig& config() const { return config_; }
-  // "lora.<term name>.A" / ".B": every trainable tensor with its gradient.
+  // "lora.<term name>.A" / ".B" (and ".magnitude" for DoRA): every trainable tensor with its
+  // gradient.
   void append_trainables(std::vector<TrainableParam>& out);
+  // Copies A, B (and m) of every term from `saved` (read from `file`), which must hold the same
+  // terms with the same shapes: how a resume or a restart from an adapter takes its values.
+  void copy_values_from(const LoraModel& saved, const std::string& file);
 
-  // W[rows of the term] += s B A for every term (exact). An embedding term on a model with tied
-  // embeddings unties lm_head first (it keeps the original embedding), as the merged weight no
-  // longer equals the head. Changes cfg.tie_word_embeddings in that case.
+  // W[rows of the term] += s B A for every term (exact); a DoRA term sets its module's
+  // W = m / ||W + s B A||_row * (W + s B A) row by row (exact as well). An embedding term on a
+  // model with tied embeddings unties lm_head first (it keeps the original embedding), as the
+  // merged weight no longer equals the head. Changes cfg.tie_word_embeddings in that case.
   void merge_into(MambaConfig& cfg, MambaWeights& w) const;
 
   void linear_forward(std::int64_t layer, LinearSite site, const Tensor& x,
@@ -80,9 +109,13 @@ class LoraModel final : public LinearHook {
   void embedding_backward(const Tensor& ids, const Tensor& dout) override;
 
  private:
+  // A DoRA term's module weight W (out, in) in base_weights_ (checked: set, right shape).
+  Tensor base_weight(const LoraTerm& t) const;
+
   LoraConfig config_;
   Backend& be_;
   std::vector<LoraTerm> terms_;
+  const MambaWeights* base_weights_ = nullptr;  // not owned; only DoRA terms read it
   bool training_ = false;
   Rng* dropout_rng_ = nullptr;
 };

@@ -162,6 +162,11 @@ void write_lora_adapter(const fs::path& dir, const LoraModel& lora, const std::s
       }
       tensors.push_back({kPrefix + module + ".lora_A.weight", A});
       tensors.push_back({kPrefix + module + ".lora_B.weight", B});
+      if (first.dora()) {  // PEFT's key: no ".weight", no adapter name (save_and_load.py)
+        check(terms.size() == 1 && first.rows == first.module_rows,
+              "a DoRA term on part of " + module);
+        tensors.push_back({kPrefix + module + ".lora_magnitude_vector", first.magnitude.clone()});
+      }
     }
     if (r_total != lc.rank) rank_pattern[module] = r_total;
     if (peft_scale(lc.alpha, r_total, lc.rslora) != first.scale)
@@ -176,7 +181,7 @@ void write_lora_adapter(const fs::path& dir, const LoraModel& lora, const std::s
       {"lora_alpha", lc.alpha},
       {"lora_dropout", lc.dropout},
       {"use_rslora", lc.rslora},
-      {"use_dora", false},
+      {"use_dora", lc.dora},
       {"bias", "none"},
       {"fan_in_fan_out", false},
       {"init_lora_weights", true},
@@ -207,8 +212,6 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaCon
                 ": field \"peft_type\": expected \"LORA\" (the only PEFT adapter type "
                 "ssmtune reads), got " +
                 quote_str(peft_type));
-  if (f.get_bool("use_dora").value_or(false))
-    throw Error(cfg_file + ": field \"use_dora\": DoRA adapters are not supported yet");
   if (f.get_bool("fan_in_fan_out").value_or(false))
     throw Error(cfg_file +
                 ": field \"fan_in_fan_out\": expected false (Mamba has no Conv1D "
@@ -220,6 +223,7 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaCon
   lc.alpha = f.get_number("lora_alpha").value_or(8.0);
   if (!(lc.alpha > 0)) f.fail("lora_alpha", "a positive number");
   lc.rslora = f.get_bool("use_rslora").value_or(false);
+  lc.dora = f.get_bool("use_dora").value_or(false);
   lc.dropout = f.get_number("lora_dropout").value_or(0.0);
   if (lc.dropout < 0 || lc.dropout >= 1) f.fail("lora_dropout", "a number in [0, 1)");
   const nlohmann::json empty = nlohmann::json::object();
@@ -242,29 +246,35 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaCon
 
   // Pair the tensors by module.
   struct Pair {
-    std::string a_name, b_name;
+    std::string a_name, b_name, m_name;  // m: DoRA's magnitude
     bool embedding = false;
   };
   std::map<std::string, Pair> pairs;
   std::vector<std::string> modules;
   static const std::regex re(
-      R"(base_model\.model\.(.+)\.(lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B))");
+      R"(base_model\.model\.(.+)\.(lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B|lora_magnitude_vector))");
   for (const SafetensorsEntry& e : st.entries()) {
     std::smatch m;
     if (!std::regex_match(e.name, m, re))
       throw Error(st_file + ": tensor " + quote_str(e.name) +
                   ": not a LoRA tensor (expected base_model.model.<module>.lora_A.weight, "
-                  ".lora_B.weight, .lora_embedding_A or .lora_embedding_B)");
+                  ".lora_B.weight, .lora_embedding_A, .lora_embedding_B or "
+                  ".lora_magnitude_vector)");
     const std::string module = m[1], kind = m[2];
     if (!pairs.count(module)) modules.push_back(module);
     Pair& p = pairs[module];
     const bool is_a = kind == "lora_A.weight" || kind == "lora_embedding_A";
-    std::string& slot = is_a ? p.a_name : p.b_name;
+    const bool is_m = kind == "lora_magnitude_vector";
+    if (is_m && !lc.dora)
+      throw Error(st_file + ": tensor " + quote_str(e.name) + ": a DoRA magnitude, but " +
+                  cfg_file + " has no \"use_dora\": true");
+    std::string& slot = is_m ? p.m_name : is_a ? p.a_name : p.b_name;
+    const std::string what = is_m ? "magnitude vector" : is_a ? "A matrix" : "B matrix";
     if (!slot.empty())
-      throw Error(st_file + ": tensor " + quote_str(e.name) + ": a second " + (is_a ? "A" : "B") +
-                  " matrix for module " + module);
+      throw Error(st_file + ": tensor " + quote_str(e.name) + ": a second " + what +
+                  " for module " + module);
     slot = e.name;
-    p.embedding = kind.rfind("lora_embedding", 0) == 0;
+    if (!is_m) p.embedding = kind.rfind("lora_embedding", 0) == 0;
   }
   if (modules.empty()) throw Error(st_file + ": no LoRA tensors");
 
@@ -294,6 +304,12 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaCon
                   " layers; in_proj, x_proj, dt_proj, out_proj, embeddings)");
     if (p.a_name.empty() || p.b_name.empty())
       throw Error(st_file + ": module " + module + " has only one of its two LoRA matrices");
+    if (lc.dora && p.embedding)
+      throw Error(cfg_file + ": field \"use_dora\": DoRA on the embedding (" + module +
+                  ") is not supported; ssmtune runs DoRA on in_proj, x_proj, dt_proj, out_proj");
+    if (lc.dora && p.m_name.empty())
+      throw Error(st_file + ": module " + module + " has no lora_magnitude_vector, but " +
+                  cfg_file + " says \"use_dora\": true");
     const Tensor A_file = st.tensor(p.a_name).to(dtype), B_file = st.tensor(p.b_name).to(dtype);
     const std::int64_t r = p.embedding ? A_file.dim(0) : A_file.dim(0);
     const Shape a_expect = {r, shape->in}, b_expect = {shape->out, r};
@@ -354,6 +370,15 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaCon
       t.B = Tensor::empty({t.rows, t.rank}, dtype);
       take_block(A_file, t.A, rank0, 0);
       take_block(B_file, t.B, t.row0, rank0);
+      if (lc.dora) {
+        if (t.row0 != 0 || t.rows != shape->out || parts.size() != 1)
+          throw Error(where + ": " + t.name + " is part of " + module +
+                      ", but DoRA terms cover whole modules");
+        t.magnitude = st.tensor(p.m_name).to(dtype);
+        if (t.magnitude.shape() != Shape{shape->out})
+          throw Error(st_file + ": tensor " + p.m_name + ": expected shape " +
+                      shape_str({shape->out}) + " (out), got " + shape_str(t.magnitude.shape()));
+      }
       terms.push_back(std::move(t));
     }
   }

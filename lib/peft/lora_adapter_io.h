@@ -2,9 +2,10 @@
 // loads what ssmtune trains and ssmtune loads what PEFT trains (docs/formats.md):
 //   adapter_config.json         PEFT's LoraConfig fields (peft_type "LORA", r, lora_alpha,
 //                               target_modules = full module names, rank_pattern, alpha_pattern,
-//                               use_rslora, lora_dropout, ...)
+//                               use_rslora, use_dora, lora_dropout, ...)
 //   adapter_model.safetensors   base_model.model.<module>.lora_A.weight (r, in)
 //                               base_model.model.<module>.lora_B.weight (out, r)
+//                               base_model.model.<module>.lora_magnitude_vector (out), DoRA only
 //                               base_model.model.backbone.embeddings.lora_embedding_A (r, V)
 //                               base_model.model.backbone.embeddings.lora_embedding_B (D, r)
 // PEFT has one LoRA per module, ssmtune may have several slices of one (in_proj.x and
@@ -34,8 +35,9 @@ void write_lora_adapter(const std::filesystem::path& dir, const LoraModel& lora,
 
 // Reads an adapter directory written by ssmtune or by PEFT for a model of config `cfg`, as
 // `dtype` (F32/F64). Every tensor's module and shape is checked against the model; errors name
-// the file and the tensor or field. DoRA, biases and fan_in_fan_out are refused (not LoRA as
-// ssmtune runs it).
+// the file and the tensor or field. LoRA biases, fan_in_fan_out and DoRA on the embedding are
+// refused (not LoRA as ssmtune runs it). DoRA terms read back need set_base_weights() before
+// they run as a hook (merge_into takes the weights it merges into).
 std::unique_ptr<LoraModel> read_lora_adapter(const std::filesystem::path& dir,
                                              const MambaConfig& cfg, DType dtype, Backend& be);
 

@@ -19,6 +19,9 @@ struct LoraConfig {
   double scale = 0;               // > 0: a fixed scale s instead of alpha / r (MambaPEFT uses 0.1)
   std::string init = "kaiming";  // "kaiming" (PEFT default: A kaiming-uniform a=sqrt(5), B = 0)
                                  // or "gaussian" (A ~ N(0, 1/r), B = 0)
+  // DoRA (PEFT's use_dora): W' = m (W + s B A) / ||W + s B A||_row with a trained magnitude m
+  // per output row. Whole modules only (no slices, no embedding).
+  bool dora = false;
 };
 
 }  // namespace ssmtune

@@ -39,8 +39,12 @@ PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfi
       throw UsageError("peft.init_from: " + peft.init_from +
                        " is not an adapter directory (no adapter_config.json)");
     lora_ = read_lora_adapter(peft.init_from, cfg, dtype, be);
+    lora_->set_base_weights(&base_);
   } else if (peft.lora) {
     lora_ = std::make_unique<LoraModel>(cfg, *peft.lora, dtype, be);
+    // DoRA's W: base_ outlives this object and holds what the model multiplies by for every
+    // DoRA module, since those weights may not train (checked below).
+    lora_->set_base_weights(&base_);
     lora_->init(seed);
   }
   if (state_on)  // zero-initialised: the model is unchanged at step 0
@@ -80,6 +84,7 @@ PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfi
     }
     sdt_phase_ = SdtPhase::Warmup;
   }
+  if (lora_ && lora_->config().dora) refuse_trained_dora_weights();
   model_weights_ = base_;
   model_grads_ = base_grads_;
   if (params_on) {
@@ -89,6 +94,27 @@ PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfi
                                                 : std::vector<TunedTensor>{});
   } else {
     collect_trainables();
+  }
+}
+
+void PeftModel::refuse_trained_dora_weights() const {
+  // The model computes a trained weight's gradient as dY^T x, which misses DoRA's row factor
+  // m / n, and DoRA would read a stale W from base_: keep DoRA modules' weights frozen.
+  if (config_.full)
+    throw UsageError(
+        "peft.lora.dora: DoRA with peft.full is not supported (the base weights under DoRA "
+        "would train without its m / n factor); use plain LoRA with peft.full, or drop it");
+  for (const LoraTerm& t : lora_->terms()) {
+    const std::string weight = t.module + ".weight";
+    for (const TunedTensor& e : partial_plan_)
+      if (e.tensor == weight)
+        throw UsageError("peft.partial: " + weight + " carries DoRA (peft.lora.dora on " + t.name +
+                         "); a DoRA module's weight must stay frozen: leave it out of " +
+                         "peft.partial or of peft.lora.targets");
+    if (config_.sdt && t.site == LinearSite::XProj)
+      throw UsageError("peft.lora.targets: " + t.name +
+                       ": SDT (peft.sdt) trains x_proj's B and C rows, which DoRA would scale; " +
+                       "leave x_proj out of the DoRA targets");
   }
 }
 
@@ -161,10 +187,8 @@ const std::vector<SdtLayerSelection>& PeftModel::end_sdt_warmup() {
     if (!config_.init_from.empty()) {
       const std::unique_ptr<LoraModel> again =
           read_lora_adapter(config_.init_from, cfg_, base_.embedding.dtype(), be_);
-      for (std::size_t i = 0; i < again->terms().size(); ++i) {
-        be_.copy(again->terms()[i].A, lora_->terms()[i].A);
-        be_.copy(again->terms()[i].B, lora_->terms()[i].B);
-      }
+      lora_->copy_values_from(*again,
+                              (fs::path(config_.init_from) / "adapter_model.safetensors").string());
     } else {
       lora_->init(seed_);
     }
@@ -212,12 +236,13 @@ std::vector<std::string> PeftModel::summary() const {
           t.embedding ? "embeddings" : t.name.substr(t.name.find('.', 7) + 1);
       auto& g = groups[target];
       g.first += 1;
-      g.second += t.A.numel() + t.B.numel();
+      g.second += t.A.numel() + t.B.numel() + (t.dora() ? t.magnitude.numel() : 0);
     }
     const LoraConfig& lc = lora_->config();
     std::ostringstream head;
     head << "lora: rank " << lc.rank << ", alpha " << lc.alpha << (lc.rslora ? " (rsLoRA)" : "")
-         << ", scale " << lora_->terms().front().scale << ", dropout " << lc.dropout;
+         << ", scale " << lora_->terms().front().scale << ", dropout " << lc.dropout
+         << (lc.dora ? ", DoRA (a magnitude per output row)" : "");
     lines.push_back(head.str());
     for (const auto& [target, g] : groups)
       lines.push_back("  " + target + ": " + std::to_string(g.first) + " module" +
@@ -334,20 +359,7 @@ void PeftModel::load(const fs::path& dir) {
   if (lora_) {
     const std::unique_ptr<LoraModel> saved =
         read_lora_adapter(dir, cfg_, lora_->terms().front().A.dtype(), be_);
-    std::vector<LoraTerm>& mine = lora_->terms();
-    const std::vector<LoraTerm>& theirs = saved->terms();
-    const std::string file = (dir / "adapter_model.safetensors").string();
-    if (theirs.size() != mine.size())
-      throw Error(file + ": holds " + std::to_string(theirs.size()) + " LoRA terms, this run has " +
-                  std::to_string(mine.size()));
-    for (std::size_t i = 0; i < mine.size(); ++i) {
-      if (theirs[i].name != mine[i].name || theirs[i].A.shape() != mine[i].A.shape() ||
-          theirs[i].B.shape() != mine[i].B.shape())
-        throw Error(file + ": LoRA term " + theirs[i].name + " does not match this run's " +
-                    mine[i].name);
-      be_.copy(theirs[i].A, mine[i].A);
-      be_.copy(theirs[i].B, mine[i].B);
-    }
+    lora_->copy_values_from(*saved, (dir / "adapter_model.safetensors").string());
   }
   if (state_) {
     const std::unique_ptr<StateTuning> saved =

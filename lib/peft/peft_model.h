@@ -104,6 +104,8 @@ class PeftModel {
   // (Re)builds params_ from the partial entries and the SDT phase's, and what depends on it.
   void build_params(std::vector<TunedTensor> sdt_entries);
   void collect_trainables();
+  // UsageError when a DoRA module's weight would train (full, partial, SDT on x_proj).
+  void refuse_trained_dora_weights() const;
   std::string sdt_json() const;  // SDT's phase and settings for the params file
   void load_params(const std::filesystem::path& dir);
 

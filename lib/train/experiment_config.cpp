@@ -277,6 +277,7 @@ LoraConfig read_lora(Section s) {
   l.rslora = s.boolean("rslora", def.rslora);
   l.scale = s.number("scale", kNonNegative, def.scale);
   l.init = s.choice("init", {"kaiming", "gaussian"}, def.init);
+  l.dora = s.boolean("dora", def.dora);
   s.finish();
   return l;
 }
