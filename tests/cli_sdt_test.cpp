@@ -51,6 +51,12 @@ TEST_CASE("SDLoRA runs warmup, selection and masked training in one train comman
     CHECK(layer["channels"].size() == 6);
     for (const json& states : layer["states"]) CHECK(states.size() == 4);
   }
+  // The summary counts what trained last and what trained first: LoRA rank 2 on in_proj,
+  // x_proj.B, out_proj (2 layers x (2 (32 + 128) + 2 (64 + 8) + 2 (64 + 32)) = 1312), the D
+  // deltas (2 x 64), and SDT's warmup delta (2 x 64 x 8) or its masks (2 x 120).
+  const json summary = json::parse(read_file(e.run_dir() / "summary.json"));
+  CHECK(summary["trainable_parameters_at_start"] == 1312 + 128 + 1024);
+  CHECK(summary["trainable_parameters"] == 1312 + 128 + 240);
   const fs::path adapter = e.run_dir() / "adapter";
   REQUIRE(fs::exists(adapter / "ssmtune_params.safetensors"));
   REQUIRE(fs::exists(adapter / "adapter_model.safetensors"));

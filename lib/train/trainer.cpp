@@ -139,7 +139,9 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
       throw UsageError(cfg.source + ": field \"peft.prompt.init_text\": the text has no tokens");
   }
   PeftModel peft(mcfg, weights, peft_cfg, *be, cfg.seed);
-  const std::int64_t n_trainable = peft.n_trainable();
+  // SDT trains another set after its warmup: n_trainable follows the current phase.
+  std::int64_t n_trainable = peft.n_trainable();
+  const std::int64_t n_trainable_at_start = n_trainable;
   std::int64_t n_total = 0;
   for_each_param(mcfg, weights, [&](const std::string&, Tensor& t) { n_total += t.numel(); });
   for (const std::string& line : peft.summary()) spdlog::info("{}", line);
@@ -192,8 +194,10 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
       sampler.set_position({state.data_epoch, state.data_index});
       dropout_rng.set_state(state.dropout_rng);
       spdlog::info("resuming from {} (step {} of {})", ckpt.string(), state.step, total_steps);
-      if (!peft.sdt_selection().empty())  // resumed in SDT's masked training
+      if (!peft.sdt_selection().empty()) {  // resumed in SDT's masked training
         for (const std::string& line : peft.summary()) spdlog::info("{}", line);
+        n_trainable = peft.n_trainable();
+      }
     }
   }
   make_output_dir(out);
@@ -215,8 +219,13 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
         write_checkpoint(out, state, peft, optimizer, base_model, cfg.checkpoint.keep);
     spdlog::info("checkpoint {}", p.string());
   };
-  EvalInputs eval_in{lm, *tokenizer, *be, [&] { return peft.merged(); }, peft.scan_hook(),
-                     peft.unmerged_hook(), peft.input_hook()};
+  EvalInputs eval_in{lm,
+                     *tokenizer,
+                     *be,
+                     [&] { return peft.merged(); },
+                     peft.scan_hook(),
+                     peft.unmerged_hook(),
+                     peft.input_hook()};
   auto run_eval = [&] {
     peft.set_training(false, nullptr);
     const EvalResult r = evaluate(eval_in, eval_set, cfg.eval);
@@ -280,6 +289,9 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
       if (opts.progress_line) std::fprintf(stderr, "\n");
       report_sdt_selection(peft.end_sdt_warmup(), out);
       for (const std::string& line : peft.summary()) spdlog::info("{}", line);
+      n_trainable = peft.n_trainable();
+      spdlog::info("trainable parameters: {} of {} ({:.4f}%)", n_trainable, n_total,
+                   100.0 * double(n_trainable) / double(n_total));
       optimizer.reset();
       state.optimizer_start_step = state.step;
     }
@@ -374,6 +386,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     }
   }
   result.last_loss = state.last_loss;
+  result.n_trainable = n_trainable;
   if (steps_this_process == 0)
     spdlog::info("the run was already complete at step {}: re-evaluated and rewrote its outputs",
                  state.step);
@@ -384,6 +397,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
                             {"eval", last_eval},
                             {"tokens_per_s", result.tokens_per_s},
                             {"trainable_parameters", n_trainable},
+                            {"trainable_parameters_at_start", n_trainable_at_start},
                             {"total_parameters", n_total},
                             {"stopped_early", stop_early},
                             {"elapsed_s", state.elapsed_s}};
