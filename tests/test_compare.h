@@ -20,7 +20,8 @@ inline void require_close(const std::string& what, const Tensor& actual, const T
   std::int64_t worst = 0;
   for (std::int64_t i = 0; i < r.numel(); ++i) {
     max_ref = std::max(max_ref, std::fabs(r.data<double>()[i]));
-    const double err = std::fabs(a.data<double>()[i] - r.data<double>()[i]);
+    double err = std::fabs(a.data<double>()[i] - r.data<double>()[i]);
+    if (std::isnan(err)) err = INFINITY;  // a NaN (e.g. an element never written) must fail
     if (err > max_err) max_err = err, worst = i;
   }
   INFO(what << ": max |error| " << max_err << " at " << worst << ", max |ref| " << max_ref);

@@ -1,0 +1,123 @@
+// RMSNorm forward and backward kernels (rmsnorm.cuh; docs/cuda.md "RMSNorm").
+// Forward and dx: one block per row, each thread strides over the row (coalesced), one block
+// sum (block_reduce.cuh) per row. dw: no float atomics, so the sum is the same on every run:
+// pass 1 writes one partial row per chunk of kRmsnormDwChunkRows rows, pass 2 (column_sum)
+// adds the partials in chunk order.
+#include <algorithm>
+
+#include "block_reduce.cuh"
+#include "column_sum.cuh"
+#include "launch.cuh"
+#include "rmsnorm.cuh"
+
+namespace ssmtune::kernels {
+inline namespace SSMTUNE_KERNEL_ABI {
+
+namespace {
+// dw pass 1 tiles: 32 columns (one warp, coalesced) x 8 row lanes.
+constexpr int kDwCols = 32;
+constexpr int kDwRowLanes = 8;
+
+int row_threads(std::int64_t D, int threads) {
+  if (threads <= 0) threads = rmsnorm_threads(D);
+  return std::clamp((threads + 31) / 32 * 32, 32, 1024);
+}
+
+std::int64_t dw_chunks(std::int64_t rows) {
+  return (rows + kRmsnormDwChunkRows - 1) / kRmsnormDwChunkRows;
+}
+}  // namespace
+
+// Twin of cpu::rmsnorm_forward. Block (32 k) per row; dynamic shared: k floats.
+__global__ void rmsnorm_forward_kernel(std::int64_t D, const float* __restrict__ x,
+                                       const float* __restrict__ w, float eps,
+                                       float* __restrict__ y, float* __restrict__ rstd) {
+  SSMTUNE_DYNAMIC_SHARED(float, warp_sums);
+  const std::int64_t row = blockIdx.x;
+  const float* xr = x + row * D;
+  float ss = 0.0f;
+  for (std::int64_t j = threadIdx.x; j < D; j += blockDim.x) ss += xr[j] * xr[j];
+  ss = block_sum(ss, warp_sums);
+  // 1 / sqrt, not rsqrtf: rsqrtf is a 2-ulp approximation and this is once per row.
+  const float s = 1.0f / sqrtf(ss / float(D) + eps);
+  if (threadIdx.x == 0) rstd[row] = s;
+  float* yr = y + row * D;
+  for (std::int64_t j = threadIdx.x; j < D; j += blockDim.x) yr[j] = w[j] * (xr[j] * s);
+}
+
+// Twin of the dx part of cpu::rmsnorm_backward: with xhat = x s and g = dy w,
+// dx = s (g - xhat mean(g xhat)).
+__global__ void rmsnorm_backward_dx_kernel(std::int64_t D, const float* __restrict__ dy,
+                                           const float* __restrict__ x, const float* __restrict__ w,
+                                           const float* __restrict__ rstd, float* __restrict__ dx) {
+  SSMTUNE_DYNAMIC_SHARED(float, warp_sums);
+  const std::int64_t row = blockIdx.x;
+  const float* xr = x + row * D;
+  const float* dyr = dy + row * D;
+  const float s = rstd[row];
+  float dot = 0.0f;
+  for (std::int64_t j = threadIdx.x; j < D; j += blockDim.x) dot += dyr[j] * w[j] * xr[j] * s;
+  const float mean = block_sum(dot, warp_sums) / float(D);
+  float* dxr = dx + row * D;
+  for (std::int64_t j = threadIdx.x; j < D; j += blockDim.x)
+    dxr[j] = s * (dyr[j] * w[j] - xr[j] * s * mean);
+}
+
+// dw pass 1: partial[c, j] = sum over rows r of chunk c of dy[r, j] x[r, j] rstd[r].
+// Block (kDwCols, kDwRowLanes); grid (chunks, ceil(D / kDwCols)): D < 2^21 keeps grid.y legal.
+// Row lane ty adds rows ty, ty + 8, ... of the chunk; a tree over the lanes in shared memory
+// finishes it.   partial: (chunks, D)
+__global__ void rmsnorm_dw_partial_kernel(std::int64_t rows, std::int64_t D,
+                                          const float* __restrict__ dy, const float* __restrict__ x,
+                                          const float* __restrict__ rstd,
+                                          float* __restrict__ partial) {
+  __shared__ float lane_sums[kDwRowLanes][kDwCols];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const std::int64_t c = blockIdx.x, j = std::int64_t(blockIdx.y) * kDwCols + tx;
+  const std::int64_t end = (c + 1) * kRmsnormDwChunkRows, r1 = end < rows ? end : rows;
+  float acc = 0.0f;
+  if (j < D)
+    for (std::int64_t r = c * kRmsnormDwChunkRows + ty; r < r1; r += kDwRowLanes)
+      acc += dy[r * D + j] * x[r * D + j] * rstd[r];
+  lane_sums[ty][tx] = acc;
+  __syncthreads();
+  for (int half = kDwRowLanes / 2; half > 0; half >>= 1) {
+    if (ty < half) lane_sums[ty][tx] += lane_sums[ty + half][tx];
+    __syncthreads();
+  }
+  if (ty == 0 && j < D) partial[c * D + j] = lane_sums[0][tx];
+}
+
+int rmsnorm_threads(std::int64_t D) {
+  const std::int64_t per_four = (D + 3) / 4;
+  return int(std::clamp<std::int64_t>((per_four + 31) / 32 * 32, 32, 1024));
+}
+
+void rmsnorm_forward(std::int64_t rows, std::int64_t D, const float* x, const float* w, double eps,
+                     float* y, float* rstd, cudaStream_t stream, int threads) {
+  if (rows <= 0 || D <= 0) return;
+  const int t = row_threads(D, threads);
+  SSMTUNE_LAUNCH(rmsnorm_forward_kernel, dim3(unsigned(rows)), dim3(t),
+                 std::size_t(t / 32) * sizeof(float), stream, D, x, w, float(eps), y, rstd);
+}
+
+std::int64_t rmsnorm_backward_workspace_floats(std::int64_t rows, std::int64_t D) {
+  return dw_chunks(rows) * D;
+}
+
+void rmsnorm_backward(std::int64_t rows, std::int64_t D, const float* dy, const float* x,
+                      const float* w, const float* rstd, float* dx, float* dw, float* workspace,
+                      cudaStream_t stream, int threads) {
+  if (rows <= 0 || D <= 0) return;
+  const int t = row_threads(D, threads);
+  SSMTUNE_LAUNCH(rmsnorm_backward_dx_kernel, dim3(unsigned(rows)), dim3(t),
+                 std::size_t(t / 32) * sizeof(float), stream, D, dy, x, w, rstd, dx);
+  const std::int64_t chunks = dw_chunks(rows);
+  const dim3 grid(unsigned(chunks), unsigned((D + kDwCols - 1) / kDwCols));
+  SSMTUNE_LAUNCH(rmsnorm_dw_partial_kernel, grid, dim3(kDwCols, kDwRowLanes), 0, stream, rows, D,
+                 dy, x, rstd, workspace);
+  column_sum(chunks, D, workspace, dw, stream);
+}
+
+}  // namespace SSMTUNE_KERNEL_ABI
+}  // namespace ssmtune::kernels

@@ -1,0 +1,61 @@
+// Helpers of the emulated-CUDA tests (compiled with SSMTUNE_CUDA_EMU): device buffers, random
+// float inputs, and the thread orders every kernel test runs under.
+#pragma once
+
+#include <cuda_emu.h>
+
+#include <array>
+#include <catch2/catch.hpp>
+#include <cstdint>
+#include <random>
+
+#include "core/tensor.h"
+#include "gradient_check.h"
+
+namespace ssmtune::testing {
+
+// Forward and reverse between them expose most missing barriers (a reader running before or
+// after its writer); the shuffle (fixed seed) mixes the two inside one block.
+inline constexpr std::array<cuda_emu::Schedule, 3> kSchedules = {
+    cuda_emu::Schedule::kForward, cuda_emu::Schedule::kReverse, cuda_emu::Schedule::kShuffled};
+
+inline Tensor random_f32(const Shape& shape, std::mt19937_64& rng, double lo, double hi) {
+  return random_f64(shape, rng, lo, hi).to(DType::F32);
+}
+
+// Device memory for n floats, freed on scope exit. New device memory reads as NaN (the
+// emulator fills it with 0xFF bytes), so an element a kernel never writes fails a comparison.
+class DeviceFloats {
+ public:
+  explicit DeviceFloats(std::int64_t n) : n_(n) {
+    REQUIRE(cudaMalloc(&data_, bytes()) == cudaSuccess);
+  }
+  explicit DeviceFloats(const Tensor& host) : DeviceFloats(host.numel()) {
+    REQUIRE(cudaMemcpy(data_, host.data<float>(), bytes(), cudaMemcpyHostToDevice) == cudaSuccess);
+  }
+  ~DeviceFloats() { cudaFree(data_); }
+  DeviceFloats(const DeviceFloats&) = delete;
+  DeviceFloats& operator=(const DeviceFloats&) = delete;
+
+  float* get() const { return data_; }
+  Tensor to_host(const Shape& shape) const {
+    Tensor t = Tensor::empty(shape, DType::F32);
+    REQUIRE(t.numel() == n_);
+    REQUIRE(cudaMemcpy(t.data<float>(), data_, bytes(), cudaMemcpyDeviceToHost) == cudaSuccess);
+    return t;
+  }
+
+ private:
+  std::size_t bytes() const { return std::size_t(n_) * sizeof(float); }
+  std::int64_t n_;
+  float* data_ = nullptr;
+};
+
+// Fails the test with the emulator's detail if the last launch failed.
+inline void require_launch_ok() {
+  const cudaError_t e = cudaGetLastError();
+  INFO(cudaGetErrorString(e));
+  REQUIRE(e == cudaSuccess);
+}
+
+}  // namespace ssmtune::testing
