@@ -900,6 +900,12 @@ def main() -> int:
         "(int64 input), <variant>.logits (B, L, V), <variant>.loss (1); sdt_select: sdt_select.layers.I.*",
         "versions": versions(),
         "variants": fx_variants,
+        "consumers": [
+            "tests/peft_param_tuning_test.cpp (partial_delta, bitfit_odd, sdt, sdt_select)",
+            "tests/peft_modules_test.cpp (parallel_adapter, additional_scan)",
+            "tests/peft_virtual_tokens_test.cpp (prompt, prefix, affix, initial_state_conv)",
+            "tests/peft_dora_test.cpp (dora, dora_adapter/)",
+        ],
     }
     md = {
         "generator": GENERATOR,
