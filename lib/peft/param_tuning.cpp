@@ -24,6 +24,15 @@ ParamSlot* find_slot(std::vector<ParamSlot>& slots, const std::string& name) {
   return nullptr;
 }
 
+// The first position of `index` (k, I64) that is outside [0, numel) or not above the one
+// before it, or -1 when it is strictly ascending within range.
+std::int64_t bad_index_position(const Tensor& index, std::int64_t numel) {
+  const std::int64_t* idx = index.data<std::int64_t>();
+  for (std::int64_t i = 0; i < index.numel(); ++i)
+    if (idx[i] < 0 || idx[i] >= numel || (i > 0 && idx[i] <= idx[i - 1])) return i;
+  return -1;
+}
+
 MambaWeights empty_layers(const MambaConfig& cfg) {
   MambaWeights w;
   w.layers.resize(std::size_t(cfg.n_layer));
@@ -43,14 +52,9 @@ const char* tune_mode_name(TuneMode mode) {
 
 ParamTuning::ParamTuning(const MambaConfig& cfg, MambaWeights& base,
                          std::vector<TunedTensor> entries, Backend& be)
-    : cfg_(cfg),
-      base_(base),
-      be_(be),
-      entries_(std::move(entries)),
-      eff_(base),
-      grads_(empty_layers(cfg)) {
+    : be_(be), entries_(std::move(entries)), eff_(base), grads_(empty_layers(cfg)) {
   const DType dtype = base.embedding.dtype();
-  std::vector<ParamSlot> base_slots = param_slots(cfg, base_);
+  std::vector<ParamSlot> base_slots = param_slots(cfg, base);
   std::vector<ParamSlot> eff_slots = param_slots(cfg, eff_);
   std::vector<ParamSlot> grad_slots = param_slots(cfg, grads_);
   std::set<std::string> names;
@@ -66,18 +70,16 @@ ParamTuning::ParamTuning(const MambaConfig& cfg, MambaWeights& base,
     if (absent && !is_creatable_bias(e.tensor))
       throw UsageError(e.name + ": the model has no " + e.tensor +
                        (b->absent_because ? std::string(" (") + b->absent_because + ")" : ""));
-    created_[e.tensor] = absent;
     const std::int64_t numel = shape_numel(b->shape);
     if (e.mode == TuneMode::Masked) {
       if (!e.index.defined() || e.index.dtype() != DType::I64 || e.index.ndim() != 1 ||
           e.index.numel() < 1)
         throw UsageError(e.name + ": a masked entry needs a non-empty (k) I64 index");
-      const std::int64_t* idx = e.index.data<std::int64_t>();
-      for (std::int64_t i = 0; i < e.index.numel(); ++i)
-        if (idx[i] < 0 || idx[i] >= numel || (i > 0 && idx[i] <= idx[i - 1]))
-          throw UsageError(e.name + ": index " + std::to_string(i) + " = " +
-                           std::to_string(idx[i]) + ": expected strictly ascending values in [0, " +
-                           std::to_string(numel) + ")");
+      if (const std::int64_t i = bad_index_position(e.index, numel); i >= 0)
+        throw UsageError(e.name + ": index " + std::to_string(i) + " = " +
+                         std::to_string(e.index.data<std::int64_t>()[i]) +
+                         ": expected strictly ascending values in [0, " + std::to_string(numel) +
+                         ")");
     }
     if (e.mode != TuneMode::Direct) {
       std::vector<char>& cov = covered[e.tensor];
@@ -92,71 +94,69 @@ ParamTuning::ParamTuning(const MambaConfig& cfg, MambaWeights& base,
         cov[std::size_t(at)] = 1;
       }
     }
-    bool& own = own_copy_[e.tensor];
-    own = own || absent || e.mode != TuneMode::Direct;
-    ParamSlot* g = find_slot(grad_slots, e.tensor);
-    if (!g->tensor->defined()) *g->tensor = be_.zeros(b->shape, dtype);
+    Target& t = targets_[e.tensor];
+    t.created = absent;
+    t.own_copy = t.own_copy || absent || e.mode != TuneMode::Direct;
   }
-  for (auto& [name, own] : own_copy_) {
-    ParamSlot* s = find_slot(eff_slots, name);
-    *s->tensor = own ? be_.zeros(s->shape, dtype) : *find_slot(base_slots, name)->tensor;
+  for (auto& [name, t] : targets_) {
+    const ParamSlot* b = find_slot(base_slots, name);
+    if (!t.created) t.base = *b->tensor;
+    t.eff = t.own_copy ? be_.zeros(b->shape, dtype) : t.base;
+    t.grad = be_.zeros(b->shape, dtype);
+    *find_slot(eff_slots, name)->tensor = t.eff;
+    *find_slot(grad_slots, name)->tensor = t.grad;
   }
   if (cfg.tie_word_embeddings) {
     eff_.lm_head = eff_.embedding;
     grads_.lm_head = grads_.embedding;
   }
   for (TunedTensor& e : entries_) {
-    const ParamSlot* b = find_slot(base_slots, e.tensor);
-    Tensor& grad = *find_slot(grad_slots, e.tensor)->tensor;
+    const Target& t = targets_.at(e.tensor);
     if (e.mode == TuneMode::Masked) {
       e.value = be_.zeros({e.index.numel()}, dtype);
       e.grad = be_.zeros({e.index.numel()}, dtype);
-    } else if (e.mode == TuneMode::Delta || created_.at(e.tensor)) {
-      e.value = be_.zeros(b->shape, dtype);
-      e.grad = grad;  // dL/d delta = dL/d W_eff
+    } else if (e.mode == TuneMode::Delta || t.created) {
+      e.value = be_.zeros(t.grad.shape(), dtype);
+      e.grad = t.grad;  // dL/d delta = dL/d W_eff
     } else {
-      e.value = *b->tensor;
-      e.grad = grad;
+      e.value = t.base;
+      e.grad = t.grad;
     }
   }
   sync();
 }
 
 void ParamTuning::sync() {
-  std::vector<ParamSlot> base_slots = param_slots(cfg_, base_);
-  std::vector<ParamSlot> eff_slots = param_slots(cfg_, eff_);
-  for (const auto& [name, own] : own_copy_) {
-    if (!own) continue;
-    Tensor& eff = *find_slot(eff_slots, name)->tensor;
-    if (created_.at(name))
-      eff.fill_zero();
+  for (auto& [name, t] : targets_) {
+    if (!t.own_copy) continue;
+    if (t.created)
+      t.eff.fill_zero();
     else
-      be_.copy(*find_slot(base_slots, name)->tensor, eff);
+      be_.copy(t.base, t.eff);
   }
   for (const TunedTensor& e : entries_) {
-    if (!own_copy_.at(e.tensor)) continue;  // direct on the model's own tensor: nothing to add
-    Tensor& eff = *find_slot(eff_slots, e.tensor)->tensor;
+    Target& t = targets_.at(e.tensor);
+    if (!t.own_copy) continue;  // direct on the model's own tensor: nothing to add
     if (e.mode == TuneMode::Masked) {
-      Tensor flat = eff.reshape({eff.numel()});
+      Tensor flat = t.eff.reshape({t.eff.numel()});
       be_.index_add(e.value, e.index, flat);
-    } else if (e.mode == TuneMode::Delta || created_.at(e.tensor)) {
-      be_.add(e.value, eff);
+    } else if (e.mode == TuneMode::Delta || t.created) {
+      be_.add(e.value, t.eff);
     }
     // (a direct entry beside a delta on the same tensor trains W itself: the copy has it)
   }
 }
 
 void ParamTuning::gather_grads() {
-  std::vector<ParamSlot> grad_slots = param_slots(cfg_, grads_);
   for (TunedTensor& e : entries_) {
     if (e.mode != TuneMode::Masked) continue;
-    const Tensor& dense = *find_slot(grad_slots, e.tensor)->tensor;
+    const Tensor& dense = targets_.at(e.tensor).grad;
     be_.index_gather(dense.reshape({dense.numel()}), e.index, e.grad);
   }
 }
 
 void ParamTuning::zero_grads() {
-  for_each_param(cfg_, grads_, [](const std::string&, Tensor& g) { g.fill_zero(); });
+  for (auto& [name, t] : targets_) t.grad.fill_zero();
   for (TunedTensor& e : entries_) e.grad.fill_zero();
 }
 
@@ -166,14 +166,9 @@ void ParamTuning::append_trainables(std::vector<TrainableParam>& out) {
 }
 
 void ParamTuning::merge_into(MambaConfig& cfg, MambaWeights& w) const {
-  MambaWeights& eff = const_cast<MambaWeights&>(eff_);  // param_slots wants a mutable view
-  std::vector<ParamSlot> eff_slots = param_slots(cfg_, eff);
-  for (const auto& [name, own] : own_copy_) {
-    const Tensor& src = *find_slot(eff_slots, name)->tensor;
-    // Found by name in the target's own layout, whatever its config says about biases.
-    std::vector<ParamSlot> dst_slots = param_slots(cfg, w);
-    *find_slot(dst_slots, name)->tensor = src.clone();
-  }
+  // Found by name in the target's own layout, whatever its config says about biases.
+  std::vector<ParamSlot> dst_slots = param_slots(cfg, w);
+  for (const auto& [name, t] : targets_) *find_slot(dst_slots, name)->tensor = t.eff.clone();
   for (MambaLayerWeights& l : w.layers) {
     if (l.conv1d_bias.defined()) cfg.use_conv_bias = true;
     if (l.in_proj_bias.defined() || l.out_proj_bias.defined()) cfg.use_bias = true;
@@ -254,12 +249,10 @@ std::optional<SavedParamTuning> read_param_tuning(const std::filesystem::path& d
       if (index.dtype() != DType::I64 || index.ndim() != 1)
         throw Error(file + ": tensor " + index_name + ": expected a (k) I64 index");
       const std::int64_t numel = shape_numel(slot->shape);
-      const std::int64_t* idx = index.data<std::int64_t>();
-      for (std::int64_t j = 0; j < index.numel(); ++j)
-        if (idx[j] < 0 || idx[j] >= numel || (j > 0 && idx[j] <= idx[j - 1]))
-          throw Error(file + ": tensor " + index_name + ": element " + std::to_string(j) + " = " +
-                      std::to_string(idx[j]) + ": expected strictly ascending indices in [0, " +
-                      std::to_string(numel) + ")");
+      if (const std::int64_t j = bad_index_position(index, numel); j >= 0)
+        throw Error(file + ": tensor " + index_name + ": element " + std::to_string(j) + " = " +
+                    std::to_string(index.data<std::int64_t>()[j]) +
+                    ": expected strictly ascending indices in [0, " + std::to_string(numel) + ")");
       e.index = index.clone();
       want = {index.numel()};
     }

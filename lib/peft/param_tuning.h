@@ -69,14 +69,17 @@ class ParamTuning {
   void merge_into(MambaConfig& cfg, MambaWeights& w) const;
 
  private:
-  const MambaConfig& cfg_;
-  MambaWeights& base_;
   Backend& be_;
   std::vector<TunedTensor> entries_;
   MambaWeights eff_, grads_;
-  // HF name -> is the effective tensor its own copy (some delta/masked entry, or created)?
-  std::map<std::string, bool> own_copy_;
-  std::map<std::string, bool> created_;  // HF name -> absent in the model, created as zeros
+  // One tuned HF tensor: its handles in base_ (undefined when created), eff_ and grads_, set
+  // up once, so sync() and gather_grads() need no lookup by slot.
+  struct Target {
+    Tensor base, eff, grad;
+    bool created = false;   // absent in the model, created as zeros
+    bool own_copy = false;  // eff is its own tensor (some delta/masked entry, or created)
+  };
+  std::map<std::string, Target> targets_;  // by HF name
 };
 
 // In an adapter directory: ssmtune_params.safetensors holds every entry's value under its
