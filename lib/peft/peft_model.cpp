@@ -2,6 +2,7 @@
 
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
@@ -39,14 +40,13 @@ PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfi
       throw UsageError("peft.init_from: " + peft.init_from +
                        " is not an adapter directory (no adapter_config.json)");
     lora_ = read_lora_adapter(peft.init_from, cfg, dtype, be);
-    lora_->set_base_weights(&base_);
   } else if (peft.lora) {
     lora_ = std::make_unique<LoraModel>(cfg, *peft.lora, dtype, be);
-    // DoRA's W: base_ outlives this object and holds what the model multiplies by for every
-    // DoRA module, since those weights may not train (checked below).
-    lora_->set_base_weights(&base_);
-    lora_->init(seed);
   }
+  // DoRA's W: base_ outlives this object and holds what the model multiplies by for every
+  // DoRA module, since those weights may not train (checked below). init() needs it too.
+  if (lora_) lora_->set_base_weights(&base_);
+  if (lora_ && peft.init_from.empty()) lora_->init(seed);
   if (state_on)  // zero-initialised: the model is unchanged at step 0
     state_ = std::make_unique<StateTuning>(cfg, peft.initial_state,
                                            peft.state_offset == "h"   ? StateOffset::H
@@ -75,21 +75,23 @@ PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfi
   if (peft.full) base_grads_ = zeros_like_params(cfg, dtype);
   partial_plan_ = plan_partial_entries(cfg, peft.partial ? &*peft.partial : nullptr, peft.bitfit);
   if (peft.sdt) {
+    std::set<std::string> direct;  // trained in place: their pretrained values for the reset
     for (const TunedTensor& e : partial_plan_) {
       if (e.tensor.ends_with("mixer.A_log") || e.tensor.ends_with("mixer.x_proj.weight"))
         throw UsageError("peft.partial: " + e.tensor +
                          " is SDT's to tune; leave A_log and x_proj out of peft.partial "
                          "when peft.sdt is on");
-      if (e.mode == TuneMode::Direct) pristine_[e.tensor] = Tensor();  // filled below
+      if (e.mode == TuneMode::Direct) direct.insert(e.tensor);
     }
+    for (ParamSlot& slot : param_slots(cfg_, base_))
+      if (direct.count(slot.name) && slot.tensor->defined())
+        pristine_.push_back({*slot.tensor, slot.tensor->clone()});
     sdt_phase_ = SdtPhase::Warmup;
   }
   if (lora_ && lora_->config().dora) refuse_trained_dora_weights();
   model_weights_ = base_;
   model_grads_ = base_grads_;
   if (params_on) {
-    for (ParamSlot& s : param_slots(cfg_, base_))
-      if (pristine_.count(s.name) && s.tensor->defined()) pristine_[s.name] = s.tensor->clone();
     build_params(sdt_phase_ == SdtPhase::Warmup ? sdt_warmup_entries(cfg)
                                                 : std::vector<TunedTensor>{});
   } else {
@@ -146,6 +148,13 @@ void PeftModel::collect_trainables() {
   }
 }
 
+std::int64_t PeftModel::count_params(const std::string& prefix) const {
+  std::int64_t n = 0;
+  for (const TrainableParam& p : trainables_)
+    if (p.name.rfind(prefix, 0) == 0) n += p.value.numel();
+  return n;
+}
+
 std::int64_t PeftModel::n_trainable() const {
   std::int64_t n = 0;
   for (const TrainableParam& p : trainables_) n += p.value.numel();
@@ -180,9 +189,7 @@ const std::vector<SdtLayerSelection>& PeftModel::end_sdt_warmup() {
     if (e.name.rfind("sdt_warmup.", 0) == 0)
       sdt_selection_.push_back(select_sdt_dimensions(e.value, k_channels, k_states));
   // Reset (METHODS.md 3 step 3): the pretrained model, fresh adapters from the seed.
-  for (ParamSlot& s : param_slots(cfg_, base_))
-    if (auto it = pristine_.find(s.name); it != pristine_.end() && it->second.defined())
-      be_.copy(it->second, *s.tensor);
+  restore_pristine();
   if (lora_) {
     if (!config_.init_from.empty()) {
       const std::unique_ptr<LoraModel> again =
@@ -204,6 +211,10 @@ const std::vector<SdtLayerSelection>& PeftModel::end_sdt_warmup() {
   build_params(sdt_masked_entries(cfg_, sdt_selection_));
   sdt_phase_ = SdtPhase::Train;
   return sdt_selection_;
+}
+
+void PeftModel::restore_pristine() {
+  for (auto& [live, pretrained] : pristine_) be_.copy(pretrained, live);
 }
 
 LoadedModel PeftModel::merged() const {
@@ -290,28 +301,27 @@ std::vector<std::string> PeftModel::summary() const {
     const ParallelAdapterConfig& c = parallel_->config();
     std::ostringstream line;
     line << "parallel adapter: rank " << c.rank << ", scale " << c.scale << ", dropout "
-         << c.dropout << ", beside out_proj, "
-         << cfg_.n_layer * c.rank * (cfg_.d_inner + cfg_.d_model) << " parameters";
+         << c.dropout << ", beside out_proj, " << count_params("parallel_adapter.")
+         << " parameters";
     lines.push_back(line.str());
   }
   if (add_scan_) {
     const AdditionalScanConfig& c = add_scan_->config();
     lines.push_back("additional scan: " + std::to_string(c.states) + " extra states (init " +
-                    c.init + "), " + std::to_string(cfg_.n_layer * 3 * c.states * cfg_.d_inner) +
+                    c.init + "), " + std::to_string(count_params("additional_scan.")) +
                     " parameters");
   }
   if (virtual_) {
     const VirtualTokensConfig& c = virtual_->config();
     if (c.prompt_tokens)
       lines.push_back("prompt tuning: " + std::to_string(c.prompt_tokens) + " tokens, " +
-                      std::to_string(c.prompt_tokens * cfg_.d_model) + " parameters");
+                      std::to_string(count_params("prompt.")) + " parameters");
     if (c.prefix_tokens)
       lines.push_back("prefix tuning: " + std::to_string(c.prefix_tokens) + " tokens per layer, " +
-                      std::to_string(cfg_.n_layer * c.prefix_tokens * cfg_.d_model) +
-                      " parameters");
+                      std::to_string(count_params("prefix.")) + " parameters");
     if (c.affix_tokens)
       lines.push_back("affix tuning: " + std::to_string(c.affix_tokens) + " tokens per layer, " +
-                      std::to_string(cfg_.n_layer * c.affix_tokens * cfg_.d_inner) + " parameters");
+                      std::to_string(count_params("affix.")) + " parameters");
   }
   if (config_.initial_conv_state)
     lines.push_back("initial-state tuning, conv state: (d_conv - 1) x d_inner per layer, " +
@@ -414,9 +424,7 @@ void PeftModel::load_params(const fs::path& dir) {
       for (const SdtLayerSelection& s : sdt_selection_)
         if (s.channels.empty())
           throw Error(file + ": SDT's masked training has no A_log entry for every layer");
-      for (ParamSlot& s : param_slots(cfg_, base_))
-        if (auto it = pristine_.find(s.name); it != pristine_.end() && it->second.defined())
-          be_.copy(it->second, *s.tensor);
+      restore_pristine();
       build_params(sdt_masked_entries(cfg_, sdt_selection_));
       sdt_phase_ = SdtPhase::Train;
     } else if (phase == "warmup" && sdt_phase_ == SdtPhase::Train) {

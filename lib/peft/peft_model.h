@@ -21,14 +21,14 @@
 #include "peft/additional_scan.h"
 #include "peft/hook_lists.h"
 #include "peft/lora.h"
-#include "peft/parallel_adapter.h"
 #include "peft/merge.h"
+#include "peft/parallel_adapter.h"
 #include "peft/param_tuning.h"
 #include "peft/peft_config.h"
 #include "peft/sdt.h"
 #include "peft/state_tuning.h"
-#include "peft/virtual_tokens.h"
 #include "peft/trainable.h"
+#include "peft/virtual_tokens.h"
 
 namespace ssmtune {
 
@@ -108,6 +108,10 @@ class PeftModel {
   void refuse_trained_dora_weights() const;
   std::string sdt_json() const;  // SDT's phase and settings for the params file
   void load_params(const std::filesystem::path& dir);
+  void restore_pristine();
+  std::int64_t count_params(
+      const std::string& prefix) const;  // trainables named prefix...  // SDT's reset: direct-tuned
+                                         // base tensors back to pretrained
 
   const MambaConfig& cfg_;
   MambaWeights& base_;
@@ -125,8 +129,9 @@ class PeftModel {
   std::unique_ptr<ParamTuning> params_;
   SdtPhase sdt_phase_ = SdtPhase::Off;
   std::vector<SdtLayerSelection> sdt_selection_;
-  std::map<std::string, Tensor> pristine_;  // SDT: direct-tuned tensors as pretrained
-  MambaWeights base_grads_;                 // full fine-tuning's gradients
+  // SDT: each base tensor partial tuning trains in place, and a copy of its pretrained values.
+  std::vector<std::pair<Tensor, Tensor>> pristine_;
+  MambaWeights base_grads_;  // full fine-tuning's gradients
   MambaWeights model_weights_, model_grads_;
   std::vector<TrainableParam> trainables_;
 };
