@@ -34,6 +34,10 @@ MambaDecoder::MambaDecoder(const MambaConfig& cfg, const MambaWeights& weights, 
         "decoder: weights have " + std::to_string(weights.layers.size()) + " layers, config " +
             std::to_string(cfg.n_layer));
   cache_.resize(std::size_t(cfg.n_layer));
+  for (std::int64_t i = 0; i < cfg.n_layer; ++i) {  // the weights do not change: A once
+    cache_[i].A = be_.empty({cfg.d_inner, cfg.d_state}, dtype_);
+    be_.ssm_A_forward(weights.layers[i].A_log, cache_[i].A);
+  }
   reset();
 }
 
@@ -48,8 +52,8 @@ void MambaDecoder::reset() {
     if (conv0.defined()) be_.copy(conv0, c.conv);  // initial-state tuning's learned conv state
     c.affix_pending = input_hook_ != nullptr;
     const Tensor h0 = scan_hook_ ? scan_hook_->initial_state(i, 1) : Tensor();
-    c.ssm = be_.empty({1, E, N}, dtype_);
-    be_.copy(h0.defined() ? h0 : be_.zeros({1, E, N}, dtype_), c.ssm);
+    c.ssm = be_.zeros({1, E, N}, dtype_);
+    if (h0.defined()) be_.copy(h0, c.ssm);
     Shape carried = scan_hook_ ? scan_hook_->carried_state_shape(i) : Shape{};
     if (carried.empty()) {
       c.hook = Tensor();

@@ -24,7 +24,8 @@ namespace ssmtune {
 class MambaDecoder {
  public:
   // `weights` (F32 or F64, the dtype of every activation and state) must stay alive and
-  // unchanged while the decoder exists. Merge LoRA into the weights before making the decoder.
+  // unchanged while the decoder exists: A = -exp(A_log) is computed once here. Merge LoRA into
+  // the weights before making the decoder.
   // prefill_block >= 1 bounds the prefill's activation memory to about 10 * prefill_block * d_inner
   // values.
   MambaDecoder(const MambaConfig& cfg, const MambaWeights& weights, Backend& be,
@@ -71,8 +72,8 @@ class MambaDecoder {
   LinearHook* hook_ = nullptr;
   InputHook* input_hook_ = nullptr;
   bool sequence_start_ = true;  // no token fed since reset(): the virtual tokens come first
-  Tensor logits_;       // (1, V) on the backend's device
-  Tensor logits_host_;  // (V) host view or copy of logits_
+  Tensor logits_;               // (1, V) on the backend's device
+  Tensor logits_host_;          // (V) host view or copy of logits_
 };
 
 }  // namespace ssmtune

@@ -83,8 +83,12 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
   a.delta = be.empty({B, Le, E}, dt);
   be.softplus_forward(a.delta_raw, a.delta);
 
-  a.A = be.empty({E, N}, dt);
-  be.ssm_A_forward(w.A_log, a.A);
+  if (cache && cache->A.defined()) {
+    a.A = cache->A;
+  } else {
+    a.A = be.empty({E, N}, dt);
+    be.ssm_A_forward(w.A_log, a.A);
+  }
   a.h0 = cache ? cache->ssm : scan_hook ? scan_hook->initial_state(layer, B) : Tensor();
   Backend::ScanInputs in{a.u, a.delta, a.A, a.Bm, a.Cm, w.D, a.h0, scan_chunk};
   a.y_scan = be.empty({B, Le, E}, dt);

@@ -23,7 +23,7 @@
 namespace ssmtune {
 
 struct MixerActivations {
-  Tensor x, z;              // (B, L, E) the two halves of in_proj's output
+  Tensor x, z;                              // (B, L, E) the two halves of in_proj's output
   std::int64_t n_context = 0, n_affix = 0;  // Cx, Ta (above); Le = Ta + L below
   Tensor conv_in;           // (B, Cx + Le, E) the conv's input (= x when Cx = Ta = 0)
   Tensor c, u;              // (B, Le, E) conv output before and after SiLU
@@ -46,8 +46,9 @@ struct MixerActivations {
 //     shifted out before it is read; llama.cpp keeps K-1 as here.)
 //   ssm (1, E, N): h after the last token, the next scan's h0.
 //   hook (1, ...): what the scan hook carries (ScanHook::carried_state_shape), or undefined.
+//   A (E, N): -exp(A_log), computed once for the weights instead of at every token.
 struct MixerCache {
-  Tensor conv, ssm, hook;
+  Tensor conv, ssm, hook, A;
   bool affix_pending = false;  // the sequence has not started: affix tuning's vectors go first
 };
 
@@ -72,7 +73,6 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
 // grads: parameter gradients accumulated (+=); an undefined grad tensor is skipped (frozen).
 void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
                     const Tensor& n, const MixerActivations& acts, const Tensor& dout, Tensor& dn,
-                    MambaLayerWeights& grads, std::int64_t layer = 0,
-                    const MixerHooks& hooks = {});
+                    MambaLayerWeights& grads, std::int64_t layer = 0, const MixerHooks& hooks = {});
 
 }  // namespace ssmtune
