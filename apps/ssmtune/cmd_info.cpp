@@ -47,7 +47,8 @@ void print_state_methods(const std::filesystem::path& file) {
 void print_param_tuning(const std::filesystem::path& file) {
   const SafetensorsFile st = SafetensorsFile::open(file);
   const auto it = st.metadata().find("ssmtune.param_tuning");
-  if (it == st.metadata().end()) throw Error(file.string() + ": metadata \"ssmtune.param_tuning\" is missing");
+  if (it == st.metadata().end())
+    throw Error(file.string() + ": metadata \"ssmtune.param_tuning\" is missing");
   const nlohmann::json meta = parse_json_text(it->second, file.string() + ": metadata");
   if (meta.contains("sdt")) std::printf("sdt           %s\n", meta["sdt"].dump().c_str());
   if (!meta.contains("entries") || !meta["entries"].is_array())
@@ -111,7 +112,7 @@ void run_adapter_info(const std::string& dir) {
   if (std::filesystem::exists(path / kStateTuningFile))
     print_state_methods(path / kStateTuningFile);
   if (std::filesystem::exists(path / kParamTuningFile)) print_param_tuning(path / kParamTuningFile);
-  for (const char* method : {"parallel_adapter", "additional_scan", "virtual_tokens"})
+  for (const char* method : kMethodFileMethods)
     if (const auto settings = read_method_config(path, method)) {
       const SafetensorsFile st = SafetensorsFile::open(path / method_file_name(method));
       std::int64_t total = 0;

@@ -1,8 +1,5 @@
 #include "peft/lora_adapter_io.h"
 
-#include "peft/method_file.h"
-#include "peft/param_tuning.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -14,6 +11,8 @@
 #include "io/json_fields.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "peft/method_file.h"
+#include "peft/param_tuning.h"
 #include "peft/state_tuning.h"
 
 namespace fs = std::filesystem;
@@ -107,12 +106,13 @@ std::optional<V> pattern_value(const nlohmann::json& pattern, const std::string&
 
 bool is_adapter_dir(const fs::path& dir) {
   std::error_code ec;
-  return fs::is_regular_file(dir / "adapter_config.json", ec) ||
-         fs::is_regular_file(dir / kStateTuningFile, ec) ||
-         fs::is_regular_file(dir / kParamTuningFile, ec) ||
-         fs::is_regular_file(dir / method_file_name("parallel_adapter"), ec) ||
-         fs::is_regular_file(dir / method_file_name("additional_scan"), ec) ||
-         fs::is_regular_file(dir / method_file_name("virtual_tokens"), ec);
+  if (fs::is_regular_file(dir / "adapter_config.json", ec) ||
+      fs::is_regular_file(dir / kStateTuningFile, ec) ||
+      fs::is_regular_file(dir / kParamTuningFile, ec))
+    return true;
+  for (const char* method : kMethodFileMethods)
+    if (fs::is_regular_file(dir / method_file_name(method), ec)) return true;
+  return false;
 }
 
 void write_lora_adapter(const fs::path& dir, const LoraModel& lora, const std::string& base_model,

@@ -25,7 +25,7 @@ LoadedModel load_model_with_adapter(const std::string& model_dir, const std::str
   if (!adapter_dir.empty()) {
     if (!is_adapter_dir(adapter_dir))
       throw Error(adapter_dir + ": not an adapter directory (no adapter_config.json, " +
-                  kStateTuningFile + " or " + kParamTuningFile + ")");
+                  kStateTuningFile + ", " + kParamTuningFile + " or ssmtune_<method>.safetensors)");
     // Parameter tuning first: a direct entry replaces a tensor that LoRA then adds to.
     if (std::optional<SavedParamTuning> saved = read_param_tuning(adapter_dir, m.cfg, DType::F32)) {
       MambaConfig merged_cfg = m.cfg;

@@ -16,6 +16,10 @@
 
 namespace ssmtune {
 
+// The methods that keep their tensors in such a file.
+inline constexpr const char* kMethodFileMethods[] = {"parallel_adapter", "additional_scan",
+                                                     "virtual_tokens"};
+
 // "ssmtune_<method>.safetensors"
 std::string method_file_name(const std::string& method);
 
