@@ -285,6 +285,8 @@ __device__ __forceinline__ float backward_state(const ScanShape& s, const Tile& 
                                                 float (&dC)[kItems]) {
   const unsigned lane = threadIdx.x & 31u;
   const int ns = odd_stride(s.N);
+  // Read before the shuffles below: lane 0 rewrites it after them.
+  const float g_end = m.g[c * s.N + n];
   const Steps st = load_steps(m.delta, m.u, m.Bm, ns, c, n, A_en, tl.len, lane);
   float h[kItems], h_before;
   scan_states(st, h_start, lane, h, h_before);
@@ -305,7 +307,6 @@ __device__ __forceinline__ float backward_state(const ScanShape& s, const Tile& 
   }
   Affine after, total;
   warp_scan_reverse(own, lane, after, total);
-  const float g_end = m.g[c * s.N + n];
   float g = after.a * g_end + after.b, dA = 0.0f;
   for (int i = kItems - 1; i >= 0; --i) {
     const float g_n = g + dyC[i];  // dL/dh_t: later steps and y_t through C_t
