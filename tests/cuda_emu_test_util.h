@@ -1,5 +1,5 @@
-// Helpers of the emulated-CUDA tests (compiled with SSMTUNE_CUDA_EMU): device buffers, random
-// float inputs, and the thread orders every kernel test runs under.
+// Helpers of the emulated-CUDA tests (compiled with SSMTUNE_CUDA_EMU): device buffers (floats,
+// and any T), random float inputs, and the thread orders every kernel test runs under.
 #pragma once
 
 #include <cuda_emu.h>
@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <cstdint>
 #include <random>
+#include <vector>
 
 #include "core/tensor.h"
 #include "gradient_check.h"
@@ -49,6 +50,34 @@ class DeviceFloats {
   std::size_t bytes() const { return std::size_t(n_) * sizeof(float); }
   std::int64_t n_;
   float* data_ = nullptr;
+};
+
+// Device memory for n values of T (ids and targets, double results, workspaces), freed on scope
+// exit. New memory reads as 0xFF bytes, as DeviceFloats': NaN doubles, -1 integers.
+template <class T>
+class DeviceArray {
+ public:
+  explicit DeviceArray(std::int64_t n) : n_(n) {
+    REQUIRE(cudaMalloc(&data_, bytes()) == cudaSuccess);
+  }
+  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(std::int64_t(host.size())) {
+    REQUIRE(cudaMemcpy(data_, host.data(), bytes(), cudaMemcpyHostToDevice) == cudaSuccess);
+  }
+  ~DeviceArray() { cudaFree(data_); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+
+  T* get() const { return data_; }
+  std::vector<T> to_host() const {
+    std::vector<T> host(static_cast<std::size_t>(n_));
+    REQUIRE(cudaMemcpy(host.data(), data_, bytes(), cudaMemcpyDeviceToHost) == cudaSuccess);
+    return host;
+  }
+
+ private:
+  std::size_t bytes() const { return std::size_t(n_) * sizeof(T); }
+  std::int64_t n_;
+  T* data_ = nullptr;
 };
 
 // Fails the test with the emulator's detail if the last launch failed.
