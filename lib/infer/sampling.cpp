@@ -13,7 +13,6 @@ std::vector<double> to_doubles(const Tensor& logits) {
   check(logits.defined() && logits.ndim() == 1 && logits.numel() > 0,
         "sample_token: logits must be a non-empty vector, got " +
             (logits.defined() ? shape_str(logits.shape()) : std::string("none")));
-  check(logits.device() == Device::CPU, "sample_token: logits must be on the host");
   const Tensor d = logits.to(DType::F64);
   const double* p = d.data<double>();
   std::vector<double> v(p, p + d.numel());

@@ -49,7 +49,8 @@ struct NamedTensor {
 // dtype size descending, then name, so every tensor is aligned for its dtype when the data
 // area starts 8-aligned (the header is space-padded to a multiple of 8). When `metadata` has
 // no "format" key, {"format": "pt"} is added: transformers refuses files whose metadata
-// lacks it. Throws Error on duplicate or reserved names, undefined or non-CPU tensors.
+// lacks it. Throws Error on duplicate or reserved names or undefined tensors (device tensors
+// are read back to the host).
 void write_safetensors(const std::filesystem::path& path, const std::vector<NamedTensor>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 

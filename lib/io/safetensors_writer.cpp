@@ -18,9 +18,6 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
     if (!seen.insert(name).second)
       throw Error(where + ": tensor " + quote_str(name) + " given twice");
     if (!t.defined()) throw Error(where + ": tensor " + quote_str(name) + " is undefined");
-    if (t.device() != Device::CPU)
-      throw Error(where + ": tensor " + quote_str(name) +
-                  " is not on the CPU; copy it there first");
   }
 
   // The reference writer's order (safetensors tensor.rs prepare): largest alignment first, so
@@ -60,8 +57,10 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
   AtomicFile out(path);
   out.write(length_le, 8);
   out.write(text);
-  for (const NamedTensor* nt : order)
-    if (nt->tensor.nbytes()) out.write(nt->tensor.raw(), nt->tensor.nbytes());
+  for (const NamedTensor* nt : order) {
+    const Tensor host = nt->tensor.host_readable();
+    if (host.nbytes()) out.write(static_cast<const char*>(host.raw()), host.nbytes());
+  }
   out.commit();
 }
 

@@ -34,7 +34,8 @@ double alpha_for_scale(double scale, std::int64_t r, bool rslora) {
 }
 
 // dst rows [r0, r0 + src rows), columns [c0, c0 + src cols) = src. dst: (R, C) src: (r, c).
-void copy_block(const Tensor& src, Tensor& dst, std::int64_t r0, std::int64_t c0) {
+void copy_block(const Tensor& device_src, Tensor& dst, std::int64_t r0, std::int64_t c0) {
+  const Tensor src = device_src.host_readable();
   const std::size_t es = dtype_size(src.dtype());
   const std::int64_t rows = src.dim(0), cols = src.dim(1), C = dst.dim(1);
   for (std::int64_t r = 0; r < rows; ++r)
@@ -50,7 +51,8 @@ void take_block(const Tensor& src, Tensor& dst, std::int64_t r0, std::int64_t c0
                 static_cast<const char*>(src.raw()) + ((r0 + r) * C + c0) * es, cols * es);
 }
 
-Tensor transpose2d(const Tensor& t) {
+Tensor transpose2d(const Tensor& device_t) {
+  const Tensor t = device_t.host_readable();
   Tensor out = Tensor::empty({t.dim(1), t.dim(0)}, t.dtype());
   const std::size_t es = dtype_size(t.dtype());
   for (std::int64_t i = 0; i < t.dim(0); ++i)
