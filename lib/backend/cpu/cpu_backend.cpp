@@ -6,6 +6,7 @@
 #include <initializer_list>
 
 #include "backend/backend.h"
+#include "backend/op_checks.h"
 #include "backend/cpu/gemm_cpu.h"
 #include "backend/cpu/ops_cpu.h"
 #include "backend/cpu/optim_cpu.h"
@@ -15,15 +16,11 @@ namespace ssmtune {
 
 namespace {
 
-void require(bool cond, const char* op, const std::string& what) {
-  if (!cond) throw Error(std::string("cpu backend: ") + op + ": " + what);
-}
+const OpChecks checks("cpu");
 
+void require(bool cond, const char* op, const std::string& what) { checks.require(cond, op, what); }
 void require_shape(const Tensor& t, const Shape& shape, const char* op, const char* name) {
-  require(t.defined(), op, std::string(name) + " is missing");
-  require(t.shape() == shape, op,
-          std::string(name) + " has shape " + shape_str(t.shape()) + ", expected " +
-              shape_str(shape));
+  checks.shape(t, shape, op, name);
 }
 
 // Calls f(T{}) with T the float type of `dt` (F32 or F64).
@@ -54,13 +51,7 @@ class CpuBackend final : public Backend {
 
   void gemm(bool trans_a, bool trans_b, double alpha, const Tensor& A, const Tensor& B,
             double beta, Tensor& C) override {
-    require(A.ndim() == 2 && B.ndim() == 2 && C.ndim() == 2, "gemm", "operands must be 2-D");
-    const std::int64_t M = trans_a ? A.dim(1) : A.dim(0), K = trans_a ? A.dim(0) : A.dim(1);
-    const std::int64_t Kb = trans_b ? B.dim(1) : B.dim(0), N = trans_b ? B.dim(0) : B.dim(1);
-    require(K == Kb && C.dim(0) == M && C.dim(1) == N, "gemm",
-            "shapes " + shape_str(A.shape()) + (trans_a ? "^T" : "") + " x " +
-                shape_str(B.shape()) + (trans_b ? "^T" : "") + " -> " + shape_str(C.shape()));
-    require(A.dtype() == C.dtype() && B.dtype() == C.dtype(), "gemm", "mixed element types");
+    const auto [M, N, K] = checks.gemm(trans_a, trans_b, A, B, C);
     OpTimer timer(profile_, "gemm", 2.0 * double(M) * double(N) * double(K));
     dispatch(C.dtype(), "gemm", [&](auto zero) {
       using T = decltype(zero);
@@ -116,9 +107,7 @@ class CpuBackend final : public Backend {
   void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y,
                        Tensor& rstd) override {
     OpTimer timer(profile_, "rmsnorm");
-    const std::int64_t D = w.numel(), rows = x.numel() / std::max<std::int64_t>(D, 1);
-    require(x.dim(-1) == D && y.shape() == x.shape() && rstd.numel() == rows, "rmsnorm_forward",
-            "x " + shape_str(x.shape()) + ", w " + shape_str(w.shape()));
+    const auto [rows, D] = checks.rmsnorm_forward(x, w, y, rstd);
     dispatch(x.dtype(), "rmsnorm_forward", [&](auto zero) {
       using T = decltype(zero);
       cpu::rmsnorm_forward<T>(rows, D, x.data<T>(), w.data<T>(), eps, y.data<T>(), rstd.data<T>());
@@ -127,10 +116,7 @@ class CpuBackend final : public Backend {
   void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                         Tensor& dx, Tensor& dw) override {
     OpTimer timer(profile_, "rmsnorm");
-    const std::int64_t D = w.numel(), rows = x.numel() / std::max<std::int64_t>(D, 1);
-    require(dy.shape() == x.shape() && dx.shape() == x.shape() && dw.numel() == D &&
-                rstd.numel() == rows,
-            "rmsnorm_backward", "shapes");
+    const auto [rows, D] = checks.rmsnorm_backward(dy, x, w, rstd, dx, dw);
     dispatch(x.dtype(), "rmsnorm_backward", [&](auto zero) {
       using T = decltype(zero);
       cpu::rmsnorm_backward<T>(rows, D, dy.data<T>(), x.data<T>(), w.data<T>(), rstd.data<T>(),
@@ -140,11 +126,7 @@ class CpuBackend final : public Backend {
 
   void conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& c) override {
     OpTimer timer(profile_, "conv1d");
-    require(x.ndim() == 3 && w.ndim() == 2, "conv1d_forward", "x (B, L, E), w (E, K)");
-    const std::int64_t B = x.dim(0), L = x.dim(1), E = x.dim(2), K = w.dim(1);
-    require_shape(w, {E, K}, "conv1d_forward", "w");
-    require_shape(c, x.shape(), "conv1d_forward", "c");
-    if (bias.defined()) require_shape(bias, {E}, "conv1d_forward", "bias");
+    const auto [B, L, E, K] = checks.conv1d_forward(x, w, bias, c);
     dispatch(x.dtype(), "conv1d_forward", [&](auto zero) {
       using T = decltype(zero);
       cpu::conv1d_forward<T>(B, L, E, K, x.data<T>(), w.data<T>(), ptr<T>(bias), c.data<T>());
@@ -153,12 +135,7 @@ class CpuBackend final : public Backend {
   void conv1d_backward(const Tensor& dc, const Tensor& x, const Tensor& w, Tensor& dx,
                        Tensor& dw, Tensor& dbias) override {
     OpTimer timer(profile_, "conv1d");
-    require(x.ndim() == 3 && w.ndim() == 2, "conv1d_backward", "x (B, L, E), w (E, K)");
-    const std::int64_t B = x.dim(0), L = x.dim(1), E = x.dim(2), K = w.dim(1);
-    require_shape(dc, x.shape(), "conv1d_backward", "dc");
-    require_shape(dx, x.shape(), "conv1d_backward", "dx");
-    require_shape(dw, w.shape(), "conv1d_backward", "dw");
-    if (dbias.defined()) require_shape(dbias, {E}, "conv1d_backward", "dbias");
+    const auto [B, L, E, K] = checks.conv1d_backward(dc, x, w, dx, dw, dbias);
     dispatch(x.dtype(), "conv1d_backward", [&](auto zero) {
       using T = decltype(zero);
       cpu::conv1d_backward<T>(B, L, E, K, dc.data<T>(), x.data<T>(), w.data<T>(), dx.data<T>(),
@@ -227,13 +204,9 @@ class CpuBackend final : public Backend {
 
   void selective_scan_forward(const ScanInputs& in, Tensor& y, Tensor& h_saved,
                               Tensor& h_last) override {
-    OpTimer timer(profile_, "scan");
-    const cpu::ScanDims d = scan_dims(in);
-    require_shape(y, in.u.shape(), "selective_scan_forward", "y");
-    require_shape(h_saved, {d.batch, d.n_chunks(), d.d_inner, d.d_state},
-                  "selective_scan_forward", "h_saved");
-    if (h_last.defined())
-      require_shape(h_last, {d.batch, d.d_inner, d.d_state}, "selective_scan_forward", "h_last");
+    OpTimer timer(profile_, "scan_forward");
+    const cpu::ScanDims d = checks.scan(in);
+    checks.scan_outputs(d, in, y, h_saved, h_last);
     dispatch(in.u.dtype(), "selective_scan_forward", [&](auto zero) {
       using T = decltype(zero);
       cpu::selective_scan_forward<T>(d, in.u.data<T>(), in.delta.data<T>(), in.A.data<T>(),
@@ -244,18 +217,10 @@ class CpuBackend final : public Backend {
   }
   void selective_scan_backward(const ScanInputs& in, const Tensor& h_saved, const Tensor& dy,
                                ScanGrads& g) override {
-    OpTimer timer(profile_, "scan");
-    const cpu::ScanDims d = scan_dims(in);
+    OpTimer timer(profile_, "scan_backward");
+    const cpu::ScanDims d = checks.scan(in);
     const char* op = "selective_scan_backward";
-    require_shape(h_saved, {d.batch, d.n_chunks(), d.d_inner, d.d_state}, op, "h_saved");
-    require_shape(dy, in.u.shape(), op, "dy");
-    require_shape(g.du, in.u.shape(), op, "du");
-    require_shape(g.ddelta, in.u.shape(), op, "ddelta");
-    require_shape(g.dA, in.A.shape(), op, "dA");
-    require_shape(g.dBm, in.Bm.shape(), op, "dBm");
-    require_shape(g.dCm, in.Cm.shape(), op, "dCm");
-    if (g.dD.defined()) require_shape(g.dD, {d.d_inner}, op, "dD");
-    if (g.dh0.defined()) require_shape(g.dh0, {d.batch, d.d_inner, d.d_state}, op, "dh0");
+    checks.scan_grads(d, in, h_saved, dy, g);
     dispatch(in.u.dtype(), op, [&](auto zero) {
       using T = decltype(zero);
       cpu::selective_scan_backward<T>(d, in.u.data<T>(), in.delta.data<T>(), in.A.data<T>(),
@@ -269,7 +234,7 @@ class CpuBackend final : public Backend {
   void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) override {
     OpTimer timer(profile_, "embedding");
     const std::int64_t n = ids.numel(), D = table.dim(1);
-    check_ids(ids, table.dim(0));
+    OpChecks::ids(ids, table.dim(0));
     require_shape(out, {n, D}, "embedding_forward", "out");
     dispatch(table.dtype(), "embedding_forward", [&](auto zero) {
       using T = decltype(zero);
@@ -279,7 +244,7 @@ class CpuBackend final : public Backend {
   void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
     OpTimer timer(profile_, "embedding");
     const std::int64_t n = ids.numel(), D = dtable.dim(1);
-    check_ids(ids, dtable.dim(0));
+    OpChecks::ids(ids, dtable.dim(0));
     require_shape(dout, {n, D}, "embedding_backward", "dout");
     dispatch(dtable.dtype(), "embedding_backward", [&](auto zero) {
       using T = decltype(zero);
@@ -293,7 +258,7 @@ class CpuBackend final : public Backend {
     OpTimer timer(profile_, "cross_entropy");
     const std::int64_t rows = targets.numel(), V = logits.dim(-1);
     require(logits.numel() == rows * V, "cross_entropy_forward", "logits rows != targets");
-    check_targets(targets, V);
+    OpChecks::targets(targets, V);
     double loss = 0;
     dispatch(logits.dtype(), "cross_entropy_forward", [&](auto zero) {
       using T = decltype(zero);
@@ -308,7 +273,7 @@ class CpuBackend final : public Backend {
     const std::int64_t rows = targets.numel(), V = logits.dim(-1);
     require(logits.numel() == rows * V && dlogits.shape() == logits.shape(),
             "cross_entropy_backward", "shapes");
-    check_targets(targets, V);
+    OpChecks::targets(targets, V);
     dispatch(logits.dtype(), "cross_entropy_backward", [&](auto zero) {
       using T = decltype(zero);
       cpu::cross_entropy_backward<T>(rows, V, logits.data<T>(), targets.data<std::int64_t>(),
@@ -348,7 +313,7 @@ class CpuBackend final : public Backend {
 
   void index_add(const Tensor& values, const Tensor& index, Tensor& dst) override {
     OpTimer timer(profile_, "elementwise");
-    check_index("index_add", values, index, dst);
+    checks.index("index_add", values, index, dst);
     dispatch(dst.dtype(), "index_add", [&](auto zero) {
       using T = decltype(zero);
       const T* v = values.data<T>();
@@ -360,7 +325,7 @@ class CpuBackend final : public Backend {
 
   void index_gather(const Tensor& src, const Tensor& index, Tensor& out) override {
     OpTimer timer(profile_, "elementwise");
-    check_index("index_gather", out, index, src);
+    checks.index("index_gather", out, index, src);
     dispatch(src.dtype(), "index_gather", [&](auto zero) {
       using T = decltype(zero);
       const T* s = src.data<T>();
@@ -374,10 +339,7 @@ class CpuBackend final : public Backend {
                     const AdamWStep& s) override {
     OpTimer timer(profile_, "optimizer");
     const char* op = "adamw_update";
-    require_shape(grad, param.shape(), op, "grad");
-    require_shape(m, param.shape(), op, "m");
-    require_shape(v, param.shape(), op, "v");
-    require(s.step >= 1, op, "step must be >= 1");
+    checks.adamw(param, grad, m, v, s);
     dispatch(param.dtype(), op, [&](auto zero) {
       using T = decltype(zero);
       cpu::adamw_update<T>(param.numel(), param.data<T>(), grad.data<T>(), m.data<T>(),
@@ -386,48 +348,6 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  static cpu::ScanDims scan_dims(const ScanInputs& in) {
-    const char* op = "selective_scan";
-    require(in.u.ndim() == 3 && in.A.ndim() == 2, op, "u (B, L, E), A (E, N)");
-    require(in.chunk > 0, op, "chunk must be positive");
-    cpu::ScanDims d{in.u.dim(0), in.u.dim(1), in.u.dim(2), in.A.dim(1), in.chunk};
-    require_shape(in.delta, in.u.shape(), op, "delta");
-    require_shape(in.A, {d.d_inner, d.d_state}, op, "A");
-    require_shape(in.Bm, {d.batch, d.seqlen, d.d_state}, op, "Bm");
-    require_shape(in.Cm, {d.batch, d.seqlen, d.d_state}, op, "Cm");
-    if (in.D.defined()) require_shape(in.D, {d.d_inner}, op, "D");
-    if (in.h0.defined()) require_shape(in.h0, {d.batch, d.d_inner, d.d_state}, op, "h0");
-    return d;
-  }
-
-  // values: (k) of full's dtype, index: (k) I64 within [0, full.numel())
-  static void check_index(const char* op, const Tensor& values, const Tensor& index,
-                          const Tensor& full) {
-    require(index.dtype() == DType::I64 && index.ndim() == 1, op, "index must be (k) I64");
-    require_shape(values, {index.numel()}, op, "values");
-    require(values.dtype() == full.dtype(), op, "values and tensor dtypes differ");
-    const std::int64_t* idx = index.data<std::int64_t>();
-    for (std::int64_t i = 0; i < index.numel(); ++i)
-      require(idx[i] >= 0 && idx[i] < full.numel(), op,
-              "index " + std::to_string(idx[i]) + " outside [0, " + std::to_string(full.numel()) +
-                  ")");
-  }
-
-  static void check_ids(const Tensor& ids, std::int64_t V) {
-    const std::int64_t* p = ids.data<std::int64_t>();
-    for (std::int64_t i = 0; i < ids.numel(); ++i)
-      if (p[i] < 0 || p[i] >= V)
-        throw Error("token id " + std::to_string(p[i]) + " at position " + std::to_string(i) +
-                    " is outside the vocabulary [0, " + std::to_string(V) + ")");
-  }
-  static void check_targets(const Tensor& targets, std::int64_t V) {
-    const std::int64_t* p = targets.data<std::int64_t>();
-    for (std::int64_t i = 0; i < targets.numel(); ++i)
-      if (p[i] != -100 && (p[i] < 0 || p[i] >= V))
-        throw Error("label " + std::to_string(p[i]) + " at position " + std::to_string(i) +
-                    " is outside the vocabulary [0, " + std::to_string(V) + ") and is not -100");
-  }
-
   template <class F> static void unary(const char* op, const Tensor& x, Tensor& y, F&& f) {
     require(x.shape() == y.shape(), op, "shapes differ");
     dispatch(x.dtype(), op, [&](auto zero) {
@@ -447,11 +367,7 @@ class CpuBackend final : public Backend {
   // wide: (rows, S), narrow: (rows, n); copies narrow <-> wide[:, col0 : col0+n]
   static void copy_columns(const char* op, const Tensor& wide, std::int64_t col0,
                            const Tensor& narrow, bool into_wide) {
-    require(wide.ndim() == 2 && narrow.ndim() == 2 && wide.dim(0) == narrow.dim(0) &&
-                col0 >= 0 && col0 + narrow.dim(1) <= wide.dim(1) &&
-                wide.dtype() == narrow.dtype(),
-            op, shape_str(narrow.shape()) + " at column " + std::to_string(col0) + " of " +
-                    shape_str(wide.shape()));
+    checks.columns(op, wide, col0, narrow);
     const std::int64_t rows = wide.dim(0), S = wide.dim(1), n = narrow.dim(1);
     const std::size_t es = dtype_size(wide.dtype());
     char* w = static_cast<char*>(wide.raw());

@@ -1,0 +1,155 @@
+#include "backend/op_checks.h"
+
+#include <algorithm>
+
+namespace ssmtune {
+
+void OpChecks::require(bool cond, const char* op, const std::string& what) const {
+  if (!cond) throw Error(std::string(backend_) + " backend: " + op + ": " + what);
+}
+
+void OpChecks::shape(const Tensor& t, const Shape& shape, const char* op, const char* name) const {
+  require(t.defined(), op, std::string(name) + " is missing");
+  require(
+      t.shape() == shape, op,
+      std::string(name) + " has shape " + shape_str(t.shape()) + ", expected " + shape_str(shape));
+}
+
+OpChecks::GemmDims OpChecks::gemm(bool trans_a, bool trans_b, const Tensor& A, const Tensor& B,
+                                  const Tensor& C) const {
+  require(A.ndim() == 2 && B.ndim() == 2 && C.ndim() == 2, "gemm", "operands must be 2-D");
+  const std::int64_t M = trans_a ? A.dim(1) : A.dim(0), K = trans_a ? A.dim(0) : A.dim(1);
+  const std::int64_t Kb = trans_b ? B.dim(1) : B.dim(0), N = trans_b ? B.dim(0) : B.dim(1);
+  require(K == Kb && C.dim(0) == M && C.dim(1) == N, "gemm",
+          "shapes " + shape_str(A.shape()) + (trans_a ? "^T" : "") + " x " + shape_str(B.shape()) +
+              (trans_b ? "^T" : "") + " -> " + shape_str(C.shape()));
+  require(A.dtype() == C.dtype() && B.dtype() == C.dtype(), "gemm", "mixed element types");
+  return {M, N, K};
+}
+
+OpChecks::NormDims OpChecks::rmsnorm_forward(const Tensor& x, const Tensor& w, const Tensor& y,
+                                             const Tensor& rstd) const {
+  const std::int64_t D = w.numel(), rows = x.numel() / std::max<std::int64_t>(D, 1);
+  require(x.ndim() >= 1 && x.dim(-1) == D && y.shape() == x.shape() && rstd.numel() == rows,
+          "rmsnorm_forward", "x " + shape_str(x.shape()) + ", w " + shape_str(w.shape()));
+  return {rows, D};
+}
+
+OpChecks::NormDims OpChecks::rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                              const Tensor& rstd, const Tensor& dx,
+                                              const Tensor& dw) const {
+  const std::int64_t D = w.numel(), rows = x.numel() / std::max<std::int64_t>(D, 1);
+  require(
+      dy.shape() == x.shape() && dx.shape() == x.shape() && dw.numel() == D && rstd.numel() == rows,
+      "rmsnorm_backward", "shapes");
+  return {rows, D};
+}
+
+OpChecks::ConvDims OpChecks::conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
+                                            const Tensor& c) const {
+  const char* op = "conv1d_forward";
+  require(x.ndim() == 3 && w.ndim() == 2, op, "x (B, L, E), w (E, K)");
+  const ConvDims d{x.dim(0), x.dim(1), x.dim(2), w.dim(1)};
+  shape(w, {d.E, d.K}, op, "w");
+  shape(c, x.shape(), op, "c");
+  if (bias.defined()) shape(bias, {d.E}, op, "bias");
+  return d;
+}
+
+OpChecks::ConvDims OpChecks::conv1d_backward(const Tensor& dc, const Tensor& x, const Tensor& w,
+                                             const Tensor& dx, const Tensor& dw,
+                                             const Tensor& dbias) const {
+  const char* op = "conv1d_backward";
+  require(x.ndim() == 3 && w.ndim() == 2, op, "x (B, L, E), w (E, K)");
+  const ConvDims d{x.dim(0), x.dim(1), x.dim(2), w.dim(1)};
+  shape(dc, x.shape(), op, "dc");
+  shape(dx, x.shape(), op, "dx");
+  shape(dw, w.shape(), op, "dw");
+  if (dbias.defined()) shape(dbias, {d.E}, op, "dbias");
+  return d;
+}
+
+void OpChecks::columns(const char* op, const Tensor& wide, std::int64_t col0,
+                       const Tensor& narrow) const {
+  require(wide.ndim() == 2 && narrow.ndim() == 2 && wide.dim(0) == narrow.dim(0) && col0 >= 0 &&
+              col0 + narrow.dim(1) <= wide.dim(1) && wide.dtype() == narrow.dtype(),
+          op,
+          shape_str(narrow.shape()) + " at column " + std::to_string(col0) + " of " +
+              shape_str(wide.shape()));
+}
+
+cpu::ScanDims OpChecks::scan(const Backend::ScanInputs& in) const {
+  const char* op = "selective_scan";
+  require(in.u.ndim() == 3 && in.A.ndim() == 2, op, "u (B, L, E), A (E, N)");
+  require(in.chunk > 0, op, "chunk must be positive");
+  cpu::ScanDims d{in.u.dim(0), in.u.dim(1), in.u.dim(2), in.A.dim(1), in.chunk};
+  shape(in.delta, in.u.shape(), op, "delta");
+  shape(in.A, {d.d_inner, d.d_state}, op, "A");
+  shape(in.Bm, {d.batch, d.seqlen, d.d_state}, op, "Bm");
+  shape(in.Cm, {d.batch, d.seqlen, d.d_state}, op, "Cm");
+  if (in.D.defined()) shape(in.D, {d.d_inner}, op, "D");
+  if (in.h0.defined()) shape(in.h0, {d.batch, d.d_inner, d.d_state}, op, "h0");
+  return d;
+}
+
+void OpChecks::scan_outputs(const cpu::ScanDims& d, const Backend::ScanInputs& in, const Tensor& y,
+                            const Tensor& h_saved, const Tensor& h_last) const {
+  const char* op = "selective_scan_forward";
+  shape(y, in.u.shape(), op, "y");
+  shape(h_saved, {d.batch, d.n_chunks(), d.d_inner, d.d_state}, op, "h_saved");
+  if (h_last.defined()) shape(h_last, {d.batch, d.d_inner, d.d_state}, op, "h_last");
+}
+
+void OpChecks::scan_grads(const cpu::ScanDims& d, const Backend::ScanInputs& in,
+                          const Tensor& h_saved, const Tensor& dy,
+                          const Backend::ScanGrads& g) const {
+  const char* op = "selective_scan_backward";
+  shape(h_saved, {d.batch, d.n_chunks(), d.d_inner, d.d_state}, op, "h_saved");
+  shape(dy, in.u.shape(), op, "dy");
+  shape(g.du, in.u.shape(), op, "du");
+  shape(g.ddelta, in.u.shape(), op, "ddelta");
+  shape(g.dA, in.A.shape(), op, "dA");
+  shape(g.dBm, in.Bm.shape(), op, "dBm");
+  shape(g.dCm, in.Cm.shape(), op, "dCm");
+  if (g.dD.defined()) shape(g.dD, {d.d_inner}, op, "dD");
+  if (g.dh0.defined()) shape(g.dh0, {d.batch, d.d_inner, d.d_state}, op, "dh0");
+}
+
+void OpChecks::index(const char* op, const Tensor& values, const Tensor& index,
+                     const Tensor& full) const {
+  require(index.dtype() == DType::I64 && index.ndim() == 1, op, "index must be (k) I64");
+  shape(values, {index.numel()}, op, "values");
+  require(values.dtype() == full.dtype(), op, "values and tensor dtypes differ");
+  const std::int64_t* idx = index.data<std::int64_t>();
+  for (std::int64_t i = 0; i < index.numel(); ++i)
+    require(
+        idx[i] >= 0 && idx[i] < full.numel(), op,
+        "index " + std::to_string(idx[i]) + " outside [0, " + std::to_string(full.numel()) + ")");
+}
+
+void OpChecks::adamw(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                     const Backend::AdamWStep& s) const {
+  const char* op = "adamw_update";
+  shape(grad, param.shape(), op, "grad");
+  shape(m, param.shape(), op, "m");
+  shape(v, param.shape(), op, "v");
+  require(s.step >= 1, op, "step must be >= 1");
+}
+
+void OpChecks::ids(const Tensor& ids, std::int64_t V) {
+  const std::int64_t* p = ids.data<std::int64_t>();
+  for (std::int64_t i = 0; i < ids.numel(); ++i)
+    if (p[i] < 0 || p[i] >= V)
+      throw Error("token id " + std::to_string(p[i]) + " at position " + std::to_string(i) +
+                  " is outside the vocabulary [0, " + std::to_string(V) + ")");
+}
+
+void OpChecks::targets(const Tensor& targets, std::int64_t V) {
+  const std::int64_t* p = targets.data<std::int64_t>();
+  for (std::int64_t i = 0; i < targets.numel(); ++i)
+    if (p[i] != -100 && (p[i] < 0 || p[i] >= V))
+      throw Error("label " + std::to_string(p[i]) + " at position " + std::to_string(i) +
+                  " is outside the vocabulary [0, " + std::to_string(V) + ") and is not -100");
+}
+
+}  // namespace ssmtune

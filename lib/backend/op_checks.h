@@ -1,0 +1,62 @@
+// The argument checks every backend makes before an op runs (shapes, element types, token ids,
+// labels, indices), in one place so the CPU and CUDA backends refuse the same inputs with the
+// same messages. Each throws Error("<backend> backend: <op>: <what>").
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "backend/backend.h"
+#include "backend/cpu/scan_cpu.h"
+
+namespace ssmtune {
+
+class OpChecks {
+ public:
+  explicit OpChecks(const char* backend) : backend_(backend) {}
+
+  void require(bool cond, const char* op, const std::string& what) const;
+  void shape(const Tensor& t, const Shape& shape, const char* op, const char* name) const;
+  // Sizes of C = op(A) op(B) after checking the operands fit: {M, N, K}.
+  struct GemmDims {
+    std::int64_t M, N, K;
+  };
+  GemmDims gemm(bool trans_a, bool trans_b, const Tensor& A, const Tensor& B,
+                const Tensor& C) const;
+  // RMSNorm's rows and width {rows, D}.
+  struct NormDims {
+    std::int64_t rows, D;
+  };
+  NormDims rmsnorm_forward(const Tensor& x, const Tensor& w, const Tensor& y,
+                           const Tensor& rstd) const;
+  NormDims rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                            const Tensor& dx, const Tensor& dw) const;
+  // The causal conv's sizes {B, L, E, K}.
+  struct ConvDims {
+    std::int64_t B, L, E, K;
+  };
+  ConvDims conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
+                          const Tensor& c) const;
+  ConvDims conv1d_backward(const Tensor& dc, const Tensor& x, const Tensor& w, const Tensor& dx,
+                           const Tensor& dw, const Tensor& dbias) const;
+  // wide: (rows, S), narrow: (rows, n) with [col0, col0 + n) inside S, one dtype.
+  void columns(const char* op, const Tensor& wide, std::int64_t col0, const Tensor& narrow) const;
+  cpu::ScanDims scan(const Backend::ScanInputs& in) const;
+  void scan_outputs(const cpu::ScanDims& d, const Backend::ScanInputs& in, const Tensor& y,
+                    const Tensor& h_saved, const Tensor& h_last) const;
+  void scan_grads(const cpu::ScanDims& d, const Backend::ScanInputs& in, const Tensor& h_saved,
+                  const Tensor& dy, const Backend::ScanGrads& g) const;
+  // values: (k) of full's dtype, index: (k) I64 on the host, within [0, full.numel())
+  void index(const char* op, const Tensor& values, const Tensor& index, const Tensor& full) const;
+  void adamw(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+             const Backend::AdamWStep& s) const;
+
+  // Token ids and labels are read on the host, where the batch comes from.
+  static void ids(const Tensor& ids, std::int64_t V);
+  static void targets(const Tensor& targets, std::int64_t V);
+
+ private:
+  const char* backend_;
+};
+
+}  // namespace ssmtune
