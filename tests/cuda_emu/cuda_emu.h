@@ -226,6 +226,19 @@ const char* cudaGetErrorName(cudaError_t error);
 const char* cudaGetErrorString(cudaError_t error);
 
 cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attribute, int value);
+
+// One emulated device, "cuda-emu", compute capability 9.0, with the properties a launch
+// checks against. cudaSetDevice accepts 0 only.
+struct cudaDeviceProp {
+  char name[256];
+  int major, minor;
+  std::size_t totalGlobalMem, sharedMemPerBlock;
+  int maxThreadsPerBlock, multiProcessorCount;
+};
+cudaError_t cudaGetDeviceCount(int* count);
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device);
+cudaError_t cudaMemGetInfo(std::size_t* free_bytes, std::size_t* total_bytes);
 template <class... P>
 cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute attribute, int value) {
   return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attribute, value);
@@ -347,7 +360,12 @@ using cuda_emu::cudaEventElapsedTime;
 using cuda_emu::cudaEventQuery;
 using cuda_emu::cudaEventRecord;
 using cuda_emu::cudaEventSynchronize;
+using cuda_emu::cudaDeviceProp;
 using cuda_emu::cudaFree;
+using cuda_emu::cudaGetDeviceCount;
+using cuda_emu::cudaGetDeviceProperties;
+using cuda_emu::cudaMemGetInfo;
+using cuda_emu::cudaSetDevice;
 using cuda_emu::cudaFuncAttribute;
 using cuda_emu::cudaFuncSetAttribute;
 using cuda_emu::cudaGetErrorName;

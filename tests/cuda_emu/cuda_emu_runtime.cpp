@@ -262,6 +262,37 @@ const char* cudaGetErrorString(cudaError_t error) {
 
 bool is_device_pointer(const void* ptr, std::size_t bytes) { return in_device_block(ptr, bytes); }
 
+cudaError_t cudaGetDeviceCount(int* count) {
+  if (!count) return fail(cudaErrorInvalidValue, "cudaGetDeviceCount: null count");
+  *count = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  return device == 0 ? cudaSuccess
+                     : fail(cudaErrorInvalidValue, "cudaSetDevice: the emulator has device 0 only");
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (!prop || device != 0) return fail(cudaErrorInvalidValue, "cudaGetDeviceProperties");
+  *prop = cudaDeviceProp{};
+  std::strncpy(prop->name, "cuda-emu (CUDA on the CPU)", sizeof(prop->name) - 1);
+  prop->major = 9;
+  prop->minor = 0;
+  prop->totalGlobalMem = kMaxAllocation;
+  prop->sharedMemPerBlock = 48 * 1024;
+  prop->maxThreadsPerBlock = 1024;
+  prop->multiProcessorCount = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(std::size_t* free_bytes, std::size_t* total_bytes) {
+  if (!free_bytes || !total_bytes) return fail(cudaErrorInvalidValue, "cudaMemGetInfo");
+  *total_bytes = kMaxAllocation;
+  *free_bytes = kMaxAllocation - std::min(kMaxAllocation, device_bytes_in_use());
+  return cudaSuccess;
+}
+
 std::size_t device_bytes_in_use() {
   std::size_t total = 0;
   for (const auto& [base, size] : allocations()) total += size;
