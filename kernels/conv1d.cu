@@ -79,13 +79,18 @@ __global__ void conv1d_dw_partial_kernel(std::int64_t B, std::int64_t L, std::in
     const std::int64_t t = r % L;
     const float g = dc[r * E + e];
     db += g;
-    for (int k = 0; k < K; ++k) {
+    // Unrolled to the fixed bound with k < K tested inside, so dw[] is indexed by constants
+    // and stays in registers (a loop to K would put it in local memory).
+SSMTUNE_UNROLL
+    for (int k = 0; k < kConv1dMaxWidth; ++k) {
       const std::int64_t src = t - (K - 1) + k;
-      if (src >= 0) dw[k] += g * x[(r + src - t) * E + e];
+      if (k < K && src >= 0) dw[k] += g * x[(r + src - t) * E + e];
     }
   }
   float* out_dw = partial + chunk * E * K;
-  for (int k = 0; k < K; ++k) out_dw[e * K + k] = dw[k];
+SSMTUNE_UNROLL
+  for (int k = 0; k < kConv1dMaxWidth; ++k)
+    if (k < K) out_dw[e * K + k] = dw[k];
   partial[gridDim.x * E * K + chunk * E + e] = db;
 }
 

@@ -8,6 +8,8 @@
 // No __CUDA_ARCH__ branches in code the emulator runs: it would take the host side.
 #pragma once
 
+#include "kernel_abi.h"
+
 #if defined(SSMTUNE_CUDA_EMU)
 
 #include <cuda_emu.h>
@@ -26,9 +28,9 @@
 // T* name: the launch's dynamic shared memory (16-byte aligned at least).
 #define SSMTUNE_DYNAMIC_SHARED(T, name) \
   T* const name = static_cast<T*>(::cuda_emu::dynamic_shared_memory())
-// Emulated kernels live in their own inline namespace, so one test binary can hold them and
-// the nvcc-compiled ones side by side without clashing names.
-#define SSMTUNE_KERNEL_ABI emu
+// Before a loop nvcc should unroll (small constant bounds it may not unroll on its own, or
+// arrays that must stay in registers); nothing for g++.
+#define SSMTUNE_UNROLL
 
 #else
 
@@ -38,6 +40,6 @@
 #define SSMTUNE_DYNAMIC_SHARED(T, name)                         \
   extern __shared__ __align__(16) unsigned char name##_bytes[]; \
   T* const name = reinterpret_cast<T*>(name##_bytes)
-#define SSMTUNE_KERNEL_ABI gpu
+#define SSMTUNE_UNROLL _Pragma("unroll")
 
 #endif

@@ -26,13 +26,6 @@
 #include "launch.cuh"
 #include "selective_scan.cuh"
 
-// nvcc unrolls small constant loops on its own, not ones as large as a channel's backward.
-#if defined(SSMTUNE_CUDA_EMU)
-#define SSMTUNE_SCAN_UNROLL
-#else
-#define SSMTUNE_SCAN_UNROLL _Pragma("unroll")
-#endif
-
 namespace ssmtune::kernels {
 inline namespace SSMTUNE_KERNEL_ABI {
 
@@ -371,7 +364,7 @@ __device__ __forceinline__ void backward_tile(const ScanShape& s, const Group& g
   for (std::int64_t n = 0; n < s.N; ++n) {
     float dB[kItems] = {}, dC[kItems] = {};
     // Unrolled (constant trip count, no break), so gr stays in registers.
-    SSMTUNE_SCAN_UNROLL
+    SSMTUNE_UNROLL
     for (int j = 0; j < kChannelsPerWarp; ++j) {
       const int c = int(warp) * kChannelsPerWarp + j;
       if (c < g.n_ch) {  // the same for the whole warp
