@@ -55,6 +55,9 @@ class Backend {
   virtual std::string name() const = 0;
   virtual Device device() const = 0;
 
+  // Waits until the work queued so far is done (a GPU runs ops asynchronously): for timing.
+  virtual void synchronize() {}
+
   virtual Tensor empty(const Shape& shape, DType dtype) = 0;
   virtual Tensor zeros(const Shape& shape, DType dtype) = 0;
   // Copies between host and this backend's device (or within one device); same shape and dtype.
@@ -155,5 +158,7 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend();
+// "cpu" or "cuda" (the first GPU; throws Error saying why when there is none).
+std::unique_ptr<Backend> make_backend(const std::string& device);
 
 }  // namespace ssmtune

@@ -20,6 +20,10 @@ CudaDevices query_cuda_devices() {
     return out;
   }
   out.count = count;
+  int clock_khz = 0, bus_bits = 0;
+  if (cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, 0) == cudaSuccess &&
+      cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, 0) == cudaSuccess)
+    out.peak_bandwidth = 2.0 * double(clock_khz) * 1e3 * double(bus_bits) / 8.0;
   for (int i = 0; i < count; ++i) {
     cudaDeviceProp prop{};
     if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;

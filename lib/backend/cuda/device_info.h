@@ -11,6 +11,8 @@ struct CudaDevices {
   bool built = false;   // the CUDA parts were compiled in
   int count = 0;        // usable devices (0 when none or on error)
   std::string detail;   // device names and compute capabilities, or why there are none
+  // Device 0's peak memory bandwidth in bytes/s (2 x memory clock x bus width: DDR), 0 if none.
+  double peak_bandwidth = 0;
 };
 
 CudaDevices query_cuda_devices();

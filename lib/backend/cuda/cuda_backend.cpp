@@ -1,0 +1,476 @@
+// The CUDA backend (cuda_backend.h): checks shapes and element types on the host (OpChecks, the
+// CPU backend's checks), moves the operands to the GPU, then queues the kernel or cuBLAS call on
+// the one stream. Only results the caller reads on the host (the loss, the sum of squares)
+// wait for the GPU.
+#include "backend/cuda/cuda_backend.h"
+
+#include <chrono>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <memory>
+#include <string>
+
+#include "backend/cuda/cuda_api.h"
+#include "backend/cuda/cuda_memory.h"
+#include "backend/op_checks.h"
+#include "kernels/conv1d.cuh"
+#include "kernels/elementwise.cuh"
+#include "kernels/optim.cuh"
+#include "kernels/rmsnorm.cuh"
+#include "kernels/selective_scan.cuh"
+#include "kernels/tensor_ops.cuh"
+#include "kernels/token_ops.cuh"
+
+namespace ssmtune {
+inline namespace SSMTUNE_KERNEL_ABI {
+
+namespace {
+
+const OpChecks checks("cuda");
+
+// A kernel launcher as a callable (the elementwise ones have a defaulted grid-cap argument, so
+// a plain function pointer would not do).
+#define SSMTUNE_KERNEL_FN(launcher) [](auto... args) { kernels::launcher(args...); }
+
+// SSMTUNE_CUDA_SYNC=1: wait for every op, so an error inside a kernel is reported by the op
+// that launched it instead of by a later one (debugging; slower).
+bool sync_every_op() {
+  static const bool on = [] {
+    const char* v = std::getenv("SSMTUNE_CUDA_SYNC");
+    return v && *v && std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) {
+    cuda_check(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
+    memory_ = std::make_shared<CudaMemory>();
+    cublas_check(cublasCreate(&blas_), "cublasCreate");
+    cublas_check(cublasSetStream(blas_, memory_->stream()), "cublasSetStream");
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(memory_->stream());
+    cublasDestroy(blas_);
+  }
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  std::string name() const override { return "cuda"; }
+  Device device() const override { return Device::CUDA; }
+
+  void synchronize() override { wait("synchronize"); }
+
+  Tensor empty(const Shape& shape, DType dtype) override {
+    return Tensor::empty_on(memory_, shape, dtype);
+  }
+  Tensor zeros(const Shape& shape, DType dtype) override {
+    Tensor t = empty(shape, dtype);
+    t.fill_zero();
+    return t;
+  }
+
+  // Each side stays where it lives: the decoder copies logits into a host tensor.
+  void copy(const Tensor& src, Tensor& dst) override {
+    checks.require(
+        src.shape() == dst.shape() && src.dtype() == dst.dtype(), "copy",
+        "shape/dtype mismatch " + shape_str(src.shape()) + " vs " + shape_str(dst.shape()));
+    const std::size_t n = src.nbytes();
+    if (!n) return;
+    const bool src_dev = src.device() == Device::CUDA, dst_dev = dst.device() == Device::CUDA;
+    if (!src_dev && !dst_dev) {
+      std::memmove(dst.raw(), src.raw(), n);
+    } else if (dst_dev && !src_dev) {
+      memory_->copy_to_device(dst.device_raw(memory_), src.raw(), n);
+    } else if (!dst_dev) {
+      memory_->copy_to_host(dst.raw(), src.device_raw(memory_), n);
+    } else {
+      cuda_check(cudaMemcpyAsync(dst.device_raw(memory_), src.device_raw(memory_), n,
+                                 cudaMemcpyDeviceToDevice, stream()),
+                 "copy");
+    }
+  }
+
+  void gemm(bool trans_a, bool trans_b, double alpha, const Tensor& A, const Tensor& B, double beta,
+            Tensor& C) override {
+    const auto [M, N, K] = checks.gemm(trans_a, trans_b, A, B, C);
+    Timer timer(*this, "gemm", 2.0 * double(M) * double(N) * double(K));
+    checks.require(
+        M < INT_MAX && N < INT_MAX && K < INT_MAX && A.dim(1) < INT_MAX && B.dim(1) < INT_MAX,
+        "gemm", "a dimension reaches 2^31 (cuBLAS takes int sizes)");
+    if (M == 0 || N == 0) return;
+    const float a = float(alpha), b = float(beta);
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: the operands swap and
+    // each row-major matrix is read as its column-major transpose (leading dim = its columns).
+    cublas_check(
+        cublasSgemm(blas_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                    int(N), int(M), int(K), &a, f32(B, "gemm", "B"), int(B.dim(1)),
+                    f32(A, "gemm", "A"), int(A.dim(1)), &b, f32(C, "gemm", "C"), int(N)),
+        "cublasSgemm " + shape_str(A.shape()) + (trans_a ? "^T" : "") + " x " +
+            shape_str(B.shape()) + (trans_b ? "^T" : ""));
+  }
+
+  void add_bias(Tensor& y, const Tensor& bias) override {
+    Timer timer(*this, "elementwise");
+    const std::int64_t n = bias.numel();
+    checks.require(y.ndim() >= 1 && y.dim(-1) == n, "add_bias", "bias length != last dim of y");
+    kernels::add_bias(n ? y.numel() / n : 0, n, f32(bias, "add_bias", "bias"),
+                      f32(y, "add_bias", "y"), stream());
+    launch_check("add_bias");
+  }
+
+  void bias_backward(const Tensor& dy, Tensor& dbias) override {
+    Timer timer(*this, "elementwise");
+    const std::int64_t n = dbias.numel(), rows = n ? dy.numel() / n : 0;
+    checks.require(dy.ndim() >= 1 && dy.dim(-1) == n, "bias_backward", "dbias length != last dim");
+    DeviceScratch ws(*memory_, floats(kernels::bias_backward_workspace_floats(rows, n)));
+    kernels::bias_backward(rows, n, f32(dy, "bias_backward", "dy"),
+                           f32(dbias, "bias_backward", "dbias"), ws.as<float>(), stream());
+    launch_check("bias_backward");
+  }
+
+  void add(const Tensor& x, Tensor& y) override {
+    Timer timer(*this, "elementwise");
+    checks.require(x.shape() == y.shape(), "add", "shapes differ");
+    kernels::add(y.numel(), f32(x, "add", "x"), f32(y, "add", "y"), stream());
+    launch_check("add");
+  }
+
+  void split_columns(const Tensor& src, std::int64_t col0, Tensor& dst) override {
+    copy_columns("split_columns", src, col0, dst, /*to_wide=*/false);
+  }
+  void merge_columns(const Tensor& src, std::int64_t col0, Tensor& dst) override {
+    copy_columns("merge_columns", dst, col0, src, /*to_wide=*/true);
+  }
+
+  void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y,
+                       Tensor& rstd) override {
+    Timer timer(*this, "rmsnorm");
+    const auto [rows, D] = checks.rmsnorm_forward(x, w, y, rstd);
+    const char* op = "rmsnorm_forward";
+    kernels::rmsnorm_forward(rows, D, f32(x, op, "x"), f32(w, op, "w"), eps, f32(y, op, "y"),
+                             f32(rstd, op, "rstd"), stream());
+    launch_check(op);
+  }
+  void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                        Tensor& dx, Tensor& dw) override {
+    Timer timer(*this, "rmsnorm");
+    const char* op = "rmsnorm_backward";
+    const auto [rows, D] = checks.rmsnorm_backward(dy, x, w, rstd, dx, dw);
+    DeviceScratch ws(*memory_, floats(kernels::rmsnorm_backward_workspace_floats(rows, D)));
+    kernels::rmsnorm_backward(rows, D, f32(dy, op, "dy"), f32(x, op, "x"), f32(w, op, "w"),
+                              f32(rstd, op, "rstd"), f32(dx, op, "dx"), f32(dw, op, "dw"),
+                              ws.as<float>(), stream());
+    launch_check(op);
+  }
+
+  void conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& c) override {
+    Timer timer(*this, "conv1d");
+    const char* op = "conv1d_forward";
+    const auto [B, L, E, K] = checks.conv1d_forward(x, w, bias, c);
+    checks.require(K >= 1 && K <= kernels::kConv1dMaxWidth, op,
+                   "kernel width " + std::to_string(K) + " outside [1, " +
+                       std::to_string(kernels::kConv1dMaxWidth) + "]");
+    kernels::conv1d_forward(B, L, E, int(K), f32(x, op, "x"), f32(w, op, "w"),
+                            f32_or_null(bias, op, "bias"), f32(c, op, "c"), nullptr, stream());
+    launch_check(op);
+  }
+  void conv1d_backward(const Tensor& dc, const Tensor& x, const Tensor& w, Tensor& dx, Tensor& dw,
+                       Tensor& dbias) override {
+    Timer timer(*this, "conv1d");
+    const char* op = "conv1d_backward";
+    const auto [B, L, E, K] = checks.conv1d_backward(dc, x, w, dx, dw, dbias);
+    checks.require(K >= 1 && K <= kernels::kConv1dMaxWidth, op, "kernel width out of range");
+    DeviceScratch ws(*memory_, floats(kernels::conv1d_backward_workspace_floats(B, L, E, int(K))));
+    kernels::conv1d_backward(B, L, E, int(K), f32(dc, op, "dc"), f32(x, op, "x"), f32(w, op, "w"),
+                             f32(dx, op, "dx"), f32(dw, op, "dw"), f32_or_null(dbias, op, "dbias"),
+                             ws.as<float>(), stream());
+    launch_check(op);
+  }
+
+  void silu_forward(const Tensor& x, Tensor& y) override {
+    unary("silu_forward", x, y, SSMTUNE_KERNEL_FN(silu_forward));
+  }
+  void silu_backward(const Tensor& dy, const Tensor& x, Tensor& dx) override {
+    binary("silu_backward", dy, x, dx, SSMTUNE_KERNEL_FN(silu_backward));
+  }
+  void softplus_forward(const Tensor& x, Tensor& y) override {
+    unary("softplus_forward", x, y, SSMTUNE_KERNEL_FN(softplus_forward));
+  }
+  void softplus_backward(const Tensor& dy, const Tensor& x, Tensor& dx) override {
+    binary("softplus_backward", dy, x, dx, SSMTUNE_KERNEL_FN(softplus_backward));
+  }
+  void relu_forward(const Tensor& x, Tensor& y) override {
+    unary("relu_forward", x, y, SSMTUNE_KERNEL_FN(relu_forward));
+  }
+  void relu_backward(const Tensor& dy, const Tensor& x, Tensor& dx) override {
+    binary("relu_backward", dy, x, dx, SSMTUNE_KERNEL_FN(relu_backward));
+  }
+  void gate_forward(const Tensor& y, const Tensor& z, Tensor& out) override {
+    binary("gate_forward", y, z, out, SSMTUNE_KERNEL_FN(gate_forward));
+  }
+  void gate_backward(const Tensor& dout, const Tensor& y, const Tensor& z, Tensor& dy,
+                     Tensor& dz) override {
+    Timer timer(*this, "elementwise");
+    const char* op = "gate_backward";
+    for (const Tensor* t : std::initializer_list<const Tensor*>{&y, &z, &dy, &dz})
+      checks.require(t->shape() == dout.shape(), op, "shapes differ");
+    kernels::gate_backward(dout.numel(), f32(dout, op, "dout"), f32(y, op, "y"), f32(z, op, "z"),
+                           f32(dy, op, "dy"), f32(dz, op, "dz"), stream());
+    launch_check(op);
+  }
+  void ssm_A_forward(const Tensor& A_log, Tensor& A) override {
+    unary("ssm_A_forward", A_log, A, SSMTUNE_KERNEL_FN(ssm_A_forward));
+  }
+  void ssm_A_backward(const Tensor& dA, const Tensor& A, Tensor& dA_log) override {
+    binary("ssm_A_backward", dA, A, dA_log, SSMTUNE_KERNEL_FN(ssm_A_backward));
+  }
+
+  void selective_scan_forward(const ScanInputs& in, Tensor& y, Tensor& h_saved,
+                              Tensor& h_last) override {
+    Timer timer(*this, "scan_forward");
+    const char* op = "selective_scan_forward";
+    const cpu::ScanDims d = checks.scan(in);
+    checks.scan_outputs(d, in, y, h_saved, h_last);
+    kernels::selective_scan_forward(shape_of(d), f32(in.u, op, "u"), f32(in.delta, op, "delta"),
+                                    f32(in.A, op, "A"), f32(in.Bm, op, "Bm"), f32(in.Cm, op, "Cm"),
+                                    f32_or_null(in.D, op, "D"), f32_or_null(in.h0, op, "h0"),
+                                    f32(y, op, "y"), f32(h_saved, op, "h_saved"),
+                                    f32_or_null(h_last, op, "h_last"), stream());
+    launch_check(op);
+  }
+  void selective_scan_backward(const ScanInputs& in, const Tensor& h_saved, const Tensor& dy,
+                               ScanGrads& g) override {
+    Timer timer(*this, "scan_backward");
+    const char* op = "selective_scan_backward";
+    const cpu::ScanDims d = checks.scan(in);
+    checks.scan_grads(d, in, h_saved, dy, g);
+    const kernels::ScanShape s = shape_of(d);
+    DeviceScratch ws(*memory_, floats(kernels::selective_scan_backward_workspace_floats(s)));
+    kernels::selective_scan_backward(
+        s, f32(in.u, op, "u"), f32(in.delta, op, "delta"), f32(in.A, op, "A"), f32(in.Bm, op, "Bm"),
+        f32(in.Cm, op, "Cm"), f32_or_null(in.D, op, "D"), f32(h_saved, op, "h_saved"),
+        f32(dy, op, "dy"), f32(g.du, op, "du"), f32(g.ddelta, op, "ddelta"), f32(g.dA, op, "dA"),
+        f32(g.dBm, op, "dBm"), f32(g.dCm, op, "dCm"), f32_or_null(g.dD, op, "dD"),
+        f32_or_null(g.dh0, op, "dh0"), ws.as<float>(), stream());
+    launch_check(op);
+  }
+
+  void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) override {
+    Timer timer(*this, "embedding");
+    const char* op = "embedding_forward";
+    const std::int64_t n = ids.numel(), D = table.dim(1);
+    OpChecks::ids(ids, table.dim(0));
+    checks.shape(out, {n, D}, op, "out");
+    const HostInts dev_ids(*this, ids);
+    kernels::embedding_forward(n, D, dev_ids.get(), f32(table, op, "table"), f32(out, op, "out"),
+                               stream());
+    launch_check(op);
+  }
+  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
+    Timer timer(*this, "embedding");
+    const char* op = "embedding_backward";
+    const std::int64_t n = ids.numel(), D = dtable.dim(1);
+    OpChecks::ids(ids, dtable.dim(0));
+    checks.shape(dout, {n, D}, op, "dout");
+    const HostInts dev_ids(*this, ids);
+    kernels::embedding_backward(n, D, dev_ids.get(), f32(dout, op, "dout"),
+                                f32(dtable, op, "dtable"), stream());
+    launch_check(op);
+  }
+
+  double cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                               std::int64_t* n_counted) override {
+    Timer timer(*this, "cross_entropy");
+    const char* op = "cross_entropy_forward";
+    const std::int64_t rows = targets.numel(), V = logits.dim(-1);
+    checks.require(logits.numel() == rows * V, op, "logits rows != targets");
+    OpChecks::targets(targets, V);
+    const HostInts dev_targets(*this, targets);
+    // One scratch block: the double sum, the int64 count, then the kernel's workspace.
+    DeviceScratch out(*memory_, 16 + std::size_t(kernels::cross_entropy_workspace_bytes(rows)));
+    kernels::cross_entropy_forward(rows, V, f32(logits, op, "logits"), dev_targets.get(),
+                                   out.as<double>(), out.as<std::int64_t>() + 1,
+                                   out.as<char>() + 16, stream());
+    launch_check(op);
+    struct {
+      double loss;
+      std::int64_t count;
+    } host{};
+    memory_->copy_to_host(&host, out.as<char>(), 16);
+    *n_counted = host.count;
+    return host.loss;
+  }
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, double scale,
+                              Tensor& dlogits) override {
+    Timer timer(*this, "cross_entropy");
+    const char* op = "cross_entropy_backward";
+    const std::int64_t rows = targets.numel(), V = logits.dim(-1);
+    checks.require(logits.numel() == rows * V && dlogits.shape() == logits.shape(), op, "shapes");
+    OpChecks::targets(targets, V);
+    const HostInts dev_targets(*this, targets);
+    kernels::cross_entropy_backward(rows, V, f32(logits, op, "logits"), dev_targets.get(),
+                                    float(scale), f32(dlogits, op, "dlogits"), stream());
+    launch_check(op);
+  }
+
+  double sum_squares(const Tensor& x) override {
+    Timer timer(*this, "optimizer");
+    const std::int64_t n = x.numel();
+    DeviceScratch out(*memory_, 8 + std::size_t(kernels::sum_squares_workspace_bytes(n)));
+    kernels::sum_squares(n, f32(x, "sum_squares", "x"), out.as<double>(), out.as<char>() + 8,
+                         stream());
+    launch_check("sum_squares");
+    double host = 0;
+    memory_->copy_to_host(&host, out.as<char>(), sizeof host);
+    return host;
+  }
+
+  void scale(Tensor& x, double alpha) override {
+    Timer timer(*this, "elementwise");
+    kernels::scale(x.numel(), float(alpha), f32(x, "scale", "x"), stream());
+    launch_check("scale");
+  }
+  void mul(const Tensor& a, const Tensor& b, Tensor& out) override {
+    binary("mul", a, b, out, SSMTUNE_KERNEL_FN(mul));
+  }
+
+  void index_add(const Tensor& values, const Tensor& index, Tensor& dst) override {
+    Timer timer(*this, "elementwise");
+    checks.index("index_add", values, index, dst);
+    const HostInts dev_index(*this, index);
+    kernels::index_add(index.numel(), f32(values, "index_add", "values"), dev_index.get(),
+                       f32(dst, "index_add", "dst"), stream());
+    launch_check("index_add");
+  }
+  void index_gather(const Tensor& src, const Tensor& index, Tensor& out) override {
+    Timer timer(*this, "elementwise");
+    checks.index("index_gather", out, index, src);
+    const HostInts dev_index(*this, index);
+    kernels::index_gather(index.numel(), f32(src, "index_gather", "src"), dev_index.get(),
+                          f32(out, "index_gather", "out"), stream());
+    launch_check("index_gather");
+  }
+
+  void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                    const AdamWStep& s) override {
+    Timer timer(*this, "optimizer");
+    const char* op = "adamw_update";
+    checks.adamw(param, grad, m, v, s);
+    const kernels::AdamWScalars k =
+        kernels::adamw_scalars(s.lr, s.beta1, s.beta2, s.eps, s.weight_decay, s.step);
+    kernels::adamw_update(param.numel(), f32(param, op, "param"), f32(grad, op, "grad"),
+                          f32(m, op, "m"), f32(v, op, "v"), k, stream());
+    launch_check(op);
+  }
+
+ private:
+  // The op's time (waiting for the GPU first when a profile is attached, so the time is the
+  // op's own and not its launch's), and the per-op wait of SSMTUNE_CUDA_SYNC.
+  class Timer {
+   public:
+    Timer(CudaBackend& be, const char* op, double flops = 0)
+        : be_(be), op_(op), drained_(be.profile_ && be.wait(op)), timer_(be.profile_, op, flops) {}
+    ~Timer() noexcept(false) {
+      if (be_.profile_ || sync_every_op()) {
+        if (std::uncaught_exceptions() == 0) be_.wait(op_);
+      }
+    }
+    Timer(const Timer&) = delete;
+    Timer& operator=(const Timer&) = delete;
+
+   private:
+    CudaBackend& be_;
+    const char* op_;
+    bool drained_;  // earlier work finished before the clock starts
+    OpTimer timer_;
+  };
+
+  // A host I64 tensor (ids, labels, indices) copied to the GPU for one op.
+  class HostInts {
+   public:
+    HostInts(CudaBackend& be, const Tensor& t)
+        : scratch_(*be.memory_, std::size_t(t.numel()) * sizeof(std::int64_t)) {
+      checks.require(t.dtype() == DType::I64, "copy of ids", "expected I64");
+      if (t.numel())
+        be.memory_->copy_to_device(scratch_.as<void>(), t.raw(), std::size_t(t.numel()) * 8);
+    }
+    const std::int64_t* get() const { return scratch_.as<std::int64_t>(); }
+
+   private:
+    DeviceScratch scratch_;
+  };
+
+  cudaStream_t stream() const { return memory_->stream(); }
+  bool wait(const char* op) {
+    cuda_check(cudaStreamSynchronize(stream()), op);
+    return true;
+  }
+  static std::size_t floats(std::int64_t n) { return std::size_t(n) * sizeof(float); }
+
+  float* f32(const Tensor& t, const char* op, const char* name) {
+    checks.require(t.defined(), op, std::string(name) + " is missing");
+    checks.require(t.dtype() == DType::F32, op,
+                   std::string(name) + " is " + std::string(dtype_name(t.dtype())) +
+                       "; the CUDA backend computes in F32");
+    return static_cast<float*>(t.device_raw(memory_));
+  }
+  float* f32_or_null(const Tensor& t, const char* op, const char* name) {
+    return t.defined() ? f32(t, op, name) : nullptr;
+  }
+  static kernels::ScanShape shape_of(const cpu::ScanDims& d) {
+    return {d.batch, d.seqlen, d.d_inner, d.d_state, d.chunk};
+  }
+
+  template <class F>
+  void unary(const char* op, const Tensor& x, Tensor& y, F kernel) {
+    Timer timer(*this, "elementwise");
+    checks.require(x.shape() == y.shape(), op, "shapes differ");
+    kernel(x.numel(), f32(x, op, "x"), f32(y, op, "y"), stream());
+    launch_check(op);
+  }
+  template <class F>
+  void binary(const char* op, const Tensor& a, const Tensor& b, Tensor& out, F kernel) {
+    Timer timer(*this, "elementwise");
+    checks.require(a.shape() == b.shape() && a.shape() == out.shape(), op, "shapes differ");
+    kernel(a.numel(), f32(a, op, "a"), f32(b, op, "b"), f32(out, op, "out"), stream());
+    launch_check(op);
+  }
+
+  // wide: (rows, S), narrow: (rows, n); copies narrow <-> wide[:, col0 : col0+n]
+  void copy_columns(const char* op, const Tensor& wide, std::int64_t col0, const Tensor& narrow,
+                    bool to_wide) {
+    Timer timer(*this, "elementwise");
+    checks.columns(op, wide, col0, narrow);
+    const int es = int(dtype_size(wide.dtype()));
+    checks.require(es == 4 || es == 8, op, "4- or 8-byte elements");
+    kernels::copy_columns(wide.dim(0), wide.dim(1), col0, narrow.dim(1), to_wide,
+                          wide.device_raw(memory_), narrow.device_raw(memory_), es, stream());
+    launch_check(op);
+  }
+
+  std::shared_ptr<CudaMemory> memory_;
+  cublasHandle_t blas_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(std::string("--device cuda: no usable GPU: ") + cudaGetErrorString(err));
+  }
+  if (count == 0) throw Error("--device cuda: no usable GPU: the CUDA runtime reports 0 devices");
+  if (device < 0 || device >= count)
+    throw Error("--device cuda: GPU " + std::to_string(device) + " does not exist (" +
+                std::to_string(count) + " found)");
+  return std::make_unique<CudaBackend>(device);
+}
+
+}  // namespace SSMTUNE_KERNEL_ABI
+}  // namespace ssmtune

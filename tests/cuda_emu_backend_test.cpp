@@ -1,0 +1,354 @@
+// The CUDA backend (lib/backend/cuda) compiled against the CUDA-on-CPU emulator: every op of
+// the backend interface against the CPU backend on the same random inputs (as ggml tests each
+// backend op against its CPU one), the cuBLAS shim's column-major semantics, and tensor
+// residency (core/tensor.h): what moves to the GPU, what comes back, and when.
+#include <catch2/catch.hpp>
+#include <random>
+#if defined(SSMTUNE_CUDA_EMU)
+#include <cublas_emu.h>
+#endif
+
+#include "backend/cuda/cuda_backend.h"
+#include "cuda_emu_test_util.h"
+#include "test_compare.h"
+
+namespace {
+
+using ssmtune::Backend;
+using ssmtune::Device;
+using ssmtune::DType;
+using ssmtune::Shape;
+using ssmtune::Tensor;
+using ssmtune::testing::random_f32;
+using ssmtune::testing::require_close;
+
+struct Backends {
+  std::unique_ptr<Backend> cpu = ssmtune::make_cpu_backend();
+  std::unique_ptr<Backend> gpu = ssmtune::make_cuda_backend();
+  std::mt19937_64 rng{7};
+
+  // The same random values on each backend.
+  struct Pair {
+    Tensor cpu, gpu;
+  };
+  Pair random(const Shape& shape, double lo = -1, double hi = 1) {
+    const Tensor host = random_f32(shape, rng, lo, hi);
+    return put(host);
+  }
+  Pair put(const Tensor& host) {
+    Pair p{cpu->empty(host.shape(), host.dtype()), gpu->empty(host.shape(), host.dtype())};
+    cpu->copy(host, p.cpu);
+    gpu->copy(host, p.gpu);
+    return p;
+  }
+  Pair empty(const Shape& shape) {
+    return {cpu->empty(shape, DType::F32), gpu->empty(shape, DType::F32)};
+  }
+};
+
+// Float ops whose GPU twin sums in another order (cuBLAS, block reductions) agree to a few
+// float ulps of the largest element times the length of the sums here (<= 64 terms):
+// 64 * 6e-8 ~ 4e-6; 1e-5 leaves room. Elementwise ops run the same float expressions: 1e-6.
+constexpr double kSumTol = 1e-5, kElemTol = 1e-6;
+
+void same(const char* what, const Backends::Pair& p, double tol) {
+  REQUIRE(p.gpu.device() == Device::CUDA);  // results stay on the GPU until read
+  require_close(what, p.gpu.clone(), p.cpu, tol, 0);
+}
+
+Tensor ints(const std::vector<std::int64_t>& v) {
+  Tensor t = Tensor::empty({std::int64_t(v.size())}, DType::I64);
+  std::copy(v.begin(), v.end(), t.data<std::int64_t>());
+  return t;
+}
+
+}  // namespace
+
+#if defined(SSMTUNE_CUDA_EMU)  // the shim's own test; a GPU build has the real cuBLAS
+TEST_CASE("cuBLAS shim: column-major products with transposes, leading dims and pointer modes",
+          "[cuda-emu][cublas]") {
+  // A: 2x3 column-major with lda 4 (rows 2..3 of each column are padding, left NaN).
+  float *A, *B, *C;
+  REQUIRE(cudaMalloc(&A, 12 * 4) == cudaSuccess);
+  REQUIRE(cudaMalloc(&B, 6 * 4) == cudaSuccess);
+  REQUIRE(cudaMalloc(&C, 4 * 4) == cudaSuccess);
+  const float a[12] = {1, 4, NAN, NAN, 2, 5, NAN, NAN, 3, 6, NAN, NAN};  // [[1 2 3] [4 5 6]]
+  const float b[6] = {1, 0, -1, 2, 1, 0};  // 3x2 column-major: [[1 2] [0 1] [-1 0]]
+  cudaMemcpy(A, a, sizeof a, cudaMemcpyHostToDevice);
+  cudaMemcpy(B, b, sizeof b, cudaMemcpyHostToDevice);
+  cudaMemset(C, 0xFF, 16);  // NaN: beta = 0 must not read C
+  cublasHandle_t h;
+  REQUIRE(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS);
+  const float one = 1, zero = 0, two = 2;
+  REQUIRE(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &one, A, 4, B, 3, &zero, C, 2) ==
+          CUBLAS_STATUS_SUCCESS);
+  float c[4];
+  cudaMemcpy(c, C, sizeof c, cudaMemcpyDeviceToHost);
+  // [[1 2 3] [4 5 6]] [[1 2] [0 1] [-1 0]] = [[-2 4] [-2 13]], column-major.
+  CHECK(c[0] == -2);
+  CHECK(c[1] == -2);
+  CHECK(c[2] == 4);
+  CHECK(c[3] == 13);
+  // C = 2 B^T A^T + C = 2 (AB)^T + C = 2 [[-2 -2] [4 13]] + [[-2 4] [-2 13]]: transposes read
+  // the same arrays the other way.
+  REQUIRE(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_T, 2, 2, 3, &two, B, 3, A, 4, &one, C, 2) ==
+          CUBLAS_STATUS_SUCCESS);
+  cudaMemcpy(c, C, sizeof c, cudaMemcpyDeviceToHost);
+  CHECK(c[0] == -6);
+  CHECK(c[1] == 6);
+  CHECK(c[2] == 0);
+  CHECK(c[3] == 39);
+  // cuBLAS's argument errors: lda below the stored rows, host operands, device alpha in host
+  // pointer mode.
+  CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &one, A, 1, B, 3, &zero, C, 2) ==
+        CUBLAS_STATUS_INVALID_VALUE);
+  CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &one, a, 4, B, 3, &zero, C, 2) ==
+        CUBLAS_STATUS_EXECUTION_FAILED);
+  cudaGetLastError();
+  CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, A, A, 4, B, 3, &zero, C, 2) ==
+        CUBLAS_STATUS_INVALID_VALUE);
+  // Strided-batched: two 1x1x1 products in one call.
+  REQUIRE(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, A, 1, 1, B, 1, 1,
+                                    &zero, C, 1, 1, 2) == CUBLAS_STATUS_SUCCESS);
+  cudaMemcpy(c, C, 8, cudaMemcpyDeviceToHost);
+  CHECK(c[0] == 1 * 1);
+  CHECK(c[1] == 4 * 0);
+  // GemmEx with bf16 inputs, fp32 output: 1.5 * 2.0 (both exact in bf16).
+  std::uint16_t* H;
+  REQUIRE(cudaMalloc(&H, 4) == cudaSuccess);
+  const std::uint16_t hb[2] = {0x3FC0, 0x4000};
+  cudaMemcpy(H, hb, 4, cudaMemcpyHostToDevice);
+  REQUIRE(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, H, CUDA_R_16BF, 1, H + 1,
+                       CUDA_R_16BF, 1, &zero, C, CUDA_R_32F, 1, CUBLAS_COMPUTE_32F,
+                       CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+  cudaMemcpy(c, C, 4, cudaMemcpyDeviceToHost);
+  CHECK(c[0] == 3.0f);
+  cublasDestroy(h);
+  for (void* p :
+       {static_cast<void*>(A), static_cast<void*>(B), static_cast<void*>(C), static_cast<void*>(H)})
+    cudaFree(p);
+}
+#endif
+
+TEST_CASE("every op of the emulated CUDA backend matches the CPU backend", "[cuda-emu][backend]") {
+  Backends b;
+  const std::int64_t B = 2, L = 37, E = 40, N = 8, D = 24, V = 50, rows = B * L;
+
+  SECTION("gemm in all four transpose combinations, alpha and beta") {
+    for (int t = 0; t < 4; ++t) {
+      const bool ta = t & 1, tb = t & 2;
+      const std::int64_t M = 7, K = 33, Nc = 19;
+      auto A = b.random(ta ? Shape{K, M} : Shape{M, K});
+      auto Bm = b.random(tb ? Shape{Nc, K} : Shape{K, Nc});
+      auto C = b.random({M, Nc});
+      b.cpu->gemm(ta, tb, 0.5, A.cpu, Bm.cpu, 2.0, C.cpu);
+      b.gpu->gemm(ta, tb, 0.5, A.gpu, Bm.gpu, 2.0, C.gpu);
+      INFO("trans_a " << ta << ", trans_b " << tb);
+      same("C", C, kSumTol);
+    }
+  }
+  SECTION("bias, residual add, scale, mul, column splits") {
+    auto y = b.random({rows, D}), bias = b.random({D}), x = b.random({rows, D});
+    b.cpu->add_bias(y.cpu, bias.cpu);
+    b.gpu->add_bias(y.gpu, bias.gpu);
+    same("add_bias", y, kElemTol);
+    auto db = b.random({D});              // accumulated into
+    b.cpu->bias_backward(x.cpu, db.cpu);  // 74 rows: two chunks of the two-pass sum
+    b.gpu->bias_backward(x.gpu, db.gpu);
+    same("bias_backward", db, kSumTol);
+    b.cpu->add(x.cpu, y.cpu);
+    b.gpu->add(x.gpu, y.gpu);
+    same("add", y, kElemTol);
+    b.cpu->scale(y.cpu, -0.25);
+    b.gpu->scale(y.gpu, -0.25);
+    same("scale", y, kElemTol);
+    auto prod = b.empty({rows, D});
+    b.cpu->mul(x.cpu, y.cpu, prod.cpu);
+    b.gpu->mul(x.gpu, y.gpu, prod.gpu);
+    same("mul", prod, kElemTol);
+    auto part = b.empty({rows, 5});
+    b.cpu->split_columns(y.cpu, 3, part.cpu);
+    b.gpu->split_columns(y.gpu, 3, part.gpu);
+    same("split_columns", part, 0);
+    b.cpu->merge_columns(part.cpu, 11, x.cpu);
+    b.gpu->merge_columns(part.gpu, 11, x.gpu);
+    same("merge_columns", x, 0);
+  }
+  SECTION("rmsnorm, conv1d and the activations, forward and backward") {
+    auto x = b.random({rows, D}), w = b.random({D}), y = b.empty({rows, D}), rstd = b.empty({rows});
+    b.cpu->rmsnorm_forward(x.cpu, w.cpu, 1e-5, y.cpu, rstd.cpu);
+    b.gpu->rmsnorm_forward(x.gpu, w.gpu, 1e-5, y.gpu, rstd.gpu);
+    same("rmsnorm y", y, kSumTol);
+    auto dy = b.random({rows, D}), dx = b.empty({rows, D}), dw = b.random({D});
+    b.cpu->rmsnorm_backward(dy.cpu, x.cpu, w.cpu, rstd.cpu, dx.cpu, dw.cpu);
+    b.gpu->rmsnorm_backward(dy.gpu, x.gpu, w.gpu, rstd.gpu, dx.gpu, dw.gpu);
+    same("rmsnorm dx", dx, kSumTol);
+    same("rmsnorm dw", dw, kSumTol);
+
+    auto u = b.random({B, L, E}), cw = b.random({E, 4}), cb = b.random({E}), c = b.empty({B, L, E});
+    b.cpu->conv1d_forward(u.cpu, cw.cpu, cb.cpu, c.cpu);
+    b.gpu->conv1d_forward(u.gpu, cw.gpu, cb.gpu, c.gpu);
+    same("conv1d c", c, kElemTol);
+    auto dc = b.random({B, L, E}), du = b.empty({B, L, E}), dcw = b.random({E, 4}),
+         dcb = b.random({E});
+    b.cpu->conv1d_backward(dc.cpu, u.cpu, cw.cpu, du.cpu, dcw.cpu, dcb.cpu);
+    b.gpu->conv1d_backward(dc.gpu, u.gpu, cw.gpu, du.gpu, dcw.gpu, dcb.gpu);
+    same("conv1d dx", du, kElemTol);
+    same("conv1d dw", dcw, kSumTol);
+    same("conv1d dbias", dcb, kSumTol);
+
+    using Fwd = void (Backend::*)(const Tensor&, Tensor&);
+    using Bwd = void (Backend::*)(const Tensor&, const Tensor&, Tensor&);
+    const struct {
+      const char* name;
+      Fwd fwd;
+      Bwd bwd;
+    } acts[] = {{"silu", &Backend::silu_forward, &Backend::silu_backward},
+                {"softplus", &Backend::softplus_forward, &Backend::softplus_backward},
+                {"relu", &Backend::relu_forward, &Backend::relu_backward}};
+    for (const auto& a : acts) {
+      INFO(a.name);
+      auto in = b.random({rows, D}, -25, 25), out = b.empty({rows, D}), g = b.random({rows, D}),
+           din = b.empty({rows, D});
+      ((*b.cpu).*a.fwd)(in.cpu, out.cpu);
+      ((*b.gpu).*a.fwd)(in.gpu, out.gpu);
+      same("forward", out, kElemTol);
+      ((*b.cpu).*a.bwd)(g.cpu, in.cpu, din.cpu);
+      ((*b.gpu).*a.bwd)(g.gpu, in.gpu, din.gpu);
+      same("backward", din, kElemTol);
+    }
+    auto z = b.random({rows, D}, -4, 4), out = b.empty({rows, D}), dyy = b.empty({rows, D}),
+         dz = b.empty({rows, D});
+    b.cpu->gate_forward(x.cpu, z.cpu, out.cpu);
+    b.gpu->gate_forward(x.gpu, z.gpu, out.gpu);
+    same("gate", out, kElemTol);
+    b.cpu->gate_backward(dy.cpu, x.cpu, z.cpu, dyy.cpu, dz.cpu);
+    b.gpu->gate_backward(dy.gpu, x.gpu, z.gpu, dyy.gpu, dz.gpu);
+    same("gate dy", dyy, kElemTol);
+    same("gate dz", dz, kElemTol);
+    auto A_log = b.random({E, N}, 0, 2.7), A = b.empty({E, N}), dA = b.random({E, N}),
+         dA_log = b.random({E, N});
+    b.cpu->ssm_A_forward(A_log.cpu, A.cpu);
+    b.gpu->ssm_A_forward(A_log.gpu, A.gpu);
+    same("A", A, kElemTol);
+    b.cpu->ssm_A_backward(dA.cpu, A.cpu, dA_log.cpu);
+    b.gpu->ssm_A_backward(dA.gpu, A.gpu, dA_log.gpu);
+    same("dA_log", dA_log, kElemTol);
+  }
+  SECTION("selective scan forward and backward with h0 and D, three chunks") {
+    auto u = b.random({B, L, E}), delta = b.random({B, L, E}, 0.001, 0.1),
+         A = b.random({E, N}, -8, -1), Bm = b.random({B, L, N}), Cm = b.random({B, L, N}),
+         Dv = b.random({E}), h0 = b.random({B, E, N});
+    Backend::ScanInputs ci{u.cpu, delta.cpu, A.cpu, Bm.cpu, Cm.cpu, Dv.cpu, h0.cpu, 16};
+    Backend::ScanInputs gi{u.gpu, delta.gpu, A.gpu, Bm.gpu, Cm.gpu, Dv.gpu, h0.gpu, 16};
+    auto y = b.empty({B, L, E}), hs = b.empty({B, 3, E, N}), hl = b.empty({B, E, N});
+    b.cpu->selective_scan_forward(ci, y.cpu, hs.cpu, hl.cpu);
+    b.gpu->selective_scan_forward(gi, y.gpu, hs.gpu, hl.gpu);
+    // The scan reassociates the 37-step recurrence (cuda_emu_selective_scan_test.cpp): 2e-5.
+    same("y", y, 2e-5);
+    same("h_saved", hs, 2e-5);
+    same("h_last", hl, 2e-5);
+    auto dy = b.random({B, L, E});
+    auto du = b.empty({B, L, E}), dd = b.empty({B, L, E}), dA = b.random({E, N}),
+         dB = b.empty({B, L, N}), dC = b.empty({B, L, N}), dD = b.random({E}),
+         dh0 = b.empty({B, E, N});
+    Backend::ScanGrads cg{du.cpu, dd.cpu, dA.cpu, dB.cpu, dC.cpu, dD.cpu, dh0.cpu};
+    Backend::ScanGrads gg{du.gpu, dd.gpu, dA.gpu, dB.gpu, dC.gpu, dD.gpu, dh0.gpu};
+    b.cpu->selective_scan_backward(ci, hs.cpu, dy.cpu, cg);
+    b.gpu->selective_scan_backward(gi, hs.gpu, dy.gpu, gg);
+    for (auto [name, p] : {std::pair{"du", &du},
+                           {"ddelta", &dd},
+                           {"dA", &dA},
+                           {"dBm", &dB},
+                           {"dCm", &dC},
+                           {"dD", &dD},
+                           {"dh0", &dh0}})
+      same(name, *p, 5e-5);
+  }
+  SECTION("embedding, cross-entropy, sum of squares, masked entries, AdamW") {
+    const Tensor ids = ints({3, 0, 49, 3, 3, 17});
+    auto table = b.random({V, D}), out = b.empty({6, D});
+    b.cpu->embedding_forward(ids, table.cpu, out.cpu);
+    b.gpu->embedding_forward(ids, table.gpu, out.gpu);
+    same("embedding", out, 0);
+    auto dout = b.random({6, D}), dtable = b.random({V, D});
+    b.cpu->embedding_backward(ids, dout.cpu, dtable.cpu);
+    b.gpu->embedding_backward(ids, dout.gpu, dtable.gpu);
+    same("dtable", dtable, kElemTol);
+    const Tensor targets = ints({1, -100, 49, 0, 7, -100});
+    auto logits = b.random({6, V}, -8, 8);
+    std::int64_t n_cpu = 0, n_gpu = 0;
+    const double l_cpu = b.cpu->cross_entropy_forward(logits.cpu, targets, &n_cpu);
+    const double l_gpu = b.gpu->cross_entropy_forward(logits.gpu, targets, &n_gpu);
+    CHECK(n_gpu == n_cpu);
+    CHECK(n_gpu == 4);
+    CHECK(l_gpu == Approx(l_cpu).epsilon(1e-6));
+    b.cpu->cross_entropy_backward(logits.cpu, targets, 0.25, logits.cpu);  // in place
+    b.gpu->cross_entropy_backward(logits.gpu, targets, 0.25, logits.gpu);
+    same("dlogits", logits, kElemTol);
+    CHECK(b.gpu->sum_squares(table.gpu) == Approx(b.cpu->sum_squares(table.cpu)).epsilon(1e-12));
+    const Tensor index = ints({5, 0, 31, 1199});
+    auto vals = b.random({4}), picked = b.empty({4});
+    Tensor flat_cpu = table.cpu.reshape({V * D}), flat_gpu = table.gpu.reshape({V * D});
+    b.cpu->index_add(vals.cpu, index, flat_cpu);
+    b.gpu->index_add(vals.gpu, index, flat_gpu);
+    same("index_add", table, kElemTol);
+    b.cpu->index_gather(table.cpu.reshape({V * D}), index, picked.cpu);
+    b.gpu->index_gather(table.gpu.reshape({V * D}), index, picked.gpu);
+    same("index_gather", picked, 0);
+    auto p = b.random({V, D}), g = b.random({V, D}), m = b.put(Tensor::zeros({V, D}, DType::F32)),
+         v = b.put(Tensor::zeros({V, D}, DType::F32));
+    for (std::int64_t step = 1; step <= 3; ++step) {
+      const Backend::AdamWStep s{1e-2, 0.9, 0.999, 1e-8, 0.1, step};
+      b.cpu->adamw_update(p.cpu, g.cpu, m.cpu, v.cpu, s);
+      b.gpu->adamw_update(p.gpu, g.gpu, m.gpu, v.gpu, s);
+    }
+    same("adamw param", p, kElemTol);
+    same("adamw m", m, kElemTol);
+    same("adamw v", v, kElemTol);
+  }
+  SECTION("bad arguments get the CPU backend's errors, named for the CUDA backend") {
+    auto a = b.random({3, 4}), c = b.empty({3, 3});
+    CHECK_THROWS_WITH(b.gpu->gemm(false, false, 1, a.gpu, a.gpu, 0, c.gpu),
+                      Catch::Contains("cuda backend: gemm: shapes (3, 4) x (3, 4) -> (3, 3)"));
+    Tensor f64 = b.gpu->empty({3}, DType::F64), y = b.gpu->empty({3}, DType::F64);
+    CHECK_THROWS_WITH(b.gpu->silu_forward(f64, y), Catch::Contains("computes in F32"));
+    auto logits = b.random({2, V});
+    std::int64_t n = 0;
+    CHECK_THROWS_WITH(b.gpu->cross_entropy_forward(logits.gpu, ints({1, V}), &n),
+                      Catch::Contains("label 50 at position 1 is outside the vocabulary"));
+  }
+}
+
+TEST_CASE("tensors move to the GPU when an op uses them and back when host code reads them",
+          "[cuda-emu][backend]") {
+  auto gpu = ssmtune::make_cuda_backend();
+  std::mt19937_64 rng(3);
+  Tensor host = random_f32({4, 8}, rng, -1, 1);
+  const Tensor expected = host.clone();
+  Tensor view = host.rows(1, 3);  // shares the storage: follows it
+  Tensor out = gpu->empty({4, 8}, DType::F32);
+  REQUIRE(out.device() == Device::CUDA);
+  const auto before = ssmtune::tensor_transfers();
+  gpu->silu_forward(host, out);
+  CHECK(host.device() == Device::CUDA);
+  CHECK(view.device() == Device::CUDA);
+  gpu->scale(host, 2.0);  // already there: no second move
+  auto after = ssmtune::tensor_transfers();
+  CHECK(after.to_device - before.to_device == 1);
+  CHECK(after.bytes_to_device - before.bytes_to_device == 4 * 8 * 4);
+  // Reading a view brings the whole storage back, with the op's result in it.
+  CHECK(view.data<float>()[0] == 2 * expected.data<float>()[8]);
+  CHECK(host.device() == Device::CPU);
+  after = ssmtune::tensor_transfers();
+  CHECK(after.to_host - before.to_host == 1);
+  // fill_zero and copies between sides leave each tensor where it is.
+  out.fill_zero();
+  CHECK(out.device() == Device::CUDA);
+  Tensor back = Tensor::empty({4, 8}, DType::F32);
+  gpu->copy(out, back);
+  CHECK(back.device() == Device::CPU);
+  CHECK(out.device() == Device::CUDA);
+  CHECK(back.data<float>()[31] == 0.0f);
+  CHECK(ssmtune::tensor_transfers().to_host == after.to_host);
+}
