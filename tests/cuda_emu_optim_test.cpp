@@ -57,9 +57,9 @@ TEST_CASE("emulated adamw_update matches cpu::adamw_update to the bit over sever
         // operations in the same order; g++ at the x86-64 baseline has no FMA to contract
         // into, so the emulated run is the twin's to the bit, step after step (a GPU build
         // would differ by FMA contraction: an ulp or so per step).
-        require_close("param", d_param.to_host({n}), param, 0, 0);
-        require_close("m", d_m.to_host({n}), m, 0, 0);
-        require_close("v", d_v.to_host({n}), v, 0, 0);
+        require_close("param", d_param.to_host({n}), param, kTwinExactRtol, 0);
+        require_close("m", d_m.to_host({n}), m, kTwinExactRtol, 0);
+        require_close("v", d_v.to_host({n}), v, kTwinExactRtol, 0);
       }
     }
   }
@@ -84,7 +84,7 @@ TEST_CASE("adamw_scalars of late steps give the twin's update", "[cuda-emu][opti
     kernels::adamw_update(n, d_param.get(), d_grad.get(), d_m.get(), d_v.get(),
                           kernels::adamw_scalars(1e-3, 0.9, 0.999, 1e-8, 0.01, step), nullptr);
     require_launch_ok();
-    require_close("param", d_param.to_host({n}), param, 0, 0);  // exact: as above
+    require_close("param", d_param.to_host({n}), param, kTwinExactRtol, 0);  // exact: as above
   }
 }
 

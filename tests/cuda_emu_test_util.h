@@ -2,7 +2,22 @@
 // and any T), random float inputs, and the thread orders every kernel test runs under.
 #pragma once
 
+#if defined(SSMTUNE_CUDA_EMU)
 #include <cuda_emu.h>
+#else
+// The same tests built for a real GPU (tests/gpu): the hardware picks the thread order, so the
+// emulator's schedules collapse to one run.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+namespace cuda_emu {
+enum class Schedule { kForward, kReverse, kShuffled };
+inline const char* schedule_name(Schedule) { return "the GPU's own"; }
+struct ScheduleScope {
+  explicit ScheduleScope(Schedule, std::uint64_t = 1) {}
+};
+}  // namespace cuda_emu
+#endif
 
 #include <array>
 #include <catch2/catch.hpp>
@@ -17,8 +32,17 @@ namespace ssmtune::testing {
 
 // Forward and reverse between them expose most missing barriers (a reader running before or
 // after its writer); the shuffle (fixed seed) mixes the two inside one block.
+#if defined(SSMTUNE_CUDA_EMU)
 inline constexpr std::array<cuda_emu::Schedule, 3> kSchedules = {
     cuda_emu::Schedule::kForward, cuda_emu::Schedule::kReverse, cuda_emu::Schedule::kShuffled};
+// The emulator runs the twins' float expressions exactly as g++ does (no FMA contraction at
+// the x86-64 baseline), so elementwise kernels match their twins to the bit.
+inline constexpr double kTwinExactRtol = 0;
+#else
+inline constexpr std::array<cuda_emu::Schedule, 1> kSchedules = {cuda_emu::Schedule::kForward};
+// nvcc contracts a * b + c into one FMA (one rounding instead of two): a few ulps (6e-8 each).
+inline constexpr double kTwinExactRtol = 1e-6;
+#endif
 
 inline Tensor random_f32(const Shape& shape, std::mt19937_64& rng, double lo, double hi) {
   return random_f64(shape, rng, lo, hi).to(DType::F32);
@@ -82,6 +106,9 @@ class DeviceArray {
 
 // Fails the test with the emulator's detail if the last launch failed.
 inline void require_launch_ok() {
+#if !defined(SSMTUNE_CUDA_EMU)
+  cudaDeviceSynchronize();  // a GPU reports a fault in a kernel only once it has run
+#endif
   const cudaError_t e = cudaGetLastError();
   INFO(cudaGetErrorString(e));
   REQUIRE(e == cudaSuccess);
