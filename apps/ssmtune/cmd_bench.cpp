@@ -1,5 +1,7 @@
-// ssmtune bench --model DIR: tokens/s of a full training step (forward, loss, backward of every
-// parameter) on this machine, with the time per op and the GFLOP/s the matrix products reach.
+// ssmtune bench --model DIR [--device cuda]: tokens/s of a full training step (forward, loss,
+// backward of every parameter) on this machine, with the time per op, the GFLOP/s the matrix
+// products reach and the memory bandwidth the selective scan reaches (and its fraction of the
+// GPU's peak).
 // Performance targets live here and in docs/benchmarks.md, never in unit tests.
 #include <algorithm>
 #include <chrono>
@@ -11,6 +13,7 @@
 #include "apps/ssmtune/commands.h"
 #include "backend/backend.h"
 #include "backend/cpu/blas_select.h"
+#include "backend/cuda/device_info.h"
 #include "io/json_file.h"
 #include "core/rng.h"
 #include "model/mamba_config.h"
@@ -27,7 +30,17 @@ struct BenchOptions {
   std::string config_file;  // a config.json to benchmark with random weights instead
   std::int64_t batch = 4, seq_len = 256, steps = 5, warmup = 1, scan_chunk = 64;
   std::uint64_t seed = 0;
+  std::string device = "cpu";
 };
+
+// Bytes one selective scan must move between memory and the chip per token, float32: forward
+// reads u, delta (E each), B, C (N each) and writes y (E), plus a saved (E, N) state per chunk;
+// backward reads u, delta, dy, B, C and the saved states and writes du, ddelta, dB, dC. What a
+// kernel moves beyond this (partial sums, re-reads) counts against its achieved bandwidth.
+double scan_bytes_per_token(const MambaConfig& c, std::int64_t chunk, bool backward) {
+  const double E = double(c.d_inner), N = double(c.d_state), saved = 4.0 * E * N / double(chunk);
+  return backward ? 4.0 * (5 * E + 4 * N) + saved : 4.0 * (3 * E + 2 * N) + saved;
+}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -44,7 +57,7 @@ void run_bench(const BenchOptions& o) {
   const MambaWeights w = random ? init_mamba_weights(cfg, o.seed)
                                 : load_mamba_weights(o.model_dir, cfg, DType::F32);
   MambaWeights grads = zeros_like_params(cfg, DType::F32);
-  auto be = make_cpu_backend();
+  auto be = make_backend(o.device);
 
   Rng rng = Rng::for_stream(o.seed, stream_id("bench-tokens"));
   Tensor ids = Tensor::empty({o.batch, o.seq_len}, DType::I64);
@@ -54,18 +67,30 @@ void run_bench(const BenchOptions& o) {
 
   MambaLM lm(cfg, w, *be, o.scan_chunk);
   OpProfile profile;
+  // A GPU's profile waits for every op (so each op's time is its own), which slows the step:
+  // there the timed steps run unprofiled and one more step fills the op table.
+  const bool profile_apart = be->device() != Device::CPU;
   std::vector<double> step_seconds;
-  for (std::int64_t s = 0; s < o.warmup + o.steps; ++s) {
-    const bool measured = s >= o.warmup;
-    be->set_profile(measured ? &profile : nullptr);
-    const auto t0 = std::chrono::steady_clock::now();
+  const auto step = [&] {
     lm.forward(ids);
     lm.loss(targets);
     lm.backward(targets, grads);
+    be->synchronize();
+  };
+  for (std::int64_t s = 0; s < o.warmup + o.steps; ++s) {
+    const bool measured = s >= o.warmup;
+    be->set_profile(measured && !profile_apart ? &profile : nullptr);
+    const auto t0 = std::chrono::steady_clock::now();
+    step();
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (measured) step_seconds.push_back(sec);
   }
+  if (profile_apart) {
+    be->set_profile(&profile);
+    step();
+  }
   be->set_profile(nullptr);
+  const std::int64_t profiled_steps = profile_apart ? 1 : o.steps;
 
   const double tokens = double(o.batch * o.seq_len);
   const double med = median(step_seconds);
@@ -75,19 +100,41 @@ void run_bench(const BenchOptions& o) {
               random ? (o.config_file + ", random weights").c_str() : o.model_dir.c_str(),
               (long long)cfg.n_layer, (long long)cfg.d_model,
               (long long)cfg.d_inner, (long long)cfg.d_state);
-  std::printf("backend       %s, %d threads, float32\n", be->name().c_str(), omp_get_max_threads());
-  std::printf("blas          %s\n", cpu::blas_description().c_str());
+  const CudaDevices gpus = o.device == "cuda" ? query_cuda_devices() : CudaDevices{};
+  if (o.device == "cuda") {
+    std::printf("backend       cuda, %s, float32, cuBLAS\n", gpus.detail.c_str());
+  } else {
+    std::printf("backend       %s, %d threads, float32\n", be->name().c_str(),
+                omp_get_max_threads());
+    std::printf("blas          %s\n", cpu::blas_description().c_str());
+  }
   std::printf("step          batch %lld x seq_len %lld = %.0f tokens, forward + backward\n",
               (long long)o.batch, (long long)o.seq_len, tokens);
   std::printf("time/step     median %.4f s over %lld steps (min %.4f, max %.4f)\n", med,
               (long long)o.steps, *std::min_element(step_seconds.begin(), step_seconds.end()),
               *std::max_element(step_seconds.begin(), step_seconds.end()));
   std::printf("tokens/s      %.1f\n", tokens / med);
-  std::printf("\n%-16s %10s %10s %8s %12s\n", "op", "calls", "seconds", "share", "GFLOP/s");
+  std::printf("\nops over %lld profiled step(s)\n", (long long)profiled_steps);
+  std::printf("%-16s %10s %10s %8s %12s\n", "op", "calls", "seconds", "share", "GFLOP/s");
   for (const auto& [name, e] : profile.ops) {
     const std::string gflops = e.flops > 0 ? std::to_string(int(e.flops / e.seconds / 1e9)) : "";
     std::printf("%-16s %10lld %10.4f %7.1f%% %12s\n", name.c_str(), (long long)e.calls, e.seconds,
                 100.0 * e.seconds / std::max(total_op_seconds, 1e-12), gflops.c_str());
+  }
+  // Every scan call of the step has the same shape: (batch x seq_len) tokens.
+  std::printf("\n%-16s %12s %10s %s\n", "scan", "bytes/token", "GB/s", "of peak");
+  for (const bool backward : {false, true}) {
+    const auto it = profile.ops.find(backward ? "scan_backward" : "scan_forward");
+    if (it == profile.ops.end() || it->second.seconds <= 0) continue;
+    const double per_token = scan_bytes_per_token(cfg, o.scan_chunk, backward);
+    const double bw = per_token * tokens * double(it->second.calls) / it->second.seconds;
+    const std::string share =
+        gpus.peak_bandwidth > 0
+            ? std::to_string(100.0 * bw / gpus.peak_bandwidth).substr(0, 5) + "% of " +
+                  std::to_string(int(gpus.peak_bandwidth / 1e9)) + " GB/s"
+            : "(peak known for GPUs only)";
+    std::printf("%-16s %12.0f %10.1f %s\n", backward ? "backward" : "forward", per_token,
+                bw / 1e9, share.c_str());
   }
 }
 
@@ -111,6 +158,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--scan-chunk", o.scan_chunk, "selective-scan chunk length")
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--seed", o.seed, "seed of the random token ids");
+  cmd->add_option("--device", o.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->callback([] {
     if (o.model_dir.empty() && o.config_file.empty())
       throw UsageError("bench: give --model DIR or --config CONFIG.json");

@@ -29,6 +29,7 @@ struct EvalArgs {
   std::vector<std::string> metrics;
   std::int64_t batch_size = 8, max_length = 0, max_examples = 0, max_new_tokens = 0;
   std::string format;
+  std::string device = "cpu";
   bool json = false;
 };
 
@@ -76,7 +77,7 @@ void run_eval(const EvalArgs& a) {
                       : a.format == "classification"    ? DataFormat::Classification
                                                         : DataFormat::Auto;
 
-  std::unique_ptr<Backend> be = make_cpu_backend();
+  std::unique_ptr<Backend> be = make_backend(a.device);
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(model);
   std::vector<std::string> class_names;
   const bool may_classify =
@@ -131,6 +132,7 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--max-length", a.max_length, "tokens per example (default: config or 256)");
   cmd->add_option("--max-examples", a.max_examples, "evaluate only the first N examples");
   cmd->add_option("--max-new-tokens", a.max_new_tokens, "generation length for exact_match");
+  cmd->add_option("--device", a.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_flag("--json", a.json, "print one JSON object");
   cmd->callback([] { run_eval(a); });
 }

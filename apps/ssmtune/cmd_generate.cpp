@@ -17,12 +17,13 @@ namespace {
 
 struct GenerateArgs {
   std::string model, adapter, prompt;
+  std::string device = "cpu";
   SamplingOptions sampling;
 };
 
 void run_generate(const GenerateArgs& a) {
   check_sampling_options(a.sampling);
-  std::unique_ptr<Backend> be = make_cpu_backend();
+  std::unique_ptr<Backend> be = make_backend(a.device);
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(a.model);
   const LoadedModel m = load_model_with_adapter(a.model, a.adapter, *be);
   MambaDecoder decoder(m.cfg, m.weights, *be);
@@ -50,6 +51,7 @@ void add_generate_command(CLI::App& app) {
       "Example: ssmtune generate --model models/base --adapter runs/x/adapter --prompt \"Q: \"");
   static GenerateArgs a;
   cmd->add_option("--model", a.model, "model directory (with tokenizer files)")->required();
+  cmd->add_option("--device", a.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--adapter", a.adapter, "LoRA adapter directory, merged before decoding");
   cmd->add_option("--prompt", a.prompt, "text to continue")->required();
   cmd->add_option("--max-new-tokens", a.sampling.max_new_tokens, "tokens to generate at most")

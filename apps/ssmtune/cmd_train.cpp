@@ -19,6 +19,7 @@ struct TrainArgs {
   std::string config;
   std::vector<std::string> overrides;
   std::string out;
+  std::string device;
   bool resume = false;
   std::string resume_from;
 };
@@ -26,6 +27,8 @@ struct TrainArgs {
 void run_train(const TrainArgs& a) {
   std::vector<std::string> overrides = a.overrides;
   if (!a.out.empty()) overrides.push_back("output_dir=" + nlohmann::json(a.out).dump());
+  if (!a.device.empty())
+    overrides.push_back("training.device=" + nlohmann::json(a.device).dump());
   const ExperimentConfig cfg = load_experiment_config(a.config, overrides);
   TrainOptions opts;
   opts.resume = a.resume;
@@ -63,6 +66,9 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("config", a.config, "experiment config (JSON)")->required();
   cmd->add_option("--set", a.overrides, "override a config key: key.path=value (repeatable)");
   cmd->add_option("--out", a.out, "output directory (same as --set output_dir=DIR)");
+  cmd->add_option("--device", a.device,
+                  "cpu or cuda: where to train (same as --set training.device=...)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_flag("--resume", a.resume,
                 "continue from the newest checkpoint in the output directory");
   cmd->add_option("--resume-from", a.resume_from, "continue from this checkpoint directory");

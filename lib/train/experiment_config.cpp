@@ -440,6 +440,7 @@ TrainingConfig read_training(Section s) {
   t.log_every = s.integer("log_every", 1, kMaxCount, def.log_every);
   t.scan_chunk = s.integer("scan_chunk", 1, kMaxSize, def.scan_chunk);
   t.threads = s.integer("threads", 0, kMaxThreads, def.threads);
+  t.device = s.choice("device", {"cpu", "cuda"}, def.device);
   s.finish();
   return t;
 }
@@ -620,12 +621,14 @@ std::string experiment_config_hash(const ExperimentConfig& cfg) {
   check(cfg.json.is_object(),
         "experiment_config_hash: the config has no effective JSON (use parse_experiment_config)");
   nlohmann::json j = cfg.json;
-  // Where results go, how often they are logged and saved, and the thread count (which moves
-  // results only by float rounding, and may differ on the machine that resumes) do not count.
+  // Where results go, how often they are logged and saved, and the thread count and device
+  // (which move results only by float rounding, and may differ on the machine that resumes) do
+  // not count.
   j.erase("output_dir");
   j.erase("checkpoint");
   erase_in(j, "training", "log_every");
   erase_in(j, "training", "threads");
+  erase_in(j, "training", "device");
   // Evaluation changes the trained weights only by stopping early; without early stopping the
   // eval settings and the eval set are free to change between a run and its resume.
   if (cfg.eval.early_stopping.patience > 0) {

@@ -130,7 +130,8 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     spdlog::warn("{}: {} examples truncated to max_length {}", train_set.path,
                  train_set.n_truncated, cfg.data.max_length);
 
-  std::unique_ptr<Backend> be = make_cpu_backend();
+  std::unique_ptr<Backend> be =
+      opts.make_backend ? opts.make_backend() : make_backend(cfg.training.device);
   PeftConfig peft_cfg = cfg.peft;
   const std::string& init_text = peft_cfg.virtual_tokens.prompt_init_text;
   if (!init_text.empty()) {  // prompt tuning starts from this text's embeddings
@@ -251,6 +252,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
 
   while (state.step < total_steps && !stop_early) {
     const auto step_start = Clock::now();
+    const TransferCounts moved_before = tensor_transfers();
     peft.set_training(true, &dropout_rng);
     peft.zero_grads();
     // Draw the step's micro-batches first: every token of the step weighs the same.
@@ -284,6 +286,15 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
                                    state.step - state.optimizer_start_step, phase_steps);
     optimizer.step(lr);
     peft.after_step();
+    // On a GPU a step reads no tensor back, only its scalars; what it moves to the device
+    // after the first step (which moves the weights and adapters there) is what the host makes
+    // fresh each step: the LoRA dropout masks of the host RNG. SDT's switch below reads
+    // gradients on purpose.
+    if (steps_this_process > 0) {
+      const TransferCounts moved = tensor_transfers();
+      result.step_moves_to_host += moved.to_host - moved_before.to_host;
+      result.step_moves_to_device += moved.to_device - moved_before.to_device;
+    }
     state.step += 1;
     if (peft.sdt_warming_up() && state.step == peft.sdt_warmup_steps()) {
       if (opts.progress_line) std::fprintf(stderr, "\n");
@@ -385,6 +396,10 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
       spdlog::info("adapter: {}", (out / "adapter").string());
     }
   }
+  if (be->device() != Device::CPU)
+    spdlog::info("{}: inside the steps after the first, {} tensors moved to the host, {} to the "
+                 "device",
+                 be->name(), result.step_moves_to_host, result.step_moves_to_device);
   result.last_loss = state.last_loss;
   result.n_trainable = n_trainable;
   if (steps_this_process == 0)

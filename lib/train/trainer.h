@@ -11,9 +11,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 
+#include "backend/backend.h"
 #include "train/experiment_config.h"
 
 namespace ssmtune {
@@ -22,6 +25,9 @@ struct TrainOptions {
   bool resume = false;         // continue from the newest checkpoint in output_dir
   std::string resume_from;     // or from this checkpoint directory
   bool progress_line = false;  // a live one-line progress display (stderr is a terminal)
+  // Makes the backend instead of make_backend(training.device): the tests train on the CUDA
+  // backend compiled against the emulator this way.
+  std::function<std::unique_ptr<Backend>()> make_backend;
 };
 
 struct TrainResult {
@@ -34,6 +40,11 @@ struct TrainResult {
   bool interrupted = false;  // stopped by SIGINT/SIGTERM after writing a checkpoint
   int signal = 0;
   bool stopped_early = false;
+  // Tensor storages moved between the host and the device inside the training steps of this
+  // process after its first (core/tensor.h "Residency"). To the host: 0 when the steps keep
+  // everything on the GPU. To the device: what the host makes afresh each step (LoRA dropout
+  // masks). Always 0 on the CPU backend.
+  std::int64_t step_moves_to_host = 0, step_moves_to_device = 0;
   std::string output_dir;
 };
 
