@@ -28,15 +28,25 @@ std::int64_t dw_chunks(std::int64_t rows) {
 }
 }  // namespace
 
-// Twin of cpu::rmsnorm_forward. Block (32 k) per row; dynamic shared: k floats.
-__global__ void rmsnorm_forward_kernel(std::int64_t D, const float* __restrict__ x,
-                                       const float* __restrict__ w, float eps,
-                                       float* __restrict__ y, float* __restrict__ rstd) {
+// Twin of cpu::rmsnorm_forward. Block (32 k) per row; dynamic shared: k floats. With
+// kAddFirst the row is first x += add (the residual connection; add_rmsnorm_forward), written
+// back, and normalised: the twin's add then its norm, in one pass over the row.
+template <bool kAddFirst>
+__global__ void rmsnorm_forward_kernel(std::int64_t D, const float* __restrict__ add,
+                                       float* __restrict__ x, const float* __restrict__ w,
+                                       float eps, float* __restrict__ y, float* __restrict__ rstd) {
   SSMTUNE_DYNAMIC_SHARED(float, warp_sums);
   const std::int64_t row = blockIdx.x;
-  const float* xr = x + row * D;
+  float* xr = x + row * D;
   float ss = 0.0f;
-  for (std::int64_t j = threadIdx.x; j < D; j += blockDim.x) ss += xr[j] * xr[j];
+  for (std::int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+    float v = xr[j];
+    if (kAddFirst) {
+      v = v + add[row * D + j];
+      xr[j] = v;  // read back below by this same thread only: no barrier needed
+    }
+    ss += v * v;
+  }
   ss = block_sum(ss, warp_sums);
   // 1 / sqrt, not rsqrtf: rsqrtf is a 2-ulp approximation and this is once per row.
   const float s = 1.0f / sqrtf(ss / float(D) + eps);
@@ -46,10 +56,12 @@ __global__ void rmsnorm_forward_kernel(std::int64_t D, const float* __restrict__
 }
 
 // Twin of the dx part of cpu::rmsnorm_backward: with xhat = x s and g = dy w,
-// dx = s (g - xhat mean(g xhat)).
+// dx = s (g - xhat mean(g xhat)); with accumulate, dx += that (the residual's gradient fan-in,
+// the twin's norm backward then add).
 __global__ void rmsnorm_backward_dx_kernel(std::int64_t D, const float* __restrict__ dy,
                                            const float* __restrict__ x, const float* __restrict__ w,
-                                           const float* __restrict__ rstd, float* __restrict__ dx) {
+                                           const float* __restrict__ rstd, bool accumulate,
+                                           float* __restrict__ dx) {
   SSMTUNE_DYNAMIC_SHARED(float, warp_sums);
   const std::int64_t row = blockIdx.x;
   const float* xr = x + row * D;
@@ -59,8 +71,10 @@ __global__ void rmsnorm_backward_dx_kernel(std::int64_t D, const float* __restri
   for (std::int64_t j = threadIdx.x; j < D; j += blockDim.x) dot += dyr[j] * w[j] * xr[j] * s;
   const float mean = block_sum(dot, warp_sums) / float(D);
   float* dxr = dx + row * D;
-  for (std::int64_t j = threadIdx.x; j < D; j += blockDim.x)
-    dxr[j] = s * (dyr[j] * w[j] - xr[j] * s * mean);
+  for (std::int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+    const float g = s * (dyr[j] * w[j] - xr[j] * s * mean);
+    dxr[j] = accumulate ? dxr[j] + g : g;
+  }
 }
 
 // dw pass 1: partial[c, j] = sum over rows r of chunk c of dy[r, j] x[r, j] rstd[r].
@@ -97,8 +111,19 @@ void rmsnorm_forward(std::int64_t rows, std::int64_t D, const float* x, const fl
                      float* y, float* rstd, cudaStream_t stream, int threads) {
   if (rows <= 0 || D <= 0) return;
   const int t = row_threads(D, threads);
-  SSMTUNE_LAUNCH(rmsnorm_forward_kernel, dim3(unsigned(rows)), dim3(t),
-                 std::size_t(t / 32) * sizeof(float), stream, D, x, w, float(eps), y, rstd);
+  // The plain kernel never writes x (kAddFirst false): the cast only shares one signature.
+  SSMTUNE_LAUNCH(rmsnorm_forward_kernel<false>, dim3(unsigned(rows)), dim3(t),
+                 std::size_t(t / 32) * sizeof(float), stream, D, nullptr, const_cast<float*>(x), w,
+                 float(eps), y, rstd);
+}
+
+void add_rmsnorm_forward(std::int64_t rows, std::int64_t D, const float* x, float* sum,
+                         const float* w, double eps, float* y, float* rstd, cudaStream_t stream,
+                         int threads) {
+  if (rows <= 0 || D <= 0) return;
+  const int t = row_threads(D, threads);
+  SSMTUNE_LAUNCH(rmsnorm_forward_kernel<true>, dim3(unsigned(rows)), dim3(t),
+                 std::size_t(t / 32) * sizeof(float), stream, D, x, sum, w, float(eps), y, rstd);
 }
 
 std::int64_t rmsnorm_backward_workspace_floats(std::int64_t rows, std::int64_t D) {
@@ -107,11 +132,11 @@ std::int64_t rmsnorm_backward_workspace_floats(std::int64_t rows, std::int64_t D
 
 void rmsnorm_backward(std::int64_t rows, std::int64_t D, const float* dy, const float* x,
                       const float* w, const float* rstd, float* dx, float* dw, float* workspace,
-                      cudaStream_t stream, int threads) {
+                      cudaStream_t stream, int threads, bool accumulate_dx) {
   if (rows <= 0 || D <= 0) return;
   const int t = row_threads(D, threads);
   SSMTUNE_LAUNCH(rmsnorm_backward_dx_kernel, dim3(unsigned(rows)), dim3(t),
-                 std::size_t(t / 32) * sizeof(float), stream, D, dy, x, w, rstd, dx);
+                 std::size_t(t / 32) * sizeof(float), stream, D, dy, x, w, rstd, accumulate_dx, dx);
   const std::int64_t chunks = dw_chunks(rows);
   const dim3 grid(unsigned(chunks), unsigned((D + kDwCols - 1) / kDwCols));
   SSMTUNE_LAUNCH(rmsnorm_dw_partial_kernel, grid, dim3(kDwCols, kDwRowLanes), 0, stream, rows, D,

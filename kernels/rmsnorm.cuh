@@ -24,14 +24,21 @@ int rmsnorm_threads(std::int64_t D);
 void rmsnorm_forward(std::int64_t rows, std::int64_t D, const float* x, const float* w, double eps,
                      float* y, float* rstd, cudaStream_t stream, int threads = 0);
 
+// The residual connection fused with the next norm: sum += x, then y = rmsnorm(sum) (the CPU
+// backend's add then rmsnorm_forward).   x, sum, y: (rows, D)
+void add_rmsnorm_forward(std::int64_t rows, std::int64_t D, const float* x, float* sum,
+                         const float* w, double eps, float* y, float* rstd, cudaStream_t stream,
+                         int threads = 0);
+
 // Floats of workspace rmsnorm_backward needs: one partial dw row per kRmsnormDwChunkRows rows.
 std::int64_t rmsnorm_backward_workspace_floats(std::int64_t rows, std::int64_t D);
 
-// dy, x, dx: (rows, D)   w: (D)   rstd: (rows) from forward.  dx overwritten, dw: (D) += .
+// dy, x, dx: (rows, D)   w: (D)   rstd: (rows) from forward.  dx overwritten (accumulated
+// with accumulate_dx: the residual's gradient fan-in fused in), dw: (D) += .
 // workspace: rmsnorm_backward_workspace_floats(rows, D) floats of device memory.
 void rmsnorm_backward(std::int64_t rows, std::int64_t D, const float* dy, const float* x,
                       const float* w, const float* rstd, float* dx, float* dw, float* workspace,
-                      cudaStream_t stream, int threads = 0);
+                      cudaStream_t stream, int threads = 0, bool accumulate_dx = false);
 
 }  // namespace SSMTUNE_KERNEL_ABI
 }  // namespace ssmtune::kernels

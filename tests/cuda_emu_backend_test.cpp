@@ -185,10 +185,28 @@ TEST_CASE("every op of the emulated CUDA backend matches the CPU backend", "[cud
     same("rmsnorm dx", dx, kSumTol);
     same("rmsnorm dw", dw, kSumTol);
 
+    // The fusions: the CUDA backend's one-pass kernels against the CPU backend's two ops.
+    auto sum = b.random({rows, D}), y2 = b.empty({rows, D}), rstd2 = b.empty({rows});
+    b.cpu->add_rmsnorm_forward(x.cpu, sum.cpu, w.cpu, 1e-5, y2.cpu, rstd2.cpu);
+    b.gpu->add_rmsnorm_forward(x.gpu, sum.gpu, w.gpu, 1e-5, y2.gpu, rstd2.gpu);
+    same("add_rmsnorm sum", sum, 0);  // one float add each
+    same("add_rmsnorm y", y2, kSumTol);
+    same("add_rmsnorm rstd", rstd2, kSumTol);
+    auto dx_acc = b.random({rows, D}), dw2 = b.random({D});
+    b.cpu->rmsnorm_backward_add(dy.cpu, x.cpu, w.cpu, rstd.cpu, dx_acc.cpu, dw2.cpu);
+    b.gpu->rmsnorm_backward_add(dy.gpu, x.gpu, w.gpu, rstd.gpu, dx_acc.gpu, dw2.gpu);
+    same("rmsnorm_backward_add dx", dx_acc, kSumTol);
+    same("rmsnorm_backward_add dw", dw2, kSumTol);
+
     auto u = b.random({B, L, E}), cw = b.random({E, 4}), cb = b.random({E}), c = b.empty({B, L, E});
     b.cpu->conv1d_forward(u.cpu, cw.cpu, cb.cpu, c.cpu);
     b.gpu->conv1d_forward(u.gpu, cw.gpu, cb.gpu, c.gpu);
     same("conv1d c", c, kElemTol);
+    auto c2 = b.empty({B, L, E}), su = b.empty({B, L, E});
+    b.cpu->conv1d_silu_forward(u.cpu, cw.cpu, cb.cpu, c2.cpu, su.cpu);
+    b.gpu->conv1d_silu_forward(u.gpu, cw.gpu, cb.gpu, c2.gpu, su.gpu);
+    same("conv1d_silu c", c2, kElemTol);
+    same("conv1d_silu u", su, kElemTol);
     auto dc = b.random({B, L, E}), du = b.empty({B, L, E}), dcw = b.random({E, 4}),
          dcb = b.random({E});
     b.cpu->conv1d_backward(dc.cpu, u.cpu, cw.cpu, du.cpu, dcw.cpu, dcb.cpu);

@@ -83,9 +83,30 @@ class Backend {
   virtual void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
                                 const Tensor& rstd, Tensor& dx, Tensor& dw) = 0;
 
+  // Fusions a backend may do in one pass (the CUDA backend does); these defaults run the ops.
+  // sum += x, then y = rmsnorm(sum): the residual add fused with the next norm.
+  virtual void add_rmsnorm_forward(const Tensor& x, Tensor& sum, const Tensor& w, double eps,
+                                   Tensor& y, Tensor& rstd) {
+    add(x, sum);
+    rmsnorm_forward(sum, w, eps, y, rstd);
+  }
+  // rmsnorm_backward with dx accumulated (+=): the residual's gradient fan-in fused in.
+  virtual void rmsnorm_backward_add(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                    const Tensor& rstd, Tensor& dx, Tensor& dw) {
+    Tensor d = empty(dx.shape(), dx.dtype());
+    rmsnorm_backward(dy, x, w, rstd, d, dw);
+    add(d, dx);
+  }
+
   // Causal depthwise conv. x, c: (B, L, E)  w: (E, K)  bias: (E) or undefined
   virtual void conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
                               Tensor& c) = 0;
+  // c = conv1d(x), u = silu(c): the mixer's conv and its activation in one pass.
+  virtual void conv1d_silu_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
+                                   Tensor& c, Tensor& u) {
+    conv1d_forward(x, w, bias, c);
+    silu_forward(c, u);
+  }
   // dbias may be undefined (no conv bias)
   virtual void conv1d_backward(const Tensor& dc, const Tensor& x, const Tensor& w, Tensor& dx,
                                Tensor& dw, Tensor& dbias) = 0;

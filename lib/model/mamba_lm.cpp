@@ -43,20 +43,42 @@ void MambaLM::forward(const Tensor& ids) {
   n_prompt_ = prompt.defined() ? prompt.dim(0) : 0;
   layer_in_[0] = n_prompt_ ? prepend_steps(be_, prompt, embedded) : embedded;
 
+  const auto prefix_of = [&](std::int64_t i) {
+    return input_hook_ ? input_hook_->prefix(i) : Tensor();
+  };
+  final_norm_ = be_.empty({B, L, D}, dt);
+  final_rstd_ = be_.empty({rows}, dt);
+  bool normed = false;  // this layer's norm was done by the previous layer's fused residual add
   for (std::int64_t i = 0; i < n_layer; ++i) {
     const MambaLayerWeights& lw = w_.layers[i];
-    const Tensor prefix = input_hook_ ? input_hook_->prefix(i) : Tensor();
+    const Tensor prefix = prefix_of(i);
     n_prefix_[i] = prefix.defined() ? prefix.dim(0) : 0;
     block_in_[i] = n_prefix_[i] ? prepend_steps(be_, prefix, layer_in_[i]) : layer_in_[i];
     const std::int64_t Lb = block_in_[i].dim(1);
-    norm_out_[i] = be_.empty({B, Lb, D}, dt);
-    norm_rstd_[i] = be_.empty({B * Lb}, dt);
-    be_.rmsnorm_forward(block_in_[i], lw.norm, cfg_.layer_norm_epsilon, norm_out_[i],
-                        norm_rstd_[i]);
+    if (!normed) {
+      norm_out_[i] = be_.empty({B, Lb, D}, dt);
+      norm_rstd_[i] = be_.empty({B * Lb}, dt);
+      be_.rmsnorm_forward(block_in_[i], lw.norm, cfg_.layer_norm_epsilon, norm_out_[i],
+                          norm_rstd_[i]);
+    }
     Tensor mix = be_.empty({B, Lb, D}, dt);
     mixer_forward(be_, cfg_, lw, norm_out_[i], scan_chunk_, mixer_[i], mix, i, hooks);
-    // residual (fp32 or wider on the CPU, so residual_in_fp32 holds trivially)
-    be_.add(block_in_[i], mix);
+    // The residual (fp32 or wider, so residual_in_fp32 holds trivially), fused with the next
+    // norm (the next layer's, or norm_f after the last) when no steps are put in or taken out
+    // between them.
+    const bool last = i + 1 == n_layer;
+    normed = !n_prefix_[i] && (last ? !n_prompt_ : !prefix_of(i + 1).defined());
+    if (normed && last) {
+      be_.add_rmsnorm_forward(block_in_[i], mix, w_.norm_f, cfg_.layer_norm_epsilon,
+                              final_norm_, final_rstd_);
+    } else if (normed) {
+      norm_out_[i + 1] = be_.empty({B, Lb, D}, dt);
+      norm_rstd_[i + 1] = be_.empty({B * Lb}, dt);
+      be_.add_rmsnorm_forward(block_in_[i], mix, w_.layers[i + 1].norm, cfg_.layer_norm_epsilon,
+                              norm_out_[i + 1], norm_rstd_[i + 1]);
+    } else {
+      be_.add(block_in_[i], mix);
+    }
     if (n_prefix_[i]) {  // the prefix's outputs are dropped: the next layer never sees them
       layer_in_[i + 1] = be_.empty({B, Lb - n_prefix_[i], D}, dt);
       take_steps(be_, mix, n_prefix_[i], layer_in_[i + 1]);
@@ -71,9 +93,8 @@ void MambaLM::forward(const Tensor& ids) {
   } else {
     final_in_ = layer_in_[n_layer];
   }
-  final_norm_ = be_.empty({B, L, D}, dt);
-  final_rstd_ = be_.empty({rows}, dt);
-  be_.rmsnorm_forward(final_in_, w_.norm_f, cfg_.layer_norm_epsilon, final_norm_, final_rstd_);
+  if (!normed)
+    be_.rmsnorm_forward(final_in_, w_.norm_f, cfg_.layer_norm_epsilon, final_norm_, final_rstd_);
   logits_ = be_.empty({B, L, cfg_.vocab_size}, dt);
   Tensor logits2 = logits_.reshape({rows, cfg_.vocab_size});
   linear_forward(be_, final_norm_.reshape({rows, D}), w_.lm_head, Tensor(), logits2);
@@ -134,11 +155,11 @@ void MambaLM::backward(const Tensor& targets, MambaWeights& grads, std::int64_t 
       dblock = be_.zeros({B, Lb, D}, dt);
       put_steps(be_, dh, Tq, dblock);
     }
-    Tensor dn = be_.empty({B, Lb, D}, dt), dres = be_.empty({B, Lb, D}, dt);
+    Tensor dn = be_.empty({B, Lb, D}, dt);
     mixer_backward(be_, cfg_, lw, norm_out_[i], mixer_[i], dblock, dn, lg, i, hooks);
     Tensor dnorm_w = lg.norm.defined() ? lg.norm : be_.zeros({D}, dt);
-    be_.rmsnorm_backward(dn, block_in_[i], lw.norm, norm_rstd_[i], dres, dnorm_w);
-    be_.add(dres, dblock);  // residual: the gradient flows through plus the block's branch
+    // residual: the gradient flows through (dblock) plus the block's branch, added in place
+    be_.rmsnorm_backward_add(dn, block_in_[i], lw.norm, norm_rstd_[i], dblock, dnorm_w);
     if (Tq) {
       Tensor dprefix = be_.zeros({Tq, D}, dt);
       sum_steps(be_, dblock, 0, dprefix);

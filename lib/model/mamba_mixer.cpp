@@ -46,17 +46,18 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
     if (Ta > 0) put_steps_broadcast(be, affix, Cx, a.conv_in);
     put_steps(be, a.x, Cx + Ta, a.conv_in);
   }
-  Tensor c_full = Cx == 0 ? be.empty({B, Le, E}, dt) : be.empty({B, Cx + Le, E}, dt);
-  be.conv1d_forward(a.conv_in, w.conv1d.reshape({E, K}), w.conv1d_bias, c_full);
-  if (Cx == 0) {
-    a.c = c_full;
+  a.u = be.empty({B, Le, E}, dt);
+  if (Cx == 0) {  // the conv and its SiLU in one pass where the backend fuses them
+    a.c = be.empty({B, Le, E}, dt);
+    be.conv1d_silu_forward(a.conv_in, w.conv1d.reshape({E, K}), w.conv1d_bias, a.c, a.u);
   } else {  // the context's own outputs belong to tokens before this block: dropped
+    Tensor c_full = be.empty({B, Cx + Le, E}, dt);
+    be.conv1d_forward(a.conv_in, w.conv1d.reshape({E, K}), w.conv1d_bias, c_full);
     a.c = be.empty({B, Le, E}, dt);
     take_steps(be, c_full, Cx, a.c);
+    be.silu_forward(a.c, a.u);
   }
   if (cache && K > 1) take_steps(be, a.conv_in, a.conv_in.dim(1) - (K - 1), cache->conv);
-  a.u = be.empty({B, Le, E}, dt);
-  be.silu_forward(a.c, a.u);
   const Tensor u2 = a.u.reshape({rows_e, E});
 
   Tensor x_dbl = be.empty({rows_e, R + 2 * N}, dt);

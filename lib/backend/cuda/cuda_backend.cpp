@@ -157,26 +157,30 @@ class CudaBackend final : public Backend {
   }
   void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                         Tensor& dx, Tensor& dw) override {
+    rmsnorm_backward_into(dy, x, w, rstd, dx, dw, /*accumulate_dx=*/false);
+  }
+  void add_rmsnorm_forward(const Tensor& x, Tensor& sum, const Tensor& w, double eps, Tensor& y,
+                           Tensor& rstd) override {
     Timer timer(*this, "rmsnorm");
-    const char* op = "rmsnorm_backward";
-    const auto [rows, D] = checks.rmsnorm_backward(dy, x, w, rstd, dx, dw);
-    DeviceScratch ws(*memory_, floats(kernels::rmsnorm_backward_workspace_floats(rows, D)));
-    kernels::rmsnorm_backward(rows, D, f32(dy, op, "dy"), f32(x, op, "x"), f32(w, op, "w"),
-                              f32(rstd, op, "rstd"), f32(dx, op, "dx"), f32(dw, op, "dw"),
-                              ws.as<float>(), stream());
+    const char* op = "add_rmsnorm_forward";
+    checks.require(x.shape() == sum.shape(), op, "x and sum shapes differ");
+    const auto [rows, D] = checks.rmsnorm_forward(sum, w, y, rstd);
+    kernels::add_rmsnorm_forward(rows, D, f32(x, op, "x"), f32(sum, op, "sum"), f32(w, op, "w"),
+                                 eps, f32(y, op, "y"), f32(rstd, op, "rstd"), stream());
     launch_check(op);
+  }
+  void rmsnorm_backward_add(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                            Tensor& dx, Tensor& dw) override {
+    rmsnorm_backward_into(dy, x, w, rstd, dx, dw, /*accumulate_dx=*/true);
   }
 
   void conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& c) override {
-    Timer timer(*this, "conv1d");
-    const char* op = "conv1d_forward";
-    const auto [B, L, E, K] = checks.conv1d_forward(x, w, bias, c);
-    checks.require(K >= 1 && K <= kernels::kConv1dMaxWidth, op,
-                   "kernel width " + std::to_string(K) + " outside [1, " +
-                       std::to_string(kernels::kConv1dMaxWidth) + "]");
-    kernels::conv1d_forward(B, L, E, int(K), f32(x, op, "x"), f32(w, op, "w"),
-                            f32_or_null(bias, op, "bias"), f32(c, op, "c"), nullptr, stream());
-    launch_check(op);
+    conv1d_into(x, w, bias, c, Tensor());
+  }
+  void conv1d_silu_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& c,
+                           Tensor& u) override {
+    checks.shape(u, x.shape(), "conv1d_silu_forward", "u");
+    conv1d_into(x, w, bias, c, u);
   }
   void conv1d_backward(const Tensor& dc, const Tensor& x, const Tensor& w, Tensor& dx, Tensor& dw,
                        Tensor& dbias) override {
@@ -389,6 +393,33 @@ class CudaBackend final : public Backend {
     OpTimer timer_;
   };
 
+  // rmsnorm_backward and rmsnorm_backward_add: dx overwritten or accumulated.
+  void rmsnorm_backward_into(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                             Tensor& dx, Tensor& dw, bool accumulate_dx) {
+    Timer timer(*this, "rmsnorm");
+    const char* op = accumulate_dx ? "rmsnorm_backward_add" : "rmsnorm_backward";
+    const auto [rows, D] = checks.rmsnorm_backward(dy, x, w, rstd, dx, dw);
+    DeviceScratch ws(*memory_, floats(kernels::rmsnorm_backward_workspace_floats(rows, D)));
+    kernels::rmsnorm_backward(rows, D, f32(dy, op, "dy"), f32(x, op, "x"), f32(w, op, "w"),
+                              f32(rstd, op, "rstd"), f32(dx, op, "dx"), f32(dw, op, "dw"),
+                              ws.as<float>(), stream(), 0, accumulate_dx);
+    launch_check(op);
+  }
+
+  // conv1d_forward and conv1d_silu_forward: u (silu(c)) written when defined.
+  void conv1d_into(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& c,
+                   const Tensor& u) {
+    Timer timer(*this, "conv1d");
+    const char* op = "conv1d_forward";
+    const auto [B, L, E, K] = checks.conv1d_forward(x, w, bias, c);
+    checks.require(K >= 1 && K <= kernels::kConv1dMaxWidth, op,
+                   "kernel width " + std::to_string(K) + " outside [1, " +
+                       std::to_string(kernels::kConv1dMaxWidth) + "]");
+    kernels::conv1d_forward(B, L, E, int(K), f32(x, op, "x"), f32(w, op, "w"),
+                            f32_or_null(bias, op, "bias"), f32(c, op, "c"), f32_or_null(u, op, "u"),
+                            stream());
+    launch_check(op);
+  }
   // A host I64 tensor (ids, labels, indices) copied to the GPU for one op.
   class HostInts {
    public:
