@@ -325,6 +325,26 @@ TEST_CASE("every op of the emulated CUDA backend matches the CPU backend", "[cud
     same("adamw m", m, kElemTol);
     same("adamw v", v, kElemTol);
   }
+  SECTION("DoRA's row operations") {
+    auto a = b.random({9, 70}), a2 = b.random({9, 70}), sub = b.random({9, 70}),
+         f = b.random({9}, 0.5, 2), d = b.random({9}, 0.5, 2), norm = b.empty({9}),
+         out = b.empty({9, 70}), acc = b.random({9}), q = b.empty({9});
+    b.cpu->row_norms(a.cpu, norm.cpu);
+    b.gpu->row_norms(a.gpu, norm.gpu);
+    same("row_norms", norm, kElemTol);  // double sums: only the float rounding of the result
+    b.cpu->scale_rows(f.cpu, a.cpu, sub.cpu, out.cpu);
+    b.gpu->scale_rows(f.gpu, a.gpu, sub.gpu, out.gpu);
+    same("scale_rows", out, kElemTol);
+    b.cpu->scale_rows(f.cpu, a.cpu, Tensor(), out.cpu);
+    b.gpu->scale_rows(f.gpu, a.gpu, Tensor(), out.gpu);
+    same("scale_rows without sub", out, kElemTol);
+    b.cpu->row_dots_div_add(a.cpu, a2.cpu, d.cpu, acc.cpu);
+    b.gpu->row_dots_div_add(a.gpu, a2.gpu, d.gpu, acc.gpu);
+    same("row_dots_div_add", acc, kElemTol);
+    b.cpu->div(f.cpu, d.cpu, q.cpu);
+    b.gpu->div(f.gpu, d.gpu, q.gpu);
+    same("div", q, kElemTol);
+  }
   SECTION("bad arguments get the CPU backend's errors, named for the CUDA backend") {
     auto a = b.random({3, 4}), c = b.empty({3, 3});
     CHECK_THROWS_WITH(b.gpu->gemm(false, false, 1, a.gpu, a.gpu, 0, c.gpu),

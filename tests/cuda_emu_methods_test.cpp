@@ -62,9 +62,11 @@ TEST_CASE("every method config trains on the emulated CUDA backend as on the CPU
       const fs::path run = e.dir / (name + (cuda ? "-cuda" : "-cpu"));
       ssmtune::TrainOptions opts;
       if (cuda) opts.make_backend = [] { return ssmtune::make_cuda_backend(); };
-      ssmtune::train(ssmtune::load_experiment_config(e.config.string(),
-                                                     {"output_dir=" + json(run.string()).dump()}),
-                     opts);
+      const ssmtune::TrainResult r =
+          ssmtune::train(ssmtune::load_experiment_config(
+                             e.config.string(), {"output_dir=" + json(run.string()).dump()}),
+                         opts);
+      CHECK(r.step_moves_to_host == 0);  // every method's steps stay on the GPU
     }
     const std::vector<double> cpu = losses(e.dir / (name + "-cpu")),
                               gpu = losses(e.dir / (name + "-cuda"));

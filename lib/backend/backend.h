@@ -153,6 +153,17 @@ class Backend {
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, double scale,
                                       Tensor& dlogits) = 0;
 
+  // DoRA's row operations on weight-sized tensors a, b, sub, out: (rows, cols); f, d, norm:
+  // (rows). Row sums in double.
+  // norm[i] = sqrt(sum_j a[i, j]^2)
+  virtual void row_norms(const Tensor& a, Tensor& norm) = 0;
+  // out[i, j] = f[i] a[i, j] - sub[i, j] (sub undefined: 0)
+  virtual void scale_rows(const Tensor& f, const Tensor& a, const Tensor& sub, Tensor& out) = 0;
+  // out[i] += (sum_j a[i, j] b[i, j]) / d[i], the quotient taken in double
+  virtual void row_dots_div_add(const Tensor& a, const Tensor& b, const Tensor& d,
+                                Tensor& out) = 0;
+  virtual void div(const Tensor& a, const Tensor& b, Tensor& out) = 0;  // out = a / b
+
   // Optimizer and PEFT support, elementwise over tensors of any shape.
   // Sum of squares of x in double, in an order that does not depend on the thread count
   // (the global gradient norm must be the same on a resumed run).

@@ -69,6 +69,17 @@ OpChecks::ConvDims OpChecks::conv1d_backward(const Tensor& dc, const Tensor& x, 
   return d;
 }
 
+OpChecks::NormDims OpChecks::rows_of(const char* op, const Tensor& a,
+                                     std::initializer_list<const Tensor*> same,
+                                     std::initializer_list<const Tensor*> per_row) const {
+  require(a.defined() && a.ndim() >= 1 && a.dim(0) > 0, op, "a must have rows");
+  const std::int64_t rows = a.dim(0);
+  for (const Tensor* t : same)
+    if (t->defined()) shape(*t, a.shape(), op, "operand");
+  for (const Tensor* t : per_row) shape(*t, {rows}, op, "per-row operand");
+  return {rows, a.numel() / rows};
+}
+
 void OpChecks::columns(const char* op, const Tensor& wide, std::int64_t col0,
                        const Tensor& narrow) const {
   require(wide.ndim() == 2 && narrow.ndim() == 2 && wide.dim(0) == narrow.dim(0) && col0 >= 0 &&

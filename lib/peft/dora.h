@@ -10,7 +10,7 @@
 // Backward, dY (tokens, out), U = xd A^T (tokens, r) saved by forward, n constant:
 //   dm += rowsum((dY^T xd) * (W + s B A)) / n,   dB += s f * (dY^T U),
 //   dU += s dY (f * B),   dxd += dY D           (dA += dU^T xd and dropout' are LoRA's).
-// Every "f *" scales rows. The weight-sized pieces (W + s B A, D) are recomputed in backward
+// Every "f *" scales rows (the backend's row ops, so nothing leaves a GPU). The weight-sized pieces (W + s B A, D) are recomputed in backward
 // from the same A, B and the saved n instead of being kept: they are as large as the weight.
 #pragma once
 
@@ -30,7 +30,7 @@ struct DoraDirection {
 DoraDirection dora_direction(Backend& be, const LoraTerm& t, const Tensor& W);
 
 // f = m / n: (out), the factor each output row is scaled by.
-Tensor dora_factor(const Tensor& magnitude, const Tensor& norm);
+Tensor dora_factor(Backend& be, const Tensor& magnitude, const Tensor& norm);
 
 // x_in: (tokens, in) the term's input xd; out: the projection's parts (their row0 index W's rows).
 // Adds xd D^T to every part and saves n in t.norm.

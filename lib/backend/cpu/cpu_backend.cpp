@@ -281,6 +281,58 @@ class CpuBackend final : public Backend {
     });
   }
 
+  // DoRA's row ops: plain loops over rows, the row sums in double in column order.
+  void row_norms(const Tensor& a, Tensor& norm) override {
+    OpTimer timer(profile_, "elementwise");
+    const auto [rows, cols] = checks.rows_of("row_norms", a, {}, {&norm});
+    dispatch(a.dtype(), "row_norms", [&](auto zero) {
+      using T = decltype(zero);
+      const T* pa = a.data<T>();
+      T* pn = norm.data<T>();
+#pragma omp parallel for schedule(static)
+      for (std::int64_t i = 0; i < rows; ++i) {
+        double sq = 0;
+        for (std::int64_t j = 0; j < cols; ++j) sq += double(pa[i * cols + j]) * pa[i * cols + j];
+        pn[i] = T(std::sqrt(sq));
+      }
+    });
+  }
+  void scale_rows(const Tensor& f, const Tensor& a, const Tensor& sub, Tensor& out) override {
+    OpTimer timer(profile_, "elementwise");
+    const auto [rows, cols] = checks.rows_of("scale_rows", a, {&sub, &out}, {&f});
+    dispatch(a.dtype(), "scale_rows", [&](auto zero) {
+      using T = decltype(zero);
+      const T *pf = f.data<T>(), *pa = a.data<T>(), *ps = ptr<T>(sub);
+      T* po = out.data<T>();
+#pragma omp parallel for schedule(static)
+      for (std::int64_t i = 0; i < rows; ++i)
+        for (std::int64_t j = 0; j < cols; ++j)
+          po[i * cols + j] = pf[i] * pa[i * cols + j] - (ps ? ps[i * cols + j] : T(0));
+    });
+  }
+  void row_dots_div_add(const Tensor& a, const Tensor& b, const Tensor& d, Tensor& out) override {
+    OpTimer timer(profile_, "elementwise");
+    const auto [rows, cols] = checks.rows_of("row_dots_div_add", a, {&b}, {&d, &out});
+    dispatch(a.dtype(), "row_dots_div_add", [&](auto zero) {
+      using T = decltype(zero);
+      const T *pa = a.data<T>(), *pb = b.data<T>(), *pd = d.data<T>();
+      T* po = out.data<T>();
+#pragma omp parallel for schedule(static)
+      for (std::int64_t i = 0; i < rows; ++i) {
+        double dot = 0;
+        for (std::int64_t j = 0; j < cols; ++j)
+          dot += double(pa[i * cols + j]) * double(pb[i * cols + j]);
+        po[i] += T(dot / double(pd[i]));
+      }
+    });
+  }
+  void div(const Tensor& a, const Tensor& b, Tensor& out) override {
+    OpTimer timer(profile_, "elementwise");
+    binary("div", a, b, out, [](std::int64_t n, const auto* ap, const auto* bp, auto* op) {
+      for (std::int64_t i = 0; i < n; ++i) op[i] = ap[i] / bp[i];
+    });
+  }
+
   double sum_squares(const Tensor& x) override {
     OpTimer timer(profile_, "optimizer");
     double out = 0;

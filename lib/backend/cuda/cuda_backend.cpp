@@ -19,6 +19,7 @@
 #include "kernels/elementwise.cuh"
 #include "kernels/optim.cuh"
 #include "kernels/rmsnorm.cuh"
+#include "kernels/row_ops.cuh"
 #include "kernels/selective_scan.cuh"
 #include "kernels/tensor_ops.cuh"
 #include "kernels/token_ops.cuh"
@@ -319,6 +320,33 @@ class CudaBackend final : public Backend {
     kernels::cross_entropy_backward(rows, V, f32(logits, op, "logits"), dev_targets.get(),
                                     float(scale), f32(dlogits, op, "dlogits"), stream());
     launch_check(op);
+  }
+
+  void row_norms(const Tensor& a, Tensor& norm) override {
+    Timer timer(*this, "elementwise");
+    const char* op = "row_norms";
+    const auto [rows, cols] = checks.rows_of(op, a, {}, {&norm});
+    kernels::row_norms(rows, cols, f32(a, op, "a"), f32(norm, op, "norm"), stream());
+    launch_check(op);
+  }
+  void scale_rows(const Tensor& f, const Tensor& a, const Tensor& sub, Tensor& out) override {
+    Timer timer(*this, "elementwise");
+    const char* op = "scale_rows";
+    const auto [rows, cols] = checks.rows_of(op, a, {&sub, &out}, {&f});
+    kernels::scale_rows(rows, cols, f32(f, op, "f"), f32(a, op, "a"), f32_or_null(sub, op, "sub"),
+                        f32(out, op, "out"), stream());
+    launch_check(op);
+  }
+  void row_dots_div_add(const Tensor& a, const Tensor& b, const Tensor& d, Tensor& out) override {
+    Timer timer(*this, "elementwise");
+    const char* op = "row_dots_div_add";
+    const auto [rows, cols] = checks.rows_of(op, a, {&b}, {&d, &out});
+    kernels::row_dots_div_add(rows, cols, f32(a, op, "a"), f32(b, op, "b"), f32(d, op, "d"),
+                              f32(out, op, "out"), stream());
+    launch_check(op);
+  }
+  void div(const Tensor& a, const Tensor& b, Tensor& out) override {
+    binary("div", a, b, out, SSMTUNE_KERNEL_FN(div));
   }
 
   double sum_squares(const Tensor& x) override {
