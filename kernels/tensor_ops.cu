@@ -82,6 +82,21 @@ __global__ void copy_columns_kernel(std::int64_t rows, std::int64_t S, std::int6
   }
 }
 
+// Twin of core/dtype.cpp's f32_to_bf16, on the bits.
+__global__ void to_bf16_kernel(std::int64_t n, const float* __restrict__ x,
+                               std::uint16_t* __restrict__ y) {
+  SSMTUNE_GRID_STRIDE(i, n) {
+    std::uint32_t bits;
+    memcpy(&bits, &x[i], 4);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) {
+      y[i] = std::uint16_t((bits >> 16) | 0x40u);
+    } else {
+      bits += 0x7fffu + ((bits >> 16) & 1u);
+      y[i] = std::uint16_t(bits >> 16);
+    }
+  }
+}
+
 __global__ void index_add_kernel(std::int64_t k, const float* __restrict__ values,
                                  const std::int64_t* __restrict__ index, float* __restrict__ dst) {
   SSMTUNE_GRID_STRIDE(i, k) dst[index[i]] += values[i];  // indices are distinct: no race
@@ -149,6 +164,10 @@ void copy_columns(std::int64_t rows, std::int64_t S, std::int64_t col0, std::int
     SSMTUNE_LAUNCH(copy_columns_kernel<std::uint32_t>, grid_for(rows * n), dim3(kThreads), 0,
                    stream, rows, S, col0, n, to_wide, static_cast<std::uint32_t*>(wide),
                    static_cast<std::uint32_t*>(narrow));
+}
+
+void to_bf16(std::int64_t n, const float* x, std::uint16_t* y, cudaStream_t stream) {
+  if (n > 0) SSMTUNE_LAUNCH(to_bf16_kernel, grid_for(n), dim3(kThreads), 0, stream, n, x, y);
 }
 
 void index_add(std::int64_t k, const float* values, const std::int64_t* index, float* dst,

@@ -358,6 +358,32 @@ TEST_CASE("every op of the emulated CUDA backend matches the CPU backend", "[cud
   }
 }
 
+TEST_CASE("bf16 matmuls round both inputs to bf16 and accumulate in fp32",
+          "[cuda-emu][backend][bf16]") {
+  auto cpu = ssmtune::make_cpu_backend();
+  auto gpu = ssmtune::make_cuda_backend(0, ssmtune::CudaOptions{true});
+  std::mt19937_64 rng(11);
+  for (int t = 0; t < 4; ++t) {
+    const bool ta = t & 1, tb = t & 2;
+    const std::int64_t M = 9, K = 70, N = 13;
+    const Tensor A = random_f32(ta ? Shape{K, M} : Shape{M, K}, rng, -1, 1);
+    const Tensor B = random_f32(tb ? Shape{N, K} : Shape{K, N}, rng, -1, 1);
+    const Tensor C0 = random_f32({M, N}, rng, -1, 1);
+    // The reference: the CPU's fp32 product of the bf16-rounded inputs.
+    Tensor ref = C0.clone(), exact = C0.clone(), got = C0.clone();
+    cpu->gemm(ta, tb, 0.5, A.to(DType::BF16).to(DType::F32), B.to(DType::BF16).to(DType::F32), 1.0,
+              ref);
+    cpu->gemm(ta, tb, 0.5, A, B, 1.0, exact);
+    gpu->gemm(ta, tb, 0.5, A.clone(), B.clone(), 1.0, got);
+    INFO("trans_a " << ta << ", trans_b " << tb);
+    // Same rounded inputs, fp32 sums of 70 products in another order: float rounding only.
+    require_close("against rounded inputs", got.clone(), ref, 1e-5, 0);
+    // Against the fp32 product: each input moves by up to 2^-9 relative (bf16's 8-bit
+    // significand): about 2 * 2^-9 = 4e-3 of the largest entry, 1e-2 with room.
+    require_close("against fp32", got.clone(), exact, 1e-2, 0);
+  }
+}
+
 TEST_CASE("tensors move to the GPU when an op uses them and back when host code reads them",
           "[cuda-emu][backend]") {
   auto gpu = ssmtune::make_cuda_backend();

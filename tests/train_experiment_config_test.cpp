@@ -315,6 +315,8 @@ TEST_CASE("a value out of its range names the range", "[config]") {
       {{"training.log_every", 0}, "field \"training.log_every\": expected a positive integer"},
       {{"training.scan_chunk", 0}, "field \"training.scan_chunk\": expected a positive integer"},
       {{"training.threads", -1}, "field \"training.threads\": expected a non-negative integer"},
+      {{"training.device", "gpu"}, "field \"training.device\""},
+      {{"training.matmul", "fp16"}, "field \"training.matmul\""},
       {{"training.batch_size", std::int64_t(1) << 40},
        "field \"training.batch_size\": expected a positive integer no larger than 1048576"},
       {{"data.max_length", 1}, "field \"data.max_length\": expected an integer from 2 to"},
@@ -575,7 +577,9 @@ TEST_CASE("the resume hash ignores key order, outputs and cadences but not what 
            {"checkpoint.every", 3},
            {"checkpoint.keep", 0},
            {"training.log_every", 7},
-           {"training.threads", 3}}) {
+           {"training.threads", 3},
+           {"training.device", "cuda"},
+           {"training.matmul", "fp32"}}) {
     INFO(key);
     CHECK(experiment_config_hash(parse(with(key, value, ja))) == h);
   }
@@ -586,7 +590,8 @@ TEST_CASE("the resume hash ignores key order, outputs and cadences but not what 
                                                  {"data.train", "t2.jsonl"},
                                                  {"peft.lora.rank", 4},
                                                  {"schedule.type", "cosine"},
-                                                 {"training.batch_size", 2}}) {
+                                                 {"training.batch_size", 2},
+                                                 {"training.matmul", "bf16"}}) {
     INFO(key);
     CHECK(experiment_config_hash(parse(with(key, value, ja))) != h);
   }

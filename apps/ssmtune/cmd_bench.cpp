@@ -31,6 +31,7 @@ struct BenchOptions {
   std::int64_t batch = 4, seq_len = 256, steps = 5, warmup = 1, scan_chunk = 64;
   std::uint64_t seed = 0;
   std::string device = "cpu";
+  std::string matmul = "fp32";
 };
 
 // Bytes one selective scan must move between memory and the chip per token, float32: forward
@@ -57,7 +58,7 @@ void run_bench(const BenchOptions& o) {
   const MambaWeights w = random ? init_mamba_weights(cfg, o.seed)
                                 : load_mamba_weights(o.model_dir, cfg, DType::F32);
   MambaWeights grads = zeros_like_params(cfg, DType::F32);
-  auto be = make_backend(o.device);
+  auto be = make_backend(o.device, o.matmul);
 
   Rng rng = Rng::for_stream(o.seed, stream_id("bench-tokens"));
   Tensor ids = Tensor::empty({o.batch, o.seq_len}, DType::I64);
@@ -102,7 +103,8 @@ void run_bench(const BenchOptions& o) {
               (long long)cfg.d_inner, (long long)cfg.d_state);
   const CudaDevices gpus = o.device == "cuda" ? query_cuda_devices() : CudaDevices{};
   if (o.device == "cuda") {
-    std::printf("backend       cuda, %s, float32, cuBLAS\n", gpus.detail.c_str());
+    std::printf("backend       cuda, %s, float32, cuBLAS with %s inputs\n", gpus.detail.c_str(),
+                o.matmul.c_str());
   } else {
     std::printf("backend       %s, %d threads, float32\n", be->name().c_str(),
                 omp_get_max_threads());
@@ -159,6 +161,8 @@ void add_bench_command(CLI::App& app) {
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--seed", o.seed, "seed of the random token ids");
   cmd->add_option("--device", o.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--matmul", o.matmul, "fp32, or bf16 inputs (cuda only)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   cmd->callback([] {
     if (o.model_dir.empty() && o.config_file.empty())
       throw UsageError("bench: give --model DIR or --config CONFIG.json");

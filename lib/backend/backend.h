@@ -190,7 +190,9 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend();
-// "cpu" or "cuda" (the first GPU; throws Error saying why when there is none).
-std::unique_ptr<Backend> make_backend(const std::string& device);
+// "cpu" or "cuda" (the first GPU; throws Error saying why when there is none). matmul: "fp32",
+// or "bf16" (the CUDA backend's bf16-input products; the CPU backend refuses it).
+std::unique_ptr<Backend> make_backend(const std::string& device,
+                                      const std::string& matmul = "fp32");
 
 }  // namespace ssmtune

@@ -441,6 +441,7 @@ TrainingConfig read_training(Section s) {
   t.scan_chunk = s.integer("scan_chunk", 1, kMaxSize, def.scan_chunk);
   t.threads = s.integer("threads", 0, kMaxThreads, def.threads);
   t.device = s.choice("device", {"cpu", "cuda"}, def.device);
+  t.matmul = s.choice("matmul", {"fp32", "bf16"}, def.matmul);
   s.finish();
   return t;
 }
@@ -629,6 +630,10 @@ std::string experiment_config_hash(const ExperimentConfig& cfg) {
   erase_in(j, "training", "log_every");
   erase_in(j, "training", "threads");
   erase_in(j, "training", "device");
+  // bf16 products train something measurably different, so they count; fp32 (the default, and
+  // all there was before the key existed) hashes as if absent, so old checkpoints still resume.
+  if (j.contains("training") && j["training"].value("matmul", "fp32") == "fp32")
+    erase_in(j, "training", "matmul");
   // Evaluation changes the trained weights only by stopping early; without early stopping the
   // eval settings and the eval set are free to change between a run and its resume.
   if (cfg.eval.early_stopping.patience > 0) {

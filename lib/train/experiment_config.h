@@ -18,7 +18,8 @@
 //                   "no_decay": ["norm", "bias", "A_log", "D"], "grad_clip": 1.0},
 //     "schedule": {"type": "linear", "warmup_steps": 0, "warmup_ratio": 0.0, "min_lr_ratio": 0.0},
 //     "training": {"steps": 0, "epochs": 1, "batch_size": 4, "grad_accum": 1, "log_every": 1,
-//                  "scan_chunk": 64, "threads": 0, "device": "cpu"},
+//                  "scan_chunk": 64, "threads": 0, "device": "cpu",
+//                  "matmul": "fp32"},
 //     "eval": {"every": 0, "batch_size": 8, "max_examples": 0, "metrics": ["loss"],
 //              "max_new_tokens": 32,
 //              "early_stopping": {"metric": "loss", "patience": 0, "min_delta": 0.0}},
@@ -66,6 +67,7 @@ struct TrainingConfig {
   std::int64_t scan_chunk = 64;   // selective-scan checkpoint interval (memory vs recompute)
   std::int64_t threads = 0;       // CPU threads; 0 = all cores
   std::string device = "cpu";     // "cpu" or "cuda" (the first GPU)
+  std::string matmul = "fp32";    // "fp32", or "bf16" inputs with fp32 accumulation (cuda only)
 };
 
 struct EarlyStoppingConfig {

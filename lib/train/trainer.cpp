@@ -131,7 +131,8 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
                  train_set.n_truncated, cfg.data.max_length);
 
   std::unique_ptr<Backend> be =
-      opts.make_backend ? opts.make_backend() : make_backend(cfg.training.device);
+      opts.make_backend ? opts.make_backend()
+                        : make_backend(cfg.training.device, cfg.training.matmul);
   PeftConfig peft_cfg = cfg.peft;
   const std::string& init_text = peft_cfg.virtual_tokens.prompt_init_text;
   if (!init_text.empty()) {  // prompt tuning starts from this text's embeddings

@@ -47,7 +47,7 @@ bool sync_every_op() {
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) {
+  CudaBackend(int device, CudaOptions options) : options_(options) {
     cuda_check(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
     memory_ = std::make_shared<CudaMemory>();
     cublas_check(cublasCreate(&blas_), "cublasCreate");
@@ -104,14 +104,30 @@ class CudaBackend final : public Backend {
         "gemm", "a dimension reaches 2^31 (cuBLAS takes int sizes)");
     if (M == 0 || N == 0) return;
     const float a = float(alpha), b = float(beta);
+    const std::string what = shape_str(A.shape()) + (trans_a ? "^T" : "") + " x " +
+                             shape_str(B.shape()) + (trans_b ? "^T" : "");
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: the operands swap and
     // each row-major matrix is read as its column-major transpose (leading dim = its columns).
-    cublas_check(
-        cublasSgemm(blas_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-                    int(N), int(M), int(K), &a, f32(B, "gemm", "B"), int(B.dim(1)),
-                    f32(A, "gemm", "A"), int(A.dim(1)), &b, f32(C, "gemm", "C"), int(N)),
-        "cublasSgemm " + shape_str(A.shape()) + (trans_a ? "^T" : "") + " x " +
-            shape_str(B.shape()) + (trans_b ? "^T" : ""));
+    const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (!options_.bf16_matmul) {
+      cublas_check(cublasSgemm(blas_, op_b, op_a, int(N), int(M), int(K), &a, f32(B, "gemm", "B"),
+                               int(B.dim(1)), f32(A, "gemm", "A"), int(A.dim(1)), &b,
+                               f32(C, "gemm", "C"), int(N)),
+                   "cublasSgemm " + what);
+      return;
+    }
+    // bf16 copies of both inputs for this one product; C and the accumulation stay fp32.
+    DeviceScratch a16(*memory_, std::size_t(A.numel()) * 2);
+    DeviceScratch b16(*memory_, std::size_t(B.numel()) * 2);
+    kernels::to_bf16(A.numel(), f32(A, "gemm", "A"), a16.as<std::uint16_t>(), stream());
+    kernels::to_bf16(B.numel(), f32(B, "gemm", "B"), b16.as<std::uint16_t>(), stream());
+    launch_check("to_bf16");
+    cublas_check(cublasGemmEx(blas_, op_b, op_a, int(N), int(M), int(K), &a, b16.as<void>(),
+                              CUDA_R_16BF, int(B.dim(1)), a16.as<void>(), CUDA_R_16BF,
+                              int(A.dim(1)), &b, f32(C, "gemm", "C"), CUDA_R_32F, int(N),
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx (bf16 inputs) " + what);
   }
 
   void add_bias(Tensor& y, const Tensor& bias) override {
@@ -511,13 +527,14 @@ class CudaBackend final : public Backend {
     launch_check(op);
   }
 
+  CudaOptions options_;
   std::shared_ptr<CudaMemory> memory_;
   cublasHandle_t blas_ = nullptr;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend(int device) {
+std::unique_ptr<Backend> make_cuda_backend(int device, CudaOptions options) {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess) {
@@ -528,7 +545,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
   if (device < 0 || device >= count)
     throw Error("--device cuda: GPU " + std::to_string(device) + " does not exist (" +
                 std::to_string(count) + " found)");
-  return std::make_unique<CudaBackend>(device);
+  return std::make_unique<CudaBackend>(device, options);
 }
 
 }  // namespace SSMTUNE_KERNEL_ABI

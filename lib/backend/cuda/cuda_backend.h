@@ -17,9 +17,16 @@
 namespace ssmtune {
 inline namespace SSMTUNE_KERNEL_ABI {
 
+struct CudaOptions {
+  // Matrix products with bf16 inputs (rounded from the fp32 tensors per product) and fp32
+  // accumulation, on the tensor cores: several times the fp32 rate, ~3 significant digits per
+  // input. Everything else stays fp32.
+  bool bf16_matmul = false;
+};
+
 // Device `device` of this process; throws Error saying why when there is no usable GPU (or
 // this build has no CUDA parts).
-std::unique_ptr<Backend> make_cuda_backend(int device = 0);
+std::unique_ptr<Backend> make_cuda_backend(int device = 0, CudaOptions options = {});
 
 }  // namespace SSMTUNE_KERNEL_ABI
 }  // namespace ssmtune
