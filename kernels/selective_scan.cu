@@ -147,11 +147,22 @@ __device__ __forceinline__ Tile tile_at(const ScanShape& s, std::int64_t t0) {
 
 // tile[t, c] = src[b, t0 + t, e0 + c]: threads walk c fastest, a warp reads whole rows.
 // src: (B, L, E)   tile: (kTile, kGroupStride)
+// The staged tiles are float whatever the inputs are: a bf16 input is widened as it is staged.
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(Bf16 v) {
+  const std::uint32_t bits = std::uint32_t(v.bits) << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+template <class T>
 __device__ __forceinline__ void stage_channels(const ScanShape& s, const Group& g, const Tile& tl,
-                                               const float* __restrict__ src, float* tile) {
+                                               const T* __restrict__ src, float* tile) {
   for (int i = threadIdx.x; i < tl.len * kGroup; i += blockDim.x) {
     const int t = i / kGroup, c = i % kGroup;
-    if (c < g.n_ch) tile[t * kGroupStride + c] = src[((g.b * s.L + tl.t0 + t) * s.E) + g.e0 + c];
+    if (c < g.n_ch)
+      tile[t * kGroupStride + c] = to_float(src[((g.b * s.L + tl.t0 + t) * s.E) + g.e0 + c]);
   }
 }
 // The reverse of stage_channels.   dst: (B, L, E)
@@ -164,10 +175,11 @@ __device__ __forceinline__ void unstage_channels(const ScanShape& s, const Group
 }
 // tile[t, n] = src[row0 + t, n] for the tile's rows, one contiguous run.
 // src: (B L, N) from row0 = b L + t0   tile: (kTile, odd_stride(N))
+template <class T>
 __device__ __forceinline__ void stage_states(std::int64_t N, std::int64_t row0, int len,
-                                             const float* __restrict__ src, float* tile) {
+                                             const T* __restrict__ src, float* tile) {
   for (int i = threadIdx.x; i < len * N; i += blockDim.x)
-    tile[(i / N) * odd_stride(N) + i % N] = src[row0 * N + i];
+    tile[(i / N) * odd_stride(N) + i % N] = to_float(src[row0 * N + i]);
 }
 __device__ __forceinline__ void unstage_states(std::int64_t N, std::int64_t row0, int len,
                                                const float* tile, float* __restrict__ dst) {
@@ -427,11 +439,13 @@ void allow_shared(Kernel kernel, std::int64_t bytes) {
 
 }  // namespace
 
-// Twin of cpu::selective_scan_forward. Grid (B, n_groups), kThreads threads.
+// Twin of cpu::selective_scan_forward. Grid (B, n_groups), kThreads threads. TIn: float or Bf16,
+// the type of u, delta, Bm, Cm (the state and every sum stay float).
+template <class TIn>
 __global__ void __launch_bounds__(kThreads)
-    selective_scan_forward_kernel(ScanShape s, const float* __restrict__ u,
-                                  const float* __restrict__ delta, const float* __restrict__ A,
-                                  const float* __restrict__ Bm, const float* __restrict__ Cm,
+    selective_scan_forward_kernel(ScanShape s, const TIn* __restrict__ u,
+                                  const TIn* __restrict__ delta, const float* __restrict__ A,
+                                  const TIn* __restrict__ Bm, const TIn* __restrict__ Cm,
                                   const float* __restrict__ D, const float* __restrict__ h0,
                                   float* __restrict__ y, float* __restrict__ h_saved,
                                   float* __restrict__ h_last) {
@@ -463,10 +477,11 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Twin of cpu::selective_scan_backward, up to the reductions. Grid (B, n_groups), kThreads.
+template <class TIn>
 __global__ void __launch_bounds__(kThreads)
-    selective_scan_backward_kernel(ScanShape s, const float* __restrict__ u,
-                                   const float* __restrict__ delta, const float* __restrict__ A,
-                                   const float* __restrict__ Bm, const float* __restrict__ Cm,
+    selective_scan_backward_kernel(ScanShape s, const TIn* __restrict__ u,
+                                   const TIn* __restrict__ delta, const float* __restrict__ A,
+                                   const TIn* __restrict__ Bm, const TIn* __restrict__ Cm,
                                    const float* __restrict__ D, const float* __restrict__ h_saved,
                                    const float* __restrict__ dy, float* __restrict__ du,
                                    float* __restrict__ ddelta, float* __restrict__ dh0,
@@ -532,15 +547,53 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+namespace {
+
+template <class TIn>
+void launch_forward(const ScanShape& s, const TIn* u, const TIn* delta, const float* A,
+                    const TIn* Bm, const TIn* Cm, const float* D, const float* h0, float* y,
+                    float* h_saved, float* h_last, cudaStream_t stream) {
+  if (!valid(s)) return;
+  const std::int64_t bytes = ForwardSmem::floats(s.N) * std::int64_t(sizeof(float));
+  allow_shared(selective_scan_forward_kernel<TIn>, bytes);
+  const dim3 grid(unsigned(s.B), unsigned(n_groups(s.E)));
+  SSMTUNE_LAUNCH(selective_scan_forward_kernel<TIn>, grid, dim3(kThreads), std::size_t(bytes),
+                 stream, s, u, delta, A, Bm, Cm, D, h0, y, h_saved, h_last);
+}
+
+template <class TIn>
+void launch_backward(const ScanShape& s, const TIn* u, const TIn* delta, const float* A,
+                     const TIn* Bm, const TIn* Cm, const float* D, const float* h_saved,
+                     const float* dy, float* du, float* ddelta, float* dA, float* dBm, float* dCm,
+                     float* dD, float* dh0, float* workspace, cudaStream_t stream) {
+  if (!valid(s)) return;
+  const std::int64_t bytes = BackwardSmem::floats(s.N) * std::int64_t(sizeof(float));
+  allow_shared(selective_scan_backward_kernel<TIn>, bytes);
+  const std::int64_t groups = n_groups(s.E), BLN = s.B * s.L * s.N;
+  const dim3 grid(unsigned(s.B), unsigned(groups));
+  SSMTUNE_LAUNCH(selective_scan_backward_kernel<TIn>, grid, dim3(kThreads), std::size_t(bytes),
+                 stream, s, u, delta, A, Bm, Cm, D, h_saved, dy, du, ddelta, dh0, workspace);
+  // The partials added in group order (dBm, dCm: overwritten) and batch order (dA, dD: +=).
+  const BackwardWorkspace ws(s, workspace);
+  cudaMemsetAsync(dBm, 0, std::size_t(BLN) * sizeof(float), stream);
+  cudaMemsetAsync(dCm, 0, std::size_t(BLN) * sizeof(float), stream);
+  column_sum(groups, BLN, ws.dBm, dBm, stream);
+  column_sum(groups, BLN, ws.dCm, dCm, stream);
+  column_sum(s.B, s.E * s.N, ws.dA, dA, stream);
+  if (dD) column_sum(s.B, s.E, ws.dD, dD, stream);
+}
+
+}  // namespace
+
 void selective_scan_forward(const ScanShape& s, const float* u, const float* delta, const float* A,
                             const float* Bm, const float* Cm, const float* D, const float* h0,
                             float* y, float* h_saved, float* h_last, cudaStream_t stream) {
-  if (!valid(s)) return;
-  const std::int64_t bytes = ForwardSmem::floats(s.N) * std::int64_t(sizeof(float));
-  allow_shared(selective_scan_forward_kernel, bytes);
-  const dim3 grid(unsigned(s.B), unsigned(n_groups(s.E)));
-  SSMTUNE_LAUNCH(selective_scan_forward_kernel, grid, dim3(kThreads), std::size_t(bytes), stream, s,
-                 u, delta, A, Bm, Cm, D, h0, y, h_saved, h_last);
+  launch_forward(s, u, delta, A, Bm, Cm, D, h0, y, h_saved, h_last, stream);
+}
+void selective_scan_forward(const ScanShape& s, const Bf16* u, const Bf16* delta, const float* A,
+                            const Bf16* Bm, const Bf16* Cm, const float* D, const float* h0,
+                            float* y, float* h_saved, float* h_last, cudaStream_t stream) {
+  launch_forward(s, u, delta, A, Bm, Cm, D, h0, y, h_saved, h_last, stream);
 }
 
 std::int64_t selective_scan_backward_workspace_floats(const ScanShape& s) {
@@ -552,21 +605,16 @@ void selective_scan_backward(const ScanShape& s, const float* u, const float* de
                              const float* dy, float* du, float* ddelta, float* dA, float* dBm,
                              float* dCm, float* dD, float* dh0, float* workspace,
                              cudaStream_t stream) {
-  if (!valid(s)) return;
-  const std::int64_t bytes = BackwardSmem::floats(s.N) * std::int64_t(sizeof(float));
-  allow_shared(selective_scan_backward_kernel, bytes);
-  const std::int64_t groups = n_groups(s.E), BLN = s.B * s.L * s.N;
-  const dim3 grid(unsigned(s.B), unsigned(groups));
-  SSMTUNE_LAUNCH(selective_scan_backward_kernel, grid, dim3(kThreads), std::size_t(bytes), stream,
-                 s, u, delta, A, Bm, Cm, D, h_saved, dy, du, ddelta, dh0, workspace);
-  // The partials added in group order (dBm, dCm: overwritten) and batch order (dA, dD: +=).
-  const BackwardWorkspace ws(s, workspace);
-  cudaMemsetAsync(dBm, 0, std::size_t(BLN) * sizeof(float), stream);
-  cudaMemsetAsync(dCm, 0, std::size_t(BLN) * sizeof(float), stream);
-  column_sum(groups, BLN, ws.dBm, dBm, stream);
-  column_sum(groups, BLN, ws.dCm, dCm, stream);
-  column_sum(s.B, s.E * s.N, ws.dA, dA, stream);
-  if (dD) column_sum(s.B, s.E, ws.dD, dD, stream);
+  launch_backward(s, u, delta, A, Bm, Cm, D, h_saved, dy, du, ddelta, dA, dBm, dCm, dD, dh0,
+                  workspace, stream);
+}
+void selective_scan_backward(const ScanShape& s, const Bf16* u, const Bf16* delta, const float* A,
+                             const Bf16* Bm, const Bf16* Cm, const float* D, const float* h_saved,
+                             const float* dy, float* du, float* ddelta, float* dA, float* dBm,
+                             float* dCm, float* dD, float* dh0, float* workspace,
+                             cudaStream_t stream) {
+  launch_backward(s, u, delta, A, Bm, Cm, D, h_saved, dy, du, ddelta, dA, dBm, dCm, dD, dh0,
+                  workspace, stream);
 }
 
 }  // namespace SSMTUNE_KERNEL_ABI

@@ -384,6 +384,63 @@ TEST_CASE("bf16 matmuls round both inputs to bf16 and accumulate in fp32",
   }
 }
 
+TEST_CASE("the selective scan takes bf16 inputs and computes as on their float values",
+          "[cuda-emu][backend][bf16][scan]") {
+  auto cpu = ssmtune::make_cpu_backend();
+  auto gpu = ssmtune::make_cuda_backend();
+  std::mt19937_64 rng(13);
+  const std::int64_t B = 2, L = 37, E = 40, N = 8;
+  // bf16 inputs and the float tensors holding exactly their values.
+  const auto bf16_pair = [&](const Shape& shape, double lo, double hi) {
+    const Tensor b16 = random_f32(shape, rng, lo, hi).to(DType::BF16);
+    return std::pair{b16, b16.to(DType::F32)};
+  };
+  const auto [u16, u] = bf16_pair({B, L, E}, -1, 1);
+  const auto [dt16, dt] = bf16_pair({B, L, E}, 0.001, 0.1);
+  const auto [B16, Bm] = bf16_pair({B, L, N}, -1, 1);
+  const auto [C16, Cm] = bf16_pair({B, L, N}, -1, 1);
+  const Tensor A = random_f32({E, N}, rng, -8, -1), Dv = random_f32({E}, rng, -1, 1);
+  const Tensor dy = random_f32({B, L, E}, rng, -1, 1);
+  struct Out {
+    Tensor y, hs, du, dd, dA, dB, dC, dD;
+  };
+  const auto run = [&](Backend& be, const Tensor& uu, const Tensor& dd, const Tensor& bb,
+                       const Tensor& cc) {
+    Out o{be.empty({B, L, E}, DType::F32), be.empty({B, 3, E, N}, DType::F32),
+          be.empty({B, L, E}, DType::F32), be.empty({B, L, E}, DType::F32),
+          be.zeros({E, N}, DType::F32),    be.empty({B, L, N}, DType::F32),
+          be.empty({B, L, N}, DType::F32), be.zeros({E}, DType::F32)};
+    const Backend::ScanInputs in{uu.clone(), dd.clone(), A.clone(), bb.clone(),
+                                 cc.clone(), Dv.clone(), Tensor(),  16};
+    Tensor h_last;
+    be.selective_scan_forward(in, o.y, o.hs, h_last);
+    Backend::ScanGrads g{o.du, o.dd, o.dA, o.dB, o.dC, o.dD, Tensor()};
+    be.selective_scan_backward(in, o.hs, dy.clone(), g);
+    return o;
+  };
+  const Out ref = run(*cpu, u, dt, Bm, Cm), f32 = run(*gpu, u, dt, Bm, Cm),
+            b16 = run(*gpu, u16, dt16, B16, C16);
+  const auto both = [&](const char* name, const Tensor& got, const Tensor& f, const Tensor& r) {
+    INFO(name);
+    require_close("bf16 inputs against float inputs of the same values", got.clone(), f.clone(),
+                  0, 0);  // the kernels widen bf16 as they stage it: the same floats, the same bits
+    require_close("against the CPU backend", got.clone(), r, 5e-5, 0);  // as the float scan
+  };
+  both("y", b16.y, f32.y, ref.y);
+  both("h_saved", b16.hs, f32.hs, ref.hs);
+  both("du", b16.du, f32.du, ref.du);
+  both("ddelta", b16.dd, f32.dd, ref.dd);
+  both("dA", b16.dA, f32.dA, ref.dA);
+  both("dBm", b16.dB, f32.dB, ref.dB);
+  both("dCm", b16.dC, f32.dC, ref.dC);
+  both("dD", b16.dD, f32.dD, ref.dD);
+  // Mixed input types are refused, naming the odd one out.
+  const Backend::ScanInputs mixed{u16, dt, A.clone(), B16, C16, Dv.clone(), Tensor(), 16};
+  Tensor y = gpu->empty({B, L, E}, DType::F32), hs = gpu->empty({B, 3, E, N}, DType::F32), hl;
+  CHECK_THROWS_WITH(gpu->selective_scan_forward(mixed, y, hs, hl),
+                    Catch::Contains("delta must be BF16 like u"));
+}
+
 TEST_CASE("tensors move to the GPU when an op uses them and back when host code reads them",
           "[cuda-emu][backend]") {
   auto gpu = ssmtune::make_cuda_backend();

@@ -11,6 +11,7 @@
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "backend/cuda/cuda_api.h"
 #include "backend/cuda/cuda_memory.h"
@@ -250,17 +251,25 @@ class CudaBackend final : public Backend {
     binary("ssm_A_backward", dA, A, dA_log, SSMTUNE_KERNEL_FN(ssm_A_backward));
   }
 
+  // u, delta, Bm, Cm: all F32, or all BF16 (the kernels widen them as they stage them).
   void selective_scan_forward(const ScanInputs& in, Tensor& y, Tensor& h_saved,
                               Tensor& h_last) override {
     Timer timer(*this, "scan_forward");
     const char* op = "selective_scan_forward";
     const cpu::ScanDims d = checks.scan(in);
     checks.scan_outputs(d, in, y, h_saved, h_last);
-    kernels::selective_scan_forward(shape_of(d), f32(in.u, op, "u"), f32(in.delta, op, "delta"),
-                                    f32(in.A, op, "A"), f32(in.Bm, op, "Bm"), f32(in.Cm, op, "Cm"),
-                                    f32_or_null(in.D, op, "D"), f32_or_null(in.h0, op, "h0"),
-                                    f32(y, op, "y"), f32(h_saved, op, "h_saved"),
-                                    f32_or_null(h_last, op, "h_last"), stream());
+    const auto run = [&](auto* input) {  // input: a null pointer of the input type
+      using P = decltype(input);
+      kernels::selective_scan_forward(
+          shape_of(d), scan_input<P>(in.u, op, "u"), scan_input<P>(in.delta, op, "delta"),
+          f32(in.A, op, "A"), scan_input<P>(in.Bm, op, "Bm"), scan_input<P>(in.Cm, op, "Cm"),
+          f32_or_null(in.D, op, "D"), f32_or_null(in.h0, op, "h0"), f32(y, op, "y"),
+          f32(h_saved, op, "h_saved"), f32_or_null(h_last, op, "h_last"), stream());
+    };
+    if (in.u.dtype() == DType::BF16)
+      run(static_cast<const kernels::Bf16*>(nullptr));
+    else
+      run(static_cast<const float*>(nullptr));
     launch_check(op);
   }
   void selective_scan_backward(const ScanInputs& in, const Tensor& h_saved, const Tensor& dy,
@@ -271,12 +280,20 @@ class CudaBackend final : public Backend {
     checks.scan_grads(d, in, h_saved, dy, g);
     const kernels::ScanShape s = shape_of(d);
     DeviceScratch ws(*memory_, floats(kernels::selective_scan_backward_workspace_floats(s)));
-    kernels::selective_scan_backward(
-        s, f32(in.u, op, "u"), f32(in.delta, op, "delta"), f32(in.A, op, "A"), f32(in.Bm, op, "Bm"),
-        f32(in.Cm, op, "Cm"), f32_or_null(in.D, op, "D"), f32(h_saved, op, "h_saved"),
-        f32(dy, op, "dy"), f32(g.du, op, "du"), f32(g.ddelta, op, "ddelta"), f32(g.dA, op, "dA"),
-        f32(g.dBm, op, "dBm"), f32(g.dCm, op, "dCm"), f32_or_null(g.dD, op, "dD"),
-        f32_or_null(g.dh0, op, "dh0"), ws.as<float>(), stream());
+    const auto run = [&](auto* input) {
+      using P = decltype(input);
+      kernels::selective_scan_backward(
+          s, scan_input<P>(in.u, op, "u"), scan_input<P>(in.delta, op, "delta"), f32(in.A, op, "A"),
+          scan_input<P>(in.Bm, op, "Bm"), scan_input<P>(in.Cm, op, "Cm"),
+          f32_or_null(in.D, op, "D"), f32(h_saved, op, "h_saved"), f32(dy, op, "dy"),
+          f32(g.du, op, "du"), f32(g.ddelta, op, "ddelta"), f32(g.dA, op, "dA"),
+          f32(g.dBm, op, "dBm"), f32(g.dCm, op, "dCm"), f32_or_null(g.dD, op, "dD"),
+          f32_or_null(g.dh0, op, "dh0"), ws.as<float>(), stream());
+    };
+    if (in.u.dtype() == DType::BF16)
+      run(static_cast<const kernels::Bf16*>(nullptr));
+    else
+      run(static_cast<const float*>(nullptr));
     launch_check(op);
   }
 
@@ -495,6 +512,17 @@ class CudaBackend final : public Backend {
   }
   float* f32_or_null(const Tensor& t, const char* op, const char* name) {
     return t.defined() ? f32(t, op, name) : nullptr;
+  }
+  // A scan input as P (const float* or const kernels::Bf16*): its dtype must be P's.
+  template <class P>
+  P scan_input(const Tensor& t, const char* op, const char* name) {
+    if constexpr (std::is_same_v<P, const float*>) {
+      return f32(t, op, name);
+    } else {
+      checks.require(t.defined() && t.dtype() == DType::BF16, op,
+                     std::string(name) + " must be BF16 like u (u, delta, Bm, Cm share a type)");
+      return static_cast<P>(t.device_raw(memory_));
+    }
   }
   static kernels::ScanShape shape_of(const cpu::ScanDims& d) {
     return {d.batch, d.seqlen, d.d_inner, d.d_state, d.chunk};
