@@ -7,23 +7,20 @@
 // tiled through shared memory.
 #include "column_sum.cuh"
 #include "conv1d.cuh"
+#include "grid_stride.cuh"
 #include "launch.cuh"
 
 namespace ssmtune::kernels {
 inline namespace SSMTUNE_KERNEL_ABI {
 
 namespace {
-constexpr int kThreads = 256;
-constexpr int kMaxBlocks = 4096;
+constexpr int kThreads = kGridStrideThreads;
 
 std::int64_t dw_chunks(std::int64_t rows) {
   return (rows + kConv1dDwChunkRows - 1) / kConv1dDwChunkRows;
 }
 
-dim3 grid_for(std::int64_t n) {
-  const std::int64_t blocks = (n + kThreads - 1) / kThreads;
-  return dim3(unsigned(blocks < kMaxBlocks ? blocks : kMaxBlocks));
-}
+dim3 grid_for(std::int64_t n) { return grid_stride_blocks(n); }
 }  // namespace
 
 // Twin of cpu::conv1d_forward (+ cpu::silu_forward when u is given).
@@ -32,8 +29,7 @@ __global__ void conv1d_forward_kernel(std::int64_t B, std::int64_t L, std::int64
                                       const float* __restrict__ bias, float* __restrict__ c,
                                       float* __restrict__ u) {
   const std::int64_t n = B * L * E;
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += std::int64_t(blockDim.x) * gridDim.x) {
+  SSMTUNE_GRID_STRIDE(i, n) {
     const std::int64_t e = i % E, t = (i / E) % L;
     // The twin's order: the bias first, then the taps k = 0 .. K-1.
     float acc = bias ? bias[e] : 0.0f;
@@ -51,8 +47,7 @@ __global__ void conv1d_backward_dx_kernel(std::int64_t B, std::int64_t L, std::i
                                           const float* __restrict__ dc, const float* __restrict__ w,
                                           float* __restrict__ dx) {
   const std::int64_t n = B * L * E;
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += std::int64_t(blockDim.x) * gridDim.x) {
+  SSMTUNE_GRID_STRIDE(i, n) {
     const std::int64_t e = i % E, t = (i / E) % L;
     float acc = 0.0f;
     for (int k = 0; k < K; ++k) {
@@ -81,14 +76,14 @@ __global__ void conv1d_dw_partial_kernel(std::int64_t B, std::int64_t L, std::in
     db += g;
     // Unrolled to the fixed bound with k < K tested inside, so dw[] is indexed by constants
     // and stays in registers (a loop to K would put it in local memory).
-SSMTUNE_UNROLL
+    SSMTUNE_UNROLL
     for (int k = 0; k < kConv1dMaxWidth; ++k) {
       const std::int64_t src = t - (K - 1) + k;
       if (k < K && src >= 0) dw[k] += g * x[(r + src - t) * E + e];
     }
   }
   float* out_dw = partial + chunk * E * K;
-SSMTUNE_UNROLL
+  SSMTUNE_UNROLL
   for (int k = 0; k < kConv1dMaxWidth; ++k)
     if (k < K) out_dw[e * K + k] = dw[k];
   partial[gridDim.x * E * K + chunk * E + e] = db;

@@ -2,13 +2,14 @@
 // the CPU twins in lib/backend/cpu/elementwise_cpu.cpp written the same way. expf, not the
 // approximate __expf: these are memory-bound, so the exact exp costs nothing measurable.
 #include "elementwise.cuh"
+#include "grid_stride.cuh"
 #include "launch.cuh"
 
 namespace ssmtune::kernels {
 inline namespace SSMTUNE_KERNEL_ABI {
 
 namespace {
-constexpr int kThreads = 256;
+constexpr int kThreads = kGridStrideThreads;
 constexpr float kSoftplusThreshold = 20.0f;
 
 __device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
@@ -18,15 +19,8 @@ __device__ __forceinline__ float silu_grad(float v) {
   return s * (1.0f + v * (1.0f - s));
 }
 
-dim3 grid_for(std::int64_t n, int max_blocks) {
-  const std::int64_t blocks = (n + kThreads - 1) / kThreads;
-  return dim3(unsigned(blocks < max_blocks ? blocks : (max_blocks > 0 ? max_blocks : 1)));
-}
+dim3 grid_for(std::int64_t n, int max_blocks) { return grid_stride_blocks(n, max_blocks); }
 }  // namespace
-
-#define SSMTUNE_GRID_STRIDE(i, n)                                                     \
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
-       i += std::int64_t(blockDim.x) * gridDim.x)
 
 // Twin of cpu::silu_forward.
 __global__ void silu_forward_kernel(std::int64_t n, const float* __restrict__ x,

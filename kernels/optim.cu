@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "block_reduce.cuh"
+#include "grid_stride.cuh"
 #include "launch.cuh"
 #include "optim.cuh"
 
@@ -14,8 +15,6 @@ namespace ssmtune::kernels {
 inline namespace SSMTUNE_KERNEL_ABI {
 
 namespace {
-constexpr int kAdamWThreads = 256;
-constexpr std::int64_t kAdamWMaxBlocks = 4096;
 // cpu::sum_squares' block: a constant, not derived from the GPU, so the order of the double
 // additions (hence the bits) does not change with the device.
 constexpr std::int64_t kSquaresBlock = 8192;
@@ -30,8 +29,7 @@ std::int64_t square_blocks(std::int64_t n) { return (n + kSquaresBlock - 1) / kS
 __global__ void adamw_update_kernel(std::int64_t n, float* __restrict__ param,
                                     const float* __restrict__ grad, float* __restrict__ m,
                                     float* __restrict__ v, AdamWScalars s) {
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += std::int64_t(blockDim.x) * gridDim.x) {
+  SSMTUNE_GRID_STRIDE(i, n) {
     const float g = grad[i];
     float p = param[i] * s.decay;
     const float mi = m[i] + s.w1 * (g - m[i]);  // lerp(m, g, 1 - beta1), as torch
@@ -88,10 +86,8 @@ AdamWScalars adamw_scalars(double lr, double beta1, double beta2, double eps, do
 void adamw_update(std::int64_t n, float* param, const float* grad, float* m, float* v,
                   const AdamWScalars& s, cudaStream_t stream) {
   if (n <= 0) return;
-  const std::int64_t blocks = (n + kAdamWThreads - 1) / kAdamWThreads;
-  const dim3 grid(unsigned(blocks < kAdamWMaxBlocks ? blocks : kAdamWMaxBlocks));
-  SSMTUNE_LAUNCH(adamw_update_kernel, grid, dim3(kAdamWThreads), 0, stream, n, param, grad, m, v,
-                 s);
+  SSMTUNE_LAUNCH(adamw_update_kernel, grid_stride_blocks(n), dim3(kGridStrideThreads), 0, stream, n,
+                 param, grad, m, v, s);
 }
 
 std::int64_t sum_squares_workspace_bytes(std::int64_t n) {

@@ -3,6 +3,7 @@
 // bits on every run); the twins add in column order, so results differ only by double
 // rounding. The others: grid-stride loops of the twins' float expressions.
 #include "block_reduce.cuh"
+#include "grid_stride.cuh"
 #include "launch.cuh"
 #include "row_ops.cuh"
 
@@ -10,13 +11,8 @@ namespace ssmtune::kernels {
 inline namespace SSMTUNE_KERNEL_ABI {
 
 namespace {
-constexpr int kThreads = 256;
-constexpr int kMaxBlocks = 4096;
-
-dim3 grid_for(std::int64_t n) {
-  const std::int64_t blocks = (n + kThreads - 1) / kThreads;
-  return dim3(unsigned(blocks < 1 ? 1 : (blocks < kMaxBlocks ? blocks : kMaxBlocks)));
-}
+constexpr int kThreads = kGridStrideThreads;  // also the row kernels' block
+dim3 grid_for(std::int64_t n) { return grid_stride_blocks(n); }
 
 // sum_j a[row, j] b[row, j] in double over the block's threads; b null: a^2.
 __device__ __forceinline__ double row_dot(std::int64_t row, std::int64_t cols, const float* a,
@@ -50,16 +46,12 @@ __global__ void row_dots_div_add_kernel(std::int64_t cols, const float* __restri
 __global__ void scale_rows_kernel(std::int64_t rows, std::int64_t cols, const float* __restrict__ f,
                                   const float* __restrict__ a, const float* __restrict__ sub,
                                   float* __restrict__ out) {
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * cols;
-       i += std::int64_t(blockDim.x) * gridDim.x)
-    out[i] = f[i / cols] * a[i] - (sub ? sub[i] : 0.0f);
+  SSMTUNE_GRID_STRIDE(i, rows * cols) out[i] = f[i / cols] * a[i] - (sub ? sub[i] : 0.0f);
 }
 
 __global__ void div_kernel(std::int64_t n, const float* __restrict__ a, const float* __restrict__ b,
                            float* __restrict__ out) {
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += std::int64_t(blockDim.x) * gridDim.x)
-    out[i] = a[i] / b[i];
+  SSMTUNE_GRID_STRIDE(i, n) out[i] = a[i] / b[i];
 }
 
 void row_norms(std::int64_t rows, std::int64_t cols, const float* a, float* norm,

@@ -2,6 +2,7 @@
 // of its CPU twin in cpu_backend.cpp. bias_backward is conv1d's deterministic dbias scheme:
 // fixed 64-row chunks summed in order, then the chunks in order (column_sum).
 #include "column_sum.cuh"
+#include "grid_stride.cuh"
 #include "launch.cuh"
 #include "tensor_ops.cuh"
 
@@ -9,18 +10,9 @@ namespace ssmtune::kernels {
 inline namespace SSMTUNE_KERNEL_ABI {
 
 namespace {
-constexpr int kThreads = 256;
-constexpr int kMaxBlocks = 4096;
-
-dim3 grid_for(std::int64_t n) {
-  const std::int64_t blocks = (n + kThreads - 1) / kThreads;
-  return dim3(unsigned(blocks < 1 ? 1 : (blocks < kMaxBlocks ? blocks : kMaxBlocks)));
-}
+constexpr int kThreads = kGridStrideThreads;
+dim3 grid_for(std::int64_t n) { return grid_stride_blocks(n); }
 }  // namespace
-
-#define SSMTUNE_GRID_STRIDE(i, n)                                                     \
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
-       i += std::int64_t(blockDim.x) * gridDim.x)
 
 __global__ void add_kernel(std::int64_t n, const float* __restrict__ x, float* __restrict__ y) {
   SSMTUNE_GRID_STRIDE(i, n) y[i] += x[i];

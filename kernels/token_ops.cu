@@ -4,6 +4,7 @@
 // order. Cross-entropy: one block per row; the block max, then the block sum of exp in double;
 // the forward's per-row losses go to a workspace that one warp then adds in row order.
 #include "block_reduce.cuh"
+#include "grid_stride.cuh"
 #include "launch.cuh"
 #include "token_ops.cuh"
 
@@ -11,18 +12,11 @@ namespace ssmtune::kernels {
 inline namespace SSMTUNE_KERNEL_ABI {
 
 namespace {
-constexpr int kCopyThreads = 256;
-constexpr std::int64_t kMaxCopyBlocks = 4096;
 // Embedding backward: 64 columns a block, so even d_model = 768 spreads over 12 SMs.
 constexpr int kColumnThreads = 64;
 // Cross-entropy rows: at least 8 logits a thread, at most 1024 threads (V = 50280: 1024).
 constexpr std::int64_t kLogitsPerThread = 8;
 constexpr int kMaxWarps = 32;
-
-dim3 copy_grid(std::int64_t n) {
-  const std::int64_t blocks = (n + kCopyThreads - 1) / kCopyThreads;
-  return dim3(unsigned(blocks < kMaxCopyBlocks ? blocks : kMaxCopyBlocks));
-}
 
 int row_threads(std::int64_t V) {
   const std::int64_t warps = (V + 32 * kLogitsPerThread - 1) / (32 * kLogitsPerThread);
@@ -51,8 +45,7 @@ __device__ __forceinline__ double row_log_sum_exp(std::int64_t V, const float* x
 __global__ void embedding_forward_kernel(std::int64_t n, std::int64_t D,
                                          const std::int64_t* __restrict__ ids,
                                          const float* __restrict__ table, float* __restrict__ out) {
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n * D;
-       i += std::int64_t(blockDim.x) * gridDim.x) {
+  SSMTUNE_GRID_STRIDE(i, n * D) {
     const std::int64_t t = i / D, j = i - t * D;
     out[i] = table[ids[t] * D + j];
   }
@@ -136,8 +129,8 @@ __global__ void cross_entropy_backward_kernel(std::int64_t V, const float* logit
 void embedding_forward(std::int64_t n, std::int64_t D, const std::int64_t* ids, const float* table,
                        float* out, cudaStream_t stream) {
   if (n <= 0 || D <= 0) return;
-  SSMTUNE_LAUNCH(embedding_forward_kernel, copy_grid(n * D), dim3(kCopyThreads), 0, stream, n, D,
-                 ids, table, out);
+  SSMTUNE_LAUNCH(embedding_forward_kernel, grid_stride_blocks(n * D), dim3(kGridStrideThreads), 0,
+                 stream, n, D, ids, table, out);
 }
 
 void embedding_backward(std::int64_t n, std::int64_t D, const std::int64_t* ids, const float* dout,

@@ -23,12 +23,8 @@ namespace {
 
 std::vector<double> losses(const fs::path& run) {
   std::vector<double> out;
-  std::ifstream in(run / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const json j = json::parse(line);
+  for (const json& j : ssmtune::test::metrics_lines(run))
     if (j.contains("loss")) out.push_back(j["loss"].get<double>());
-  }
   return out;
 }
 

@@ -19,17 +19,10 @@
 namespace fs = std::filesystem;
 using nlohmann::json;
 using ssmtune::test::Experiment;
+using ssmtune::test::metrics_lines;
 using ssmtune::test::read_file;
 
 namespace {
-
-std::vector<json> metrics(const fs::path& run) {
-  std::vector<json> out;
-  std::ifstream in(run / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) out.push_back(json::parse(line));
-  return out;
-}
 
 ssmtune::TrainResult train_on(const Experiment& e, const std::string& run, bool cuda) {
   const ssmtune::ExperimentConfig cfg = ssmtune::load_experiment_config(
@@ -45,7 +38,7 @@ ssmtune::TrainResult train_on(const Experiment& e, const std::string& run, bool 
 // by lr-sized steps normalised by sqrt(v), where the relative differences of the gradients
 // reappear: 1e-3 of the largest entry of each tensor.
 void require_same_run(const Experiment& e, const std::vector<std::string>& adapter_files) {
-  const std::vector<json> cpu = metrics(e.dir / "cpu"), gpu = metrics(e.dir / "cuda");
+  const std::vector<json> cpu = metrics_lines(e.dir / "cpu"), gpu = metrics_lines(e.dir / "cuda");
   REQUIRE(cpu.size() == gpu.size());
   REQUIRE(cpu.size() >= 6);
   for (std::size_t i = 0; i < cpu.size(); ++i) {
@@ -131,7 +124,7 @@ TEST_CASE("LoRA trains with bf16 matmuls on the emulated CUDA backend close to f
   ssmtune::TrainOptions opts;
   opts.make_backend = [] { return ssmtune::make_cuda_backend(0, ssmtune::CudaOptions{true}); };
   ssmtune::train(bf16, opts);
-  const std::vector<json> cpu = metrics(e.dir / "cpu"), gpu = metrics(e.dir / "cuda");
+  const std::vector<json> cpu = metrics_lines(e.dir / "cpu"), gpu = metrics_lines(e.dir / "cuda");
   REQUIRE(cpu.size() == gpu.size());
   // bf16 inputs move every product by ~4e-3 relative (cuda_emu_backend_test.cpp); the loss, an
   // average over tokens of log-probabilities, moves far less: 1e-2 bounds it with room, and a

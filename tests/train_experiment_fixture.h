@@ -23,13 +23,19 @@ inline std::string read_file(const std::filesystem::path& p) {
   return ss.str();
 }
 
+// Every line of a run's metrics.jsonl, parsed.
+inline std::vector<nlohmann::json> metrics_lines(const std::filesystem::path& run) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
 // The numbers of metrics.jsonl that must not depend on interruptions (not timings).
 inline std::vector<std::string> trajectory(const std::filesystem::path& run) {
   std::vector<std::string> out;
-  std::ifstream in(run / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    nlohmann::json j = nlohmann::json::parse(line);
+  for (nlohmann::json j : metrics_lines(run)) {
     for (const char* k : {"tokens_per_s", "step_s", "elapsed_s"}) j.erase(k);
     out.push_back(j.dump());
   }

@@ -266,10 +266,7 @@ class CudaBackend final : public Backend {
           f32_or_null(in.D, op, "D"), f32_or_null(in.h0, op, "h0"), f32(y, op, "y"),
           f32(h_saved, op, "h_saved"), f32_or_null(h_last, op, "h_last"), stream());
     };
-    if (in.u.dtype() == DType::BF16)
-      run(static_cast<const kernels::Bf16*>(nullptr));
-    else
-      run(static_cast<const float*>(nullptr));
+    with_scan_input_type(in, run);
     launch_check(op);
   }
   void selective_scan_backward(const ScanInputs& in, const Tensor& h_saved, const Tensor& dy,
@@ -290,10 +287,7 @@ class CudaBackend final : public Backend {
           f32(g.dBm, op, "dBm"), f32(g.dCm, op, "dCm"), f32_or_null(g.dD, op, "dD"),
           f32_or_null(g.dh0, op, "dh0"), ws.as<float>(), stream());
     };
-    if (in.u.dtype() == DType::BF16)
-      run(static_cast<const kernels::Bf16*>(nullptr));
-    else
-      run(static_cast<const float*>(nullptr));
+    with_scan_input_type(in, run);
     launch_check(op);
   }
 
@@ -512,6 +506,14 @@ class CudaBackend final : public Backend {
   }
   float* f32_or_null(const Tensor& t, const char* op, const char* name) {
     return t.defined() ? f32(t, op, name) : nullptr;
+  }
+  // run(P{}) with P the pointer type of the scan's inputs, set by u's dtype.
+  template <class F>
+  static void with_scan_input_type(const ScanInputs& in, F&& run) {
+    if (in.u.dtype() == DType::BF16)
+      run(static_cast<const kernels::Bf16*>(nullptr));
+    else
+      run(static_cast<const float*>(nullptr));
   }
   // A scan input as P (const float* or const kernels::Bf16*): its dtype must be P's.
   template <class P>
