@@ -6,7 +6,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "decoder_check.h"
-#include "model/mamba_lm.h"
+#include "model/causal_lm.h"
 #include "test_compare.h"
 #include "tiny_model.h"
 
@@ -14,13 +14,13 @@ TEST_CASE("the emulated CUDA backend decodes as its full forward, which matches 
           "[cuda-emu][generate]") {
   ssmtune::test::TinyModel m(ssmtune::DType::F32);
   const ssmtune::Tensor ids = m.ids.rows(0, 1);  // one sequence (1, 9)
-  ssmtune::MambaLM cpu_lm(m.cfg, m.w, *m.be);
+  ssmtune::CausalLM cpu_lm(m.cfg, m.w, *m.be);
   cpu_lm.forward(ids);
   const ssmtune::Tensor cpu_logits = cpu_lm.logits().clone();
 
-  const ssmtune::MambaWeights w = m.w;  // the same storages: they move to the emulated GPU
+  const ssmtune::ModelWeights w = m.w;  // the same storages: they move to the emulated GPU
   auto gpu = ssmtune::make_cuda_backend();
-  ssmtune::MambaLM gpu_lm(m.cfg, w, *gpu);
+  ssmtune::CausalLM gpu_lm(m.cfg, w, *gpu);
   gpu_lm.forward(ids);
   REQUIRE(gpu_lm.logits().device() == ssmtune::Device::CUDA);
   // float32 both, sums in other orders (cuBLAS, block reductions, the parallel scan): 1e-5.

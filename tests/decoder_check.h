@@ -4,7 +4,7 @@
 
 #include <vector>
 
-#include "infer/mamba_decoder.h"
+#include "infer/decoder.h"
 #include "test_compare.h"
 
 namespace ssmtune::testing {
@@ -13,12 +13,12 @@ namespace ssmtune::testing {
 // in blocks of 3 and 1 (so state crosses a block boundary), then steps one token at a time;
 // each position's logits must match. Float32 tolerances as the decoder's own parity tests: the
 // same ops, in blocks of another length.
-inline void require_decoder_matches_forward(const MambaConfig& cfg, const MambaWeights& w,
+inline void require_decoder_matches_forward(const ModelConfig& cfg, const ModelWeights& w,
                                             Backend& be, const Tensor& ids, const Tensor& logits,
                                             LinearHook* hook, ScanHook* scan_hook,
                                             InputHook* input_hook = nullptr) {
   const std::int64_t L = ids.dim(1), V = cfg.vocab_size;
-  MambaDecoder dec(cfg, w, be, /*prefill_block=*/3);
+  Decoder dec(cfg, w, be, /*prefill_block=*/3);
   dec.set_hook(hook);
   dec.set_scan_hook(scan_hook);
   dec.set_input_hook(input_hook);

@@ -1,5 +1,5 @@
 // Recurrent decoding, sampling and generation (lib/infer). The decoder is checked against the
-// full-sequence MambaLM forward on the fixture models that data_scripts/make_fixtures.py made
+// full-sequence CausalLM forward on the fixture models that data_scripts/make_fixtures.py made
 // (tests/fixtures/mamba-*); text handling uses a fake one-byte-per-id tokenizer.
 #include <catch2/catch.hpp>
 
@@ -13,12 +13,12 @@
 #include "core/rng.h"
 #include "data/tokenizer.h"
 #include "infer/generate.h"
-#include "infer/mamba_decoder.h"
+#include "infer/decoder.h"
 #include "infer/sampling.h"
 #include "infer/text_stream.h"
-#include "model/mamba_config.h"
-#include "model/mamba_lm.h"
-#include "model/mamba_weights.h"
+#include "model/model_config.h"
+#include "model/causal_lm.h"
+#include "model/model_weights.h"
 
 using namespace ssmtune;
 namespace fs = std::filesystem;
@@ -85,23 +85,23 @@ std::string fixture(const std::string& model) {
 }
 
 struct Model {
-  MambaConfig cfg;
-  MambaWeights w;
+  ModelConfig cfg;
+  ModelWeights w;
   std::unique_ptr<Backend> be = make_cpu_backend();
 };
 
 std::unique_ptr<Model> load_model(const std::string& name, DType dtype = DType::F32) {
   auto m = std::make_unique<Model>();
-  m->cfg = load_mamba_config(fixture(name));
-  m->w = load_mamba_weights(fixture(name), m->cfg, dtype);
+  m->cfg = load_model_config(fixture(name));
+  m->w = load_model_weights(fixture(name), m->cfg, dtype);
   return m;
 }
 
-// Full-sequence logits (L, V) of `ids` from MambaLM, the reference for the decoder.
+// Full-sequence logits (L, V) of `ids` from CausalLM, the reference for the decoder.
 Tensor full_forward(Model& m, const std::vector<std::int64_t>& ids) {
   Tensor t = Tensor::empty({1, std::int64_t(ids.size())}, DType::I64);
   std::copy(ids.begin(), ids.end(), t.data<std::int64_t>());
-  MambaLM lm(m.cfg, m.w, *m.be);
+  CausalLM lm(m.cfg, m.w, *m.be);
   lm.forward(t);
   return lm.logits().reshape({std::int64_t(ids.size()), m.cfg.vocab_size}).to(DType::F64);
 }
@@ -156,7 +156,7 @@ struct Pieces {
 
 TEST_CASE("decoder logits equal the full forward at every position, prefilled or stepped",
           "[generate]") {
-  // float32 throughout; the decoder and MambaLM run the same backend ops, but one-row products
+  // float32 throughout; the decoder and CausalLM run the same backend ops, but one-row products
   // and blocked prefills sum in other orders than the full-sequence ones: a few ulps per op,
   // like the float32 parity tests (1e-5 of the largest logit).
   const double rtol = 1e-5, atol = 1e-6;
@@ -169,7 +169,7 @@ TEST_CASE("decoder logits equal the full forward at every position, prefilled or
       const auto ref_row = [&](std::int64_t t) { return ref.rows(t, t + 1); };
 
       for (std::int64_t block : {256, 3, 1}) {
-        MambaDecoder dec(m->cfg, m->w, *m->be, block);
+        Decoder dec(m->cfg, m->w, *m->be, block);
         for (std::int64_t t = 1; t <= L; ++t) {
           dec.reset();
           const Tensor& logits = dec.prefill({ids.begin(), ids.begin() + t});
@@ -181,12 +181,12 @@ TEST_CASE("decoder logits equal the full forward at every position, prefilled or
         }
       }
 
-      MambaDecoder dec(m->cfg, m->w, *m->be);
+      Decoder dec(m->cfg, m->w, *m->be);
       for (std::int64_t t = 0; t < L; ++t)
         require_close("step " + std::to_string(t), dec.step(ids[t]), ref_row(t), rtol, atol);
 
       // Part prefilled (in two calls: the second continues from the first's state), then steps.
-      MambaDecoder mixed(m->cfg, m->w, *m->be, 4);
+      Decoder mixed(m->cfg, m->w, *m->be, 4);
       mixed.prefill({ids.begin(), ids.begin() + 5});
       require_close("second prefill", mixed.prefill({ids.begin() + 5, ids.begin() + 14}),
                     ref_row(13), rtol, atol);
@@ -209,7 +209,7 @@ TEST_CASE("decoder in float64 matches the float64 full forward to rounding", "[g
   auto m = load_model("mamba-odd", DType::F64);
   const std::vector<std::int64_t> ids = random_ids(17, m->cfg.vocab_size, 3);
   const Tensor ref = full_forward(*m, ids);
-  MambaDecoder dec(m->cfg, m->w, *m->be, 5);
+  Decoder dec(m->cfg, m->w, *m->be, 5);
   // float64: only summation order differs, ~1e-16 relative per op.
   require_close("prefill", dec.prefill({ids.begin(), ids.begin() + 11}), ref.rows(10, 11), 1e-12,
                 1e-13);
@@ -219,13 +219,13 @@ TEST_CASE("decoder in float64 matches the float64 full forward to rounding", "[g
 
 TEST_CASE("decoder rejects bad token ids and empty prefills", "[generate]") {
   auto m = load_model("mamba-tiny");
-  MambaDecoder dec(m->cfg, m->w, *m->be);
+  Decoder dec(m->cfg, m->w, *m->be);
   REQUIRE_THROWS_AS(dec.step(-1), Error);
   REQUIRE_THROWS_AS(dec.step(m->cfg.vocab_size), Error);
   REQUIRE_THROWS_AS(dec.prefill({}), UsageError);
   REQUIRE_THROWS_AS(dec.prefill({1, 2, m->cfg.vocab_size}), Error);
   REQUIRE(dec.n_tokens() == 0);  // nothing fed by the failed calls
-  REQUIRE_THROWS_AS(MambaDecoder(m->cfg, m->w, *m->be, 0), UsageError);
+  REQUIRE_THROWS_AS(Decoder(m->cfg, m->w, *m->be, 0), UsageError);
 }
 
 TEST_CASE("greedy generation equals the argmax of the full forward over prompt + output",
@@ -237,7 +237,7 @@ TEST_CASE("greedy generation equals the argmax of the full forward over prompt +
       const std::string prompt = " !#$";  // ids 32..36, inside both fixture vocabularies
       SamplingOptions opts;
       opts.max_new_tokens = 16;
-      MambaDecoder dec(m->cfg, m->w, *m->be);
+      Decoder dec(m->cfg, m->w, *m->be);
       const GenerationResult r = generate(dec, tok, prompt, opts);
       REQUIRE(r.stop_reason == "length");
       REQUIRE(r.n_prompt_tokens == 4);
@@ -256,7 +256,7 @@ TEST_CASE("greedy generation equals the argmax of the full forward over prompt +
 
 TEST_CASE("generation stops at EOS and at stop strings, streaming only final text", "[generate]") {
   auto m = load_model("mamba-tiny");
-  MambaDecoder dec(m->cfg, m->w, *m->be);
+  Decoder dec(m->cfg, m->w, *m->be);
   SamplingOptions opts;
   opts.max_new_tokens = 16;
   const GenerationResult full = generate(dec, ByteTokenizer(), "0123", opts);
@@ -300,7 +300,7 @@ TEST_CASE("generation stops at EOS and at stop strings, streaming only final tex
 TEST_CASE("sampled generation: top_k 1 and tiny top_p are greedy, the seed decides the rest",
           "[generate]") {
   auto m = load_model("mamba-tiny");
-  MambaDecoder dec(m->cfg, m->w, *m->be);
+  Decoder dec(m->cfg, m->w, *m->be);
   const ByteTokenizer tok;
   SamplingOptions opts;
   opts.max_new_tokens = 24;
@@ -329,7 +329,7 @@ TEST_CASE("sampled generation: top_k 1 and tiny top_p are greedy, the seed decid
 TEST_CASE("generation samples only ids the tokenizer knows", "[generate]") {
   // The fixture's 64 logits against a 40-token tokenizer: as a checkpoint's padded vocabulary.
   auto m = load_model("mamba-tiny");
-  MambaDecoder dec(m->cfg, m->w, *m->be);
+  Decoder dec(m->cfg, m->w, *m->be);
   const ByteTokenizer tok(std::nullopt, false, 40);
   SamplingOptions opts;
   opts.max_new_tokens = 12;

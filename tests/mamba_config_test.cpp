@@ -1,6 +1,6 @@
 // config.json for Mamba-1: HF names, mamba_ssm aliases and original configs, defaults, and
 // the errors for missing, mistyped and out-of-range fields (MODELS.md A.1, A.6).
-#include "model/mamba_config.h"
+#include "model/model_config.h"
 
 #include <catch2/catch.hpp>
 
@@ -20,7 +20,7 @@ json minimal() {
       {"model_type", "mamba"}, {"vocab_size", 64}, {"hidden_size", 16}, {"num_hidden_layers", 2}};
 }
 
-MambaConfig parse(const json& j) { return parse_mamba_config(j, "m/config.json"); }
+ModelConfig parse(const json& j) { return parse_model_config(j, "m/config.json"); }
 
 void require_config_error(const json& j, std::initializer_list<std::string> fragments) {
   require_error([&] { parse(j); }, fragments);
@@ -39,7 +39,7 @@ json without(json j, const std::string& key) {
 }  // namespace
 
 TEST_CASE("a minimal HF Mamba config gets transformers' defaults", "[model][config]") {
-  const MambaConfig c = parse(minimal());
+  const ModelConfig c = parse(minimal());
   CHECK(c.vocab_size == 64);
   CHECK(c.d_model == 16);
   CHECK(c.n_layer == 2);
@@ -68,7 +68,7 @@ TEST_CASE("mamba-130m-hf's config.json parses to its published sizes", "[model][
     "time_step_min": 0.001, "time_step_rank": 48, "time_step_scale": 1.0, "torch_dtype": "float32",
     "transformers_version": "4.39.0.dev0", "use_bias": false, "use_cache": true,
     "use_conv_bias": true, "vocab_size": 50280})");
-  const MambaConfig c = parse(j);
+  const ModelConfig c = parse(j);
   CHECK(c.d_model == 768);
   CHECK(c.n_layer == 24);
   CHECK(c.d_inner == 1536);
@@ -91,7 +91,7 @@ TEST_CASE("time_step_rank \"auto\" is ceil(hidden_size / 16)", "[model][config]"
 TEST_CASE("legacy aliases stand in for HF names and must agree with them", "[model][config]") {
   json j = {{"model_type", "mamba"}, {"vocab_size", 10}, {"d_model", 32}, {"n_layer", 3},
             {"d_state", 4},          {"d_conv", 2},      {"d_inner", 48}, {"dt_rank", 5}};
-  const MambaConfig c = parse(j);
+  const ModelConfig c = parse(j);
   CHECK(c.d_model == 32);
   CHECK(c.n_layer == 3);
   CHECK(c.d_state == 4);
@@ -116,7 +116,7 @@ TEST_CASE("an original mamba_ssm config pads the vocab and reads ssm_cfg", "[mod
   json j = json::parse(R"({"d_model": 768, "n_layer": 24, "vocab_size": 50277, "ssm_cfg": {},
       "rms_norm": true, "residual_in_fp32": true, "fused_add_norm": true,
       "pad_vocab_size_multiple": 8})");
-  MambaConfig c = parse(j);
+  ModelConfig c = parse(j);
   CHECK(c.vocab_size == 50280);
   CHECK(c.d_model == 768);
   CHECK(c.d_inner == 1536);
@@ -219,31 +219,31 @@ TEST_CASE("out-of-range sizes are errors before anything is allocated", "[model]
   CHECK(parse(with(minimal(), "pad_token_id", nullptr)).pad_token_id == -1);
 }
 
-TEST_CASE("mamba_config_to_json round-trips through parse", "[model][config]") {
-  MambaConfig c = parse(with(with(minimal(), "expand", 1.5), "intermediate_size", 30));
+TEST_CASE("model_config_to_json round-trips through parse", "[model][config]") {
+  ModelConfig c = parse(with(with(minimal(), "expand", 1.5), "intermediate_size", 30));
   c.use_bias = true;
   c.tie_word_embeddings = false;
   c.layer_norm_epsilon = 1e-6;
   c.pad_token_id = -1;
-  const json j = mamba_config_to_json(c);
+  const json j = model_config_to_json(c);
   CHECK(j["model_type"] == "mamba");
   CHECK(j["intermediate_size"] == 30);
   CHECK(j["pad_token_id"].is_null());
-  const MambaConfig back = parse(j);
-  CHECK(mamba_config_to_json(back) == j);
+  const ModelConfig back = parse(j);
+  CHECK(model_config_to_json(back) == j);
   CHECK(
-      mamba_config_to_json(parse(minimal()))["expand"].is_number_integer());  // 2, as HF writes it
+      model_config_to_json(parse(minimal()))["expand"].is_number_integer());  // 2, as HF writes it
 }
 
-TEST_CASE("load_mamba_config reads model_dir/config.json and names it in errors",
+TEST_CASE("load_model_config reads model_dir/config.json and names it in errors",
           "[model][config]") {
   TempDir dir;
-  require_error([&] { load_mamba_config(dir.path().string()); }, {"config.json: cannot open"});
+  require_error([&] { load_model_config(dir.path().string()); }, {"config.json: cannot open"});
   write_bytes(dir / "config.json", R"({"model_type": "mamba", "vocab_size": 8, "hidden_size": 4, )"
                                    R"("num_hidden_layers": 1, "state_size": "4"})");
-  require_error([&] { load_mamba_config(dir.path().string()); },
+  require_error([&] { load_model_config(dir.path().string()); },
                 {(dir / "config.json").string() +
                  ": field \"state_size\": expected a positive integer, got string \"4\""});
   write_bytes(dir / "config.json", R"({"vocab_size": 8, "vocab_size": 9})");
-  require_error([&] { load_mamba_config(dir.path().string()); }, {"duplicate key \"vocab_size\""});
+  require_error([&] { load_model_config(dir.path().string()); }, {"duplicate key \"vocab_size\""});
 }

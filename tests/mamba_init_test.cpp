@@ -21,7 +21,7 @@
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "io_test_util.h"
-#include "model/mamba_lm.h"
+#include "model/causal_lm.h"
 
 using namespace ssmtune;
 using ssmtune::test::read_bytes;
@@ -34,8 +34,8 @@ namespace {
 
 // Large enough inner size for statistics (E = 4096 samples per (E)-vector), small elsewhere so
 // the whole model stays ~0.4 M parameters.
-MambaConfig stats_config() {
-  MambaConfig c;
+ModelConfig stats_config() {
+  ModelConfig c;
   c.vocab_size = 1000;
   c.d_model = 16;
   c.n_layer = 2;
@@ -49,8 +49,8 @@ MambaConfig stats_config() {
   return c;
 }
 
-MambaConfig small_config(bool tied, bool bias) {
-  MambaConfig c;
+ModelConfig small_config(bool tied, bool bias) {
+  ModelConfig c;
   c.vocab_size = 50;
   c.d_model = 12;
   c.n_layer = 2;
@@ -64,7 +64,7 @@ MambaConfig small_config(bool tied, bool bias) {
   return c;
 }
 
-std::map<std::string, Tensor> by_name(const MambaConfig& c, MambaWeights& w) {
+std::map<std::string, Tensor> by_name(const ModelConfig& c, ModelWeights& w) {
   std::map<std::string, Tensor> m;
   for_each_param(c, w, [&](const std::string& name, Tensor& t) { m[name] = t; });
   return m;
@@ -131,8 +131,8 @@ const char* const kSizes = R"({"vocab_size": 40, "hidden_size": 8, "num_hidden_l
 }  // namespace
 
 TEST_CASE("init draws every tensor by its rule", "[init]") {
-  MambaConfig c = stats_config();
-  MambaWeights w = init_mamba_weights(c, 7);
+  ModelConfig c = stats_config();
+  ModelWeights w = init_mamba_weights(c, 7);
   const auto t = by_name(c, w);
   // 1 embedding + 2 layers x 12 + norm_f + untied lm_head: every parameter, each of its shape.
   CHECK(t.size() == 1 + 2 * 12 + 1 + 1);
@@ -204,17 +204,17 @@ TEST_CASE("init draws every tensor by its rule", "[init]") {
 }
 
 TEST_CASE("init follows the config's init options", "[init]") {
-  MambaConfig c = stats_config();
+  ModelConfig c = stats_config();
   SECTION("tied lm_head is the embedding itself") {
     c.tie_word_embeddings = true;
-    const MambaWeights w = init_mamba_weights(c, 1);
+    const ModelWeights w = init_mamba_weights(c, 1);
     CHECK(w.lm_head.raw() == w.embedding.raw());
   }
   SECTION("constant dt_proj weight, rescaled out_proj") {
     c.time_step_init_scheme = "constant";
     c.time_step_scale = 0.5;
     c.rescale_prenorm_residual = true;
-    MambaWeights w = init_mamba_weights(c, 1);
+    ModelWeights w = init_mamba_weights(c, 1);
     const auto t = by_name(c, w);
     check_constant("dt_proj.weight", t.at("backbone.layers.1.mixer.dt_proj.weight"),
                    float(0.5 / std::sqrt(2.0)));
@@ -225,7 +225,7 @@ TEST_CASE("init follows the config's init options", "[init]") {
     c.time_step_min = 1e-5;
     c.time_step_max = 1e-3;
     c.time_step_floor = 1e-4;  // half of the log range lies below it
-    MambaWeights w = init_mamba_weights(c, 1);
+    ModelWeights w = init_mamba_weights(c, 1);
     const std::vector<double> bias =
         values(by_name(c, w).at("backbone.layers.0.mixer.dt_proj.bias"));
     std::int64_t at_floor = 0;
@@ -249,22 +249,22 @@ TEST_CASE("init follows the config's init options", "[init]") {
 TEST_CASE("parameter count matches the tensors and mamba-130m's known total", "[init]") {
   for (bool tied : {true, false})
     for (bool bias : {true, false}) {
-      const MambaConfig c = small_config(tied, bias);
-      MambaWeights w = init_mamba_weights(c, 0);
+      const ModelConfig c = small_config(tied, bias);
+      ModelWeights w = init_mamba_weights(c, 0);
       std::int64_t n = 0;
       for_each_param(c, w, [&](const std::string&, Tensor& t) { n += t.numel(); });
       CHECK(mamba_param_count(c) == n);
     }
   // MODELS.md A.2: state-spaces/mamba-130m-hf holds 129,135,360 parameters.
-  MambaConfig c130m;
+  ModelConfig c130m;
   c130m.vocab_size = 50280, c130m.d_model = 768, c130m.n_layer = 24, c130m.d_inner = 1536;
   c130m.d_state = 16, c130m.d_conv = 4, c130m.dt_rank = 48;
   CHECK(mamba_param_count(c130m) == 129'135'360);
 }
 
 TEST_CASE("init is deterministic per seed and per tensor name", "[init]") {
-  MambaConfig c = small_config(false, true);
-  MambaWeights a = init_mamba_weights(c, 42), b = init_mamba_weights(c, 42),
+  ModelConfig c = small_config(false, true);
+  ModelWeights a = init_mamba_weights(c, 42), b = init_mamba_weights(c, 42),
                other = init_mamba_weights(c, 43);
   const auto ta = by_name(c, a), tb = by_name(c, b), to = by_name(c, other);
   for (const auto& [name, t] : ta) {
@@ -277,9 +277,9 @@ TEST_CASE("init is deterministic per seed and per tensor name", "[init]") {
   }
   // A tensor's values depend on its name, not on the visiting order: a third layer leaves
   // layers 0 and 1 (and the embedding) as they were.
-  MambaConfig c3 = c;
+  ModelConfig c3 = c;
   c3.n_layer = 3;
-  MambaWeights w3 = init_mamba_weights(c3, 42);
+  ModelWeights w3 = init_mamba_weights(c3, 42);
   const auto t3 = by_name(c3, w3);
   for (const auto& [name, t] : ta) {
     INFO(name);
@@ -290,8 +290,8 @@ TEST_CASE("init is deterministic per seed and per tensor name", "[init]") {
 TEST_CASE("written model directory reloads to identical tensors and runs", "[init]") {
   TempDir tmp;
   for (bool tied : {true, false}) {
-    const MambaConfig c = small_config(tied, !tied);
-    MambaWeights w = init_mamba_weights(c, 5);
+    const ModelConfig c = small_config(tied, !tied);
+    ModelWeights w = init_mamba_weights(c, 5);
     const fs::path dir = tmp / (tied ? "tied" : "untied");
     write_mamba_model_dir(dir.string(), c, w);
     CHECK(entries(tmp.path()) ==
@@ -306,9 +306,9 @@ TEST_CASE("written model directory reloads to identical tensors and runs", "[ini
     const SafetensorsFile f = SafetensorsFile::open(dir / "model.safetensors");
     CHECK(f.contains("lm_head.weight") == !tied);
 
-    const MambaConfig c2 = load_mamba_config(dir.string());
-    CHECK(mamba_config_to_json(c2) == mamba_config_to_json(c));
-    MambaWeights w2 = load_mamba_weights(dir.string(), c2);
+    const ModelConfig c2 = load_model_config(dir.string());
+    CHECK(model_config_to_json(c2) == model_config_to_json(c));
+    ModelWeights w2 = load_model_weights(dir.string(), c2);
     const auto t1 = by_name(c, w), t2 = by_name(c2, w2);
     REQUIRE(t1.size() == t2.size());
     for (const auto& [name, t] : t1) {
@@ -319,7 +319,7 @@ TEST_CASE("written model directory reloads to identical tensors and runs", "[ini
     // A forward pass on the reloaded model: finite logits, and at this init (logit std ~0.3)
     // a loss near ln(V) (a badly scaled init would give a loss far from it or NaN).
     auto be = make_cpu_backend();
-    MambaLM lm(c2, w2, *be);
+    CausalLM lm(c2, w2, *be);
     Tensor ids = Tensor::empty({2, 7}, DType::I64);
     for (std::int64_t i = 0; i < ids.numel(); ++i) ids.data<std::int64_t>()[i] = (i * 7) % 50;
     lm.forward(ids);
@@ -335,8 +335,8 @@ TEST_CASE("written model directory reloads to identical tensors and runs", "[ini
 
 TEST_CASE("model directory writes are all or nothing", "[init]") {
   TempDir tmp;
-  const MambaConfig c = small_config(true, false);
-  MambaWeights w = init_mamba_weights(c, 1), w2 = init_mamba_weights(c, 2);
+  const ModelConfig c = small_config(true, false);
+  ModelWeights w = init_mamba_weights(c, 1), w2 = init_mamba_weights(c, 2);
   const fs::path dir = tmp / "m";
 
   SECTION("an existing non-empty directory is refused, then replaced with overwrite") {
@@ -390,14 +390,14 @@ TEST_CASE("ssmtune init writes a model directory and refuses to overwrite it", "
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, Catch::Contains("wrote " + out.string()));
-  const MambaConfig c = parse_mamba_config(nlohmann::json::parse(kSizes), "sizes");
+  const ModelConfig c = parse_model_config(nlohmann::json::parse(kSizes), "sizes");
   // Per layer 8 + 64 + 16 + 48 + 16 + 256 + 160 + 32 + 16 + 128 = 744; + 40 * 8 + 8 outside.
   CHECK(mamba_param_count(c) == 1816);
   CHECK_THAT(r.output, Catch::Contains("1,816 parameters"));
   CHECK_THAT(r.output, Catch::Contains("seed 9"));
   // The binary draws exactly what the library draws for that seed.
-  MambaWeights expected = init_mamba_weights(c, 9);
-  MambaWeights loaded = load_mamba_weights(out.string(), load_mamba_config(out.string()));
+  ModelWeights expected = init_mamba_weights(c, 9);
+  ModelWeights loaded = load_model_weights(out.string(), load_model_config(out.string()));
   const auto te = by_name(c, expected), tl = by_name(c, loaded);
   for (const auto& [name, t] : te) {
     INFO(name);

@@ -9,9 +9,9 @@
 
 #include "backend/backend.h"
 #include "io/safetensors.h"
-#include "model/mamba_config.h"
-#include "model/mamba_lm.h"
-#include "model/mamba_weights.h"
+#include "model/model_config.h"
+#include "model/causal_lm.h"
+#include "model/model_weights.h"
 #include "test_compare.h"
 
 using namespace ssmtune;
@@ -27,10 +27,10 @@ std::string fixture(const std::string& model) {
 }
 
 struct Run {
-  MambaConfig cfg;
-  MambaWeights w, grads;
+  ModelConfig cfg;
+  ModelWeights w, grads;
   std::unique_ptr<Backend> be = make_cpu_backend();
-  std::unique_ptr<MambaLM> lm;
+  std::unique_ptr<CausalLM> lm;
   LmLoss loss;
 };
 
@@ -38,10 +38,10 @@ struct Run {
 std::unique_ptr<Run> run_fixture(const std::string& model, const SafetensorsFile& ref,
                                  DType dtype, std::int64_t scan_chunk) {
   auto r = std::make_unique<Run>();
-  r->cfg = load_mamba_config(fixture(model));
-  r->w = load_mamba_weights(fixture(model), r->cfg, dtype);
+  r->cfg = load_model_config(fixture(model));
+  r->w = load_model_weights(fixture(model), r->cfg, dtype);
   r->grads = zeros_like_params(r->cfg, dtype);
-  r->lm = std::make_unique<MambaLM>(r->cfg, r->w, *r->be, scan_chunk);
+  r->lm = std::make_unique<CausalLM>(r->cfg, r->w, *r->be, scan_chunk);
   const Tensor ids = ref.tensor("input_ids"), targets = shift_labels(ref.tensor("labels"));
   r->lm->forward(ids);
   r->loss = r->lm->loss(targets);

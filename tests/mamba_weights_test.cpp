@@ -1,6 +1,6 @@
 // Mamba weights: HF names and shapes under a config, and a loader that reports missing,
 // unexpected, wrong-shape and untied/tied tensors by name (MODELS.md A.3, E).
-#include "model/mamba_weights.h"
+#include "model/model_weights.h"
 
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -18,8 +18,8 @@ using ssmtune::test::TempDir;
 namespace {
 
 // D=4, E=8, N=3, R=2, K=2, V=10: every dimension distinct where it matters for shapes.
-MambaConfig tiny_config() {
-  MambaConfig c;
+ModelConfig tiny_config() {
+  ModelConfig c;
   c.vocab_size = 10;
   c.d_model = 4;
   c.n_layer = 2;
@@ -34,8 +34,8 @@ MambaConfig tiny_config() {
 }
 
 // Every parameter of `c` with distinct values exactly representable in bf16 (k/8, small k).
-std::vector<NamedTensor> tiny_params(const MambaConfig& c) {
-  MambaWeights w = zeros_like_params(c, DType::F32);
+std::vector<NamedTensor> tiny_params(const ModelConfig& c) {
+  ModelWeights w = zeros_like_params(c, DType::F32);
   std::vector<NamedTensor> out;
   int k = 0;
   for_each_param(c, w, [&](const std::string& name, Tensor& t) {
@@ -71,9 +71,9 @@ void write_model(const TempDir& dir, const std::vector<NamedTensor>& params,
   write_safetensors(dir / "model.safetensors", stored);
 }
 
-void require_load_error(const TempDir& dir, const MambaConfig& c,
+void require_load_error(const TempDir& dir, const ModelConfig& c,
                         std::initializer_list<std::string> fragments) {
-  require_error([&] { load_mamba_weights(dir.path().string(), c); }, fragments);
+  require_error([&] { load_model_weights(dir.path().string(), c); }, fragments);
 }
 
 bool same_values(const Tensor& a, const Tensor& b) {
@@ -84,7 +84,7 @@ bool same_values(const Tensor& a, const Tensor& b) {
 }  // namespace
 
 TEST_CASE("expected_param_shape follows the HF module shapes", "[model][weights]") {
-  const MambaConfig c = tiny_config();
+  const ModelConfig c = tiny_config();
   CHECK(expected_param_shape(c, "backbone.embeddings.weight") == Shape{10, 4});
   CHECK(expected_param_shape(c, "backbone.embedding.weight") == Shape{10, 4});  // mamba_ssm name
   CHECK(expected_param_shape(c, "backbone.layers.1.norm.weight") == Shape{4});
@@ -105,7 +105,7 @@ TEST_CASE("expected_param_shape follows the HF module shapes", "[model][weights]
   require_error([&] { expected_param_shape(c, "backbone.layers.2.norm.weight"); },
                 {"tensor \"backbone.layers.2.norm.weight\" is not a parameter of a Mamba model "
                  "with 2 layers"});
-  MambaConfig b = c;
+  ModelConfig b = c;
   b.use_bias = true;
   CHECK(expected_param_shape(b, "backbone.layers.0.mixer.in_proj.bias") == Shape{16});
   CHECK(expected_param_shape(b, "backbone.layers.0.mixer.out_proj.bias") == Shape{4});
@@ -113,8 +113,8 @@ TEST_CASE("expected_param_shape follows the HF module shapes", "[model][weights]
 
 TEST_CASE("for_each_param visits parameters in state_dict order, skipping absent and tied ones",
           "[model][weights]") {
-  MambaConfig c = tiny_config();
-  MambaWeights w = zeros_like_params(c, DType::F32);
+  ModelConfig c = tiny_config();
+  ModelWeights w = zeros_like_params(c, DType::F32);
   std::vector<std::string> names;
   for_each_param(c, w, [&](const std::string& name, Tensor&) { names.push_back(name); });
   REQUIRE(names.size() ==
@@ -140,19 +140,19 @@ TEST_CASE("for_each_param visits parameters in state_dict order, skipping absent
   CHECK(w.lm_head.raw() != w.embedding.raw());
   w.layers.pop_back();
   require_error([&] { for_each_param(c, w, [](const std::string&, Tensor&) {}); },
-                {"Mamba weights hold 1 layers, the config 2"});
+                {"model weights hold 1 layers, the config 2"});
 }
 
-TEST_CASE("load_mamba_weights reads every parameter and converts F32 and BF16 files",
+TEST_CASE("load_model_weights reads every parameter and converts F32 and BF16 files",
           "[model][weights]") {
-  const MambaConfig c = tiny_config();
+  const ModelConfig c = tiny_config();
   const auto params = tiny_params(c);
   for (DType stored : {DType::F32, DType::BF16, DType::F16}) {
     for (DType want : {DType::F32, DType::F64}) {
       DYNAMIC_SECTION(dtype_name(stored) << " -> " << dtype_name(want)) {
         TempDir dir;
         write_model(dir, params, stored);
-        MambaWeights w = load_mamba_weights(dir.path().string(), c, want);
+        ModelWeights w = load_model_weights(dir.path().string(), c, want);
         int n = 0;
         for_each_param(c, w, [&](const std::string& name, Tensor& t) {
           INFO(name);
@@ -165,31 +165,31 @@ TEST_CASE("load_mamba_weights reads every parameter and converts F32 and BF16 fi
       }
     }
   }
-  require_error([&] { load_mamba_weights("/nonexistent-dir", c, DType::BF16); },
+  require_error([&] { load_model_weights("/nonexistent-dir", c, DType::BF16); },
                 {"weights load as F32 or F64, not BF16"});
 }
 
-TEST_CASE("load_mamba_weights: a missing tensor is named with its expected shape",
+TEST_CASE("load_model_weights: a missing tensor is named with its expected shape",
           "[model][weights]") {
   TempDir dir;
-  const MambaConfig c = tiny_config();
+  const ModelConfig c = tiny_config();
   write_model(dir, without(tiny_params(c), "backbone.layers.1.mixer.D"));
   require_load_error(dir, c,
                      {dir.path().string() +
                       ": missing tensor \"backbone.layers.1.mixer.D\", expected shape (8,)"});
 }
 
-TEST_CASE("load_mamba_weights: a wrong shape names the tensor, the expected and the found shape",
+TEST_CASE("load_model_weights: a wrong shape names the tensor, the expected and the found shape",
           "[model][weights]") {
   TempDir dir;
-  const MambaConfig c = tiny_config();
+  const ModelConfig c = tiny_config();
   write_model(dir, replaced(tiny_params(c), "backbone.layers.0.mixer.x_proj.weight",
                             Tensor::zeros({7, 8}, DType::F32)));
   require_load_error(dir, c,
                      {"model.safetensors: tensor \"backbone.layers.0.mixer.x_proj.weight\": "
                       "expected shape (8, 8), found (7, 8)"});
   // The config is read the other way round too: a checkpoint of another size does not load.
-  MambaConfig bigger = c;
+  ModelConfig bigger = c;
   bigger.d_state = 4;
   write_model(dir, tiny_params(c));
   require_load_error(
@@ -198,9 +198,9 @@ TEST_CASE("load_mamba_weights: a wrong shape names the tensor, the expected and 
        "and 1 more problem"});
 }
 
-TEST_CASE("load_mamba_weights: unexpected tensors are named", "[model][weights]") {
+TEST_CASE("load_model_weights: unexpected tensors are named", "[model][weights]") {
   TempDir dir;
-  const MambaConfig c = tiny_config();
+  const ModelConfig c = tiny_config();
   auto params = tiny_params(c);
   params.push_back({"backbone.layers.0.mixer.extra", Tensor::zeros({2}, DType::F32)});
   params.push_back({"backbone.layers.2.norm.weight", Tensor::zeros({4}, DType::F32)});
@@ -211,9 +211,9 @@ TEST_CASE("load_mamba_weights: unexpected tensors are named", "[model][weights]"
                       "num_hidden_layers = 2)"});
 }
 
-TEST_CASE("load_mamba_weights: biases must match use_bias and use_conv_bias", "[model][weights]") {
+TEST_CASE("load_model_weights: biases must match use_bias and use_conv_bias", "[model][weights]") {
   TempDir dir;
-  MambaConfig c = tiny_config();
+  ModelConfig c = tiny_config();
   auto params = tiny_params(c);
   params.push_back({"backbone.layers.0.mixer.in_proj.bias", Tensor::zeros({16}, DType::F32)});
   write_model(dir, params);
@@ -235,9 +235,9 @@ TEST_CASE("load_mamba_weights: biases must match use_bias and use_conv_bias", "[
                       "says use_conv_bias is false"});
 }
 
-TEST_CASE("load_mamba_weights: tied and untied lm_head", "[model][weights]") {
+TEST_CASE("load_model_weights: tied and untied lm_head", "[model][weights]") {
   TempDir dir;
-  MambaConfig c = tiny_config();
+  ModelConfig c = tiny_config();
   const auto params = tiny_params(c);
   const Tensor embedding = find(params, "backbone.embeddings.weight");
 
@@ -245,7 +245,7 @@ TEST_CASE("load_mamba_weights: tied and untied lm_head", "[model][weights]") {
     auto p = params;
     p.push_back({"lm_head.weight", embedding.clone()});
     write_model(dir, p);
-    const MambaWeights w = load_mamba_weights(dir.path().string(), c);
+    const ModelWeights w = load_model_weights(dir.path().string(), c);
     CHECK(w.lm_head.raw() == w.embedding.raw());
   }
   SECTION("tied, stored and different: refused") {
@@ -272,22 +272,22 @@ TEST_CASE("load_mamba_weights: tied and untied lm_head", "[model][weights]") {
     head.data<float>()[0] = 99;
     p.push_back({"lm_head.weight", head});
     write_model(dir, p);
-    const MambaWeights w = load_mamba_weights(dir.path().string(), c);
+    const ModelWeights w = load_model_weights(dir.path().string(), c);
     CHECK(w.lm_head.raw() != w.embedding.raw());
     CHECK(w.lm_head.data<float>()[0] == 99);
     CHECK(same_values(w.embedding, embedding));
   }
 }
 
-TEST_CASE("load_mamba_weights accepts mamba_ssm's embedding name, but not both names",
+TEST_CASE("load_model_weights accepts mamba_ssm's embedding name, but not both names",
           "[model][weights]") {
   TempDir dir;
-  const MambaConfig c = tiny_config();
+  const ModelConfig c = tiny_config();
   auto params = tiny_params(c);
   for (auto& nt : params)
     if (nt.name == "backbone.embeddings.weight") nt.name = "backbone.embedding.weight";
   write_model(dir, params);
-  const MambaWeights w = load_mamba_weights(dir.path().string(), c);
+  const ModelWeights w = load_model_weights(dir.path().string(), c);
   CHECK(same_values(w.embedding, find(params, "backbone.embedding.weight")));
   params.push_back({"backbone.embeddings.weight", find(params, "backbone.embedding.weight")});
   write_model(dir, params);
@@ -295,9 +295,9 @@ TEST_CASE("load_mamba_weights accepts mamba_ssm's embedding name, but not both n
       dir, c, {"both \"backbone.embeddings.weight\" and \"backbone.embedding.weight\" are stored"});
 }
 
-TEST_CASE("load_mamba_weights refuses integer tensors and non-finite values", "[model][weights]") {
+TEST_CASE("load_model_weights refuses integer tensors and non-finite values", "[model][weights]") {
   TempDir dir;
-  const MambaConfig c = tiny_config();
+  const ModelConfig c = tiny_config();
   write_model(dir,
               replaced(tiny_params(c), "backbone.norm_f.weight", Tensor::zeros({4}, DType::I32)));
   require_load_error(
@@ -332,10 +332,10 @@ TEST_CASE("every Mamba fixture model loads with the shapes its config implies",
     if (j.value("model_type", "mamba") != "mamba") continue;  // Mamba-2 / Jamba: their own tests
     {
       INFO("fixture " << dir.string());
-      const MambaConfig c = load_mamba_config(dir.string());
+      const ModelConfig c = load_model_config(dir.string());
       const SafetensorsCheckpoint ckpt = SafetensorsCheckpoint::open(dir);
       for (DType want : {DType::F32, DType::F64}) {
-        MambaWeights w = load_mamba_weights(dir.string(), c, want);
+        ModelWeights w = load_model_weights(dir.string(), c, want);
         std::int64_t n_params = 0;
         int n_tensors = 0;
         for_each_param(c, w, [&](const std::string& name, Tensor& t) {

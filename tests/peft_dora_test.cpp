@@ -15,7 +15,7 @@
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "io_test_util.h"
-#include "model/mamba_lm.h"
+#include "model/causal_lm.h"
 #include "peft/dora.h"
 #include "peft/lora_adapter_io.h"
 #include "peft/merge.h"
@@ -66,9 +66,9 @@ void randomise(LoraModel& lora, std::uint64_t seed) {
   }
 }
 
-Tensor logits_of(const MambaConfig& cfg, const MambaWeights& w, Backend& be, const Tensor& ids,
+Tensor logits_of(const ModelConfig& cfg, const ModelWeights& w, Backend& be, const Tensor& ids,
                  LinearHook* hook) {
-  MambaLM lm(cfg, w, be);
+  CausalLM lm(cfg, w, be);
   lm.set_hook(hook);
   lm.forward(ids);
   return lm.logits().clone();
@@ -149,7 +149,7 @@ TEST_CASE("DoRA backward matches finite differences for A, B and the magnitude",
   for (const Case& c : cases) {
     DYNAMIC_SECTION(c.model << ", " << c.targets.size() << " targets, dropout " << c.dropout) {
       Base b(c.model);
-      if (std::string(c.model) == "mamba-odd") REQUIRE(b.w.layers[1].in_proj_bias.defined());
+      if (std::string(c.model) == "mamba-odd") REQUIRE(b.w.layers[1].mamba.in_proj_bias.defined());
       const SafetensorsFile ref = SafetensorsFile::open(fs::path(b.dir) / "reference.safetensors");
       // Two short sequences: every element checked costs two forwards.
       const Tensor ids = ref.tensor("input_ids").rows(0, 2);
@@ -160,7 +160,7 @@ TEST_CASE("DoRA backward matches finite differences for A, B and the magnitude",
       lora.set_base_weights(&b.w);
       lora.init(7);
       randomise(lora, 3);
-      MambaLM lm(b.cfg, b.w, *b.be);
+      CausalLM lm(b.cfg, b.w, *b.be);
       lm.set_hook(&lora);
       // n at the point where the gradient is taken. Backward treats n as a constant (PEFT
       // detaches it), so the function to difference is the one with n held there: a forward
@@ -168,7 +168,7 @@ TEST_CASE("DoRA backward matches finite differences for A, B and the magnitude",
       // f = m / n again. (At perturbed m, n' = n: the scaling is exactly 1.)
       std::vector<Tensor> n0;
       for (const LoraTerm& t : lora.terms()) {
-        const Tensor W = linear_weight(b.w.layers[t.layer], t.site);
+        const Tensor W = linear_weight(b.w, t.site);
         n0.push_back(dora_direction(*b.be, t, W).norm);
       }
       Rng dropout_rng(11);
@@ -178,7 +178,7 @@ TEST_CASE("DoRA backward matches finite differences for A, B and the magnitude",
           LoraTerm& t = lora.terms()[k];
           saved_m.push_back(t.magnitude.clone());
           const Tensor n =
-              dora_direction(*b.be, t, linear_weight(b.w.layers[t.layer], t.site)).norm;
+              dora_direction(*b.be, t, linear_weight(b.w, t.site)).norm;
           for (std::int64_t i = 0; i < n.numel(); ++i)
             t.magnitude.data<double>()[i] *= n.data<double>()[i] / n0[k].data<double>()[i];
         }
@@ -190,7 +190,7 @@ TEST_CASE("DoRA backward matches finite differences for A, B and the magnitude",
         return lm.loss(targets).loss;
       };
       loss();
-      MambaWeights no_grads;
+      ModelWeights no_grads;
       lm.backward(targets, no_grads);
       for (LoraTerm& t : lora.terms()) {
         testing::check_gradient(t.name + ".A", t.A, t.dA.clone(), loss);
@@ -213,7 +213,7 @@ TEST_CASE("DoRA at its init (B = 0, m = ||W||_row) leaves the logits unchanged",
                      peft_with(dora_config({"in_proj", "x_proj", "dt_proj", "out_proj"}, 4, 8)),
                      *b.be, 5);
       for (const LoraTerm& t : peft.lora()->terms()) {
-        const Tensor W = linear_weight(b.w.layers[t.layer], t.site);
+        const Tensor W = linear_weight(b.w, t.site);
         testing::require_close(t.name + " m = ||W||", t.magnitude, dora_direction(*b.be, t, W).norm,
                                0, 0);
       }
@@ -262,7 +262,7 @@ TEST_CASE("DoRA adapters round-trip bit for bit in peft's layout, resume, and me
   }
 
   // Resume: a fresh run of the same config takes the saved values.
-  MambaWeights w2 = load_mamba_weights(b.dir, b.cfg, DType::F32);
+  ModelWeights w2 = load_model_weights(b.dir, b.cfg, DType::F32);
   PeftModel resumed(b.cfg, w2, pc, *b.be, 2);
   resumed.load(dir.path());
   for (std::size_t i = 0; i < peft.trainables().size(); ++i) {
@@ -348,7 +348,7 @@ TEST_CASE("DoRA on a slice, on the embedding or on a weight that trains is a con
 
 TEST_CASE("a broken DoRA adapter gets an error naming the file and the tensor or field",
           "[peft][lora][dora][adapter]") {
-  const MambaConfig cfg = load_mamba_config((kFixtures / "mamba-tiny").string());
+  const ModelConfig cfg = load_model_config((kFixtures / "mamba-tiny").string());
   std::unique_ptr<Backend> be = make_cpu_backend();
   const SafetensorsFile st = SafetensorsFile::open(kPeftAdapter / "adapter_model.safetensors");
   std::ifstream in(kPeftAdapter / "adapter_config.json");

@@ -11,7 +11,7 @@
 #include "backend/backend.h"
 #include "gradient_check.h"
 #include "io/safetensors.h"
-#include "model/mamba_lm.h"
+#include "model/causal_lm.h"
 #include "peft/lora.h"
 #include "peft/lora_adapter_io.h"
 #include "peft/merge.h"
@@ -33,21 +33,21 @@ std::string peft_name(const LoraTerm& t, const char* which) {
 }
 
 struct LoraRun {
-  MambaConfig cfg;
-  MambaWeights w, no_grads;
+  ModelConfig cfg;
+  ModelWeights w, no_grads;
   std::unique_ptr<Backend> be = make_cpu_backend();
   std::unique_ptr<LoraModel> lora;
-  std::unique_ptr<MambaLM> lm;
+  std::unique_ptr<CausalLM> lm;
   Tensor ids, targets;
 };
 
 std::unique_ptr<LoraRun> load_run(const std::string& variant, DType dtype) {
   auto r = std::make_unique<LoraRun>();
   const std::string base = (fixtures() / "mamba-tiny").string();
-  r->cfg = load_mamba_config(base);
-  r->w = load_mamba_weights(base, r->cfg, dtype);
+  r->cfg = load_model_config(base);
+  r->w = load_model_weights(base, r->cfg, dtype);
   r->lora = read_lora_adapter(fixtures() / variant / "adapter_init", r->cfg, dtype, *r->be);
-  r->lm = std::make_unique<MambaLM>(r->cfg, r->w, *r->be);
+  r->lm = std::make_unique<CausalLM>(r->cfg, r->w, *r->be);
   r->lm->set_hook(r->lora.get());
   const auto ref = SafetensorsFile::open(fixtures() / variant / "reference.safetensors");
   r->ids = ref.tensor("input_ids");
@@ -162,14 +162,14 @@ TEST_CASE("merged LoRA weights give the adapter model's logits", "[lora][merge]"
   r->lm->forward(r->ids);
   const Tensor adapter_logits = r->lm->logits().clone();
   const LoadedModel merged = merged_copy(r->cfg, r->w, r->lora.get(), *r->be);
-  MambaLM plain(merged.cfg, merged.weights, *r->be);
+  CausalLM plain(merged.cfg, merged.weights, *r->be);
   plain.forward(r->ids);
   // float32: the merge rounds W + sBA once per weight; peft's own merge is 1.1e-7 off.
   require_close("merged logits", plain.logits(), adapter_logits, 1e-5, 1e-6);
   const auto ref = SafetensorsFile::open(fixtures() / "peft-lora" / "reference.safetensors");
   require_close("peft merged logits", plain.logits(), ref.tensor("merged_logits"), 1e-5, 1e-6);
   // The original weights are untouched by merged_copy.
-  MambaLM again(r->cfg, r->w, *r->be);
+  CausalLM again(r->cfg, r->w, *r->be);
   again.forward(r->ids);
   Tensor base_logits = again.logits();
   double diff = 0;
@@ -182,9 +182,9 @@ TEST_CASE("merged LoRA weights give the adapter model's logits", "[lora][merge]"
 TEST_CASE("LoRA backward matches finite differences on every target, slices and dropout",
           "[lora][gradient]") {
   const std::string base = (fixtures() / "mamba-tiny").string();
-  MambaConfig cfg = load_mamba_config(base);
-  MambaWeights w = load_mamba_weights(base, cfg, DType::F64);
-  MambaWeights no_grads;
+  ModelConfig cfg = load_model_config(base);
+  ModelWeights w = load_model_weights(base, cfg, DType::F64);
+  ModelWeights no_grads;
   std::unique_ptr<Backend> be = make_cpu_backend();
   const auto ref = SafetensorsFile::open(fixtures() / "mamba-tiny" / "reference.safetensors");
   const Tensor ids = ref.tensor("input_ids"), targets = shift_labels(ref.tensor("labels"));
@@ -205,7 +205,7 @@ TEST_CASE("LoRA backward matches finite differences on every target, slices and 
         testing::fill_uniform(t.A, rng, -0.5, 0.5);
         testing::fill_uniform(t.B, rng, -0.5, 0.5);
       }
-      MambaLM lm(cfg, w, *be);
+      CausalLM lm(cfg, w, *be);
       lm.set_hook(&lora);
       Rng dropout_rng(11);
       // Every forward redraws the same masks, so the loss is a smooth function of A and B.
@@ -228,8 +228,8 @@ TEST_CASE("LoRA backward matches finite differences on every target, slices and 
 TEST_CASE("LoRA adapters round-trip bit for bit, slices stacked as one PEFT LoRA per module",
           "[lora][adapter]") {
   const std::string base = (fixtures() / "mamba-tiny").string();
-  MambaConfig cfg = load_mamba_config(base);
-  MambaWeights w = load_mamba_weights(base, cfg, DType::F32);
+  ModelConfig cfg = load_model_config(base);
+  ModelWeights w = load_model_weights(base, cfg, DType::F32);
   std::unique_ptr<Backend> be = make_cpu_backend();
   LoraConfig lc;
   lc.targets = {"in_proj.x", "in_proj.z", "x_proj.B", "layers.1.out_proj", "embeddings"};
@@ -267,13 +267,13 @@ TEST_CASE("LoRA adapters round-trip bit for bit, slices stacked as one PEFT LoRA
         Shape{3, cfg.vocab_size});
   const auto merged_peft = merged_copy(cfg, w, back.get(), *be);
   const auto merged_ssmtune = merged_copy(cfg, w, &lora, *be);
-  require_close("merged in_proj", merged_peft.weights.layers[0].in_proj,
-                merged_ssmtune.weights.layers[0].in_proj, 1e-6, 0);
+  require_close("merged in_proj", merged_peft.weights.layers[0].mamba.in_proj,
+                merged_ssmtune.weights.layers[0].mamba.in_proj, 1e-6, 0);
   fs::remove_all(dir);
 }
 
 TEST_CASE("LoRA targets that match nothing, overlap or do not exist are config errors", "[lora]") {
-  const MambaConfig cfg = load_mamba_config((fixtures() / "mamba-tiny").string());
+  const ModelConfig cfg = load_model_config((fixtures() / "mamba-tiny").string());
   auto plan = [&](std::vector<std::string> targets) {
     LoraConfig lc;
     lc.targets = std::move(targets);
@@ -291,7 +291,7 @@ TEST_CASE("LoRA targets that match nothing, overlap or do not exist are config e
 TEST_CASE("a fixed LoRA scale (MambaPEFT's s) replaces alpha / r and survives the PEFT layout",
           "[lora][adapter]") {
   const std::string base = (fixtures() / "mamba-tiny").string();
-  const MambaConfig cfg = load_mamba_config(base);
+  const ModelConfig cfg = load_model_config(base);
   std::unique_ptr<Backend> be = make_cpu_backend();
   LoraConfig lc;
   lc.targets = {"in_proj.x", "in_proj.z", "out_proj"};

@@ -12,7 +12,7 @@
 
 #include "backend/backend.h"
 #include "io/safetensors.h"
-#include "model/mamba_lm.h"
+#include "model/causal_lm.h"
 #include "peft/peft_model.h"
 #include "test_compare.h"
 
@@ -27,13 +27,13 @@ inline SafetensorsFile method_reference() {
 // A fixture model (tests/fixtures/<name>) loaded as `dtype`, with a CPU backend.
 struct Base {
   std::string dir;
-  MambaConfig cfg;
-  MambaWeights w;
+  ModelConfig cfg;
+  ModelWeights w;
   std::unique_ptr<Backend> be = make_cpu_backend();
   explicit Base(const std::string& name, DType dtype = DType::F64) {
     dir = (kFixtures / name).string();
-    cfg = load_mamba_config(dir);
-    w = load_mamba_weights(dir, cfg, dtype);
+    cfg = load_model_config(dir);
+    w = load_model_weights(dir, cfg, dtype);
   }
 };
 
@@ -41,7 +41,7 @@ struct Base {
 inline double loss_and_grads(Base& b, PeftModel& peft, const Tensor& ids, const Tensor& targets,
                              Tensor* logits = nullptr) {
   peft.after_step();  // the effective weights follow the current values
-  MambaLM lm(b.cfg, peft.weights(), *b.be);
+  CausalLM lm(b.cfg, peft.weights(), *b.be);
   lm.set_hook(peft.hook());
   peft.zero_grads();
   lm.forward(ids);
@@ -54,7 +54,7 @@ inline double loss_and_grads(Base& b, PeftModel& peft, const Tensor& ids, const 
 
 inline double loss_only(Base& b, PeftModel& peft, const Tensor& ids, const Tensor& targets) {
   peft.after_step();  // the values changed: the effective weights follow
-  MambaLM lm(b.cfg, peft.weights(), *b.be);
+  CausalLM lm(b.cfg, peft.weights(), *b.be);
   lm.set_hook(peft.hook());
   lm.forward(ids);
   return lm.loss(targets).loss;

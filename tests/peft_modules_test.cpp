@@ -12,10 +12,10 @@
 #include "backend/backend.h"
 #include "decoder_check.h"
 #include "gradient_check.h"
-#include "infer/mamba_decoder.h"
+#include "infer/decoder.h"
 #include "io/safetensors.h"
 #include "io_test_util.h"
-#include "model/mamba_lm.h"
+#include "model/causal_lm.h"
 #include "peft/lora_adapter_io.h"
 #include "peft/merge.h"
 #include "peft/peft_model.h"
@@ -49,7 +49,7 @@ PeftConfig additional_scan_config(std::int64_t states) {
 
 double forward_loss(Tiny& m, PeftModel& peft, const Tensor& ids, const Tensor& targets,
                     std::int64_t chunk = 64, Tensor* logits = nullptr, bool backward = false) {
-  MambaLM lm(m.cfg, peft.weights(), *m.be, chunk);
+  CausalLM lm(m.cfg, peft.weights(), *m.be, chunk);
   lm.set_hook(peft.hook());
   lm.set_scan_hook(peft.scan_hook());
   lm.forward(ids);
@@ -145,7 +145,7 @@ TEST_CASE("module-method gradients match finite differences, alone and combined"
 
 TEST_CASE("initialised module methods leave the model's logits unchanged", "[peft][modules]") {
   Tiny m(DType::F32);
-  MambaLM plain(m.cfg, m.w, *m.be);
+  CausalLM plain(m.cfg, m.w, *m.be);
   plain.forward(m.ids);
   for (const std::string init : {"copy", "s4d"}) {
     DYNAMIC_SECTION("additional scan init " << init) {
@@ -185,7 +185,7 @@ TEST_CASE("the recurrent decoder applies the module methods as the full forward 
   PeftModel peft(m.cfg, m.w, pc, *m.be, 2);
   randomise(peft, 11, 0.3);
   const Tensor ids = m.ids.rows(0, 1);
-  MambaLM lm(m.cfg, peft.weights(), *m.be);
+  CausalLM lm(m.cfg, peft.weights(), *m.be);
   lm.set_hook(peft.hook());
   lm.set_scan_hook(peft.scan_hook());
   lm.forward(ids);
@@ -213,7 +213,7 @@ TEST_CASE("module methods save, load, and are refused by merge", "[peft][modules
 
   // What eval and generate load: the same logits through the loaded model's hooks.
   const LoadedModel loaded = load_model_with_adapter(m.dir, dir.path().string(), *m.be);
-  MambaLM a(m.cfg, peft.weights(), *m.be), b(loaded.cfg, loaded.weights, *m.be);
+  CausalLM a(m.cfg, peft.weights(), *m.be), b(loaded.cfg, loaded.weights, *m.be);
   a.set_hook(peft.hook());
   a.set_scan_hook(peft.scan_hook());
   b.set_hook(loaded.hook());

@@ -13,7 +13,7 @@
 #include "gradient_check.h"
 #include "io/safetensors.h"
 #include "io_test_util.h"
-#include "model/mamba_lm.h"
+#include "model/causal_lm.h"
 #include "peft/merge.h"
 #include "peft/peft_model.h"
 #include "peft/sdt.h"
@@ -57,7 +57,7 @@ TEST_CASE("BitFit creates the conv bias a model lacks and matches the reference"
   // mamba-odd has use_conv_bias false: BitFit's conv1d.bias starts at zero (created), its
   // dt_proj.bias is the model's own, trained directly: value = pretrained + the fixture's delta.
   Base b("mamba-odd");
-  const MambaWeights pretrained = load_mamba_weights(b.dir, b.cfg, DType::F64);
+  const ModelWeights pretrained = load_model_weights(b.dir, b.cfg, DType::F64);
   const SafetensorsFile ref = method_reference();
   PeftConfig pc;
   pc.bitfit = true;
@@ -70,7 +70,7 @@ TEST_CASE("BitFit creates the conv bias a model lacks and matches the reference"
     if (p.name.ends_with("dt_proj.bias")) {
       const std::int64_t layer =
           std::stoll(p.name.substr(std::string("partial.backbone.layers.").size()));
-      b.be->add(pretrained.layers[layer].dt_proj_bias, p.value);
+      b.be->add(pretrained.layers[layer].mamba.dt_proj_bias, p.value);
     }
   }
   peft.after_step();
@@ -91,7 +91,7 @@ TEST_CASE("SDT's selection keeps the top channels and states, ties to the lower 
   REQUIRE(sdt_kept(E, 0.75) == 8);
   REQUIRE(sdt_kept(N, 0.5) == 4);
   REQUIRE(sdt_kept(32, 0.99) == 1);  // never zero channels
-  MambaConfig cfg;
+  ModelConfig cfg;
   cfg.n_layer = 2;
   cfg.d_inner = E;
   cfg.d_state = N;
@@ -145,7 +145,7 @@ TEST_CASE("SDT's masked training matches the PyTorch float64 reference",
   ParamTuning pt(b.cfg, b.w, entries, *b.be);
   for (TunedTensor& e : pt.entries()) b.be->copy(ref.tensor("sdt." + e.name), e.value);
   pt.sync();
-  MambaLM lm(b.cfg, pt.weights(), *b.be);
+  CausalLM lm(b.cfg, pt.weights(), *b.be);
   const Tensor targets = shift_labels(ref.tensor("labels"));
   lm.forward(ref.tensor("input_ids"));
   testing::require_close("sdt logits", lm.logits(), ref.tensor("sdt.logits"), 1e-12, 0);
@@ -191,18 +191,18 @@ TEST_CASE("zero-initialised parameter tuning leaves the model's logits unchanged
           "[peft][partial][sdt]") {
   Base b("mamba-tiny", DType::F32);
   const SafetensorsFile ref = SafetensorsFile::open(fs::path(b.dir) / "reference.safetensors");
-  MambaLM plain(b.cfg, b.w, *b.be);
+  CausalLM plain(b.cfg, b.w, *b.be);
   plain.forward(ref.tensor("input_ids"));
   PeftConfig pc = partial_config({"D", "norm"}, "delta");
   pc.bitfit = true;
   pc.sdt = SdtConfig{};
   PeftModel peft(b.cfg, b.w, pc, *b.be, 0);
-  MambaLM tuned(b.cfg, peft.weights(), *b.be);
+  CausalLM tuned(b.cfg, peft.weights(), *b.be);
   tuned.forward(ref.tensor("input_ids"));
   // Adding exact zeros changes no bit.
   testing::require_close("logits (warmup)", tuned.logits(), plain.logits(), 0, 0);
   peft.end_sdt_warmup();
-  MambaLM masked(b.cfg, peft.weights(), *b.be);
+  CausalLM masked(b.cfg, peft.weights(), *b.be);
   masked.forward(ref.tensor("input_ids"));
   testing::require_close("logits (masked)", masked.logits(), plain.logits(), 0, 0);
 }
@@ -298,7 +298,7 @@ TEST_CASE("parameter tuning saves, loads (SDT in either phase) and merges exactl
   for (const bool past_warmup : {false, true}) {
     DYNAMIC_SECTION((past_warmup ? "masked phase" : "warmup phase")) {
       TempDir dir;
-      MambaWeights w1 = load_mamba_weights(b.dir, b.cfg, DType::F32);
+      ModelWeights w1 = load_model_weights(b.dir, b.cfg, DType::F32);
       PeftModel peft(b.cfg, w1, pc, *b.be, 0);
       randomise(peft);
       if (past_warmup) {
@@ -309,7 +309,7 @@ TEST_CASE("parameter tuning saves, loads (SDT in either phase) and merges exactl
       REQUIRE(fs::exists(dir / kParamTuningFile));
 
       // Resume: a fresh PeftModel (in warmup, as every run starts) takes the file's phase.
-      MambaWeights w2 = load_mamba_weights(b.dir, b.cfg, DType::F32);
+      ModelWeights w2 = load_model_weights(b.dir, b.cfg, DType::F32);
       PeftModel back(b.cfg, w2, pc, *b.be, 0);
       back.load(dir.path());
       REQUIRE(back.sdt_warming_up() == !past_warmup);
@@ -320,14 +320,14 @@ TEST_CASE("parameter tuning saves, loads (SDT in either phase) and merges exactl
         testing::require_close("value", back.trainables()[i].value, peft.trainables()[i].value, 0,
                                0);
       }
-      MambaLM tuned(b.cfg, peft.weights(), *b.be);
+      CausalLM tuned(b.cfg, peft.weights(), *b.be);
       tuned.forward(ids);
 
       // Merge (what eval, generate and merge-adapter load): the same logits from plain weights,
       // a created conv bias turning use_conv_bias on. Float32 sums in another order: 1e-5.
       const LoadedModel merged = load_model_with_adapter(b.dir, dir.path().string(), *b.be);
       REQUIRE(merged.cfg.use_conv_bias);
-      MambaLM plain(merged.cfg, merged.weights, *b.be);
+      CausalLM plain(merged.cfg, merged.weights, *b.be);
       plain.forward(ids);
       testing::require_close("merged logits", plain.logits(), tuned.logits(), 1e-5, 1e-6);
     }

@@ -11,7 +11,7 @@
 
 #include "backend/backend.h"
 #include "io/safetensors.h"
-#include "model/mamba_lm.h"
+#include "model/causal_lm.h"
 #include "peft/state_tuning.h"
 #include "test_compare.h"
 
@@ -21,8 +21,8 @@ namespace fs = std::filesystem;
 TEST_CASE("state tuning matches the PyTorch float64 reference", "[peft][state][state-parity]") {
   const fs::path fixtures(SSMTUNE_FIXTURES_DIR);
   const std::string base = (fixtures / "mamba-tiny").string();
-  const MambaConfig cfg = load_mamba_config(base);
-  const MambaWeights w = load_mamba_weights(base, cfg, DType::F64);
+  const ModelConfig cfg = load_model_config(base);
+  const ModelWeights w = load_model_weights(base, cfg, DType::F64);
   const auto be = make_cpu_backend();
   const SafetensorsFile ref =
       SafetensorsFile::open(fixtures / "state-tuning" / "reference.safetensors");
@@ -55,7 +55,7 @@ TEST_CASE("state tuning matches the PyTorch float64 reference", "[peft][state][s
           be->copy(value, p.value);
         }
 
-        MambaLM lm(cfg, w, *be, chunk);
+        CausalLM lm(cfg, w, *be, chunk);
         lm.set_scan_hook(&st);
         lm.forward(ids);
         const double loss = lm.loss(targets).loss;
@@ -71,7 +71,7 @@ TEST_CASE("state tuning matches the PyTorch float64 reference", "[peft][state][s
         REQUIRE(std::fabs(loss - ref_loss) <= 1e-12 * std::fabs(ref_loss));
 
         // After the logits check: backward overwrites the logits with their gradient.
-        MambaWeights frozen;  // no base gradients: only the state parameters train
+        ModelWeights frozen;  // no base gradients: only the state parameters train
         lm.backward(targets, frozen);
         for (const TrainableParam& q : params)
           testing::require_close(p + "grad." + q.name, q.grad, ref.tensor(p + "grad." + q.name),

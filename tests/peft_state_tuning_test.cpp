@@ -8,9 +8,9 @@
 #include "backend/backend.h"
 #include "decoder_check.h"
 #include "gradient_check.h"
-#include "infer/mamba_decoder.h"
+#include "infer/decoder.h"
 #include "io/safetensors.h"
-#include "model/mamba_lm.h"
+#include "model/causal_lm.h"
 #include "peft/lora.h"
 #include "peft/peft_model.h"
 #include "peft/state_tuning.h"
@@ -28,12 +28,12 @@ using ssmtune::test::TinyModel;
 
 TEST_CASE("zero-initialised state tuning leaves the model's logits unchanged", "[peft][state]") {
   TinyModel m(DType::F32);
-  MambaLM plain(m.cfg, m.w, *m.be);
+  CausalLM plain(m.cfg, m.w, *m.be);
   plain.forward(m.ids);
   for (const StateOffset offset : {StateOffset::None, StateOffset::H, StateOffset::Y}) {
     DYNAMIC_SECTION("offset " << int(offset)) {
       StateTuning st(m.cfg, /*initial_state=*/true, offset, DType::F32, *m.be);
-      MambaLM tuned(m.cfg, m.w, *m.be);
+      CausalLM tuned(m.cfg, m.w, *m.be);
       tuned.set_scan_hook(&st);
       tuned.forward(m.ids);
       // Adding exact zeros (and starting from a zero state) changes no bit.
@@ -44,7 +44,7 @@ TEST_CASE("zero-initialised state tuning leaves the model's logits unchanged", "
 
 TEST_CASE("state tuning gradients match finite differences", "[peft][state][gradient]") {
   TinyModel m(DType::F64);
-  MambaWeights frozen;
+  ModelWeights frozen;
   struct Case {
     bool initial_state;
     StateOffset offset;
@@ -66,7 +66,7 @@ TEST_CASE("state tuning gradients match finite differences", "[peft][state][grad
       std::mt19937_64 rng(17);
       for (TrainableParam& p : params) testing::fill_uniform(p.value, rng, -0.3, 0.3);
       // A short scan chunk puts chunk boundaries inside the 9-token sequences.
-      MambaLM lm(m.cfg, m.w, *m.be, /*scan_chunk=*/4);
+      CausalLM lm(m.cfg, m.w, *m.be, /*scan_chunk=*/4);
       lm.set_scan_hook(&st);
       if (c.with_lora) lm.set_hook(&lora);
       auto loss = [&] {
@@ -94,7 +94,7 @@ TEST_CASE("the recurrent decoder applies state tuning as the full forward does",
       for (TrainableParam& p : params)
         for (std::int64_t i = 0; i < p.value.numel(); ++i) p.value.data<float>()[i] = u(rng);
       const Tensor ids = m.ids.rows(0, 1);  // one sequence (1, L)
-      MambaLM lm(m.cfg, m.w, *m.be);
+      CausalLM lm(m.cfg, m.w, *m.be);
       lm.set_scan_hook(&st);
       lm.forward(ids);
       testing::require_decoder_matches_forward(m.cfg, m.w, *m.be, ids, lm.logits(), nullptr,
@@ -108,7 +108,7 @@ TEST_CASE("trainable parameter counts follow the methods' formulas", "[peft][sta
   const std::int64_t L = m.cfg.n_layer, D = m.cfg.d_model, E = m.cfg.d_inner, N = m.cfg.d_state;
   const std::int64_t R = m.cfg.dt_rank, V = m.cfg.vocab_size;
   auto count = [&](PeftConfig p) {
-    MambaWeights w = m.w;
+    ModelWeights w = m.w;
     return PeftModel(m.cfg, w, p, *m.be, 0).n_trainable();
   };
   PeftConfig p;

@@ -14,7 +14,7 @@
 #include "gradient_check.h"
 #include "io/safetensors.h"
 #include "io_test_util.h"
-#include "model/mamba_lm.h"
+#include "model/causal_lm.h"
 #include "peft/merge.h"
 #include "peft/peft_model.h"
 #include "test_compare.h"
@@ -38,8 +38,8 @@ PeftConfig tokens_config(std::int64_t prompt, std::int64_t prefix, std::int64_t 
   return p;
 }
 
-MambaLM make_lm(Tiny& m, PeftModel& peft, std::int64_t chunk = 64) {
-  MambaLM lm(m.cfg, peft.weights(), *m.be, chunk);
+CausalLM make_lm(Tiny& m, PeftModel& peft, std::int64_t chunk = 64) {
+  CausalLM lm(m.cfg, peft.weights(), *m.be, chunk);
   lm.set_hook(peft.hook());
   lm.set_scan_hook(peft.scan_hook());
   lm.set_input_hook(peft.input_hook());
@@ -47,7 +47,7 @@ MambaLM make_lm(Tiny& m, PeftModel& peft, std::int64_t chunk = 64) {
 }
 
 double loss_of(Tiny& m, PeftModel& peft, const Tensor& ids, const Tensor& targets) {
-  MambaLM lm = make_lm(m, peft, 4);
+  CausalLM lm = make_lm(m, peft, 4);
   lm.forward(ids);
   return lm.loss(targets).loss;
 }
@@ -91,7 +91,7 @@ TEST_CASE("prompt, prefix, affix tuning and the learned conv state match the flo
                                                          : ref.tensor(p + t.name);
           m.be->copy(value, t.value);
         }
-        MambaLM lm = make_lm(m, peft, chunk);
+        CausalLM lm = make_lm(m, peft, chunk);
         lm.forward(m.ids);
         // Tolerances: float64 on both sides, only summation orders differ: logits and loss
         // 1e-12 relative; gradients (one more pass, sums that partly cancel) 1e-10.
@@ -127,7 +127,7 @@ TEST_CASE("virtual-token gradients match finite differences, all together and be
   for (TrainableParam& p : peft.trainables())  // non-zero everywhere: every path is exercised
     for (std::int64_t i = 0; i < p.value.numel(); ++i)
       p.value.data<double>()[i] += std::uniform_real_distribution<double>(-0.2, 0.2)(rng);
-  MambaLM lm = make_lm(m, peft, 4);
+  CausalLM lm = make_lm(m, peft, 4);
   lm.forward(ids);
   lm.loss(targets);
   peft.zero_grads();
@@ -163,7 +163,7 @@ TEST_CASE("prompt tuning starts from embeddings: of an init text, else of random
       REQUIRE(prompt.data<float>()[t * D + d] ==
               m.w.embedding.data<float>()[(t % 2 ? 3 : 7) * D + d]);
   // The prompt's own outputs are dropped: logits keep the input's shape.
-  MambaLM lm = make_lm(m, peft);
+  CausalLM lm = make_lm(m, peft);
   lm.forward(m.ids);
   CHECK(lm.logits().shape() == Shape{m.ids.dim(0), m.ids.dim(1), m.cfg.vocab_size});
 }
@@ -182,7 +182,7 @@ TEST_CASE("the recurrent decoder feeds the virtual tokens first, as the full for
     for (std::int64_t i = 0; i < p.value.numel(); ++i)
       p.value.data<float>()[i] += std::uniform_real_distribution<float>(-0.3f, 0.3f)(rng);
   const Tensor ids = m.ids.rows(0, 1);
-  MambaLM lm = make_lm(m, peft);
+  CausalLM lm = make_lm(m, peft);
   lm.forward(ids);
   testing::require_decoder_matches_forward(m.cfg, peft.weights(), *m.be, ids, lm.logits(),
                                            peft.unmerged_hook(), peft.scan_hook(),
@@ -207,8 +207,8 @@ TEST_CASE("virtual tokens and the conv state save, load, and are refused by merg
     testing::require_close(peft.trainables()[i].name, back.trainables()[i].value,
                            peft.trainables()[i].value, 0, 0);
   const LoadedModel loaded = load_model_with_adapter(m.dir, dir.path().string(), *m.be);
-  MambaLM a = make_lm(m, peft);
-  MambaLM b(loaded.cfg, loaded.weights, *m.be);
+  CausalLM a = make_lm(m, peft);
+  CausalLM b(loaded.cfg, loaded.weights, *m.be);
   b.set_scan_hook(loaded.scan_hook());
   b.set_input_hook(loaded.input_hook());
   a.forward(m.ids);
@@ -219,12 +219,12 @@ TEST_CASE("virtual tokens and the conv state save, load, and are refused by merg
 
 TEST_CASE("a zero-initialised conv state leaves the model's logits unchanged", "[peft][virtual]") {
   Tiny m(DType::F32);
-  MambaLM plain(m.cfg, m.w, *m.be);
+  CausalLM plain(m.cfg, m.w, *m.be);
   plain.forward(m.ids);
   PeftConfig pc;
   pc.initial_conv_state = true;
   PeftModel peft(m.cfg, m.w, pc, *m.be, 0);
-  MambaLM lm = make_lm(m, peft);
+  CausalLM lm = make_lm(m, peft);
   lm.forward(m.ids);
   // Explicit zero context instead of zero padding: the conv adds w * 0 = 0 terms, in the same
   // order, so no bit changes.

@@ -52,7 +52,7 @@ struct Experiment {
                       std::int64_t eval_every = 4, const std::string& tokenizer = "bpe") {
     const std::filesystem::path tok =
         std::filesystem::path(SSMTUNE_FIXTURES_DIR) / "tokenizers" / tokenizer;
-    ssmtune::MambaConfig c;
+    ssmtune::ModelConfig c;
     c.vocab_size = 1024;
     c.d_model = 32;
     c.n_layer = 2;

@@ -16,10 +16,10 @@
 #include "backend/cuda/device_info.h"
 #include "io/json_file.h"
 #include "core/rng.h"
-#include "model/mamba_config.h"
+#include "model/model_config.h"
 #include "model/mamba_init.h"
-#include "model/mamba_lm.h"
-#include "model/mamba_weights.h"
+#include "model/causal_lm.h"
+#include "model/model_weights.h"
 
 namespace ssmtune {
 
@@ -38,7 +38,7 @@ struct BenchOptions {
 // reads u, delta (E each), B, C (N each) and writes y (E), plus a saved (E, N) state per chunk;
 // backward reads u, delta, dy, B, C and the saved states and writes du, ddelta, dB, dC. What a
 // kernel moves beyond this (partial sums, re-reads) counts against its achieved bandwidth.
-double scan_bytes_per_token(const MambaConfig& c, std::int64_t chunk, bool backward) {
+double scan_bytes_per_token(const ModelConfig& c, std::int64_t chunk, bool backward) {
   const double E = double(c.d_inner), N = double(c.d_state), saved = 4.0 * E * N / double(chunk);
   return backward ? 4.0 * (5 * E + 4 * N) + saved : 4.0 * (3 * E + 2 * N) + saved;
 }
@@ -51,13 +51,13 @@ double median(std::vector<double> v) {
 
 void run_bench(const BenchOptions& o) {
   const bool random = !o.config_file.empty();
-  const MambaConfig cfg = random ? parse_mamba_config(read_json_file(o.config_file), o.config_file)
-                                 : load_mamba_config(o.model_dir);
+  const ModelConfig cfg = random ? parse_model_config(read_json_file(o.config_file), o.config_file)
+                                 : load_model_config(o.model_dir);
   // Hugging Face's initialisation (ssmtune init): throughput does not depend on the values, but
   // softplus and exp stay in their usual ranges.
-  const MambaWeights w = random ? init_mamba_weights(cfg, o.seed)
-                                : load_mamba_weights(o.model_dir, cfg, DType::F32);
-  MambaWeights grads = zeros_like_params(cfg, DType::F32);
+  const ModelWeights w = random ? init_mamba_weights(cfg, o.seed)
+                                : load_model_weights(o.model_dir, cfg, DType::F32);
+  ModelWeights grads = zeros_like_params(cfg, DType::F32);
   auto be = make_backend(o.device, o.matmul);
 
   Rng rng = Rng::for_stream(o.seed, stream_id("bench-tokens"));
@@ -66,7 +66,7 @@ void run_bench(const BenchOptions& o) {
     ids.data<std::int64_t>()[i] = std::int64_t(rng.below(std::uint64_t(cfg.vocab_size)));
   const Tensor targets = shift_labels(ids);
 
-  MambaLM lm(cfg, w, *be, o.scan_chunk);
+  CausalLM lm(cfg, w, *be, o.scan_chunk);
   OpProfile profile;
   // A GPU's profile waits for every op (so each op's time is its own), which slows the step:
   // there the timed steps run unprofiled and one more step fills the op table.

@@ -10,7 +10,7 @@
 #include "backend/backend.h"
 #include "data/jsonl_dataset.h"
 #include "data/tokenizer.h"
-#include "model/mamba_lm.h"
+#include "model/causal_lm.h"
 #include "peft/lora_adapter_io.h"
 #include "peft/merge.h"
 #include "train/evaluate.h"
@@ -86,7 +86,7 @@ void run_eval(const EvalArgs& a) {
     class_names = load_jsonl_dataset(classes_from, classes_cfg, *tokenizer).class_names;
   const Dataset ds = load_jsonl_dataset(data, data_cfg, *tokenizer, class_names);
   const LoadedModel m = load_model_with_adapter(model, adapter, *be);
-  MambaLM lm(m.cfg, m.weights, *be);
+  CausalLM lm(m.cfg, m.weights, *be);
   lm.set_scan_hook(m.scan_hook());
   lm.set_hook(m.hook());
   lm.set_input_hook(m.input_hook());

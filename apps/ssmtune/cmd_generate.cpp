@@ -8,7 +8,7 @@
 #include "backend/backend.h"
 #include "data/tokenizer.h"
 #include "infer/generate.h"
-#include "infer/mamba_decoder.h"
+#include "infer/decoder.h"
 #include "peft/merge.h"
 
 namespace ssmtune {
@@ -26,7 +26,7 @@ void run_generate(const GenerateArgs& a) {
   std::unique_ptr<Backend> be = make_backend(a.device);
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(a.model);
   const LoadedModel m = load_model_with_adapter(a.model, a.adapter, *be);
-  MambaDecoder decoder(m.cfg, m.weights, *be);
+  Decoder decoder(m.cfg, m.weights, *be);
   // The methods no weight holds apply in every recurrent step.
   decoder.set_scan_hook(m.scan_hook());
   decoder.set_hook(m.hook());

@@ -11,8 +11,8 @@
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "io/safetensors_checkpoint.h"
-#include "model/mamba_config.h"
-#include "model/mamba_weights.h"
+#include "model/model_config.h"
+#include "model/model_weights.h"
 #include "peft/lora_adapter_io.h"
 #include "peft/method_file.h"
 #include "peft/param_tuning.h"
@@ -86,7 +86,7 @@ void print_lora(const std::string& dir) {
                 with_commas(total).c_str());
     return;
   }
-  const MambaConfig mcfg = load_mamba_config(base);
+  const ModelConfig mcfg = load_model_config(base);
   std::unique_ptr<Backend> be = make_cpu_backend();
   const auto lora = read_lora_adapter(dir, mcfg, DType::F32, *be);
   const LoraConfig& lc = lora->config();
@@ -124,10 +124,10 @@ void run_adapter_info(const std::string& dir) {
 
 void run_info(const std::string& model_dir) {
   if (is_adapter_dir(model_dir)) return run_adapter_info(model_dir);
-  const MambaConfig cfg = load_mamba_config(model_dir);
+  const ModelConfig cfg = load_model_config(model_dir);
   const SafetensorsCheckpoint ckpt = SafetensorsCheckpoint::open(model_dir);
   // Loading validates every tensor against the config: info never reports a broken model.
-  MambaWeights w = load_mamba_weights(model_dir, cfg);
+  ModelWeights w = load_model_weights(model_dir, cfg);
 
   std::set<std::string> dtypes;
   for (const auto& name : ckpt.names())

@@ -11,9 +11,9 @@
 #include "data/tokenizer.h"
 #include "io/json_fields.h"
 #include "io/json_file.h"
-#include "model/mamba_config.h"
+#include "model/model_config.h"
 #include "model/mamba_init.h"
-#include "model/mamba_weights.h"
+#include "model/model_weights.h"
 
 namespace ssmtune {
 
@@ -29,8 +29,8 @@ struct InitOptions {
   bool overwrite = false;
 };
 
-// Keys a Mamba config.json may hold that parse_mamba_config does not read or that only
-// document where the file came from, beside those mamba_config_to_json writes.
+// Keys a Mamba config.json may hold that parse_model_config does not read or that only
+// document where the file came from, beside those model_config_to_json writes.
 const char* const kOtherKnownKeys[] = {"d_model",
                                        "n_layer",
                                        "d_state",
@@ -53,9 +53,9 @@ const char* const kOtherKnownKeys[] = {"d_model",
 // A typo ("stat_size") would otherwise silently give the default; a warning, not an error, so
 // a config.json copied from a real model (with its leftovers) still works as SIZES.json.
 void warn_unknown_keys(const nlohmann::json& j, const std::string& file) {
-  if (!j.is_object()) return;  // parse_mamba_config reports it
+  if (!j.is_object()) return;  // parse_model_config reports it
   std::set<std::string> known(std::begin(kOtherKnownKeys), std::end(kOtherKnownKeys));
-  const nlohmann::json written = mamba_config_to_json(MambaConfig{});
+  const nlohmann::json written = model_config_to_json(ModelConfig{});
   for (const auto& [key, value] : written.items()) known.insert(key);
   for (const auto& [key, value] : j.items())
     if (!known.count(key))
@@ -64,11 +64,11 @@ void warn_unknown_keys(const nlohmann::json& j, const std::string& file) {
 }
 
 // Every mistake in SIZES.json is the user's configuration: exit 2, naming the file and field.
-MambaConfig read_sizes(const std::string& file) {
+ModelConfig read_sizes(const std::string& file) {
   try {
     const nlohmann::json j = read_json_file(file);
     warn_unknown_keys(j, file);
-    MambaConfig c = parse_mamba_config(j, file);
+    ModelConfig c = parse_model_config(j, file);
     const JsonFields f(j, file);
     if (c.initializer_range < 0) f.fail("initializer_range", "a non-negative number");
     if (c.time_step_min > c.time_step_max)
@@ -141,7 +141,7 @@ MaxToken max_token_id(const fs::path& path) {
 }
 
 // The tokenizer files of `dir` to copy, after checking the vocabulary fits the model.
-std::vector<fs::path> tokenizer_files(const std::string& dir, const MambaConfig& c,
+std::vector<fs::path> tokenizer_files(const std::string& dir, const ModelConfig& c,
                                       const std::string& sizes_file) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) throw UsageError("--tokenizer " + dir + ": not a directory");
@@ -165,12 +165,12 @@ std::vector<fs::path> tokenizer_files(const std::string& dir, const MambaConfig&
 }
 
 void run_init(const InitOptions& o) {
-  const MambaConfig cfg = read_sizes(o.sizes_file);
+  const ModelConfig cfg = read_sizes(o.sizes_file);
   const std::vector<fs::path> extra = o.tokenizer_dir.empty()
                                           ? std::vector<fs::path>{}
                                           : tokenizer_files(o.tokenizer_dir, cfg, o.sizes_file);
   check_model_dir_target(o.out_dir, o.overwrite);  // before the weights, which may take a while
-  const MambaWeights w = init_mamba_weights(cfg, o.seed);
+  const ModelWeights w = init_mamba_weights(cfg, o.seed);
   write_mamba_model_dir(o.out_dir, cfg, w, o.overwrite, extra);
 
   std::string files = "config.json, model.safetensors";

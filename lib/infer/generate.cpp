@@ -7,7 +7,7 @@
 
 namespace ssmtune {
 
-GenerationResult generate(MambaDecoder& decoder, const Tokenizer& tokenizer,
+GenerationResult generate(Decoder& decoder, const Tokenizer& tokenizer,
                           const std::string& prompt, const SamplingOptions& opts,
                           const std::function<void(const std::string& piece)>& on_text) {
   check_sampling_options(opts);

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "data/tokenizer.h"
-#include "infer/mamba_decoder.h"
+#include "infer/decoder.h"
 #include "infer/sampling.h"
 
 namespace ssmtune {
@@ -25,7 +25,7 @@ struct GenerationResult {
 // concatenation is result.text. Sampled ids are limited to those both the model and the
 // tokenizer know (the model's vocabulary may be padded). EOS is tokenizer.eos_id(), if any.
 // Throws UsageError on invalid options or a prompt that encodes to zero tokens.
-GenerationResult generate(MambaDecoder& decoder, const Tokenizer& tokenizer,
+GenerationResult generate(Decoder& decoder, const Tokenizer& tokenizer,
                           const std::string& prompt, const SamplingOptions& opts,
                           const std::function<void(const std::string& piece)>& on_text = {});
 

@@ -2,19 +2,45 @@
 // layer, such as LoRA's s * B A x. The model calls it at every projection with the layer's input
 // and the layer's output split into parts that match rows of the weight, so a hook can act on
 // the whole module or on one slice (in_proj.x, x_proj.B, ...) without the model knowing which.
+// Sites are named (LinearSite below), so a hook finds its modules by name as `peft` does.
 // The model depends on this interface only; lib/peft implements it.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include <string>
+
 #include "core/tensor.h"
+#include "model/model_config.h"
+#include "model/model_weights.h"
 
 namespace ssmtune {
 
-// The projections of one Mamba layer (HF MambaMixer module names).
-enum class LinearSite { InProj, XProj, DtProj, OutProj };
-const char* linear_site_name(LinearSite site);  // "in_proj", "x_proj", ...
+// A named row range of a linear layer's weight that a PEFT method may act on alone: in_proj's
+// x rows [0, E) and z rows [E, 2E); x_proj's dt, B and C rows.
+struct LinearSlice {
+  std::string name;  // "x", "z", "dt", "B", "C"
+  std::int64_t row0 = 0, rows = 0;
+};
+
+// One linear layer of the model (a weight (out, in), y = x W^T + b), named as Hugging Face
+// names the module, so PEFT methods address it by name as `peft` does. linear_sites() lists the
+// model's in a fixed order: layer by layer, in each layer its kind's order (mamba_mixer.h).
+struct LinearSite {
+  std::int64_t index = -1;  // its position in linear_sites(): what hooks key on
+  std::int64_t layer = -1;
+  std::string module;       // "backbone.layers.3.mixer.in_proj"
+  std::string name;         // its name in its layer kind, what targets match: "in_proj"
+  std::int64_t in = 0, out = 0;
+  std::vector<LinearSlice> slices;  // empty when it has none
+};
+
+// Every linear site of a model with config `c`, in order.
+std::vector<LinearSite> linear_sites(const ModelConfig& c);
+
+// The weight (out, in) of `site` in `w` (a handle: writing through it writes the model's tensor).
+Tensor linear_weight(const ModelWeights& w, const LinearSite& site);
 
 // One contiguous output part of a projection: y rows (tokens, n) computed by weight rows
 // [row0, row0 + n). in_proj has parts x [0, E) and z [E, 2E); x_proj has dt [0, R),
@@ -28,11 +54,11 @@ class LinearHook {
  public:
   virtual ~LinearHook() = default;
   // x: (tokens, in) the projection's input. Adds the hook's term to each part's y.
-  virtual void linear_forward(std::int64_t layer, LinearSite site, const Tensor& x,
+  virtual void linear_forward(const LinearSite& site, const Tensor& x,
                               std::vector<LinearPart>& out) = 0;
   // x: as in forward; dout: the parts' gradients. Accumulates the hook's parameter gradients
   // and adds the gradient w.r.t. x to dx: (tokens, in).
-  virtual void linear_backward(std::int64_t layer, LinearSite site, const Tensor& x,
+  virtual void linear_backward(const LinearSite& site, const Tensor& x,
                                const std::vector<LinearPart>& dout, Tensor& dx) = 0;
   // The embedding lookup as a linear layer on one-hot ids (PEFT's LoRA on nn.Embedding).
   // ids: (tokens) I64   out: (tokens, d_model) += the hook's term.

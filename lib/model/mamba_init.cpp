@@ -69,7 +69,7 @@ struct InitRule {
   double scale = 0;  // std (kNormal), bound (kUniform), value (kConstant)
 };
 
-InitRule rule_for(const MambaConfig& c, const std::string& name) {
+InitRule rule_for(const ModelConfig& c, const std::string& name) {
   const auto ends = [&](const char* suffix) { return name.ends_with(suffix); };
   const double kaiming_d = 1.0 / std::sqrt(double(c.d_model));
   const double kaiming_e = 1.0 / std::sqrt(double(c.d_inner));
@@ -93,7 +93,7 @@ InitRule rule_for(const MambaConfig& c, const std::string& name) {
 }
 
 // t: any shape, F32. A_log needs its last dimension (d_state) to know n.
-void fill(const MambaConfig& c, const InitRule& r, Rng& rng, Tensor& t) {
+void fill(const ModelConfig& c, const InitRule& r, Rng& rng, Tensor& t) {
   float* p = t.data<float>();
   const std::int64_t n = t.numel();
   switch (r.rule) {
@@ -225,7 +225,7 @@ ModelDirTarget model_dir_target(const std::string& dir, bool overwrite) {
 
 }  // namespace
 
-std::int64_t mamba_param_count(const MambaConfig& c) {
+std::int64_t mamba_param_count(const ModelConfig& c) {
   const std::int64_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv,
                      V = c.vocab_size;
   const std::int64_t per_layer = D                                       // norm
@@ -238,7 +238,7 @@ std::int64_t mamba_param_count(const MambaConfig& c) {
   return V * D + c.n_layer * per_layer + D + (c.tie_word_embeddings ? 0 : V * D);
 }
 
-MambaWeights init_mamba_weights(const MambaConfig& c, std::uint64_t seed) {
+ModelWeights init_mamba_weights(const ModelConfig& c, std::uint64_t seed) {
   if (c.time_step_min > c.time_step_max)
     throw Error("time_step_min = " + std::to_string(c.time_step_min) +
                 " is larger than time_step_max = " + std::to_string(c.time_step_max));
@@ -251,7 +251,7 @@ MambaWeights init_mamba_weights(const MambaConfig& c, std::uint64_t seed) {
     throw Error("a model of " + std::to_string(mamba_param_count(c)) + " parameters needs " +
                 gib(bytes) + " in F32, more than this machine's " + gib(physical_memory_bytes()) +
                 " of memory");
-  MambaWeights w = zeros_like_params(c, DType::F32);
+  ModelWeights w = zeros_like_params(c, DType::F32);
   for_each_param(c, w, [&](const std::string& name, Tensor& t) {
     Rng rng = Rng::for_stream(seed, stream_id(name.c_str()));
     fill(c, rule_for(c, name), rng, t);
@@ -263,7 +263,7 @@ void check_model_dir_target(const std::string& dir, bool overwrite) {
   model_dir_target(dir, overwrite);
 }
 
-void write_mamba_model_dir(const std::string& dir, const MambaConfig& c, const MambaWeights& w,
+void write_mamba_model_dir(const std::string& dir, const ModelConfig& c, const ModelWeights& w,
                            bool overwrite, const std::vector<fs::path>& extra_files) {
   const ModelDirTarget where = model_dir_target(dir, overwrite);
   const fs::path& target = where.path;
@@ -271,7 +271,7 @@ void write_mamba_model_dir(const std::string& dir, const MambaConfig& c, const M
   std::error_code ec;
 
   std::vector<NamedTensor> tensors;
-  MambaWeights handles = w;  // for_each_param wants a mutable struct; copies only handles
+  ModelWeights handles = w;  // for_each_param wants a mutable struct; copies only handles
   std::optional<DType> dtype;
   for_each_param(c, handles, [&](const std::string& name, Tensor& t) {
     if (dtype && t.dtype() != *dtype)
@@ -291,7 +291,7 @@ void write_mamba_model_dir(const std::string& dir, const MambaConfig& c, const M
 
   const fs::path tmp = make_temp_dir(target, ".tmp-", dir);
   RemoveOnExit cleanup(tmp);
-  nlohmann::json config = mamba_config_to_json(c);
+  nlohmann::json config = model_config_to_json(c);
   config["torch_dtype"] = torch_dtype_name(*dtype);
   write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
   write_safetensors(tmp / "model.safetensors", tensors);

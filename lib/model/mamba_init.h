@@ -7,15 +7,15 @@
 #include <string>
 #include <vector>
 
-#include "model/mamba_config.h"
-#include "model/mamba_weights.h"
+#include "model/model_config.h"
+#include "model/model_weights.h"
 
 namespace ssmtune {
 
 // Number of parameters of the model `c` describes, counting a tied lm_head once (what
 // `sum(p.numel() for p in model.parameters())` gives in transformers). From the sizes alone,
 // so a caller can refuse a model too large for memory before anything is allocated.
-std::int64_t mamba_param_count(const MambaConfig& c);
+std::int64_t mamba_param_count(const ModelConfig& c);
 
 // Every parameter of `c` in F32, drawn by the rules listed in mamba_init.cpp. Each tensor
 // draws from its own Rng::for_stream(seed, stream_id(HF name)), so a tensor's values depend
@@ -25,10 +25,10 @@ std::int64_t mamba_param_count(const MambaConfig& c);
 // The lm_head shares the embedding's storage when c.tie_word_embeddings.
 // Throws Error if the config's init fields are unusable (time_step_min > time_step_max,
 // negative initializer_range).
-MambaWeights init_mamba_weights(const MambaConfig& c, std::uint64_t seed);
+ModelWeights init_mamba_weights(const ModelConfig& c, std::uint64_t seed);
 
 // Writes a model directory that transformers' MambaForCausalLM.from_pretrained loads:
-//   dir/config.json         mamba_config_to_json(c) with torch_dtype set from the weights' dtype
+//   dir/config.json         model_config_to_json(c) with torch_dtype set from the weights' dtype
 //   dir/model.safetensors   every parameter under its HF name (a tied lm_head is not stored)
 //   dir/<name>              a copy of each of `extra_files` (tokenizer files), by file name
 // All of it is written into a fresh sibling DIR.tmp-XXXXXX and renamed into place, so on any
@@ -41,7 +41,7 @@ MambaWeights init_mamba_weights(const MambaConfig& c, std::uint64_t seed);
 // without `overwrite` (or one that is no model directory), Error for a missing parent.
 void check_model_dir_target(const std::string& dir, bool overwrite);
 
-void write_mamba_model_dir(const std::string& dir, const MambaConfig& c, const MambaWeights& w,
+void write_mamba_model_dir(const std::string& dir, const ModelConfig& c, const ModelWeights& w,
                            bool overwrite = false,
                            const std::vector<std::filesystem::path>& extra_files = {});
 

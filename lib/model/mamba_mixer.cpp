@@ -5,7 +5,77 @@
 
 namespace ssmtune {
 
-void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w, const Tensor& n,
+namespace {
+// The mixer's sites in append_mamba_mixer_sites's order.
+enum MambaSite { kInProj, kXProj, kDtProj, kOutProj };
+}  // namespace
+
+void append_mamba_mixer_slots(const ModelConfig& c, const std::string& module,
+                              MambaMixerWeights& w, std::vector<ParamSlot>& out) {
+  const std::int64_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv;
+  const char* no_bias = c.use_bias ? nullptr : "use_bias is false";
+  const char* no_conv_bias = c.use_conv_bias ? nullptr : "use_conv_bias is false";
+  const std::string p = module + ".";
+  out.push_back({p + "A_log", &w.A_log, {E, N}});
+  out.push_back({p + "D", &w.D, {E}});
+  out.push_back({p + "conv1d.weight", &w.conv1d, {E, 1, K}});
+  out.push_back({p + "conv1d.bias", &w.conv1d_bias, {E}, no_conv_bias});
+  out.push_back({p + "in_proj.weight", &w.in_proj, {2 * E, D}});
+  out.push_back({p + "in_proj.bias", &w.in_proj_bias, {2 * E}, no_bias});
+  out.push_back({p + "x_proj.weight", &w.x_proj, {R + 2 * N, E}});
+  out.push_back({p + "dt_proj.weight", &w.dt_proj, {E, R}});
+  out.push_back({p + "dt_proj.bias", &w.dt_proj_bias, {E}});
+  out.push_back({p + "out_proj.weight", &w.out_proj, {D, E}});
+  out.push_back({p + "out_proj.bias", &w.out_proj_bias, {D}, no_bias});
+}
+
+void append_mamba_mixer_sites(const ModelConfig& c, std::int64_t layer, const std::string& module,
+                              std::vector<LinearSite>& out) {
+  const std::int64_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank;
+  const auto site = [&](const char* name, std::int64_t in, std::int64_t rows,
+                        std::vector<LinearSlice> slices) {
+    out.push_back({-1, layer, module + "." + name, name, in, rows, std::move(slices)});
+  };
+  site("in_proj", D, 2 * E, {{"x", 0, E}, {"z", E, E}});
+  site("x_proj", E, R + 2 * N, {{"dt", 0, R}, {"B", R, N}, {"C", R + N, N}});
+  site("dt_proj", R, E, {});
+  site("out_proj", E, D, {});
+}
+
+Tensor mamba_mixer_linear_weight(const MambaMixerWeights& w, const LinearSite& site) {
+  if (site.name == "in_proj") return w.in_proj;
+  if (site.name == "x_proj") return w.x_proj;
+  if (site.name == "dt_proj") return w.dt_proj;
+  if (site.name == "out_proj") return w.out_proj;
+  throw Error(site.module + ": not a linear layer of a Mamba mixer");
+}
+
+void reset_mixer_cache(Backend& be, const ModelConfig& cfg, const MambaMixerWeights& w,
+                       std::int64_t layer, const MixerHooks& hooks, DType dtype,
+                       MixerCache& c) {
+  const std::int64_t E = cfg.d_inner, N = cfg.d_state;
+  ScanHook* scan_hook = hooks.scan;
+  if (!c.A.defined()) {
+    c.A = be.empty({E, N}, dtype);
+    be.ssm_A_forward(w.A_log, c.A);
+  }
+  c.conv = be.zeros({1, cfg.d_conv - 1, E}, dtype);
+  const Tensor conv0 = scan_hook ? scan_hook->initial_conv_state(layer) : Tensor();
+  if (conv0.defined()) be.copy(conv0, c.conv);  // initial-state tuning's learned conv state
+  c.affix_pending = hooks.input != nullptr;
+  const Tensor h0 = scan_hook ? scan_hook->initial_state(layer, 1) : Tensor();
+  c.ssm = be.zeros({1, E, N}, dtype);
+  if (h0.defined()) be.copy(h0, c.ssm);
+  Shape carried = scan_hook ? scan_hook->carried_state_shape(layer) : Shape{};
+  if (carried.empty()) {
+    c.hook = Tensor();
+  } else {
+    carried.insert(carried.begin(), 1);
+    c.hook = be.zeros(carried, dtype);
+  }
+}
+
+void mixer_forward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights& w, const Tensor& n,
                    std::int64_t scan_chunk, MixerActivations& a, Tensor& out, std::int64_t layer,
                    const MixerHooks& hooks, MixerCache* cache) {
   const std::int64_t B = n.dim(0), L = n.dim(1), D = cfg.d_model, E = cfg.d_inner;
@@ -15,6 +85,7 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
   LinearHook* hook = hooks.linear;
   ScanHook* scan_hook = hooks.scan;
   check(!cache || B == 1, "recurrent decoding runs one sequence at a time");
+  check(!hook || hooks.sites, "mixer_forward: a linear hook without the mixer's sites");
 
   // in_proj as two products over the weight's row halves: x and z come out contiguous.
   a.x = be.empty({B, L, E}, dt);
@@ -24,7 +95,7 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
   linear_forward(be, n2, w.in_proj.rows(E, 2 * E), row_slice(w.in_proj_bias, E, 2 * E), z2);
   if (hook) {
     std::vector<LinearPart> parts{{0, x2}, {E, z2}};
-    hook->linear_forward(layer, LinearSite::InProj, n2, parts);
+    hook->linear_forward(hooks.sites[kInProj], n2, parts);
   }
 
   // conv_in = [context ; affix ; x]: the conv's left context (decoding cache or learned conv
@@ -71,7 +142,7 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
   be.split_columns(x_dbl, R + N, C2);
   if (hook) {  // after the split, so a slice hook (x_proj.B) adds to its own part
     std::vector<LinearPart> parts{{0, a.dt_in}, {R, B2}, {R + N, C2}};
-    hook->linear_forward(layer, LinearSite::XProj, u2, parts);
+    hook->linear_forward(hooks.sites[kXProj], u2, parts);
   }
 
   a.delta_raw = be.empty({B, Le, E}, dt);
@@ -79,7 +150,7 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
   linear_forward(be, a.dt_in, w.dt_proj, w.dt_proj_bias, draw2);
   if (hook) {
     std::vector<LinearPart> parts{{0, draw2}};
-    hook->linear_forward(layer, LinearSite::DtProj, a.dt_in, parts);
+    hook->linear_forward(hooks.sites[kDtProj], a.dt_in, parts);
   }
   a.delta = be.empty({B, Le, E}, dt);
   be.softplus_forward(a.delta_raw, a.delta);
@@ -114,13 +185,13 @@ void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights&
   linear_forward(be, a.gated.reshape({rows, E}), w.out_proj, w.out_proj_bias, out2);
   if (hook) {
     std::vector<LinearPart> parts{{0, out2}};
-    hook->linear_forward(layer, LinearSite::OutProj, a.gated.reshape({rows, E}), parts);
+    hook->linear_forward(hooks.sites[kOutProj], a.gated.reshape({rows, E}), parts);
   }
 }
 
-void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
+void mixer_backward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights& w,
                     const Tensor& n, const MixerActivations& a, const Tensor& dout, Tensor& dn,
-                    MambaLayerWeights& g, std::int64_t layer, const MixerHooks& hooks) {
+                    MambaMixerWeights& g, std::int64_t layer, const MixerHooks& hooks) {
   const std::int64_t B = n.dim(0), L = n.dim(1), E = cfg.d_inner;
   const std::int64_t N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv, rows = B * L;
   const std::int64_t Cx = a.n_context, Ta = a.n_affix, Le = Ta + L, rows_e = B * Le;
@@ -136,7 +207,7 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
   linear_backward(be, flat(dout), flat(a.gated), w.out_proj, dgated, 0.0, g.out_proj,
                   g.out_proj_bias);
   if (hook)
-    hook->linear_backward(layer, LinearSite::OutProj, flat(a.gated), {{0, flat(dout)}}, dgated);
+    hook->linear_backward(hooks.sites[kOutProj], flat(a.gated), {{0, flat(dout)}}, dgated);
   // gated = y * silu(z); the affix's dropped steps get no gradient
   Tensor dy = be.empty({B, L, E}, dt), dz = be.empty({B, L, E}, dt);
   be.gate_backward(dgated.reshape({B, L, E}), a.y, a.z, dy, dz);
@@ -170,7 +241,7 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
   Tensor ddt_in = be.empty({rows_e, R}, dt);
   linear_backward(be, flat(ddelta_raw), a.dt_in, w.dt_proj, ddt_in, 0.0, g.dt_proj, g.dt_proj_bias);
   if (hook)
-    hook->linear_backward(layer, LinearSite::DtProj, a.dt_in, {{0, flat(ddelta_raw)}}, ddt_in);
+    hook->linear_backward(hooks.sites[kDtProj], a.dt_in, {{0, flat(ddelta_raw)}}, ddt_in);
 
   // [dt_in ; Bm ; Cm] = x_proj(u): the gradient of u adds to the scan's du
   Tensor dx_dbl = be.empty({rows_e, R + 2 * N}, dt);
@@ -181,7 +252,7 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
   Tensor no_bias;
   linear_backward(be, dx_dbl, flat(a.u), w.x_proj, du2, 1.0, g.x_proj, no_bias);
   if (hook)
-    hook->linear_backward(layer, LinearSite::XProj, flat(a.u),
+    hook->linear_backward(hooks.sites[kXProj], flat(a.u),
                           {{0, ddt_in}, {R, flat(sg.dBm)}, {R + N, flat(sg.dCm)}}, du2);
 
   // u = silu(c), c = the last Le outputs of conv1d(conv_in)
@@ -218,7 +289,7 @@ void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights
   linear_backward(be, flat(dx), n2, w.in_proj.rows(0, E), dn2, 0.0, dWx, dbx);
   linear_backward(be, flat(dz), n2, w.in_proj.rows(E, 2 * E), dn2, 1.0, dWz, dbz);
   if (hook)
-    hook->linear_backward(layer, LinearSite::InProj, n2, {{0, flat(dx)}, {E, flat(dz)}}, dn2);
+    hook->linear_backward(hooks.sites[kInProj], n2, {{0, flat(dx)}, {E, flat(dz)}}, dn2);
 }
 
 }  // namespace ssmtune

@@ -16,8 +16,10 @@
 #include "backend/backend.h"
 #include "model/input_hook.h"
 #include "model/linear_hook.h"
-#include "model/mamba_config.h"
-#include "model/mamba_weights.h"
+#include "model/model_config.h"
+#include "model/model_weights.h"
+#include <string>
+#include <vector>
 #include "model/scan_hook.h"
 
 namespace ssmtune {
@@ -52,27 +54,47 @@ struct MixerCache {
   bool affix_pending = false;  // the sequence has not started: affix tuning's vectors go first
 };
 
-// The PEFT hooks of one mixer (each may be null).
+// The PEFT hooks of one mixer (each may be null). `sites`: this mixer's linear sites in the
+// order append_mamba_mixer_sites lists them (needed when `linear` is set).
 struct MixerHooks {
   LinearHook* linear = nullptr;
   ScanHook* scan = nullptr;
   InputHook* input = nullptr;
+  const LinearSite* sites = nullptr;
 };
+
+// The mixer's tensors under `module` ("backbone.layers.3.mixer"), in state_dict order, with
+// their shapes under `c` (MODELS.md A.3); absent biases carry why.
+void append_mamba_mixer_slots(const ModelConfig& c, const std::string& module,
+                              MambaMixerWeights& w, std::vector<ParamSlot>& out);
+// Its linear sites, in this order: in_proj (slices x, z), x_proj (slices dt, B, C), dt_proj,
+// out_proj. `module` as above; index left for linear_sites() to set.
+void append_mamba_mixer_sites(const ModelConfig& c, std::int64_t layer, const std::string& module,
+                              std::vector<LinearSite>& out);
+// The weight of one of those sites.
+Tensor mamba_mixer_linear_weight(const MambaMixerWeights& w, const LinearSite& site);
+
+// An empty sequence's cache for layer `layer`: the conv state zero (the conv's zero padding) or
+// the scan hook's learned conv state; h = 0 (h_{-1} of A.4 step 7) or its learned initial
+// state; its carried state zero; the affix pending. A = -exp(A_log) is computed when `cache`
+// has none yet (the weights do not change while a decoder runs).
+void reset_mixer_cache(Backend& be, const ModelConfig& cfg, const MambaMixerWeights& w,
+                       std::int64_t layer, const MixerHooks& hooks, DType dtype, MixerCache& cache);
 
 // n: (B, L, D) normalised block input of layer `layer`   out: (B, L, D) overwritten
 // hooks: the PEFT terms on this layer. cache: null in training (conv context from the scan
 // hook's learned conv state or zero padding, the scan from its initial state); in recurrent
 // decoding (B = 1) the states to start from, updated to the end of the block (backward is then
 // not possible).
-void mixer_forward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w, const Tensor& n,
+void mixer_forward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights& w, const Tensor& n,
                    std::int64_t scan_chunk, MixerActivations& acts, Tensor& out,
                    std::int64_t layer = 0, const MixerHooks& hooks = {},
                    MixerCache* cache = nullptr);
 
 // dout: (B, L, D)   dn: (B, L, D) overwritten with the gradient w.r.t. n
 // grads: parameter gradients accumulated (+=); an undefined grad tensor is skipped (frozen).
-void mixer_backward(Backend& be, const MambaConfig& cfg, const MambaLayerWeights& w,
+void mixer_backward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights& w,
                     const Tensor& n, const MixerActivations& acts, const Tensor& dout, Tensor& dn,
-                    MambaLayerWeights& grads, std::int64_t layer = 0, const MixerHooks& hooks = {});
+                    MambaMixerWeights& grads, std::int64_t layer = 0, const MixerHooks& hooks = {});
 
 }  // namespace ssmtune

@@ -9,7 +9,7 @@
 
 namespace ssmtune {
 
-AdditionalScan::AdditionalScan(const MambaConfig& cfg, const AdditionalScanConfig& config,
+AdditionalScan::AdditionalScan(const ModelConfig& cfg, const AdditionalScanConfig& config,
                                DType dtype, Backend& be, std::int64_t scan_chunk)
     : cfg_(cfg), config_(config), be_(be), scan_chunk_(scan_chunk) {
   const std::int64_t n = config.states, E = cfg.d_inner;
@@ -23,11 +23,11 @@ AdditionalScan::AdditionalScan(const MambaConfig& cfg, const AdditionalScanConfi
   }
 }
 
-void AdditionalScan::init(const MambaWeights& base, std::uint64_t seed) {
+void AdditionalScan::init(const ModelWeights& base, std::uint64_t seed) {
   const std::int64_t n = config_.states, E = cfg_.d_inner, N = cfg_.d_state;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     Layer& l = layers_[i];
-    const Tensor base_A_log = base.layers.at(i).A_log.to(DType::F64);  // (E, N)
+    const Tensor base_A_log = base.layers.at(i).mamba.A_log.to(DType::F64);  // (E, N)
     Tensor a = Tensor::empty({E, n}, l.A_log.dtype());
     std::int64_t k = 0;
     fill_with(a, [&] {
@@ -111,6 +111,24 @@ void AdditionalScan::output_backward(std::int64_t layer, const ScanIO& in, const
   be_.gemm(false, false, 1.0, dC2, l.W.rows(n, 2 * n), 1.0, du2);
 }
 
+void AdditionalScan::save(const std::filesystem::path& dir, const AdapterInfo& info) {
+  write_additional_scan(dir, *this, info.metadata);
+}
+
+void AdditionalScan::load(const std::filesystem::path& dir) {
+  load_trained_method(dir, "additional_scan", *this, be_);
+}
+
+std::string AdditionalScan::unmergeable_reason() const {
+  return method_file_name("additional_scan") +
+         " holds an additional scan, which needs more states than the model's d_state";
+}
+
+std::vector<std::string> AdditionalScan::summary() {
+  return {"additional scan: " + std::to_string(config_.states) + " extra states (init " +
+          config_.init + "), " + std::to_string(n_trainable(*this)) + " parameters"};
+}
+
 void write_additional_scan(const std::filesystem::path& dir, AdditionalScan& as,
                            const std::map<std::string, std::string>& metadata) {
   save_method(dir, "additional_scan", as,
@@ -118,7 +136,7 @@ void write_additional_scan(const std::filesystem::path& dir, AdditionalScan& as,
 }
 
 std::unique_ptr<AdditionalScan> read_additional_scan(const std::filesystem::path& dir,
-                                                     const MambaConfig& cfg, DType dtype,
+                                                     const ModelConfig& cfg, DType dtype,
                                                      Backend& be) {
   const std::optional<nlohmann::json> settings = read_method_config(dir, "additional_scan");
   if (!settings) return nullptr;

@@ -19,24 +19,33 @@
 #include <vector>
 
 #include "backend/backend.h"
-#include "model/mamba_config.h"
-#include "model/mamba_weights.h"
+#include "model/model_config.h"
+#include "model/model_weights.h"
 #include "model/scan_hook.h"
 #include "peft/peft_config.h"
+#include "peft/peft_method.h"
 #include "peft/trainable.h"
 
 namespace ssmtune {
 
-class AdditionalScan final : public ScanHook {
+class AdditionalScan final : public ScanHook, public PeftMethod {
  public:
   // Zero-filled parameters: call init() or load into them. dtype: F32 or F64.
-  AdditionalScan(const MambaConfig& cfg, const AdditionalScanConfig& config, DType dtype,
+  AdditionalScan(const ModelConfig& cfg, const AdditionalScanConfig& config, DType dtype,
                  Backend& be, std::int64_t scan_chunk = 64);
   // `base` gives A_log for the "copy" init.
-  void init(const MambaWeights& base, std::uint64_t seed);
+  void init(const ModelWeights& base, std::uint64_t seed) override;
   const AdditionalScanConfig& config() const { return config_; }
   // "additional_scan.layers.I.A_log" (E, n), "additional_scan.layers.I.x_proj" (2n, E)
-  void append_trainables(std::vector<TrainableParam>& out);
+  void append_trainables(std::vector<TrainableParam>& out) override;
+
+  // PeftMethod: init() above; its method file (below); more states than the model's d_state,
+  // so it stays beside the merged weights as a scan hook.
+  ScanHook* scan_hook() override { return this; }
+  void save(const std::filesystem::path& dir, const AdapterInfo& info) override;
+  void load(const std::filesystem::path& dir) override;
+  std::string unmergeable_reason() const override;
+  std::vector<std::string> summary() override;
 
   Tensor initial_state(std::int64_t, std::int64_t) override { return Tensor(); }
   void initial_state_backward(std::int64_t, const Tensor&) override {}
@@ -50,7 +59,7 @@ class AdditionalScan final : public ScanHook {
     Tensor A_log, W, dA_log, dW;  // (E, n), (2n, E)
     Tensor A, Bm, Cm, h_saved;    // saved by forward: (E, n), (B, L, n) x 2, scan checkpoints
   };
-  MambaConfig cfg_;  // a copy: the method may outlive the config it was made from
+  ModelConfig cfg_;  // a copy: the method may outlive the config it was made from
   AdditionalScanConfig config_;
   Backend& be_;
   std::int64_t scan_chunk_;
@@ -62,7 +71,7 @@ class AdditionalScan final : public ScanHook {
 void write_additional_scan(const std::filesystem::path& dir, AdditionalScan& as,
                            const std::map<std::string, std::string>& metadata = {});
 std::unique_ptr<AdditionalScan> read_additional_scan(const std::filesystem::path& dir,
-                                                     const MambaConfig& cfg, DType dtype,
+                                                     const ModelConfig& cfg, DType dtype,
                                                      Backend& be);
 
 }  // namespace ssmtune

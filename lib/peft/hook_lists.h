@@ -18,13 +18,13 @@ class LinearHookList final : public LinearHook {
   // The hook the model should get: null, the only one, or this list.
   LinearHook* get() { return hooks_.empty() ? nullptr : hooks_.size() == 1 ? hooks_[0] : this; }
 
-  void linear_forward(std::int64_t layer, LinearSite site, const Tensor& x,
+  void linear_forward(const LinearSite& site, const Tensor& x,
                       std::vector<LinearPart>& out) override {
-    for (LinearHook* h : hooks_) h->linear_forward(layer, site, x, out);
+    for (LinearHook* h : hooks_) h->linear_forward(site, x, out);
   }
-  void linear_backward(std::int64_t layer, LinearSite site, const Tensor& x,
+  void linear_backward(const LinearSite& site, const Tensor& x,
                        const std::vector<LinearPart>& dout, Tensor& dx) override {
-    for (LinearHook* h : hooks_) h->linear_backward(layer, site, x, dout, dx);
+    for (LinearHook* h : hooks_) h->linear_backward(site, x, dout, dx);
   }
   void embedding_forward(const Tensor& ids, Tensor& out) override {
     for (LinearHook* h : hooks_) h->embedding_forward(ids, out);

@@ -1,58 +1,69 @@
 #include "peft/lora.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <sstream>
 
 #include "core/error.h"
 #include "peft/dora.h"
 #include "peft/init_util.h"
+#include "peft/lora_adapter_io.h"
 #include "peft/target_names.h"
 
 namespace ssmtune {
 
 namespace {
 
-struct SliceRows {
-  LinearSite site;
-  std::int64_t row0, rows, in, module_rows;
+// What a target (without its layer prefix) names: a module ("in_proj") or a slice of one
+// ("in_proj.x"). A module name matches a site whose name is it or ends in ".<name>", as PEFT's
+// target_modules match module names.
+struct Target {
+  std::string module, slice;  // slice "" = the whole module
 };
 
-// The weight rows a target name (without its layer prefix) updates, METHODS.md 0.
-std::map<std::string, SliceRows> target_table(const MambaConfig& c) {
-  const std::int64_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank;
-  using S = LinearSite;
-  return {
-      {"in_proj", {S::InProj, 0, 2 * E, D, 2 * E}},
-      {"in_proj.x", {S::InProj, 0, E, D, 2 * E}},
-      {"in_proj.z", {S::InProj, E, E, D, 2 * E}},
-      {"x_proj", {S::XProj, 0, R + 2 * N, E, R + 2 * N}},
-      {"x_proj.dt", {S::XProj, 0, R, E, R + 2 * N}},
-      {"x_proj.B", {S::XProj, R, N, E, R + 2 * N}},
-      {"x_proj.C", {S::XProj, R + N, N, E, R + 2 * N}},
-      {"dt_proj", {S::DtProj, 0, E, R, E}},
-      {"out_proj", {S::OutProj, 0, D, E, D}},
-  };
-}
-
-std::string valid_targets_text() {
-  return "in_proj, in_proj.x, in_proj.z, x_proj, x_proj.dt, x_proj.B, x_proj.C, dt_proj, "
-         "out_proj, embeddings (optionally prefixed by layers.I. or layers.I-J.)";
+bool names_site(const std::string& module, const LinearSite& site) {
+  const std::string& n = site.name;
+  return n == module || (n.size() > module.size() + 1 && n.ends_with(module) &&
+                         n[n.size() - module.size() - 1] == '.');
 }
 
 }  // namespace
 
-Tensor linear_weight(const MambaLayerWeights& lw, LinearSite site) {
-  switch (site) {
-    case LinearSite::InProj: return lw.in_proj;
-    case LinearSite::XProj: return lw.x_proj;
-    case LinearSite::DtProj: return lw.dt_proj;
-    case LinearSite::OutProj: return lw.out_proj;
+std::string lora_target_names(const std::vector<LinearSite>& sites, bool with_slices) {
+  std::vector<std::string> names;
+  for (const LinearSite& s : sites) {
+    std::vector<std::string> mine{s.name};
+    if (with_slices)
+      for (const LinearSlice& sl : s.slices) mine.push_back(s.name + "." + sl.name);
+    for (const std::string& n : mine)
+      if (std::find(names.begin(), names.end(), n) == names.end()) names.push_back(n);
   }
-  return Tensor();
+  std::string out;
+  for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
 }
 
-std::vector<LoraTerm> plan_lora_terms(const MambaConfig& c, const LoraConfig& lora, DType dtype) {
-  const auto table = target_table(c);
+namespace {
+
+// Splits "in_proj.x" into module and slice when some site has that slice; else the whole
+// target is a module name.
+Target parse_target(const std::string& target, const std::vector<LinearSite>& sites) {
+  const std::size_t dot = target.rfind('.');
+  if (dot != std::string::npos) {
+    const Target t{target.substr(0, dot), target.substr(dot + 1)};
+    for (const LinearSite& s : sites)
+      if (names_site(t.module, s))
+        for (const LinearSlice& sl : s.slices)
+          if (sl.name == t.slice) return t;
+  }
+  return {target, ""};
+}
+
+}  // namespace
+
+std::vector<LoraTerm> plan_lora_terms(const ModelConfig& c, const LoraConfig& lora, DType dtype) {
+  const std::vector<LinearSite> sites = linear_sites(c);
   const double scale = lora.scale > 0 ? lora.scale
                        : lora.rslora  ? lora.alpha / std::sqrt(double(lora.rank))
                                       : lora.alpha / double(lora.rank);
@@ -66,8 +77,8 @@ std::vector<LoraTerm> plan_lora_terms(const MambaConfig& c, const LoraConfig& lo
     // such vector in its adapter layout, so they stay LoRA-only.
     const auto refuse_dora = [&](const char* what) {
       throw UsageError("peft.lora.targets: \"" + original + "\" is " + what +
-                       ": DoRA (peft.lora.dora) works on whole modules only (in_proj, x_proj, "
-                       "dt_proj, out_proj); target the module, or turn dora off");
+                       ": DoRA (peft.lora.dora) works on whole modules only (" +
+                       lora_target_names(sites, false) + "); target the module, or turn dora off");
     };
     if (target == "embeddings") {
       if (lora.dora) refuse_dora("the embedding");
@@ -87,27 +98,35 @@ std::vector<LoraTerm> plan_lora_terms(const MambaConfig& c, const LoraConfig& lo
       terms.push_back(std::move(t));
       continue;
     }
-    const auto it = table.find(target);
-    if (it == table.end())
-      throw UsageError("peft.lora.targets: unknown target \"" + original +
-                       "\"; valid: " + valid_targets_text());
-    const SliceRows& s = it->second;
-    if (lora.dora && s.rows != s.module_rows) refuse_dora("a slice");
-    for (std::int64_t layer = first; layer <= last; ++layer) {
+    const Target tg = parse_target(target, sites);
+    const bool known = std::any_of(sites.begin(), sites.end(), [&](const LinearSite& s) {
+      return names_site(tg.module, s);
+    });
+    if (!known)
+      throw UsageError("peft.lora.targets: unknown target \"" + original + "\"; valid: " +
+                       lora_target_names(sites, true) +
+                       ", embeddings (optionally prefixed by layers.I. or layers.I-J.)");
+    if (lora.dora && !tg.slice.empty()) refuse_dora("a slice");
+    for (const LinearSite& site : sites) {
+      if (site.layer < first || site.layer > last || !names_site(tg.module, site)) continue;
+      std::int64_t row0 = 0, rows = site.out;
+      for (const LinearSlice& sl : site.slices)
+        if (sl.name == tg.slice) row0 = sl.row0, rows = sl.rows;
       LoraTerm t;
-      t.name = "layers." + std::to_string(layer) + "." + target;
-      t.module = "backbone.layers." + std::to_string(layer) + ".mixer." + linear_site_name(s.site);
-      t.layer = layer;
-      t.site = s.site;
-      t.row0 = s.row0;
-      t.rows = s.rows;
-      t.module_rows = s.module_rows;
-      t.in = s.in;
+      t.name = "layers." + std::to_string(site.layer) + "." + site.name +
+               (tg.slice.empty() ? "" : "." + tg.slice);
+      t.module = site.module;
+      t.layer = site.layer;
+      t.site = site;
+      t.row0 = row0;
+      t.rows = rows;
+      t.module_rows = site.out;
+      t.in = site.in;
       t.rank = lora.rank;
       t.scale = scale;
-      t.A = Tensor::zeros({lora.rank, s.in}, dtype);
-      t.B = Tensor::zeros({s.rows, lora.rank}, dtype);
-      if (lora.dora) t.magnitude = Tensor::zeros({s.rows}, dtype);
+      t.A = Tensor::zeros({lora.rank, site.in}, dtype);
+      t.B = Tensor::zeros({rows, lora.rank}, dtype);
+      if (lora.dora) t.magnitude = Tensor::zeros({rows}, dtype);
       terms.push_back(std::move(t));
     }
   }
@@ -124,11 +143,12 @@ std::vector<LoraTerm> plan_lora_terms(const MambaConfig& c, const LoraConfig& lo
   return terms;
 }
 
-LoraModel::LoraModel(const MambaConfig& cfg, const LoraConfig& lora, DType dtype, Backend& be)
-    : LoraModel(lora, plan_lora_terms(cfg, lora, dtype), be) {}
+LoraModel::LoraModel(const ModelConfig& cfg, const LoraConfig& lora, DType dtype, Backend& be)
+    : LoraModel(cfg, lora, plan_lora_terms(cfg, lora, dtype), be) {}
 
-LoraModel::LoraModel(LoraConfig lora, std::vector<LoraTerm> terms, Backend& be)
-    : config_(std::move(lora)), be_(be), terms_(std::move(terms)) {
+LoraModel::LoraModel(const ModelConfig& cfg, LoraConfig lora, std::vector<LoraTerm> terms,
+                     Backend& be)
+    : cfg_(cfg), config_(std::move(lora)), be_(be), terms_(std::move(terms)) {
   for (LoraTerm& t : terms_) {
     t.dA = be_.zeros(t.A.shape(), t.A.dtype());
     t.dB = be_.zeros(t.B.shape(), t.B.dtype());
@@ -141,7 +161,7 @@ Tensor LoraModel::base_weight(const LoraTerm& t) const {
         "DoRA term " + t.name + " needs the base weights (LoraModel::set_base_weights)");
   check(t.layer >= 0 && t.layer < std::int64_t(base_weights_->layers.size()),
         "DoRA term " + t.name + ": the base weights have no layer " + std::to_string(t.layer));
-  const Tensor W = linear_weight(base_weights_->layers[t.layer], t.site);
+  const Tensor W = linear_weight(*base_weights_, t.site);
   check_shape(W, {t.module_rows, t.in}, t.module + ".weight (DoRA's base weight)");
   return W;
 }
@@ -163,6 +183,47 @@ void LoraModel::init(std::uint64_t seed) {
     }
     if (t.dora()) be_.copy(dora_direction(be_, t, base_weight(t)).norm, t.magnitude);
   }
+}
+
+void LoraModel::init(const ModelWeights&, std::uint64_t seed) {
+  if (init_from_.empty()) {
+    init(seed);
+    return;
+  }
+  const std::unique_ptr<LoraModel> saved =
+      read_lora_adapter(init_from_, cfg_, terms_.front().A.dtype(), be_);
+  copy_values_from(*saved, (init_from_ / "adapter_model.safetensors").string());
+}
+
+void LoraModel::save(const std::filesystem::path& dir, const AdapterInfo& info) {
+  write_lora_adapter(dir, *this, info.base_model, info.metadata);
+}
+
+void LoraModel::load(const std::filesystem::path& dir) {
+  const std::unique_ptr<LoraModel> saved =
+      read_lora_adapter(dir, cfg_, terms_.front().A.dtype(), be_);
+  copy_values_from(*saved, (dir / "adapter_model.safetensors").string());
+}
+
+std::vector<std::string> LoraModel::summary() {
+  // Group the terms by what the user targeted (the part of the name after "layers.I.").
+  std::map<std::string, std::pair<std::int64_t, std::int64_t>> groups;  // target -> (n, params)
+  for (const LoraTerm& t : terms_) {
+    const std::string target = t.embedding ? "embeddings" : t.name.substr(t.name.find('.', 7) + 1);
+    auto& g = groups[target];
+    g.first += 1;
+    g.second += t.A.numel() + t.B.numel() + (t.dora() ? t.magnitude.numel() : 0);
+  }
+  std::ostringstream head;
+  head << "lora: rank " << config_.rank << ", alpha " << config_.alpha
+       << (config_.rslora ? " (rsLoRA)" : "") << ", scale " << terms_.front().scale
+       << ", dropout " << config_.dropout
+       << (config_.dora ? ", DoRA (a magnitude per output row)" : "");
+  std::vector<std::string> lines{head.str()};
+  for (const auto& [target, g] : groups)
+    lines.push_back("  " + target + ": " + std::to_string(g.first) + " module" +
+                    (g.first == 1 ? "" : "s") + ", " + std::to_string(g.second) + " parameters");
+  return lines;
 }
 
 void LoraModel::set_training(bool training, Rng* dropout_rng) {
@@ -198,11 +259,11 @@ void LoraModel::copy_values_from(const LoraModel& saved, const std::string& file
   }
 }
 
-void LoraModel::linear_forward(std::int64_t layer, LinearSite site, const Tensor& x,
+void LoraModel::linear_forward(const LinearSite& site, const Tensor& x,
                                std::vector<LinearPart>& out) {
   const std::int64_t tokens = x.dim(0);
   for (LoraTerm& t : terms_) {
-    if (t.embedding || t.layer != layer || t.site != site) continue;
+    if (t.embedding || t.site.index != site.index) continue;
     const Tensor* input = &x;
     if (training_ && config_.dropout > 0) {
       t.keep_scale = dropout_keep_scale(x.shape(), x.dtype(), config_.dropout, *dropout_rng_);
@@ -230,11 +291,11 @@ void LoraModel::linear_forward(std::int64_t layer, LinearSite site, const Tensor
   }
 }
 
-void LoraModel::linear_backward(std::int64_t layer, LinearSite site, const Tensor& x,
+void LoraModel::linear_backward(const LinearSite& site, const Tensor& x,
                                 const std::vector<LinearPart>& dout, Tensor& dx) {
   const std::int64_t tokens = x.dim(0);
   for (LoraTerm& t : terms_) {
-    if (t.embedding || t.layer != layer || t.site != site) continue;
+    if (t.embedding || t.site.index != site.index) continue;
     check(t.U.defined() && t.U.dim(0) == tokens, "LoRA backward without its forward");
     const Tensor& input = t.x_dropped.defined() ? t.x_dropped : x;
     // dxd: the gradient w.r.t. this term's input; without dropout that is x, so it adds to dx
@@ -282,7 +343,7 @@ void LoraModel::embedding_backward(const Tensor& ids, const Tensor& dout) {
   }
 }
 
-void LoraModel::merge_into(MambaConfig& cfg, MambaWeights& w) const {
+void LoraModel::merge_into(ModelConfig& cfg, ModelWeights& w) const {
   for (const LoraTerm& t : terms_) {
     if (t.embedding) {
       if (cfg.tie_word_embeddings) {
@@ -293,7 +354,7 @@ void LoraModel::merge_into(MambaConfig& cfg, MambaWeights& w) const {
       be_.gemm(false, true, t.scale, t.A, t.B, 1.0, w.embedding);  // W += s (B A)^T
       continue;
     }
-    Tensor W = linear_weight(w.layers.at(t.layer), t.site);
+    Tensor W = linear_weight(w, t.site);
     if (t.dora()) {
       dora_merge(be_, t, W);
       continue;

@@ -62,31 +62,21 @@ Tensor transpose2d(const Tensor& device_t) {
   return out;
 }
 
-// The rows of a module's weight (its output size) and its input size.
+// The linear site a module name denotes, or the embedding (as a linear map: in = V, out = D).
 struct ModuleShape {
-  std::int64_t layer = -1;
-  LinearSite site = LinearSite::InProj;
+  LinearSite site;
   bool embedding = false;
   std::int64_t out = 0, in = 0;
 };
 
-// "backbone.layers.3.mixer.in_proj" / "backbone.embeddings" -> its place and shape, or nullopt.
-std::optional<ModuleShape> module_shape(const MambaConfig& c, const std::string& module) {
-  if (module == "backbone.embeddings")  // the lookup as a linear map: in = V, out = D
-    return ModuleShape{-1, LinearSite::InProj, true, c.d_model, c.vocab_size};
-  static const std::regex re(
-      R"(backbone\.layers\.([0-9]{1,6})\.mixer\.(in_proj|x_proj|dt_proj|out_proj))");
-  std::smatch m;
-  if (!std::regex_match(module, m, re)) return std::nullopt;
-  const std::int64_t layer = std::stoll(m[1]);
-  if (layer >= c.n_layer) return std::nullopt;
-  const std::string site = m[2];
-  const Shape w = expected_param_shape(c, module + ".weight");  // (out, in)
-  const LinearSite s = site == "in_proj"   ? LinearSite::InProj
-                       : site == "x_proj"  ? LinearSite::XProj
-                       : site == "dt_proj" ? LinearSite::DtProj
-                                           : LinearSite::OutProj;
-  return ModuleShape{layer, s, false, w[0], w[1]};
+// "backbone.layers.3.mixer.in_proj" / "backbone.embeddings" -> its site and shape, or nullopt.
+std::optional<ModuleShape> module_shape(const ModelConfig& c,
+                                        const std::vector<LinearSite>& sites,
+                                        const std::string& module) {
+  if (module == "backbone.embeddings") return ModuleShape{LinearSite{}, true, c.d_model, c.vocab_size};
+  for (const LinearSite& s : sites)
+    if (s.module == module) return ModuleShape{s, false, s.out, s.in};
+  return std::nullopt;
 }
 
 // PEFT's pattern lookup (get_pattern_key): a key applies to a module equal to it or ending in
@@ -202,7 +192,7 @@ void write_lora_adapter(const fs::path& dir, const LoraModel& lora, const std::s
   write_file_atomic(dir / "adapter_config.json", cfg.dump(2) + "\n");
 }
 
-std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaConfig& c, DType dtype,
+std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const ModelConfig& c, DType dtype,
                                              Backend& be) {
   const fs::path cfg_path = dir / "adapter_config.json";
   const std::string cfg_file = cfg_path.string();
@@ -296,19 +286,21 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaCon
     }
   }
 
+  const std::vector<LinearSite> sites = linear_sites(c);
   std::vector<LoraTerm> terms;
   for (const std::string& module : modules) {
     const Pair& p = pairs[module];
-    const auto shape = module_shape(c, module);
+    const auto shape = module_shape(c, sites, module);
     if (!shape || shape->embedding != p.embedding)
       throw Error(st_file + ": module " + quote_str(module) +
                   " is not a LoRA-able module of this model (" + std::to_string(c.n_layer) +
-                  " layers; in_proj, x_proj, dt_proj, out_proj, embeddings)");
+                  " layers; " + lora_target_names(sites, false) + ", embeddings)");
     if (p.a_name.empty() || p.b_name.empty())
       throw Error(st_file + ": module " + module + " has only one of its two LoRA matrices");
     if (lc.dora && p.embedding)
       throw Error(cfg_file + ": field \"use_dora\": DoRA on the embedding (" + module +
-                  ") is not supported; ssmtune runs DoRA on in_proj, x_proj, dt_proj, out_proj");
+                  ") is not supported; ssmtune runs DoRA on " +
+                  lora_target_names(sites, false));
     if (lc.dora && p.m_name.empty())
       throw Error(st_file + ": module " + module + " has no lora_magnitude_vector, but " +
                   cfg_file + " says \"use_dora\": true");
@@ -331,7 +323,7 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaCon
 
     LoraTerm base;
     base.module = module;
-    base.layer = shape->layer;
+    base.layer = shape->site.layer;
     base.site = shape->site;
     base.embedding = shape->embedding;
     base.module_rows = shape->out;
@@ -349,8 +341,8 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaCon
     }
     std::vector<nlohmann::json> parts = slices[module];
     if (parts.empty()) {  // a plain PEFT module: one term over the whole weight
-      const std::string site = linear_site_name(shape->site);
-      parts.push_back({{"name", "layers." + std::to_string(shape->layer) + "." + site},
+      parts.push_back({{"name", "layers." + std::to_string(shape->site.layer) + "." +
+                                    shape->site.name},
                        {"row0", 0},
                        {"rows", shape->out},
                        {"rank0", 0},
@@ -392,13 +384,13 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const MambaCon
           part["order"].is_number_unsigned())
         planned[part["name"].get<std::string>()] = part["order"].get<std::size_t>();
   auto model_order = [](const LoraTerm& t) {
-    return std::make_tuple(!t.embedding, t.layer, int(t.site), t.row0);
+    return std::make_tuple(!t.embedding, t.site.index, t.row0);
   };
   std::stable_sort(terms.begin(), terms.end(), [&](const LoraTerm& a, const LoraTerm& b) {
     if (planned.count(a.name) && planned.count(b.name)) return planned[a.name] < planned[b.name];
     return model_order(a) < model_order(b);
   });
-  return std::make_unique<LoraModel>(lc, std::move(terms), be);
+  return std::make_unique<LoraModel>(c, lc, std::move(terms), be);
 }
 
 }  // namespace ssmtune

@@ -22,7 +22,7 @@
 #include <string>
 
 #include "backend/backend.h"
-#include "model/mamba_config.h"
+#include "model/model_config.h"
 #include "peft/lora.h"
 
 namespace ssmtune {
@@ -39,7 +39,7 @@ void write_lora_adapter(const std::filesystem::path& dir, const LoraModel& lora,
 // refused (not LoRA as ssmtune runs it). DoRA terms read back need set_base_weights() before
 // they run as a hook (merge_into takes the weights it merges into).
 std::unique_ptr<LoraModel> read_lora_adapter(const std::filesystem::path& dir,
-                                             const MambaConfig& cfg, DType dtype, Backend& be);
+                                             const ModelConfig& cfg, DType dtype, Backend& be);
 
 // True if `dir` holds an adapter_config.json or one of the other methods' files
 // (ssmtune_state / ssmtune_params / ssmtune_<method>.safetensors): how adapters are told from

@@ -6,39 +6,38 @@
 #include <string>
 
 #include "backend/backend.h"
-#include "model/mamba_config.h"
-#include "model/mamba_weights.h"
-#include "peft/additional_scan.h"
+#include "model/model_config.h"
+#include "model/model_weights.h"
+#include <memory>
+#include <vector>
+
 #include "peft/hook_lists.h"
 #include "peft/lora.h"
-#include "peft/parallel_adapter.h"
-#include "peft/state_tuning.h"
-#include "peft/virtual_tokens.h"
+#include "peft/peft_method.h"
 
 namespace ssmtune {
 
 struct LoadedModel {
-  MambaConfig cfg;
-  MambaWeights weights;  // F32
-  // The adapter's methods that no weight can hold, applied through the model's hooks (null
-  // when absent): state methods, additional scan (scan hook), parallel adapter (linear hook).
-  std::shared_ptr<StateTuning> state = nullptr;
-  std::shared_ptr<AdditionalScan> additional_scan = nullptr;
-  std::shared_ptr<ParallelAdapter> parallel_adapter = nullptr;
-  std::shared_ptr<VirtualTokens> virtual_tokens = nullptr;  // the input hook
-  std::shared_ptr<ScanHookList> scan_hooks = nullptr;  // all of them, as the model takes them
+  ModelConfig cfg;
+  ModelWeights weights;  // F32
+  // The adapter's methods that no weight can hold, applied through the model's hooks: state
+  // methods, additional scan (scan hook), parallel adapter (linear hook), virtual tokens (input
+  // hook).
+  std::vector<std::shared_ptr<PeftMethod>> unmerged;
+  std::shared_ptr<ScanHookList> scan_hooks = nullptr;  // theirs, as the model takes them
   std::shared_ptr<LinearHookList> hooks = nullptr;
+  InputHook* input = nullptr;
   // What eval and generate give the model and the decoder (null when nothing).
   ScanHook* scan_hook() const { return scan_hooks ? scan_hooks->get() : nullptr; }
   LinearHook* hook() const { return hooks ? hooks->get() : nullptr; }
-  InputHook* input_hook() const { return virtual_tokens.get(); }
+  InputHook* input_hook() const { return input; }
   // The unmergeable methods present, with the file that holds each ("" when none): what
   // merge-adapter refuses.
   std::string unmergeable() const;
 };
 
 // A deep copy of `w` with `lora` (if not null) merged in; `w` is unchanged.
-LoadedModel merged_copy(const MambaConfig& cfg, const MambaWeights& w, const LoraModel* lora,
+LoadedModel merged_copy(const ModelConfig& cfg, const ModelWeights& w, const LoraModel* lora,
                         Backend& be);
 
 // Loads model_dir; when adapter_dir is not empty, reads the adapter's files (each checked

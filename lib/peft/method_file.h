@@ -53,5 +53,13 @@ void load_method(const std::filesystem::path& dir, const std::string& method, Me
   m.append_trainables(params);
   read_method_tensors(dir, method, params, be);
 }
+// load_method for a run that trains the method: its file must be there.
+template <class Method>
+void load_trained_method(const std::filesystem::path& dir, const std::string& method, Method& m,
+                         Backend& be) {
+  if (!read_method_config(dir, method))
+    throw Error((dir / method_file_name(method)).string() + ": missing (this run trains it)");
+  load_method(dir, method, m, be);
+}
 
 }  // namespace ssmtune

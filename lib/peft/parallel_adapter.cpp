@@ -1,6 +1,7 @@
 #include "peft/parallel_adapter.h"
 
 #include <cmath>
+#include <sstream>
 
 #include "core/error.h"
 #include "io/json_fields.h"
@@ -9,7 +10,7 @@
 
 namespace ssmtune {
 
-ParallelAdapter::ParallelAdapter(const MambaConfig& cfg, const ParallelAdapterConfig& config,
+ParallelAdapter::ParallelAdapter(const ModelConfig& cfg, const ParallelAdapterConfig& config,
                                  DType dtype, Backend& be)
     : config_(config), be_(be) {
   const std::int64_t r = config.rank, E = cfg.d_inner, D = cfg.d_model;
@@ -50,10 +51,10 @@ void ParallelAdapter::append_trainables(std::vector<TrainableParam>& out) {
   }
 }
 
-void ParallelAdapter::linear_forward(std::int64_t layer, LinearSite site, const Tensor& x,
+void ParallelAdapter::linear_forward(const LinearSite& site, const Tensor& x,
                                      std::vector<LinearPart>& out) {
-  if (site != LinearSite::OutProj) return;
-  Layer& l = layers_.at(std::size_t(layer));
+  if (site.name != "out_proj") return;
+  Layer& l = layers_.at(std::size_t(site.layer));
   const std::int64_t tokens = x.dim(0), r = l.down.dim(0);
   l.a = be_.empty({tokens, r}, x.dtype());
   be_.gemm(false, true, 1.0, x, l.down, 0.0, l.a);  // a = g W_down^T
@@ -67,10 +68,10 @@ void ParallelAdapter::linear_forward(std::int64_t layer, LinearSite site, const 
   be_.gemm(false, true, config_.scale, l.h, l.up, 1.0, out.at(0).y);  // o += s h W_up^T
 }
 
-void ParallelAdapter::linear_backward(std::int64_t layer, LinearSite site, const Tensor& x,
+void ParallelAdapter::linear_backward(const LinearSite& site, const Tensor& x,
                                       const std::vector<LinearPart>& dout, Tensor& dx) {
-  if (site != LinearSite::OutProj) return;
-  Layer& l = layers_.at(std::size_t(layer));
+  if (site.name != "out_proj") return;
+  Layer& l = layers_.at(std::size_t(site.layer));
   check(l.a.defined() && l.a.dim(0) == x.dim(0), "parallel adapter backward without its forward");
   const Tensor& dO = dout.at(0).y;
   be_.gemm(true, false, config_.scale, dO, l.h, 1.0, l.dup);  // dW_up += s dO^T h
@@ -83,6 +84,26 @@ void ParallelAdapter::linear_backward(std::int64_t layer, LinearSite site, const
   be_.gemm(false, false, 1.0, da, l.down, 1.0, dx);  // dg += da W_down
 }
 
+void ParallelAdapter::save(const std::filesystem::path& dir, const AdapterInfo& info) {
+  write_parallel_adapter(dir, *this, info.metadata);
+}
+
+void ParallelAdapter::load(const std::filesystem::path& dir) {
+  load_trained_method(dir, "parallel_adapter", *this, be_);
+}
+
+std::string ParallelAdapter::unmergeable_reason() const {
+  return method_file_name("parallel_adapter") +
+         " holds a parallel adapter, which is not linear (its ReLU)";
+}
+
+std::vector<std::string> ParallelAdapter::summary() {
+  std::ostringstream line;
+  line << "parallel adapter: rank " << config_.rank << ", scale " << config_.scale << ", dropout "
+       << config_.dropout << ", beside out_proj, " << n_trainable(*this) << " parameters";
+  return {line.str()};
+}
+
 void write_parallel_adapter(const std::filesystem::path& dir, ParallelAdapter& pa,
                             const std::map<std::string, std::string>& metadata) {
   const ParallelAdapterConfig& c = pa.config();
@@ -91,7 +112,7 @@ void write_parallel_adapter(const std::filesystem::path& dir, ParallelAdapter& p
 }
 
 std::unique_ptr<ParallelAdapter> read_parallel_adapter(const std::filesystem::path& dir,
-                                                       const MambaConfig& cfg, DType dtype,
+                                                       const ModelConfig& cfg, DType dtype,
                                                        Backend& be) {
   const std::optional<nlohmann::json> settings = read_method_config(dir, "parallel_adapter");
   if (!settings) return nullptr;

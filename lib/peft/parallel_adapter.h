@@ -18,26 +18,36 @@
 #include "backend/backend.h"
 #include "core/rng.h"
 #include "model/linear_hook.h"
-#include "model/mamba_config.h"
+#include "model/model_config.h"
 #include "peft/peft_config.h"
+#include "peft/peft_method.h"
 #include "peft/trainable.h"
 
 namespace ssmtune {
 
-class ParallelAdapter final : public LinearHook {
+class ParallelAdapter final : public LinearHook, public PeftMethod {
  public:
   // Zero-filled parameters: call init() or load into them. dtype: F32 or F64.
-  ParallelAdapter(const MambaConfig& cfg, const ParallelAdapterConfig& config, DType dtype,
+  ParallelAdapter(const ModelConfig& cfg, const ParallelAdapterConfig& config, DType dtype,
                   Backend& be);
   void init(std::uint64_t seed);
-  void set_training(bool training, Rng* dropout_rng);
+  void set_training(bool training, Rng* dropout_rng) override;
   const ParallelAdapterConfig& config() const { return config_; }
   // "parallel_adapter.layers.I.down" (r, E), ".up" (D, r)
-  void append_trainables(std::vector<TrainableParam>& out);
+  void append_trainables(std::vector<TrainableParam>& out) override;
 
-  void linear_forward(std::int64_t layer, LinearSite site, const Tensor& x,
+  // PeftMethod: init(seed) above; its method file (below); not linear (the ReLU), so it stays
+  // beside the merged weights as a linear hook.
+  LinearHook* linear_hook() override { return this; }
+  void init(const ModelWeights&, std::uint64_t seed) override { init(seed); }
+  void save(const std::filesystem::path& dir, const AdapterInfo& info) override;
+  void load(const std::filesystem::path& dir) override;
+  std::string unmergeable_reason() const override;
+  std::vector<std::string> summary() override;
+
+  void linear_forward(const LinearSite& site, const Tensor& x,
                       std::vector<LinearPart>& out) override;
-  void linear_backward(std::int64_t layer, LinearSite site, const Tensor& x,
+  void linear_backward(const LinearSite& site, const Tensor& x,
                        const std::vector<LinearPart>& dout, Tensor& dx) override;
   void embedding_forward(const Tensor&, Tensor&) override {}
   void embedding_backward(const Tensor&, const Tensor&) override {}
@@ -60,7 +70,7 @@ class ParallelAdapter final : public LinearHook {
 void write_parallel_adapter(const std::filesystem::path& dir, ParallelAdapter& pa,
                             const std::map<std::string, std::string>& metadata = {});
 std::unique_ptr<ParallelAdapter> read_parallel_adapter(const std::filesystem::path& dir,
-                                                       const MambaConfig& cfg, DType dtype,
+                                                       const ModelConfig& cfg, DType dtype,
                                                        Backend& be);
 
 }  // namespace ssmtune

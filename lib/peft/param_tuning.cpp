@@ -33,8 +33,8 @@ std::int64_t bad_index_position(const Tensor& index, std::int64_t numel) {
   return -1;
 }
 
-MambaWeights empty_layers(const MambaConfig& cfg) {
-  MambaWeights w;
+ModelWeights empty_layers(const ModelConfig& cfg) {
+  ModelWeights w;
   w.layers.resize(std::size_t(cfg.n_layer));
   return w;
 }
@@ -50,7 +50,7 @@ const char* tune_mode_name(TuneMode mode) {
   return "?";
 }
 
-ParamTuning::ParamTuning(const MambaConfig& cfg, MambaWeights& base,
+ParamTuning::ParamTuning(const ModelConfig& cfg, ModelWeights& base,
                          std::vector<TunedTensor> entries, Backend& be)
     : be_(be), entries_(std::move(entries)), eff_(base), grads_(empty_layers(cfg)) {
   const DType dtype = base.embedding.dtype();
@@ -165,22 +165,24 @@ void ParamTuning::append_trainables(std::vector<TrainableParam>& out) {
     out.push_back({e.name, e.value, e.grad, e.lr_multiplier, e.weight_decay_multiplier});
 }
 
-void ParamTuning::merge_into(MambaConfig& cfg, MambaWeights& w) const {
+void ParamTuning::merge_into(ModelConfig& cfg, ModelWeights& w) const {
   // Found by name in the target's own layout, whatever its config says about biases.
   std::vector<ParamSlot> dst_slots = param_slots(cfg, w);
   for (const auto& [name, t] : targets_) *find_slot(dst_slots, name)->tensor = t.eff.clone();
-  for (MambaLayerWeights& l : w.layers) {
+  for (LayerWeights& layer : w.layers) {
+    const MambaMixerWeights& l = layer.mamba;
     if (l.conv1d_bias.defined()) cfg.use_conv_bias = true;
     if (l.in_proj_bias.defined() || l.out_proj_bias.defined()) cfg.use_bias = true;
   }
-  if (cfg.use_bias)
-    for (MambaLayerWeights& l : w.layers) {
-      if (!l.in_proj_bias.defined()) l.in_proj_bias = Tensor::zeros({2 * cfg.d_inner}, DType::F32);
-      if (!l.out_proj_bias.defined()) l.out_proj_bias = Tensor::zeros({cfg.d_model}, DType::F32);
-    }
-  if (cfg.use_conv_bias)
-    for (MambaLayerWeights& l : w.layers)
-      if (!l.conv1d_bias.defined()) l.conv1d_bias = Tensor::zeros({cfg.d_inner}, DType::F32);
+  for (LayerWeights& layer : w.layers) {
+    MambaMixerWeights& l = layer.mamba;
+    if (cfg.use_bias && !l.in_proj_bias.defined())
+      l.in_proj_bias = Tensor::zeros({2 * cfg.d_inner}, DType::F32);
+    if (cfg.use_bias && !l.out_proj_bias.defined())
+      l.out_proj_bias = Tensor::zeros({cfg.d_model}, DType::F32);
+    if (cfg.use_conv_bias && !l.conv1d_bias.defined())
+      l.conv1d_bias = Tensor::zeros({cfg.d_inner}, DType::F32);
+  }
   if (cfg.tie_word_embeddings) w.lm_head = w.embedding;
 }
 
@@ -202,7 +204,7 @@ void write_param_tuning(const std::filesystem::path& dir, const ParamTuning& pt,
 }
 
 std::optional<SavedParamTuning> read_param_tuning(const std::filesystem::path& dir,
-                                                  const MambaConfig& cfg, DType dtype) {
+                                                  const ModelConfig& cfg, DType dtype) {
   const std::filesystem::path path = dir / kParamTuningFile;
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) return std::nullopt;
@@ -218,7 +220,7 @@ std::optional<SavedParamTuning> read_param_tuning(const std::filesystem::path& d
                 "\"entries\" array");
   SavedParamTuning out;
   std::set<std::string> expected;
-  MambaWeights layout = empty_layers(cfg);
+  ModelWeights layout = empty_layers(cfg);
   std::vector<ParamSlot> slots = param_slots(cfg, layout);
   const nlohmann::json& list = meta["entries"];
   for (std::size_t i = 0; i < list.size(); ++i) {

@@ -21,8 +21,8 @@
 #include <vector>
 
 #include "backend/backend.h"
-#include "model/mamba_config.h"
-#include "model/mamba_weights.h"
+#include "model/model_config.h"
+#include "model/model_weights.h"
 #include "peft/trainable.h"
 
 namespace ssmtune {
@@ -47,13 +47,13 @@ class ParamTuning {
   // range and ascending, no element under two delta/masked entries) and allocates values and
   // gradients as zeros (direct values are the base tensors). UsageError on a bad entry.
   // `base` must outlive this object; direct entries update it in place.
-  ParamTuning(const MambaConfig& cfg, MambaWeights& base, std::vector<TunedTensor> entries,
+  ParamTuning(const ModelConfig& cfg, ModelWeights& base, std::vector<TunedTensor> entries,
               Backend& be);
 
   // The weights the model runs on (current after sync()), and the gradients it accumulates
   // into: defined exactly for the tuned tensors.
-  const MambaWeights& weights() const { return eff_; }
-  MambaWeights& grads() { return grads_; }
+  const ModelWeights& weights() const { return eff_; }
+  ModelWeights& grads() { return grads_; }
   void sync();
   // After backward: masked values' gradients from the dense gradients of their tensors.
   void gather_grads();
@@ -66,12 +66,12 @@ class ParamTuning {
   // Writes W_eff of every tuned tensor into `w` (a copy of the base with the same config):
   // the exact merge. Creates the biases it created, setting cfg.use_conv_bias / cfg.use_bias
   // (use_bias covers in_proj and out_proj: the other one is created as zeros).
-  void merge_into(MambaConfig& cfg, MambaWeights& w) const;
+  void merge_into(ModelConfig& cfg, ModelWeights& w) const;
 
  private:
   Backend& be_;
   std::vector<TunedTensor> entries_;
-  MambaWeights eff_, grads_;
+  ModelWeights eff_, grads_;
   // One tuned HF tensor: its handles in base_ (undefined when created), eff_ and grads_, set
   // up once, so sync() and gather_grads() need no lookup by slot.
   struct Target {
@@ -98,6 +98,6 @@ struct SavedParamTuning {
   std::string extra_json;
 };
 std::optional<SavedParamTuning> read_param_tuning(const std::filesystem::path& dir,
-                                                  const MambaConfig& cfg, DType dtype);
+                                                  const ModelConfig& cfg, DType dtype);
 
 }  // namespace ssmtune

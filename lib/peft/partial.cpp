@@ -53,7 +53,7 @@ std::string valid_names_text() {
 
 }  // namespace
 
-std::vector<TunedTensor> plan_partial_entries(const MambaConfig& cfg, const PartialConfig* partial,
+std::vector<TunedTensor> plan_partial_entries(const ModelConfig& cfg, const PartialConfig* partial,
                                               bool bitfit) {
   struct Wanted {
     std::string pattern, field;

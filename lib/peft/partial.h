@@ -8,7 +8,7 @@
 
 #include <vector>
 
-#include "model/mamba_config.h"
+#include "model/model_config.h"
 #include "peft/param_tuning.h"
 #include "peft/peft_config.h"
 
@@ -16,7 +16,7 @@ namespace ssmtune {
 
 // Entries for `partial` (may be null) and `bitfit` together; a tensor named by both, or twice,
 // is an error, as is a name that matches no tensor. UsageError names the config field.
-std::vector<TunedTensor> plan_partial_entries(const MambaConfig& cfg, const PartialConfig* partial,
+std::vector<TunedTensor> plan_partial_entries(const ModelConfig& cfg, const PartialConfig* partial,
                                               bool bitfit);
 
 }  // namespace ssmtune

@@ -16,7 +16,7 @@ namespace fs = std::filesystem;
 
 namespace ssmtune {
 
-PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfig& peft,
+PeftModel::PeftModel(const ModelConfig& cfg, ModelWeights& base, const PeftConfig& peft,
                      Backend& be, std::uint64_t seed)
     : cfg_(cfg), base_(base), config_(peft), be_(be), seed_(seed) {
   const bool state_on = peft.initial_state || peft.initial_conv_state || !peft.state_offset.empty();
@@ -39,39 +39,40 @@ PeftModel::PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfi
     if (!is_adapter_dir(peft.init_from))
       throw UsageError("peft.init_from: " + peft.init_from +
                        " is not an adapter directory (no adapter_config.json)");
-    lora_ = read_lora_adapter(peft.init_from, cfg, dtype, be);
+    std::unique_ptr<LoraModel> lora = read_lora_adapter(peft.init_from, cfg, dtype, be);
+    lora->set_init_from(peft.init_from);
+    methods_.push_back(std::move(lora));
   } else if (peft.lora) {
-    lora_ = std::make_unique<LoraModel>(cfg, *peft.lora, dtype, be);
+    methods_.push_back(std::make_unique<LoraModel>(cfg, *peft.lora, dtype, be));
   }
-  // DoRA's W: base_ outlives this object and holds what the model multiplies by for every
-  // DoRA module, since those weights may not train (checked below). init() needs it too.
-  if (lora_) lora_->set_base_weights(&base_);
-  if (lora_ && peft.init_from.empty()) lora_->init(seed);
-  if (state_on)  // zero-initialised: the model is unchanged at step 0
-    state_ = std::make_unique<StateTuning>(cfg, peft.initial_state,
-                                           peft.state_offset == "h"   ? StateOffset::H
-                                           : peft.state_offset == "y" ? StateOffset::Y
-                                                                      : StateOffset::None,
-                                           dtype, be, peft.initial_conv_state);
-  if (peft.virtual_tokens.any()) {
-    virtual_ = std::make_unique<VirtualTokens>(cfg, peft.virtual_tokens, dtype, be);
-    virtual_->init(base, seed);
+  if (!methods_.empty()) {
+    lora_ = static_cast<LoraModel*>(methods_.back().get());
+    // DoRA's W: base_ outlives this object and holds what the model multiplies by for every
+    // DoRA module, since those weights may not train (checked below). init() needs it too.
+    lora_->set_base_weights(&base_);
   }
-  if (peft.parallel_adapter) {
-    parallel_ = std::make_unique<ParallelAdapter>(cfg, *peft.parallel_adapter, dtype, be);
-    parallel_->init(seed);
+  if (state_on)
+    methods_.push_back(std::make_unique<StateTuning>(
+        cfg, peft.initial_state,
+        peft.state_offset == "h"   ? StateOffset::H
+        : peft.state_offset == "y" ? StateOffset::Y
+                                   : StateOffset::None,
+        dtype, be, peft.initial_conv_state));
+  if (peft.parallel_adapter)
+    methods_.push_back(std::make_unique<ParallelAdapter>(cfg, *peft.parallel_adapter, dtype, be));
+  if (peft.additional_scan)
+    methods_.push_back(std::make_unique<AdditionalScan>(cfg, *peft.additional_scan, dtype, be));
+  if (peft.virtual_tokens.any())
+    methods_.push_back(std::make_unique<VirtualTokens>(cfg, peft.virtual_tokens, dtype, be));
+  for (const std::unique_ptr<PeftMethod>& m : methods_) {
+    m->init(base_, seed);  // LoRA from peft.init_from takes that adapter's values again
+    if (LinearHook* h = m->linear_hook()) {
+      hooks_.add(h);
+      if (!m->unmergeable_reason().empty()) unmerged_hooks_.add(h);
+    }
+    if (ScanHook* h = m->scan_hook()) scan_hooks_.add(h);
+    if (InputHook* h = m->input_hook()) input_hook_ = h;
   }
-  if (peft.additional_scan) {
-    add_scan_ = std::make_unique<AdditionalScan>(cfg, *peft.additional_scan, dtype, be);
-    add_scan_->init(base, seed);
-  }
-  if (lora_) hooks_.add(lora_.get());
-  if (parallel_) {
-    hooks_.add(parallel_.get());
-    unmerged_hooks_.add(parallel_.get());
-  }
-  if (state_) scan_hooks_.add(state_.get());
-  if (add_scan_) scan_hooks_.add(add_scan_.get());
   if (peft.full) base_grads_ = zeros_like_params(cfg, dtype);
   partial_plan_ = plan_partial_entries(cfg, peft.partial ? &*peft.partial : nullptr, peft.bitfit);
   if (peft.sdt) {
@@ -113,7 +114,7 @@ void PeftModel::refuse_trained_dora_weights() const {
         throw UsageError("peft.partial: " + weight + " carries DoRA (peft.lora.dora on " + t.name +
                          "); a DoRA module's weight must stay frozen: leave it out of " +
                          "peft.partial or of peft.lora.targets");
-    if (config_.sdt && t.site == LinearSite::XProj)
+    if (config_.sdt && t.site.name == "x_proj")
       throw UsageError("peft.lora.targets: " + t.name +
                        ": SDT (peft.sdt) trains x_proj's B and C rows, which DoRA would scale; " +
                        "leave x_proj out of the DoRA targets");
@@ -131,11 +132,7 @@ void PeftModel::build_params(std::vector<TunedTensor> sdt_entries) {
 
 void PeftModel::collect_trainables() {
   trainables_.clear();
-  if (lora_) lora_->append_trainables(trainables_);
-  if (state_) state_->append_trainables(trainables_);
-  if (parallel_) parallel_->append_trainables(trainables_);
-  if (add_scan_) add_scan_->append_trainables(trainables_);
-  if (virtual_) virtual_->append_trainables(trainables_);
+  for (const std::unique_ptr<PeftMethod>& m : methods_) m->append_trainables(trainables_);
   if (params_) params_->append_trainables(trainables_);
   if (config_.full) {
     // Values of the base trainables: the same names in the base weights.
@@ -146,13 +143,6 @@ void PeftModel::collect_trainables() {
       trainables_.push_back({name, base_by_name.at(name), grad});
     });
   }
-}
-
-std::int64_t PeftModel::count_params(const std::string& prefix) const {
-  std::int64_t n = 0;
-  for (const TrainableParam& p : trainables_)
-    if (p.name.rfind(prefix, 0) == 0) n += p.value.numel();
-  return n;
 }
 
 std::int64_t PeftModel::n_trainable() const {
@@ -175,8 +165,7 @@ void PeftModel::after_step() {
 }
 
 void PeftModel::set_training(bool training, Rng* dropout_rng) {
-  if (lora_) lora_->set_training(training, dropout_rng);
-  if (parallel_) parallel_->set_training(training, dropout_rng);
+  for (const std::unique_ptr<PeftMethod>& m : methods_) m->set_training(training, dropout_rng);
 }
 
 const std::vector<SdtLayerSelection>& PeftModel::end_sdt_warmup() {
@@ -190,24 +179,7 @@ const std::vector<SdtLayerSelection>& PeftModel::end_sdt_warmup() {
       sdt_selection_.push_back(select_sdt_dimensions(e.value, k_channels, k_states));
   // Reset (METHODS.md 3 step 3): the pretrained model, fresh adapters from the seed.
   restore_pristine();
-  if (lora_) {
-    if (!config_.init_from.empty()) {
-      const std::unique_ptr<LoraModel> again =
-          read_lora_adapter(config_.init_from, cfg_, base_.embedding.dtype(), be_);
-      lora_->copy_values_from(*again,
-                              (fs::path(config_.init_from) / "adapter_model.safetensors").string());
-    } else {
-      lora_->init(seed_);
-    }
-  }
-  if (state_) {
-    std::vector<TrainableParam> state_params;
-    state_->append_trainables(state_params);
-    for (TrainableParam& p : state_params) p.value.fill_zero();
-  }
-  if (parallel_) parallel_->init(seed_);
-  if (add_scan_) add_scan_->init(base_, seed_);
-  if (virtual_) virtual_->init(base_, seed_);
+  for (const std::unique_ptr<PeftMethod>& m : methods_) m->init(base_, seed_);
   build_params(sdt_masked_entries(cfg_, sdt_selection_));
   sdt_phase_ = SdtPhase::Train;
   return sdt_selection_;
@@ -222,7 +194,8 @@ LoadedModel PeftModel::merged() const {
   for_each_param(m.cfg, m.weights, [](const std::string&, Tensor& t) { t = t.clone(); });
   if (m.cfg.tie_word_embeddings) m.weights.lm_head = m.weights.embedding;
   if (params_) params_->merge_into(m.cfg, m.weights);
-  if (lora_) lora_->merge_into(m.cfg, m.weights);
+  for (const std::unique_ptr<PeftMethod>& method : methods_)
+    if (method->unmergeable_reason().empty()) method->merge_into(m.cfg, m.weights);
   return m;
 }
 
@@ -239,26 +212,8 @@ std::string PeftModel::sdt_json() const {
 
 std::vector<std::string> PeftModel::summary() const {
   std::vector<std::string> lines;
-  if (lora_) {
-    // Group the terms by what the user targeted (the part of the name after "layers.I.").
-    std::map<std::string, std::pair<std::int64_t, std::int64_t>> groups;  // target -> (n, params)
-    for (const LoraTerm& t : lora_->terms()) {
-      const std::string target =
-          t.embedding ? "embeddings" : t.name.substr(t.name.find('.', 7) + 1);
-      auto& g = groups[target];
-      g.first += 1;
-      g.second += t.A.numel() + t.B.numel() + (t.dora() ? t.magnitude.numel() : 0);
-    }
-    const LoraConfig& lc = lora_->config();
-    std::ostringstream head;
-    head << "lora: rank " << lc.rank << ", alpha " << lc.alpha << (lc.rslora ? " (rsLoRA)" : "")
-         << ", scale " << lora_->terms().front().scale << ", dropout " << lc.dropout
-         << (lc.dora ? ", DoRA (a magnitude per output row)" : "");
-    lines.push_back(head.str());
-    for (const auto& [target, g] : groups)
-      lines.push_back("  " + target + ": " + std::to_string(g.first) + " module" +
-                      (g.first == 1 ? "" : "s") + ", " + std::to_string(g.second) + " parameters");
-  }
+  for (const std::unique_ptr<PeftMethod>& m : methods_)
+    for (std::string& line : m->summary()) lines.push_back(std::move(line));
   if (config_.full) {
     std::int64_t n = 0;
     for (const TrainableParam& p : trainables_)  // the base tensors: HF names
@@ -297,106 +252,40 @@ std::vector<std::string> PeftModel::summary() const {
                       " parameters");
     }
   }
-  if (parallel_) {
-    const ParallelAdapterConfig& c = parallel_->config();
-    std::ostringstream line;
-    line << "parallel adapter: rank " << c.rank << ", scale " << c.scale << ", dropout "
-         << c.dropout << ", beside out_proj, " << count_params("parallel_adapter.")
-         << " parameters";
-    lines.push_back(line.str());
-  }
-  if (add_scan_) {
-    const AdditionalScanConfig& c = add_scan_->config();
-    lines.push_back("additional scan: " + std::to_string(c.states) + " extra states (init " +
-                    c.init + "), " + std::to_string(count_params("additional_scan.")) +
-                    " parameters");
-  }
-  if (virtual_) {
-    const VirtualTokensConfig& c = virtual_->config();
-    if (c.prompt_tokens)
-      lines.push_back("prompt tuning: " + std::to_string(c.prompt_tokens) + " tokens, " +
-                      std::to_string(count_params("prompt.")) + " parameters");
-    if (c.prefix_tokens)
-      lines.push_back("prefix tuning: " + std::to_string(c.prefix_tokens) + " tokens per layer, " +
-                      std::to_string(count_params("prefix.")) + " parameters");
-    if (c.affix_tokens)
-      lines.push_back("affix tuning: " + std::to_string(c.affix_tokens) + " tokens per layer, " +
-                      std::to_string(count_params("affix.")) + " parameters");
-  }
-  if (config_.initial_conv_state)
-    lines.push_back("initial-state tuning, conv state: (d_conv - 1) x d_inner per layer, " +
-                    std::to_string(cfg_.n_layer * (cfg_.d_conv - 1) * cfg_.d_inner) +
-                    " parameters");
-  if (config_.initial_state)
-    lines.push_back("initial-state tuning: h0 (d_inner x d_state) per layer, " +
-                    std::to_string(cfg_.n_layer * cfg_.d_inner * cfg_.d_state) + " parameters");
-  if (!config_.state_offset.empty()) {
-    const std::int64_t per_layer =
-        config_.state_offset == "h" ? cfg_.d_inner * cfg_.d_state : cfg_.d_inner;
-    lines.push_back("state-offset tuning (" + config_.state_offset +
-                    "): " + std::to_string(cfg_.n_layer * per_layer) + " parameters");
-  }
   return lines;
 }
 
 bool PeftModel::save_adapter(const fs::path& dir, const std::string& base_model,
                              const std::map<std::string, std::string>& metadata) const {
-  const bool lora_here = lora_ && !config_.full;
-  if (lora_here) write_lora_adapter(dir, *lora_, base_model, metadata);
-  if (state_) write_state_tuning(dir, *state_, metadata);
+  bool wrote = false;
+  for (const std::unique_ptr<PeftMethod>& m : methods_) {
+    if (m.get() == lora_ && config_.full) continue;  // merged into the run's model/ instead
+    m->save(dir, {base_model, metadata});
+    wrote = true;
+  }
   if (params_) write_param_tuning(dir, *params_, sdt_json(), metadata);
-  if (parallel_) write_parallel_adapter(dir, *parallel_, metadata);
-  if (add_scan_) write_additional_scan(dir, *add_scan_, metadata);
-  if (virtual_) write_virtual_tokens(dir, *virtual_, metadata);
-  return lora_here || state_ || params_ || parallel_ || add_scan_ || virtual_;
+  return wrote || params_;
 }
 
 void PeftModel::save(const fs::path& dir, const std::string& base_model,
                      const std::map<std::string, std::string>& metadata) const {
   save_adapter(dir, base_model, metadata);
-  if (lora_ && config_.full) write_lora_adapter(dir, *lora_, base_model, metadata);
+  if (lora_ && config_.full) lora_->save(dir, {base_model, metadata});
   if (config_.full) {
     std::vector<NamedTensor> tensors;
     for_each_param(cfg_, base_, [&](const std::string& name, Tensor& t) {
       tensors.push_back({name, t});
     });
     write_safetensors(dir / "model.safetensors", tensors, metadata);
-    write_file_atomic(dir / "config.json", mamba_config_to_json(cfg_).dump(2) + "\n");
+    write_file_atomic(dir / "config.json", model_config_to_json(cfg_).dump(2) + "\n");
   }
 }
 
 void PeftModel::load(const fs::path& dir) {
-  if (lora_) {
-    const std::unique_ptr<LoraModel> saved =
-        read_lora_adapter(dir, cfg_, lora_->terms().front().A.dtype(), be_);
-    lora_->copy_values_from(*saved, (dir / "adapter_model.safetensors").string());
-  }
-  if (state_) {
-    const std::unique_ptr<StateTuning> saved =
-        read_state_tuning(dir, cfg_, base_.embedding.dtype(), be_);
-    const std::string file = (dir / kStateTuningFile).string();
-    if (!saved) throw Error(file + ": missing (this run trains state methods)");
-    std::vector<TrainableParam> mine, theirs;
-    state_->append_trainables(mine);
-    saved->append_trainables(theirs);
-    if (mine.size() != theirs.size() || saved->offset() != state_->offset() ||
-        saved->initial_state_on() != state_->initial_state_on() ||
-        saved->conv_state_on() != state_->conv_state_on())
-      throw Error(file + ": holds other state methods than this run trains");
-    for (std::size_t i = 0; i < mine.size(); ++i) be_.copy(theirs[i].value, mine[i].value);
-  }
+  for (const std::unique_ptr<PeftMethod>& m : methods_) m->load(dir);
   if (params_) load_params(dir);
-  const auto load_module = [&](const char* method, auto* module) {
-    if (!module) return;
-    if (!read_method_config(dir, method))
-      throw Error((dir / method_file_name(method)).string() + ": missing (this run trains it)");
-    load_method(dir, method, *module, be_);
-  };
-  load_module("parallel_adapter", parallel_.get());
-  load_module("additional_scan", add_scan_.get());
-  load_module("virtual_tokens", virtual_.get());
   if (config_.full) {
-    MambaWeights saved = load_mamba_weights(dir.string(), cfg_, base_.embedding.dtype());
+    ModelWeights saved = load_model_weights(dir.string(), cfg_, base_.embedding.dtype());
     std::map<std::string, Tensor> by_name;
     for_each_param(cfg_, saved, [&](const std::string& name, Tensor& t) { by_name[name] = t; });
     for_each_param(cfg_, base_,

@@ -16,12 +16,13 @@
 #include <vector>
 
 #include "backend/backend.h"
-#include "model/mamba_config.h"
-#include "model/mamba_weights.h"
+#include "model/model_config.h"
+#include "model/model_weights.h"
 #include "peft/additional_scan.h"
 #include "peft/hook_lists.h"
 #include "peft/lora.h"
 #include "peft/merge.h"
+#include "peft/peft_method.h"
 #include "peft/parallel_adapter.h"
 #include "peft/param_tuning.h"
 #include "peft/peft_config.h"
@@ -37,7 +38,7 @@ class PeftModel {
   // Plans the methods (errors for targets that match nothing) and initialises them from
   // `seed`; with peft.init_from, LoRA starts from that adapter instead (its own targets, rank
   // and alpha). `base` must outlive this object; full fine-tuning updates it in place.
-  PeftModel(const MambaConfig& cfg, MambaWeights& base, const PeftConfig& peft, Backend& be,
+  PeftModel(const ModelConfig& cfg, ModelWeights& base, const PeftConfig& peft, Backend& be,
             std::uint64_t seed);
 
   // Every method's terms beside the projections / on the scan, as the model takes them.
@@ -46,19 +47,15 @@ class PeftModel {
   // The linear terms that merged() cannot fold in (the parallel adapter), for a decoder that
   // runs on merged().
   LinearHook* unmerged_hook() { return unmerged_hooks_.get(); }
-  InputHook* input_hook() { return virtual_.get(); }
-  LoraModel* lora() { return lora_.get(); }
-  const LoraModel* lora() const { return lora_.get(); }
-  StateTuning* state() { return state_.get(); }
-  ParallelAdapter* parallel_adapter() { return parallel_.get(); }
-  AdditionalScan* additional_scan() { return add_scan_.get(); }
-  VirtualTokens* virtual_tokens() { return virtual_.get(); }
+  InputHook* input_hook() { return input_hook_; }
+  LoraModel* lora() { return lora_; }
+  const LoraModel* lora() const { return lora_; }
   const ParamTuning* params() const { return params_.get(); }
   // The weights the model runs on; the same object for the PeftModel's life (its tensors are
-  // updated in place), so a MambaLM may keep a reference.
-  const MambaWeights& weights() const { return model_weights_; }
+  // updated in place), so a CausalLM may keep a reference.
+  const ModelWeights& weights() const { return model_weights_; }
   // Gradients of the base tensors: defined exactly where a base tensor trains. Same lifetime.
-  MambaWeights& base_grads() { return model_grads_; }
+  ModelWeights& base_grads() { return model_grads_; }
   std::vector<TrainableParam>& trainables() { return trainables_; }
   std::int64_t n_trainable() const;
   void zero_grads();
@@ -108,21 +105,18 @@ class PeftModel {
   void refuse_trained_dora_weights() const;
   std::string sdt_json() const;  // SDT's phase and settings for the params file
   void load_params(const std::filesystem::path& dir);
-  void restore_pristine();
-  std::int64_t count_params(
-      const std::string& prefix) const;  // trainables named prefix...  // SDT's reset: direct-tuned
-                                         // base tensors back to pretrained
+  void restore_pristine();  // SDT's reset: direct-tuned base tensors back to pretrained
 
-  const MambaConfig& cfg_;
-  MambaWeights& base_;
+  const ModelConfig& cfg_;
+  ModelWeights& base_;
   PeftConfig config_;
   Backend& be_;
   std::uint64_t seed_;
-  std::unique_ptr<LoraModel> lora_;
-  std::unique_ptr<StateTuning> state_;
-  std::unique_ptr<ParallelAdapter> parallel_;
-  std::unique_ptr<AdditionalScan> add_scan_;
-  std::unique_ptr<VirtualTokens> virtual_;
+  // The methods with their own tensors, in the order their trainables are listed: LoRA, the
+  // state methods, the parallel adapter, the additional scan, the virtual tokens.
+  std::vector<std::unique_ptr<PeftMethod>> methods_;
+  LoraModel* lora_ = nullptr;      // LoRA among them, or null: DoRA's checks and the log
+  InputHook* input_hook_ = nullptr;
   LinearHookList hooks_, unmerged_hooks_;
   ScanHookList scan_hooks_;
   std::vector<TunedTensor> partial_plan_;  // partial tuning / BitFit entries, values unset
@@ -131,8 +125,8 @@ class PeftModel {
   std::vector<SdtLayerSelection> sdt_selection_;
   // SDT: each base tensor partial tuning trains in place, and a copy of its pretrained values.
   std::vector<std::pair<Tensor, Tensor>> pristine_;
-  MambaWeights base_grads_;  // full fine-tuning's gradients
-  MambaWeights model_weights_, model_grads_;
+  ModelWeights base_grads_;  // full fine-tuning's gradients
+  ModelWeights model_weights_, model_grads_;
   std::vector<TrainableParam> trainables_;
 };
 

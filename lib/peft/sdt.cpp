@@ -57,7 +57,7 @@ SdtLayerSelection select_sdt_dimensions(const Tensor& G, std::int64_t k_channels
   return sel;
 }
 
-std::vector<TunedTensor> sdt_warmup_entries(const MambaConfig& cfg) {
+std::vector<TunedTensor> sdt_warmup_entries(const ModelConfig& cfg) {
   std::vector<TunedTensor> out;
   for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
     TunedTensor e;
@@ -69,7 +69,7 @@ std::vector<TunedTensor> sdt_warmup_entries(const MambaConfig& cfg) {
   return out;
 }
 
-std::vector<TunedTensor> sdt_masked_entries(const MambaConfig& cfg,
+std::vector<TunedTensor> sdt_masked_entries(const ModelConfig& cfg,
                                             const std::vector<SdtLayerSelection>& selection) {
   check(std::int64_t(selection.size()) == cfg.n_layer, "sdt: one selection per layer");
   const std::int64_t E = cfg.d_inner, N = cfg.d_state, R = cfg.dt_rank;
@@ -101,7 +101,7 @@ std::vector<TunedTensor> sdt_masked_entries(const MambaConfig& cfg,
   return out;
 }
 
-std::vector<SdtLayerSelection> sdt_selection_of(const MambaConfig& cfg,
+std::vector<SdtLayerSelection> sdt_selection_of(const ModelConfig& cfg,
                                                 const std::vector<TunedTensor>& masked) {
   std::vector<SdtLayerSelection> out(std::size_t(cfg.n_layer));
   for (const TunedTensor& e : masked) {

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "model/mamba_config.h"
+#include "model/model_config.h"
 #include "peft/param_tuning.h"
 #include "peft/peft_config.h"
 
@@ -34,14 +34,14 @@ SdtLayerSelection select_sdt_dimensions(const Tensor& G, std::int64_t k_channels
                                         std::int64_t k_states);
 
 // "sdt_warmup.layers.I.A_log": a dense delta on backbone.layers.I.mixer.A_log per layer.
-std::vector<TunedTensor> sdt_warmup_entries(const MambaConfig& cfg);
+std::vector<TunedTensor> sdt_warmup_entries(const ModelConfig& cfg);
 // "sdt.layers.I.A_log", "sdt.layers.I.x_proj.B", "sdt.layers.I.x_proj.C": masked entries at
 // the selection (flat indices d*N + n into A_log, (R + n)*E + d and (R + N + n)*E + d into
 // x_proj.weight).
-std::vector<TunedTensor> sdt_masked_entries(const MambaConfig& cfg,
+std::vector<TunedTensor> sdt_masked_entries(const ModelConfig& cfg,
                                             const std::vector<SdtLayerSelection>& selection);
 // The selection back from masked entries' A_log indices (a resumed run's, for reporting).
-std::vector<SdtLayerSelection> sdt_selection_of(const MambaConfig& cfg,
+std::vector<SdtLayerSelection> sdt_selection_of(const ModelConfig& cfg,
                                                 const std::vector<TunedTensor>& masked);
 
 // {"layers": [{"layer": I, "channels": [...], "states": [[...], ...]}, ...]}

@@ -11,9 +11,9 @@
 
 namespace ssmtune {
 
-StateTuning::StateTuning(const MambaConfig& cfg, bool initial_state, StateOffset offset,
+StateTuning::StateTuning(const ModelConfig& cfg, bool initial_state, StateOffset offset,
                          DType dtype, Backend& be, bool conv_state)
-    : be_(be), kind_(offset) {
+    : cfg_(cfg), dtype_(dtype), be_(be), kind_(offset) {
   const std::int64_t E = cfg.d_inner, N = cfg.d_state;
   for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
     if (conv_state && cfg.d_conv > 1) {
@@ -112,8 +112,55 @@ void write_state_tuning(const std::filesystem::path& dir, StateTuning& st,
   write_safetensors(dir / kStateTuningFile, tensors, meta);
 }
 
+void StateTuning::init(const ModelWeights&, std::uint64_t) {
+  std::vector<TrainableParam> params;
+  append_trainables(params);
+  for (TrainableParam& p : params) p.value.fill_zero();
+}
+
+void StateTuning::save(const std::filesystem::path& dir, const AdapterInfo& info) {
+  write_state_tuning(dir, *this, info.metadata);
+}
+
+void StateTuning::load(const std::filesystem::path& dir) {
+  const std::unique_ptr<StateTuning> saved = read_state_tuning(dir, cfg_, dtype_, be_);
+  const std::string file = (dir / kStateTuningFile).string();
+  if (!saved) throw Error(file + ": missing (this run trains state methods)");
+  std::vector<TrainableParam> mine, theirs;
+  append_trainables(mine);
+  saved->append_trainables(theirs);
+  if (mine.size() != theirs.size() || saved->offset() != offset() ||
+      saved->initial_state_on() != initial_state_on() ||
+      saved->conv_state_on() != conv_state_on())
+    throw Error(file + ": holds other state methods than this run trains");
+  for (std::size_t i = 0; i < mine.size(); ++i) be_.copy(theirs[i].value, mine[i].value);
+}
+
+std::string StateTuning::unmergeable_reason() const {
+  return std::string(kStateTuningFile) +
+         " holds initial-state / state-offset tuning, which acts through C_t or before the gate, "
+         "not through a weight";
+}
+
+std::vector<std::string> StateTuning::summary() {
+  std::vector<std::string> lines;
+  const std::int64_t L = cfg_.n_layer, E = cfg_.d_inner, N = cfg_.d_state;
+  if (conv_state_on())
+    lines.push_back("initial-state tuning, conv state: (d_conv - 1) x d_inner per layer, " +
+                    std::to_string(L * (cfg_.d_conv - 1) * E) + " parameters");
+  if (initial_state_on())
+    lines.push_back("initial-state tuning: h0 (d_inner x d_state) per layer, " +
+                    std::to_string(L * E * N) + " parameters");
+  if (kind_ != StateOffset::None) {
+    const std::int64_t per_layer = kind_ == StateOffset::H ? E * N : E;
+    lines.push_back(std::string("state-offset tuning (") + (kind_ == StateOffset::H ? "h" : "y") +
+                    "): " + std::to_string(L * per_layer) + " parameters");
+  }
+  return lines;
+}
+
 std::unique_ptr<StateTuning> read_state_tuning(const std::filesystem::path& dir,
-                                               const MambaConfig& cfg, DType dtype, Backend& be) {
+                                               const ModelConfig& cfg, DType dtype, Backend& be) {
   const std::filesystem::path path = dir / kStateTuningFile;
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) return nullptr;

@@ -17,23 +17,24 @@
 #include <vector>
 
 #include "backend/backend.h"
-#include "model/mamba_config.h"
+#include "model/model_config.h"
 #include "model/scan_hook.h"
+#include "peft/peft_method.h"
 #include "peft/trainable.h"
 
 namespace ssmtune {
 
 enum class StateOffset { None, H, Y };
 
-class StateTuning final : public ScanHook {
+class StateTuning final : public ScanHook, public PeftMethod {
  public:
   // Zero parameters for every layer (F32 or F64).
-  StateTuning(const MambaConfig& cfg, bool initial_state, StateOffset offset, DType dtype,
+  StateTuning(const ModelConfig& cfg, bool initial_state, StateOffset offset, DType dtype,
               Backend& be, bool conv_state = false);
 
   // "initial_state.layers.I.h0", "initial_state.layers.I.conv", "state_offset.layers.I.h" /
   // ".y", with their gradients.
-  void append_trainables(std::vector<TrainableParam>& out);
+  void append_trainables(std::vector<TrainableParam>& out) override;
   bool initial_state_on() const { return !h0_.empty(); }
   bool conv_state_on() const { return !conv_.empty(); }
   StateOffset offset() const { return kind_; }
@@ -47,7 +48,18 @@ class StateTuning final : public ScanHook {
   void output_backward(std::int64_t layer, const ScanIO& in, const Tensor& dy,
                        ScanIOGrads& grads) override;
 
+  // PeftMethod: zeros at init (the model is unchanged at step 0); kStateTuningFile below; acts
+  // through the scan, so it does not merge.
+  ScanHook* scan_hook() override { return this; }
+  void init(const ModelWeights& base, std::uint64_t seed) override;
+  void save(const std::filesystem::path& dir, const AdapterInfo& info) override;
+  void load(const std::filesystem::path& dir) override;
+  std::string unmergeable_reason() const override;
+  std::vector<std::string> summary() override;
+
  private:
+  ModelConfig cfg_;  // a copy: the method may outlive the config it was made from
+  DType dtype_;
   Backend& be_;
   StateOffset kind_;
   std::vector<Tensor> h0_, dh0_;          // per layer (E, N), empty when off
@@ -65,6 +77,6 @@ void write_state_tuning(const std::filesystem::path& dir, StateTuning& st,
 // Null when `dir` has no state file. Every tensor is checked against the model (names, shapes,
 // one per layer); errors name the file and the tensor.
 std::unique_ptr<StateTuning> read_state_tuning(const std::filesystem::path& dir,
-                                               const MambaConfig& cfg, DType dtype, Backend& be);
+                                               const ModelConfig& cfg, DType dtype, Backend& be);
 
 }  // namespace ssmtune

@@ -31,7 +31,7 @@ std::vector<std::int64_t> init_ids(std::int64_t T, const std::vector<std::int64_
 
 }  // namespace
 
-VirtualTokens::VirtualTokens(const MambaConfig& cfg, const VirtualTokensConfig& config, DType dtype,
+VirtualTokens::VirtualTokens(const ModelConfig& cfg, const VirtualTokensConfig& config, DType dtype,
                              Backend& be)
     : config_(config), be_(be) {
   const std::int64_t D = cfg.d_model, E = cfg.d_inner;
@@ -51,7 +51,7 @@ VirtualTokens::VirtualTokens(const MambaConfig& cfg, const VirtualTokensConfig& 
   }
 }
 
-void VirtualTokens::init(const MambaWeights& base, std::uint64_t seed) {
+void VirtualTokens::init(const ModelWeights& base, std::uint64_t seed) {
   const std::int64_t V = base.embedding.dim(0);
   if (prompt_.defined()) {
     Rng rng = Rng::for_stream(seed, stream_id("prompt"));
@@ -89,6 +89,38 @@ void VirtualTokens::affix_backward(std::int64_t layer, const Tensor& d) {
   if (!affix_.empty()) be_.add(d, daffix_.at(std::size_t(layer)));
 }
 
+void VirtualTokens::save(const std::filesystem::path& dir, const AdapterInfo& info) {
+  write_virtual_tokens(dir, *this, info.metadata);
+}
+
+void VirtualTokens::load(const std::filesystem::path& dir) {
+  load_trained_method(dir, "virtual_tokens", *this, be_);
+}
+
+std::string VirtualTokens::unmergeable_reason() const {
+  return method_file_name("virtual_tokens") +
+         " holds virtual tokens (prompt / prefix / affix tuning), which lengthen every sequence";
+}
+
+std::vector<std::string> VirtualTokens::summary() {
+  const auto numel = [](const std::vector<Tensor>& ts) {
+    std::int64_t n = 0;
+    for (const Tensor& t : ts) n += t.numel();
+    return std::to_string(n);
+  };
+  std::vector<std::string> lines;
+  if (config_.prompt_tokens)
+    lines.push_back("prompt tuning: " + std::to_string(config_.prompt_tokens) + " tokens, " +
+                    std::to_string(prompt_.numel()) + " parameters");
+  if (config_.prefix_tokens)
+    lines.push_back("prefix tuning: " + std::to_string(config_.prefix_tokens) +
+                    " tokens per layer, " + numel(prefix_) + " parameters");
+  if (config_.affix_tokens)
+    lines.push_back("affix tuning: " + std::to_string(config_.affix_tokens) +
+                    " tokens per layer, " + numel(affix_) + " parameters");
+  return lines;
+}
+
 void write_virtual_tokens(const std::filesystem::path& dir, VirtualTokens& vt,
                           const std::map<std::string, std::string>& metadata) {
   const VirtualTokensConfig& c = vt.config();
@@ -100,7 +132,7 @@ void write_virtual_tokens(const std::filesystem::path& dir, VirtualTokens& vt,
 }
 
 std::unique_ptr<VirtualTokens> read_virtual_tokens(const std::filesystem::path& dir,
-                                                   const MambaConfig& cfg, DType dtype,
+                                                   const ModelConfig& cfg, DType dtype,
                                                    Backend& be) {
   const std::optional<nlohmann::json> settings = read_method_config(dir, "virtual_tokens");
   if (!settings) return nullptr;

@@ -19,23 +19,32 @@
 
 #include "backend/backend.h"
 #include "model/input_hook.h"
-#include "model/mamba_config.h"
-#include "model/mamba_weights.h"
+#include "model/model_config.h"
+#include "model/model_weights.h"
 #include "peft/peft_config.h"
+#include "peft/peft_method.h"
 #include "peft/trainable.h"
 
 namespace ssmtune {
 
-class VirtualTokens final : public InputHook {
+class VirtualTokens final : public InputHook, public PeftMethod {
  public:
   // Zero-filled vectors for the methods `config` turns on: call init() or load into them.
-  VirtualTokens(const MambaConfig& cfg, const VirtualTokensConfig& config, DType dtype,
+  VirtualTokens(const ModelConfig& cfg, const VirtualTokensConfig& config, DType dtype,
                 Backend& be);
   // `base` gives the embeddings the prompt and prefix start from.
-  void init(const MambaWeights& base, std::uint64_t seed);
+  void init(const ModelWeights& base, std::uint64_t seed) override;
   const VirtualTokensConfig& config() const { return config_; }
   // "prompt.embeddings" (T, D), "prefix.layers.I.tokens" (T, D), "affix.layers.I.x" (T, E)
-  void append_trainables(std::vector<TrainableParam>& out);
+  void append_trainables(std::vector<TrainableParam>& out) override;
+
+  // PeftMethod: init() above; its method file (below); lengthens every sequence, so it stays
+  // beside the merged weights as the input hook.
+  InputHook* input_hook() override { return this; }
+  void save(const std::filesystem::path& dir, const AdapterInfo& info) override;
+  void load(const std::filesystem::path& dir) override;
+  std::string unmergeable_reason() const override;
+  std::vector<std::string> summary() override;
 
   Tensor prompt() override { return prompt_; }
   Tensor prefix(std::int64_t layer) override;
@@ -56,7 +65,7 @@ class VirtualTokens final : public InputHook {
 void write_virtual_tokens(const std::filesystem::path& dir, VirtualTokens& vt,
                           const std::map<std::string, std::string>& metadata = {});
 std::unique_ptr<VirtualTokens> read_virtual_tokens(const std::filesystem::path& dir,
-                                                   const MambaConfig& cfg, DType dtype,
+                                                   const ModelConfig& cfg, DType dtype,
                                                    Backend& be);
 
 }  // namespace ssmtune

@@ -5,7 +5,7 @@
 
 #include "core/error.h"
 #include "data/batcher.h"
-#include "infer/mamba_decoder.h"
+#include "infer/decoder.h"
 #include "infer/sampling.h"
 
 namespace ssmtune {
@@ -33,7 +33,7 @@ std::int64_t restricted_argmax(const T* row, const std::vector<std::int64_t>& cl
 }
 
 // The greedy continuation of `prompt` ids, stopping at EOS.
-std::vector<std::int64_t> greedy_ids(MambaDecoder& dec, const std::vector<std::int64_t>& prompt,
+std::vector<std::int64_t> greedy_ids(Decoder& dec, const std::vector<std::int64_t>& prompt,
                                      std::int64_t max_new, std::optional<std::int64_t> eos,
                                      std::int64_t vocab_limit) {
   SamplingOptions greedy;
@@ -108,7 +108,7 @@ EvalResult evaluate(EvalInputs& in, const Dataset& ds, const EvalConfig& cfg) {
   if (wants(cfg, "accuracy")) r.metrics["accuracy"] = n ? double(correct) / double(n) : 0.0;
   if (wants(cfg, "exact_match")) {
     const LoadedModel merged = in.merged_model();
-    MambaDecoder dec(merged.cfg, merged.weights, in.be);
+    Decoder dec(merged.cfg, merged.weights, in.be);
     dec.set_scan_hook(in.scan_hook);
     dec.set_hook(in.hook);
     dec.set_input_hook(in.input_hook);

@@ -14,14 +14,14 @@
 #include "backend/backend.h"
 #include "data/jsonl_dataset.h"
 #include "data/tokenizer.h"
-#include "model/mamba_lm.h"
+#include "model/causal_lm.h"
 #include "peft/merge.h"
 #include "train/experiment_config.h"
 
 namespace ssmtune {
 
 struct EvalInputs {
-  MambaLM& lm;  // with the PEFT hook set, in eval mode (no dropout)
+  CausalLM& lm;  // with the PEFT hook set, in eval mode (no dropout)
   const Tokenizer& tokenizer;
   Backend& be;
   // Weights with the adapter merged and their config, for the recurrent decoder (exact_match

@@ -15,7 +15,7 @@
 #include "io/atomic_file.h"
 #include "io/staged_dir.h"
 #include "model/mamba_init.h"
-#include "model/mamba_lm.h"
+#include "model/causal_lm.h"
 #include "peft/lora_adapter_io.h"
 #include "peft/merge.h"
 #include "peft/peft_model.h"
@@ -27,6 +27,7 @@
 #include "train/interrupt.h"
 #include "train/metrics_log.h"
 #include "train/schedule.h"
+#include "train/train_step.h"
 
 namespace fs = std::filesystem;
 
@@ -112,8 +113,8 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   if (!resuming) check_fresh_output_dir(out);
 
   // Everything that reads input comes first, so a bad file fails before anything is written.
-  const MambaConfig mcfg = load_mamba_config(cfg.model);
-  MambaWeights weights = load_mamba_weights(cfg.model, mcfg, DType::F32);
+  const ModelConfig mcfg = load_model_config(cfg.model);
+  ModelWeights weights = load_model_weights(cfg.model, mcfg, DType::F32);
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(cfg.model);
   if (tokenizer->vocab_size() > mcfg.vocab_size)
     throw Error(tokenizer->source() + ": the tokenizer has " +
@@ -153,7 +154,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   spdlog::info("trainable parameters: {} of {} ({:.4f}%)", n_trainable, n_total,
                100.0 * double(n_trainable) / double(n_total));
 
-  MambaLM lm(mcfg, peft.weights(), *be, cfg.training.scan_chunk);
+  CausalLM lm(mcfg, peft.weights(), *be, cfg.training.scan_chunk);
   lm.set_hook(peft.hook());
   lm.set_scan_hook(peft.scan_hook());
   lm.set_input_hook(peft.input_hook());
@@ -255,38 +256,24 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     const auto step_start = Clock::now();
     const TransferCounts moved_before = tensor_transfers();
     peft.set_training(true, &dropout_rng);
-    peft.zero_grads();
     // Draw the step's micro-batches first: every token of the step weighs the same.
     std::vector<Batch> micro;
-    std::int64_t step_tokens = 0, step_inputs = 0;  // loss tokens; tokens run (no padding)
+    std::int64_t step_inputs = 0;  // tokens run (no padding)
     for (std::int64_t a = 0; a < cfg.training.grad_accum; ++a) {
       micro.push_back(
           make_batch(train_set, sampler.next(cfg.training.batch_size), tokenizer->pad_id()));
-      step_tokens += micro.back().n_loss_tokens;
       for (const std::int64_t i : micro.back().example_indices)
         step_inputs += std::int64_t(train_set.examples[i].input_ids.size());
     }
-    double loss_sum = 0;
-    for (const Batch& b : micro) {
-      lm.forward(b.input_ids);
-      const Tensor targets = shift_labels(b.labels);
-      const LmLoss l = lm.loss(targets);
-      loss_sum += l.loss * double(l.n_tokens);
-      lm.backward(targets, peft.base_grads(), step_tokens);
-    }
-    peft.finish_backward();
-    const double loss = step_tokens ? loss_sum / double(step_tokens) : 0.0;
-    if (!std::isfinite(loss))
-      throw Error("training diverged at step " + std::to_string(state.step + 1) + ": the loss is " +
-                  std::to_string(loss) + "; lower optimizer.lr");
-    const double grad_norm = optimizer.clip_grad_norm(cfg.optimizer.grad_clip);
     // SDT's two phases each run the schedule over their own steps (docs/methods.md).
     const std::int64_t phase_steps =
         peft.sdt_warming_up() ? peft.sdt_warmup_steps() : total_steps - state.optimizer_start_step;
     const double lr = scheduled_lr(cfg.schedule, cfg.optimizer.lr,
                                    state.step - state.optimizer_start_step, phase_steps);
-    optimizer.step(lr);
-    peft.after_step();
+    const StepResult step = train_step(lm, peft, optimizer, micro, lr,
+                                       cfg.optimizer.grad_clip, state.step + 1);
+    const double loss = step.loss, grad_norm = step.grad_norm;
+    const std::int64_t step_tokens = step.loss_tokens;
     // On a GPU a step reads no tensor back, only its scalars; what it moves to the device
     // after the first step (which moves the weights and adapters there) is what the host makes
     // fresh each step: the LoRA dropout masks of the host RNG. SDT's switch below reads

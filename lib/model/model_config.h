@@ -1,5 +1,5 @@
 // The Mamba (Mamba-1) model configuration, read from a Hugging Face config.json.
-// Field names, aliases and defaults follow transformers' MambaConfig (MODELS.md A.1, A.6).
+// Field names, aliases and defaults follow transformers' ModelConfig (MODELS.md A.1, A.6).
 #pragma once
 
 #include <cstdint>
@@ -9,10 +9,22 @@
 
 namespace ssmtune {
 
-struct MambaConfig {
+// What one layer is made of: a sequence mixer, then (optionally) a feed-forward block, each a
+// pre-norm residual branch h += f(norm(h)). Mamba-1 models have a Mamba mixer and no
+// feed-forward in every layer.
+enum class MixerKind { Mamba };
+enum class FeedForwardKind { None };
+struct LayerKind {
+  MixerKind mixer = MixerKind::Mamba;
+  FeedForwardKind ffn = FeedForwardKind::None;
+};
+
+struct ModelConfig {
+  std::string model_type = "mamba";  // config.json's model_type
   std::int64_t vocab_size = 50280;
   std::int64_t d_model = 768;      // hidden_size (alias d_model)
   std::int64_t n_layer = 32;       // num_hidden_layers (alias n_layer)
+  // The Mamba mixer's sizes (every Mamba layer of the model has the same).
   std::int64_t d_state = 16;       // state_size (alias d_state)
   double expand = 2;
   std::int64_t d_inner = 1536;     // intermediate_size (alias d_inner), default int(expand * d_model)
@@ -35,15 +47,18 @@ struct MambaConfig {
   std::string torch_dtype = "float32";  // what the checkpoint says it stores (informational)
 };
 
+// What layer i (0 <= i < n_layer) is made of.
+LayerKind layer_kind(const ModelConfig& c, std::int64_t i);
+
 // Parses a config.json object. `file` names the source in error messages, e.g.
 //   error: model/config.json: field "state_size": expected a positive integer, got string "16"
 // Accepts Hugging Face names and the original mamba_ssm names (d_model, n_layer, ssm_cfg,
 // pad_vocab_size_multiple). Throws ssmtune::Error on a missing required field, a wrong type,
 // a value out of range or a model_type other than "mamba".
-MambaConfig parse_mamba_config(const nlohmann::json& j, const std::string& file);
-MambaConfig load_mamba_config(const std::string& model_dir);  // reads model_dir/config.json
+ModelConfig parse_model_config(const nlohmann::json& j, const std::string& file);
+ModelConfig load_model_config(const std::string& model_dir);  // reads model_dir/config.json
 
 // The config.json that transformers writes for this config (round-trips through parse).
-nlohmann::json mamba_config_to_json(const MambaConfig& c);
+nlohmann::json model_config_to_json(const ModelConfig& c);
 
 }  // namespace ssmtune

@@ -1,4 +1,4 @@
-#include "model/mamba_config.h"
+#include "model/model_config.h"
 
 #include <cmath>
 #include <filesystem>
@@ -44,7 +44,7 @@ std::int64_t require(const std::optional<std::int64_t>& v, const JsonFields& f,
   return *v;
 }
 
-// time_step_rank / dt_rank: a positive integer or "auto" = ceil(d_model / 16) (HF MambaConfig).
+// time_step_rank / dt_rank: a positive integer or "auto" = ceil(d_model / 16) (HF ModelConfig).
 std::optional<std::int64_t> get_dt_rank(const JsonFields& f, const std::string& key,
                                         std::int64_t d_model) {
   if (!f.has(key)) return std::nullopt;
@@ -67,16 +67,16 @@ std::int64_t get_token_id(const JsonFields& f, const std::string& key, std::int6
 }
 
 // Reads what both layouts share once the sizes are known.
-void read_common(const JsonFields& f, MambaConfig& c) {
+void read_common(const JsonFields& f, ModelConfig& c) {
   c.residual_in_fp32 = f.get_bool("residual_in_fp32").value_or(c.residual_in_fp32);
   c.pad_token_id = get_token_id(f, "pad_token_id", c.vocab_size, c.pad_token_id);
   c.bos_token_id = get_token_id(f, "bos_token_id", c.vocab_size, c.bos_token_id);
   c.eos_token_id = get_token_id(f, "eos_token_id", c.vocab_size, c.eos_token_id);
 }
 
-// transformers' MambaConfig (MODELS.md A.1).
-MambaConfig parse_hf(const JsonFields& f) {
-  MambaConfig c;
+// transformers' ModelConfig (MODELS.md A.1).
+ModelConfig parse_hf(const JsonFields& f) {
+  ModelConfig c;
   c.vocab_size = require(f.get_int("vocab_size", 1, kMaxVocab), f, "vocab_size");
   c.d_model = require(get_aliased_int(f, "hidden_size", "d_model", 1, kMaxDModel), f, "hidden_size",
                       "d_model");
@@ -120,10 +120,10 @@ MambaConfig parse_hf(const JsonFields& f) {
   return c;
 }
 
-// mamba_ssm's MambaConfig dataclass (MODELS.md A.6): sizes in the top level, mixer settings in
+// mamba_ssm's ModelConfig dataclass (MODELS.md A.6): sizes in the top level, mixer settings in
 // ssm_cfg with Mamba.__init__'s defaults, vocab padded as MambaLMHeadModel does.
-MambaConfig parse_original(const JsonFields& f, const std::string& file) {
-  MambaConfig c;
+ModelConfig parse_original(const JsonFields& f, const std::string& file) {
+  ModelConfig c;
   const std::int64_t vocab = require(f.get_int("vocab_size", 1, kMaxVocab), f, "vocab_size");
   const std::int64_t multiple = f.get_int("pad_vocab_size_multiple", 1, 1 << 20).value_or(8);
   c.vocab_size = (vocab + multiple - 1) / multiple * multiple;
@@ -164,7 +164,7 @@ MambaConfig parse_original(const JsonFields& f, const std::string& file) {
 
 }  // namespace
 
-MambaConfig parse_mamba_config(const nlohmann::json& j, const std::string& file) {
+ModelConfig parse_model_config(const nlohmann::json& j, const std::string& file) {
   const JsonFields f(j, file);
   if (f.has("model_type")) {
     const auto type = f.get_string("model_type");
@@ -178,12 +178,18 @@ MambaConfig parse_mamba_config(const nlohmann::json& j, const std::string& file)
   return original ? parse_original(f, file) : parse_hf(f);
 }
 
-MambaConfig load_mamba_config(const std::string& model_dir) {
+ModelConfig load_model_config(const std::string& model_dir) {
   const std::filesystem::path path = std::filesystem::path(model_dir) / "config.json";
-  return parse_mamba_config(read_json_file(path), path.string());
+  return parse_model_config(read_json_file(path), path.string());
 }
 
-nlohmann::json mamba_config_to_json(const MambaConfig& c) {
+LayerKind layer_kind(const ModelConfig& c, std::int64_t i) {
+  check(i >= 0 && i < c.n_layer, "layer " + std::to_string(i) + " of a model with " +
+                                     std::to_string(c.n_layer) + " layers");
+  return LayerKind{MixerKind::Mamba, FeedForwardKind::None};
+}
+
+nlohmann::json model_config_to_json(const ModelConfig& c) {
   auto token = [](std::int64_t id) {
     return id < 0 ? nlohmann::json(nullptr) : nlohmann::json(id);
   };

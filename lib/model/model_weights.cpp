@@ -1,4 +1,4 @@
-#include "model/mamba_weights.h"
+#include "model/model_weights.h"
 
 #include <cctype>
 #include <cmath>
@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "io/json_file.h"
 #include "io/safetensors_checkpoint.h"
+#include "model/mamba_mixer.h"
 
 namespace ssmtune {
 
@@ -19,31 +20,27 @@ constexpr const char* kLmHead = "lm_head.weight";
 
 }  // namespace
 
-std::vector<ParamSlot> param_slots(const MambaConfig& c, MambaWeights& w) {
+std::string layer_module(const ModelConfig&, std::int64_t i) {
+  return "backbone.layers." + std::to_string(i);
+}
+
+std::string mixer_module(const ModelConfig& c, std::int64_t i) {
+  return layer_module(c, i) + ".mixer";
+}
+
+std::vector<ParamSlot> param_slots(const ModelConfig& c, ModelWeights& w) {
   if (w.layers.size() != std::size_t(c.n_layer))
-    throw Error("Mamba weights hold " + std::to_string(w.layers.size()) + " layers, the config " +
+    throw Error("model weights hold " + std::to_string(w.layers.size()) + " layers, the config " +
                 std::to_string(c.n_layer));
-  const std::int64_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv,
-                     V = c.vocab_size;
-  const char* no_bias = c.use_bias ? nullptr : "use_bias is false";
-  const char* no_conv_bias = c.use_conv_bias ? nullptr : "use_conv_bias is false";
+  const std::int64_t D = c.d_model, V = c.vocab_size;
   std::vector<ParamSlot> slots;
   slots.push_back({kEmbedding, &w.embedding, {V, D}});
   for (std::int64_t i = 0; i < c.n_layer; ++i) {
-    MambaLayerWeights& l = w.layers[std::size_t(i)];
-    const std::string p = "backbone.layers." + std::to_string(i) + ".";
-    slots.push_back({p + "norm.weight", &l.norm, {D}});
-    slots.push_back({p + "mixer.A_log", &l.A_log, {E, N}});
-    slots.push_back({p + "mixer.D", &l.D, {E}});
-    slots.push_back({p + "mixer.conv1d.weight", &l.conv1d, {E, 1, K}});
-    slots.push_back({p + "mixer.conv1d.bias", &l.conv1d_bias, {E}, no_conv_bias});
-    slots.push_back({p + "mixer.in_proj.weight", &l.in_proj, {2 * E, D}});
-    slots.push_back({p + "mixer.in_proj.bias", &l.in_proj_bias, {2 * E}, no_bias});
-    slots.push_back({p + "mixer.x_proj.weight", &l.x_proj, {R + 2 * N, E}});
-    slots.push_back({p + "mixer.dt_proj.weight", &l.dt_proj, {E, R}});
-    slots.push_back({p + "mixer.dt_proj.bias", &l.dt_proj_bias, {E}});
-    slots.push_back({p + "mixer.out_proj.weight", &l.out_proj, {D, E}});
-    slots.push_back({p + "mixer.out_proj.bias", &l.out_proj_bias, {D}, no_bias});
+    LayerWeights& l = w.layers[std::size_t(i)];
+    slots.push_back({layer_module(c, i) + ".norm.weight", &l.norm, {D}});
+    switch (layer_kind(c, i).mixer) {
+      case MixerKind::Mamba: append_mamba_mixer_slots(c, mixer_module(c, i), l.mamba, slots); break;
+    }
   }
   slots.push_back({"backbone.norm_f.weight", &w.norm_f, {D}});
   slots.push_back({kLmHead, &w.lm_head, {V, D}, c.tie_word_embeddings ? "it is tied" : nullptr});
@@ -99,14 +96,14 @@ class Problems {
 
 }  // namespace
 
-void for_each_param(const MambaConfig& c, MambaWeights& w,
+void for_each_param(const ModelConfig& c, ModelWeights& w,
                     const std::function<void(const std::string& name, Tensor& t)>& fn) {
   for (ParamSlot& s : param_slots(c, w))
     if (!s.absent_because && s.tensor->defined()) fn(s.name, *s.tensor);
 }
 
-Shape expected_param_shape(const MambaConfig& c, const std::string& name) {
-  MambaWeights w;
+Shape expected_param_shape(const ModelConfig& c, const std::string& name) {
+  ModelWeights w;
   w.layers.resize(std::size_t(c.n_layer));
   const std::string wanted = name == kEmbeddingMambaSsm ? kEmbedding : name;
   for (const ParamSlot& s : param_slots(c, w)) {
@@ -121,8 +118,8 @@ Shape expected_param_shape(const MambaConfig& c, const std::string& name) {
               std::to_string(c.n_layer) + " layers");
 }
 
-MambaWeights zeros_like_params(const MambaConfig& c, DType dtype) {
-  MambaWeights w;
+ModelWeights zeros_like_params(const ModelConfig& c, DType dtype) {
+  ModelWeights w;
   w.layers.resize(std::size_t(c.n_layer));
   for (ParamSlot& s : param_slots(c, w))
     if (!s.absent_because) *s.tensor = Tensor::zeros(s.shape, dtype);
@@ -130,12 +127,12 @@ MambaWeights zeros_like_params(const MambaConfig& c, DType dtype) {
   return w;
 }
 
-MambaWeights load_mamba_weights(const std::string& model_dir, const MambaConfig& c, DType dtype) {
+ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig& c, DType dtype) {
   if (dtype != DType::F32 && dtype != DType::F64)
-    throw Error("load_mamba_weights: weights load as F32 or F64, not " +
+    throw Error("load_model_weights: weights load as F32 or F64, not " +
                 std::string(dtype_name(dtype)));
   const SafetensorsCheckpoint ckpt = SafetensorsCheckpoint::open(model_dir);
-  MambaWeights w;
+  ModelWeights w;
   w.layers.resize(std::size_t(c.n_layer));
   std::vector<ParamSlot> slots = param_slots(c, w);
 

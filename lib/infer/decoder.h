@@ -1,6 +1,6 @@
-// Recurrent Mamba inference for one sequence (MODELS.md A.5; HF MambaCache, mamba_ssm
-// Mamba.step): per layer a conv state and an SSM state, so memory does not grow with the
-// number of tokens fed. Tokens go through the model in blocks: a prompt as blocks of up to
+// Recurrent inference for one sequence (MODELS.md A.5; HF MambaCache, mamba_ssm Mamba.step):
+// the model's residual loop (CausalLM::forward_cached) with per-layer caches: for a Mamba layer
+// a conv state and an SSM state, so memory does not grow with the number of tokens fed. Tokens go through the model in blocks: a prompt as blocks of up to
 // `prefill_block` tokens (the chunked scan, one matrix product per projection and block), a
 // decode step as a block of one. Each block starts from the state the previous one left:
 //   conv state (1, K-1, E): the last K-1 pre-conv inputs x, time-major. It is the left context
@@ -14,21 +14,21 @@
 #include <vector>
 
 #include "backend/backend.h"
-#include "model/mamba_config.h"
-#include "model/mamba_mixer.h"
-#include "model/mamba_weights.h"
+#include "model/causal_lm.h"
+#include "model/model_config.h"
+#include "model/model_weights.h"
 #include "model/scan_hook.h"
 
 namespace ssmtune {
 
-class MambaDecoder {
+class Decoder {
  public:
   // `weights` (F32 or F64, the dtype of every activation and state) must stay alive and
   // unchanged while the decoder exists: A = -exp(A_log) is computed once here. Merge LoRA into
   // the weights before making the decoder.
   // prefill_block >= 1 bounds the prefill's activation memory to about 10 * prefill_block * d_inner
   // values.
-  MambaDecoder(const MambaConfig& cfg, const MambaWeights& weights, Backend& be,
+  Decoder(const ModelConfig& cfg, const ModelWeights& weights, Backend& be,
                std::int64_t prefill_block = 256);
 
   // Empty sequence: all states zero (the conv's zero padding and h_{-1} = 0 of A.4), or the
@@ -38,10 +38,10 @@ class MambaDecoder {
   // the scan (initial-state and state-offset tuning, additional scan) and beside the
   // projections (parallel adapter). Must outlive the decoder's use; take effect from the next
   // reset().
-  void set_scan_hook(ScanHook* hook) { scan_hook_ = hook; }
-  void set_hook(LinearHook* hook) { hook_ = hook; }
+  void set_scan_hook(ScanHook* hook) { lm_.set_scan_hook(hook); }
+  void set_hook(LinearHook* hook) { lm_.set_hook(hook); }
   // Virtual tokens (prompt, prefix, affix tuning): fed at the start of every sequence.
-  void set_input_hook(InputHook* hook) { input_hook_ = hook; }
+  void set_input_hook(InputHook* hook) { lm_.set_input_hook(hook); }
 
   // Feeds `ids` after whatever was fed since reset() and returns the logits (V) after the last
   // one. Runs the blocked path: same result as feeding the ids one by one through step(), in
@@ -52,28 +52,24 @@ class MambaDecoder {
   const Tensor& step(std::int64_t id);
 
   std::int64_t n_tokens() const { return n_tokens_; }  // fed since reset()
-  const MambaConfig& config() const { return cfg_; }
-  const Tensor& conv_state(std::int64_t layer) const { return cache_.at(layer).conv; }
-  const Tensor& ssm_state(std::int64_t layer) const { return cache_.at(layer).ssm; }
+  const ModelConfig& config() const { return cfg_; }
+  const Tensor& conv_state(std::int64_t layer) const { return cache_.at(layer).mamba.conv; }
+  const Tensor& ssm_state(std::int64_t layer) const { return cache_.at(layer).mamba.ssm; }
 
  private:
-  // Runs ids[0, n) (already checked) through every layer, updating the states; logits_ = logits
-  // after ids[n-1].
+  // Runs ids[0, n) (already checked) through the model from the caches, updating them;
+  // logits_host_ = logits after ids[n-1].
   void forward_block(const std::int64_t* ids, std::int64_t n);
-  const MambaConfig& cfg_;
-  const MambaWeights& w_;
+  const ModelConfig& cfg_;
   Backend& be_;
   std::int64_t prefill_block_;
   DType dtype_;
+  CausalLM lm_;
 
-  std::vector<MixerCache> cache_;  // per layer
+  std::vector<LayerCache> cache_;  // per layer
   std::int64_t n_tokens_ = 0;
-  ScanHook* scan_hook_ = nullptr;
-  LinearHook* hook_ = nullptr;
-  InputHook* input_hook_ = nullptr;
   bool sequence_start_ = true;  // no token fed since reset(): the virtual tokens come first
-  Tensor logits_;               // (1, V) on the backend's device
-  Tensor logits_host_;          // (V) host view or copy of logits_
+  Tensor logits_host_;          // (V) host view or copy of the last logits
 };
 
 }  // namespace ssmtune

@@ -1,6 +1,10 @@
-// The Mamba causal LM (HF MambaForCausalLM, MODELS.md A.4): embedding -> n_layer pre-norm
-// residual blocks (h += mixer(rmsnorm(h))) -> norm_f -> lm_head (tied to the embedding unless
-// configured otherwise). Forward keeps the activations its backward needs, llm.c style.
+// The causal LM (HF MambaForCausalLM, MODELS.md A.4): embedding -> n_layer layers -> norm_f ->
+// lm_head (tied to the embedding unless configured otherwise). A layer is a list of pre-norm
+// residual branches h += f(rmsnorm(h)) (a mixer, then a feed-forward where the layer has one;
+// model_config.h LayerKind); each layer kind's file holds its forward, backward, what it saves
+// and its decoding cache (mamba_mixer.h). One residual loop serves training, evaluation and
+// recurrent decoding: forward() keeps the activations backward() needs, llm.c style;
+// forward_cached() runs a block of tokens from per-layer caches and keeps nothing.
 // Virtual-token methods (the input hook) lengthen sequences: prompt tuning's P vectors go
 // before the embedded input and are dropped before norm_f; prefix tuning's Tq vectors go before
 // block i's input and its outputs there are dropped; affix tuning acts inside the mixer.
@@ -9,10 +13,10 @@
 #include <vector>
 
 #include "backend/backend.h"
-#include "model/mamba_config.h"
+#include "model/model_config.h"
 #include "model/input_hook.h"
 #include "model/mamba_mixer.h"
-#include "model/mamba_weights.h"
+#include "model/model_weights.h"
 
 namespace ssmtune {
 
@@ -25,10 +29,15 @@ struct LmLoss {
 // last position of each row (HF shifts inside the loss). labels: (B, L) I64 -> (B, L) I64.
 Tensor shift_labels(const Tensor& labels);
 
-class MambaLM {
+// One layer's recurrent decoding state (its kind's cache).
+struct LayerCache {
+  MixerCache mamba;
+};
+
+class CausalLM {
  public:
   // Weights must stay alive and unchanged between forward and backward.
-  MambaLM(const MambaConfig& cfg, const MambaWeights& weights, Backend& be,
+  CausalLM(const ModelConfig& cfg, const ModelWeights& weights, Backend& be,
           std::int64_t scan_chunk = 64);
 
   // PEFT terms beside the projections and the embedding (null = none). Must stay alive and
@@ -44,13 +53,23 @@ class MambaLM {
   // targets: (B, L) I64 from shift_labels. Mean cross-entropy of the last forward's logits.
   LmLoss loss(const Tensor& targets);
   // Gradient of loss(targets) w.r.t. every defined tensor of `grads` (accumulated, +=); a
-  // default MambaWeights (no layers) means every base tensor is frozen.
+  // default ModelWeights (no layers) means every base tensor is frozen.
   // Consumes the logits (overwritten by their gradient). The loss is the token sum divided by
   // `normaliser_tokens` when given (> 0), so micro-batches of one optimizer step weigh each
   // token equally; by default by this batch's own token count (the mean, as loss()).
-  void backward(const Tensor& targets, MambaWeights& grads, std::int64_t normaliser_tokens = 0);
+  void backward(const Tensor& targets, ModelWeights& grads, std::int64_t normaliser_tokens = 0);
+
+  // Recurrent decoding of one sequence: runs ids (n) I64 on the backend's device from the states
+  // in `caches` (one per layer, reset_caches), updating them to the end of the block. The virtual
+  // tokens of the input hook go first when `sequence_start`. Returns the logits after the last
+  // id, (1, V). Keeps no activations: backward is not possible after it.
+  Tensor forward_cached(const Tensor& ids, std::vector<LayerCache>& caches, bool sequence_start);
+  // Caches for an empty sequence: zero states, or the scan hook's learned initial states.
+  void reset_caches(std::vector<LayerCache>& caches);
 
   const Tensor& logits() const { return logits_; }  // (B, L, V)
+  const ModelConfig& config() const { return cfg_; }
+  const std::vector<LinearSite>& sites() const { return sites_; }
   // The residual stream entering layer i, (B, P + L, D) with P prompt vectors in front: i = 0
   // is the embedding output and i = n_layer the input of norm_f (before the prompt is dropped). (HF's output_hidden_states[i] is residual(i + 1) for
   // i < n_layer, and its last entry is final_norm().)
@@ -60,13 +79,21 @@ class MambaLM {
   const Tensor& grad_embeddings() const { return d_embed_; }
 
  private:
-  const MambaConfig& cfg_;
-  const MambaWeights& w_;
+  // The residual stream from the embedded ids (B, L, D) through every layer into norm_f:
+  // final_norm_ (B, L, D). caches: null in training (activations kept in the members below),
+  // else the decoding states (nothing kept). Virtual tokens go in when `virtual_tokens`.
+  void run_layers(const Tensor& embedded, std::vector<LayerCache>* caches, bool virtual_tokens);
+  MixerHooks mixer_hooks(std::int64_t layer) const;
+
+  const ModelConfig& cfg_;
+  const ModelWeights& w_;
   Backend& be_;
   std::int64_t scan_chunk_;
   LinearHook* hook_ = nullptr;
   ScanHook* scan_hook_ = nullptr;
   InputHook* input_hook_ = nullptr;
+  std::vector<LinearSite> sites_;        // linear_sites(cfg_)
+  std::vector<std::int64_t> mixer_site_;  // per layer: its mixer's first site in sites_
 
   Tensor ids_;                           // (B, L)
   std::int64_t n_prompt_ = 0;            // P

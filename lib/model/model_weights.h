@@ -1,0 +1,80 @@
+// The parameters of a causal LM, one Tensor per Hugging Face tensor, grouped by layer and, in a
+// layer, by the part that owns them (each layer kind's file names its tensors: e.g.
+// mamba_mixer.h). The same structs hold gradients (same shapes). Absent optional tensors
+// (biases a config leaves out) and the parts a layer's kind does not have are undefined Tensors.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/model_config.h"
+
+namespace ssmtune {
+
+// The Mamba-1 mixer (HF MambaMixer). E = d_inner, D = d_model, N = d_state, R = dt_rank,
+// K = d_conv.
+struct MambaMixerWeights {
+  Tensor in_proj;       // (2E, D)      rows [0, E) -> x, [E, 2E) -> z
+  Tensor in_proj_bias;  // (2E) or undefined
+  Tensor conv1d;        // (E, 1, K)    depthwise
+  Tensor conv1d_bias;   // (E) or undefined
+  Tensor x_proj;        // (R + 2N, E)  rows dt (R) | B (N) | C (N)
+  Tensor dt_proj;       // (E, R)
+  Tensor dt_proj_bias;  // (E)
+  Tensor A_log;         // (E, N)       A = -exp(A_log)
+  Tensor D;             // (E)
+  Tensor out_proj;      // (D, E)
+  Tensor out_proj_bias; // (D) or undefined
+};
+
+struct LayerWeights {
+  Tensor norm;              // (D) the mixer branch's RMSNorm
+  MambaMixerWeights mamba;  // a Mamba mixer's tensors (LayerKind::mixer == Mamba)
+};
+
+struct ModelWeights {
+  Tensor embedding;  // (V, D) backbone.embeddings.weight
+  std::vector<LayerWeights> layers;
+  Tensor norm_f;     // (D) backbone.norm_f.weight
+  Tensor lm_head;    // (V, D) lm_head.weight; shares storage with `embedding` when tied
+};
+
+// One parameter: its HF name, where it lives in a ModelWeights, its shape under the config, and
+// why it is absent when the config leaves it out (nullptr when present).
+struct ParamSlot {
+  std::string name;
+  Tensor* tensor;
+  Shape shape;
+  const char* absent_because = nullptr;
+};
+
+// Every parameter slot of `w` (which must hold c.n_layer layers) in PyTorch state_dict order
+// (MODELS.md A.3), absent ones included: what PEFT methods use to reach a tensor by name.
+std::vector<ParamSlot> param_slots(const ModelConfig& c, ModelWeights& w);
+
+// The Hugging Face module name of layer i's parts: "backbone.layers.3" (the layer),
+// "backbone.layers.3.mixer" (its mixer).
+std::string layer_module(const ModelConfig& c, std::int64_t i);
+std::string mixer_module(const ModelConfig& c, std::int64_t i);
+
+// Visits every parameter with its Hugging Face name, in checkpoint order. Undefined
+// (absent) tensors are skipped; a tied lm_head is skipped (it is the embedding).
+void for_each_param(const ModelConfig& c, ModelWeights& w,
+                    const std::function<void(const std::string& name, Tensor& t)>& fn);
+
+// Shape every named parameter must have under config `c` (HF names as above).
+Shape expected_param_shape(const ModelConfig& c, const std::string& name);
+
+// Fresh tensors of the right shapes, dtype `dtype`, filled with zeros (used for gradients).
+ModelWeights zeros_like_params(const ModelConfig& c, DType dtype);
+
+// Loads model_dir/model.safetensors or the shards of model.safetensors.index.json, checks every
+// tensor against the config (missing, unexpected or wrong-shape tensors are errors naming the
+// tensor, the expected and the found shape), converts to `dtype` (F32 or F64) and ties
+// lm_head to the embedding (shared storage) when tie_word_embeddings is set. Accepts mamba_ssm's `backbone.embedding.weight`.
+ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig& c,
+                                DType dtype = DType::F32);
+
+}  // namespace ssmtune
