@@ -203,6 +203,11 @@ def check_model(d: str) -> list[str]:
     return errs
 
 
+def model_type(d: str) -> str:
+    with open(os.path.join(d, "config.json")) as f:
+        return json.load(f).get("model_type", "mamba")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     here = os.path.dirname(os.path.abspath(__file__))
@@ -213,6 +218,7 @@ def main(argv=None) -> int:
         for x in os.listdir(args.root)
         if os.path.exists(os.path.join(args.root, x, "reference.safetensors"))
         and os.path.exists(os.path.join(args.root, x, "config.json"))  # models, not peft-lora
+        and model_type(os.path.join(args.root, x)) == "mamba"  # jamba-*: check_jamba_fixtures.py
     )
     if not dirs:
         print(f"no fixtures under {args.root}")
