@@ -17,7 +17,7 @@ struct SliceRows {
   std::int64_t row0, rows, in, module_rows;
 };
 
-// The weight rows a target name (without its layer prefix) updates, METHODS.md 0.
+// The weight rows a target name (without its layer prefix) updates, docs/methods.md section 0.
 std::map<std::string, SliceRows> target_table(const MambaConfig& c) {
   const std::int64_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank;
   using S = LinearSite;
