@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A sweep over PEFT methods, LoRA ranks and learning rates with `ssmtune train --set`, as P1
-# grid-searches the learning rate per method (METHODS.md 9). Each run writes its own output
-# directory; finished runs are skipped and interrupted ones resumed, so the sweep can simply be
-# started again after a crash. At the end, one table of final metrics: <out>/results.tsv.
+# grid-searches the learning rate per method (docs/methods.md section 9). Each run writes its own
+# output directory; finished runs are skipped and interrupted ones resumed, so the sweep can simply
+# be started again after a crash. At the end, one table of final metrics: <out>/results.tsv.
 #
 #   bash configs/sweep.sh                                  # the quickstart task, default grid
 #   METHODS="lora-in-out full" RANKS="8" LRS="1e-3 3e-3" bash configs/sweep.sh base.json runs/s1

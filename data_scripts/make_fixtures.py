@@ -249,7 +249,7 @@ def hf_reference(model: MambaForCausalLM, ids, labels):
 
 
 # ---------------------------------------------------------------------------
-# Independent float64 implementation (formulas of shared/MODELS.md A.4), used
+# Independent float64 implementation (docs/models.md "Mamba forward pass"), used
 # as rounding-free ground truth. It does not call any transformers module code.
 # ---------------------------------------------------------------------------
 def f64_forward(P: dict, cfg: MambaConfig, ids: torch.Tensor) -> torch.Tensor:

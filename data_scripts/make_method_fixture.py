@@ -1,44 +1,45 @@
 #!/usr/bin/env python3
 """Generate tests/fixtures/methods/: an independent float64 PyTorch reference (autograd gradients)
-for ssmtune's PEFT methods, written from /work/shared/METHODS.md, not from ssmtune's C++.
+for ssmtune's PEFT methods, written from docs/methods.md, not from ssmtune's C++.
 
 The Mamba forward here is this script's own (`forward` / `mixer`, no transformers module code):
-embedding -> per layer h += mixer(RMSNorm(h)) -> norm_f -> lm_head, the mixer as METHODS.md 0 /
-transformers' MambaMixer.slow_forward with a sequential scan, all in float64 on the committed
-float32 weights (converted). The method terms enter it as arguments; the base model is frozen, so
-only the method parameters get gradients. Variants (B x L and weights of the base model's
-reference.safetensors; E = d_inner, N = d_state, M = d_model, K = d_conv, I = layer):
+embedding -> per layer h += mixer(RMSNorm(h)) -> norm_f -> lm_head, the mixer as docs/methods.md
+section 0 / transformers' MambaMixer.slow_forward with a sequential scan, all in float64 on the
+committed float32 weights (converted). The method terms enter it as arguments; the base model is
+frozen, so only the method parameters get gradients. Variants (B x L and weights of the base
+model's reference.safetensors; E = d_inner, N = d_state, M = d_model, K = d_conv, I = layer;
+"section" = a section of docs/methods.md):
 
-  partial_delta     mamba-tiny  METHODS 2, delta mode: W_eff = W + delta for A_log, D, conv1d.bias,
+  partial_delta     mamba-tiny  section 2, delta mode: W_eff = W + delta for A_log, D, conv1d.bias,
                                 dt_proj.bias of every layer and norm_f.weight
-  bitfit_odd        mamba-odd   METHODS 2 BitFit, delta mode: conv1d.bias (the model has none: the
+  bitfit_odd        mamba-odd   section 2 BitFit, delta mode: conv1d.bias (the model has none: the
                                 effective bias is the delta itself) and dt_proj.bias
-  sdt               mamba-tiny  METHODS 3 step 4: A = -exp(A_log + scatter(M_A, a_A)),
+  sdt               mamba-tiny  section 3 step 4: A = -exp(A_log + scatter(M_A, a_A)),
                                 W_B' = W_B + scatter(M_B, a_B), W_C' likewise (W_B = x_proj rows
                                 [R, R+N) seen as (N, E), W_C rows [R+N, R+2N)); a seeded selection
                                 of k_D = 3 channels per layer, k_N = 2 states of A per kept channel,
                                 all N states of B and C of each kept channel
-  sdt_select        (no model)  METHODS 3 step 2, the selection rule on a seeded warmup delta G
+  sdt_select        (no model)  section 3 step 2, the selection rule on a seeded warmup delta G
                                 (stored in A_log's (E, N) layout) with exact ties at both cut-offs
-  additional_scan   mamba-tiny  METHODS 6, n = 4 extra states sharing dt_t:
+  additional_scan   mamba-tiny  section 6, n = 4 extra states sharing dt_t:
                                 y_t[d] += sum_j C_add_t[j] h_add_t[d, j], A_add = -exp(A_log_add),
                                 [B_add ; C_add] = x_t W_add^T
-  parallel_adapter  mamba-tiny  METHODS 7 without dropout or biases, r = 6, s = 0.1:
+  parallel_adapter  mamba-tiny  section 7 without dropout or biases, r = 6, s = 0.1:
                                 o = W_out g + s W_up ReLU(W_down g), g = y * SiLU(z)
-  dora              mamba-tiny  METHODS 1 DoRA on in_proj and out_proj, r = 4, alpha = 8 (s = 2):
+  dora              mamba-tiny  section 1 DoRA on in_proj and out_proj, r = 4, alpha = 8 (s = 2):
                                 computed by peft 0.12.0 itself (LoraConfig(use_dora=True)) in float64
                                 and cross-checked against this script's W' = m (W + sBA) / ||W + sBA||_row
                                 (norm detached); peft's adapter directory is saved too
-  prompt            mamba-tiny  METHODS 5, T = 3 vectors prepended to the embedded input; their
+  prompt            mamba-tiny  section 5, T = 3 vectors prepended to the embedded input; their
                                 positions dropped before norm_f / lm_head
-  prefix            mamba-tiny  METHODS 5, T = 2 vectors per layer prepended to the residual stream
+  prefix            mamba-tiny  section 5, T = 2 vectors per layer prepended to the residual stream
                                 entering block I; the block (norm, mixer, residual add) runs on T+L
                                 positions and its first T outputs are dropped
-  affix             mamba-tiny  METHODS 5 (P3), T = 3 tokens (T, E) per layer inserted before the x~
+  affix             mamba-tiny  section 5 (P3), T = 3 tokens (T, E) per layer inserted before the x~
                                 half of in_proj's output; the conv (K-1 zero padding before the affix),
                                 SiLU, x_proj, dt and the scan run on T+L positions; the T positions are
                                 dropped before the gate (their z never matters) and out_proj
-  initial_state_conv mamba-tiny METHODS 4, initial-state tuning with the learned conv state: h_0 = H0
+  initial_state_conv mamba-tiny section 4, initial-state tuning with the learned conv state: h_0 = H0
                                 (E, N) and the conv's left padding = conv (E, K-1), column j = the
                                 input x~ at time j-(K-1), oldest first, for every sequence of the batch
 
@@ -140,9 +141,10 @@ def per_batch(t, batch, dims):
 
 
 def mixer(W, pre, cfg, u, lt, capture=None, layer=0):
-    """MambaMixer.slow_forward (METHODS 0) on u: (B, L, M) f64 -> (B, L, M). lt: this layer's method
-    terms: affix (T, E); conv (E, K-1) and h0 (E, N), either may carry a leading batch dimension;
-    add_A_log (E, n) and add_x_proj (2n, E); pa_down (r, E), pa_up (M, r), pa_scale."""
+    """MambaMixer.slow_forward (docs/methods.md section 0) on u: (B, L, M) f64 -> (B, L, M).
+    lt: this layer's method terms: affix (T, E); conv (E, K-1) and h0 (E, N), either may carry a
+    leading batch dimension; add_A_log (E, n) and add_x_proj (2n, E); pa_down (r, E), pa_up (M, r),
+    pa_scale."""
     E, N, R, K = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
     Bt = u.shape[0]
     xz = linear(u, W, pre + "in_proj")
@@ -326,7 +328,8 @@ def sdt_dense(idx, values, numel):
 
 
 def sdt_weights(P, cfg, p, inp):
-    """METHODS 3 step 4: A_log + scatter(M_A, a_A); x_proj's B / C slices (N, E) + scatter."""
+    """docs/methods.md section 3 step 4: A_log + scatter(M_A, a_A); x_proj's B / C slices (N, E)
+    + scatter."""
     E, N, R = cfg.d_inner, cfg.d_state, cfg.dt_rank
     W = dict(P)
     for i in range(cfg.n_layer):
@@ -705,7 +708,7 @@ def make_dora(base, seed, out_dir):
 
 
 # ---------------------------------------------------------------------------
-# SDT selection rule (METHODS 3 step 2)
+# SDT selection rule (docs/methods.md section 3 step 2)
 # ---------------------------------------------------------------------------
 def sdt_select(G, k_channels, k_states):
     """G: (E, N) warmup delta in A_log's layout. Top k_channels channels by sum_n G^2, then top
@@ -885,8 +888,9 @@ def main() -> int:
         {"conv_state": True, "formula": "scan h_0 = h0 (E, N); the conv's K-1 left padding = conv (E, K-1), "
          "column j = the input x~ at time j-(K-1) (oldest first); the same for every sequence"})
 
-    method = ("float64, this script's own Mamba forward (METHODS.md 0, sequential scan) with the method terms "
-              "of METHODS.md 1-7 (DoRA by peft 0.12.0, cross-checked); autograd gradients; frozen base")
+    method = ("float64, this script's own Mamba forward (docs/methods.md section 0, sequential "
+              "scan) with the method terms of docs/methods.md sections 1-7 (DoRA by peft 0.12.0, "
+              "cross-checked); autograd gradients; frozen base")
     fx = {
         "generator": GENERATOR,
         "reference": "reference.safetensors",

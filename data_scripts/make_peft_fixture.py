@@ -143,8 +143,9 @@ def _rmsnorm_forward_clean(self, hidden_states):
 def _slow_forward_clean(self, input_states, cache_params=None, cache_position=None):
     # MambaMixer.slow_forward (transformers 4.44.2), cache_params=None branch, minus the
     # `.float()` casts of A_log, B, u and `ssm_state.to(dtype)` (all no-ops for float32 input).
-    # A mixer may carry `state_terms` (make_state_fixture.py, METHODS.md 4): a dict with optional
-    # "h0" (E, N) initial state, "h" (E, N) and "y" (E) state offsets; absent = plain Mamba.
+    # A mixer may carry `state_terms` (make_state_fixture.py, docs/methods.md section 4): a dict
+    # with optional "h0" (E, N) initial state, "h" (E, N) and "y" (E) state offsets; absent =
+    # plain Mamba.
     assert cache_params is None
     terms = getattr(self, "state_terms", {})
     batch_size, seq_len, _ = input_states.shape

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Generate tests/fixtures/state-tuning/: an independent float64 PyTorch reference for ssmtune's
-state-based PEFT methods (initial-state tuning, state-offset tuning h and y; METHODS.md 4).
+state-based PEFT methods (initial-state tuning, state-offset tuning h and y; docs/methods.md
+section 4).
 
-The methods are written here from /work/shared/METHODS.md section 4 on top of transformers'
+The methods are written here from docs/methods.md section 4 on top of transformers'
 `MambaMixer.slow_forward` (the sequential scan), not from ssmtune's C++ (lib/peft/state_tuning):
 per Mamba layer i
     initial-state tuning    H0 (E, N):  the scan starts from h_0 = H0 for every sequence of the
@@ -172,8 +173,8 @@ def main() -> int:
 
     method = (
         "float64; transformers MambaMixer.slow_forward without its float32 casts "
-        "(make_peft_fixture.float64_clean) plus METHODS.md 4: h_0 = H0 for every sequence; "
-        "y_t += C_t h'; y_t += y' (both before the gate); autograd gradients; frozen base"
+        "(make_peft_fixture.float64_clean) plus docs/methods.md section 4: h_0 = H0 for every "
+        "sequence; y_t += C_t h'; y_t += y' (both before the gate); autograd gradients; frozen base"
     )
     fx = {
         "generator": GENERATOR,

@@ -1,7 +1,7 @@
 """The GPT-NeoX-like byte-level BPE setup shared by the tokenizer fixtures and the shipped example:
 NFC, ByteLevel(add_prefix_space=False) pre-tokenizer, post-processor and decoder, and the special
 tokens <|endoftext|> = 0 (EOS) and <|padding|> = 1 (pad), as Mamba's GPT-NeoX tokenizer has them
-(MODELS.md D)."""
+(docs/models.md "Tokenizers")."""
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import trainers
 

@@ -1,4 +1,4 @@
-// Selective scan on the GPU, float32 inputs and state (MODELS.md A.4 step 7). CPU twins:
+// Selective scan on the GPU, float32 inputs and state (docs/models.md, Mamba step 7). CPU twins:
 // ssmtune::cpu::selective_scan_forward / selective_scan_backward (lib/backend/cpu/scan_cpu.h),
 // whose math, layouts and chunking these follow exactly:
 //   a_t = exp(delta_t A)   h_t = a_t h_{t-1} + delta_t B_t u_t   y_t = <h_t, C_t> + D u_t

@@ -8,7 +8,7 @@
 using ssmtune::cpu::openblas_core_to_force;
 
 TEST_CASE("OpenBLAS's generic kernels are replaced by the best the CPU supports", "[blas]") {
-  // Debian's OpenBLAS 0.3.21 on Intel family 6 model 207 (BUILD.md).
+  // Debian's OpenBLAS 0.3.21 on Intel family 6 model 207 (docs/cpu_blas.md "The problem").
   CHECK(openblas_core_to_force("Prescott", false, "SkylakeX") == "SkylakeX");
   CHECK(openblas_core_to_force("Haswell", false, "SkylakeX") == "SkylakeX");
   CHECK(openblas_core_to_force("Sandybridge", false, "Haswell") == "Haswell");

@@ -1,7 +1,7 @@
-// SDLoRA (SDT + LoRA, METHODS.md 3) through the binary: one `ssmtune train` runs the warmup,
-// the selection (printed, and written to sdt_selection.json), the reset and the masked training;
-// a run killed in either phase resumes bit-exactly; the adapter holds the masks and merges
-// exactly (eval of the adapter = eval of the merged model). The experiment is
+// SDLoRA (SDT + LoRA, docs/methods.md section 3) through the binary: one `ssmtune train` runs the
+// warmup, the selection (printed, and written to sdt_selection.json), the reset and the masked
+// training; a run killed in either phase resumes bit-exactly; the adapter holds the masks and
+// merges exactly (eval of the adapter = eval of the merged model). The experiment is
 // train_experiment_fixture.h's, with SDT added to its LoRA.
 #include <catch2/catch.hpp>
 #include <filesystem>

@@ -1,5 +1,5 @@
 // The CPU selective scan: forward against a naive full-state recurrence written here from
-// MODELS.md A.4 step 7, backward against finite differences, and independence of the chunk
+// docs/models.md, Mamba step 7, backward against finite differences, and independence of the chunk
 // length (chunking only changes what is saved, never the math).
 #include <catch2/catch.hpp>
 

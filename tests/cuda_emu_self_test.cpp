@@ -126,8 +126,9 @@ TEST_CASE(
     bool some_order_wrong = false;
     for (const Schedule order : kSchedules) some_order_wrong |= !tree_sum_right(order, drop);
     CHECK(some_order_wrong);
-    // Pitfall 6 of CUDA_ON_CPU.md: one fixed order hides a missing barrier. In the reverse
-    // order every writer runs before its reader, so only the other orders catch these two...
+    // Pitfall 6 of docs/cuda.md "The emulator": one fixed order hides a missing barrier. In the
+    // reverse order every writer runs before its reader, so only the other orders catch these
+    // two...
     CHECK_FALSE(tree_sum_right(Schedule::kForward, drop));
     CHECK(tree_sum_right(Schedule::kReverse, drop));
   }

@@ -1,5 +1,5 @@
-// safetensors reader and writer: round trips of every dtype, zero-copy views, and every
-// check of MODELS.md E on hostile files (each error names the file, tensor and field).
+// safetensors reader and writer: round trips of every dtype, zero-copy views, and every check of
+// docs/models.md "safetensors" on hostile files (each error names the file, tensor and field).
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <random>

@@ -1,5 +1,5 @@
 // config.json for Mamba-1: HF names, mamba_ssm aliases and original configs, defaults, and
-// the errors for missing, mistyped and out-of-range fields (MODELS.md A.1, A.6).
+// the errors for missing, mistyped and out-of-range fields (docs/models.md "Mamba config").
 #include "model/model_config.h"
 
 #include <catch2/catch.hpp>
@@ -56,7 +56,8 @@ TEST_CASE("a minimal HF Mamba config gets transformers' defaults", "[model][conf
 }
 
 TEST_CASE("mamba-130m-hf's config.json parses to its published sizes", "[model][config]") {
-  // Verbatim fields of state-spaces/mamba-130m-hf (MODELS.md A.2), leftovers included.
+  // Verbatim fields of state-spaces/mamba-130m-hf (docs/models.md "Reference sizes"), leftovers
+  // included.
   const json j = json::parse(R"({
     "architectures": ["MambaForCausalLM"], "bos_token_id": 0, "conv_kernel": 4, "d_inner": 1536,
     "d_model": 768, "eos_token_id": 0, "expand": 2, "fused_add_norm": true, "hidden_act": "silu",
@@ -112,7 +113,7 @@ TEST_CASE("an explicit intermediate_size wins over expand * hidden_size", "[mode
 }
 
 TEST_CASE("an original mamba_ssm config pads the vocab and reads ssm_cfg", "[model][config]") {
-  // state-spaces/mamba-130m's config.json (MODELS.md A.6).
+  // state-spaces/mamba-130m's config.json (docs/models.md "Mamba config", original layout).
   json j = json::parse(R"({"d_model": 768, "n_layer": 24, "vocab_size": 50277, "ssm_cfg": {},
       "rms_norm": true, "residual_in_fp32": true, "fused_add_norm": true,
       "pad_vocab_size_multiple": 8})");

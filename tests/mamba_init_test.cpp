@@ -255,7 +255,7 @@ TEST_CASE("parameter count matches the tensors and mamba-130m's known total", "[
       for_each_param(c, w, [&](const std::string&, Tensor& t) { n += t.numel(); });
       CHECK(mamba_param_count(c) == n);
     }
-  // MODELS.md A.2: state-spaces/mamba-130m-hf holds 129,135,360 parameters.
+  // docs/models.md "Reference sizes": state-spaces/mamba-130m-hf holds 129,135,360 parameters.
   ModelConfig c130m;
   c130m.vocab_size = 50280, c130m.d_model = 768, c130m.n_layer = 24, c130m.d_inner = 1536;
   c130m.d_state = 16, c130m.d_conv = 4, c130m.dt_rank = 48;

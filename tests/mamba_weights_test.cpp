@@ -1,5 +1,5 @@
-// Mamba weights: HF names and shapes under a config, and a loader that reports missing,
-// unexpected, wrong-shape and untied/tied tensors by name (MODELS.md A.3, E).
+// Mamba weights: HF names and shapes under a config, and a loader that reports missing, unexpected,
+// wrong-shape and untied/tied tensors by name (docs/models.md "Mamba tensors", "safetensors").
 #include "model/model_weights.h"
 
 #include <catch2/catch.hpp>

@@ -1,8 +1,8 @@
-// DoRA (METHODS.md 1; lib/peft/dora.h): against Hugging Face peft 0.12.0 in float64 (variant
-// `dora` of tests/fixtures/methods/reference.safetensors and the PEFT-written adapter
-// tests/fixtures/methods/dora_adapter/, both made by data_scripts/make_method_fixture.py),
-// central finite differences (with module biases, dropout), the zero init, the adapter round
-// trip, resume, the exact merge, the trainable count and the configs DoRA refuses.
+// DoRA (docs/methods.md section 1; lib/peft/dora.h): against Hugging Face peft 0.12.0 in float64
+// (variant `dora` of tests/fixtures/methods/reference.safetensors and the PEFT-written adapter
+// tests/fixtures/methods/dora_adapter/, both made by data_scripts/make_method_fixture.py), central
+// finite differences (with module biases, dropout), the zero init, the adapter round trip, resume,
+// the exact merge, the trainable count and the configs DoRA refuses.
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>

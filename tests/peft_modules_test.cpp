@@ -1,9 +1,9 @@
-// The module methods of MambaPEFT: the parallel adapter beside out_proj (METHODS.md 7, a linear
-// hook) and the additional scan (METHODS.md 6, a scan hook). Each against the independent float64
-// PyTorch reference tests/fixtures/methods/reference.safetensors
+// The module methods of MambaPEFT: the parallel adapter beside out_proj (docs/methods.md section 7,
+// a linear hook) and the additional scan (docs/methods.md section 6, a scan hook). Each against the
+// independent float64 PyTorch reference tests/fixtures/methods/reference.safetensors
 // (data_scripts/make_method_fixture.py), central finite differences (also beside LoRA and
-// state-offset tuning, through the hook lists), zero init, METHODS.md's counts, the adapter file
-// round trip, the recurrent decoder (equal to the full forward), and merge-adapter's refusal.
+// state-offset tuning, through the hook lists), zero init, docs/methods.md's counts, the adapter
+// file round trip, the recurrent decoder (equal to the full forward), and merge-adapter's refusal.
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
@@ -167,7 +167,7 @@ TEST_CASE("initialised module methods leave the model's logits unchanged", "[pef
   }
 }
 
-TEST_CASE("module-method trainable counts follow METHODS.md", "[peft][modules]") {
+TEST_CASE("module-method trainable counts follow docs/methods.md", "[peft][modules]") {
   Tiny m(DType::F32);
   const std::int64_t L = m.cfg.n_layer, D = m.cfg.d_model, E = m.cfg.d_inner;
   CHECK(PeftModel(m.cfg, m.w, parallel_config(5), *m.be, 0).n_trainable() == L * 5 * (E + D));

@@ -1,8 +1,8 @@
-// Parameter tuning (METHODS.md 2 and 3: partial tuning, BitFit, SDT's warmup delta and masked
-// training) through PeftModel: against the independent float64 PyTorch reference
+// Parameter tuning (docs/methods.md sections 2 and 3: partial tuning, BitFit, SDT's warmup delta
+// and masked training) through PeftModel: against the independent float64 PyTorch reference
 // tests/fixtures/methods/reference.safetensors (data_scripts/make_method_fixture.py: its own
 // float64 Mamba forward, autograd gradients, non-zero parameter values), against central finite
-// differences, zero-initialised at step 0, trainable counts equal METHODS.md's formulas, the
+// differences, zero-initialised at step 0, trainable counts equal docs/methods.md's formulas, the
 // adapter file round trip and the exact merge.
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -62,7 +62,7 @@ TEST_CASE("BitFit creates the conv bias a model lacks and matches the reference"
   PeftConfig pc;
   pc.bitfit = true;
   PeftModel peft(b.cfg, b.w, pc, *b.be, 0);
-  REQUIRE(peft.n_trainable() == b.cfg.n_layer * 2 * b.cfg.d_inner);  // METHODS.md 2: L * 2E
+  REQUIRE(peft.n_trainable() == b.cfg.n_layer * 2 * b.cfg.d_inner);  // = L * 2E (docs/methods.md)
   for (TrainableParam& p : peft.trainables()) {
     INFO(p.name);
     const Tensor delta = ref.tensor("bitfit_odd." + p.name);
@@ -207,7 +207,7 @@ TEST_CASE("zero-initialised parameter tuning leaves the model's logits unchanged
   testing::require_close("logits (masked)", masked.logits(), plain.logits(), 0, 0);
 }
 
-TEST_CASE("parameter-tuning trainable counts follow METHODS.md", "[peft][partial][sdt]") {
+TEST_CASE("parameter-tuning trainable counts follow docs/methods.md", "[peft][partial][sdt]") {
   Base b("mamba-tiny", DType::F32);
   const std::int64_t L = b.cfg.n_layer, E = b.cfg.d_inner, N = b.cfg.d_state, D = b.cfg.d_model;
   PeftModel partial(b.cfg, b.w, partial_config({"A_log", "D", "norm_f"}, "direct"), *b.be, 0);

@@ -1,6 +1,6 @@
-// State-based PEFT (METHODS.md 4) against an independent float64 PyTorch reference:
+// State-based PEFT (docs/methods.md section 4) against an independent float64 PyTorch reference:
 // tests/fixtures/state-tuning/reference.safetensors, made by data_scripts/make_state_fixture.py
-// from transformers' MambaMixer slow path with the three terms written from METHODS.md and
+// from transformers' MambaMixer slow path with the three terms written from docs/methods.md and
 // gradients from autograd. Variant "a" = initial-state tuning + state-offset h, "b" = state-offset
 // y only; both with non-zero parameter values, on the frozen mamba-tiny base.
 #include <catch2/catch.hpp>

@@ -1,6 +1,6 @@
-// State-based PEFT (METHODS.md 4) through the model's scan hook: zero-initialised terms leave the
-// model unchanged, and the gradients of H0 (initial-state tuning), h' and y' (state-offset
-// tuning) match central finite differences in float64, alone and beside LoRA.
+// State-based PEFT (docs/methods.md section 4) through the model's scan hook: zero-initialised
+// terms leave the model unchanged, and the gradients of H0 (initial-state tuning), h' and y'
+// (state-offset tuning) match central finite differences in float64, alone and beside LoRA.
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <random>

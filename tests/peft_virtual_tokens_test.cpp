@@ -1,8 +1,8 @@
-// Virtual-token methods (METHODS.md 5: prompt, prefix and affix tuning, the input hook) and the
-// learned conv state of initial-state tuning (METHODS.md 4): against the independent float64
-// PyTorch reference tests/fixtures/methods/reference.safetensors
+// Virtual-token methods (docs/methods.md section 5: prompt, prefix and affix tuning, the input
+// hook) and the learned conv state of initial-state tuning (docs/methods.md section 4): against the
+// independent float64 PyTorch reference tests/fixtures/methods/reference.safetensors
 // (data_scripts/make_method_fixture.py), central finite differences (all of them together and
-// beside LoRA), METHODS.md's counts, the adapter round trip, and the recurrent decoder (the
+// beside LoRA), docs/methods.md's counts, the adapter round trip, and the recurrent decoder (the
 // vectors fed at the start of every sequence, equal to the full forward).
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -139,7 +139,7 @@ TEST_CASE("virtual-token gradients match finite differences, all together and be
   }
 }
 
-TEST_CASE("virtual-token trainable counts follow METHODS.md", "[peft][virtual]") {
+TEST_CASE("virtual-token trainable counts follow docs/methods.md", "[peft][virtual]") {
   Tiny m(DType::F32);
   const std::int64_t L = m.cfg.n_layer, D = m.cfg.d_model, E = m.cfg.d_inner, K = m.cfg.d_conv;
   CHECK(PeftModel(m.cfg, m.w, tokens_config(5, 0, 0), *m.be, 0).n_trainable() == 5 * D);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# A short learning-rate search for every method config in configs/methods/ on the shipped
-# example (P1's protocol, METHODS.md 9: a few learning rates per method, keep the best), then one
-# markdown table of the best run per method: docs/results.md records its output.
+# A short learning-rate search for every method config in configs/methods/ on the shipped example
+# (P1's protocol, docs/methods.md section 9: a few learning rates per method, keep the best), then
+# one markdown table of the best run per method: docs/results.md records its output.
 #
 #   bash configs/methods/lr_search.sh [OUT_DIR]      # LRS="1e-3 3e-3 1e-2" by default
 #

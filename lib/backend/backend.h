@@ -1,5 +1,5 @@
-// The op interface the model and the PEFT methods are written against (DESIGN.md "The model
-// code is written once"). Ops are coarse, one call per layer stage, so a virtual call costs
+// The op interface the model and the PEFT methods are written against (docs/architecture.md "The
+// model code is written once"). Ops are coarse, one call per layer stage, so a virtual call costs
 // nothing. Every op takes whole tensors on the backend's device; shapes are checked by the
 // backend. Backward ops overwrite input gradients and accumulate (+=) parameter gradients.
 // Shapes: B batch, L sequence, E d_inner, N d_state, K d_conv, V vocab, rows = B*L tokens.

@@ -1,6 +1,6 @@
 // Error types that cross the library boundary. main() catches them, prints one line
 // to stderr and exits: 2 for usage and configuration mistakes, 1 for everything else
-// (bad files, runtime failures). See CONVENTIONS.md "Errors and input".
+// (bad files, runtime failures). See docs/conventions.md "Errors and input".
 #pragma once
 
 #include <stdexcept>

@@ -1,5 +1,5 @@
-// Hugging Face tokenizer.json byte-level BPE (GPT-2 / GPT-NeoX style; what Mamba checkpoints
-// ship), giving the ids the Python `tokenizers` library gives (MODELS.md D.3):
+// Hugging Face tokenizer.json byte-level BPE (GPT-2 / GPT-NeoX style; what Mamba checkpoints ship),
+// giving the ids the Python `tokenizers` library gives (docs/models.md "Byte-level BPE encoding"):
 //   1. added tokens are cut out of the raw text (non-normalized ones), then each remaining
 //      segment is NFC-normalized and cut at the normalized added tokens;
 //   2. the ByteLevel pre-tokenizer splits each plain segment with GPT-2's pattern and maps

@@ -1,5 +1,5 @@
 // Reading tokenizer.json into a BpeModel, refusing what the encoder cannot reproduce exactly.
-// Field meanings follow the tokenizers serialisation (MODELS.md D.2).
+// Field meanings follow the tokenizers serialisation (docs/models.md "tokenizer.json").
 #include <limits>
 #include <set>
 

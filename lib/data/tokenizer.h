@@ -1,6 +1,7 @@
 // Tokenizer: text <-> token ids. Two implementations, chosen by what a model directory holds:
 // Hugging Face tokenizer.json byte-level BPE (bpe_tokenizer.h; what Mamba checkpoints ship,
-// MODELS.md D) and SentencePiece .model files (sentencepiece_tokenizer.h, via libsentencepiece).
+// docs/models.md "Tokenizers") and SentencePiece .model files (sentencepiece_tokenizer.h, via
+// libsentencepiece).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Recurrent inference for one sequence (MODELS.md A.5; HF MambaCache, mamba_ssm Mamba.step):
+// Recurrent inference for one sequence (docs/models.md "Mamba recurrent decoding"; HF MambaCache, mamba_ssm Mamba.step):
 // the model's residual loop (CausalLM::forward_cached) with per-layer caches: for a Mamba layer
 // a conv state and an SSM state, so memory does not grow with the number of tokens fed. Tokens go through the model in blocks: a prompt as blocks of up to
 // `prefill_block` tokens (the chunked scan, one matrix product per projection and block), a
@@ -31,7 +31,7 @@ class Decoder {
   Decoder(const ModelConfig& cfg, const ModelWeights& weights, Backend& be,
                std::int64_t prefill_block = 256);
 
-  // Empty sequence: all states zero (the conv's zero padding and h_{-1} = 0 of A.4), or the
+  // Empty sequence: all states zero (the conv's zero padding and h_{-1} = 0 of docs/models.md, Mamba step 7), or the
   // scan hook's initial state (initial-state tuning).
   void reset();
   // PEFT terms that are not merged into the weights, applied as in training (null = none): on

@@ -1,5 +1,5 @@
 // Atomic file replacement: a crash or an error at any instant leaves either the old file or
-// the complete new one at `path`, never half of one (DESIGN.md "Files it writes").
+// the complete new one at `path`, never half of one (docs/architecture.md "Files it writes").
 //
 //   AtomicFile out(path);      // creates <path>.tmp.<pid>.<n> in the same directory
 //   out.write(bytes, n); ...   // streamed: a multi-GB checkpoint is never held in memory twice

@@ -11,7 +11,7 @@
 namespace ssmtune {
 
 // Config and index files are kilobytes; tokenizer.json a few megabytes. Anything past this is
-// not one of ours, and reading it whole would be the "huge allocation" CONVENTIONS.md forbids.
+// not one of ours, and reading it whole would be the "huge allocation" docs/conventions.md forbids.
 inline constexpr std::size_t kMaxJsonFileBytes = std::size_t(64) << 20;
 inline constexpr int kMaxJsonDepth = 64;
 

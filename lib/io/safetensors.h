@@ -1,6 +1,7 @@
-// safetensors files (Hugging Face's tensor container, MODELS.md E): a validated, memory-mapped
-// reader and an atomic writer. Layout: 8-byte little-endian header length N, N bytes of JSON
-// header {name: {dtype, shape, data_offsets}, "__metadata__": {str: str}}, then the data area.
+// safetensors files (Hugging Face's tensor container, docs/models.md "safetensors"): a validated,
+// memory-mapped reader and an atomic writer. Layout: 8-byte little-endian header length N, N bytes
+// of JSON header {name: {dtype, shape, data_offsets}, "__metadata__": {str: str}}, then the data
+// area.
 #pragma once
 
 #include <filesystem>

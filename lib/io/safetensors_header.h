@@ -1,5 +1,5 @@
-// The header of a safetensors file, parsed and validated (MODELS.md E): everything a reader
-// needs to find each tensor's bytes, checked so that no later access can go out of bounds.
+// The header of a safetensors file, parsed and validated (docs/models.md "safetensors"): everything
+// a reader needs to find each tensor's bytes, checked so that no later access can go out of bounds.
 #pragma once
 
 #include <cstddef>

@@ -59,7 +59,7 @@ Tensor CausalLM::forward_cached(const Tensor& ids, std::vector<LayerCache>& cach
   if (hook_) hook_->embedding_forward(ids, e2);
   logits_ = Tensor();  // the activations backward() would need are gone
   run_layers(embedded, &caches, sequence_start);
-  // Only the last token's logits are wanted (A.4 step 10).
+  // Only the last token's logits are wanted (docs/models.md, Mamba step 10).
   const Tensor last = final_norm_.reshape({n, D}).rows(n - 1, n);  // (1, D)
   Tensor logits = be_.empty({1, V}, dt);
   linear_forward(be_, last, w_.lm_head, Tensor(), logits);

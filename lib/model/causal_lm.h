@@ -1,4 +1,4 @@
-// The causal LM (HF MambaForCausalLM, MODELS.md A.4): embedding -> n_layer layers -> norm_f ->
+// The causal LM (HF MambaForCausalLM, docs/models.md "Mamba forward pass"): embedding -> n_layer layers -> norm_f ->
 // lm_head (tied to the embedding unless configured otherwise). A layer is a list of pre-norm
 // residual branches h += f(rmsnorm(h)) (a mixer, then a feed-forward where the layer has one;
 // model_config.h LayerKind); each layer kind's file holds its forward, backward, what it saves

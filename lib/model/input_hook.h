@@ -1,5 +1,5 @@
-// The input hook (DESIGN.md "Where PEFT methods attach"): learned vectors placed at the start of
-// a sequence, for the virtual-token methods (METHODS.md 5):
+// The input hook (docs/architecture.md "Where PEFT methods attach"): learned vectors placed at the start of
+// a sequence, for the virtual-token methods (docs/methods.md section 5):
 //   prompt tuning   T vectors (T, D) before the embedded input; their outputs are dropped
 //                   before norm_f
 //   prefix tuning   per layer T vectors (T, D) before the block's input sequence; the block's

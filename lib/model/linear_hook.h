@@ -1,4 +1,4 @@
-// The linear hook (DESIGN.md "Where PEFT methods attach"): a term added beside a frozen linear
+// The linear hook (docs/architecture.md "Where PEFT methods attach"): a term added beside a frozen linear
 // layer, such as LoRA's s * B A x. The model calls it at every projection with the layer's input
 // and the layer's output split into parts that match rows of the weight, so a hook can act on
 // the whole module or on one slice (in_proj.x, x_proj.B, ...) without the model knowing which.

@@ -30,7 +30,7 @@ namespace {
 // What transformers 4.44.2 does for `MambaForCausalLM(config)`, tensor by tensor. A tensor's
 // value is first set by its module's constructor (PyTorch defaults), then `post_init` applies
 // MambaPreTrainedModel._init_weights to every module and ties lm_head to the embedding
-// (transformers/models/mamba/modeling_mamba.py; MODELS.md A.1). PyTorch's defaults:
+// (transformers/models/mamba/modeling_mamba.py; docs/models.md "Mamba config"). PyTorch's defaults:
 // nn.Linear and nn.Conv1d draw weight ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in),
 // 1/sqrt(fan_in)) and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 //

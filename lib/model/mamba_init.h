@@ -1,5 +1,5 @@
 // A freshly initialised Mamba causal LM, as transformers 4.44.2's MambaForCausalLM(config)
-// draws it (MODELS.md A.1), and the Hugging Face model directory that holds it.
+// draws it (docs/models.md "Mamba config"), and the Hugging Face model directory that holds it.
 #pragma once
 
 #include <cstdint>

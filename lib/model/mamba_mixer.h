@@ -1,4 +1,4 @@
-// The Mamba mixer (MODELS.md A.4 steps 3-8; HF MambaMixer.slow_forward), explicit forward and
+// The Mamba mixer (docs/models.md, Mamba steps 3-8; HF MambaMixer.slow_forward), explicit forward and
 // backward in the style of llm.c: forward saves what backward needs in MixerActivations.
 //   [x ; z] = in_proj(n)                    x, z: (B, L, E)
 //   u = silu(conv1d(x))                     (B, L, E)
@@ -41,7 +41,7 @@ struct MixerActivations {
   Tensor gated;   // (B, L, E) y * silu(z), out_proj's input
 };
 
-// The state recurrent decoding carries from one block of tokens to the next (MODELS.md A.5;
+// The state recurrent decoding carries from one block of tokens to the next (docs/models.md "Mamba recurrent decoding";
 // HF MambaCache), for one sequence:
 //   conv (1, K-1, E): the last K-1 pre-conv inputs x, time-major: the next block's causal conv
 //     reads them instead of zero padding. (HF keeps K columns, [B, E, K], but the oldest is
@@ -64,7 +64,7 @@ struct MixerHooks {
 };
 
 // The mixer's tensors under `module` ("backbone.layers.3.mixer"), in state_dict order, with
-// their shapes under `c` (MODELS.md A.3); absent biases carry why.
+// their shapes under `c` (docs/models.md "Mamba tensors"); absent biases carry why.
 void append_mamba_mixer_slots(const ModelConfig& c, const std::string& module,
                               MambaMixerWeights& w, std::vector<ParamSlot>& out);
 // Its linear sites, in this order: in_proj (slices x, z), x_proj (slices dt, B, C), dt_proj,
@@ -75,7 +75,7 @@ void append_mamba_mixer_sites(const ModelConfig& c, std::int64_t layer, const st
 Tensor mamba_mixer_linear_weight(const MambaMixerWeights& w, const LinearSite& site);
 
 // An empty sequence's cache for layer `layer`: the conv state zero (the conv's zero padding) or
-// the scan hook's learned conv state; h = 0 (h_{-1} of A.4 step 7) or its learned initial
+// the scan hook's learned conv state; h = 0 (h_{-1} of docs/models.md, Mamba step 7) or its learned initial
 // state; its carried state zero; the affix pending. A = -exp(A_log) is computed when `cache`
 // has none yet (the weights do not change while a decoder runs).
 void reset_mixer_cache(Backend& be, const ModelConfig& cfg, const MambaMixerWeights& w,

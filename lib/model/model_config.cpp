@@ -74,7 +74,7 @@ void read_common(const JsonFields& f, ModelConfig& c) {
   c.eos_token_id = get_token_id(f, "eos_token_id", c.vocab_size, c.eos_token_id);
 }
 
-// transformers' ModelConfig (MODELS.md A.1).
+// transformers' MambaConfig (docs/models.md "Mamba config").
 ModelConfig parse_hf(const JsonFields& f) {
   ModelConfig c;
   c.vocab_size = require(f.get_int("vocab_size", 1, kMaxVocab), f, "vocab_size");
@@ -86,7 +86,7 @@ ModelConfig parse_hf(const JsonFields& f) {
   c.d_conv = get_aliased_int(f, "conv_kernel", "d_conv", 1, kMaxDConv).value_or(4);
   c.expand = positive_number(f, "expand", 2);
   if (c.expand > kMaxExpand) f.fail("expand", "a positive number no larger than 64");
-  // An explicit intermediate_size wins over int(expand * hidden_size) (MODELS.md A.1).
+  // An explicit intermediate_size wins over int(expand * hidden_size) (docs/models.md "Mamba config").
   const auto d_inner = get_aliased_int(f, "intermediate_size", "d_inner", 1, kMaxDInner);
   c.d_inner = d_inner ? *d_inner : std::int64_t(c.expand * double(c.d_model));
   if (!d_inner && (c.d_inner < 1 || c.d_inner > kMaxDInner))
@@ -120,7 +120,7 @@ ModelConfig parse_hf(const JsonFields& f) {
   return c;
 }
 
-// mamba_ssm's ModelConfig dataclass (MODELS.md A.6): sizes in the top level, mixer settings in
+// mamba_ssm's MambaConfig dataclass (docs/models.md "Mamba config"): sizes in the top level, mixer settings in
 // ssm_cfg with Mamba.__init__'s defaults, vocab padded as MambaLMHeadModel does.
 ModelConfig parse_original(const JsonFields& f, const std::string& file) {
   ModelConfig c;

@@ -1,5 +1,5 @@
 // The Mamba (Mamba-1) model configuration, read from a Hugging Face config.json.
-// Field names, aliases and defaults follow transformers' ModelConfig (MODELS.md A.1, A.6).
+// Field names, aliases and defaults follow transformers' MambaConfig (docs/models.md "Mamba config").
 #pragma once
 
 #include <cstdint>
@@ -38,7 +38,7 @@ struct ModelConfig {
   std::string hidden_act = "silu";
   std::int64_t pad_token_id = 0, bos_token_id = 0, eos_token_id = 0;
 
-  // Initialisation only (ssmtune init, new layers): MODELS.md A.1.
+  // Initialisation only (ssmtune init, new layers): docs/models.md "Mamba config".
   double initializer_range = 0.1;
   double time_step_min = 0.001, time_step_max = 0.1, time_step_floor = 1e-4, time_step_scale = 1.0;
   std::string time_step_init_scheme = "random";

@@ -53,7 +53,7 @@ bool is_float(DType t) {
   return t == DType::F32 || t == DType::F64 || t == DType::F16 || t == DType::BF16;
 }
 
-// Cheap insurance before fine-tuning (MODELS.md E): a NaN in a base weight poisons every step.
+// Cheap insurance before fine-tuning (docs/models.md "safetensors"): a NaN in a base weight poisons every step.
 // t: F32 or F64. Returns the index of the first non-finite element, or -1.
 std::int64_t first_non_finite(const Tensor& t) {
   for (std::int64_t i = 0; i < t.numel(); ++i) {
@@ -136,7 +136,7 @@ ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig&
   w.layers.resize(std::size_t(c.n_layer));
   std::vector<ParamSlot> slots = param_slots(c, w);
 
-  // The embedding may carry mamba_ssm's name (MODELS.md A.6).
+  // The embedding may carry mamba_ssm's name (docs/models.md "Mamba config").
   std::string embedding_name = kEmbedding;
   Problems problems;
   if (ckpt.contains(kEmbeddingMambaSsm)) {

@@ -51,7 +51,7 @@ struct ParamSlot {
 };
 
 // Every parameter slot of `w` (which must hold c.n_layer layers) in PyTorch state_dict order
-// (MODELS.md A.3), absent ones included: what PEFT methods use to reach a tensor by name.
+// (docs/models.md "Mamba tensors"), absent ones included: what PEFT methods use to reach a tensor by name.
 std::vector<ParamSlot> param_slots(const ModelConfig& c, ModelWeights& w);
 
 // The Hugging Face module name of layer i's parts: "backbone.layers.3" (the layer),

@@ -1,6 +1,6 @@
-// The scan hook (DESIGN.md "Where PEFT methods attach"): terms on a layer's selective scan, for
-// the state-based methods of State-offset Tuning (METHODS.md 4) and MambaPEFT's additional scan
-// (METHODS.md 6):
+// The scan hook (docs/architecture.md "Where PEFT methods attach"): terms on a layer's selective scan, for
+// the state-based methods of State-offset Tuning (docs/methods.md section 4) and MambaPEFT's additional scan
+// (docs/methods.md section 6):
 //   initial-state tuning   the scan starts from a learned h_0 instead of 0
 //   state-offset tuning    y_t += C_t h' (the h variant) or y_t += y' (the y variant), added where
 //                          the state is read out; the recurrence carries the unmodified h_t

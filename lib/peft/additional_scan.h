@@ -1,12 +1,12 @@
-// Additional scan (MambaPEFT, P3; METHODS.md 6): per layer n extra states beside the model's N,
-// driven by the same u and dt:
+// Additional scan (MambaPEFT, P3; docs/methods.md section 6): per layer n extra states beside the
+// model's N, driven by the same u and dt:
 //   B_add = u W_B^T, C_add = u W_C^T   (W_add (2n, E): rows [0, n) = W_B, [n, 2n) = W_C)
 //   h_add,t = exp(dt_t A_add) h_add,t-1 + dt_t B_add,t u_t,   A_add = -exp(A_log_add) (E, n)
 //   y_t += C_add,t h_add,t      (before the gate; the extra states carry no D skip)
 // which is exactly a scan with N + n states, since states do not interact. It runs as a second
 // selective scan (the backend's op), so its backward is the scan's own. Init (P2's choice,
-// METHODS.md 6): A_log_add copies A_log[:, 0] ("copy", MambaPEFT) or log(N+1..N+n) ("s4d");
-// W_B kaiming-uniform, W_C zero, so the model is unchanged at step 0.
+// docs/methods.md section 6): A_log_add copies A_log[:, 0] ("copy", MambaPEFT) or
+// log(N+1..N+n) ("s4d"); W_B kaiming-uniform, W_C zero, so the model is unchanged at step 0.
 // Not mergeable into a model of the original d_state: merge-adapter refuses it.
 // Implements the model's ScanHook; in recurrent decoding it carries h_add (E, n).
 #pragma once

@@ -1,5 +1,5 @@
-// DoRA (Liu et al. 2024, "Weight-Decomposed Low-Rank Adaptation"; METHODS.md 1) on one LoRA
-// term over a whole nn.Linear W (out, in), as PEFT 0.12's DoraLinearLayer computes it:
+// DoRA (Liu et al. 2024, "Weight-Decomposed Low-Rank Adaptation"; docs/methods.md section 1) on one
+// LoRA term over a whole nn.Linear W (out, in), as PEFT 0.12's DoraLinearLayer computes it:
 //   W' = f (W + s B A),  f = m / n,  n = ||W + s B A||_row (out),  m (out) trained,
 // with n a constant in backward (PEFT detaches it, after the paper's section 4.3). The model has
 // already added x W^T + b, so the term adds, with xd = dropout(x) (x when no dropout),

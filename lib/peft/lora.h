@@ -1,4 +1,4 @@
-// LoRA (METHODS.md 1; Hu et al. 2021, PEFT's LoraLayer): beside a frozen W (out, in),
+// LoRA (docs/methods.md section 1; Hu et al. 2021, PEFT's LoraLayer): beside a frozen W (out, in),
 //   y = x W^T + s * dropout(x) A^T B^T,   A: (r, in), B: (rows, r), s = alpha / r (rsLoRA:
 //   alpha / sqrt(r)),
 // on any Mamba projection or on a slice of one (in_proj.x, in_proj.z, x_proj.dt, x_proj.B,

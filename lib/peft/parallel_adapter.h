@@ -1,7 +1,7 @@
-// Parallel adapter (MambaPEFT, P3; METHODS.md 7) beside every layer's out_proj:
+// Parallel adapter (MambaPEFT, P3; docs/methods.md section 7) beside every layer's out_proj:
 //   o = W_out g + s * W_up Dropout(ReLU(W_down g)),   g = y * silu(z) (tokens, E)
 //   W_down (r, E): nn.Linear's default init, kaiming_uniform(a = sqrt(5)) = U(+-1/sqrt(E))
-//   W_up (D, r): zero, so the model is unchanged at step 0. No biases (METHODS.md 7's formula).
+//   W_up (D, r): zero, so the model is unchanged at step 0. No biases (docs/methods.md section 7).
 // Backward, with a = g W_down^T, h = dropout(relu(a)):
 //   dW_up += s dO^T h,  dh = s dO W_up,  da = dropout'(dh) * [a > 0],  dW_down += da^T g,
 //   dg += da W_down.

@@ -90,7 +90,7 @@ ParamTuning::ParamTuning(const ModelConfig& cfg, ModelWeights& base,
         if (cov[std::size_t(at)])
           throw UsageError(e.name + ": element " + std::to_string(at) + " of " + e.tensor +
                            " is already tuned by another delta; two deltas on the same entries "
-                           "are not allowed (METHODS.md 8)");
+                           "are not allowed (docs/methods.md section 8)");
         cov[std::size_t(at)] = 1;
       }
     }

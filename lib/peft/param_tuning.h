@@ -1,4 +1,5 @@
-// Parameter tuning (DESIGN.md "Where PEFT methods attach"; METHODS.md 2 and 3): base tensors of
+// Parameter tuning (docs/architecture.md "Where PEFT methods attach"; docs/methods.md
+// sections 2 and 3): base tensors of
 // the model made trainable. Each entry acts on one Hugging Face tensor W in one of three ways:
 //   direct   W itself trains (the entry's value is the model's own tensor, updated in place)
 //   delta    W_eff = W + delta, delta: shape of W, zero-initialised, W frozen (MambaPEFT's v2)

@@ -1,6 +1,6 @@
-// Partial tuning and BitFit (METHODS.md 2): which base tensors a "partial" / "bitfit" config
-// makes trainable, as ParamTuning entries. Names in the config are relative to a layer (A_log,
-// D, conv1d, conv1d.bias, dt_proj, dt_proj.bias, in_proj, in_proj.bias, x_proj, out_proj,
+// Partial tuning and BitFit (docs/methods.md section 2): which base tensors a "partial" / "bitfit"
+// config makes trainable, as ParamTuning entries. Names in the config are relative to a layer
+// (A_log, D, conv1d, conv1d.bias, dt_proj, dt_proj.bias, in_proj, in_proj.bias, x_proj, out_proj,
 // out_proj.bias, norm; optionally prefixed by "layers.I." or "layers.I-J."), or model-level
 // (embeddings, norm_f, lm_head). Each entry's trainable name is "partial." + the HF name.
 // BitFit (P1) = the conv1d and dt_proj biases of every layer, created where the model has none.

@@ -11,7 +11,7 @@
 
 namespace ssmtune {
 
-// Partial tuning and BitFit (METHODS.md 2): base tensors made trainable.
+// Partial tuning and BitFit (docs/methods.md section 2): base tensors made trainable.
 struct PartialConfig {
   // Tensor names relative to a layer (A_log, D, conv1d, conv1d.bias, dt_proj, dt_proj.bias,
   // in_proj, in_proj.bias, x_proj, out_proj, out_proj.bias, norm), optionally prefixed by
@@ -25,28 +25,29 @@ struct PartialConfig {
   std::map<std::string, double> lr_multipliers, weight_decay_multipliers;
 };
 
-// Sparse Dimension Tuning (METHODS.md 3): warmup, selection, reset, masked training.
+// Sparse Dimension Tuning (docs/methods.md section 3): warmup, selection, reset, masked training.
 struct SdtConfig {
   std::int64_t warmup_steps = 250;       // P1: 250 (GLUE), 500 (generation tasks)
   double channel_freeze_fraction = 0.99;  // P1 freezes 99% of the channels
   double state_freeze_fraction = 0.75;    // P1: 75 / 90 / 95%
 };
 
-// Parallel adapter beside out_proj (MambaPEFT; METHODS.md 7).
+// Parallel adapter beside out_proj (MambaPEFT; docs/methods.md section 7).
 struct ParallelAdapterConfig {
   std::int64_t rank = 32;  // r, the bottleneck width
   double scale = 0.1;      // s
   double dropout = 0.1;    // on the ReLU output, while training
 };
 
-// Additional scan (MambaPEFT; METHODS.md 6): n extra states per layer sharing dt.
+// Additional scan (MambaPEFT; docs/methods.md section 6): n extra states per layer sharing dt.
 struct AdditionalScanConfig {
   std::int64_t states = 8;  // n
   // "copy": A_log_add[d, j] = A_log[d, 0] (MambaPEFT); "s4d": log(N + 1 + j) (S4D-real style).
   std::string init = "copy";
 };
 
-// Virtual tokens (METHODS.md 5): prompt tuning, prefix tuning (per layer), affix tuning.
+// Virtual tokens (docs/methods.md section 5): prompt tuning, prefix tuning (per layer), affix
+// tuning.
 struct VirtualTokensConfig {
   std::int64_t prompt_tokens = 0;  // T of prompt tuning, 0 = off
   std::string prompt_init_text;    // "" = the embeddings of T random vocabulary tokens

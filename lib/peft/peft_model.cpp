@@ -177,7 +177,7 @@ const std::vector<SdtLayerSelection>& PeftModel::end_sdt_warmup() {
   for (const TunedTensor& e : params_->entries())
     if (e.name.rfind("sdt_warmup.", 0) == 0)
       sdt_selection_.push_back(select_sdt_dimensions(e.value, k_channels, k_states));
-  // Reset (METHODS.md 3 step 3): the pretrained model, fresh adapters from the seed.
+  // Reset (docs/methods.md section 3, step 3): the pretrained model, fresh adapters from the seed.
   restore_pristine();
   for (const std::unique_ptr<PeftMethod>& m : methods_) m->init(base_, seed_);
   build_params(sdt_masked_entries(cfg_, sdt_selection_));

@@ -1,5 +1,5 @@
-// Sparse Dimension Tuning (Galim et al. 2024, P1; METHODS.md 3). PeftModel runs the phases;
-// this file holds the math of each:
+// Sparse Dimension Tuning (Galim et al. 2024, P1; docs/methods.md section 3). PeftModel runs the
+// phases; this file holds the math of each:
 //   warmup   a dense zero-initialised delta G on every layer's A_log (A = -exp(A_log + G)),
 //            trained with the rest of the combination (SDLoRA: the LoRA)
 //   select   per layer, channel score s_d = sum_n G[d, n]^2, keep the top k_D channels; inside
@@ -7,7 +7,7 @@
 //            B and C keep all N states of each kept channel
 //   train    zero-initialised values at the selected entries only, of A_log (E, N) and of the
 //            B and C rows of x_proj (rows [R, R+N) and [R+N, R+2N) of (R+2N, E))
-// G is kept in A_log's layout (E, N): G[d, n] is METHODS.md's G[n, d].
+// G is kept in A_log's layout (E, N): G[d, n] is docs/methods.md's G[n, d].
 #pragma once
 
 #include <cstdint>

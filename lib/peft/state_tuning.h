@@ -1,5 +1,5 @@
-// State-based PEFT (State-offset Tuning, Kang et al. 2025; METHODS.md 4), per layer, all
-// zero-initialised so the model is unchanged at step 0:
+// State-based PEFT (State-offset Tuning, Kang et al. 2025; docs/methods.md section 4), per layer,
+// all zero-initialised so the model is unchanged at step 0:
 //   initial-state tuning   H0 (E, N): the scan starts from h_0 = H0 for every sequence; with the
 //                          conv-state option also C0 (K-1, E), the causal conv's left context
 //                          instead of zero padding (row j = the input at time j - (K-1))

@@ -1,7 +1,7 @@
 // A trainable tensor as the optimizer and checkpoints see it: a stable name, the value, its
 // gradient (same shape). Whether weight decay applies is the optimizer's call, by name, unless
 // the method that owns the tensor sets a weight-decay multiplier (partial tuning's per-tensor
-// settings, METHODS.md 2).
+// settings, docs/methods.md section 2).
 #pragma once
 
 #include <optional>

@@ -1,4 +1,5 @@
-// Virtual-token methods (METHODS.md 5), learned vectors at the start of every sequence:
+// Virtual-token methods (docs/methods.md section 5), learned vectors at the start of every
+// sequence:
 //   prompt tuning   P (T, D) before the embedded input, outputs dropped before norm_f.
 //                   Init: the embeddings of T random vocabulary tokens, or of a given text.
 //   prefix tuning   per layer P_i (T, D) before block i's input (MambaPEFT's "outer" affix),

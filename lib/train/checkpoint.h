@@ -1,6 +1,6 @@
 // Checkpoints: `<output_dir>/checkpoint-STEP/`, written as a StagedDir so a kill at any instant
 // leaves complete checkpoints only. One holds everything a resumed run needs to continue
-// bit-exactly (DESIGN.md "Files it writes"):
+// bit-exactly (docs/architecture.md "Files it writes"):
 //   adapter_config.json, adapter_model.safetensors   LoRA, in PEFT's layout (also an adapter
 //                                                    `ssmtune generate --adapter` can use)
 //   config.json, model.safetensors                   full fine-tuning: the trained base tensors

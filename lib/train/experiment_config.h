@@ -1,8 +1,8 @@
-// The experiment config: one JSON file that says what `ssmtune train` / `eval` do (DESIGN.md
-// "The job"). Every key, its type, range and default is documented in docs/config.md; this
-// header is the C++ side of that page. Unknown keys are errors that name the closest valid key;
-// `--set a.b=value` overrides (apply_override) are applied to the JSON before it is parsed, so
-// they are checked exactly like keys in the file.
+// The experiment config: one JSON file that says what `ssmtune train` / `eval` do
+// (docs/architecture.md "The job"). Every key, its type, range and default is documented in
+// docs/config.md; this header is the C++ side of that page. Unknown keys are errors that name the
+// closest valid key; `--set a.b=value` overrides (apply_override) are applied to the JSON before it
+// is parsed, so they are checked exactly like keys in the file.
 //
 //   {
 //     "model": "../models/mamba-tiny",

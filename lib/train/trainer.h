@@ -1,4 +1,4 @@
-// The training loop of `ssmtune train` (DESIGN.md "The job"): load the model, tokenizer and
+// The training loop of `ssmtune train` (docs/architecture.md "The job"): load the model, tokenizer and
 // data, attach the PEFT methods, run AdamW with the schedule over micro-batches with gradient
 // accumulation, evaluate and checkpoint on their cadences, and write the adapter (or the
 // fine-tuned model), metrics.jsonl and a summary into the output directory:

@@ -1,6 +1,6 @@
 // Standalone GEMM benchmark used to choose ssmtune's CPU BLAS (docs/cpu_blas.md has the
 // results and the exact build commands). Not part of the test suite: performance is measured by
-// benchmarks, never by timed unit tests (CONVENTIONS.md).
+// benchmarks, never by timed unit tests (docs/conventions.md "Tests").
 //
 // One source, three backends picked at compile time:
 //   -DBENCH_CBLAS     cblas_sgemm/cblas_dgemm of whatever is linked (OpenBLAS or BLIS)

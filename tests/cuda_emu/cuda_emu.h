@@ -1,4 +1,4 @@
-// CUDA on the CPU for the tests (docs/cuda.md "The emulator"; ../shared/CUDA_ON_CPU.md): the
+// CUDA on the CPU for the tests (docs/cuda.md "The emulator"): the
 // builtins and the subset of the runtime API that kernels/ uses, so the kernel sources compile
 // unmodified as C++ (g++ -DSSMTUNE_CUDA_EMU, through kernels/cuda_compat.cuh) and run on a
 // machine without a GPU. Never include cuda_runtime.h next to this header.

@@ -1,4 +1,4 @@
-// Selective scan (MODELS.md A.4 step 7; mamba_ssm's selective_scan_ref), CPU reference.
+// Selective scan (docs/models.md, Mamba step 7; mamba_ssm's selective_scan_ref), CPU reference.
 // Plain pointers, row-major, T = float or double; the state is kept in T (fp32 at least).
 //
 //   a_t = exp(delta_t * A)                       (E, N) per step, zero-order hold for A

@@ -1,4 +1,4 @@
-// The CUDA backend (DESIGN.md "The model code is written once"): the op interface of
+// The CUDA backend (docs/architecture.md "The model code is written once"): the op interface of
 // backend/backend.h on one GPU, with the hand-written kernels of kernels/ and cuBLAS for every
 // matrix product. float32 throughout (fp32 state and accumulation). Tensors the ops touch move
 // to the GPU and stay there (core/tensor.h "Residency"); token ids, labels and SDT's indices

@@ -9,7 +9,7 @@ CudaDevices query_cuda_devices() {
   out.built = true;
   int count = 0;
   // Without a GPU the runtime answers with an error (e.g. "CUDA driver version is insufficient"
-  // or "no CUDA-capable device"); any error means no usable device (BUILD.md).
+  // or "no CUDA-capable device"); any error means no usable device (docs/build.md "Pitfalls").
   const cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess) {
     out.detail = std::string("no usable GPU: ") + cudaGetErrorString(err);
