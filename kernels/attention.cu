@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kThreads)
     SSMTUNE_UNROLL
     for (int i = 0; i < kDims; ++i) {
       const int e = int(lane) + 32 * i;
-      if (e >= hd) break;
+      if (e >= hd) continue;  // not break: the loop must unroll fully to keep acc in registers
       float a[kRows];
       SSMTUNE_UNROLL
       for (int r = 0; r < kRows; ++r) a[r] = acc[r][i] * alpha[r];
@@ -275,7 +275,7 @@ __global__ void __launch_bounds__(kThreads)
     SSMTUNE_UNROLL
     for (int i = 0; i < kDims; ++i) {
       const int e = int(lane) + 32 * i;
-      if (e >= hd) break;
+      if (e >= hd) continue;  // not break: the loop must unroll fully to keep acc in registers
       for (int c = 0; c < kTile; ++c) {
         const float kv = m.k[c * ks + e];
         SSMTUNE_UNROLL
@@ -300,7 +300,9 @@ __global__ void __launch_bounds__(kThreads)
 // threads; warp w owns keys j0 + 8w .. j0 + 8w + 7, lane c the query t0 + c of each query tile.
 // The group's query heads in order, then the query tiles from the one holding key j0 (queries
 // before it see none of these keys). dv = sum_t P[t, j] dout_t, dk = scale sum_t dS[t, j] q_t.
-__global__ void __launch_bounds__(kThreads)
+// Bounds (kThreads, 1): with the default, ptxas for sm_80 capped it at 128 registers and spilled
+// (dk and dv accumulators are 64 registers); the shared tiles allow 3 blocks per SM anyway.
+__global__ void __launch_bounds__(kThreads, 1)
     attention_dkv_kernel(AttentionShape s, const float* __restrict__ q,
                          const float* __restrict__ k, const float* __restrict__ v,
                          const std::int64_t* __restrict__ key_mask, float scale,
@@ -362,7 +364,7 @@ __global__ void __launch_bounds__(kThreads)
       SSMTUNE_UNROLL
       for (int i = 0; i < kDims; ++i) {
         const int e = int(lane) + 32 * i;
-        if (e >= hd) break;
+        if (e >= hd) continue;  // not break: the loop must unroll fully to keep acc in registers
         for (int c = 0; c < kTile; ++c) {
           const float qv = m.q[c * ks + e], dov = m.dout[c * ks + e];
           SSMTUNE_UNROLL
