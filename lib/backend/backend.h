@@ -2,7 +2,8 @@
 // model code is written once"). Ops are coarse, one call per layer stage, so a virtual call costs
 // nothing. Every op takes whole tensors on the backend's device; shapes are checked by the
 // backend. Backward ops overwrite input gradients and accumulate (+=) parameter gradients.
-// Shapes: B batch, L sequence, E d_inner, N d_state, K d_conv, V vocab, rows = B*L tokens.
+// Shapes: B batch, L sequence, E d_inner, N d_state, K d_conv, V vocab, rows = B*L tokens;
+// attention: H query heads, KV key/value heads, hd head dim.
 #pragma once
 
 #include <chrono>
@@ -141,6 +142,23 @@ class Backend {
   };
   virtual void selective_scan_backward(const ScanInputs& in, const Tensor& h_saved,
                                        const Tensor& dy, ScanGrads& grads) = 0;
+
+  // Causal grouped-query attention, no positional encoding (Jamba's JambaAttention): head h
+  // reads key/value head h / (H / KV). scores = q k^T * scale, causal (key t' <= query t), keys
+  // with key_mask 0 excluded; softmax in fp32 or wider; out = P v. Blocked with an online
+  // softmax: no L x L matrix is ever stored (cpu/ops_cpu.h, docs/cuda.md "Attention kernels").
+  // q: (B, L, H, hd)   k, v: (B, L, KV, hd)   key_mask: (B, L) I64 (1 keep, 0 pad) or undefined
+  // out: (B, L, H, hd) overwritten   lse: (B, H, L) the rows' log-sum-exp, saved for backward.
+  // A query with no allowed key (a padded position before any real token) outputs zeros and
+  // has lse = -inf; its backward contributes nothing.
+  virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const Tensor& key_mask, double scale, Tensor& out,
+                                 Tensor& lse) = 0;
+  // dout: (B, L, H, hd). dq overwritten (B, L, H, hd); dk, dv overwritten (B, L, KV, hd).
+  virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& key_mask, double scale, const Tensor& out,
+                                  const Tensor& lse, const Tensor& dout, Tensor& dq, Tensor& dk,
+                                  Tensor& dv) = 0;
 
   // ids: (rows) I64   table: (V, D)   out: (rows, D). Ids outside [0, V) are an error.
   virtual void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) = 0;

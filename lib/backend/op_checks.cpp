@@ -126,6 +126,48 @@ void OpChecks::scan_grads(const cpu::ScanDims& d, const Backend::ScanInputs& in,
   if (g.dh0.defined()) shape(g.dh0, {d.batch, d.d_inner, d.d_state}, op, "dh0");
 }
 
+cpu::AttentionDims OpChecks::attention(const char* op, const Tensor& q, const Tensor& k,
+                                       const Tensor& v, const Tensor& key_mask) const {
+  require(q.defined() && k.defined() && q.ndim() == 4 && k.ndim() == 4, op,
+          "q (B, L, H, hd), k (B, L, KV, hd)");
+  const cpu::AttentionDims d{q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3)};
+  require(d.KV > 0 && d.H % d.KV == 0, op,
+          std::to_string(d.H) + " query heads are not a multiple of " + std::to_string(d.KV) +
+              " key/value heads");
+  require(d.hd > 0, op, "head dim must be positive");
+  shape(k, {d.B, d.L, d.KV, d.hd}, op, "k");
+  shape(v, k.shape(), op, "v");
+  require(k.dtype() == q.dtype() && v.dtype() == q.dtype(), op, "q, k, v element types differ");
+  if (key_mask.defined()) {
+    shape(key_mask, {d.B, d.L}, op, "key_mask");
+    require(key_mask.dtype() == DType::I64, op, "key_mask must be I64");
+  }
+  return d;
+}
+
+void OpChecks::attention_outputs(const cpu::AttentionDims& d, const Tensor& q, const Tensor& out,
+                                 const Tensor& lse) const {
+  const char* op = "attention_forward";
+  shape(out, q.shape(), op, "out");
+  shape(lse, {d.B, d.H, d.L}, op, "lse");
+  require(out.dtype() == q.dtype() && lse.dtype() == q.dtype(), op,
+          "out and lse must have q's element type");
+}
+
+void OpChecks::attention_grads(const cpu::AttentionDims& d, const Tensor& q, const Tensor& k,
+                               const Tensor& out, const Tensor& lse, const Tensor& dout,
+                               const Tensor& dq, const Tensor& dk, const Tensor& dv) const {
+  const char* op = "attention_backward";
+  shape(out, q.shape(), op, "out");
+  shape(lse, {d.B, d.H, d.L}, op, "lse");
+  shape(dout, q.shape(), op, "dout");
+  shape(dq, q.shape(), op, "dq");
+  shape(dk, k.shape(), op, "dk");
+  shape(dv, k.shape(), op, "dv");
+  for (const Tensor* t : {&out, &lse, &dout, &dq, &dk, &dv})
+    require(t->dtype() == q.dtype(), op, "every tensor must have q's element type");
+}
+
 void OpChecks::index(const char* op, const Tensor& values, const Tensor& index,
                      const Tensor& full) const {
   require(index.dtype() == DType::I64 && index.ndim() == 1, op, "index must be (k) I64");

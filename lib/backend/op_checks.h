@@ -8,6 +8,7 @@
 #include <string>
 
 #include "backend/backend.h"
+#include "backend/cpu/ops_cpu.h"
 #include "backend/cpu/scan_cpu.h"
 
 namespace ssmtune {
@@ -51,6 +52,17 @@ class OpChecks {
                     const Tensor& h_saved, const Tensor& h_last) const;
   void scan_grads(const cpu::ScanDims& d, const Backend::ScanInputs& in, const Tensor& h_saved,
                   const Tensor& dy, const Backend::ScanGrads& g) const;
+  // Attention's sizes from q (B, L, H, hd) and k (B, L, KV, hd): v like k, H a multiple of KV,
+  // q, k, v of one float type, key_mask (B, L) I64 when defined.
+  cpu::AttentionDims attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& key_mask) const;
+  // out: q's shape, lse: (B, H, L), both of q's type.
+  void attention_outputs(const cpu::AttentionDims& d, const Tensor& q, const Tensor& out,
+                         const Tensor& lse) const;
+  // forward's out and lse, dout and dq like q, dk and dv like k.
+  void attention_grads(const cpu::AttentionDims& d, const Tensor& q, const Tensor& k,
+                       const Tensor& out, const Tensor& lse, const Tensor& dout, const Tensor& dq,
+                       const Tensor& dk, const Tensor& dv) const;
   // values: (k) of full's dtype, index: (k) I64 on the host, within [0, full.numel())
   void index(const char* op, const Tensor& values, const Tensor& index, const Tensor& full) const;
   void adamw(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,

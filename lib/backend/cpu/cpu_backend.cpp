@@ -231,6 +231,32 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
+                         double scale, Tensor& out, Tensor& lse) override {
+    OpTimer timer(profile_, "attention");
+    const cpu::AttentionDims d = checks.attention("attention_forward", q, k, v, key_mask);
+    checks.attention_outputs(d, q, out, lse);
+    dispatch(q.dtype(), "attention_forward", [&](auto zero) {
+      using T = decltype(zero);
+      cpu::attention_forward<T>(d, q.data<T>(), k.data<T>(), v.data<T>(),
+                                ptr<std::int64_t>(key_mask), scale, out.data<T>(), lse.data<T>());
+    });
+  }
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& key_mask, double scale, const Tensor& out,
+                          const Tensor& lse, const Tensor& dout, Tensor& dq, Tensor& dk,
+                          Tensor& dv) override {
+    OpTimer timer(profile_, "attention");
+    const cpu::AttentionDims d = checks.attention("attention_backward", q, k, v, key_mask);
+    checks.attention_grads(d, q, k, out, lse, dout, dq, dk, dv);
+    dispatch(q.dtype(), "attention_backward", [&](auto zero) {
+      using T = decltype(zero);
+      cpu::attention_backward<T>(d, q.data<T>(), k.data<T>(), v.data<T>(),
+                                 ptr<std::int64_t>(key_mask), scale, out.data<T>(), lse.data<T>(),
+                                 dout.data<T>(), dq.data<T>(), dk.data<T>(), dv.data<T>());
+    });
+  }
+
   void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) override {
     OpTimer timer(profile_, "embedding");
     const std::int64_t n = ids.numel(), D = table.dim(1);

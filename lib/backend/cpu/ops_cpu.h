@@ -1,5 +1,5 @@
 // CPU reference ops other than the scan and GEMM: RMSNorm, causal depthwise conv1d,
-// elementwise activations, embedding, cross-entropy. Plain pointers, row-major,
+// elementwise activations, embedding, cross-entropy, causal grouped-query attention. Plain pointers, row-major,
 // T = float or double. Each op's "backward" overwrites input gradients and accumulates
 // (+=) parameter gradients, so gradient accumulation over micro-batches is free.
 // Parameter-gradient sums run over fixed column ranges in a fixed order: the result does
@@ -67,5 +67,27 @@ double cross_entropy_forward(std::int64_t rows, std::int64_t V, const T* logits,
 template <class T>
 void cross_entropy_backward(std::int64_t rows, std::int64_t V, const T* logits,
                             const std::int64_t* targets, double scale, T* dlogits);
+
+// Causal grouped-query attention without positional encoding (Jamba's JambaAttention):
+// query head h reads key/value head h / (H / KV); scores = scale <q_t, k_j> for keys j <= t
+// whose key_mask is nonzero; out_t = softmax(scores) v. Blocked over 64 queries x 64 keys with
+// an online softmax (running max and sum per row), so no L x L matrix exists: the working set
+// is one 64 x 64 score tile and one 64 x hd accumulator per thread (attention_cpu.cpp).
+// B batch, L sequence, H query heads, KV key/value heads (H % KV == 0), hd head dim.
+struct AttentionDims {
+  std::int64_t B, L, H, KV, hd;
+};
+// q, out: (B, L, H, hd)   k, v: (B, L, KV, hd)   key_mask: (B, L), nonzero = keep, or null
+// lse: (B, H, L) out, each row's log-sum-exp of its scores; -inf for a row with no allowed
+// key, whose out is zeros.
+template <class T>
+void attention_forward(const AttentionDims& d, const T* q, const T* k, const T* v,
+                       const std::int64_t* key_mask, double scale, T* out, T* lse);
+// FlashAttention-2's backward: P recomputed per tile from lse, Drow = rowsum(dout * out),
+// dS = P (dP - Drow). dout: (B, L, H, hd). Overwritten: dq (B, L, H, hd), dk, dv (B, L, KV, hd).
+template <class T>
+void attention_backward(const AttentionDims& d, const T* q, const T* k, const T* v,
+                        const std::int64_t* key_mask, double scale, const T* out, const T* lse,
+                        const T* dout, T* dq, T* dk, T* dv);
 
 }  // namespace ssmtune::cpu

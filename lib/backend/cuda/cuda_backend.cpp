@@ -16,6 +16,7 @@
 #include "backend/cuda/cuda_api.h"
 #include "backend/cuda/cuda_memory.h"
 #include "backend/op_checks.h"
+#include "kernels/attention.cuh"
 #include "kernels/conv1d.cuh"
 #include "kernels/elementwise.cuh"
 #include "kernels/optim.cuh"
@@ -291,6 +292,34 @@ class CudaBackend final : public Backend {
     launch_check(op);
   }
 
+  // key_mask moves to the GPU on first use, like any tensor an op reads (core/tensor.h).
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
+                         double scale, Tensor& out, Tensor& lse) override {
+    Timer timer(*this, "attention");
+    const char* op = "attention_forward";
+    const kernels::AttentionShape s = attention_shape(op, q, k, v, key_mask);
+    checks.attention_outputs({s.B, s.L, s.H, s.KV, s.hd}, q, out, lse);
+    kernels::attention_forward(s, f32(q, op, "q"), f32(k, op, "k"), f32(v, op, "v"),
+                               mask_ptr(key_mask), float(scale), f32(out, op, "out"),
+                               f32(lse, op, "lse"), stream());
+    launch_check(op);
+  }
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& key_mask, double scale, const Tensor& out,
+                          const Tensor& lse, const Tensor& dout, Tensor& dq, Tensor& dk,
+                          Tensor& dv) override {
+    Timer timer(*this, "attention");
+    const char* op = "attention_backward";
+    const kernels::AttentionShape s = attention_shape(op, q, k, v, key_mask);
+    checks.attention_grads({s.B, s.L, s.H, s.KV, s.hd}, q, k, out, lse, dout, dq, dk, dv);
+    DeviceScratch ws(*memory_, floats(kernels::attention_backward_workspace_floats(s)));
+    kernels::attention_backward(s, f32(q, op, "q"), f32(k, op, "k"), f32(v, op, "v"),
+                                mask_ptr(key_mask), float(scale), f32(out, op, "out"),
+                                f32(lse, op, "lse"), f32(dout, op, "dout"), f32(dq, op, "dq"),
+                                f32(dk, op, "dk"), f32(dv, op, "dv"), ws.as<float>(), stream());
+    launch_check(op);
+  }
+
   void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) override {
     Timer timer(*this, "embedding");
     const char* op = "embedding_forward";
@@ -525,6 +554,19 @@ class CudaBackend final : public Backend {
                      std::string(name) + " must be BF16 like u (u, delta, Bm, Cm share a type)");
       return static_cast<P>(t.device_raw(memory_));
     }
+  }
+  // The shared attention checks, then the kernels' own limit on the head dim.
+  static kernels::AttentionShape attention_shape(const char* op, const Tensor& q, const Tensor& k,
+                                                 const Tensor& v, const Tensor& key_mask) {
+    const cpu::AttentionDims d = checks.attention(op, q, k, v, key_mask);
+    checks.require(d.hd <= kernels::kAttentionMaxHeadDim, op,
+                   "head dim " + std::to_string(d.hd) + " over the kernels' " +
+                       std::to_string(kernels::kAttentionMaxHeadDim));
+    return {d.B, d.L, d.H, d.KV, d.hd};
+  }
+  const std::int64_t* mask_ptr(const Tensor& key_mask) {
+    return key_mask.defined() ? static_cast<const std::int64_t*>(key_mask.device_raw(memory_))
+                              : nullptr;
   }
   static kernels::ScanShape shape_of(const cpu::ScanDims& d) {
     return {d.batch, d.seqlen, d.d_inner, d.d_state, d.chunk};

@@ -1,0 +1,44 @@
+// Causal grouped-query attention on the GPU, float32 (Jamba's JambaAttention, no positional
+// encoding). CPU twins: ssmtune::cpu::attention_forward / attention_backward
+// (lib/backend/cpu/attention_cpu.cpp), whose math these follow: query head h reads key/value
+// head h / (H / KV); scores = scale <q_t, k_j> for keys j <= t with a nonzero key_mask; an
+// online softmax over key tiles, so no L x L matrix is stored. Device pointers; work queued on
+// `stream`. Design (grid, tiles, what is saved and recomputed): docs/cuda.md "Attention kernels".
+#pragma once
+
+#include <cstdint>
+
+#include "cuda_compat.cuh"
+
+namespace ssmtune::kernels {
+inline namespace SSMTUNE_KERNEL_ABI {
+
+// The largest head dim the kernels take: each lane holds 4 dims of an accumulator row in
+// registers (Jamba: 4096 / 32 heads = 128).
+constexpr std::int64_t kAttentionMaxHeadDim = 128;
+
+// B batch, L sequence, H query heads, KV key/value heads (H % KV == 0), hd head dim (<= 128).
+struct AttentionShape {
+  std::int64_t B, L, H, KV, hd;
+};
+
+// q, out: (B, L, H, hd)   k, v: (B, L, KV, hd)   key_mask: (B, L), nonzero = keep, or null
+// lse: (B, H, L) out, -inf for a row with no allowed key (whose out is zeros).
+void attention_forward(const AttentionShape& s, const float* q, const float* k, const float* v,
+                       const std::int64_t* key_mask, float scale, float* out, float* lse,
+                       cudaStream_t stream);
+
+// Floats of workspace attention_backward needs: Drow = rowsum(dout * out), (B, H, L).
+std::int64_t attention_backward_workspace_floats(const AttentionShape& s);
+
+// Inputs as forward; out, lse from forward; dout: (B, L, H, hd).
+// Overwritten: dq (B, L, H, hd), dk, dv (B, L, KV, hd).
+// Deterministic: no float atomics; dq per query tile, dk and dv per key tile, every sum in an
+// order fixed by the shape.
+void attention_backward(const AttentionShape& s, const float* q, const float* k, const float* v,
+                        const std::int64_t* key_mask, float scale, const float* out,
+                        const float* lse, const float* dout, float* dq, float* dk, float* dv,
+                        float* workspace, cudaStream_t stream);
+
+}  // namespace SSMTUNE_KERNEL_ABI
+}  // namespace ssmtune::kernels

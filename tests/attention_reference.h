@@ -1,0 +1,170 @@
+// The attention tests' shared parts: the shapes and masks they run, and a naive float64
+// reference that materialises each (batch, head)'s L x L score matrix, as the blocked op must
+// never do: scores, softmax over the allowed keys, out = P v; backward by the textbook chain
+// rule (dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(P dP)), dQ = scale dS K, dK = scale dS^T Q).
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "test_compare.h"
+
+namespace ssmtune::testing {
+
+enum class KeyMask { kNone, kLeftPadding, kMiddleZero };
+
+struct AttentionCase {
+  std::int64_t B, L, H, KV, hd;
+  KeyMask mask;
+};
+
+inline std::ostream& operator<<(std::ostream& os, const AttentionCase& c) {
+  const char* m[] = {"none", "left padding", "zero in the middle"};
+  return os << "B " << c.B << ", L " << c.L << ", H " << c.H << ", KV " << c.KV << ", hd " << c.hd
+            << ", mask " << m[int(c.mask)];
+}
+
+// The shapes of the forward and backward comparisons: H = KV, H = 2 KV, KV = 1; head dims that
+// are not multiples of 32 (the GPU lanes) or of 64 (the CPU tile), and 128 (the GPU maximum);
+// L below a tile, one CPU tile (two GPU tiles) and several tiles plus a remainder.
+inline const std::vector<AttentionCase>& attention_cases() {
+  static const std::vector<AttentionCase> cases = {
+      {2, 1, 2, 2, 8, KeyMask::kNone},         {2, 7, 4, 2, 5, KeyMask::kLeftPadding},
+      {1, 7, 3, 1, 33, KeyMask::kMiddleZero},  {1, 64, 3, 1, 16, KeyMask::kMiddleZero},
+      {2, 64, 2, 2, 40, KeyMask::kLeftPadding}, {2, 150, 4, 2, 20, KeyMask::kLeftPadding},
+      {1, 150, 2, 1, 70, KeyMask::kMiddleZero}, {1, 100, 4, 4, 24, KeyMask::kNone},
+      {1, 40, 2, 1, 128, KeyMask::kMiddleZero}};
+  return cases;
+}
+
+// key_mask (B, L) I64 or undefined. Left padding: batch row b has its first (b + 1) L / 3
+// positions padded (queries there see no key at all). Middle zero: position L / 2 and, in row b,
+// L / 2 + 3b + 1 are padded (queries after them skip those keys).
+inline Tensor attention_mask(const AttentionCase& c) {
+  if (c.mask == KeyMask::kNone) return Tensor();
+  Tensor m = Tensor::empty({c.B, c.L}, DType::I64);
+  std::int64_t* p = m.data<std::int64_t>();
+  for (std::int64_t b = 0; b < c.B; ++b)
+    for (std::int64_t t = 0; t < c.L; ++t) {
+      bool keep = true;
+      if (c.mask == KeyMask::kLeftPadding) keep = t >= (b + 1) * c.L / 3;
+      if (c.mask == KeyMask::kMiddleZero) keep = t != c.L / 2 && t != c.L / 2 + 3 * b + 1;
+      p[b * c.L + t] = keep ? 1 : 0;
+    }
+  return m;
+}
+
+// Naive attention in double on F64 tensors q (B, L, H, hd), k, v (B, L, KV, hd); key_mask as
+// attention_mask. Fills out (B, L, H, hd), lse (B, H, L); with dout defined also dq, dk, dv.
+struct NaiveAttention {
+  Tensor out, lse, dq, dk, dv;
+};
+inline NaiveAttention naive_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                      const Tensor& key_mask, double scale,
+                                      const Tensor& dout = Tensor()) {
+  const std::int64_t B = q.dim(0), L = q.dim(1), H = q.dim(2), KV = k.dim(2), hd = q.dim(3);
+  NaiveAttention r{Tensor::zeros(q.shape(), DType::F64), Tensor::zeros({B, H, L}, DType::F64),
+                   Tensor::zeros(q.shape(), DType::F64), Tensor::zeros(k.shape(), DType::F64),
+                   Tensor::zeros(k.shape(), DType::F64)};
+  const double *Q = q.data<double>(), *K = k.data<double>(), *V = v.data<double>();
+  const double* dO = dout.defined() ? dout.data<double>() : nullptr;
+  const std::int64_t* mask = key_mask.defined() ? key_mask.data<std::int64_t>() : nullptr;
+  const auto qi = [&](std::int64_t b, std::int64_t t, std::int64_t h) {
+    return ((b * L + t) * H + h) * hd;
+  };
+  const auto ki = [&](std::int64_t b, std::int64_t t, std::int64_t g) {
+    return ((b * L + t) * KV + g) * hd;
+  };
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> S(std::size_t(L * L)), P(std::size_t(L * L));
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t h = 0; h < H; ++h) {
+      const std::int64_t g = h / (H / KV);
+      for (std::int64_t t = 0; t < L; ++t)  // the whole L x L score matrix
+        for (std::int64_t j = 0; j < L; ++j) {
+          double s = 0;
+          for (std::int64_t e = 0; e < hd; ++e) s += Q[qi(b, t, h) + e] * K[ki(b, j, g) + e];
+          const bool allowed = j <= t && (!mask || mask[b * L + j] != 0);
+          S[t * L + j] = allowed ? scale * s : -inf;
+        }
+      for (std::int64_t t = 0; t < L; ++t) {
+        const double mx = *std::max_element(&S[t * L], &S[t * L] + L);
+        double* lse = r.lse.data<double>() + (b * H + h) * L + t;
+        if (mx == -inf) {  // no allowed key: zeros, lse -inf, P row of zeros
+          *lse = -inf;
+          std::fill_n(&P[t * L], L, 0.0);
+          continue;
+        }
+        double sum = 0;
+        for (std::int64_t j = 0; j < L; ++j) sum += std::exp(S[t * L + j] - mx);
+        *lse = mx + std::log(sum);
+        for (std::int64_t j = 0; j < L; ++j) {
+          P[t * L + j] = std::exp(S[t * L + j] - mx) / sum;
+          for (std::int64_t e = 0; e < hd; ++e)
+            r.out.data<double>()[qi(b, t, h) + e] += P[t * L + j] * V[ki(b, j, g) + e];
+        }
+      }
+      if (!dO) continue;
+      for (std::int64_t t = 0; t < L; ++t) {
+        std::vector<double> dP(static_cast<std::size_t>(L), 0.0);
+        double rowsum = 0;
+        for (std::int64_t j = 0; j < L; ++j) {
+          for (std::int64_t e = 0; e < hd; ++e) dP[j] += dO[qi(b, t, h) + e] * V[ki(b, j, g) + e];
+          rowsum += P[t * L + j] * dP[j];
+        }
+        for (std::int64_t j = 0; j < L; ++j) {
+          const double p = P[t * L + j], ds = p * (dP[j] - rowsum);
+          for (std::int64_t e = 0; e < hd; ++e) {
+            r.dq.data<double>()[qi(b, t, h) + e] += scale * ds * K[ki(b, j, g) + e];
+            r.dk.data<double>()[ki(b, j, g) + e] += scale * ds * Q[qi(b, t, h) + e];
+            r.dv.data<double>()[ki(b, j, g) + e] += p * dO[qi(b, t, h) + e];
+          }
+        }
+      }
+    }
+  return r;
+}
+
+// lse: the same rows are -inf (no allowed key) and the others agree to atol (lse is a log, so
+// an absolute error in it is a relative error in the row's sum).
+inline void require_lse_close(const std::string& what, const Tensor& actual, const Tensor& ref,
+                              double atol) {
+  REQUIRE(actual.numel() == ref.numel());
+  const Tensor a = actual.to(DType::F64), r = ref.to(DType::F64);
+  double max_err = 0;
+  for (std::int64_t i = 0; i < r.numel(); ++i) {
+    const double x = a.data<double>()[i], y = r.data<double>()[i];
+    INFO(what << "[" << i << "]: " << x << " vs " << y);
+    REQUIRE(std::isinf(x) == std::isinf(y));
+    if (!std::isinf(y)) max_err = std::max(max_err, std::fabs(x - y));
+  }
+  INFO(what << ": max |error| " << max_err);
+  REQUIRE(max_err <= atol);
+}
+
+// require_close, except where the reference is all zeros: at L = 1 each query has one key, P = 1
+// and dS = P (dP - Drow) = 0, so dq and dk are exactly zero and only rounding of dP - Drow
+// (two orders of one dot product) remains; with inputs and dout of order 1 it must stay within
+// rtol absolute.
+inline void require_close_or_zero(const std::string& what, const Tensor& actual, const Tensor& ref,
+                                  double rtol) {
+  const Tensor a = actual.to(DType::F64), r = ref.to(DType::F64);
+  double max_ref = 0, max_a = 0;
+  for (std::int64_t i = 0; i < r.numel(); ++i) {
+    max_ref = std::max(max_ref, std::fabs(r.data<double>()[i]));
+    max_a = std::max(max_a, std::fabs(a.data<double>()[i]));
+  }
+  if (max_ref > 0) return require_close(what, actual, ref, rtol, 0);
+  INFO(what << ": reference all zeros, max |actual| " << max_a);
+  REQUIRE(max_a <= rtol);
+}
+
+}  // namespace ssmtune::testing
