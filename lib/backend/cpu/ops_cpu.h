@@ -1,9 +1,9 @@
 // CPU reference ops other than the scan and GEMM: RMSNorm, causal depthwise conv1d,
-// elementwise activations, embedding, cross-entropy, causal grouped-query attention. Plain pointers, row-major,
-// T = float or double. Each op's "backward" overwrites input gradients and accumulates
-// (+=) parameter gradients, so gradient accumulation over micro-batches is free.
-// Parameter-gradient sums run over fixed column ranges in a fixed order: the result does
-// not depend on the thread count.
+// elementwise activations, embedding, cross-entropy, causal grouped-query attention,
+// mixture-of-experts routing. Plain pointers, row-major, T = float or double. Each op's
+// "backward" overwrites input gradients and accumulates (+=) parameter gradients, so gradient
+// accumulation over micro-batches is free. Parameter-gradient sums run over fixed column ranges
+// in a fixed order: the result does not depend on the thread count.
 #pragma once
 
 #include <cstdint>
@@ -89,5 +89,48 @@ template <class T>
 void attention_backward(const AttentionDims& d, const T* q, const T* k, const T* v,
                         const std::int64_t* key_mask, double scale, const T* out, const T* lse,
                         const T* dout, T* dq, T* dk, T* dv);
+
+// Mixture-of-experts routing (Jamba's JambaSparseMoeBlock; moe_cpu.cpp, the twins of
+// kernels/moe.cu). rows tokens, X experts, k = top_k (1 <= k <= X).
+struct MoeRouterDims {
+  std::int64_t rows, X, k;
+};
+// probs[t] = softmax(logits[t]) (max-subtracted; exp in T, the sum and the division in double),
+// then the k largest probs in descending order, equal ones by ascending expert index:
+// experts[t, j] = that expert, weights[t, j] = its probability (not renormalised). A NaN prob
+// ranks above every number (torch.topk's order), so k experts are always picked.
+// logits, probs: (rows, X)   weights: (rows, k)   experts: (rows, k)
+template <class T>
+void moe_router_forward(const MoeRouterDims& d, const T* logits, T* probs, T* weights,
+                        std::int64_t* experts);
+// g[t, e] = dprobs_extra[t, e] (0 when null) + sum_j [experts[t, j] == e] dweights[t, j];
+// dlogits[t, e] = probs[t, e] (g[t, e] - sum_e' g[t, e'] probs[t, e']), all in double, e in order.
+// Experts outside [0, X) match no column.   dweights: (rows, k)   probs, dprobs_extra, dlogits
+// (overwritten): (rows, X)
+template <class T>
+void moe_router_backward(const MoeRouterDims& d, const T* dweights, const T* probs,
+                         const std::int64_t* experts, const T* dprobs_extra, T* dlogits);
+
+// Token dispatch and combine around the experts: row t, choice j goes to row slot[t, j] of the
+// expert-grouped (n = rows k, D) buffer. slot: (rows, k), a permutation of [0, n) (the backends
+// check it before calling these).
+struct MoeSlotDims {
+  std::int64_t rows, k, D;
+};
+// xs[slot[t, j]] = x[t].   x: (rows, D)   xs: (n, D)
+template <class T>
+void moe_dispatch(const MoeSlotDims& d, const T* x, const std::int64_t* slot, T* xs);
+// dx[t] += (dxs[slot[t, 0]] + dxs[slot[t, 1]] + ...), the sum in T in j order.
+template <class T>
+void moe_dispatch_backward(const MoeSlotDims& d, const T* dxs, const std::int64_t* slot, T* dx);
+// out[t] = sum_j weights[t, j] ys[slot[t, j]], in T in j order.   weights: (rows, k)
+template <class T>
+void moe_combine(const MoeSlotDims& d, const T* ys, const std::int64_t* slot, const T* weights,
+                 T* out);
+// dys[slot[t, j]] = weights[t, j] dout[t]; dweights[t, j] = <dout[t], ys[slot[t, j]]> in double,
+// columns in order. dout: (rows, D). Overwritten: dys (n, D), dweights (rows, k).
+template <class T>
+void moe_combine_backward(const MoeSlotDims& d, const T* dout, const T* ys,
+                          const std::int64_t* slot, const T* weights, T* dys, T* dweights);
 
 }  // namespace ssmtune::cpu
