@@ -3,7 +3,7 @@
 // nothing. Every op takes whole tensors on the backend's device; shapes are checked by the
 // backend. Backward ops overwrite input gradients and accumulate (+=) parameter gradients.
 // Shapes: B batch, L sequence, E d_inner, N d_state, K d_conv, V vocab, rows = B*L tokens;
-// attention: H query heads, KV key/value heads, hd head dim.
+// attention: H query heads, KV key/value heads, hd head dim; MoE: X experts, k = top_k.
 #pragma once
 
 #include <chrono>
@@ -159,6 +159,38 @@ class Backend {
                                   const Tensor& key_mask, double scale, const Tensor& out,
                                   const Tensor& lse, const Tensor& dout, Tensor& dq, Tensor& dk,
                                   Tensor& dv) = 0;
+
+  // Mixture-of-experts token routing (Jamba's JambaSparseMoeBlock, transformers 4.44.2;
+  // docs/models.md "Jamba MoE"). X experts, k = top_k, D hidden width, n = rows * k.
+  // probs = softmax(logits) per row, max-subtracted (F32: float exp, sums in double); then the
+  // top k of probs, largest first, equal probabilities in ascending expert order (deterministic;
+  // torch.topk leaves ties unspecified): experts[t, j] = the j-th expert, weights[t, j] = its
+  // probability, NOT renormalised (Jamba, unlike Mixtral). 1 <= top_k <= X.
+  // logits, probs: (rows, X)   weights: (rows, k)   experts: (rows, k) I64, all overwritten.
+  virtual void moe_router_forward(const Tensor& logits, std::int64_t top_k, Tensor& probs,
+                                  Tensor& weights, Tensor& experts) = 0;
+  // g[t, e] = sum_j [experts[t, j] == e] dweights[t, j] + dprobs_extra[t, e] (the router
+  // auxiliary loss's gradient, when defined); dlogits = probs * (g - sum_e g probs), the softmax's
+  // backward. dweights: (rows, k)   probs, dprobs_extra, dlogits (overwritten): (rows, X).
+  virtual void moe_router_backward(const Tensor& dweights, const Tensor& probs,
+                                   const Tensor& experts, const Tensor& dprobs_extra,
+                                   Tensor& dlogits) = 0;
+  // slot: (rows, k) I64, a permutation of [0, n) that the caller makes to group the rows of each
+  // expert together; entries out of range or repeated are an error (docs/cuda.md "MoE routing
+  // kernels" for what the CUDA backend checks).
+  // xs[slot[t, j]] = x[t].   x: (rows, D)   xs: (n, D) overwritten
+  virtual void moe_dispatch(const Tensor& x, const Tensor& slot, Tensor& xs) = 0;
+  // dx[t] += sum_j dxs[slot[t, j]], j = 0 .. k-1 in order.   dxs: (n, D)   dx: (rows, D)
+  virtual void moe_dispatch_backward(const Tensor& dxs, const Tensor& slot, Tensor& dx) = 0;
+  // out[t] = sum_j weights[t, j] ys[slot[t, j]], j in order.   ys: (n, D)   weights: (rows, k)
+  // out: (rows, D) overwritten
+  virtual void moe_combine(const Tensor& ys, const Tensor& slot, const Tensor& weights,
+                           Tensor& out) = 0;
+  // dys[slot[t, j]] = weights[t, j] dout[t]; dweights[t, j] = <dout[t], ys[slot[t, j]]>, summed
+  // in double in an order fixed by D.   dout: (rows, D)   dys: (n, D), dweights: (rows, k)
+  // overwritten
+  virtual void moe_combine_backward(const Tensor& dout, const Tensor& ys, const Tensor& slot,
+                                    const Tensor& weights, Tensor& dys, Tensor& dweights) = 0;
 
   // ids: (rows) I64   table: (V, D)   out: (rows, D). Ids outside [0, V) are an error.
   virtual void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) = 0;

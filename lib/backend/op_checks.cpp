@@ -1,6 +1,7 @@
 #include "backend/op_checks.h"
 
 #include <algorithm>
+#include <vector>
 
 namespace ssmtune {
 
@@ -166,6 +167,88 @@ void OpChecks::attention_grads(const cpu::AttentionDims& d, const Tensor& q, con
   shape(dv, k.shape(), op, "dv");
   for (const Tensor* t : {&out, &lse, &dout, &dq, &dk, &dv})
     require(t->dtype() == q.dtype(), op, "every tensor must have q's element type");
+}
+
+cpu::MoeRouterDims OpChecks::moe_router_forward(const Tensor& logits, std::int64_t top_k,
+                                                const Tensor& probs, const Tensor& weights,
+                                                const Tensor& experts) const {
+  const char* op = "moe_router_forward";
+  require(logits.defined() && logits.ndim() == 2, op, "logits must be (rows, X)");
+  const cpu::MoeRouterDims d{logits.dim(0), logits.dim(1), top_k};
+  moe_top_k(op, d);
+  shape(probs, logits.shape(), op, "probs");
+  shape(weights, {d.rows, d.k}, op, "weights");
+  shape(experts, {d.rows, d.k}, op, "experts");
+  require(experts.dtype() == DType::I64, op, "experts must be I64");
+  for (const Tensor* t : {&probs, &weights})
+    require(t->dtype() == logits.dtype(), op, "probs and weights must have logits' element type");
+  return d;
+}
+
+cpu::MoeRouterDims OpChecks::moe_router_backward(const Tensor& dweights, const Tensor& probs,
+                                                 const Tensor& experts, const Tensor& dprobs_extra,
+                                                 const Tensor& dlogits) const {
+  const char* op = "moe_router_backward";
+  require(probs.defined() && probs.ndim() == 2, op, "probs must be (rows, X)");
+  require(dweights.defined() && dweights.ndim() == 2, op, "dweights must be (rows, k)");
+  const cpu::MoeRouterDims d{probs.dim(0), probs.dim(1), dweights.dim(1)};
+  moe_top_k(op, d);
+  shape(dweights, {d.rows, d.k}, op, "dweights");
+  shape(experts, {d.rows, d.k}, op, "experts");
+  require(experts.dtype() == DType::I64, op, "experts must be I64");
+  if (dprobs_extra.defined()) shape(dprobs_extra, probs.shape(), op, "dprobs_extra");
+  shape(dlogits, probs.shape(), op, "dlogits");
+  for (const Tensor* t : {&dweights, &dprobs_extra, &dlogits})
+    require(!t->defined() || t->dtype() == probs.dtype(), op,
+            "dweights, dprobs_extra and dlogits must have probs' element type");
+  return d;
+}
+
+void OpChecks::moe_top_k(const char* op, const cpu::MoeRouterDims& d) const {
+  require(d.k >= 1 && d.k <= d.X, op,
+          "top_k " + std::to_string(d.k) + " outside [1, " + std::to_string(d.X) +
+              "] (1 to the number of experts)");
+}
+
+cpu::MoeSlotDims OpChecks::moe_slot(const char* op, const Tensor& slot, const Tensor& tokens,
+                                    const char* tokens_name, const Tensor& grouped,
+                                    const char* grouped_name) const {
+  require(slot.defined() && slot.ndim() == 2, op, "slot must be (rows, k)");
+  require(slot.dtype() == DType::I64, op, "slot must be I64");
+  require(tokens.defined() && tokens.ndim() == 2, op,
+          std::string(tokens_name) + " must be (rows, D)");
+  const cpu::MoeSlotDims d{slot.dim(0), slot.dim(1), tokens.dim(1)};
+  shape(tokens, {d.rows, d.D}, op, tokens_name);
+  shape(grouped, {d.rows * d.k, d.D}, op, grouped_name);
+  require(grouped.dtype() == tokens.dtype(), op,
+          std::string(tokens_name) + " and " + grouped_name + " element types differ");
+  return d;
+}
+
+void OpChecks::moe_per_choice(const char* op, const cpu::MoeSlotDims& d, const Tensor& t,
+                              const char* name, const Tensor& like) const {
+  shape(t, {d.rows, d.k}, op, name);
+  require(t.dtype() == like.dtype(), op,
+          std::string(name) + " is " + std::string(dtype_name(t.dtype())) + ", expected " +
+              std::string(dtype_name(like.dtype())));
+}
+
+void OpChecks::moe_slot_values(const char* op, const Tensor& slot) const {
+  const std::int64_t n = slot.numel(), k = slot.dim(1);
+  const std::int64_t* s = slot.data<std::int64_t>();
+  auto at = [k](std::int64_t i) {
+    return "slot[" + std::to_string(i / k) + ", " + std::to_string(i % k) + "]";
+  };
+  std::vector<std::int64_t> first(static_cast<std::size_t>(n), -1);  // where each value was seen
+  for (std::int64_t i = 0; i < n; ++i) {
+    require(s[i] >= 0 && s[i] < n, op,
+            at(i) + " = " + std::to_string(s[i]) + " is outside [0, " + std::to_string(n) + ")");
+    std::int64_t& seen = first[static_cast<std::size_t>(s[i])];
+    require(seen < 0, op,
+            at(i) + " = " + std::to_string(s[i]) + " repeats " + at(seen) +
+                " (slot must be a permutation of [0, " + std::to_string(n) + "))");
+    seen = i;
+  }
 }
 
 void OpChecks::index(const char* op, const Tensor& values, const Tensor& index,

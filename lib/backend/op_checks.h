@@ -63,6 +63,27 @@ class OpChecks {
   void attention_grads(const cpu::AttentionDims& d, const Tensor& q, const Tensor& k,
                        const Tensor& out, const Tensor& lse, const Tensor& dout, const Tensor& dq,
                        const Tensor& dk, const Tensor& dv) const;
+  // The router's sizes {rows, X, k}: logits (rows, X), 1 <= top_k <= X; probs like logits,
+  // weights (rows, k) of logits' type, experts (rows, k) I64.
+  cpu::MoeRouterDims moe_router_forward(const Tensor& logits, std::int64_t top_k,
+                                        const Tensor& probs, const Tensor& weights,
+                                        const Tensor& experts) const;
+  // {rows, X, k} from probs (rows, X) and dweights (rows, k), 1 <= k <= X; experts (rows, k) I64;
+  // dprobs_extra (when defined) and dlogits like probs; one float type.
+  cpu::MoeRouterDims moe_router_backward(const Tensor& dweights, const Tensor& probs,
+                                         const Tensor& experts, const Tensor& dprobs_extra,
+                                         const Tensor& dlogits) const;
+  // Dispatch and combine sizes {rows, k, D}: slot (rows, k) I64, a token-side tensor (rows, D)
+  // and an expert-side one (rows k, D) of one type, each named as the op's argument.
+  cpu::MoeSlotDims moe_slot(const char* op, const Tensor& slot, const Tensor& tokens,
+                            const char* tokens_name, const Tensor& grouped,
+                            const char* grouped_name) const;
+  // A per-choice tensor (weights, dweights): (rows, k) of like's type.
+  void moe_per_choice(const char* op, const cpu::MoeSlotDims& d, const Tensor& t, const char* name,
+                      const Tensor& like) const;
+  // Every entry of slot (rows, k) in [0, rows k) and none repeated (a permutation: the copies
+  // into the grouped buffer then write disjoint rows). Reads slot on the host.
+  void moe_slot_values(const char* op, const Tensor& slot) const;
   // values: (k) of full's dtype, index: (k) I64 on the host, within [0, full.numel())
   void index(const char* op, const Tensor& values, const Tensor& index, const Tensor& full) const;
   void adamw(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
@@ -73,6 +94,9 @@ class OpChecks {
   static void targets(const Tensor& targets, std::int64_t V);
 
  private:
+  // 1 <= d.k <= d.X
+  void moe_top_k(const char* op, const cpu::MoeRouterDims& d) const;
+
   const char* backend_;
 };
 

@@ -257,6 +257,74 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void moe_router_forward(const Tensor& logits, std::int64_t top_k, Tensor& probs, Tensor& weights,
+                          Tensor& experts) override {
+    OpTimer timer(profile_, "moe");
+    const cpu::MoeRouterDims d = checks.moe_router_forward(logits, top_k, probs, weights, experts);
+    dispatch(logits.dtype(), "moe_router_forward", [&](auto zero) {
+      using T = decltype(zero);
+      cpu::moe_router_forward<T>(d, logits.data<T>(), probs.data<T>(), weights.data<T>(),
+                                 experts.data<std::int64_t>());
+    });
+  }
+  void moe_router_backward(const Tensor& dweights, const Tensor& probs, const Tensor& experts,
+                           const Tensor& dprobs_extra, Tensor& dlogits) override {
+    OpTimer timer(profile_, "moe");
+    const cpu::MoeRouterDims d =
+        checks.moe_router_backward(dweights, probs, experts, dprobs_extra, dlogits);
+    dispatch(probs.dtype(), "moe_router_backward", [&](auto zero) {
+      using T = decltype(zero);
+      cpu::moe_router_backward<T>(d, dweights.data<T>(), probs.data<T>(),
+                                  experts.data<std::int64_t>(), ptr<T>(dprobs_extra),
+                                  dlogits.data<T>());
+    });
+  }
+  void moe_dispatch(const Tensor& x, const Tensor& slot, Tensor& xs) override {
+    OpTimer timer(profile_, "moe");
+    const char* op = "moe_dispatch";
+    const cpu::MoeSlotDims d = moe_slot(op, slot, x, "x", xs, "xs");
+    dispatch(x.dtype(), op, [&](auto zero) {
+      using T = decltype(zero);
+      cpu::moe_dispatch<T>(d, x.data<T>(), slot.data<std::int64_t>(), xs.data<T>());
+    });
+  }
+  void moe_dispatch_backward(const Tensor& dxs, const Tensor& slot, Tensor& dx) override {
+    OpTimer timer(profile_, "moe");
+    const char* op = "moe_dispatch_backward";
+    const cpu::MoeSlotDims d = moe_slot(op, slot, dx, "dx", dxs, "dxs");
+    dispatch(dx.dtype(), op, [&](auto zero) {
+      using T = decltype(zero);
+      cpu::moe_dispatch_backward<T>(d, dxs.data<T>(), slot.data<std::int64_t>(), dx.data<T>());
+    });
+  }
+  void moe_combine(const Tensor& ys, const Tensor& slot, const Tensor& weights,
+                   Tensor& out) override {
+    OpTimer timer(profile_, "moe");
+    const char* op = "moe_combine";
+    const cpu::MoeSlotDims d = moe_slot(op, slot, out, "out", ys, "ys");
+    checks.moe_per_choice(op, d, weights, "weights", ys);
+    dispatch(ys.dtype(), op, [&](auto zero) {
+      using T = decltype(zero);
+      cpu::moe_combine<T>(d, ys.data<T>(), slot.data<std::int64_t>(), weights.data<T>(),
+                          out.data<T>());
+    });
+  }
+  void moe_combine_backward(const Tensor& dout, const Tensor& ys, const Tensor& slot,
+                            const Tensor& weights, Tensor& dys, Tensor& dweights) override {
+    OpTimer timer(profile_, "moe");
+    const char* op = "moe_combine_backward";
+    const cpu::MoeSlotDims d = moe_slot(op, slot, dout, "dout", ys, "ys");
+    require_shape(dys, ys.shape(), op, "dys");
+    require(dys.dtype() == ys.dtype(), op, "dys must have ys' element type");
+    checks.moe_per_choice(op, d, weights, "weights", ys);
+    checks.moe_per_choice(op, d, dweights, "dweights", ys);
+    dispatch(ys.dtype(), op, [&](auto zero) {
+      using T = decltype(zero);
+      cpu::moe_combine_backward<T>(d, dout.data<T>(), ys.data<T>(), slot.data<std::int64_t>(),
+                                   weights.data<T>(), dys.data<T>(), dweights.data<T>());
+    });
+  }
+
   void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) override {
     OpTimer timer(profile_, "embedding");
     const std::int64_t n = ids.numel(), D = table.dim(1);
@@ -440,6 +508,16 @@ class CpuBackend final : public Backend {
       using T = decltype(zero);
       f(a.numel(), a.data<T>(), b.data<T>(), out.data<T>());
     });
+  }
+
+  // The shared slot checks, values included: the copies index rows by slot.
+  static cpu::MoeSlotDims moe_slot(const char* op, const Tensor& slot, const Tensor& tokens,
+                                   const char* tokens_name, const Tensor& grouped,
+                                   const char* grouped_name) {
+    const cpu::MoeSlotDims d =
+        checks.moe_slot(op, slot, tokens, tokens_name, grouped, grouped_name);
+    checks.moe_slot_values(op, slot);
+    return d;
   }
 
   // wide: (rows, S), narrow: (rows, n); copies narrow <-> wide[:, col0 : col0+n]

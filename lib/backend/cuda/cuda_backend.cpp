@@ -19,6 +19,7 @@
 #include "kernels/attention.cuh"
 #include "kernels/conv1d.cuh"
 #include "kernels/elementwise.cuh"
+#include "kernels/moe.cuh"
 #include "kernels/optim.cuh"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/row_ops.cuh"
@@ -320,6 +321,67 @@ class CudaBackend final : public Backend {
     launch_check(op);
   }
 
+  // experts and slot move to the GPU like any tensor an op touches (core/tensor.h).
+  void moe_router_forward(const Tensor& logits, std::int64_t top_k, Tensor& probs, Tensor& weights,
+                          Tensor& experts) override {
+    Timer timer(*this, "moe");
+    const char* op = "moe_router_forward";
+    const kernels::MoeRouterShape s =
+        router_shape(op, checks.moe_router_forward(logits, top_k, probs, weights, experts));
+    kernels::moe_router_forward(s, f32(logits, op, "logits"), f32(probs, op, "probs"),
+                                f32(weights, op, "weights"), i64(experts), stream());
+    launch_check(op);
+  }
+  void moe_router_backward(const Tensor& dweights, const Tensor& probs, const Tensor& experts,
+                           const Tensor& dprobs_extra, Tensor& dlogits) override {
+    Timer timer(*this, "moe");
+    const char* op = "moe_router_backward";
+    const kernels::MoeRouterShape s = router_shape(
+        op, checks.moe_router_backward(dweights, probs, experts, dprobs_extra, dlogits));
+    kernels::moe_router_backward(s, f32(dweights, op, "dweights"), f32(probs, op, "probs"),
+                                 i64(experts), f32_or_null(dprobs_extra, op, "dprobs_extra"),
+                                 f32(dlogits, op, "dlogits"), stream());
+    launch_check(op);
+  }
+  void moe_dispatch(const Tensor& x, const Tensor& slot, Tensor& xs) override {
+    Timer timer(*this, "moe");
+    const char* op = "moe_dispatch";
+    const kernels::MoeSlotShape s = slot_shape(op, slot, x, "x", xs, "xs");
+    kernels::moe_dispatch(s, f32(x, op, "x"), slot_ptr(op, slot), f32(xs, op, "xs"), stream());
+    launch_check(op);
+  }
+  void moe_dispatch_backward(const Tensor& dxs, const Tensor& slot, Tensor& dx) override {
+    Timer timer(*this, "moe");
+    const char* op = "moe_dispatch_backward";
+    const kernels::MoeSlotShape s = slot_shape(op, slot, dx, "dx", dxs, "dxs");
+    kernels::moe_dispatch_backward(s, f32(dxs, op, "dxs"), slot_ptr(op, slot), f32(dx, op, "dx"),
+                                   stream());
+    launch_check(op);
+  }
+  void moe_combine(const Tensor& ys, const Tensor& slot, const Tensor& weights,
+                   Tensor& out) override {
+    Timer timer(*this, "moe");
+    const char* op = "moe_combine";
+    const kernels::MoeSlotShape s = slot_shape(op, slot, out, "out", ys, "ys");
+    checks.moe_per_choice(op, {s.rows, s.k, s.D}, weights, "weights", ys);
+    kernels::moe_combine(s, f32(ys, op, "ys"), slot_ptr(op, slot), f32(weights, op, "weights"),
+                         f32(out, op, "out"), stream());
+    launch_check(op);
+  }
+  void moe_combine_backward(const Tensor& dout, const Tensor& ys, const Tensor& slot,
+                            const Tensor& weights, Tensor& dys, Tensor& dweights) override {
+    Timer timer(*this, "moe");
+    const char* op = "moe_combine_backward";
+    const kernels::MoeSlotShape s = slot_shape(op, slot, dout, "dout", ys, "ys");
+    checks.shape(dys, ys.shape(), op, "dys");
+    checks.moe_per_choice(op, {s.rows, s.k, s.D}, weights, "weights", ys);
+    checks.moe_per_choice(op, {s.rows, s.k, s.D}, dweights, "dweights", ys);
+    kernels::moe_combine_backward(s, f32(dout, op, "dout"), f32(ys, op, "ys"), slot_ptr(op, slot),
+                                  f32(weights, op, "weights"), f32(dys, op, "dys"),
+                                  f32(dweights, op, "dweights"), stream());
+    launch_check(op);
+  }
+
   void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) override {
     Timer timer(*this, "embedding");
     const char* op = "embedding_forward";
@@ -564,6 +626,31 @@ class CudaBackend final : public Backend {
                        std::to_string(kernels::kAttentionMaxHeadDim));
     return {d.B, d.L, d.H, d.KV, d.hd};
   }
+  // The shared router checks, then the kernels' own limit on the number of experts.
+  static kernels::MoeRouterShape router_shape(const char* op, const cpu::MoeRouterDims& d) {
+    checks.require(d.X <= kernels::kMoeMaxExperts, op,
+                   std::to_string(d.X) + " experts, over the kernels' " +
+                       std::to_string(kernels::kMoeMaxExperts));
+    return {d.rows, d.X, d.k};
+  }
+  // The shared slot checks; combine's grid has one block per token row.
+  static kernels::MoeSlotShape slot_shape(const char* op, const Tensor& slot, const Tensor& tokens,
+                                          const char* tokens_name, const Tensor& grouped,
+                                          const char* grouped_name) {
+    const cpu::MoeSlotDims d =
+        checks.moe_slot(op, slot, tokens, tokens_name, grouped, grouped_name);
+    checks.require(d.rows < INT_MAX, op, "2^31 token rows or more");
+    return {d.rows, d.k, d.D};
+  }
+  // slot's entries are checked on the host while it lives there, before its first op moves it;
+  // one already on the GPU is not read back (that would wait for the GPU in every op): the
+  // kernels then skip an entry outside [0, n) or read it as NaN (kernels/moe.cuh).
+  const std::int64_t* slot_ptr(const char* op, const Tensor& slot) {
+    if (slot.device() == Device::CPU) checks.moe_slot_values(op, slot);
+    return i64(slot);
+  }
+  // The device pointer of an I64 tensor the shared checks have vetted.
+  std::int64_t* i64(const Tensor& t) { return static_cast<std::int64_t*>(t.device_raw(memory_)); }
   const std::int64_t* mask_ptr(const Tensor& key_mask) {
     return key_mask.defined() ? static_cast<const std::int64_t*>(key_mask.device_raw(memory_))
                               : nullptr;
