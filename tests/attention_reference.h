@@ -150,21 +150,4 @@ inline void require_lse_close(const std::string& what, const Tensor& actual, con
   REQUIRE(max_err <= atol);
 }
 
-// require_close, except where the reference is all zeros: at L = 1 each query has one key, P = 1
-// and dS = P (dP - Drow) = 0, so dq and dk are exactly zero and only rounding of dP - Drow
-// (two orders of one dot product) remains; with inputs and dout of order 1 it must stay within
-// rtol absolute.
-inline void require_close_or_zero(const std::string& what, const Tensor& actual, const Tensor& ref,
-                                  double rtol) {
-  const Tensor a = actual.to(DType::F64), r = ref.to(DType::F64);
-  double max_ref = 0, max_a = 0;
-  for (std::int64_t i = 0; i < r.numel(); ++i) {
-    max_ref = std::max(max_ref, std::fabs(r.data<double>()[i]));
-    max_a = std::max(max_a, std::fabs(a.data<double>()[i]));
-  }
-  if (max_ref > 0) return require_close(what, actual, ref, rtol, 0);
-  INFO(what << ": reference all zeros, max |actual| " << max_a);
-  REQUIRE(max_a <= rtol);
-}
-
 }  // namespace ssmtune::testing
