@@ -22,9 +22,11 @@ namespace ssmtune {
 
 namespace {
 
-// "backbone.layers.3.mixer.in_proj.weight" -> "mixer.in_proj.weight"; non-layer names unchanged.
+// "backbone.layers.3.mixer.in_proj.weight" -> "mixer.in_proj.weight" (Jamba: "model.layers.3.
+// mamba.in_proj.weight" -> "mamba.in_proj.weight"); non-layer names unchanged.
 std::string module_key(const std::string& name, bool* per_layer) {
-  const std::string prefix = "backbone.layers.";
+  const std::string prefix =
+      name.rfind("model.layers.", 0) == 0 ? "model.layers." : "backbone.layers.";
   *per_layer = name.rfind(prefix, 0) == 0;
   if (!*per_layer) return name;
   return name.substr(name.find('.', prefix.size()) + 1);
@@ -122,6 +124,71 @@ void run_adapter_info(const std::string& dir) {
     }
 }
 
+// Jamba: the layer schedule (which layers are attention, which have experts) and the sizes.
+void print_jamba_header(const ModelConfig& cfg) {
+  std::printf("architecture  JambaForCausalLM (jamba), %lld layers\n", (long long)cfg.n_layer);
+  std::string schedule;
+  for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
+    const LayerKind k = layer_kind(cfg, i);
+    schedule += (i ? ", " : "") + std::to_string(i) + " " +
+                (k.mixer == MixerKind::Attention ? "attention" : "mamba") + "+" +
+                (k.ffn == FeedForwardKind::MoE ? "moe" : "mlp");
+  }
+  std::printf("layers        %s\n", schedule.c_str());
+  std::printf("sizes         hidden %lld, vocab %lld, ffn width %lld\n", (long long)cfg.d_model,
+              (long long)cfg.vocab_size, (long long)cfg.d_ffn);
+  std::printf("attention     %lld heads, %lld key/value heads, head dim %lld, no positions\n",
+              (long long)cfg.n_heads, (long long)cfg.n_kv_heads, (long long)cfg.head_dim());
+  std::printf("mamba         d_inner %lld, d_state %lld, d_conv %lld, dt_rank %lld, %s, %s\n",
+              (long long)cfg.d_inner, (long long)cfg.d_state, (long long)cfg.d_conv,
+              (long long)cfg.dt_rank, cfg.use_conv_bias ? "conv bias" : "no conv bias",
+              cfg.use_bias ? "in/out_proj bias" : "no in/out_proj bias");
+  std::printf("experts       %lld, top %lld, router loss coef %g (%s)\n",
+              (long long)cfg.n_experts, (long long)cfg.experts_per_token,
+              cfg.router_aux_loss_coef,
+              cfg.output_router_logits ? "in the training loss" : "logged only");
+  std::printf("options       %s embeddings, rms eps %g\n",
+              cfg.tie_word_embeddings ? "tied" : "untied", cfg.layer_norm_epsilon);
+}
+
+// Jamba's parameter counts by layer kind: the Mamba mixers, the attention mixers, the dense
+// MLPs, the experts and routers, the norms, the embedding and the head.
+void print_counts_by_kind(const ModelConfig& cfg, ModelWeights& w) {
+  std::map<std::string, std::pair<std::int64_t, std::int64_t>> kinds;  // name -> layers, count
+  std::vector<std::pair<std::string, std::int64_t>> model_counts;
+  std::int64_t total = 0;
+  for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
+    const LayerKind k = layer_kind(cfg, i);
+    const std::string mixer = k.mixer == MixerKind::Attention ? "attention" : "mamba mixers";
+    const std::string ffn = k.ffn == FeedForwardKind::MoE ? "experts and routers" : "dense MLPs";
+    kinds[mixer].first += 1;
+    kinds[ffn].first += 1;
+    kinds["norms"].first += 1;
+  }
+  for_each_param(cfg, w, [&](const std::string& name, Tensor& t) {
+    total += t.numel();
+    bool layered = false;
+    const std::string key = module_key(name, &layered);
+    if (!layered) return model_counts.emplace_back(name, t.numel());
+    const std::string kind = key.rfind("self_attn.", 0) == 0     ? "attention"
+                             : key.rfind("mamba.", 0) == 0       ? "mamba mixers"
+                             : key.find(".experts.") != std::string::npos ||
+                                     key.find(".router.") != std::string::npos
+                                 ? "experts and routers"
+                             : key.rfind("feed_forward.", 0) == 0 ? "dense MLPs"
+                                                                  : "norms";
+    kinds[kind].second += t.numel();
+  });
+  std::printf("\n%-34s %14s %16s\n", "parameters", "layers", "count");
+  for (const auto& [kind, lc] : kinds)
+    std::printf("  %-32s %14lld %16s\n", kind.c_str(), (long long)lc.first,
+                with_commas(lc.second).c_str());
+  for (const auto& [key, count] : model_counts)
+    std::printf("  %-32s %14s %16s\n", key.c_str(), "", with_commas(count).c_str());
+  if (cfg.tie_word_embeddings) std::printf("  %-32s %14s %16s\n", "lm_head.weight (tied)", "", "0");
+  std::printf("  %-32s %14s %16s\n", "total", "", with_commas(total).c_str());
+}
+
 void run_info(const std::string& model_dir) {
   if (is_adapter_dir(model_dir)) return run_adapter_info(model_dir);
   const ModelConfig cfg = load_model_config(model_dir);
@@ -136,21 +203,26 @@ void run_info(const std::string& model_dir) {
   for (const auto& d : dtypes) dtype_list += (dtype_list.empty() ? "" : ", ") + d;
 
   std::printf("model         %s\n", model_dir.c_str());
-  std::printf("architecture  MambaForCausalLM (mamba), %lld layers\n", (long long)cfg.n_layer);
-  std::printf(
-      "sizes         d_model %lld, d_inner %lld, d_state %lld, d_conv %lld, dt_rank %lld, "
-      "vocab %lld\n",
-      (long long)cfg.d_model, (long long)cfg.d_inner, (long long)cfg.d_state, (long long)cfg.d_conv,
-      (long long)cfg.dt_rank, (long long)cfg.vocab_size);
-  std::printf("options       %s embeddings, %s, %s, rms eps %g\n",
-              cfg.tie_word_embeddings ? "tied" : "untied",
-              cfg.use_conv_bias ? "conv bias" : "no conv bias",
-              cfg.use_bias ? "in/out_proj bias" : "no in/out_proj bias", cfg.layer_norm_epsilon);
+  if (cfg.is_jamba()) {
+    print_jamba_header(cfg);
+  } else {
+    std::printf("architecture  MambaForCausalLM (mamba), %lld layers\n", (long long)cfg.n_layer);
+    std::printf(
+        "sizes         d_model %lld, d_inner %lld, d_state %lld, d_conv %lld, dt_rank %lld, "
+        "vocab %lld\n",
+        (long long)cfg.d_model, (long long)cfg.d_inner, (long long)cfg.d_state,
+        (long long)cfg.d_conv, (long long)cfg.dt_rank, (long long)cfg.vocab_size);
+    std::printf("options       %s embeddings, %s, %s, rms eps %g\n",
+                cfg.tie_word_embeddings ? "tied" : "untied",
+                cfg.use_conv_bias ? "conv bias" : "no conv bias",
+                cfg.use_bias ? "in/out_proj bias" : "no in/out_proj bias", cfg.layer_norm_epsilon);
+  }
   std::printf("storage       %s, %zu tensors, stored as %s\n",
               ckpt.sharded() ? (std::to_string(ckpt.files().size()) + " shards").c_str()
                              : "model.safetensors",
               ckpt.names().size(), dtype_list.c_str());
 
+  if (cfg.is_jamba()) return print_counts_by_kind(cfg, w);
   // Parameter counts: per module, summed over layers for the per-layer ones.
   std::map<std::string, std::int64_t> per_layer_counts;
   std::vector<std::pair<std::string, std::int64_t>> model_counts;

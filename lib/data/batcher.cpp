@@ -37,6 +37,16 @@ Batch make_batch(const Dataset& dataset, const std::vector<std::int64_t>& indice
     std::fill(row_labels + len, row_labels + max_len, kIgnoreLabel);
     b.n_loss_tokens += count_loss_tokens(ex.labels);
   }
+  bool padded = false;
+  for (const std::int64_t i : indices)
+    padded = padded || std::int64_t(dataset.examples[i].input_ids.size()) < max_len;
+  if (padded) {
+    b.attention_mask = Tensor::zeros({batch, max_len}, DType::I64);
+    for (std::int64_t r = 0; r < batch; ++r) {
+      const auto len = std::int64_t(dataset.examples[indices[r]].input_ids.size());
+      std::fill_n(b.attention_mask.data<std::int64_t>() + r * max_len, len, 1);
+    }
+  }
   return b;
 }
 

@@ -15,6 +15,9 @@ struct Batch {
   // input_ids, labels: (B, L) I64, L = the longest example of the batch; shorter examples are
   // right-padded with pad_id (inputs) and kIgnoreLabel (labels).
   Tensor input_ids, labels;
+  // (B, L) I64: 1 at an example's tokens, 0 at its padding (HF's attention_mask), or
+  // undefined when no row is padded.
+  Tensor attention_mask;
   std::vector<std::int64_t> example_indices;  // into Dataset::examples, row order
   std::int64_t n_loss_tokens = 0;             // labels[b, t] != -100 for t >= 1 (after the shift)
 };

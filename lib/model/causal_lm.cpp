@@ -22,24 +22,103 @@ CausalLM::CausalLM(const ModelConfig& cfg, const ModelWeights& weights, Backend&
                    std::int64_t scan_chunk)
     : cfg_(cfg), w_(weights), be_(be), scan_chunk_(scan_chunk), sites_(linear_sites(cfg)) {
   mixer_site_.assign(std::size_t(cfg.n_layer), -1);
-  for (const LinearSite& s : sites_)
-    if (mixer_site_[std::size_t(s.layer)] < 0) mixer_site_[std::size_t(s.layer)] = s.index;
+  ffn_site_.assign(std::size_t(cfg.n_layer), -1);
+  for (const LinearSite& s : sites_) {
+    const bool ffn = layer_kind(cfg, s.layer).ffn != FeedForwardKind::None &&
+                     s.module.rfind(ffn_module(cfg, s.layer) + ".", 0) == 0;
+    std::int64_t& first = (ffn ? ffn_site_ : mixer_site_)[std::size_t(s.layer)];
+    if (first < 0) first = s.index;
+  }
+  aux_coef_ = cfg.output_router_logits ? cfg.router_aux_loss_coef : 0.0;
 }
 
 MixerHooks CausalLM::mixer_hooks(std::int64_t layer) const {
   return {hook_, scan_hook_, input_hook_, sites_.data() + mixer_site_[std::size_t(layer)]};
 }
 
-void CausalLM::forward(const Tensor& ids) {
+const LinearSite* CausalLM::ffn_sites(std::int64_t layer) const {
+  const std::int64_t first = ffn_site_[std::size_t(layer)];
+  return first < 0 ? nullptr : sites_.data() + first;
+}
+
+Tensor CausalLM::counted_rows(std::int64_t Lb) const {
+  if (!attention_mask_.defined()) return Tensor();
+  const std::int64_t B = attention_mask_.dim(0), L = attention_mask_.dim(1);
+  Tensor rows = Tensor::empty({B * Lb}, DType::I64);
+  const std::int64_t* m = attention_mask_.data<std::int64_t>();
+  std::int64_t* r = rows.data<std::int64_t>();
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t t = 0; t < Lb; ++t)  // virtual steps (t < Lb - L) always count
+      r[b * Lb + t] = t < Lb - L ? 1 : m[b * L + t - (Lb - L)] != 0;
+  return rows;
+}
+
+Tensor CausalLM::key_mask(std::int64_t Lb) const {
+  if (!attention_mask_.defined()) return Tensor();
+  const Tensor host = counted_rows(Lb);
+  Tensor mask = be_.empty({attention_mask_.dim(0), Lb}, DType::I64);
+  be_.copy(host.reshape(mask.shape()), mask);
+  return mask;
+}
+
+void CausalLM::ffn_forward(std::int64_t i, std::size_t s, const Tensor& n, Tensor& out) {
+  const LayerWeights& lw = w_.layers[std::size_t(i)];
+  const std::int64_t rows = n.dim(0) * n.dim(1), D = cfg_.d_model;
+  const Tensor n2 = n.reshape({rows, D});
+  Tensor out2 = out.reshape({rows, D});
+  switch (layer_kind(cfg_, i).ffn) {
+    case FeedForwardKind::None: break;
+    case FeedForwardKind::Mlp: mlp_forward(be_, lw.mlp, n2, mlp_[s], out2, hook_, ffn_sites(i)); break;
+    case FeedForwardKind::MoE:
+      moe_forward(be_, cfg_, lw.moe, n2, moe_[s], out2, hook_, ffn_sites(i));
+      break;
+  }
+}
+
+Tensor CausalLM::aux_grad(std::int64_t i, double weight) const {
+  const MoeActivations& m = moe_[std::size_t(i)];
+  const std::int64_t rows = m.probs.dim(0), X = cfg_.n_experts;
+  const Tensor counted = counted_rows(rows / ids_.dim(0));
+  Tensor host = Tensor::zeros({rows, X}, m.probs.dtype());
+  for (std::int64_t t = 0; t < rows; ++t) {
+    if (counted.defined() && counted.data<std::int64_t>()[t] == 0) continue;
+    for (std::int64_t e = 0; e < X; ++e) {
+      const double g = weight * aux_.dprob[std::size_t(e)];
+      if (host.dtype() == DType::F32)
+        host.data<float>()[t * X + e] = float(g);
+      else
+        host.data<double>()[t * X + e] = g;
+    }
+  }
+  Tensor dev = be_.empty({rows, X}, m.probs.dtype());
+  be_.copy(host, dev);
+  return dev;
+}
+
+void CausalLM::forward(const Tensor& ids, const Tensor& attention_mask) {
   check(ids.ndim() == 2, "input ids must be (batch, length), got " + shape_str(ids.shape()));
+  check(!attention_mask.defined() ||
+            (attention_mask.shape() == ids.shape() && attention_mask.dtype() == DType::I64),
+        "attention mask must be (batch, length) I64 like the ids");
   const std::int64_t B = ids.dim(0), L = ids.dim(1), D = cfg_.d_model, rows = B * L;
   const DType dt = w_.embedding.dtype();
   ids_ = ids;
+  attention_mask_ = attention_mask;
   Tensor embedded = be_.empty({B, L, D}, dt);
   Tensor e2 = embedded.reshape({rows, D});
   be_.embedding_forward(ids.reshape({rows}), w_.embedding, e2);
   if (hook_) hook_->embedding_forward(ids.reshape({rows}), e2);
   run_layers(embedded, nullptr, true);
+  std::vector<LayerRouting> routing;  // the router loss over every MoE layer's rows
+  for (std::int64_t i = 0; i < cfg_.n_layer; ++i) {
+    if (layer_kind(cfg_, i).ffn != FeedForwardKind::MoE) continue;
+    const MoeActivations& m = moe_[std::size_t(i)];
+    LayerRouting r{Tensor::empty(m.probs.shape(), m.probs.dtype()), m.experts_host,
+                   counted_rows(m.probs.dim(0) / B)};
+    be_.copy(m.probs, r.probs);
+    routing.push_back(r);
+  }
+  aux_ = router_aux_loss(routing, cfg_.n_experts);
   logits_ = be_.empty({B, L, cfg_.vocab_size}, dt);
   Tensor logits2 = logits_.reshape({rows, cfg_.vocab_size});
   linear_forward(be_, final_norm_.reshape({rows, D}), w_.lm_head, Tensor(), logits2);
@@ -58,6 +137,7 @@ Tensor CausalLM::forward_cached(const Tensor& ids, std::vector<LayerCache>& cach
   be_.embedding_forward(ids, w_.embedding, e2);
   if (hook_) hook_->embedding_forward(ids, e2);
   logits_ = Tensor();  // the activations backward() would need are gone
+  attention_mask_ = Tensor();
   run_layers(embedded, &caches, sequence_start);
   // Only the last token's logits are wanted (docs/models.md, Mamba step 10).
   const Tensor last = final_norm_.reshape({n, D}).rows(n - 1, n);  // (1, D)
@@ -75,6 +155,7 @@ void CausalLM::reset_caches(std::vector<LayerCache>& caches) {
         reset_mixer_cache(be_, cfg_, w_.layers[std::size_t(i)].mamba, i, mixer_hooks(i), dt,
                           caches[std::size_t(i)].mamba);
         break;
+      case MixerKind::Attention: caches[std::size_t(i)].attn = AttentionCache(); break;
     }
   }
 }
@@ -95,6 +176,12 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
   norm_out_.assign(n_slots + 1, Tensor());
   norm_rstd_.assign(n_slots + 1, Tensor());
   mixer_.assign(n_slots, MixerActivations());
+  attn_.assign(n_slots, AttentionActivations());
+  ffn_in_.assign(n_slots, Tensor());
+  ffn_norm_out_.assign(n_slots, Tensor());
+  ffn_rstd_.assign(n_slots, Tensor());
+  mlp_.assign(n_slots, MlpActivations());
+  moe_.assign(keep ? std::size_t(n_layer) : 1, MoeActivations());
 
   const bool with_virtual = virtual_tokens && input_hook_;
   const Tensor prompt = with_virtual ? input_hook_->prompt() : Tensor();
@@ -129,8 +216,9 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
       be_.rmsnorm_forward(block_in_[s], lw.norm, cfg_.layer_norm_epsilon, norm_out_[s],
                           norm_rstd_[s]);
     }
+    const LayerKind kind = layer_kind(cfg_, i);
     Tensor mix = be_.empty({B, Lb, D}, dt);
-    switch (layer_kind(cfg_, i).mixer) {
+    switch (kind.mixer) {
       case MixerKind::Mamba: {
         MixerCache* cache = caches ? &(*caches)[std::size_t(i)].mamba : nullptr;
         // Decoding saves nothing for backward: the whole block is one scan chunk.
@@ -139,23 +227,42 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
                       mixer_hooks(i), cache);
         break;
       }
+      case MixerKind::Attention:
+        attention_forward(be_, cfg_, lw.attn, norm_out_[s], caches ? Tensor() : key_mask(Lb),
+                          attn_[s], mix, hook_, mixer_hooks(i).sites,
+                          caches ? &(*caches)[std::size_t(i)].attn : nullptr);
+        break;
     }
-    // The residual (fp32 or wider, so residual_in_fp32 holds trivially), fused with the next
-    // norm (the next layer's, or norm_f after the last) when no steps are put in or taken out
-    // between them.
+    // `residual` + `branch` is the layer's output: the mixer's branch, or the feed-forward's
+    // on top of block input + mixer output.
+    Tensor residual = block_in_[s], branch = mix;
+    if (kind.ffn != FeedForwardKind::None) {
+      ffn_norm_out_[s] = be_.empty({B, Lb, D}, dt);
+      ffn_rstd_[s] = be_.empty({B * Lb}, dt);
+      be_.add_rmsnorm_forward(block_in_[s], mix, lw.ffn_norm, cfg_.layer_norm_epsilon,
+                              ffn_norm_out_[s], ffn_rstd_[s]);
+      ffn_in_[s] = mix;
+      branch = be_.empty({B, Lb, D}, dt);
+      ffn_forward(i, s, ffn_norm_out_[s], branch);
+      residual = mix;
+    }
+    // The residual (in the model's dtype; fp32 or wider, so Mamba's residual_in_fp32 holds
+    // trivially), fused with the next norm (the next layer's, or norm_f after the last) when
+    // no steps are put in or taken out between them.
     const bool last = i + 1 == n_layer;
     normed = !Tq && (last ? !n_prompt_ : !prefix_of(i + 1).defined());
     if (normed && last) {
-      be_.add_rmsnorm_forward(block_in_[s], mix, w_.norm_f, cfg_.layer_norm_epsilon,
+      be_.add_rmsnorm_forward(residual, branch, w_.norm_f, cfg_.layer_norm_epsilon,
                               final_norm_, final_rstd_);
     } else if (normed) {
       norm_out_[next] = be_.empty({B, Lb, D}, dt);
       norm_rstd_[next] = be_.empty({B * Lb}, dt);
-      be_.add_rmsnorm_forward(block_in_[s], mix, w_.layers[std::size_t(i) + 1].norm,
+      be_.add_rmsnorm_forward(residual, branch, w_.layers[std::size_t(i) + 1].norm,
                               cfg_.layer_norm_epsilon, norm_out_[next], norm_rstd_[next]);
     } else {
-      be_.add(block_in_[s], mix);
+      be_.add(residual, branch);
     }
+    mix = branch;
     if (Tq) {  // the prefix's outputs are dropped: the next layer never sees them
       h = be_.empty({B, Lb - Tq, D}, dt);
       take_steps(be_, mix, Tq, h);
@@ -183,6 +290,8 @@ LmLoss CausalLM::loss(const Tensor& targets) {
   const double sum = be_.cross_entropy_forward(logits_.reshape({ids_.numel(), cfg_.vocab_size}),
                                                targets.reshape({ids_.numel()}), &out.n_tokens);
   out.loss = out.n_tokens ? sum / double(out.n_tokens) : 0.0;
+  out.aux_loss = aux_.value;
+  out.objective = out.loss + aux_coef_ * aux_.value;
   return out;
 }
 
@@ -229,11 +338,32 @@ void CausalLM::backward(const Tensor& targets, ModelWeights& grads, std::int64_t
       dblock = be_.zeros({B, Lb, D}, dt);
       put_steps(be_, dh, Tq, dblock);
     }
+    const LayerKind kind = layer_kind(cfg_, i);
     Tensor dn = be_.empty({B, Lb, D}, dt);
-    switch (layer_kind(cfg_, i).mixer) {
+    if (kind.ffn != FeedForwardKind::None) {  // dblock becomes the gradient at ffn_in_
+      const std::int64_t rows_b = B * Lb;
+      const Tensor n2 = ffn_norm_out_[i].reshape({rows_b, D}), dout2 = dblock.reshape({rows_b, D});
+      Tensor dn2 = dn.reshape({rows_b, D});
+      if (kind.ffn == FeedForwardKind::Mlp) {
+        mlp_backward(be_, lw.mlp, n2, mlp_[i], dout2, dn2, lg.mlp, hook_, ffn_sites(i));
+      } else {
+        // the router loss's share of this batch: aux_coef * n_tokens / divisor
+        const double aux_weight = aux_coef_ * double(n_tokens) * scale;
+        const Tensor dprobs = aux_weight != 0 ? aux_grad(i, aux_weight) : Tensor();
+        moe_backward(be_, cfg_, lw.moe, n2, moe_[i], dout2, dprobs, dn2, lg.moe, hook_,
+                     ffn_sites(i));
+      }
+      Tensor dffn_norm = lg.ffn_norm.defined() ? lg.ffn_norm : be_.zeros({D}, dt);
+      be_.rmsnorm_backward_add(dn, ffn_in_[i], lw.ffn_norm, ffn_rstd_[i], dblock, dffn_norm);
+    }
+    switch (kind.mixer) {
       case MixerKind::Mamba:
         mixer_backward(be_, cfg_, lw.mamba, norm_out_[i], mixer_[i], dblock, dn, lg.mamba, i,
                        mixer_hooks(i));
+        break;
+      case MixerKind::Attention:
+        attention_backward(be_, cfg_, lw.attn, norm_out_[i], attn_[i], dblock, dn, lg.attn,
+                           hook_, mixer_hooks(i).sites);
         break;
     }
     Tensor dnorm_w = lg.norm.defined() ? lg.norm : be_.zeros({D}, dt);
@@ -258,9 +388,29 @@ void CausalLM::backward(const Tensor& targets, ModelWeights& grads, std::int64_t
   } else {
     d_embed_ = dh;
   }
+  // Jamba's nn.Embedding has padding_idx = pad_token_id: the lookup sends no gradient to that
+  // row, wherever the id occurs (docs/models.md "Jamba").
+  Tensor d_lookup = d_embed_.reshape({rows, D});
+  const std::int64_t pad = cfg_.is_jamba() ? cfg_.pad_token_id : -1;
+  const std::int64_t* id = ids_.data<std::int64_t>();
+  if (pad >= 0 && std::find(id, id + rows, pad) != id + rows) {
+    Tensor keep = Tensor::empty({rows, D}, dt);
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t c = 0; c < D; ++c) {
+        if (dt == DType::F32)
+          keep.data<float>()[r * D + c] = id[r] == pad ? 0.f : 1.f;
+        else
+          keep.data<double>()[r * D + c] = id[r] == pad ? 0.0 : 1.0;
+      }
+    Tensor keep_dev = be_.empty({rows, D}, dt);
+    be_.copy(keep, keep_dev);
+    Tensor masked = be_.empty({rows, D}, dt);
+    be_.mul(d_lookup, keep_dev, masked);
+    d_lookup = masked;
+  }
   if (grads.embedding.defined())
-    be_.embedding_backward(ids_.reshape({rows}), d_embed_.reshape({rows, D}), grads.embedding);
-  if (hook_) hook_->embedding_backward(ids_.reshape({rows}), d_embed_.reshape({rows, D}));
+    be_.embedding_backward(ids_.reshape({rows}), d_lookup, grads.embedding);
+  if (hook_) hook_->embedding_backward(ids_.reshape({rows}), d_lookup);
   logits_ = Tensor();  // consumed
 }
 

@@ -1,8 +1,9 @@
-// The causal LM (HF MambaForCausalLM, docs/models.md "Mamba forward pass"): embedding -> n_layer layers -> norm_f ->
-// lm_head (tied to the embedding unless configured otherwise). A layer is a list of pre-norm
-// residual branches h += f(rmsnorm(h)) (a mixer, then a feed-forward where the layer has one;
-// model_config.h LayerKind); each layer kind's file holds its forward, backward, what it saves
-// and its decoding cache (mamba_mixer.h). One residual loop serves training, evaluation and
+// The causal LM (HF MambaForCausalLM and JambaForCausalLM, docs/models.md "Mamba forward pass",
+// "Jamba"): embedding -> n_layer layers -> norm_f -> lm_head (tied to the embedding unless
+// configured otherwise). A layer is a list of pre-norm residual branches h += f(rmsnorm(h)) (a
+// mixer, then a feed-forward where the layer has one; model_config.h LayerKind); each layer
+// kind's file holds its forward, backward, what it saves and its decoding cache (mamba_mixer.h,
+// attention_layer.h, feed_forward.h). One residual loop serves training, evaluation and
 // recurrent decoding: forward() keeps the activations backward() needs, llm.c style;
 // forward_cached() runs a block of tokens from per-layer caches and keeps nothing.
 // Virtual-token methods (the input hook) lengthen sequences: prompt tuning's P vectors go
@@ -14,15 +15,22 @@
 
 #include "backend/backend.h"
 #include "model/model_config.h"
+#include "model/attention_layer.h"
+#include "model/feed_forward.h"
 #include "model/input_hook.h"
 #include "model/mamba_mixer.h"
 #include "model/model_weights.h"
+#include "model/router_aux_loss.h"
 
 namespace ssmtune {
 
 struct LmLoss {
   double loss = 0;            // mean token cross-entropy over counted positions (0 if none)
   std::int64_t n_tokens = 0;  // positions with a label (label != -100 after the shift)
+  // Models with experts: the router load-balancing loss (router_aux_loss.h), and the
+  // objective backward() differentiates, loss + aux_coef * aux (= loss without experts).
+  double aux_loss = 0;
+  double objective = 0;
 };
 
 // Next-token targets from HF-style labels: targets[b, t] = labels[b, t+1], and -100 at the
@@ -32,6 +40,7 @@ Tensor shift_labels(const Tensor& labels);
 // One layer's recurrent decoding state (its kind's cache).
 struct LayerCache {
   MixerCache mamba;
+  AttentionCache attn;
 };
 
 class CausalLM {
@@ -49,8 +58,16 @@ class CausalLM {
   void set_input_hook(InputHook* hook) { input_hook_ = hook; }
 
   // ids: (B, L) I64. Computes logits (B, L, V) and keeps the activations for backward.
-  void forward(const Tensor& ids);
-  // targets: (B, L) I64 from shift_labels. Mean cross-entropy of the last forward's logits.
+  // attention_mask: (B, L) I64 on the host, 1 for a token and 0 for right padding, or
+  // undefined (no padding). Attention layers do not attend to padding and the router loss
+  // does not count it; Mamba layers ignore it (as transformers does).
+  void forward(const Tensor& ids, const Tensor& attention_mask = Tensor());
+  // The weight of the router load-balancing loss in the objective: by default
+  // router_aux_loss_coef when the config's output_router_logits is set, else 0.
+  void set_router_aux_coef(double coef) { aux_coef_ = coef; }
+  double router_aux_coef() const { return aux_coef_; }
+  // targets: (B, L) I64 from shift_labels. Mean cross-entropy of the last forward's logits
+  // (and the router loss of its MoE layers).
   LmLoss loss(const Tensor& targets);
   // Gradient of loss(targets) w.r.t. every defined tensor of `grads` (accumulated, +=); a
   // default ModelWeights (no layers) means every base tensor is frozen.
@@ -84,6 +101,16 @@ class CausalLM {
   // else the decoding states (nothing kept). Virtual tokens go in when `virtual_tokens`.
   void run_layers(const Tensor& embedded, std::vector<LayerCache>* caches, bool virtual_tokens);
   MixerHooks mixer_hooks(std::int64_t layer) const;
+  const LinearSite* ffn_sites(std::int64_t layer) const;
+  // The attention key mask for a block of Lb steps whose first Lb - L are virtual (always
+  // kept): (B, Lb) I64 on the device, or undefined without padding.
+  Tensor key_mask(std::int64_t Lb) const;
+  // layer i's feed-forward over n: (B, Lb, D) into out (slot s of the activations).
+  void ffn_forward(std::int64_t i, std::size_t s, const Tensor& n, Tensor& out);
+  // The router loss's gradient w.r.t. MoE layer i's probabilities (B*Lb, X), times `weight`.
+  Tensor aux_grad(std::int64_t i, double weight) const;
+  // Rows of layer i's MoE counted by the router loss, (B*Lb) I64 host, or undefined (all).
+  Tensor counted_rows(std::int64_t i) const;
 
   const ModelConfig& cfg_;
   const ModelWeights& w_;
@@ -94,8 +121,11 @@ class CausalLM {
   InputHook* input_hook_ = nullptr;
   std::vector<LinearSite> sites_;        // linear_sites(cfg_)
   std::vector<std::int64_t> mixer_site_;  // per layer: its mixer's first site in sites_
+  std::vector<std::int64_t> ffn_site_;    // per layer: its feed-forward's first site, or -1
+  double aux_coef_ = 0;
 
   Tensor ids_;                           // (B, L)
+  Tensor attention_mask_;                // (B, L) I64 host, or undefined
   std::int64_t n_prompt_ = 0;            // P
   std::vector<Tensor> layer_in_;         // n_layer + 1 tensors (B, P+L, D): the residual stream
   std::vector<std::int64_t> n_prefix_;   // per layer Tq
@@ -103,7 +133,13 @@ class CausalLM {
   std::vector<Tensor> norm_out_;         // (B, Tq+P+L, D) rmsnorm(block_in_[i])
   std::vector<Tensor> norm_rstd_;        // (B*(Tq+P+L))
   Tensor final_in_;                      // (B, L, D) layer_in_[n_layer] without the prompt
-  std::vector<MixerActivations> mixer_;  // per layer
+  std::vector<MixerActivations> mixer_;  // per layer (Mamba mixers)
+  std::vector<AttentionActivations> attn_;  // per layer (attention mixers)
+  std::vector<Tensor> ffn_in_;           // (B, Lb, D) block input + mixer output (feed-forward layers)
+  std::vector<Tensor> ffn_norm_out_, ffn_rstd_;  // its pre_ff_layernorm and rstd
+  std::vector<MlpActivations> mlp_;
+  std::vector<MoeActivations> moe_;
+  RouterAuxLoss aux_;                    // of the last forward (MoE layers only)
   Tensor final_norm_, final_rstd_;       // norm_f output (B, L, D) and its rstd (B*L)
   Tensor logits_;                        // (B, L, V)
   Tensor d_embed_;

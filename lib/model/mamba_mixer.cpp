@@ -27,6 +27,11 @@ void append_mamba_mixer_slots(const ModelConfig& c, const std::string& module,
   out.push_back({p + "dt_proj.bias", &w.dt_proj_bias, {E}});
   out.push_back({p + "out_proj.weight", &w.out_proj, {D, E}});
   out.push_back({p + "out_proj.bias", &w.out_proj_bias, {D}, no_bias});
+  if (c.mamba_inner_norms) {
+    out.push_back({p + "dt_layernorm.weight", &w.dt_norm, {R}});
+    out.push_back({p + "b_layernorm.weight", &w.B_norm, {N}});
+    out.push_back({p + "c_layernorm.weight", &w.C_norm, {N}});
+  }
 }
 
 void append_mamba_mixer_sites(const ModelConfig& c, std::int64_t layer, const std::string& module,
@@ -144,6 +149,21 @@ void mixer_forward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights&
     std::vector<LinearPart> parts{{0, a.dt_in}, {R, B2}, {R + N, C2}};
     hook->linear_forward(hooks.sites[kXProj], u2, parts);
   }
+  if (cfg.mamba_inner_norms) {  // Jamba: RMSNorm over each of dt_in, B and C
+    a.dt_pre = a.dt_in;
+    a.B_pre = a.Bm;
+    a.C_pre = a.Cm;
+    a.dt_in = be.empty({rows_e, R}, dt);
+    a.Bm = be.empty({B, Le, N}, dt);
+    a.Cm = be.empty({B, Le, N}, dt);
+    a.dt_rstd = be.empty({rows_e}, dt);
+    a.B_rstd = be.empty({rows_e}, dt);
+    a.C_rstd = be.empty({rows_e}, dt);
+    const double eps = cfg.layer_norm_epsilon;
+    be.rmsnorm_forward(a.dt_pre, w.dt_norm, eps, a.dt_in, a.dt_rstd);
+    be.rmsnorm_forward(a.B_pre, w.B_norm, eps, a.Bm, a.B_rstd);
+    be.rmsnorm_forward(a.C_pre, w.C_norm, eps, a.Cm, a.C_rstd);
+  }
 
   a.delta_raw = be.empty({B, Le, E}, dt);
   Tensor draw2 = a.delta_raw.reshape({rows_e, E});
@@ -243,17 +263,31 @@ void mixer_backward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights
   if (hook)
     hook->linear_backward(hooks.sites[kDtProj], a.dt_in, {{0, flat(ddelta_raw)}}, ddt_in);
 
+  Tensor dBm = sg.dBm, dCm = sg.dCm;
+  if (cfg.mamba_inner_norms) {  // back through Jamba's dt, B and C norms
+    const auto norm_backward = [&](const Tensor& dy, const Tensor& x, const Tensor& gain,
+                                   const Tensor& rstd, Tensor& dgain) {
+      Tensor dx = be.empty(x.shape(), dt);
+      Tensor dg = dgain.defined() ? dgain : be.zeros(gain.shape(), dt);
+      be.rmsnorm_backward(dy, x, gain, rstd, dx, dg);
+      return dx;
+    };
+    ddt_in = norm_backward(ddt_in, a.dt_pre, w.dt_norm, a.dt_rstd, g.dt_norm);
+    dBm = norm_backward(sg.dBm, a.B_pre, w.B_norm, a.B_rstd, g.B_norm);
+    dCm = norm_backward(sg.dCm, a.C_pre, w.C_norm, a.C_rstd, g.C_norm);
+  }
+
   // [dt_in ; Bm ; Cm] = x_proj(u): the gradient of u adds to the scan's du
   Tensor dx_dbl = be.empty({rows_e, R + 2 * N}, dt);
   be.merge_columns(ddt_in, 0, dx_dbl);
-  be.merge_columns(flat(sg.dBm), R, dx_dbl);
-  be.merge_columns(flat(sg.dCm), R + N, dx_dbl);
+  be.merge_columns(flat(dBm), R, dx_dbl);
+  be.merge_columns(flat(dCm), R + N, dx_dbl);
   Tensor du2 = flat(sg.du);
   Tensor no_bias;
   linear_backward(be, dx_dbl, flat(a.u), w.x_proj, du2, 1.0, g.x_proj, no_bias);
   if (hook)
     hook->linear_backward(hooks.sites[kXProj], flat(a.u),
-                          {{0, ddt_in}, {R, flat(sg.dBm)}, {R + N, flat(sg.dCm)}}, du2);
+                          {{0, ddt_in}, {R, flat(dBm)}, {R + N, flat(dCm)}}, du2);
 
   // u = silu(c), c = the last Le outputs of conv1d(conv_in)
   Tensor dc = be.empty({B, Le, E}, dt);

@@ -3,6 +3,7 @@
 //   [x ; z] = in_proj(n)                    x, z: (B, L, E)
 //   u = silu(conv1d(x))                     (B, L, E)
 //   [dt_in ; Bm ; Cm] = x_proj(u)           (B*L, R), (B, L, N), (B, L, N)
+//   (Jamba: dt_in, Bm, Cm = rmsnorm of each, with gains dt_norm, B_norm, C_norm)
 //   delta = softplus(dt_proj(dt_in))        (B, L, E), bias inside the softplus
 //   y = selective_scan(u, delta, A = -exp(A_log), Bm, Cm, D)
 //   out = out_proj(y * silu(z))             (B, L, D)
@@ -29,8 +30,11 @@ struct MixerActivations {
   std::int64_t n_context = 0, n_affix = 0;  // Cx, Ta (above); Le = Ta + L below
   Tensor conv_in;           // (B, Cx + Le, E) the conv's input (= x when Cx = Ta = 0)
   Tensor c, u;              // (B, Le, E) conv output before and after SiLU
-  Tensor dt_in;             // (B*Le, R)
-  Tensor Bm, Cm;            // (B, Le, N)
+  Tensor dt_in;             // (B*Le, R) dt_proj's input
+  Tensor Bm, Cm;            // (B, Le, N) the scan's B and C
+  // Jamba (cfg.mamba_inner_norms): dt_in, Bm, Cm are RMSNorms of x_proj's parts, kept here
+  // with their rstd (B*Le).
+  Tensor dt_pre, B_pre, C_pre, dt_rstd, B_rstd, C_rstd;
   Tensor delta_raw, delta;  // (B, Le, E) before and after softplus
   Tensor A;                 // (E, N) = -exp(A_log)
   Tensor h0;                // (B, E, N) the scan's initial state, or undefined (zeros)

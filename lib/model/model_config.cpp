@@ -22,6 +22,8 @@ constexpr std::int64_t kMaxDState = 1024;
 constexpr std::int64_t kMaxDConv = 16;
 constexpr std::int64_t kMaxDtRank = kMaxDModel;
 constexpr double kMaxExpand = 64;
+constexpr std::int64_t kMaxHeads = 4096;
+constexpr std::int64_t kMaxExperts = 1024;  // the routing kernels' limit (docs/cuda.md)
 
 // HF name first, then its mamba_ssm alias; when a file has both (the -hf configs do) they
 // must agree, else the file means two models.
@@ -40,7 +42,7 @@ std::int64_t require(const std::optional<std::int64_t>& v, const JsonFields& f,
                      const std::string& name, const std::string& alias = "") {
   if (!v)
     throw Error(f.where(name) + (alias.empty() ? "" : " (or \"" + alias + "\")") +
-                ": missing, a Mamba config.json must set it");
+                ": missing, a config.json must set it");
   return *v;
 }
 
@@ -162,15 +164,82 @@ ModelConfig parse_original(const JsonFields& f, const std::string& file) {
   return c;
 }
 
+// transformers' JambaConfig (docs/models.md "Jamba"): JambaConfig's defaults where a field is
+// absent, except the sizes, which a config.json must state.
+ModelConfig parse_jamba(const JsonFields& f) {
+  ModelConfig c;
+  c.model_type = "jamba";
+  c.vocab_size = require(f.get_int("vocab_size", 1, kMaxVocab), f, "vocab_size");
+  c.d_model = require(f.get_int("hidden_size", 1, kMaxDModel), f, "hidden_size");
+  c.n_layer = require(f.get_int("num_hidden_layers", 1, kMaxLayers), f, "num_hidden_layers");
+  c.d_ffn = require(f.get_int("intermediate_size", 1, 16 * kMaxDModel), f, "intermediate_size");
+
+  c.n_heads = f.get_int("num_attention_heads", 1, kMaxHeads).value_or(32);
+  if (c.d_model % c.n_heads != 0)
+    f.fail("num_attention_heads", "a divisor of hidden_size = " + std::to_string(c.d_model));
+  // null: as many as the query heads (JambaConfig's backward compatibility)
+  c.n_kv_heads = f.has("num_key_value_heads") && f.raw("num_key_value_heads").is_null()
+                     ? c.n_heads
+                     : f.get_int("num_key_value_heads", 1, kMaxHeads).value_or(8);
+  if (c.n_heads % c.n_kv_heads != 0)
+    f.fail("num_key_value_heads", "a divisor of num_attention_heads = " +
+                                      std::to_string(c.n_heads));
+  c.attn_layer_period = f.get_int("attn_layer_period", 1, kMaxLayers).value_or(8);
+  c.attn_layer_offset = f.get_int("attn_layer_offset", 0, kMaxLayers).value_or(4);
+  c.n_experts = f.get_int("num_experts", 1, kMaxExperts).value_or(16);
+  c.experts_per_token = f.get_int("num_experts_per_tok", 1, kMaxExperts).value_or(2);
+  if (c.n_experts > 1 && c.experts_per_token > c.n_experts)
+    f.fail("num_experts_per_tok", "at most num_experts = " + std::to_string(c.n_experts));
+  c.expert_layer_period = f.get_int("expert_layer_period", 1, kMaxLayers).value_or(2);
+  c.expert_layer_offset = f.get_int("expert_layer_offset", 0, kMaxLayers).value_or(1);
+  c.output_router_logits = f.get_bool("output_router_logits").value_or(false);
+  c.router_aux_loss_coef = f.get_number("router_aux_loss_coef").value_or(0.001);
+  if (c.router_aux_loss_coef < 0) f.fail("router_aux_loss_coef", "a number >= 0");
+  // Sliding windows are not part of the eager attention transformers 4.44.2 runs on the CPU.
+  if (f.has("sliding_window") && !f.raw("sliding_window").is_null())
+    f.fail("sliding_window", "null (sliding-window attention is not supported)");
+  if (f.get_number("attention_dropout").value_or(0) != 0)
+    f.fail("attention_dropout", "0 (attention dropout is not supported)");
+  c.max_position_embeddings =
+      f.get_int("max_position_embeddings", 1, std::int64_t(1) << 40).value_or(262144);
+  c.num_logits_to_keep = f.get_int("num_logits_to_keep", 0, kMaxVocab).value_or(1);
+
+  c.mamba_inner_norms = true;
+  c.d_state = f.get_int("mamba_d_state", 1, kMaxDState).value_or(16);
+  c.d_conv = f.get_int("mamba_d_conv", 1, kMaxDConv).value_or(4);
+  c.expand = positive_number(f, "mamba_expand", 2);
+  // JambaMambaMixer uses mamba_expand * hidden_size as a layer width without int(): it must
+  // come out whole.
+  const double inner = c.expand * double(c.d_model);
+  if (c.expand > kMaxExpand || inner != std::floor(inner) || inner > double(kMaxDInner))
+    f.fail("mamba_expand", "a number whose product with hidden_size is a whole number <= 262144");
+  c.d_inner = std::int64_t(inner);
+  c.dt_rank = get_dt_rank(f, "mamba_dt_rank", c.d_model).value_or((c.d_model + 15) / 16);
+  c.use_conv_bias = f.get_bool("mamba_conv_bias").value_or(true);
+  c.use_bias = f.get_bool("mamba_proj_bias").value_or(false);
+  c.tie_word_embeddings = f.get_bool("tie_word_embeddings").value_or(false);
+  c.layer_norm_epsilon = positive_number(f, "rms_norm_eps", 1e-6);
+  c.residual_in_fp32 = false;  // Jamba's residual stays in the model's dtype
+  c.hidden_act = f.get_choice("hidden_act", {"silu", "swish"}).value_or("silu");
+  c.pad_token_id = get_token_id(f, "pad_token_id", c.vocab_size, 0);
+  c.bos_token_id = get_token_id(f, "bos_token_id", c.vocab_size, 1);
+  c.eos_token_id = get_token_id(f, "eos_token_id", c.vocab_size, 2);
+  c.initializer_range = f.get_number("initializer_range").value_or(0.02);
+  for (const char* key : {"torch_dtype", "dtype"})
+    if (f.has(key) && !f.raw(key).is_null()) c.torch_dtype = *f.get_string(key);
+  return c;
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& file) {
   const JsonFields f(j, file);
   if (f.has("model_type")) {
     const auto type = f.get_string("model_type");
+    if (*type == "jamba") return parse_jamba(f);
     if (*type != "mamba")
-      throw Error(f.where("model_type") + ": expected \"mamba\", got " + quote_str(*type) +
-                  " (ssmtune reads this config as a Mamba-1 model)");
+      throw Error(f.where("model_type") + ": expected \"mamba\" or \"jamba\", got " +
+                  quote_str(*type));
   }
   // mamba_ssm's own config.json has no model_type and no hidden_size; the -hf configs keep
   // d_model and n_layer as leftovers beside the HF names, so those alone decide nothing.
@@ -186,17 +255,77 @@ ModelConfig load_model_config(const std::string& model_dir) {
 LayerKind layer_kind(const ModelConfig& c, std::int64_t i) {
   check(i >= 0 && i < c.n_layer, "layer " + std::to_string(i) + " of a model with " +
                                      std::to_string(c.n_layer) + " layers");
-  return LayerKind{MixerKind::Mamba, FeedForwardKind::None};
+  if (!c.is_jamba()) return LayerKind{MixerKind::Mamba, FeedForwardKind::None};
+  // JambaConfig.layers_block_type and layers_num_experts (docs/models.md "Jamba")
+  LayerKind k;
+  k.mixer = i % c.attn_layer_period == c.attn_layer_offset ? MixerKind::Attention
+                                                           : MixerKind::Mamba;
+  k.ffn = c.n_experts > 1 && i % c.expert_layer_period == c.expert_layer_offset
+              ? FeedForwardKind::MoE
+              : FeedForwardKind::Mlp;
+  return k;
 }
 
-nlohmann::json model_config_to_json(const ModelConfig& c) {
-  auto token = [](std::int64_t id) {
-    return id < 0 ? nlohmann::json(nullptr) : nlohmann::json(id);
+namespace {
+
+nlohmann::json token_json(std::int64_t id) {
+  return id < 0 ? nlohmann::json(nullptr) : nlohmann::json(id);
+}
+
+// transformers writes expand as the int it was given; keep 2 rather than 2.0.
+nlohmann::json expand_json(double expand) {
+  return expand == std::floor(expand) ? nlohmann::json(std::int64_t(expand))
+                                      : nlohmann::json(expand);
+}
+
+// What transformers 4.44.2's JambaConfig.save_pretrained writes (minus transformers_version).
+nlohmann::json jamba_config_to_json(const ModelConfig& c) {
+  return {
+      {"architectures", {"JambaForCausalLM"}},
+      {"model_type", "jamba"},
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.d_model},
+      {"intermediate_size", c.d_ffn},
+      {"num_hidden_layers", c.n_layer},
+      {"num_attention_heads", c.n_heads},
+      {"num_key_value_heads", c.n_kv_heads},
+      {"attn_layer_period", c.attn_layer_period},
+      {"attn_layer_offset", c.attn_layer_offset},
+      {"num_experts", c.n_experts},
+      {"num_experts_per_tok", c.experts_per_token},
+      {"expert_layer_period", c.expert_layer_period},
+      {"expert_layer_offset", c.expert_layer_offset},
+      {"output_router_logits", c.output_router_logits},
+      {"router_aux_loss_coef", c.router_aux_loss_coef},
+      {"mamba_d_state", c.d_state},
+      {"mamba_d_conv", c.d_conv},
+      {"mamba_expand", expand_json(c.expand)},
+      {"mamba_dt_rank", c.dt_rank},
+      {"mamba_conv_bias", c.use_conv_bias},
+      {"mamba_proj_bias", c.use_bias},
+      {"use_mamba_kernels", false},
+      {"hidden_act", c.hidden_act},
+      {"rms_norm_eps", c.layer_norm_epsilon},
+      {"tie_word_embeddings", c.tie_word_embeddings},
+      {"attention_dropout", 0.0},
+      {"sliding_window", nullptr},
+      {"max_position_embeddings", c.max_position_embeddings},
+      {"num_logits_to_keep", c.num_logits_to_keep},
+      {"initializer_range", c.initializer_range},
+      {"pad_token_id", token_json(c.pad_token_id)},
+      {"bos_token_id", token_json(c.bos_token_id)},
+      {"eos_token_id", token_json(c.eos_token_id)},
+      {"use_cache", true},
+      {"torch_dtype", c.torch_dtype},
   };
-  // transformers writes expand as the int it was given; keep 2 rather than 2.0.
-  const nlohmann::json expand = c.expand == std::floor(c.expand)
-                                    ? nlohmann::json(std::int64_t(c.expand))
-                                    : nlohmann::json(c.expand);
+}
+
+}  // namespace
+
+nlohmann::json model_config_to_json(const ModelConfig& c) {
+  if (c.is_jamba()) return jamba_config_to_json(c);
+  const auto token = token_json;
+  const nlohmann::json expand = expand_json(c.expand);
   return {
       {"architectures", {"MambaForCausalLM"}},
       {"model_type", "mamba"},

@@ -1,5 +1,6 @@
-// The Mamba (Mamba-1) model configuration, read from a Hugging Face config.json.
-// Field names, aliases and defaults follow transformers' MambaConfig (docs/models.md "Mamba config").
+// The model configuration, read from a Hugging Face config.json: Mamba (Mamba-1; field names,
+// aliases and defaults of transformers' MambaConfig, docs/models.md "Mamba config") or Jamba
+// (transformers' JambaConfig, docs/models.md "Jamba").
 #pragma once
 
 #include <cstdint>
@@ -11,9 +12,10 @@ namespace ssmtune {
 
 // What one layer is made of: a sequence mixer, then (optionally) a feed-forward block, each a
 // pre-norm residual branch h += f(norm(h)). Mamba-1 models have a Mamba mixer and no
-// feed-forward in every layer.
-enum class MixerKind { Mamba };
-enum class FeedForwardKind { None };
+// feed-forward in every layer; Jamba's layers have a Mamba mixer or causal attention, then a
+// dense MLP or a mixture of experts (the schedule: layer_kind below).
+enum class MixerKind { Mamba, Attention };
+enum class FeedForwardKind { None, Mlp, MoE };
 struct LayerKind {
   MixerKind mixer = MixerKind::Mamba;
   FeedForwardKind ffn = FeedForwardKind::None;
@@ -45,6 +47,27 @@ struct ModelConfig {
   bool rescale_prenorm_residual = false;
 
   std::string torch_dtype = "float32";  // what the checkpoint says it stores (informational)
+
+  // Jamba only (model_type "jamba"; JambaConfig's names in the comments). A Mamba config leaves
+  // these as they are: no attention, no feed-forward, no mixer norms.
+  bool mamba_inner_norms = false;          // RMSNorms on dt, B and C inside the Mamba mixer
+  std::int64_t n_heads = 0;                // num_attention_heads
+  std::int64_t n_kv_heads = 0;             // num_key_value_heads (divides n_heads)
+  std::int64_t attn_layer_period = 0;      // layer i is attention iff i % period == offset
+  std::int64_t attn_layer_offset = 0;      //   (period 0: no attention layer)
+  std::int64_t d_ffn = 0;                  // intermediate_size: the MLPs' and experts' width
+  std::int64_t n_experts = 1;              // num_experts (1: every feed-forward is a dense MLP)
+  std::int64_t experts_per_token = 1;      // num_experts_per_tok (top-k)
+  std::int64_t expert_layer_period = 1;    // layer i has experts iff i % period == offset
+  std::int64_t expert_layer_offset = 0;
+  bool output_router_logits = false;       // add router_aux_loss_coef * aux to the training loss
+  double router_aux_loss_coef = 0.001;
+  // Kept only to be written back (the model never reads them): JambaConfig's defaults.
+  std::int64_t max_position_embeddings = 262144;
+  std::int64_t num_logits_to_keep = 1;
+
+  bool is_jamba() const { return model_type == "jamba"; }
+  std::int64_t head_dim() const { return n_heads ? d_model / n_heads : 0; }
 };
 
 // What layer i (0 <= i < n_layer) is made of.
@@ -53,8 +76,9 @@ LayerKind layer_kind(const ModelConfig& c, std::int64_t i);
 // Parses a config.json object. `file` names the source in error messages, e.g.
 //   error: model/config.json: field "state_size": expected a positive integer, got string "16"
 // Accepts Hugging Face names and the original mamba_ssm names (d_model, n_layer, ssm_cfg,
-// pad_vocab_size_multiple). Throws ssmtune::Error on a missing required field, a wrong type,
-// a value out of range or a model_type other than "mamba".
+// pad_vocab_size_multiple) for Mamba, and JambaConfig's names for model_type "jamba". Throws
+// ssmtune::Error on a missing required field, a wrong type, a value out of range or a
+// model_type other than "mamba" and "jamba".
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& file);
 ModelConfig load_model_config(const std::string& model_dir);  // reads model_dir/config.json
 

@@ -8,24 +8,40 @@
 #include "core/error.h"
 #include "io/json_file.h"
 #include "io/safetensors_checkpoint.h"
+#include "model/attention_layer.h"
+#include "model/feed_forward.h"
 #include "model/mamba_mixer.h"
 
 namespace ssmtune {
 
 namespace {
 
-constexpr const char* kEmbedding = "backbone.embeddings.weight";
 constexpr const char* kEmbeddingMambaSsm = "backbone.embedding.weight";  // mamba_ssm's name
 constexpr const char* kLmHead = "lm_head.weight";
 
+// "backbone.layers." / "model.layers.": what every layer tensor's name starts with.
+std::string layers_prefix(const ModelConfig& c) {
+  return c.is_jamba() ? "model.layers." : "backbone.layers.";
+}
+
 }  // namespace
 
-std::string layer_module(const ModelConfig&, std::int64_t i) {
-  return "backbone.layers." + std::to_string(i);
+std::string embedding_name(const ModelConfig& c) {
+  return c.is_jamba() ? "model.embed_tokens.weight" : "backbone.embeddings.weight";
+}
+
+std::string layer_module(const ModelConfig& c, std::int64_t i) {
+  return layers_prefix(c) + std::to_string(i);
 }
 
 std::string mixer_module(const ModelConfig& c, std::int64_t i) {
-  return layer_module(c, i) + ".mixer";
+  if (!c.is_jamba()) return layer_module(c, i) + ".mixer";
+  return layer_module(c, i) +
+         (layer_kind(c, i).mixer == MixerKind::Attention ? ".self_attn" : ".mamba");
+}
+
+std::string ffn_module(const ModelConfig& c, std::int64_t i) {
+  return layer_module(c, i) + ".feed_forward";
 }
 
 std::vector<ParamSlot> param_slots(const ModelConfig& c, ModelWeights& w) {
@@ -34,15 +50,30 @@ std::vector<ParamSlot> param_slots(const ModelConfig& c, ModelWeights& w) {
                 std::to_string(c.n_layer));
   const std::int64_t D = c.d_model, V = c.vocab_size;
   std::vector<ParamSlot> slots;
-  slots.push_back({kEmbedding, &w.embedding, {V, D}});
+  slots.push_back({embedding_name(c), &w.embedding, {V, D}});
   for (std::int64_t i = 0; i < c.n_layer; ++i) {
     LayerWeights& l = w.layers[std::size_t(i)];
-    slots.push_back({layer_module(c, i) + ".norm.weight", &l.norm, {D}});
-    switch (layer_kind(c, i).mixer) {
+    const LayerKind kind = layer_kind(c, i);
+    const std::string layer = layer_module(c, i);
+    // Mamba registers the norm first; Jamba's decoder layers the mixer and the feed-forward
+    // first, then input_layernorm and pre_ff_layernorm.
+    if (!c.is_jamba()) slots.push_back({layer + ".norm.weight", &l.norm, {D}});
+    switch (kind.mixer) {
       case MixerKind::Mamba: append_mamba_mixer_slots(c, mixer_module(c, i), l.mamba, slots); break;
+      case MixerKind::Attention: append_attention_slots(c, mixer_module(c, i), l.attn, slots); break;
+    }
+    switch (kind.ffn) {
+      case FeedForwardKind::None: break;
+      case FeedForwardKind::Mlp: append_mlp_slots(c, ffn_module(c, i), l.mlp, slots); break;
+      case FeedForwardKind::MoE: append_moe_slots(c, ffn_module(c, i), l.moe, slots); break;
+    }
+    if (c.is_jamba()) {
+      slots.push_back({layer + ".input_layernorm.weight", &l.norm, {D}});
+      slots.push_back({layer + ".pre_ff_layernorm.weight", &l.ffn_norm, {D}});
     }
   }
-  slots.push_back({"backbone.norm_f.weight", &w.norm_f, {D}});
+  slots.push_back({c.is_jamba() ? "model.final_layernorm.weight" : "backbone.norm_f.weight",
+                   &w.norm_f, {D}});
   slots.push_back({kLmHead, &w.lm_head, {V, D}, c.tie_word_embeddings ? "it is tied" : nullptr});
   return slots;
 }
@@ -64,8 +95,7 @@ std::int64_t first_non_finite(const Tensor& t) {
 }
 
 // "backbone.layers.7.mixer.D" -> 7; -1 when the name is not a layer tensor.
-std::int64_t layer_index(const std::string& name) {
-  const std::string prefix = "backbone.layers.";
+std::int64_t layer_index(const std::string& name, const std::string& prefix) {
   if (name.rfind(prefix, 0) != 0) return -1;
   std::int64_t i = 0;
   std::size_t pos = prefix.size();
@@ -105,17 +135,18 @@ void for_each_param(const ModelConfig& c, ModelWeights& w,
 Shape expected_param_shape(const ModelConfig& c, const std::string& name) {
   ModelWeights w;
   w.layers.resize(std::size_t(c.n_layer));
-  const std::string wanted = name == kEmbeddingMambaSsm ? kEmbedding : name;
+  const std::string wanted =
+      name == kEmbeddingMambaSsm && !c.is_jamba() ? embedding_name(c) : name;
   for (const ParamSlot& s : param_slots(c, w)) {
     if (s.name != wanted) continue;
     // A tied lm_head is still a (V, D) parameter, only not stored on its own.
     if (s.absent_because && wanted != kLmHead)
-      throw Error("tensor " + quote_str(name) + " is not a parameter of this Mamba config (" +
-                  s.absent_because + ")");
+      throw Error("tensor " + quote_str(name) + " is not a parameter of this " + c.model_type +
+                  " config (" + s.absent_because + ")");
     return s.shape;
   }
-  throw Error("tensor " + quote_str(name) + " is not a parameter of a Mamba model with " +
-              std::to_string(c.n_layer) + " layers");
+  throw Error("tensor " + quote_str(name) + " is not a parameter of a " + c.model_type +
+              " model with " + std::to_string(c.n_layer) + " layers");
 }
 
 ModelWeights zeros_like_params(const ModelConfig& c, DType dtype) {
@@ -136,22 +167,25 @@ ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig&
   w.layers.resize(std::size_t(c.n_layer));
   std::vector<ParamSlot> slots = param_slots(c, w);
 
-  // The embedding may carry mamba_ssm's name (docs/models.md "Mamba config").
-  std::string embedding_name = kEmbedding;
+  // A Mamba embedding may carry mamba_ssm's name (docs/models.md "Mamba config").
+  std::string embedding = embedding_name(c);
   Problems problems;
-  if (ckpt.contains(kEmbeddingMambaSsm)) {
-    if (ckpt.contains(kEmbedding))
-      problems.add(model_dir + ": both " + quote_str(kEmbedding) + " and " +
+  if (!c.is_jamba() && ckpt.contains(kEmbeddingMambaSsm)) {
+    if (ckpt.contains(embedding))
+      problems.add(model_dir + ": both " + quote_str(embedding) + " and " +
                    quote_str(kEmbeddingMambaSsm) + " are stored; expected one embedding");
     else
-      embedding_name = kEmbeddingMambaSsm;
+      embedding = kEmbeddingMambaSsm;
   }
+  // The config key that asks for an optional tensor, for "missing" messages.
+  const char* conv_bias_key = c.is_jamba() ? "mamba_conv_bias" : "use_conv_bias";
+  const char* proj_bias_key = c.is_jamba() ? "mamba_proj_bias" : "use_bias";
 
   // Pass 1, names and shapes only: every problem is found before any data is read.
   std::set<std::string> used;
   std::vector<std::pair<ParamSlot*, std::string>> to_load;  // slot, stored name
   for (ParamSlot& s : slots) {
-    const std::string stored = s.tensor == &w.embedding ? embedding_name : s.name;
+    const std::string stored = s.tensor == &w.embedding ? embedding : s.name;
     const bool has = ckpt.contains(stored);
     if (has) used.insert(stored);
     if (s.tensor == &w.lm_head && c.tie_word_embeddings) {
@@ -164,9 +198,9 @@ ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig&
     } else if (!has) {
       std::string why;
       if (s.tensor == &w.lm_head) why = " (tie_word_embeddings is false)";
-      if (s.name.ends_with("conv1d.bias")) why = " (use_conv_bias is true)";
+      if (s.name.ends_with("conv1d.bias")) why = std::string(" (") + conv_bias_key + " is true)";
       if (s.name.ends_with("in_proj.bias") || s.name.ends_with("out_proj.bias"))
-        why = " (use_bias is true)";
+        why = std::string(" (") + proj_bias_key + " is true)";
       problems.add(model_dir + ": missing tensor " + quote_str(stored) + ", expected shape " +
                    shape_str(s.shape) + why);
       continue;
@@ -186,7 +220,7 @@ ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig&
   }
   for (const std::string& name : ckpt.names()) {
     if (used.count(name)) continue;
-    const std::int64_t layer = layer_index(name);
+    const std::int64_t layer = layer_index(name, layers_prefix(c));
     problems.add(ckpt.file_of(name).path().string() + ": unexpected tensor " + quote_str(name) +
                  (layer >= c.n_layer
                       ? " (config.json has num_hidden_layers = " + std::to_string(c.n_layer) + ")"
@@ -210,7 +244,7 @@ ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig&
     if (w.lm_head.defined() &&
         std::memcmp(w.lm_head.raw(), w.embedding.raw(), w.embedding.nbytes()) != 0)
       throw Error(ckpt.file_of(kLmHead).path().string() +
-                  ": tensor \"lm_head.weight\" differs from " + quote_str(embedding_name) +
+                  ": tensor \"lm_head.weight\" differs from " + quote_str(embedding) +
                   ", but config.json sets tie_word_embeddings = true");
     w.lm_head = w.embedding;
   }

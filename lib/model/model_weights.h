@@ -27,11 +27,41 @@ struct MambaMixerWeights {
   Tensor D;             // (E)
   Tensor out_proj;      // (D, E)
   Tensor out_proj_bias; // (D) or undefined
+  // Jamba's mixer only (ModelConfig::mamba_inner_norms): RMSNorm gains on dt_in, B and C.
+  Tensor dt_norm;       // (R)  dt_layernorm.weight
+  Tensor B_norm;        // (N)  b_layernorm.weight
+  Tensor C_norm;        // (N)  c_layernorm.weight
+};
+
+// Jamba's causal grouped-query attention (HF JambaAttention): H = n_heads, KV = n_kv_heads,
+// hd = D / H. No biases.
+struct AttentionWeights {
+  Tensor q_proj;  // (H*hd, D)
+  Tensor k_proj;  // (KV*hd, D)
+  Tensor v_proj;  // (KV*hd, D)
+  Tensor o_proj;  // (D, H*hd)
+};
+
+// A SwiGLU MLP (HF JambaMLP): down(silu(gate(x)) * up(x)), F = d_ffn. No biases.
+struct MlpWeights {
+  Tensor gate_proj;  // (F, D)
+  Tensor up_proj;    // (F, D)
+  Tensor down_proj;  // (D, F)
+};
+
+// A mixture of experts (HF JambaSparseMoeBlock): X = n_experts MLPs and a router.
+struct MoeWeights {
+  Tensor router;                    // (X, D)
+  std::vector<MlpWeights> experts;  // X
 };
 
 struct LayerWeights {
-  Tensor norm;              // (D) the mixer branch's RMSNorm
+  Tensor norm;              // (D) the mixer branch's RMSNorm (Jamba: input_layernorm)
   MambaMixerWeights mamba;  // a Mamba mixer's tensors (LayerKind::mixer == Mamba)
+  AttentionWeights attn;    // an attention mixer's (LayerKind::mixer == Attention)
+  Tensor ffn_norm;          // (D) the feed-forward branch's RMSNorm (pre_ff_layernorm)
+  MlpWeights mlp;           // LayerKind::ffn == Mlp
+  MoeWeights moe;           // LayerKind::ffn == MoE
 };
 
 struct ModelWeights {
@@ -51,13 +81,18 @@ struct ParamSlot {
 };
 
 // Every parameter slot of `w` (which must hold c.n_layer layers) in PyTorch state_dict order
-// (docs/models.md "Mamba tensors"), absent ones included: what PEFT methods use to reach a tensor by name.
+// (docs/models.md "Mamba tensors", "Jamba"), absent ones included: what PEFT methods use to
+// reach a tensor by name. Sizes each MoE layer's expert list.
 std::vector<ParamSlot> param_slots(const ModelConfig& c, ModelWeights& w);
 
-// The Hugging Face module name of layer i's parts: "backbone.layers.3" (the layer),
-// "backbone.layers.3.mixer" (its mixer).
+// The Hugging Face module names of layer i's parts. Mamba: "backbone.layers.3" (the layer),
+// "backbone.layers.3.mixer" (its mixer). Jamba: "model.layers.3", "model.layers.3.mamba" or
+// "model.layers.3.self_attn", and "model.layers.3.feed_forward".
 std::string layer_module(const ModelConfig& c, std::int64_t i);
 std::string mixer_module(const ModelConfig& c, std::int64_t i);
+std::string ffn_module(const ModelConfig& c, std::int64_t i);
+// The embedding's tensor name: "backbone.embeddings.weight" / "model.embed_tokens.weight".
+std::string embedding_name(const ModelConfig& c);
 
 // Visits every parameter with its Hugging Face name, in checkpoint order. Undefined
 // (absent) tensors are skipped; a tied lm_head is skipped (it is the embedding).

@@ -78,7 +78,7 @@ EvalResult evaluate(EvalInputs& in, const Dataset& ds, const EvalConfig& cfg) {
     std::vector<std::int64_t> idx;
     for (std::int64_t i = b0; i < std::min(n, b0 + cfg.batch_size); ++i) idx.push_back(i);
     const Batch batch = make_batch(ds, idx, in.tokenizer.pad_id());
-    in.lm.forward(batch.input_ids);
+    in.lm.forward(batch.input_ids, batch.attention_mask);
     const Tensor targets = shift_labels(batch.labels);
     const LmLoss l = in.lm.loss(targets);
     loss_sum += l.loss * double(l.n_tokens);

@@ -13,12 +13,13 @@ StepResult train_step(CausalLM& lm, PeftModel& peft, AdamW& optimizer,
   StepResult r;
   for (const Batch& b : micro) r.loss_tokens += b.n_loss_tokens;
   peft.zero_grads();
-  double loss_sum = 0;
+  double loss_sum = 0, aux_sum = 0;
   for (const Batch& b : micro) {
-    lm.forward(b.input_ids);
+    lm.forward(b.input_ids, b.attention_mask);
     const Tensor targets = shift_labels(b.labels);
     const LmLoss l = lm.loss(targets);
     loss_sum += l.loss * double(l.n_tokens);
+    aux_sum += l.aux_loss * double(l.n_tokens);
     // Each micro-batch's loss is its token sum over the step's token count: the accumulated
     // gradient is the gradient of the step's mean.
     lm.backward(targets, peft.base_grads(), r.loss_tokens);
@@ -27,6 +28,7 @@ StepResult train_step(CausalLM& lm, PeftModel& peft, AdamW& optimizer,
   // The gradients of every trainable tensor are final here: a data-parallel run reduces them
   // (and the loss sum and token count) across ranks at this point, before clipping.
   r.loss = r.loss_tokens ? loss_sum / double(r.loss_tokens) : 0.0;
+  r.aux_loss = r.loss_tokens ? aux_sum / double(r.loss_tokens) : 0.0;
   if (!std::isfinite(r.loss))
     throw Error("training diverged at step " + std::to_string(step) + ": the loss is " +
                 std::to_string(r.loss) + "; lower optimizer.lr");

@@ -18,6 +18,7 @@ namespace ssmtune {
 
 struct StepResult {
   double loss = 0;               // mean token cross-entropy over the step's loss tokens
+  double aux_loss = 0;           // the router load-balancing loss, token-weighted (MoE models)
   double grad_norm = 0;          // before clipping
   std::int64_t loss_tokens = 0;  // tokens with a label over all micro-batches
 };

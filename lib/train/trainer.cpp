@@ -306,16 +306,23 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     const double tokens_per_s = train_s > 0 ? double(tokens_this_process) / train_s : 0.0;
     if (state.step % cfg.training.log_every == 0 || state.step == total_steps) {
       const auto pos = sampler.position();
-      metrics.write({{"step", state.step},
-                     {"epoch", double(pos.epoch) + double(pos.index) / double(sampler.size())},
-                     {"loss", loss},
-                     {"lr", lr},
-                     {"grad_norm", grad_norm},
-                     {"tokens", step_inputs},
-                     {"loss_tokens", step_tokens},
-                     {"tokens_per_s", tokens_per_s},
-                     {"step_s", step_s},
-                     {"elapsed_s", state.elapsed_s}});
+      nlohmann::json row = {{"step", state.step},
+                            {"epoch", double(pos.epoch) + double(pos.index) / double(sampler.size())},
+                            {"loss", loss},
+                            {"lr", lr},
+                            {"grad_norm", grad_norm},
+                            {"tokens", step_inputs},
+                            {"loss_tokens", step_tokens},
+                            {"tokens_per_s", tokens_per_s},
+                            {"step_s", step_s},
+                            {"elapsed_s", state.elapsed_s}};
+      // Models with experts: the router load-balancing loss, apart from the LM loss (it is in
+      // the objective only when the model's output_router_logits asks for it).
+      if (lm.config().n_experts > 1 && lm.config().is_jamba()) {
+        row["aux_loss"] = step.aux_loss;
+        row["aux_loss_coef"] = lm.router_aux_coef();
+      }
+      metrics.write(row);
       const double eta = now_s / double(steps_this_process) * double(total_steps - state.step);
       if (opts.progress_line) {
         std::fprintf(stderr, "\rstep %lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s   ",
