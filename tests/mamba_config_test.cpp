@@ -178,8 +178,8 @@ TEST_CASE("a mistyped field is an error naming file, field, expected type and va
   require_config_error(
       with(minimal(), "hidden_act", "gelu"),
       {"field \"hidden_act\": expected \"silu\" or \"swish\", got string \"gelu\""});
-  require_config_error(with(minimal(), "model_type", "jamba"),
-                       {"field \"model_type\": expected \"mamba\", got \"jamba\""});
+  require_config_error(with(minimal(), "model_type", "mamba2"),
+                       {"field \"model_type\": expected \"mamba\" or \"jamba\", got \"mamba2\""});
   require_config_error(with(minimal(), "model_type", 1),
                        {"field \"model_type\": expected a string"});
   require_config_error(json::array(), {"m/config.json: expected a JSON object, got an array"});

@@ -12,6 +12,7 @@
 #include "gradient_check.h"
 #include "io/safetensors.h"
 #include "model/causal_lm.h"
+#include "lora_fixture_run.h"
 #include "peft/lora.h"
 #include "peft/lora_adapter_io.h"
 #include "peft/merge.h"
@@ -20,50 +21,13 @@
 #include "train/schedule.h"
 
 using namespace ssmtune;
-using ssmtune::testing::require_close;
+using namespace ssmtune::testing;
 namespace fs = std::filesystem;
 
 namespace {
 
-fs::path fixtures() { return fs::path(SSMTUNE_FIXTURES_DIR); }
-
-// The PEFT file name of a term (one term per module in these fixtures).
-std::string peft_name(const LoraTerm& t, const char* which) {
-  return "base_model.model." + t.module + ".lora_" + which + ".weight";
-}
-
-struct LoraRun {
-  ModelConfig cfg;
-  ModelWeights w, no_grads;
-  std::unique_ptr<Backend> be = make_cpu_backend();
-  std::unique_ptr<LoraModel> lora;
-  std::unique_ptr<CausalLM> lm;
-  Tensor ids, targets;
-};
-
 std::unique_ptr<LoraRun> load_run(const std::string& variant, DType dtype) {
-  auto r = std::make_unique<LoraRun>();
-  const std::string base = (fixtures() / "mamba-tiny").string();
-  r->cfg = load_model_config(base);
-  r->w = load_model_weights(base, r->cfg, dtype);
-  r->lora = read_lora_adapter(fixtures() / variant / "adapter_init", r->cfg, dtype, *r->be);
-  r->lm = std::make_unique<CausalLM>(r->cfg, r->w, *r->be);
-  r->lm->set_hook(r->lora.get());
-  const auto ref = SafetensorsFile::open(fixtures() / variant / "reference.safetensors");
-  r->ids = ref.tensor("input_ids");
-  r->targets = shift_labels(ref.tensor("labels"));
-  return r;
-}
-
-double forward_loss(LoraRun& r) {
-  r.lm->forward(r.ids);
-  return r.lm->loss(r.targets).loss;
-}
-
-void backward(LoraRun& r) {
-  for (LoraTerm& t : r.lora->terms()) t.dA.fill_zero(), t.dB.fill_zero();
-  forward_loss(r);
-  r.lm->backward(r.targets, r.no_grads);
+  return load_lora_run("mamba-tiny", variant, dtype);
 }
 
 }  // namespace
@@ -115,10 +79,7 @@ TEST_CASE("K AdamW steps on LoRA match torch.optim.AdamW, with and without clipp
         auto r = load_run(variant, DType::F64);
         std::vector<TrainableParam> params;
         r->lora->append_trainables(params);
-        OptimizerConfig oc;
-        oc.lr = 1e-2;
-        oc.weight_decay = 0.01;
-        oc.no_decay = {};
+        OptimizerConfig oc = peft_fixture_adamw();
         oc.grad_clip = clip_sched ? 0.05 : 0.0;
         ScheduleConfig sc;
         sc.type = clip_sched ? ScheduleType::Linear : ScheduleType::Constant;
@@ -150,7 +111,7 @@ TEST_CASE("K AdamW steps on LoRA match torch.optim.AdamW, with and without clipp
                         ref.tensor("after_k" + suffix + "." + peft_name(t, "B")), 1e-10, 0);
         }
         CHECK(
-            forward_loss(*r) ==
+            forward_loss(*r).loss ==
             Approx(ref.tensor("loss_after_k" + suffix + ".f64").data<double>()[0]).epsilon(1e-10));
       }
     }
@@ -159,15 +120,8 @@ TEST_CASE("K AdamW steps on LoRA match torch.optim.AdamW, with and without clipp
 
 TEST_CASE("merged LoRA weights give the adapter model's logits", "[lora][merge]") {
   auto r = load_run("peft-lora", DType::F32);
-  r->lm->forward(r->ids);
-  const Tensor adapter_logits = r->lm->logits().clone();
-  const LoadedModel merged = merged_copy(r->cfg, r->w, r->lora.get(), *r->be);
-  CausalLM plain(merged.cfg, merged.weights, *r->be);
-  plain.forward(r->ids);
   // float32: the merge rounds W + sBA once per weight; peft's own merge is 1.1e-7 off.
-  require_close("merged logits", plain.logits(), adapter_logits, 1e-5, 1e-6);
-  const auto ref = SafetensorsFile::open(fixtures() / "peft-lora" / "reference.safetensors");
-  require_close("peft merged logits", plain.logits(), ref.tensor("merged_logits"), 1e-5, 1e-6);
+  const Tensor adapter_logits = check_merge_matches_peft(*r, "peft-lora", 1e-5);
   // The original weights are untouched by merged_copy.
   CausalLM again(r->cfg, r->w, *r->be);
   again.forward(r->ids);

@@ -54,7 +54,7 @@ struct ModelConfig {
   std::int64_t n_heads = 0;                // num_attention_heads
   std::int64_t n_kv_heads = 0;             // num_key_value_heads (divides n_heads)
   std::int64_t attn_layer_period = 0;      // layer i is attention iff i % period == offset
-  std::int64_t attn_layer_offset = 0;      //   (period 0: no attention layer)
+  std::int64_t attn_layer_offset = 0;      //   (an offset >= period: no attention layer)
   std::int64_t d_ffn = 0;                  // intermediate_size: the MLPs' and experts' width
   std::int64_t n_experts = 1;              // num_experts (1: every feed-forward is a dense MLP)
   std::int64_t experts_per_token = 1;      // num_experts_per_tok (top-k)

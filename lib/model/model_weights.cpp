@@ -30,6 +30,10 @@ std::string embedding_name(const ModelConfig& c) {
   return c.is_jamba() ? "model.embed_tokens.weight" : "backbone.embeddings.weight";
 }
 
+std::string embedding_module(const ModelConfig& c) {
+  return c.is_jamba() ? "model.embed_tokens" : "backbone.embeddings";
+}
+
 std::string layer_module(const ModelConfig& c, std::int64_t i) {
   return layers_prefix(c) + std::to_string(i);
 }
@@ -141,12 +145,12 @@ Shape expected_param_shape(const ModelConfig& c, const std::string& name) {
     if (s.name != wanted) continue;
     // A tied lm_head is still a (V, D) parameter, only not stored on its own.
     if (s.absent_because && wanted != kLmHead)
-      throw Error("tensor " + quote_str(name) + " is not a parameter of this " + c.model_type +
-                  " config (" + s.absent_because + ")");
+      throw Error("tensor " + quote_str(name) + " is not a parameter of this " +
+                  (c.is_jamba() ? "Jamba" : "Mamba") + " config (" + s.absent_because + ")");
     return s.shape;
   }
-  throw Error("tensor " + quote_str(name) + " is not a parameter of a " + c.model_type +
-              " model with " + std::to_string(c.n_layer) + " layers");
+  throw Error("tensor " + quote_str(name) + " is not a parameter of a " +
+              (c.is_jamba() ? "Jamba" : "Mamba") + " model with " + std::to_string(c.n_layer) + " layers");
 }
 
 ModelWeights zeros_like_params(const ModelConfig& c, DType dtype) {

@@ -91,8 +91,10 @@ std::vector<ParamSlot> param_slots(const ModelConfig& c, ModelWeights& w);
 std::string layer_module(const ModelConfig& c, std::int64_t i);
 std::string mixer_module(const ModelConfig& c, std::int64_t i);
 std::string ffn_module(const ModelConfig& c, std::int64_t i);
-// The embedding's tensor name: "backbone.embeddings.weight" / "model.embed_tokens.weight".
+// The embedding's tensor name: "backbone.embeddings.weight" / "model.embed_tokens.weight",
+// and its module (the name without ".weight").
 std::string embedding_name(const ModelConfig& c);
+std::string embedding_module(const ModelConfig& c);
 
 // Visits every parameter with its Hugging Face name, in checkpoint order. Undefined
 // (absent) tensors are skipped; a tied lm_head is skipped (it is the embedding).

@@ -87,7 +87,7 @@ std::vector<LoraTerm> plan_lora_terms(const ModelConfig& c, const LoraConfig& lo
                          "\": the embedding is not part of a layer; write \"embeddings\"");
       LoraTerm t;
       t.name = "embeddings";
-      t.module = "backbone.embeddings";
+      t.module = embedding_module(c);
       t.embedding = true;
       t.rows = t.module_rows = c.d_model;
       t.in = c.vocab_size;

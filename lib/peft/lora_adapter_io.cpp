@@ -69,11 +69,12 @@ struct ModuleShape {
   std::int64_t out = 0, in = 0;
 };
 
-// "backbone.layers.3.mixer.in_proj" / "backbone.embeddings" -> its site and shape, or nullopt.
+// "backbone.layers.3.mixer.in_proj" / "backbone.embeddings" (Jamba: "model.embed_tokens") ->
+// its site and shape, or nullopt.
 std::optional<ModuleShape> module_shape(const ModelConfig& c,
                                         const std::vector<LinearSite>& sites,
                                         const std::string& module) {
-  if (module == "backbone.embeddings") return ModuleShape{LinearSite{}, true, c.d_model, c.vocab_size};
+  if (module == embedding_module(c)) return ModuleShape{LinearSite{}, true, c.d_model, c.vocab_size};
   for (const LinearSite& s : sites)
     if (s.module == module) return ModuleShape{s, false, s.out, s.in};
   return std::nullopt;

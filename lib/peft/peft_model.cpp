@@ -16,6 +16,40 @@ namespace fs = std::filesystem;
 
 namespace ssmtune {
 
+namespace {
+
+// The methods below are written for models whose every layer is a Mamba mixer (one scan state,
+// one set of SSM tensors per layer). On Jamba they are not yet mapped to its Mamba layers
+// alone, so a config asking for one is refused, naming it, instead of reaching into an
+// attention layer for a Mamba tensor. LoRA/DoRA (every linear module, by name, as peft does),
+// full fine-tuning and prompt tuning act on any layer kind.
+void refuse_unmapped_on_jamba(const ModelConfig& cfg, const PeftConfig& peft) {
+  std::vector<std::string> asked;
+  if (peft.partial) asked.push_back("peft.partial");
+  if (peft.bitfit) asked.push_back("peft.bitfit");
+  if (peft.sdt) asked.push_back("peft.sdt");
+  if (peft.initial_state || peft.initial_conv_state) asked.push_back("peft.initial_state");
+  if (!peft.state_offset.empty()) asked.push_back("peft.state_offset");
+  if (peft.parallel_adapter) asked.push_back("peft.parallel_adapter");
+  if (peft.additional_scan) asked.push_back("peft.additional_scan");
+  if (peft.virtual_tokens.prefix_tokens > 0) asked.push_back("peft.prefix");
+  if (peft.virtual_tokens.affix_tokens > 0) asked.push_back("peft.affix");
+  if (asked.empty()) return;
+  std::string list;
+  for (const std::string& a : asked) list += (list.empty() ? "" : ", ") + a;
+  std::string attention;
+  for (std::int64_t i = 0; i < cfg.n_layer; ++i)
+    if (layer_kind(cfg, i).mixer == MixerKind::Attention)
+      attention += (attention.empty() ? "" : ", ") + std::to_string(i);
+  throw UsageError(list + ": not supported on Jamba models yet (the method assumes every layer "
+                   "is a Mamba mixer" +
+                   (attention.empty() ? "" : "; this model's layers " + attention +
+                                                 " are attention") +
+                   "). On Jamba use peft.lora (DoRA, rsLoRA), peft.full or peft.prompt");
+}
+
+}  // namespace
+
 PeftModel::PeftModel(const ModelConfig& cfg, ModelWeights& base, const PeftConfig& peft,
                      Backend& be, std::uint64_t seed)
     : cfg_(cfg), base_(base), config_(peft), be_(be), seed_(seed) {
@@ -34,6 +68,7 @@ PeftModel::PeftModel(const ModelConfig& cfg, ModelWeights& base, const PeftConfi
     throw UsageError(
         "peft.full trains every base tensor already: drop peft.partial, "
         "peft.bitfit and peft.sdt, or peft.full");
+  if (cfg.is_jamba()) refuse_unmapped_on_jamba(cfg, peft);
   const DType dtype = base.embedding.dtype();
   if (!peft.init_from.empty()) {
     if (!is_adapter_dir(peft.init_from))
