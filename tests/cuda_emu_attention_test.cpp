@@ -57,7 +57,7 @@ struct Problem {
     out = Tensor::empty(q.shape(), DType::F32), lse = Tensor::empty({c.B, c.H, c.L}, DType::F32);
     dq = Tensor::empty(q.shape(), DType::F32), dk = Tensor::empty(k.shape(), DType::F32);
     dv = Tensor::empty(k.shape(), DType::F32);
-    const cpu::AttentionDims d{c.B, c.L, c.H, c.KV, c.hd};
+    const cpu::AttentionDims d{c.B, c.L, c.L, c.H, c.KV, c.hd};
     const std::int64_t* m = mask_or_null();
     cpu::attention_forward<float>(d, q.data<float>(), k.data<float>(), v.data<float>(), m, scale,
                                   out.data<float>(), lse.data<float>());
