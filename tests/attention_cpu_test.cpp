@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <random>
 #include <vector>
 
@@ -110,10 +109,6 @@ void check_backward_f32(const std::vector<AttentionCase>& cases, std::uint64_t s
     require_close_or_zero("dk", dk, ref.dk, 1e-5);
     require_close_or_zero("dv", dv, ref.dv, 1e-5);
   }
-}
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.numel() == b.numel() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
 }
 
 }  // namespace

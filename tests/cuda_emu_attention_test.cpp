@@ -15,7 +15,6 @@
 // starts as NaN, so an element never written fails too).
 #include <catch2/catch.hpp>
 #include <cmath>
-#include <cstring>
 #include <random>
 #include <vector>
 
@@ -38,6 +37,7 @@ using ssmtune::testing::random_f32;
 using ssmtune::testing::require_close;
 using ssmtune::testing::require_close_or_zero;
 using ssmtune::testing::require_launch_ok;
+using ssmtune::testing::same_bits;
 using ssmtune::testing::require_lse_close;
 namespace cpu = ssmtune::cpu;
 namespace kernels = ssmtune::kernels;
@@ -99,10 +99,6 @@ KernelRun run_kernels(const Problem& p) {
   require_launch_ok();
   return {out.to_host(p.q.shape()), lse.to_host(p.lse.shape()), dq.to_host(p.q.shape()),
           dk.to_host(p.k.shape()), dv.to_host(p.k.shape())};
-}
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.numel() == b.numel() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
 }
 
 // The kernels against their CPU twins over `cases`, in every thread order.
