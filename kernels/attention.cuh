@@ -1,8 +1,9 @@
 // Causal grouped-query attention on the GPU, float32 (Jamba's JambaAttention, no positional
 // encoding). CPU twins: ssmtune::cpu::attention_forward / attention_backward
 // (lib/backend/cpu/attention_cpu.cpp), whose math these follow: query head h reads key/value
-// head h / (H / KV); scores = scale <q_t, k_j> for keys j <= t with a nonzero key_mask; an
-// online softmax over key tiles, so no L x L matrix is stored. Device pointers; work queued on
+// head h / (H / KV); the Lq queries are the last Lq of the Lk key positions (Lq <= Lk), so
+// scores = scale <q_t, k_j> for keys j <= t + Lk - Lq with a nonzero key_mask; an online
+// softmax over key tiles, so no Lq x Lk matrix is stored. Device pointers; work queued on
 // `stream`. Design (grid, tiles, what is saved and recomputed): docs/cuda.md "Attention kernels".
 #pragma once
 
@@ -17,22 +18,23 @@ inline namespace SSMTUNE_KERNEL_ABI {
 // registers (Jamba: 4096 / 32 heads = 128).
 constexpr std::int64_t kAttentionMaxHeadDim = 128;
 
-// B batch, L sequence, H query heads, KV key/value heads (H % KV == 0), hd head dim (<= 128).
+// B batch, Lq queries, Lk keys (Lq <= Lk), H query heads, KV key/value heads (H % KV == 0), hd
+// head dim (<= 128).
 struct AttentionShape {
-  std::int64_t B, L, H, KV, hd;
+  std::int64_t B, Lq, Lk, H, KV, hd;
 };
 
-// q, out: (B, L, H, hd)   k, v: (B, L, KV, hd)   key_mask: (B, L), nonzero = keep, or null
-// lse: (B, H, L) out, -inf for a row with no allowed key (whose out is zeros).
+// q, out: (B, Lq, H, hd)   k, v: (B, Lk, KV, hd)   key_mask: (B, Lk), nonzero = keep, or null
+// lse: (B, H, Lq) out, -inf for a row with no allowed key (whose out is zeros).
 void attention_forward(const AttentionShape& s, const float* q, const float* k, const float* v,
                        const std::int64_t* key_mask, float scale, float* out, float* lse,
                        cudaStream_t stream);
 
-// Floats of workspace attention_backward needs: Drow = rowsum(dout * out), (B, H, L).
+// Floats of workspace attention_backward needs: Drow = rowsum(dout * out), (B, H, Lq).
 std::int64_t attention_backward_workspace_floats(const AttentionShape& s);
 
-// Inputs as forward; out, lse from forward; dout: (B, L, H, hd).
-// Overwritten: dq (B, L, H, hd), dk, dv (B, L, KV, hd).
+// Inputs as forward; out, lse from forward; dout: (B, Lq, H, hd).
+// Overwritten: dq (B, Lq, H, hd), dk, dv (B, Lk, KV, hd).
 // Deterministic: no float atomics; dq per query tile, dk and dv per key tile, every sum in an
 // order fixed by the shape.
 void attention_backward(const AttentionShape& s, const float* q, const float* k, const float* v,

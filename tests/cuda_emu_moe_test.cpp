@@ -37,6 +37,7 @@ using ssmtune::testing::DeviceFloats;
 using ssmtune::testing::random_f32;
 using ssmtune::testing::require_close_or_zero;
 using ssmtune::testing::require_launch_ok;
+using ssmtune::testing::same_bits;
 using ssmtune::testing::RouterCase;
 using ssmtune::testing::SlotCase;
 namespace cpu = ssmtune::cpu;
@@ -54,10 +55,6 @@ Tensor ints_tensor(const std::vector<std::int64_t>& v, const ssmtune::Shape& sha
   std::memcpy(t.raw(), v.data(), t.nbytes());
   return t;
 }
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.numel() == b.numel() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-}
-
 // One router case's inputs (host F32) and the twin's results. Even cases carry dprobs_extra.
 struct RouterProblem {
   RouterCase c;

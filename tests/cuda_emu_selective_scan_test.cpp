@@ -9,7 +9,6 @@
 // The shapes are small because every thread is a fiber and every shuffle a switch.
 #include <catch2/catch.hpp>
 #include <cmath>
-#include <cstring>
 #include <random>
 #include <sstream>
 #include <string>
@@ -27,6 +26,7 @@ using ssmtune::testing::DeviceFloats;
 using ssmtune::testing::random_f32;
 using ssmtune::testing::require_close;
 using ssmtune::testing::require_launch_ok;
+using ssmtune::testing::same_bits;
 namespace cpu = ssmtune::cpu;
 namespace kernels = ssmtune::kernels;
 
@@ -119,11 +119,6 @@ struct BackwardCase {
         c.h0 ? in.h0.data<float>() : nullptr, y.data<float>(), h_saved.data<float>(), nullptr);
   }
 };
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.numel() == b.numel() &&
-         std::memcmp(a.data<float>(), b.data<float>(), std::size_t(a.numel()) * 4) == 0;
-}
 
 // require_close, except that a reference of zeros (h_saved of one chunk without h0) must be
 // matched exactly.

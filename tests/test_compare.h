@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "core/tensor.h"
@@ -44,6 +45,13 @@ inline void require_close_or_zero(const std::string& what, const Tensor& actual,
   if (max_ref > 0) return require_close(what, actual, ref, rtol, 0);
   INFO(what << ": reference all zeros, max |actual| " << max_a);
   REQUIRE(max_a <= rtol);
+}
+
+// The same element type, count and bytes: for results that must agree bit for bit (repeated
+// runs, other thread orders). Host tensors.
+inline bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.dtype() == b.dtype() && a.numel() == b.numel() &&
+         std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
 }
 
 }  // namespace ssmtune::testing

@@ -144,17 +144,20 @@ class Backend {
                                        const Tensor& dy, ScanGrads& grads) = 0;
 
   // Causal grouped-query attention, no positional encoding (Jamba's JambaAttention): head h
-  // reads key/value head h / (H / KV). scores = q k^T * scale, causal (key t' <= query t), keys
-  // with key_mask 0 excluded; softmax in fp32 or wider; out = P v. Blocked with an online
-  // softmax: no L x L matrix is ever stored (cpu/ops_cpu.h, docs/cuda.md "Attention kernels").
-  // q: (B, L, H, hd)   k, v: (B, L, KV, hd)   key_mask: (B, L) I64 (1 keep, 0 pad) or undefined
-  // out: (B, L, H, hd) overwritten   lse: (B, H, L) the rows' log-sum-exp, saved for backward.
-  // A query with no allowed key (a padded position before any real token) outputs zeros and
-  // has lse = -inf; its backward contributes nothing.
+  // reads key/value head h / (H / KV). The Lq <= Lk queries are the LAST Lq of the Lk key
+  // positions: query t sits at position t + (Lk - Lq) and sees keys j <= t + (Lk - Lq) whose
+  // key_mask is nonzero (Lq = Lk: training and prefill; Lq < Lk: a decoding block after
+  // Lk - Lq cached keys, Lq Lk work instead of Lk^2). scores = q k^T * scale, softmax in fp32 or
+  // wider; out = P v. Blocked with an online softmax: no Lq x Lk matrix is ever stored
+  // (cpu/ops_cpu.h, docs/cuda.md "Attention kernels").
+  // q: (B, Lq, H, hd)   k, v: (B, Lk, KV, hd)   key_mask: (B, Lk) I64 (1 keep, 0 pad) or
+  // undefined   out: (B, Lq, H, hd) overwritten   lse: (B, H, Lq) the rows' log-sum-exp, saved
+  // for backward. A query with no allowed key (a padded position before any real token)
+  // outputs zeros and has lse = -inf; its backward contributes nothing.
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                  const Tensor& key_mask, double scale, Tensor& out,
                                  Tensor& lse) = 0;
-  // dout: (B, L, H, hd). dq overwritten (B, L, H, hd); dk, dv overwritten (B, L, KV, hd).
+  // dout: (B, Lq, H, hd). dq overwritten (B, Lq, H, hd); dk, dv overwritten (B, Lk, KV, hd).
   virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& key_mask, double scale, const Tensor& out,
                                   const Tensor& lse, const Tensor& dout, Tensor& dq, Tensor& dk,

@@ -130,17 +130,22 @@ void OpChecks::scan_grads(const cpu::ScanDims& d, const Backend::ScanInputs& in,
 cpu::AttentionDims OpChecks::attention(const char* op, const Tensor& q, const Tensor& k,
                                        const Tensor& v, const Tensor& key_mask) const {
   require(q.defined() && k.defined() && q.ndim() == 4 && k.ndim() == 4, op,
-          "q (B, L, H, hd), k (B, L, KV, hd)");
-  const cpu::AttentionDims d{q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3)};
+          "q (B, Lq, H, hd), k (B, Lk, KV, hd)");
+  const cpu::AttentionDims d{q.dim(0), q.dim(1), k.dim(1), q.dim(2), k.dim(2), q.dim(3)};
   require(d.KV > 0 && d.H % d.KV == 0, op,
           std::to_string(d.H) + " query heads are not a multiple of " + std::to_string(d.KV) +
               " key/value heads");
   require(d.hd > 0, op, "head dim must be positive");
-  shape(k, {d.B, d.L, d.KV, d.hd}, op, "k");
+  // The queries are the last Lq positions of the keys' Lk (ops_cpu.h), so there are no more of
+  // them than keys.
+  require(d.Lq <= d.Lk, op,
+          "q has " + std::to_string(d.Lq) + " steps, more than the " + std::to_string(d.Lk) +
+              " of k (the queries are the last Lq <= Lk positions)");
+  shape(k, {d.B, d.Lk, d.KV, d.hd}, op, "k");
   shape(v, k.shape(), op, "v");
   require(k.dtype() == q.dtype() && v.dtype() == q.dtype(), op, "q, k, v element types differ");
   if (key_mask.defined()) {
-    shape(key_mask, {d.B, d.L}, op, "key_mask");
+    shape(key_mask, {d.B, d.Lk}, op, "key_mask");
     require(key_mask.dtype() == DType::I64, op, "key_mask must be I64");
   }
   return d;
@@ -150,7 +155,7 @@ void OpChecks::attention_outputs(const cpu::AttentionDims& d, const Tensor& q, c
                                  const Tensor& lse) const {
   const char* op = "attention_forward";
   shape(out, q.shape(), op, "out");
-  shape(lse, {d.B, d.H, d.L}, op, "lse");
+  shape(lse, {d.B, d.H, d.Lq}, op, "lse");
   require(out.dtype() == q.dtype() && lse.dtype() == q.dtype(), op,
           "out and lse must have q's element type");
 }
@@ -160,7 +165,7 @@ void OpChecks::attention_grads(const cpu::AttentionDims& d, const Tensor& q, con
                                const Tensor& dq, const Tensor& dk, const Tensor& dv) const {
   const char* op = "attention_backward";
   shape(out, q.shape(), op, "out");
-  shape(lse, {d.B, d.H, d.L}, op, "lse");
+  shape(lse, {d.B, d.H, d.Lq}, op, "lse");
   shape(dout, q.shape(), op, "dout");
   shape(dq, q.shape(), op, "dq");
   shape(dk, k.shape(), op, "dk");

@@ -52,11 +52,11 @@ class OpChecks {
                     const Tensor& h_saved, const Tensor& h_last) const;
   void scan_grads(const cpu::ScanDims& d, const Backend::ScanInputs& in, const Tensor& h_saved,
                   const Tensor& dy, const Backend::ScanGrads& g) const;
-  // Attention's sizes from q (B, L, H, hd) and k (B, L, KV, hd): v like k, H a multiple of KV,
-  // q, k, v of one float type, key_mask (B, L) I64 when defined.
+  // Attention's sizes from q (B, Lq, H, hd) and k (B, Lk, KV, hd), Lq <= Lk: v like k, H a
+  // multiple of KV, q, k, v of one float type, key_mask (B, Lk) I64 when defined.
   cpu::AttentionDims attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
                                const Tensor& key_mask) const;
-  // out: q's shape, lse: (B, H, L), both of q's type.
+  // out: q's shape, lse: (B, H, Lq), both of q's type.
   void attention_outputs(const cpu::AttentionDims& d, const Tensor& q, const Tensor& out,
                          const Tensor& lse) const;
   // forward's out and lse, dout and dq like q, dk and dv like k.

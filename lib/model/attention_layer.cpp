@@ -97,9 +97,9 @@ void attention_forward(Backend& be, const ModelConfig& cfg, const AttentionWeigh
       cache->v = a.v;
     }
   } else {
-    // The block's queries sit at positions Lc .. Lc+L-1 of the cached keys. The op takes
-    // queries and keys of one length, so the earlier positions get zero queries whose outputs
-    // are dropped: (Lc + L)^2 work per block rather than Lc * L.
+    // The block's L queries sit at positions Lc .. Lc+L-1 of the Lc + L keys: the op takes
+    // them as the last L positions (Backend::attention_forward with Lq < Lk), so a block
+    // scores at most L (Lc + L) query-key pairs, not (Lc + L)^2.
     const std::int64_t T = Lc + L;
     Tensor k_all = be.empty({1, T, KV, hd}, dt), v_all = be.empty({1, T, KV, hd}, dt);
     Tensor k3 = k_all.reshape({1, T, KV * hd}), v3 = v_all.reshape({1, T, KV * hd});
@@ -107,13 +107,8 @@ void attention_forward(Backend& be, const ModelConfig& cfg, const AttentionWeigh
     put_steps(be, a.k.reshape({1, L, KV * hd}), Lc, k3);
     put_steps(be, cache->v.reshape({1, Lc, KV * hd}), 0, v3);
     put_steps(be, a.v.reshape({1, L, KV * hd}), Lc, v3);
-    Tensor q_all = be.zeros({1, T, H, hd}, dt), a_all = be.empty({1, T, H, hd}, dt);
-    Tensor q_all3 = q_all.reshape({1, T, H * hd});
-    put_steps(be, a.q.reshape({1, L, H * hd}), Lc, q_all3);
-    a.lse = be.empty({1, H, T}, dt);
-    be.attention_forward(q_all, k_all, v_all, Tensor(), score_scale(cfg), a_all, a.lse);
-    Tensor a3 = a.a.reshape({1, L, H * hd});
-    take_steps(be, a_all.reshape({1, T, H * hd}), Lc, a3);
+    a.lse = be.empty({1, H, L}, dt);
+    be.attention_forward(a.q, k_all, v_all, Tensor(), score_scale(cfg), a.a, a.lse);
     cache->k = k_all;
     cache->v = v_all;
   }

@@ -1,5 +1,7 @@
 // Causal grouped-query attention, forward and backward (ops_cpu.h), the CPU reference and the
-// twin of kernels/attention.cu. Blocked over kBlock queries x kBlock keys:
+// twin of kernels/attention.cu. Query t sits at key position t + off, off = Lk - Lq (0 unless
+// decoding after cached keys), so every causal bound below is shifted by off. Blocked over
+// kBlock queries x kBlock keys:
 //   forward: per (batch, head, query block) the key blocks run in order, each row keeping a
 //   running max m and sum l of exp(score - m) and an accumulator of exp(score - m) v rescaled by
 //   exp(m_old - m_new) whenever the max grows (the online softmax); out = acc / l,
@@ -12,7 +14,7 @@
 // results do not depend on the thread count (the dk/dv sum over the group's heads runs inside
 // one task instead of across threads).
 // Working set: one kBlock x kBlock score tile and one kBlock x hd accumulator per thread, plus
-// Drow (B, H, L) in backward: memory linear in L.
+// Drow (B, H, Lq) in backward: memory linear in Lq + Lk.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -28,10 +30,12 @@ constexpr std::int64_t kBlock = 64;
 
 std::int64_t blocks_of(std::int64_t L) { return (L + kBlock - 1) / kBlock; }
 
-// Offsets of row (b, t, head) in (B, L, heads, hd).
-std::int64_t row_at(const AttentionDims& d, std::int64_t heads, std::int64_t b, std::int64_t t,
-                    std::int64_t head) {
-  return ((b * d.L + t) * heads + head) * d.hd;
+// Offsets of query row (b, t, h) in (B, Lq, H, hd) and of key row (b, j, g) in (B, Lk, KV, hd).
+std::int64_t q_row(const AttentionDims& d, std::int64_t b, std::int64_t t, std::int64_t h) {
+  return ((b * d.Lq + t) * d.H + h) * d.hd;
+}
+std::int64_t k_row(const AttentionDims& d, std::int64_t b, std::int64_t j, std::int64_t g) {
+  return ((b * d.Lk + j) * d.KV + g) * d.hd;
 }
 
 template <class T> T dot(const T* a, const T* b, std::int64_t n) {
@@ -46,18 +50,18 @@ struct Tile {
 };
 
 // s: (nr, kBlock), s[r, c] = scale <q_{t0+r}, k_{j0+c}> where key j0 + c is allowed for query
-// t0 + r (causal, not padded), else -inf.
+// t0 + r (at or before its position t0 + r + off, not padded), else -inf.
 template <class T>
 void tile_scores(const AttentionDims& d, const T* q, const T* k, const std::int64_t* key_mask,
                  T scale, const Tile& tl, T* s) {
   const std::int64_t g = tl.h / (d.H / d.KV);
   for (std::int64_t r = 0; r < tl.nr; ++r) {
     const std::int64_t t = tl.t0 + r;
-    const T* qr = q + row_at(d, d.H, tl.b, t, tl.h);
+    const T* qr = q + q_row(d, tl.b, t, tl.h);
     for (std::int64_t c = 0; c < tl.nc; ++c) {
       const std::int64_t j = tl.j0 + c;
-      const bool allowed = j <= t && (!key_mask || key_mask[tl.b * d.L + j] != 0);
-      s[r * kBlock + c] = allowed ? scale * dot(qr, k + row_at(d, d.KV, tl.b, j, g), d.hd)
+      const bool allowed = j <= t + d.offset() && (!key_mask || key_mask[tl.b * d.Lk + j] != 0);
+      s[r * kBlock + c] = allowed ? scale * dot(qr, k + k_row(d, tl.b, j, g), d.hd)
                                   : -std::numeric_limits<T>::infinity();
     }
   }
@@ -73,7 +77,7 @@ template <class T> T prob(T s, T lse) {
 template <class T>
 void attention_forward(const AttentionDims& d, const T* q, const T* k, const T* v,
                        const std::int64_t* key_mask, double scale, T* out, T* lse) {
-  const std::int64_t nqb = blocks_of(d.L), tasks = d.B * d.H * nqb, hd = d.hd;
+  const std::int64_t nqb = blocks_of(d.Lq), tasks = d.B * d.H * nqb, hd = d.hd, off = d.offset();
   const T inf = std::numeric_limits<T>::infinity();
 #pragma omp parallel
   {
@@ -82,12 +86,13 @@ void attention_forward(const AttentionDims& d, const T* q, const T* k, const T* 
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t task = 0; task < tasks; ++task) {
       const std::int64_t b = task / (d.H * nqb), h = task / nqb % d.H, t0 = task % nqb * kBlock;
-      const std::int64_t nr = std::min(kBlock, d.L - t0), g = h / (d.H / d.KV);
+      const std::int64_t nr = std::min(kBlock, d.Lq - t0), g = h / (d.H / d.KV);
       std::fill(acc.begin(), acc.end(), T(0));
       std::fill(m.begin(), m.end(), -inf);
       std::fill(l.begin(), l.end(), T(0));
-      for (std::int64_t j0 = 0; j0 < t0 + nr; j0 += kBlock) {  // keys up to the block's last query
-        const Tile tl{b, h, t0, nr, j0, std::min(kBlock, d.L - j0)};
+      // Keys up to the position of the block's last query, t0 + nr - 1 + off.
+      for (std::int64_t j0 = 0; j0 < t0 + nr + off; j0 += kBlock) {
+        const Tile tl{b, h, t0, nr, j0, std::min(kBlock, d.Lk - j0)};
         tile_scores(d, q, k, key_mask, T(scale), tl, s.data());
         for (std::int64_t r = 0; r < nr; ++r) {
           const T* sr = s.data() + r * kBlock;
@@ -101,7 +106,7 @@ void attention_forward(const AttentionDims& d, const T* q, const T* k, const T* 
             if (sr[c] == -inf) continue;
             const T p = std::exp(sr[c] - m_new);
             sum += p;
-            const T* vc = v + row_at(d, d.KV, b, j0 + c, g);
+            const T* vc = v + k_row(d, b, j0 + c, g);
             for (std::int64_t e = 0; e < hd; ++e) ar[e] += p * vc[e];
           }
           l[r] = l[r] * alpha + sum;
@@ -110,10 +115,10 @@ void attention_forward(const AttentionDims& d, const T* q, const T* k, const T* 
       }
       for (std::int64_t r = 0; r < nr; ++r) {
         const std::int64_t t = t0 + r;
-        T* o = out + row_at(d, d.H, b, t, h);
+        T* o = out + q_row(d, b, t, h);
         const bool any = l[r] > 0;
         for (std::int64_t e = 0; e < hd; ++e) o[e] = any ? acc[r * hd + e] / l[r] : T(0);
-        lse[(b * d.H + h) * d.L + t] = any ? m[r] + std::log(l[r]) : -inf;
+        lse[(b * d.H + h) * d.Lq + t] = any ? m[r] + std::log(l[r]) : -inf;
       }
     }
   }
@@ -123,21 +128,21 @@ template <class T>
 void attention_backward(const AttentionDims& d, const T* q, const T* k, const T* v,
                         const std::int64_t* key_mask, double scale, const T* out, const T* lse,
                         const T* dout, T* dq, T* dk, T* dv) {
-  const std::int64_t nb = blocks_of(d.L), hd = d.hd, group = d.H / d.KV;
-  // Drow: (B, H, L), rowsum(dout * out), the same for every key of a row.
-  std::vector<T> drow(std::size_t(d.B * d.H * d.L));
+  const std::int64_t nqb = blocks_of(d.Lq), nkb = blocks_of(d.Lk), hd = d.hd, group = d.H / d.KV;
+  // Drow: (B, H, Lq), rowsum(dout * out), the same for every key of a row.
+  std::vector<T> drow(std::size_t(d.B * d.H * d.Lq));
 #pragma omp parallel for schedule(static)
-  for (std::int64_t i = 0; i < d.B * d.L * d.H; ++i) {
-    const std::int64_t b = i / (d.L * d.H), t = i / d.H % d.L, h = i % d.H;
-    drow[(b * d.H + h) * d.L + t] = dot(dout + i * hd, out + i * hd, hd);
+  for (std::int64_t i = 0; i < d.B * d.Lq * d.H; ++i) {
+    const std::int64_t b = i / (d.Lq * d.H), t = i / d.H % d.Lq, h = i % d.H;
+    drow[(b * d.H + h) * d.Lq + t] = dot(dout + i * hd, out + i * hd, hd);
   }
   // dS[r, c] of a tile: P (dP - Drow); P[r, c] returned through p.
   const auto ds_at = [&](const Tile& tl, const T* s, std::int64_t r, std::int64_t c, T& p) {
-    const std::int64_t t = tl.t0 + r, row = (tl.b * d.H + tl.h) * d.L + t;
+    const std::int64_t t = tl.t0 + r, row = (tl.b * d.H + tl.h) * d.Lq + t;
     p = prob(s[r * kBlock + c], lse[row]);
     if (p == 0) return T(0);
-    const T dp = dot(dout + row_at(d, d.H, tl.b, t, tl.h),
-                     v + row_at(d, d.KV, tl.b, tl.j0 + c, tl.h / group), hd);
+    const T dp = dot(dout + q_row(d, tl.b, t, tl.h), v + k_row(d, tl.b, tl.j0 + c, tl.h / group),
+                     hd);
     return p * (dp - drow[row]);
   };
 
@@ -146,58 +151,59 @@ void attention_backward(const AttentionDims& d, const T* q, const T* k, const T*
   {
     std::vector<T> s(kBlock * kBlock);
 #pragma omp for schedule(dynamic, 1)
-    for (std::int64_t task = 0; task < d.B * d.H * nb; ++task) {
-      const std::int64_t b = task / (d.H * nb), h = task / nb % d.H, t0 = task % nb * kBlock;
-      const std::int64_t nr = std::min(kBlock, d.L - t0);
-      for (std::int64_t r = 0; r < nr; ++r)
-        std::fill_n(dq + row_at(d, d.H, b, t0 + r, h), hd, T(0));
-      for (std::int64_t j0 = 0; j0 < t0 + nr; j0 += kBlock) {
-        const Tile tl{b, h, t0, nr, j0, std::min(kBlock, d.L - j0)};
+    for (std::int64_t task = 0; task < d.B * d.H * nqb; ++task) {
+      const std::int64_t b = task / (d.H * nqb), h = task / nqb % d.H, t0 = task % nqb * kBlock;
+      const std::int64_t nr = std::min(kBlock, d.Lq - t0);
+      for (std::int64_t r = 0; r < nr; ++r) std::fill_n(dq + q_row(d, b, t0 + r, h), hd, T(0));
+      for (std::int64_t j0 = 0; j0 < t0 + nr + d.offset(); j0 += kBlock) {  // as forward
+        const Tile tl{b, h, t0, nr, j0, std::min(kBlock, d.Lk - j0)};
         tile_scores(d, q, k, key_mask, T(scale), tl, s.data());
         for (std::int64_t r = 0; r < nr; ++r) {
-          T* dqr = dq + row_at(d, d.H, b, t0 + r, h);
+          T* dqr = dq + q_row(d, b, t0 + r, h);
           for (std::int64_t c = 0; c < tl.nc; ++c) {
             T p;
             const T ds = ds_at(tl, s.data(), r, c, p);
             if (ds == 0) continue;
-            const T* kc = k + row_at(d, d.KV, b, j0 + c, h / group);
+            const T* kc = k + k_row(d, b, j0 + c, h / group);
             for (std::int64_t e = 0; e < hd; ++e) dqr[e] += ds * kc[e];
           }
         }
       }
       for (std::int64_t r = 0; r < nr; ++r) {
-        T* dqr = dq + row_at(d, d.H, b, t0 + r, h);
+        T* dqr = dq + q_row(d, b, t0 + r, h);
         for (std::int64_t e = 0; e < hd; ++e) dqr[e] *= T(scale);
       }
     }
   }
 
   // dk, dv: one task per (batch, kv head, key block); the group's heads, then the query blocks
-  // from the one holding the block's first key, in order.
+  // from the one holding the query at the block's first key (query j0 - off), in order.
 #pragma omp parallel
   {
     std::vector<T> s(kBlock * kBlock);
 #pragma omp for schedule(dynamic, 1)
-    for (std::int64_t task = 0; task < d.B * d.KV * nb; ++task) {
-      const std::int64_t b = task / (d.KV * nb), g = task / nb % d.KV, j0 = task % nb * kBlock;
-      const std::int64_t nc = std::min(kBlock, d.L - j0);
+    for (std::int64_t task = 0; task < d.B * d.KV * nkb; ++task) {
+      const std::int64_t b = task / (d.KV * nkb), g = task / nkb % d.KV, j0 = task % nkb * kBlock;
+      const std::int64_t nc = std::min(kBlock, d.Lk - j0);
+      // Queries before j0 - off see none of these keys; with off = 0 this is j0 itself.
+      const std::int64_t t_first = std::max<std::int64_t>(0, j0 - d.offset()) / kBlock * kBlock;
       for (std::int64_t c = 0; c < nc; ++c) {
-        std::fill_n(dk + row_at(d, d.KV, b, j0 + c, g), hd, T(0));
-        std::fill_n(dv + row_at(d, d.KV, b, j0 + c, g), hd, T(0));
+        std::fill_n(dk + k_row(d, b, j0 + c, g), hd, T(0));
+        std::fill_n(dv + k_row(d, b, j0 + c, g), hd, T(0));
       }
       for (std::int64_t h = g * group; h < (g + 1) * group; ++h) {
-        for (std::int64_t t0 = j0; t0 < d.L; t0 += kBlock) {  // j0 is a block start
-          const Tile tl{b, h, t0, std::min(kBlock, d.L - t0), j0, nc};
+        for (std::int64_t t0 = t_first; t0 < d.Lq; t0 += kBlock) {
+          const Tile tl{b, h, t0, std::min(kBlock, d.Lq - t0), j0, nc};
           tile_scores(d, q, k, key_mask, T(scale), tl, s.data());
           for (std::int64_t r = 0; r < tl.nr; ++r) {
-            const T* qr = q + row_at(d, d.H, b, t0 + r, h);
-            const T* dor = dout + row_at(d, d.H, b, t0 + r, h);
+            const T* qr = q + q_row(d, b, t0 + r, h);
+            const T* dor = dout + q_row(d, b, t0 + r, h);
             for (std::int64_t c = 0; c < nc; ++c) {
               T p;
               const T ds = ds_at(tl, s.data(), r, c, p);
               if (p == 0) continue;
-              T* dkc = dk + row_at(d, d.KV, b, j0 + c, g);
-              T* dvc = dv + row_at(d, d.KV, b, j0 + c, g);
+              T* dkc = dk + k_row(d, b, j0 + c, g);
+              T* dvc = dv + k_row(d, b, j0 + c, g);
               for (std::int64_t e = 0; e < hd; ++e) {
                 dvc[e] += p * dor[e];
                 dkc[e] += ds * qr[e];
@@ -207,7 +213,7 @@ void attention_backward(const AttentionDims& d, const T* q, const T* k, const T*
         }
       }
       for (std::int64_t c = 0; c < nc; ++c) {
-        T* dkc = dk + row_at(d, d.KV, b, j0 + c, g);
+        T* dkc = dk + k_row(d, b, j0 + c, g);
         for (std::int64_t e = 0; e < hd; ++e) dkc[e] *= T(scale);
       }
     }

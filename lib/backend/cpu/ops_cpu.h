@@ -69,22 +69,27 @@ void cross_entropy_backward(std::int64_t rows, std::int64_t V, const T* logits,
                             const std::int64_t* targets, double scale, T* dlogits);
 
 // Causal grouped-query attention without positional encoding (Jamba's JambaAttention):
-// query head h reads key/value head h / (H / KV); scores = scale <q_t, k_j> for keys j <= t
-// whose key_mask is nonzero; out_t = softmax(scores) v. Blocked over 64 queries x 64 keys with
-// an online softmax (running max and sum per row), so no L x L matrix exists: the working set
-// is one 64 x 64 score tile and one 64 x hd accumulator per thread (attention_cpu.cpp).
-// B batch, L sequence, H query heads, KV key/value heads (H % KV == 0), hd head dim.
+// query head h reads key/value head h / (H / KV). The Lq queries are the last Lq of the Lk
+// positions (Lq <= Lk; Lq < Lk when decoding a block after Lk - Lq cached keys): query t sits at
+// position t + offset(), and scores = scale <q_t, k_j> for keys j <= t + offset() whose key_mask
+// is nonzero; out_t = softmax(scores) v. Blocked over 64 queries x 64 keys with an online
+// softmax (running max and sum per row), so no Lq x Lk matrix exists: the working set is one
+// 64 x 64 score tile and one 64 x hd accumulator per thread (attention_cpu.cpp).
+// B batch, Lq queries, Lk keys, H query heads, KV key/value heads (H % KV == 0), hd head dim.
 struct AttentionDims {
-  std::int64_t B, L, H, KV, hd;
+  std::int64_t B, Lq, Lk, H, KV, hd;
+  // The position of query 0 among the keys: the number of keys before the first query.
+  std::int64_t offset() const { return Lk - Lq; }
 };
-// q, out: (B, L, H, hd)   k, v: (B, L, KV, hd)   key_mask: (B, L), nonzero = keep, or null
-// lse: (B, H, L) out, each row's log-sum-exp of its scores; -inf for a row with no allowed
+// q, out: (B, Lq, H, hd)   k, v: (B, Lk, KV, hd)   key_mask: (B, Lk), nonzero = keep, or null
+// lse: (B, H, Lq) out, each row's log-sum-exp of its scores; -inf for a row with no allowed
 // key, whose out is zeros.
 template <class T>
 void attention_forward(const AttentionDims& d, const T* q, const T* k, const T* v,
                        const std::int64_t* key_mask, double scale, T* out, T* lse);
 // FlashAttention-2's backward: P recomputed per tile from lse, Drow = rowsum(dout * out),
-// dS = P (dP - Drow). dout: (B, L, H, hd). Overwritten: dq (B, L, H, hd), dk, dv (B, L, KV, hd).
+// dS = P (dP - Drow). dout: (B, Lq, H, hd). Overwritten: dq (B, Lq, H, hd), dk, dv
+// (B, Lk, KV, hd).
 template <class T>
 void attention_backward(const AttentionDims& d, const T* q, const T* k, const T* v,
                         const std::int64_t* key_mask, double scale, const T* out, const T* lse,

@@ -299,7 +299,7 @@ class CudaBackend final : public Backend {
     Timer timer(*this, "attention");
     const char* op = "attention_forward";
     const kernels::AttentionShape s = attention_shape(op, q, k, v, key_mask);
-    checks.attention_outputs({s.B, s.L, s.H, s.KV, s.hd}, q, out, lse);
+    checks.attention_outputs({s.B, s.Lq, s.Lk, s.H, s.KV, s.hd}, q, out, lse);
     kernels::attention_forward(s, f32(q, op, "q"), f32(k, op, "k"), f32(v, op, "v"),
                                mask_ptr(key_mask), float(scale), f32(out, op, "out"),
                                f32(lse, op, "lse"), stream());
@@ -312,7 +312,7 @@ class CudaBackend final : public Backend {
     Timer timer(*this, "attention");
     const char* op = "attention_backward";
     const kernels::AttentionShape s = attention_shape(op, q, k, v, key_mask);
-    checks.attention_grads({s.B, s.L, s.H, s.KV, s.hd}, q, k, out, lse, dout, dq, dk, dv);
+    checks.attention_grads({s.B, s.Lq, s.Lk, s.H, s.KV, s.hd}, q, k, out, lse, dout, dq, dk, dv);
     DeviceScratch ws(*memory_, floats(kernels::attention_backward_workspace_floats(s)));
     kernels::attention_backward(s, f32(q, op, "q"), f32(k, op, "k"), f32(v, op, "v"),
                                 mask_ptr(key_mask), float(scale), f32(out, op, "out"),
@@ -624,7 +624,7 @@ class CudaBackend final : public Backend {
     checks.require(d.hd <= kernels::kAttentionMaxHeadDim, op,
                    "head dim " + std::to_string(d.hd) + " over the kernels' " +
                        std::to_string(kernels::kAttentionMaxHeadDim));
-    return {d.B, d.L, d.H, d.KV, d.hd};
+    return {d.B, d.Lq, d.Lk, d.H, d.KV, d.hd};
   }
   // The shared router checks, then the kernels' own limit on the number of experts.
   static kernels::MoeRouterShape router_shape(const char* op, const cpu::MoeRouterDims& d) {
