@@ -8,6 +8,8 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "model/jamba_init.h"
+#include "model/mamba_init.h"
 
 namespace ssmtune {
 
@@ -68,6 +70,14 @@ ModelWeights draw_model_weights(const ModelConfig& c, std::uint64_t seed, std::i
     fill(c, rule_for(name), rng, t);
   });
   return w;  // zeros_like_params already made a tied lm_head share the embedding
+}
+
+ModelWeights init_model_weights(const ModelConfig& c, std::uint64_t seed) {
+  return c.is_jamba() ? init_jamba_weights(c, seed) : init_mamba_weights(c, seed);
+}
+
+std::int64_t model_param_count(const ModelConfig& c) {
+  return c.is_jamba() ? jamba_param_count(c) : mamba_param_count(c);
 }
 
 }  // namespace ssmtune

@@ -1,5 +1,6 @@
-// Drawing a freshly initialised causal LM's tensors by per-tensor rules (mamba_init.cpp lists
-// MambaForCausalLM's), so every model kind shares one RNG convention.
+// A freshly initialised causal LM of either kind (ssmtune init, ssmtune bench --config). The rules
+// per tensor are in mamba_init.cpp (MambaForCausalLM) and jamba_init.cpp (JambaForCausalLM); this
+// file draws the tensors by those rules, so both kinds share one RNG convention.
 #pragma once
 
 #include <cstdint>
@@ -34,5 +35,12 @@ struct InitRule {
 // this machine's memory.
 ModelWeights draw_model_weights(const ModelConfig& c, std::uint64_t seed, std::int64_t param_count,
                                 const std::function<InitRule(const std::string& name)>& rule_for);
+
+// The model `c` describes as transformers builds it from the config alone: init_mamba_weights or
+// init_jamba_weights by c.model_type.
+ModelWeights init_model_weights(const ModelConfig& c, std::uint64_t seed);
+
+// Its number of parameters, a tied lm_head counted once: mamba_param_count or jamba_param_count.
+std::int64_t model_param_count(const ModelConfig& c);
 
 }  // namespace ssmtune
