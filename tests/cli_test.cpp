@@ -67,6 +67,13 @@ TEST_CASE("ssmtune info reports sizes and the parameter count transformers repor
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, Catch::Contains("4 shards, 32 tensors, stored as BF16"));
   CHECK_THAT(r.output, Catch::Contains("32,960"));
+  // Jamba: the schedule and the counts by layer kind (15,860 is what transformers 4.44.2 sums
+  // over JambaForCausalLM.from_pretrained(jamba-tiny).parameters()).
+  r = run("info " + fixture("jamba-tiny").string());
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output,
+             Catch::Contains("0 mamba+moe, 1 attention+mlp, 2 mamba+mlp, 3 attention+moe"));
+  CHECK_THAT(r.output, Catch::Contains("15,860"));
 }
 
 TEST_CASE("usage errors exit 2 with a message", "[cli]") {

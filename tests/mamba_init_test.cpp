@@ -10,23 +10,35 @@
 #include <algorithm>
 #include <array>
 #include <catch2/catch.hpp>
-
-#include "cli_run.h"
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <map>
 
 #include "backend/backend.h"
+#include "cli_run.h"
+#include "init_test_util.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "io_test_util.h"
 #include "model/causal_lm.h"
 
 using namespace ssmtune;
+using ssmtune::test::by_name;
+using ssmtune::test::check_constant;
+using ssmtune::test::check_normal;
+using ssmtune::test::check_reloads;
+using ssmtune::test::check_same_tensors;
+using ssmtune::test::check_seed_determinism;
+using ssmtune::test::check_tensors_kept;
+using ssmtune::test::entries;
+using ssmtune::test::forward_loss;
+using ssmtune::test::Moments;
+using ssmtune::test::moments;
 using ssmtune::test::read_bytes;
 using ssmtune::test::require_error;
 using ssmtune::test::TempDir;
+using ssmtune::test::values;
 using ssmtune::test::write_bytes;
 namespace fs = std::filesystem;
 
@@ -64,30 +76,6 @@ ModelConfig small_config(bool tied, bool bias) {
   return c;
 }
 
-std::map<std::string, Tensor> by_name(const ModelConfig& c, ModelWeights& w) {
-  std::map<std::string, Tensor> m;
-  for_each_param(c, w, [&](const std::string& name, Tensor& t) { m[name] = t; });
-  return m;
-}
-
-std::vector<double> values(const Tensor& t) {
-  const Tensor d = t.to(DType::F64);
-  return std::vector<double>(d.data<double>(), d.data<double>() + d.numel());
-}
-
-struct Moments {
-  double mean = 0, std = 0, max_abs = 0;
-};
-
-Moments moments(const std::vector<double>& v) {
-  Moments m;
-  for (double x : v) m.mean += x, m.max_abs = std::max(m.max_abs, std::fabs(x));
-  m.mean /= double(v.size());
-  for (double x : v) m.std += (x - m.mean) * (x - m.mean);
-  m.std = std::sqrt(m.std / double(v.size()));
-  return m;
-}
-
 // U(-b, b): within the bound (F32 rounding of a value just under b may round up to b, hence the
 // 1e-6 relative slack), reaching it (n >= 4096: P(max |x| < 0.99 b) = 0.99^n < 1e-17), mean 0
 // within 6 standard errors, std b/sqrt(3) within 5% (the standard error of a uniform sample's
@@ -102,28 +90,10 @@ void check_uniform(const std::string& name, const Tensor& t, double b) {
   CHECK(m.std == Approx(b / std::sqrt(3.0)).epsilon(0.05));
 }
 
-void check_constant(const std::string& name, const Tensor& t, float value) {
-  INFO(name << " == " << value);
-  const float* p = t.data<float>();
-  CHECK(std::all_of(p, p + t.numel(), [&](float x) { return x == value; }));
-}
-
-bool same_bytes(const Tensor& a, const Tensor& b) {
-  return a.dtype() == b.dtype() && a.shape() == b.shape() &&
-         std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-}
-
 // ---- the ssmtune binary (as tests/cli_test.cpp runs it) ----
 
 using Result = ssmtune::test::CliResult;
 Result run(const std::string& args) { return ssmtune::test::run_cli(args); }
-
-std::vector<std::string> entries(const fs::path& dir) {
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
 
 const char* const kSizes = R"({"vocab_size": 40, "hidden_size": 8, "num_hidden_layers": 2,
   "state_size": 4, "expand": 2, "conv_kernel": 3, "time_step_rank": 2})";
@@ -187,17 +157,8 @@ TEST_CASE("init draws every tensor by its rule", "[init]") {
     }
   }
   SECTION("embedding ~ N(0, initializer_range), norm_f 1, untied lm_head U(+-1/sqrt(D))") {
-    const std::vector<double> emb = values(t.at("backbone.embeddings.weight"));
-    const Moments m = moments(emb);
-    const double sigma = c.initializer_range, n = double(emb.size());  // n = 16000
-    // std: standard error of a normal sample's std is sigma/sqrt(2n) = 0.56%; 4% is 7 of them.
-    CHECK(m.std == Approx(sigma).epsilon(0.04));
-    CHECK(std::fabs(m.mean) <= 6 * sigma / std::sqrt(n));
-    // Normal, not uniform: 68.27% within one sigma (a uniform of that std gives 57.7%);
-    // binomial standard error 0.37%, tolerance 2% = 5.4 of them.
-    const double within = double(
-        std::count_if(emb.begin(), emb.end(), [&](double x) { return std::fabs(x) < sigma; }));
-    CHECK(within / n == Approx(0.6827).margin(0.02));
+    check_normal("backbone.embeddings.weight", t.at("backbone.embeddings.weight"),
+                 c.initializer_range);
     check_constant("backbone.norm_f.weight", t.at("backbone.norm_f.weight"), 1.0f);
     check_uniform("lm_head.weight", t.at("lm_head.weight"), 1 / std::sqrt(D));
   }
@@ -264,27 +225,17 @@ TEST_CASE("parameter count matches the tensors and mamba-130m's known total", "[
 
 TEST_CASE("init is deterministic per seed and per tensor name", "[init]") {
   ModelConfig c = small_config(false, true);
-  ModelWeights a = init_mamba_weights(c, 42), b = init_mamba_weights(c, 42),
-               other = init_mamba_weights(c, 43);
-  const auto ta = by_name(c, a), tb = by_name(c, b), to = by_name(c, other);
-  for (const auto& [name, t] : ta) {
-    INFO(name);
-    CHECK(same_bytes(t, tb.at(name)));
-    const bool random = !(name.ends_with("A_log") || name.ends_with("mixer.D") ||
-                          name.ends_with("norm.weight") || name.ends_with("norm_f.weight") ||
-                          (name.ends_with("proj.bias") && !name.ends_with("dt_proj.bias")));
-    CHECK(same_bytes(t, to.at(name)) == !random);
-  }
+  check_seed_determinism(c, init_mamba_weights, [](const std::string& name) {
+    return !(name.ends_with("A_log") || name.ends_with("mixer.D") ||
+             name.ends_with("norm.weight") || name.ends_with("norm_f.weight") ||
+             (name.ends_with("proj.bias") && !name.ends_with("dt_proj.bias")));
+  });
   // A tensor's values depend on its name, not on the visiting order: a third layer leaves
   // layers 0 and 1 (and the embedding) as they were.
   ModelConfig c3 = c;
   c3.n_layer = 3;
-  ModelWeights w3 = init_mamba_weights(c3, 42);
-  const auto t3 = by_name(c3, w3);
-  for (const auto& [name, t] : ta) {
-    INFO(name);
-    CHECK(same_bytes(t, t3.at(name)));
-  }
+  ModelWeights w = init_mamba_weights(c, 42), w3 = init_mamba_weights(c3, 42);
+  check_tensors_kept(c, w, c3, w3);
 }
 
 TEST_CASE("written model directory reloads to identical tensors and runs", "[init]") {
@@ -306,29 +257,10 @@ TEST_CASE("written model directory reloads to identical tensors and runs", "[ini
     const SafetensorsFile f = SafetensorsFile::open(dir / "model.safetensors");
     CHECK(f.contains("lm_head.weight") == !tied);
 
-    const ModelConfig c2 = load_model_config(dir.string());
-    CHECK(model_config_to_json(c2) == model_config_to_json(c));
-    ModelWeights w2 = load_model_weights(dir.string(), c2);
-    const auto t1 = by_name(c, w), t2 = by_name(c2, w2);
-    REQUIRE(t1.size() == t2.size());
-    for (const auto& [name, t] : t1) {
-      INFO(name);
-      CHECK(same_bytes(t, t2.at(name)));
-    }
-
+    const ModelWeights w2 = check_reloads(dir, c, w);
     // A forward pass on the reloaded model: finite logits, and at this init (logit std ~0.3)
     // a loss near ln(V) (a badly scaled init would give a loss far from it or NaN).
-    auto be = make_cpu_backend();
-    CausalLM lm(c2, w2, *be);
-    Tensor ids = Tensor::empty({2, 7}, DType::I64);
-    for (std::int64_t i = 0; i < ids.numel(); ++i) ids.data<std::int64_t>()[i] = (i * 7) % 50;
-    lm.forward(ids);
-    const Tensor& logits = lm.logits();
-    REQUIRE(logits.shape() == Shape{2, 7, 50});
-    const float* p = logits.data<float>();
-    CHECK(std::all_of(p, p + logits.numel(), [](float x) { return std::isfinite(x); }));
-    CHECK(moments(values(logits)).std > 0);
-    const LmLoss loss = lm.loss(shift_labels(ids));
+    const LmLoss loss = forward_loss(c, w2, 7);
     CHECK(loss.loss == Approx(std::log(50.0)).margin(1.0));
   }
 }
@@ -398,11 +330,7 @@ TEST_CASE("ssmtune init writes a model directory and refuses to overwrite it", "
   // The binary draws exactly what the library draws for that seed.
   ModelWeights expected = init_mamba_weights(c, 9);
   ModelWeights loaded = load_model_weights(out.string(), load_model_config(out.string()));
-  const auto te = by_name(c, expected), tl = by_name(c, loaded);
-  for (const auto& [name, t] : te) {
-    INFO(name);
-    CHECK(same_bytes(t, tl.at(name)));
-  }
+  check_same_tensors(c, expected, loaded);
 
   const std::string before = read_bytes(out / "model.safetensors");
   r = run("init " + (tmp / "sizes.json").string() + " --out " + out.string() + " --seed 10");

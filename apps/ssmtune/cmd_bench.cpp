@@ -17,7 +17,7 @@
 #include "io/json_file.h"
 #include "core/rng.h"
 #include "model/model_config.h"
-#include "model/mamba_init.h"
+#include "model/model_init.h"
 #include "model/causal_lm.h"
 #include "model/model_weights.h"
 
@@ -53,9 +53,9 @@ void run_bench(const BenchOptions& o) {
   const bool random = !o.config_file.empty();
   const ModelConfig cfg = random ? parse_model_config(read_json_file(o.config_file), o.config_file)
                                  : load_model_config(o.model_dir);
-  // Hugging Face's initialisation (ssmtune init): throughput does not depend on the values, but
-  // softplus and exp stay in their usual ranges.
-  const ModelWeights w = random ? init_mamba_weights(cfg, o.seed)
+  // Hugging Face's initialisation of either model kind (ssmtune init): throughput does not
+  // depend on the values, but softplus and exp stay in their usual ranges.
+  const ModelWeights w = random ? init_model_weights(cfg, o.seed)
                                 : load_model_weights(o.model_dir, cfg, DType::F32);
   ModelWeights grads = zeros_like_params(cfg, DType::F32);
   auto be = make_backend(o.device, o.matmul);

@@ -169,7 +169,10 @@ void print_counts_by_kind(const ModelConfig& cfg, ModelWeights& w) {
     total += t.numel();
     bool layered = false;
     const std::string key = module_key(name, &layered);
-    if (!layered) return model_counts.emplace_back(name, t.numel());
+    if (!layered) {
+      model_counts.emplace_back(name, t.numel());
+      return;
+    }
     const std::string kind = key.rfind("self_attn.", 0) == 0     ? "attention"
                              : key.rfind("mamba.", 0) == 0       ? "mamba mixers"
                              : key.find(".experts.") != std::string::npos ||

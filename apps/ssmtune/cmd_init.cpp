@@ -1,6 +1,7 @@
-// ssmtune init SIZES.json --out DIR: a new, randomly initialised Mamba model directory in
-// Hugging Face format (config.json + model.safetensors, optionally tokenizer files), drawn as
-// transformers' MambaForCausalLM(config) draws it (lib/model/mamba_init.cpp lists the rules).
+// ssmtune init SIZES.json --out DIR: a new, randomly initialised Mamba or Jamba model directory
+// in Hugging Face format (config.json + model.safetensors, optionally tokenizer files), drawn as
+// transformers' MambaForCausalLM(config) or JambaForCausalLM(config) draws it
+// (lib/model/mamba_init.cpp and lib/model/jamba_init.cpp list the rules).
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
@@ -11,8 +12,9 @@
 #include "data/tokenizer.h"
 #include "io/json_fields.h"
 #include "io/json_file.h"
-#include "model/model_config.h"
 #include "model/mamba_init.h"
+#include "model/model_config.h"
+#include "model/model_init.h"
 #include "model/model_weights.h"
 
 namespace ssmtune {
@@ -31,7 +33,7 @@ struct InitOptions {
 
 // Keys a Mamba config.json may hold that parse_model_config does not read or that only
 // document where the file came from, beside those model_config_to_json writes.
-const char* const kOtherKnownKeys[] = {"d_model",
+const char* const kOtherMambaKeys[] = {"d_model",
                                        "n_layer",
                                        "d_state",
                                        "d_conv",
@@ -49,18 +51,31 @@ const char* const kOtherKnownKeys[] = {"d_model",
                                        "use_mambapy",
                                        "transformers_version",
                                        "_name_or_path"};
+// The same for Jamba: Hub configs' leftovers (docs/models.md "Jamba config").
+const char* const kOtherJambaKeys[] = {
+    "mamba_inner_layernorms", "n_ctx",         "calc_logits_for_entire_prompt", "auto_map", "dtype",
+    "transformers_version",   "_name_or_path",
+};
 
 // A typo ("stat_size") would otherwise silently give the default; a warning, not an error, so
-// a config.json copied from a real model (with its leftovers) still works as SIZES.json.
+// a config.json copied from a real model (with its leftovers) still works as SIZES.json. A
+// Mamba key in a Jamba file ("state_size" for "mamba_d_state") is such a typo too.
 void warn_unknown_keys(const nlohmann::json& j, const std::string& file) {
   if (!j.is_object()) return;  // parse_model_config reports it
-  std::set<std::string> known(std::begin(kOtherKnownKeys), std::end(kOtherKnownKeys));
-  const nlohmann::json written = model_config_to_json(ModelConfig{});
+  ModelConfig kind;
+  std::set<std::string> known;
+  if (j.contains("model_type") && j["model_type"] == "jamba") {
+    kind.model_type = "jamba";
+    known.insert(std::begin(kOtherJambaKeys), std::end(kOtherJambaKeys));
+  } else {
+    known.insert(std::begin(kOtherMambaKeys), std::end(kOtherMambaKeys));
+  }
+  const nlohmann::json written = model_config_to_json(kind);
   for (const auto& [key, value] : written.items()) known.insert(key);
   for (const auto& [key, value] : j.items())
     if (!known.count(key))
-      spdlog::warn("warning: {}: field {} is not a Mamba config field; ignored", file,
-                   quote_str(key));
+      spdlog::warn("warning: {}: field {} is not a {} config field; ignored", file, quote_str(key),
+                   kind.is_jamba() ? "Jamba" : "Mamba");
 }
 
 // Every mistake in SIZES.json is the user's configuration: exit 2, naming the file and field.
@@ -164,24 +179,41 @@ std::vector<fs::path> tokenizer_files(const std::string& dir, const ModelConfig&
   return files;
 }
 
+// The sizes `ssmtune init` reports, e.g. "4 layers, d_model 128, d_inner 256, d_state 16,
+// vocab 2048, tied embeddings".
+std::string describe_sizes(const ModelConfig& c) {
+  const auto n = [](std::int64_t v) { return std::to_string(v); };
+  std::string s = n(c.n_layer) + " layers, ";
+  if (c.is_jamba()) {
+    std::int64_t attention = 0, moe = 0;
+    for (std::int64_t i = 0; i < c.n_layer; ++i) {
+      attention += layer_kind(c, i).mixer == MixerKind::Attention;
+      moe += layer_kind(c, i).ffn == FeedForwardKind::MoE;
+    }
+    s += n(attention) + " attention (" + n(c.n_heads) + " heads, " + n(c.n_kv_heads) +
+         " key/value), " + n(moe) + " with " + n(c.n_experts) + " experts (top " +
+         n(c.experts_per_token) + "), hidden " + n(c.d_model) + ", ffn " + n(c.d_ffn) + ", ";
+  } else {
+    s += "d_model " + n(c.d_model) + ", ";
+  }
+  return s + "d_inner " + n(c.d_inner) + ", d_state " + n(c.d_state) + ", vocab " +
+         n(c.vocab_size) + ", " + (c.tie_word_embeddings ? "tied" : "untied") + " embeddings";
+}
+
 void run_init(const InitOptions& o) {
   const ModelConfig cfg = read_sizes(o.sizes_file);
   const std::vector<fs::path> extra = o.tokenizer_dir.empty()
                                           ? std::vector<fs::path>{}
                                           : tokenizer_files(o.tokenizer_dir, cfg, o.sizes_file);
   check_model_dir_target(o.out_dir, o.overwrite);  // before the weights, which may take a while
-  const ModelWeights w = init_mamba_weights(cfg, o.seed);
+  const ModelWeights w = init_model_weights(cfg, o.seed);
   write_mamba_model_dir(o.out_dir, cfg, w, o.overwrite, extra);
 
   std::string files = "config.json, model.safetensors";
   for (const fs::path& f : extra) files += ", " + f.filename().string();
-  std::printf(
-      "wrote %s (%s): %lld layers, d_model %lld, d_inner %lld, d_state %lld, vocab %lld, "
-      "%s embeddings, %s parameters, float32, seed %llu\n",
-      o.out_dir.c_str(), files.c_str(), (long long)cfg.n_layer, (long long)cfg.d_model,
-      (long long)cfg.d_inner, (long long)cfg.d_state, (long long)cfg.vocab_size,
-      cfg.tie_word_embeddings ? "tied" : "untied", with_commas(mamba_param_count(cfg)).c_str(),
-      (unsigned long long)o.seed);
+  std::printf("wrote %s (%s): %s, %s parameters, float32, seed %llu\n", o.out_dir.c_str(),
+              files.c_str(), describe_sizes(cfg).c_str(),
+              with_commas(model_param_count(cfg)).c_str(), (unsigned long long)o.seed);
 }
 
 }  // namespace
@@ -189,12 +221,18 @@ void run_init(const InitOptions& o) {
 void add_init_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "init",
-      "Write a new, randomly initialised Mamba model directory (config.json + model.safetensors)\n"
-      "that transformers' MambaForCausalLM.from_pretrained loads. SIZES.json holds Hugging Face\n"
-      "config fields; those left out take transformers' defaults (vocab_size, hidden_size and\n"
-      "num_hidden_layers are required), e.g.\n"
+      "Write a new, randomly initialised Mamba or Jamba model directory (config.json +\n"
+      "model.safetensors, float32) that transformers' MambaForCausalLM or JambaForCausalLM\n"
+      ".from_pretrained loads, drawn as transformers' own init draws it. SIZES.json holds\n"
+      "Hugging Face config fields; those left out take transformers' defaults. Mamba needs\n"
+      "vocab_size, hidden_size and num_hidden_layers, e.g.\n"
       "  {\"vocab_size\": 50280, \"hidden_size\": 256, \"num_hidden_layers\": 4, \"state_size\": "
       "16}\n"
+      "Jamba (\"model_type\": \"jamba\") needs intermediate_size (the MLP width) too; its Mamba\n"
+      "sizes are mamba_d_state, mamba_expand, ... (configs/bench/jamba-small.json), e.g.\n"
+      "  {\"model_type\": \"jamba\", \"vocab_size\": 2048, \"hidden_size\": 256,\n"
+      "   \"num_hidden_layers\": 8, \"intermediate_size\": 512, \"num_attention_heads\": 8,\n"
+      "   \"attn_layer_period\": 4, \"attn_layer_offset\": 2, \"num_experts\": 8}\n"
       "Example: ssmtune init sizes.json --out models/mamba-small --seed 1 "
       "--tokenizer models/mamba-130m-hf");
   static InitOptions o;

@@ -6,7 +6,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -16,10 +15,10 @@
 #include <set>
 
 #include "core/error.h"
-#include "core/rng.h"
 #include "io/atomic_file.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "model/model_init.h"
 
 namespace ssmtune {
 
@@ -61,75 +60,29 @@ namespace {
 //   lm_head.weight (tied)      the embedding itself                   tie_weights
 //
 // The distributions match transformers'; the numbers do not (torch's generator is not ours).
-// Values are computed in double and rounded to F32 once.
-enum class Rule { kNormal, kUniform, kConstant, kLogA, kDtBias };
-
-struct InitRule {
-  Rule rule;
-  double scale = 0;  // std (kNormal), bound (kUniform), value (kConstant)
-};
-
+// model_init.cpp draws them (InitRule).
 InitRule rule_for(const ModelConfig& c, const std::string& name) {
   const auto ends = [&](const char* suffix) { return name.ends_with(suffix); };
   const double kaiming_d = 1.0 / std::sqrt(double(c.d_model));
   const double kaiming_e = 1.0 / std::sqrt(double(c.d_inner));
   const double kaiming_k = 1.0 / std::sqrt(double(c.d_conv));
   const double dt_init_std = std::pow(double(c.dt_rank), -0.5) * c.time_step_scale;
-  if (ends("embeddings.weight")) return {Rule::kNormal, c.initializer_range};
-  if (ends("norm.weight") || ends("norm_f.weight") || ends("mixer.D")) return {Rule::kConstant, 1};
-  if (ends("mixer.A_log")) return {Rule::kLogA};
-  if (ends("conv1d.weight") || ends("conv1d.bias")) return {Rule::kUniform, kaiming_k};
-  if (ends("in_proj.weight") || ends("lm_head.weight")) return {Rule::kUniform, kaiming_d};
-  if (ends("x_proj.weight")) return {Rule::kUniform, kaiming_e};
-  if (ends("in_proj.bias") || ends("out_proj.bias")) return {Rule::kConstant, 0};
+  if (ends("embeddings.weight")) return {InitRule::kNormal, c.initializer_range};
+  if (ends("norm.weight") || ends("norm_f.weight") || ends("mixer.D"))
+    return {InitRule::kConstant, 1};
+  if (ends("mixer.A_log")) return {InitRule::kLogA};
+  if (ends("conv1d.weight") || ends("conv1d.bias")) return {InitRule::kUniform, kaiming_k};
+  if (ends("in_proj.weight") || ends("lm_head.weight")) return {InitRule::kUniform, kaiming_d};
+  if (ends("x_proj.weight")) return {InitRule::kUniform, kaiming_e};
+  if (ends("in_proj.bias") || ends("out_proj.bias")) return {InitRule::kConstant, 0};
   if (ends("dt_proj.weight"))
-    return c.time_step_init_scheme == "constant" ? InitRule{Rule::kConstant, dt_init_std}
-                                                 : InitRule{Rule::kUniform, dt_init_std};
-  if (ends("dt_proj.bias")) return {Rule::kDtBias};
+    return c.time_step_init_scheme == "constant" ? InitRule{InitRule::kConstant, dt_init_std}
+                                                 : InitRule{InitRule::kUniform, dt_init_std};
+  if (ends("dt_proj.bias")) return {InitRule::kDtBias};
   if (ends("out_proj.weight"))
-    return {Rule::kUniform,
+    return {InitRule::kUniform,
             c.rescale_prenorm_residual ? kaiming_e / std::sqrt(double(c.n_layer)) : kaiming_e};
   throw Error("init_mamba_weights: no initialisation rule for tensor " + quote_str(name));
-}
-
-// t: any shape, F32. A_log needs its last dimension (d_state) to know n.
-void fill(const ModelConfig& c, const InitRule& r, Rng& rng, Tensor& t) {
-  float* p = t.data<float>();
-  const std::int64_t n = t.numel();
-  switch (r.rule) {
-    case Rule::kNormal:
-      for (std::int64_t i = 0; i < n; ++i) p[i] = float(r.scale * rng.normal());
-      break;
-    case Rule::kUniform:
-      for (std::int64_t i = 0; i < n; ++i) p[i] = float(rng.uniform(-r.scale, r.scale));
-      break;
-    case Rule::kConstant:
-      for (std::int64_t i = 0; i < n; ++i) p[i] = float(r.scale);
-      break;
-    case Rule::kLogA:
-      for (std::int64_t i = 0; i < n; ++i) p[i] = float(std::log(double(i % c.d_state + 1)));
-      break;
-    case Rule::kDtBias: {
-      const double log_min = std::log(c.time_step_min), log_max = std::log(c.time_step_max);
-      for (std::int64_t i = 0; i < n; ++i) {
-        const double dt =
-            std::max(std::exp(log_min + rng.uniform() * (log_max - log_min)), c.time_step_floor);
-        p[i] = float(dt + std::log(-std::expm1(-dt)));
-      }
-      break;
-    }
-  }
-}
-
-std::int64_t physical_memory_bytes() {
-  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? std::int64_t(pages) * page : INT64_MAX;
-}
-
-std::string gib(std::int64_t bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f GiB", double(bytes) / double(1ll << 30));
-  return buf;
 }
 
 const char* torch_dtype_name(DType t) {
@@ -245,18 +198,8 @@ ModelWeights init_mamba_weights(const ModelConfig& c, std::uint64_t seed) {
   if (!(c.initializer_range >= 0))
     throw Error("initializer_range = " + std::to_string(c.initializer_range) +
                 " is negative; it is the std of the embedding");
-  // The parse limits bound each size but not their product; check before allocating.
-  const std::int64_t bytes = mamba_param_count(c) * std::int64_t(sizeof(float));
-  if (bytes > physical_memory_bytes())
-    throw Error("a model of " + std::to_string(mamba_param_count(c)) + " parameters needs " +
-                gib(bytes) + " in F32, more than this machine's " + gib(physical_memory_bytes()) +
-                " of memory");
-  ModelWeights w = zeros_like_params(c, DType::F32);
-  for_each_param(c, w, [&](const std::string& name, Tensor& t) {
-    Rng rng = Rng::for_stream(seed, stream_id(name.c_str()));
-    fill(c, rule_for(c, name), rng, t);
-  });
-  return w;  // zeros_like_params already made a tied lm_head share the embedding
+  return draw_model_weights(c, seed, mamba_param_count(c),
+                            [&](const std::string& name) { return rule_for(c, name); });
 }
 
 void check_model_dir_target(const std::string& dir, bool overwrite) {

@@ -17,17 +17,15 @@ namespace ssmtune {
 // so a caller can refuse a model too large for memory before anything is allocated.
 std::int64_t mamba_param_count(const ModelConfig& c);
 
-// Every parameter of `c` in F32, drawn by the rules listed in mamba_init.cpp. Each tensor
-// draws from its own Rng::for_stream(seed, stream_id(HF name)), so a tensor's values depend
-// only on (seed, its name, the config): not on the order tensors are visited, and adding a
-// layer leaves the existing layers' values unchanged. Same seed, same bytes (Rng is defined bit
-// for bit; the libm exp/log/cos behind normal() and dt could differ in a last bit elsewhere).
+// Every parameter of `c` in F32, drawn by the rules listed in mamba_init.cpp through
+// draw_model_weights (model_init.h: one RNG stream per tensor name, same seed same bytes).
 // The lm_head shares the embedding's storage when c.tie_word_embeddings.
 // Throws Error if the config's init fields are unusable (time_step_min > time_step_max,
 // negative initializer_range).
 ModelWeights init_mamba_weights(const ModelConfig& c, std::uint64_t seed);
 
-// Writes a model directory that transformers' MambaForCausalLM.from_pretrained loads:
+// Writes a model directory that transformers' MambaForCausalLM.from_pretrained loads (or, for a
+// Jamba config, JambaForCausalLM's: nothing here depends on the model kind):
 //   dir/config.json         model_config_to_json(c) with torch_dtype set from the weights' dtype
 //   dir/model.safetensors   every parameter under its HF name (a tied lm_head is not stored)
 //   dir/<name>              a copy of each of `extra_files` (tokenizer files), by file name
