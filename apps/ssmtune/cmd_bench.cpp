@@ -1,13 +1,14 @@
 // ssmtune bench --model DIR [--device cuda]: tokens/s of a full training step (forward, loss,
 // backward of every parameter) on this machine, with the time per op, the GFLOP/s the matrix
 // products reach and the memory bandwidth the selective scan reaches (and its fraction of the
-// GPU's peak).
+// GPU's peak), and the peak memory the step took.
 // Performance targets live here and in docs/benchmarks.md, never in unit tests.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 
 #include <omp.h>
+#include <sys/resource.h>
 #include <spdlog/spdlog.h>
 
 #include "apps/ssmtune/commands.h"
@@ -43,6 +44,30 @@ double scan_bytes_per_token(const ModelConfig& c, std::int64_t chunk, bool backw
   return backward ? 4.0 * (5 * E + 4 * N) + saved : 4.0 * (3 * E + 2 * N) + saved;
 }
 
+// The model's shapes in one line; a Jamba model also counts its attention and MoE layers.
+std::string describe_model(const ModelConfig& cfg) {
+  std::string layers = std::to_string(cfg.n_layer) + " layers";
+  if (cfg.is_jamba()) {
+    std::int64_t attention = 0, moe = 0;
+    for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
+      attention += layer_kind(cfg, i).mixer == MixerKind::Attention;
+      moe += layer_kind(cfg, i).ffn == FeedForwardKind::MoE;
+    }
+    layers += " (" + std::to_string(attention) + " attention, " + std::to_string(moe) +
+              " with " + std::to_string(cfg.n_experts) + " experts, top " +
+              std::to_string(cfg.experts_per_token) + ")";
+  }
+  return layers + ", d_model " + std::to_string(cfg.d_model) + ", d_inner " +
+         std::to_string(cfg.d_inner) + ", d_state " + std::to_string(cfg.d_state);
+}
+
+// Bytes the tensors of `w` hold.
+double weight_bytes(const ModelConfig& cfg, ModelWeights& w) {
+  double bytes = 0;
+  for_each_param(cfg, w, [&](const std::string&, Tensor& t) { bytes += double(t.nbytes()); });
+  return bytes;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const std::size_t n = v.size();
@@ -55,7 +80,7 @@ void run_bench(const BenchOptions& o) {
                                  : load_model_config(o.model_dir);
   // Hugging Face's initialisation of either model kind (ssmtune init): throughput does not
   // depend on the values, but softplus and exp stay in their usual ranges.
-  const ModelWeights w = random ? init_model_weights(cfg, o.seed)
+  ModelWeights w = random ? init_model_weights(cfg, o.seed)
                                 : load_model_weights(o.model_dir, cfg, DType::F32);
   ModelWeights grads = zeros_like_params(cfg, DType::F32);
   auto be = make_backend(o.device, o.matmul);
@@ -67,6 +92,8 @@ void run_bench(const BenchOptions& o) {
   const Tensor targets = shift_labels(ids);
 
   CausalLM lm(cfg, w, *be, o.scan_chunk);
+  // The router loss is part of a Jamba training step when its config asks for it.
+  if (cfg.output_router_logits) lm.set_router_aux_coef(cfg.router_aux_loss_coef);
   OpProfile profile;
   // A GPU's profile waits for every op (so each op's time is its own), which slows the step:
   // there the timed steps run unprofiled and one more step fills the op table.
@@ -97,10 +124,9 @@ void run_bench(const BenchOptions& o) {
   const double med = median(step_seconds);
   double total_op_seconds = 0;
   for (const auto& [name, e] : profile.ops) total_op_seconds += e.seconds;
-  std::printf("model         %s (%lld layers, d_model %lld, d_inner %lld, d_state %lld)\n",
+  std::printf("model         %s (%s)\n",
               random ? (o.config_file + ", random weights").c_str() : o.model_dir.c_str(),
-              (long long)cfg.n_layer, (long long)cfg.d_model,
-              (long long)cfg.d_inner, (long long)cfg.d_state);
+              describe_model(cfg).c_str());
   const CudaDevices gpus = o.device == "cuda" ? query_cuda_devices() : CudaDevices{};
   if (o.device == "cuda") {
     std::printf("backend       cuda, %s, float32, cuBLAS with %s inputs\n", gpus.detail.c_str(),
@@ -116,6 +142,17 @@ void run_bench(const BenchOptions& o) {
               (long long)o.steps, *std::min_element(step_seconds.begin(), step_seconds.end()),
               *std::max_element(step_seconds.begin(), step_seconds.end()));
   std::printf("tokens/s      %.1f\n", tokens / med);
+  // Peak memory: the process's resident high-water mark (weights, gradients, activations,
+  // libraries) on the CPU; on a GPU also the allocator's high-water mark of device memory.
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const double mib = 1024.0 * 1024.0;
+  std::printf("memory        peak resident %.1f MiB (process); weights %.1f MiB, gradients %.1f MiB\n",
+              double(usage.ru_maxrss) * 1024.0 / mib, weight_bytes(cfg, w) / mib,
+              weight_bytes(cfg, grads) / mib);
+  if (be->peak_device_bytes() > 0)
+    std::printf("device memory peak %.1f MiB in use (allocator high-water mark)\n",
+                double(be->peak_device_bytes()) / mib);
   std::printf("\nops over %lld profiled step(s)\n", (long long)profiled_steps);
   std::printf("%-16s %10s %10s %8s %12s\n", "op", "calls", "seconds", "share", "GFLOP/s");
   for (const auto& [name, e] : profile.ops) {

@@ -58,6 +58,9 @@ class Backend {
 
   // Waits until the work queued so far is done (a GPU runs ops asynchronously): for timing.
   virtual void synchronize() {}
+  // The most device memory this backend's tensors have held at once, in bytes (the CUDA
+  // allocator's high-water mark); 0 where tensors live in host memory (CPU backend).
+  virtual std::size_t peak_device_bytes() const { return 0; }
 
   virtual Tensor empty(const Shape& shape, DType dtype) = 0;
   virtual Tensor zeros(const Shape& shape, DType dtype) = 0;

@@ -65,6 +65,7 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda"; }
   Device device() const override { return Device::CUDA; }
+  std::size_t peak_device_bytes() const override { return memory_->peak_bytes_in_use(); }
 
   void synchronize() override { wait("synchronize"); }
 
