@@ -1,7 +1,8 @@
 // Writing a Hugging Face model directory (config.json, weight files, tokenizer files) so that it
 // appears complete or not at all: everything goes into a fresh sibling DIR.tmp-XXXXXX that is
 // renamed into place, so on any failure `dir` is left as it was and no temporary remains.
-// write_mamba_model_dir (mamba_init.h) writes its weights through it.
+// write_mamba_model_dir (mamba_init.h) and write_model_dir_as_base (model_dir_as_base.h) write
+// their weights through it.
 #pragma once
 
 #include <filesystem>
