@@ -361,14 +361,39 @@ def check_full_run(binary: str, base_label: str, base_dir: str, run_dir: str, ev
                ssmtune_eval(binary, model_dir, eval_path), abs(hf_loss - base_loss))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str) -> argparse.Namespace:
+    """The command line of the scripts that check what ssmtune writes: the binary (made
+    absolute) and --keep DIR."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("ssmtune", help="path to the ssmtune binary")
     ap.add_argument("--keep", help="work in this (new or empty) directory and keep it")
     args = ap.parse_args()
-    binary = os.path.abspath(args.ssmtune)
-    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+    if not (os.path.isfile(args.ssmtune) and os.access(args.ssmtune, os.X_OK)):
         ap.error(f"{args.ssmtune}: not an executable file (build the ssmtune target first)")
+    args.ssmtune = os.path.abspath(args.ssmtune)
+    return args
+
+
+def in_work_dir(keep: str | None, prefix: str, body) -> None:
+    """body(work): in `keep` (created, kept) or in a temporary directory removed afterwards."""
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        body(os.path.abspath(keep))
+    else:
+        with tempfile.TemporaryDirectory(prefix=prefix) as work:
+            body(work)
+
+
+def finish() -> int:
+    """Prints the verdict; the exit status: 1 if any check failed."""
+    print(f"FAIL ({len(failures)} checks failed: {', '.join(failures)})" if failures else
+          "OK (all checks passed)")
+    return 1 if failures else 0
+
+
+def main() -> int:
+    args = parse_args(__doc__)
+    binary = args.ssmtune
     torch.set_num_threads(1)
     torch.manual_seed(0)
     hf_logging.set_verbosity_error()
@@ -422,15 +447,8 @@ def main() -> int:
                 except Exception as e:  # a load error is a failed check, not the end of the run
                     report(False, f"{base_label}/{run_label}", f"{type(e).__name__}: {e}")
 
-    if args.keep:
-        os.makedirs(args.keep, exist_ok=True)
-        body(os.path.abspath(args.keep))
-    else:
-        with tempfile.TemporaryDirectory(prefix="ssmtune-hf-interop-") as work:
-            body(work)
-    print(f"FAIL ({len(failures)} checks failed: {', '.join(failures)})" if failures else
-          "OK (all checks passed)")
-    return 1 if failures else 0
+    in_work_dir(args.keep, "ssmtune-hf-interop-", body)
+    return finish()
 
 
 if __name__ == "__main__":

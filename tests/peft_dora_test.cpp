@@ -66,14 +66,6 @@ void randomise(LoraModel& lora, std::uint64_t seed) {
   }
 }
 
-Tensor logits_of(const ModelConfig& cfg, const ModelWeights& w, Backend& be, const Tensor& ids,
-                 LinearHook* hook) {
-  CausalLM lm(cfg, w, be);
-  lm.set_hook(hook);
-  lm.forward(ids);
-  return lm.logits().clone();
-}
-
 // `fn` must throw an Error of type E whose message holds `fragment`.
 template <class E>
 void require_error(const std::function<void()>& fn, const std::string& fragment) {

@@ -37,6 +37,15 @@ struct Base {
   }
 };
 
+// The logits (B, L, V) of the model `cfg`, `w` on `ids`, with `hook` (null: the plain model).
+inline Tensor logits_of(const ModelConfig& cfg, const ModelWeights& w, Backend& be,
+                        const Tensor& ids, LinearHook* hook) {
+  CausalLM lm(cfg, w, be);
+  lm.set_hook(hook);
+  lm.forward(ids);
+  return lm.logits().clone();
+}
+
 // Forward + loss + backward of the model the PeftModel runs; returns the loss.
 inline double loss_and_grads(Base& b, PeftModel& peft, const Tensor& ids, const Tensor& targets,
                              Tensor* logits = nullptr) {

@@ -1,13 +1,17 @@
 // ssmtune merge-adapter --model DIR --adapter DIR --out DIR: a complete Hugging Face model
-// directory with the LoRA folded into the weights (W += s B A), tokenizer files copied, so
-// transformers loads it without peft. Its logits equal the adapter model's (tests/).
+// directory with the adapter folded into the weights (LoRA: W += s B A), in the base model's
+// dtypes and sharding, its tokenizer and generation config copied, so transformers loads it
+// without peft. Its logits equal the adapter model's up to the stored dtype's rounding (tests/).
 #include <spdlog/spdlog.h>
+
+#include <filesystem>
 
 #include "apps/ssmtune/commands.h"
 #include "backend/backend.h"
 #include "core/error.h"
 #include "data/tokenizer.h"
-#include "model/mamba_init.h"
+#include "model/model_dir.h"
+#include "model/model_dir_as_base.h"
 #include "peft/merge.h"
 
 namespace ssmtune {
@@ -26,9 +30,16 @@ void run_merge(const MergeArgs& a) {
   if (const std::string why = m.unmergeable(); !why.empty())
     throw UsageError(a.adapter + ": cannot be merged: " + why +
                      "; use it with --adapter in eval or generate");
-  // The base model's tokenizer files travel along (none if it ships without one).
-  write_mamba_model_dir(a.out, m.cfg, m.weights, a.overwrite, tokenizer_files_in(a.model));
-  spdlog::info("merged {} into {}: {}", a.adapter, a.model, a.out);
+  // The base model's tokenizer files and generation defaults travel along (those it has).
+  std::vector<std::filesystem::path> extra = tokenizer_files_in(a.model);
+  const std::filesystem::path generation =
+      std::filesystem::path(a.model) / "generation_config.json";
+  if (std::filesystem::exists(generation)) extra.push_back(generation);
+  // The weights merged in float32, each rounded once to the dtype the base stores it in.
+  const WrittenModelDir w =
+      write_model_dir_as_base(a.out, a.model, m.cfg, m.weights, a.overwrite, extra);
+  spdlog::info("merged {} into {}: {} ({} weight file{}, {} of {} tensors changed)", a.adapter,
+               a.model, a.out, w.files, w.files == 1 ? "" : "s", w.changed, w.tensors);
 }
 
 }  // namespace
@@ -37,8 +48,8 @@ void add_merge_adapter_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "merge-adapter",
       "Fold an adapter (LoRA, partial tuning, BitFit, SDT) into its base model and write a\n"
-      "Hugging Face model directory (state methods, additional scan and parallel adapter, which\n"
-      "no weight can hold, are refused).\n"
+      "Hugging Face model directory in the base's dtypes and sharding (state methods, additional\n"
+      "scan and parallel adapter, which no weight can hold, are refused).\n"
       "Example: ssmtune merge-adapter --model models/base --adapter runs/x/adapter --out merged");
   static MergeArgs a;
   cmd->add_option("--model", a.model, "base model directory")->required();

@@ -1,23 +1,12 @@
 #include "model/mamba_init.h"
 
-#include <fcntl.h>
-#include <spdlog/spdlog.h>
-#include <stdlib.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cmath>
-#include <cstdio>
-#include <cstring>
-#include <fstream>
 #include <optional>
-#include <set>
 
 #include "core/error.h"
-#include "io/atomic_file.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "model/model_dir.h"
 #include "model/model_init.h"
 
 namespace ssmtune {
@@ -85,97 +74,6 @@ InitRule rule_for(const ModelConfig& c, const std::string& name) {
   throw Error("init_mamba_weights: no initialisation rule for tensor " + quote_str(name));
 }
 
-const char* torch_dtype_name(DType t) {
-  switch (t) {
-    case DType::F32: return "float32";
-    case DType::F64: return "float64";
-    case DType::F16: return "float16";
-    case DType::BF16: return "bfloat16";
-    default: return nullptr;
-  }
-}
-
-// Removes a directory tree when the scope ends, unless released: a failed write leaves nothing.
-class RemoveOnExit {
- public:
-  explicit RemoveOnExit(fs::path p) : path_(std::move(p)) {}
-  ~RemoveOnExit() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  RemoveOnExit(const RemoveOnExit&) = delete;
-  RemoveOnExit& operator=(const RemoveOnExit&) = delete;
-  void release() { path_.clear(); }
-
- private:
-  fs::path path_;
-};
-
-// A fresh directory `<base><suffix>XXXXXX` beside `base` (same filesystem, so rename works).
-fs::path make_temp_dir(const fs::path& base, const char* suffix, const std::string& shown) {
-  std::string tmpl = base.string() + suffix + "XXXXXX";
-  if (!::mkdtemp(tmpl.data()))
-    throw Error(shown + ": cannot create temporary directory " + tmpl + ": " +
-                std::strerror(errno));
-  return tmpl;
-}
-
-// Streams `src` into `dst` through AtomicFile (fsync'ed like the files written here).
-void copy_file_durably(const fs::path& src, const fs::path& dst) {
-  std::ifstream in(src, std::ios::binary);
-  if (!in) throw Error(src.string() + ": cannot open: " + std::strerror(errno));
-  AtomicFile out(dst);
-  std::vector<char> buf(1 << 20);
-  while (in) {
-    in.read(buf.data(), std::streamsize(buf.size()));
-    if (in.gcount() > 0) out.write(buf.data(), std::size_t(in.gcount()));
-  }
-  if (in.bad()) throw Error(src.string() + ": read failed");
-  out.commit();
-}
-
-void fsync_dir(const fs::path& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;  // best effort, as in AtomicFile
-  ::fsync(fd);
-  ::close(fd);
-}
-
-// Where a model directory goes, and whether an existing non-empty one must be swapped out.
-struct ModelDirTarget {
-  fs::path path;  // absolute, normalised, no trailing slash
-  bool replace_non_empty = false;
-};
-
-ModelDirTarget model_dir_target(const std::string& dir, bool overwrite) {
-  ModelDirTarget t;
-  t.path = fs::absolute(fs::path(dir)).lexically_normal();
-  if (!t.path.has_filename()) t.path = t.path.parent_path();  // "out/" -> "out"
-  if (!t.path.has_filename() || t.path == t.path.root_path())
-    throw UsageError(quote_str(dir) + ": not a usable model directory name");
-  std::error_code ec;
-  const fs::file_status st = fs::symlink_status(t.path, ec);
-  if (fs::exists(st)) {
-    if (!fs::is_directory(st)) throw UsageError(dir + ": exists and is not a directory");
-    if (!fs::is_empty(t.path, ec)) {
-      if (!overwrite)
-        throw UsageError(dir +
-                         ": already exists and is not empty (pass --overwrite to replace "
-                         "it)");
-      if (!fs::exists(t.path / "config.json"))
-        throw UsageError(dir +
-                         ": holds no config.json, so it is not a model directory; "
-                         "refusing to replace it even with --overwrite");
-      t.replace_non_empty = true;
-    }
-  }
-  const fs::path parent = t.path.parent_path();
-  if (!fs::is_directory(parent, ec))
-    throw Error(dir + ": parent directory " + parent.string() +
-                (fs::exists(parent, ec) ? " is not a directory" : " does not exist"));
-  return t;
-}
-
 }  // namespace
 
 std::int64_t mamba_param_count(const ModelConfig& c) {
@@ -202,17 +100,8 @@ ModelWeights init_mamba_weights(const ModelConfig& c, std::uint64_t seed) {
                             [&](const std::string& name) { return rule_for(c, name); });
 }
 
-void check_model_dir_target(const std::string& dir, bool overwrite) {
-  model_dir_target(dir, overwrite);
-}
-
 void write_mamba_model_dir(const std::string& dir, const ModelConfig& c, const ModelWeights& w,
                            bool overwrite, const std::vector<fs::path>& extra_files) {
-  const ModelDirTarget where = model_dir_target(dir, overwrite);
-  const fs::path& target = where.path;
-  const fs::path parent = target.parent_path();
-  std::error_code ec;
-
   std::vector<NamedTensor> tensors;
   ModelWeights handles = w;  // for_each_param wants a mutable struct; copies only handles
   std::optional<DType> dtype;
@@ -226,49 +115,15 @@ void write_mamba_model_dir(const std::string& dir, const ModelConfig& c, const M
   });
   if (!dtype || !torch_dtype_name(*dtype))
     throw Error("write_mamba_model_dir: weights must be F32, F64, F16 or BF16");
-  std::set<std::string> names = {"config.json", "model.safetensors"};
-  for (const fs::path& f : extra_files)
-    if (!names.insert(f.filename().string()).second)
-      throw Error(f.string() + ": a second file named " + quote_str(f.filename().string()) +
-                  " for the model directory");
-
-  const fs::path tmp = make_temp_dir(target, ".tmp-", dir);
-  RemoveOnExit cleanup(tmp);
-  nlohmann::json config = model_config_to_json(c);
-  config["torch_dtype"] = torch_dtype_name(*dtype);
-  write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
-  write_safetensors(tmp / "model.safetensors", tensors);
-  for (const fs::path& f : extra_files) copy_file_durably(f, tmp / f.filename());
-  // mkdtemp makes 0700; a model directory is as readable as any other new directory.
-  const mode_t mask = ::umask(0);
-  ::umask(mask);
-  fs::permissions(tmp, fs::perms(0777 & ~mask), ec);
-
-  if (!where.replace_non_empty) {
-    // rename(2) also replaces an empty directory, and fails if one appeared meanwhile.
-    if (::rename(tmp.c_str(), target.c_str()) != 0)
-      throw Error(dir + ": cannot rename " + tmp.string() + " into place: " + std::strerror(errno));
-  } else {
-    // Swap: old aside, new in, old removed. If the second rename fails the old one goes back.
-    const fs::path old = make_temp_dir(target, ".old-", dir);
-    if (::rename(target.c_str(), old.c_str()) != 0) {
-      const int err = errno;
-      fs::remove(old, ec);
-      throw Error(dir + ": cannot move the existing directory aside: " + std::strerror(err));
-    }
-    if (::rename(tmp.c_str(), target.c_str()) != 0) {
-      const int err = errno;
-      ::rename(old.c_str(), target.c_str());
-      throw Error(dir + ": cannot rename " + tmp.string() + " into place: " + std::strerror(err));
-    }
-    // The new model is in place; a leftover copy of the old one is worth a warning, not a failure.
-    fs::remove_all(old, ec);
-    if (ec)
-      spdlog::warn("warning: {}: the replaced directory could not be removed from {}: {}", dir,
-                   old.string(), ec.message());
-  }
-  cleanup.release();
-  fsync_dir(parent);
+  ModelDirContents contents;
+  contents.config = model_config_to_json(c);
+  contents.config["torch_dtype"] = torch_dtype_name(*dtype);
+  contents.weight_files = {"model.safetensors"};
+  contents.write_weights = [&](const fs::path& staging) {
+    write_safetensors(staging / "model.safetensors", tensors);
+  };
+  contents.extra_files = extra_files;
+  write_model_dir(dir, contents, overwrite);
 }
 
 }  // namespace ssmtune

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/model_config.h"
+#include "model/model_dir.h"
 #include "model/model_weights.h"
 
 namespace ssmtune {
@@ -25,20 +26,12 @@ std::int64_t mamba_param_count(const ModelConfig& c);
 ModelWeights init_mamba_weights(const ModelConfig& c, std::uint64_t seed);
 
 // Writes a model directory that transformers' MambaForCausalLM.from_pretrained loads (or, for a
-// Jamba config, JambaForCausalLM's: nothing here depends on the model kind):
+// Jamba config, JambaForCausalLM's: nothing here depends on the model kind), through
+// write_model_dir (model_dir.h: staged and renamed into place, the same checks on `dir`):
 //   dir/config.json         model_config_to_json(c) with torch_dtype set from the weights' dtype
 //   dir/model.safetensors   every parameter under its HF name (a tied lm_head is not stored)
 //   dir/<name>              a copy of each of `extra_files` (tokenizer files), by file name
-// All of it is written into a fresh sibling DIR.tmp-XXXXXX and renamed into place, so on any
-// failure `dir` is left as it was and no temporary remains. `dir`'s parent must exist.
-// An existing empty `dir` is replaced. An existing non-empty one is an error unless `overwrite`;
-// even then only a model directory (one holding a config.json) is replaced, so a mistyped --out
-// cannot delete an unrelated tree. Weights: all tensors of one float dtype.
-// The checks write_mamba_model_dir makes on `dir` before writing anything, for a caller that
-// wants to fail before a long computation: throws UsageError for an existing non-empty `dir`
-// without `overwrite` (or one that is no model directory), Error for a missing parent.
-void check_model_dir_target(const std::string& dir, bool overwrite);
-
+// Weights: all tensors of one float dtype.
 void write_mamba_model_dir(const std::string& dir, const ModelConfig& c, const ModelWeights& w,
                            bool overwrite = false,
                            const std::vector<std::filesystem::path>& extra_files = {});

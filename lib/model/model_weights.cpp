@@ -185,6 +185,9 @@ ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig&
   const char* conv_bias_key = c.is_jamba() ? "mamba_conv_bias" : "use_conv_bias";
   const char* proj_bias_key = c.is_jamba() ? "mamba_proj_bias" : "use_bias";
 
+  // A sharded checkpoint's tensors are listed in its index: a missing one is missing there.
+  const std::string missing_where =
+      ckpt.sharded() ? (ckpt.dir() / "model.safetensors.index.json").string() : model_dir;
   // Pass 1, names and shapes only: every problem is found before any data is read.
   std::set<std::string> used;
   std::vector<std::pair<ParamSlot*, std::string>> to_load;  // slot, stored name
@@ -205,7 +208,7 @@ ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig&
       if (s.name.ends_with("conv1d.bias")) why = std::string(" (") + conv_bias_key + " is true)";
       if (s.name.ends_with("in_proj.bias") || s.name.ends_with("out_proj.bias"))
         why = std::string(" (") + proj_bias_key + " is true)";
-      problems.add(model_dir + ": missing tensor " + quote_str(stored) + ", expected shape " +
+      problems.add(missing_where + ": missing tensor " + quote_str(stored) + ", expected shape " +
                    shape_str(s.shape) + why);
       continue;
     } else {
