@@ -32,11 +32,7 @@ std::vector<double> losses(const fs::path& run) {
 
 TEST_CASE("every method config trains on the emulated CUDA backend as on the CPU backend",
           "[cuda-emu][train][methods][slow]") {
-  const fs::path dir = fs::path(SSMTUNE_FIXTURES_DIR) / ".." / ".." / "configs" / "methods";
-  std::vector<fs::path> configs;
-  for (const auto& f : fs::directory_iterator(dir))
-    if (f.path().extension() == ".json") configs.push_back(f.path());
-  std::sort(configs.begin(), configs.end());
+  const std::vector<fs::path> configs = ssmtune::test::method_configs();
   REQUIRE(configs.size() >= 19);
   Experiment e(3, 0, 0);
   const json base = json::parse(read_file(e.config));

@@ -121,3 +121,30 @@ TEST_CASE("a Jamba LoRA adapter is written back in peft's layout, bit for bit",
     require_close(e.name, mine.tensor(e.name), theirs.tensor(e.name), 0, 0);
   }
 }
+
+TEST_CASE("a Jamba LoRA target whose layers lack the module is refused, naming it",
+          "[lora][jamba]") {
+  const fs::path dir = fixtures() / "jamba-tiny";  // attention at layers 1 and 3
+  const ModelConfig cfg = load_model_config(dir.string());
+  const auto refused = [&](const std::string& target, const std::vector<std::string>& fragments) {
+    LoraConfig lc;
+    lc.targets = {target};
+    try {
+      plan_lora_terms(cfg, lc, DType::F32);
+      FAIL(target << " was accepted");
+    } catch (const UsageError& e) {
+      INFO(e.what());
+      CHECK_THAT(e.what(), Catch::Contains("peft.lora.targets: \"" + target + "\""));
+      for (const std::string& f : fragments) CHECK_THAT(e.what(), Catch::Contains(f));
+    }
+  };
+  // The Mamba projections on an attention layer, attention's on a Mamba layer.
+  refused("layers.1.in_proj", {"no in_proj", "model.layers.1.self_attn"});
+  refused("layers.0.q_proj", {"no q_proj", "model.layers.0.mamba"});
+  // A range acts on the layers that have the module: layer 1's q_proj alone.
+  LoraConfig lc;
+  lc.targets = {"layers.0-1.q_proj"};
+  const std::vector<LoraTerm> terms = plan_lora_terms(cfg, lc, DType::F32);
+  REQUIRE(terms.size() == 1);
+  CHECK(terms[0].module == "model.layers.1.self_attn.q_proj");
+}

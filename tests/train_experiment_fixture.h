@@ -4,6 +4,7 @@
 // RNG), clipping, warmup and eval.
 #pragma once
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -40,6 +41,17 @@ inline std::vector<std::string> trajectory(const std::filesystem::path& run) {
     out.push_back(j.dump());
   }
   return out;
+}
+
+// configs/methods/*.json, sorted: one config per method of docs/methods.md.
+inline std::vector<std::filesystem::path> method_configs() {
+  const std::filesystem::path dir =
+      std::filesystem::path(SSMTUNE_FIXTURES_DIR) / ".." / ".." / "configs" / "methods";
+  std::vector<std::filesystem::path> configs;
+  for (const auto& f : std::filesystem::directory_iterator(dir))
+    if (f.path().extension() == ".json") configs.push_back(f.path());
+  std::sort(configs.begin(), configs.end());
+  return configs;
 }
 
 struct Experiment {

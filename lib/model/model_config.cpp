@@ -266,6 +266,13 @@ LayerKind layer_kind(const ModelConfig& c, std::int64_t i) {
   return k;
 }
 
+std::vector<std::int64_t> mamba_layers(const ModelConfig& c) {
+  std::vector<std::int64_t> out;
+  for (std::int64_t i = 0; i < c.n_layer; ++i)
+    if (layer_kind(c, i).mixer == MixerKind::Mamba) out.push_back(i);
+  return out;
+}
+
 namespace {
 
 nlohmann::json token_json(std::int64_t id) {

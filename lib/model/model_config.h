@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -72,6 +73,9 @@ struct ModelConfig {
 
 // What layer i (0 <= i < n_layer) is made of.
 LayerKind layer_kind(const ModelConfig& c, std::int64_t i);
+// The layers whose mixer is Mamba, ascending: every layer of a Mamba-1 model, Jamba's
+// non-attention layers. The SSM-specific PEFT methods act on these alone.
+std::vector<std::int64_t> mamba_layers(const ModelConfig& c);
 
 // Parses a config.json object. `file` names the source in error messages, e.g.
 //   error: model/config.json: field "state_size": expected a positive integer, got string "16"

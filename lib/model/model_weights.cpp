@@ -34,6 +34,14 @@ std::string embedding_module(const ModelConfig& c) {
   return c.is_jamba() ? "model.embed_tokens" : "backbone.embeddings";
 }
 
+std::string norm_f_name(const ModelConfig& c) {
+  return c.is_jamba() ? "model.final_layernorm.weight" : "backbone.norm_f.weight";
+}
+
+std::string mixer_norm_name(const ModelConfig& c, std::int64_t i) {
+  return layer_module(c, i) + (c.is_jamba() ? ".input_layernorm.weight" : ".norm.weight");
+}
+
 std::string layer_module(const ModelConfig& c, std::int64_t i) {
   return layers_prefix(c) + std::to_string(i);
 }
@@ -61,7 +69,7 @@ std::vector<ParamSlot> param_slots(const ModelConfig& c, ModelWeights& w) {
     const std::string layer = layer_module(c, i);
     // Mamba registers the norm first; Jamba's decoder layers the mixer and the feed-forward
     // first, then input_layernorm and pre_ff_layernorm.
-    if (!c.is_jamba()) slots.push_back({layer + ".norm.weight", &l.norm, {D}});
+    if (!c.is_jamba()) slots.push_back({mixer_norm_name(c, i), &l.norm, {D}});
     switch (kind.mixer) {
       case MixerKind::Mamba: append_mamba_mixer_slots(c, mixer_module(c, i), l.mamba, slots); break;
       case MixerKind::Attention: append_attention_slots(c, mixer_module(c, i), l.attn, slots); break;
@@ -72,12 +80,11 @@ std::vector<ParamSlot> param_slots(const ModelConfig& c, ModelWeights& w) {
       case FeedForwardKind::MoE: append_moe_slots(c, ffn_module(c, i), l.moe, slots); break;
     }
     if (c.is_jamba()) {
-      slots.push_back({layer + ".input_layernorm.weight", &l.norm, {D}});
+      slots.push_back({mixer_norm_name(c, i), &l.norm, {D}});
       slots.push_back({layer + ".pre_ff_layernorm.weight", &l.ffn_norm, {D}});
     }
   }
-  slots.push_back({c.is_jamba() ? "model.final_layernorm.weight" : "backbone.norm_f.weight",
-                   &w.norm_f, {D}});
+  slots.push_back({norm_f_name(c), &w.norm_f, {D}});
   slots.push_back({kLmHead, &w.lm_head, {V, D}, c.tie_word_embeddings ? "it is tied" : nullptr});
   return slots;
 }

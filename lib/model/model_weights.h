@@ -95,6 +95,11 @@ std::string ffn_module(const ModelConfig& c, std::int64_t i);
 // and its module (the name without ".weight").
 std::string embedding_name(const ModelConfig& c);
 std::string embedding_module(const ModelConfig& c);
+// The final norm's tensor: "backbone.norm_f.weight" / "model.final_layernorm.weight"; the norm
+// before layer i's mixer: "backbone.layers.3.norm.weight" /
+// "model.layers.3.input_layernorm.weight".
+std::string norm_f_name(const ModelConfig& c);
+std::string mixer_norm_name(const ModelConfig& c, std::int64_t i);
 
 // Visits every parameter with its Hugging Face name, in checkpoint order. Undefined
 // (absent) tensors are skipped; a tied lm_head is skipped (it is the embedding).

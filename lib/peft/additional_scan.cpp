@@ -13,13 +13,13 @@ AdditionalScan::AdditionalScan(const ModelConfig& cfg, const AdditionalScanConfi
                                DType dtype, Backend& be, std::int64_t scan_chunk)
     : cfg_(cfg), config_(config), be_(be), scan_chunk_(scan_chunk) {
   const std::int64_t n = config.states, E = cfg.d_inner;
-  for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
-    Layer l;
+  layers_.resize(std::size_t(cfg.n_layer));
+  for (const std::int64_t i : mamba_layers(cfg)) {
+    Layer& l = layers_[std::size_t(i)];
     l.A_log = be_.zeros({E, n}, dtype);
     l.W = be_.zeros({2 * n, E}, dtype);
     l.dA_log = be_.zeros({E, n}, dtype);
     l.dW = be_.zeros({2 * n, E}, dtype);
-    layers_.push_back(std::move(l));
   }
 }
 
@@ -27,6 +27,8 @@ void AdditionalScan::init(const ModelWeights& base, std::uint64_t seed) {
   const std::int64_t n = config_.states, E = cfg_.d_inner, N = cfg_.d_state;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     Layer& l = layers_[i];
+    // An attention layer has no additional scan.
+    if (!l.A_log.defined()) continue;
     const Tensor base_A_log = base.layers.at(i).mamba.A_log.to(DType::F64);  // (E, N)
     Tensor a = Tensor::empty({E, n}, l.A_log.dtype());
     std::int64_t k = 0;
@@ -49,6 +51,7 @@ void AdditionalScan::init(const ModelWeights& base, std::uint64_t seed) {
 
 void AdditionalScan::append_trainables(std::vector<TrainableParam>& out) {
   for (std::size_t i = 0; i < layers_.size(); ++i) {
+    if (!layers_[i].A_log.defined()) continue;
     const std::string p = "additional_scan.layers." + std::to_string(i);
     out.push_back({p + ".A_log", layers_[i].A_log, layers_[i].dA_log});
     out.push_back({p + ".x_proj", layers_[i].W, layers_[i].dW});

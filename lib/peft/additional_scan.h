@@ -8,7 +8,9 @@
 // docs/methods.md section 6): A_log_add copies A_log[:, 0] ("copy", MambaPEFT) or
 // log(N+1..N+n) ("s4d"); W_B kaiming-uniform, W_C zero, so the model is unchanged at step 0.
 // Not mergeable into a model of the original d_state: merge-adapter refuses it.
-// Implements the model's ScanHook; in recurrent decoding it carries h_add (E, n).
+// Implements the model's ScanHook; in recurrent decoding it carries h_add (E, n). Acts on the
+// Mamba layers (on Jamba: not the attention layers, which have no scan). On Jamba the extra
+// B_add and C_add take no RMSNorm: they are new projections, not the mixer's normed B and C.
 #pragma once
 
 #include <cstdint>
@@ -63,7 +65,7 @@ class AdditionalScan final : public ScanHook, public PeftMethod {
   AdditionalScanConfig config_;
   Backend& be_;
   std::int64_t scan_chunk_;
-  std::vector<Layer> layers_;
+  std::vector<Layer> layers_;  // per layer of the model; attention layers' stay undefined
 };
 
 // In an adapter directory: ssmtune_additional_scan.safetensors (method_file.h), settings

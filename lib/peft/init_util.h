@@ -1,11 +1,29 @@
-// Small pieces the PEFT methods share: filling a host tensor from a generator, and the inverted
-// dropout mask of torch.nn.Dropout.
+// Small pieces the PEFT methods share: filling a host tensor from a generator, the inverted
+// dropout mask of torch.nn.Dropout, and per-layer tensors at the Mamba layers.
 #pragma once
 
+#include <vector>
+
+#include "backend/backend.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "model/model_config.h"
 
 namespace ssmtune {
+
+// One value and one gradient tensor per layer of the model, indexed by the model's layer: zeros
+// of `shape` at the Mamba layers, undefined at the others (Jamba's attention layers, where the
+// SSM methods do not act).
+inline void zeros_per_mamba_layer(const ModelConfig& cfg, Backend& be, const Shape& shape,
+                                  DType dtype, std::vector<Tensor>& value,
+                                  std::vector<Tensor>& grad) {
+  value.assign(std::size_t(cfg.n_layer), Tensor());
+  grad.assign(std::size_t(cfg.n_layer), Tensor());
+  for (const std::int64_t i : mamba_layers(cfg)) {
+    value[std::size_t(i)] = be.zeros(shape, dtype);
+    grad[std::size_t(i)] = be.zeros(shape, dtype);
+  }
+}
 
 // x (F32 or F64, host) = draw() for every element, in order.
 template <class Draw>

@@ -107,6 +107,7 @@ std::vector<LoraTerm> plan_lora_terms(const ModelConfig& c, const LoraConfig& lo
                        lora_target_names(sites, true) +
                        ", embeddings (optionally prefixed by layers.I. or layers.I-J.)");
     if (lora.dora && !tg.slice.empty()) refuse_dora("a slice");
+    const std::size_t before = terms.size();
     for (const LinearSite& site : sites) {
       if (site.layer < first || site.layer > last || !names_site(tg.module, site)) continue;
       std::int64_t row0 = 0, rows = site.out;
@@ -128,6 +129,15 @@ std::vector<LoraTerm> plan_lora_terms(const ModelConfig& c, const LoraConfig& lo
       t.B = Tensor::zeros({rows, lora.rank}, dtype);
       if (lora.dora) t.magnitude = Tensor::zeros({rows}, dtype);
       terms.push_back(std::move(t));
+    }
+    if (terms.size() == before) {  // a layer range whose layers' kinds lack it (Jamba)
+      std::string modules;
+      for (std::int64_t i = first; i <= last && i < first + 4; ++i) {
+        modules += (modules.empty() ? "" : ", ") + mixer_module(c, i);
+        if (layer_kind(c, i).ffn != FeedForwardKind::None) modules += ", " + ffn_module(c, i);
+      }
+      throw UsageError("peft.lora.targets: \"" + original + "\" matches no module: no " +
+                       tg.module + " in " + modules + (last >= first + 4 ? ", ..." : ""));
     }
   }
   // Two terms on the same rows of one module would be one LoRA written twice: refuse.

@@ -14,19 +14,20 @@ ParallelAdapter::ParallelAdapter(const ModelConfig& cfg, const ParallelAdapterCo
                                  DType dtype, Backend& be)
     : config_(config), be_(be) {
   const std::int64_t r = config.rank, E = cfg.d_inner, D = cfg.d_model;
-  for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
-    Layer l;
+  layers_.resize(std::size_t(cfg.n_layer));
+  for (const std::int64_t i : mamba_layers(cfg)) {
+    Layer& l = layers_[std::size_t(i)];
     l.down = be_.zeros({r, E}, dtype);
     l.up = be_.zeros({D, r}, dtype);
     l.ddown = be_.zeros({r, E}, dtype);
     l.dup = be_.zeros({D, r}, dtype);
-    layers_.push_back(std::move(l));
   }
 }
 
 void ParallelAdapter::init(std::uint64_t seed) {
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     Layer& l = layers_[i];
+    if (!l.down.defined()) continue;  // an attention layer
     Rng rng = Rng::for_stream(seed, stream_id(("parallel_adapter:" + std::to_string(i)).c_str()));
     const double bound = 1.0 / std::sqrt(double(l.down.dim(1)));
     Tensor host = Tensor::empty(l.down.shape(), l.down.dtype());
@@ -45,6 +46,7 @@ void ParallelAdapter::set_training(bool training, Rng* dropout_rng) {
 
 void ParallelAdapter::append_trainables(std::vector<TrainableParam>& out) {
   for (std::size_t i = 0; i < layers_.size(); ++i) {
+    if (!layers_[i].down.defined()) continue;
     const std::string p = "parallel_adapter.layers." + std::to_string(i);
     out.push_back({p + ".down", layers_[i].down, layers_[i].ddown});
     out.push_back({p + ".up", layers_[i].up, layers_[i].dup});

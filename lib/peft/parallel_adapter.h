@@ -6,6 +6,7 @@
 //   dW_up += s dO^T h,  dh = s dO W_up,  da = dropout'(dh) * [a > 0],  dW_down += da^T g,
 //   dg += da W_down.
 // Not mergeable (the ReLU): merge-adapter refuses it. Implements the model's LinearHook.
+// Beside the Mamba mixers' out_proj only (on Jamba: not beside attention's o_proj).
 #pragma once
 
 #include <cstdint>
@@ -60,7 +61,7 @@ class ParallelAdapter final : public LinearHook, public PeftMethod {
   };
   ParallelAdapterConfig config_;
   Backend& be_;
-  std::vector<Layer> layers_;
+  std::vector<Layer> layers_;  // per layer of the model; attention layers' stay undefined
   bool training_ = false;
   Rng* dropout_rng_ = nullptr;
 };

@@ -12,9 +12,11 @@ namespace ssmtune {
 
 namespace {
 
+// The Mamba mixer's optional biases (Mamba's "mixer.", Jamba's "mamba." module): only Mamba
+// mixers have tensors of these names.
 bool is_creatable_bias(const std::string& name) {
-  return name.ends_with("mixer.conv1d.bias") || name.ends_with("mixer.in_proj.bias") ||
-         name.ends_with("mixer.out_proj.bias");
+  return name.ends_with(".conv1d.bias") || name.ends_with(".in_proj.bias") ||
+         name.ends_with(".out_proj.bias");
 }
 
 // The slot named `name` in `w` (laid out for cfg), or null.
@@ -169,13 +171,15 @@ void ParamTuning::merge_into(ModelConfig& cfg, ModelWeights& w) const {
   // Found by name in the target's own layout, whatever its config says about biases.
   std::vector<ParamSlot> dst_slots = param_slots(cfg, w);
   for (const auto& [name, t] : targets_) *find_slot(dst_slots, name)->tensor = t.eff.clone();
-  for (LayerWeights& layer : w.layers) {
-    const MambaMixerWeights& l = layer.mamba;
+  // The config's bias flags hold for every Mamba mixer (Jamba's attention layers have none).
+  const std::vector<std::int64_t> mamba = mamba_layers(cfg);
+  for (const std::int64_t i : mamba) {
+    const MambaMixerWeights& l = w.layers[std::size_t(i)].mamba;
     if (l.conv1d_bias.defined()) cfg.use_conv_bias = true;
     if (l.in_proj_bias.defined() || l.out_proj_bias.defined()) cfg.use_bias = true;
   }
-  for (LayerWeights& layer : w.layers) {
-    MambaMixerWeights& l = layer.mamba;
+  for (const std::int64_t i : mamba) {
+    MambaMixerWeights& l = w.layers[std::size_t(i)].mamba;
     if (cfg.use_bias && !l.in_proj_bias.defined())
       l.in_proj_bias = Tensor::zeros({2 * cfg.d_inner}, DType::F32);
     if (cfg.use_bias && !l.out_proj_bias.defined())

@@ -12,43 +12,83 @@ namespace ssmtune {
 
 namespace {
 
-// Layer-relative config names -> the HF tensor after "backbone.layers.I.".
-const std::map<std::string, std::string>& layer_tensors() {
+// Layer-relative config names -> the HF tensor after the Mamba mixer's module
+// ("backbone.layers.I.mixer." / "model.layers.I.mamba."); "norm" is the norm before the mixer.
+const std::map<std::string, std::string>& mixer_tensors() {
   static const std::map<std::string, std::string> table = {
-      {"norm", "norm.weight"},
-      {"A_log", "mixer.A_log"},
-      {"D", "mixer.D"},
-      {"conv1d", "mixer.conv1d.weight"},
-      {"conv1d.weight", "mixer.conv1d.weight"},
-      {"conv1d.bias", "mixer.conv1d.bias"},
-      {"in_proj", "mixer.in_proj.weight"},
-      {"in_proj.weight", "mixer.in_proj.weight"},
-      {"in_proj.bias", "mixer.in_proj.bias"},
-      {"x_proj", "mixer.x_proj.weight"},
-      {"x_proj.weight", "mixer.x_proj.weight"},
-      {"dt_proj", "mixer.dt_proj.weight"},
-      {"dt_proj.weight", "mixer.dt_proj.weight"},
-      {"dt_proj.bias", "mixer.dt_proj.bias"},
-      {"out_proj", "mixer.out_proj.weight"},
-      {"out_proj.weight", "mixer.out_proj.weight"},
-      {"out_proj.bias", "mixer.out_proj.bias"},
+      {"A_log", "A_log"},
+      {"D", "D"},
+      {"conv1d", "conv1d.weight"},
+      {"conv1d.weight", "conv1d.weight"},
+      {"conv1d.bias", "conv1d.bias"},
+      {"in_proj", "in_proj.weight"},
+      {"in_proj.weight", "in_proj.weight"},
+      {"in_proj.bias", "in_proj.bias"},
+      {"x_proj", "x_proj.weight"},
+      {"x_proj.weight", "x_proj.weight"},
+      {"dt_proj", "dt_proj.weight"},
+      {"dt_proj.weight", "dt_proj.weight"},
+      {"dt_proj.bias", "dt_proj.bias"},
+      {"out_proj", "out_proj.weight"},
+      {"out_proj.weight", "out_proj.weight"},
+      {"out_proj.bias", "out_proj.bias"},
   };
   return table;
 }
 
-const std::map<std::string, std::string>& model_tensors() {
+// Jamba's Mamba mixer only (ModelConfig::mamba_inner_norms): the RMSNorm gains on dt, B and C.
+const std::map<std::string, std::string>& inner_norm_tensors() {
   static const std::map<std::string, std::string> table = {
-      {"embeddings", "backbone.embeddings.weight"},
-      {"norm_f", "backbone.norm_f.weight"},
-      {"lm_head", "lm_head.weight"},
+      {"dt_layernorm", "dt_layernorm.weight"},
+      {"b_layernorm", "b_layernorm.weight"},
+      {"c_layernorm", "c_layernorm.weight"},
   };
   return table;
 }
 
-std::string valid_names_text() {
-  std::string s;
-  for (const auto& [name, hf] : layer_tensors()) s += (s.empty() ? "" : ", ") + name;
+// Layer i's HF tensor for a layer-relative config name, or "" when the name is unknown.
+std::string layer_tensor(const ModelConfig& cfg, const std::string& name, std::int64_t i) {
+  if (name == "norm") return mixer_norm_name(cfg, i);
+  if (const auto it = mixer_tensors().find(name); it != mixer_tensors().end())
+    return mixer_module(cfg, i) + "." + it->second;
+  if (const auto it = inner_norm_tensors().find(name);
+      cfg.mamba_inner_norms && it != inner_norm_tensors().end())
+    return mixer_module(cfg, i) + "." + it->second;
+  return "";
+}
+
+std::string valid_names_text(const ModelConfig& cfg) {
+  std::string s = "norm";
+  for (const auto& [name, hf] : mixer_tensors()) s += ", " + name;
+  if (cfg.mamba_inner_norms)
+    for (const auto& [name, hf] : inner_norm_tensors()) s += ", " + name;
   return s + " (optionally prefixed by layers.I. or layers.I-J.), embeddings, norm_f, lm_head";
+}
+
+// The HF tensors a layer-relative name asks for in layers [first, last]: those of the Mamba
+// layers among them (partial tuning acts on Mamba mixers; Jamba's attention layers have none of
+// these tensors). A range without a Mamba layer is an error naming its modules.
+std::vector<std::string> mamba_layer_tensors(const ModelConfig& cfg, const std::string& name,
+                                             std::int64_t first, std::int64_t last,
+                                             const std::string& field, const std::string& pattern) {
+  std::vector<std::string> out;
+  std::string others;
+  for (std::int64_t i = first; i <= last; ++i) {
+    if (layer_kind(cfg, i).mixer == MixerKind::Mamba)
+      out.push_back(layer_tensor(cfg, name, i));
+    else
+      others += (others.empty() ? "" : ", ") + mixer_module(cfg, i);
+  }
+  if (out.empty()) {
+    std::string mamba;
+    for (const std::int64_t i : mamba_layers(cfg))
+      mamba += (mamba.empty() ? "" : ", ") + std::to_string(i);
+    throw UsageError(field + ": " + quote_str(pattern) + ": " + others +
+                     (first == last ? " is an attention layer" : " are attention layers") +
+                     ", without " + name + "; partial tuning and BitFit act on the Mamba layers (" +
+                     (mamba.empty() ? "this model has none" : mamba) + ")");
+  }
+  return out;
 }
 
 }  // namespace
@@ -72,18 +112,20 @@ std::vector<TunedTensor> plan_partial_entries(const ModelConfig& cfg, const Part
   std::map<std::string, std::string> owner;  // HF name -> the pattern that asked for it
   for (const Wanted& w : wanted) {
     std::vector<std::string> hf_names;
-    if (model_tensors().count(w.pattern)) {
-      hf_names.push_back(model_tensors().at(w.pattern));
+    if (w.pattern == "embeddings") {
+      hf_names.push_back(embedding_name(cfg));
+    } else if (w.pattern == "norm_f") {
+      hf_names.push_back(norm_f_name(cfg));
+    } else if (w.pattern == "lm_head") {
+      hf_names.push_back("lm_head.weight");
     } else {
       std::string name = w.pattern;
       std::int64_t first = 0, last = cfg.n_layer - 1;
       take_layer_range(name, cfg.n_layer, first, last, w.field, w.pattern);
-      const auto it = layer_tensors().find(name);
-      if (it == layer_tensors().end())
+      if (layer_tensor(cfg, name, 0).empty())  // (the name alone decides)
         throw UsageError(w.field + ": unknown tensor " + quote_str(w.pattern) +
-                         "; valid: " + valid_names_text());
-      for (std::int64_t i = first; i <= last; ++i)
-        hf_names.push_back("backbone.layers." + std::to_string(i) + "." + it->second);
+                         "; valid: " + valid_names_text(cfg));
+      hf_names = mamba_layer_tensors(cfg, name, first, last, w.field, w.pattern);
     }
     for (const std::string& hf : hf_names) {
       const auto [at, fresh] = owner.emplace(hf, w.pattern);

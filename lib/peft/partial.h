@@ -2,8 +2,12 @@
 // config makes trainable, as ParamTuning entries. Names in the config are relative to a layer
 // (A_log, D, conv1d, conv1d.bias, dt_proj, dt_proj.bias, in_proj, in_proj.bias, x_proj, out_proj,
 // out_proj.bias, norm; optionally prefixed by "layers.I." or "layers.I-J."), or model-level
-// (embeddings, norm_f, lm_head). Each entry's trainable name is "partial." + the HF name.
-// BitFit (P1) = the conv1d and dt_proj biases of every layer, created where the model has none.
+// (embeddings, norm_f, lm_head); Jamba adds dt_layernorm, b_layernorm, c_layernorm. Layer names
+// act on the Mamba layers (on Jamba: not the attention layers, whose tensors LoRA or full
+// fine-tuning reach); "norm" is the norm before the mixer (Jamba: input_layernorm). Each entry's
+// trainable name is "partial." + the HF name.
+// BitFit (P1) = the conv1d and dt_proj biases of every Mamba layer, created where the model has
+// none.
 #pragma once
 
 #include <vector>

@@ -18,12 +18,11 @@ namespace ssmtune {
 
 namespace {
 
-// The methods below are written for models whose every layer is a Mamba mixer (one scan state,
-// one set of SSM tensors per layer). On Jamba they are not yet mapped to its Mamba layers
-// alone, so a config asking for one is refused, naming it, instead of reaching into an
-// attention layer for a Mamba tensor. LoRA/DoRA (every linear module, by name, as peft does),
-// full fine-tuning and prompt tuning act on any layer kind.
-void refuse_unmapped_on_jamba(const ModelConfig& cfg, const PeftConfig& peft) {
+// The SSM methods act on the Mamba layers alone (on Jamba: not the attention layers, which have
+// no scan, no SSM tensors and no conv). A model without a Mamba layer (a Jamba config whose every
+// layer is attention) gives them nothing to act on: refused, naming them.
+void refuse_without_mamba_layers(const ModelConfig& cfg, const PeftConfig& peft) {
+  if (!mamba_layers(cfg).empty()) return;
   std::vector<std::string> asked;
   if (peft.partial) asked.push_back("peft.partial");
   if (peft.bitfit) asked.push_back("peft.bitfit");
@@ -37,15 +36,8 @@ void refuse_unmapped_on_jamba(const ModelConfig& cfg, const PeftConfig& peft) {
   if (asked.empty()) return;
   std::string list;
   for (const std::string& a : asked) list += (list.empty() ? "" : ", ") + a;
-  std::string attention;
-  for (std::int64_t i = 0; i < cfg.n_layer; ++i)
-    if (layer_kind(cfg, i).mixer == MixerKind::Attention)
-      attention += (attention.empty() ? "" : ", ") + std::to_string(i);
-  throw UsageError(list + ": not supported on Jamba models yet (the method assumes every layer "
-                   "is a Mamba mixer" +
-                   (attention.empty() ? "" : "; this model's layers " + attention +
-                                                 " are attention") +
-                   "). On Jamba use peft.lora (DoRA, rsLoRA), peft.full or peft.prompt");
+  throw UsageError(list + ": acts on Mamba layers, and every layer of this model is attention (" +
+                   mixer_module(cfg, 0) + ", ...); use peft.lora, peft.full or peft.prompt");
 }
 
 }  // namespace
@@ -68,7 +60,7 @@ PeftModel::PeftModel(const ModelConfig& cfg, ModelWeights& base, const PeftConfi
     throw UsageError(
         "peft.full trains every base tensor already: drop peft.partial, "
         "peft.bitfit and peft.sdt, or peft.full");
-  if (cfg.is_jamba()) refuse_unmapped_on_jamba(cfg, peft);
+  refuse_without_mamba_layers(cfg, peft);
   const DType dtype = base.embedding.dtype();
   if (!peft.init_from.empty()) {
     if (!is_adapter_dir(peft.init_from))
@@ -113,7 +105,7 @@ PeftModel::PeftModel(const ModelConfig& cfg, ModelWeights& base, const PeftConfi
   if (peft.sdt) {
     std::set<std::string> direct;  // trained in place: their pretrained values for the reset
     for (const TunedTensor& e : partial_plan_) {
-      if (e.tensor.ends_with("mixer.A_log") || e.tensor.ends_with("mixer.x_proj.weight"))
+      if (e.tensor.ends_with(".A_log") || e.tensor.ends_with(".x_proj.weight"))
         throw UsageError("peft.partial: " + e.tensor +
                          " is SDT's to tune; leave A_log and x_proj out of peft.partial "
                          "when peft.sdt is on");
@@ -252,7 +244,9 @@ std::vector<std::string> PeftModel::summary() const {
   if (config_.full) {
     std::int64_t n = 0;
     for (const TrainableParam& p : trainables_)  // the base tensors: HF names
-      if (p.name.rfind("backbone.", 0) == 0 || p.name == "lm_head.weight") n += p.value.numel();
+      if (p.name.rfind("backbone.", 0) == 0 || p.name.rfind("model.", 0) == 0 ||
+          p.name == "lm_head.weight")
+        n += p.value.numel();
     lines.push_back("full fine-tuning: every base tensor, " + std::to_string(n) + " parameters");
   }
   if (params_) {
@@ -277,11 +271,13 @@ std::vector<std::string> PeftModel::summary() const {
       const SdtConfig& sc = *config_.sdt;
       const std::int64_t kc = sdt_kept(cfg_.d_inner, sc.channel_freeze_fraction);
       const std::int64_t ks = sdt_kept(cfg_.d_state, sc.state_freeze_fraction);
-      lines.push_back(
-          "sdt warmup: dense delta on A_log, " + std::to_string(n_sdt) + " parameters, for " +
-          std::to_string(sc.warmup_steps) + " steps; then per layer " + std::to_string(kc) +
-          " channels x " + std::to_string(ks) + " states of A_log + B, C of those channels: " +
-          std::to_string(cfg_.n_layer * (kc * ks + 2 * kc * cfg_.d_state)) + " parameters");
+      lines.push_back("sdt warmup: dense delta on A_log, " + std::to_string(n_sdt) +
+                      " parameters, for " + std::to_string(sc.warmup_steps) +
+                      " steps; then per layer " + std::to_string(kc) + " channels x " +
+                      std::to_string(ks) + " states of A_log + B, C of those channels: " +
+                      std::to_string(std::int64_t(mamba_layers(cfg_).size()) *
+                                     (kc * ks + 2 * kc * cfg_.d_state)) +
+                      " parameters");
     } else if (sdt_phase_ == SdtPhase::Train) {
       lines.push_back("sdt: masked A_log, x_proj.B, x_proj.C, " + std::to_string(n_sdt) +
                       " parameters");
@@ -347,7 +343,7 @@ void PeftModel::load_params(const fs::path& dir) {
       sdt_selection_ = sdt_selection_of(cfg_, saved->entries);
       for (const SdtLayerSelection& s : sdt_selection_)
         if (s.channels.empty())
-          throw Error(file + ": SDT's masked training has no A_log entry for every layer");
+          throw Error(file + ": SDT's masked training has no A_log entry for every Mamba layer");
       restore_pristine();
       build_params(sdt_masked_entries(cfg_, sdt_selection_));
       sdt_phase_ = SdtPhase::Train;

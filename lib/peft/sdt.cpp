@@ -21,8 +21,6 @@ std::vector<std::int64_t> top_k(const std::vector<double>& score, std::int64_t k
   return order;
 }
 
-std::string layer_prefix(std::int64_t i) { return "backbone.layers." + std::to_string(i) + "."; }
-
 Tensor index_tensor(const std::vector<std::int64_t>& idx) {
   Tensor t = Tensor::empty({std::int64_t(idx.size())}, DType::I64);
   std::copy(idx.begin(), idx.end(), t.data<std::int64_t>());
@@ -59,10 +57,10 @@ SdtLayerSelection select_sdt_dimensions(const Tensor& G, std::int64_t k_channels
 
 std::vector<TunedTensor> sdt_warmup_entries(const ModelConfig& cfg) {
   std::vector<TunedTensor> out;
-  for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
+  for (const std::int64_t i : mamba_layers(cfg)) {
     TunedTensor e;
     e.name = "sdt_warmup.layers." + std::to_string(i) + ".A_log";
-    e.tensor = layer_prefix(i) + "mixer.A_log";
+    e.tensor = mixer_module(cfg, i) + ".A_log";
     e.mode = TuneMode::Delta;
     out.push_back(std::move(e));
   }
@@ -71,14 +69,16 @@ std::vector<TunedTensor> sdt_warmup_entries(const ModelConfig& cfg) {
 
 std::vector<TunedTensor> sdt_masked_entries(const ModelConfig& cfg,
                                             const std::vector<SdtLayerSelection>& selection) {
-  check(std::int64_t(selection.size()) == cfg.n_layer, "sdt: one selection per layer");
+  const std::vector<std::int64_t> layers = mamba_layers(cfg);
+  check(selection.size() == layers.size(), "sdt: one selection per Mamba layer");
   const std::int64_t E = cfg.d_inner, N = cfg.d_state, R = cfg.dt_rank;
   std::vector<TunedTensor> out;
-  for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
-    const SdtLayerSelection& s = selection[i];
+  for (std::size_t j = 0; j < layers.size(); ++j) {
+    const std::int64_t i = layers[j];
+    const SdtLayerSelection& s = selection[j];
     std::vector<std::int64_t> a_idx, b_idx, c_idx;
-    for (std::size_t j = 0; j < s.channels.size(); ++j)
-      for (const std::int64_t n : s.states[j]) a_idx.push_back(s.channels[j] * N + n);
+    for (std::size_t c = 0; c < s.channels.size(); ++c)
+      for (const std::int64_t n : s.states[c]) a_idx.push_back(s.channels[c] * N + n);
     for (std::int64_t n = 0; n < N; ++n)
       for (const std::int64_t d : s.channels) {
         b_idx.push_back((R + n) * E + d);
@@ -89,21 +89,22 @@ std::vector<TunedTensor> sdt_masked_entries(const ModelConfig& cfg,
                             const std::vector<std::int64_t>& idx) {
       TunedTensor e;
       e.name = name + what;
-      e.tensor = layer_prefix(i) + tensor;
+      e.tensor = mixer_module(cfg, i) + "." + tensor;
       e.mode = TuneMode::Masked;
       e.index = index_tensor(idx);
       out.push_back(std::move(e));
     };
-    masked("A_log", "mixer.A_log", a_idx);
-    masked("x_proj.B", "mixer.x_proj.weight", b_idx);
-    masked("x_proj.C", "mixer.x_proj.weight", c_idx);
+    masked("A_log", "A_log", a_idx);
+    masked("x_proj.B", "x_proj.weight", b_idx);
+    masked("x_proj.C", "x_proj.weight", c_idx);
   }
   return out;
 }
 
 std::vector<SdtLayerSelection> sdt_selection_of(const ModelConfig& cfg,
                                                 const std::vector<TunedTensor>& masked) {
-  std::vector<SdtLayerSelection> out(std::size_t(cfg.n_layer));
+  const std::vector<std::int64_t> layers = mamba_layers(cfg);
+  std::vector<SdtLayerSelection> out(layers.size());
   for (const TunedTensor& e : masked) {
     const std::string prefix = "sdt.layers.", suffix = ".A_log";
     if (e.mode != TuneMode::Masked || e.name.rfind(prefix, 0) != 0 || !e.name.ends_with(suffix))
@@ -112,9 +113,9 @@ std::vector<SdtLayerSelection> sdt_selection_of(const ModelConfig& cfg,
         e.name.substr(prefix.size(), e.name.size() - prefix.size() - suffix.size());
     if (num.empty() || num.size() > 9 || num.find_first_not_of("0123456789") != std::string::npos)
       continue;
-    const std::int64_t layer = std::stoll(num);
-    if (layer >= cfg.n_layer) continue;
-    SdtLayerSelection& s = out[std::size_t(layer)];
+    const auto at = std::find(layers.begin(), layers.end(), std::stoll(num));
+    if (at == layers.end()) continue;
+    SdtLayerSelection& s = out[std::size_t(at - layers.begin())];
     const std::int64_t* idx = e.index.data<std::int64_t>();
     for (std::int64_t j = 0; j < e.index.numel(); ++j) {
       const std::int64_t d = idx[j] / cfg.d_state, n = idx[j] % cfg.d_state;
@@ -128,11 +129,15 @@ std::vector<SdtLayerSelection> sdt_selection_of(const ModelConfig& cfg,
   return out;
 }
 
-nlohmann::json sdt_selection_json(const std::vector<SdtLayerSelection>& selection) {
+nlohmann::json sdt_selection_json(const ModelConfig& cfg,
+                                  const std::vector<SdtLayerSelection>& selection) {
+  const std::vector<std::int64_t> mamba = mamba_layers(cfg);
+  check(selection.size() == mamba.size(), "sdt: one selection per Mamba layer");
   nlohmann::json layers = nlohmann::json::array();
-  for (std::size_t i = 0; i < selection.size(); ++i)
-    layers.push_back(
-        {{"layer", i}, {"channels", selection[i].channels}, {"states", selection[i].states}});
+  for (std::size_t j = 0; j < selection.size(); ++j)
+    layers.push_back({{"layer", mamba[j]},
+                      {"channels", selection[j].channels},
+                      {"states", selection[j].states}});
   return {{"layers", layers}};
 }
 

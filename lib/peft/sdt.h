@@ -8,6 +8,9 @@
 //   train    zero-initialised values at the selected entries only, of A_log (E, N) and of the
 //            B and C rows of x_proj (rows [R, R+N) and [R+N, R+2N) of (R+2N, E))
 // G is kept in A_log's layout (E, N): G[d, n] is docs/methods.md's G[n, d].
+// SDT acts on the Mamba layers (mamba_layers(cfg): every layer of a Mamba model, Jamba's
+// non-attention layers); a selection list holds one entry per Mamba layer, in layer order, and
+// the entries name the model's tensors (Jamba: model.layers.I.mamba.A_log).
 #pragma once
 
 #include <cstdint>
@@ -33,7 +36,7 @@ std::int64_t sdt_kept(std::int64_t n, double freeze_fraction);
 SdtLayerSelection select_sdt_dimensions(const Tensor& G, std::int64_t k_channels,
                                         std::int64_t k_states);
 
-// "sdt_warmup.layers.I.A_log": a dense delta on backbone.layers.I.mixer.A_log per layer.
+// "sdt_warmup.layers.I.A_log": a dense delta on layer I's A_log, per Mamba layer I.
 std::vector<TunedTensor> sdt_warmup_entries(const ModelConfig& cfg);
 // "sdt.layers.I.A_log", "sdt.layers.I.x_proj.B", "sdt.layers.I.x_proj.C": masked entries at
 // the selection (flat indices d*N + n into A_log, (R + n)*E + d and (R + N + n)*E + d into
@@ -44,7 +47,9 @@ std::vector<TunedTensor> sdt_masked_entries(const ModelConfig& cfg,
 std::vector<SdtLayerSelection> sdt_selection_of(const ModelConfig& cfg,
                                                 const std::vector<TunedTensor>& masked);
 
-// {"layers": [{"layer": I, "channels": [...], "states": [[...], ...]}, ...]}
-nlohmann::json sdt_selection_json(const std::vector<SdtLayerSelection>& selection);
+// {"layers": [{"layer": I, "channels": [...], "states": [[...], ...]}, ...]}, I the model's
+// layer index of each Mamba layer.
+nlohmann::json sdt_selection_json(const ModelConfig& cfg,
+                                  const std::vector<SdtLayerSelection>& selection);
 
 }  // namespace ssmtune

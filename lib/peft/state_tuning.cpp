@@ -8,6 +8,7 @@
 #include "io/json_fields.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "peft/init_util.h"
 
 namespace ssmtune {
 
@@ -15,35 +16,28 @@ StateTuning::StateTuning(const ModelConfig& cfg, bool initial_state, StateOffset
                          DType dtype, Backend& be, bool conv_state)
     : cfg_(cfg), dtype_(dtype), be_(be), kind_(offset) {
   const std::int64_t E = cfg.d_inner, N = cfg.d_state;
-  for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
-    if (conv_state && cfg.d_conv > 1) {
-      conv_.push_back(be_.zeros({cfg.d_conv - 1, E}, dtype));
-      dconv_.push_back(be_.zeros({cfg.d_conv - 1, E}, dtype));
-    }
-    if (initial_state) {
-      h0_.push_back(be_.zeros({E, N}, dtype));
-      dh0_.push_back(be_.zeros({E, N}, dtype));
-    }
-    if (offset != StateOffset::None) {
-      const Shape shape = offset == StateOffset::H ? Shape{E, N} : Shape{E};
-      offset_.push_back(be_.zeros(shape, dtype));
-      doffset_.push_back(be_.zeros(shape, dtype));
-    }
-  }
+  if (conv_state && cfg.d_conv > 1)
+    zeros_per_mamba_layer(cfg, be_, {cfg.d_conv - 1, E}, dtype, conv_, dconv_);
+  if (initial_state) zeros_per_mamba_layer(cfg, be_, {E, N}, dtype, h0_, dh0_);
+  if (offset != StateOffset::None)
+    zeros_per_mamba_layer(cfg, be_, offset == StateOffset::H ? Shape{E, N} : Shape{E}, dtype,
+                          offset_, doffset_);
 }
 
 void StateTuning::append_trainables(std::vector<TrainableParam>& out) {
-  for (std::size_t i = 0; i < h0_.size(); ++i)
-    out.push_back({"initial_state.layers." + std::to_string(i) + ".h0", h0_[i], dh0_[i]});
-  for (std::size_t i = 0; i < conv_.size(); ++i)
-    out.push_back({"initial_state.layers." + std::to_string(i) + ".conv", conv_[i], dconv_[i]});
-  const char* kind = kind_ == StateOffset::H ? ".h" : ".y";
-  for (std::size_t i = 0; i < offset_.size(); ++i)
-    out.push_back({"state_offset.layers." + std::to_string(i) + kind, offset_[i], doffset_[i]});
+  const auto append = [&](const std::vector<Tensor>& v, const std::vector<Tensor>& dv,
+                          const std::string& method, const std::string& what) {
+    for (std::size_t i = 0; i < v.size(); ++i)
+      if (v[i].defined())
+        out.push_back({method + ".layers." + std::to_string(i) + what, v[i], dv[i]});
+  };
+  append(h0_, dh0_, "initial_state", ".h0");
+  append(conv_, dconv_, "initial_state", ".conv");
+  append(offset_, doffset_, "state_offset", kind_ == StateOffset::H ? ".h" : ".y");
 }
 
 Tensor StateTuning::initial_state(std::int64_t layer, std::int64_t batch) {
-  if (h0_.empty()) return Tensor();
+  if (h0_.empty() || !h0_.at(layer).defined()) return Tensor();
   // Every sequence of the batch starts from the same learned state.
   const Tensor& h0 = h0_.at(layer);
   Tensor out = be_.empty({batch, h0.dim(0), h0.dim(1)}, h0.dtype());
@@ -61,7 +55,7 @@ void StateTuning::initial_state_backward(std::int64_t layer, const Tensor& dh0) 
 }
 
 Tensor StateTuning::initial_conv_state(std::int64_t layer) {
-  if (conv_.empty()) return Tensor();
+  if (conv_.empty() || !conv_.at(layer).defined()) return Tensor();
   const Tensor& c = conv_.at(layer);
   return c.reshape({1, c.dim(0), c.dim(1)});
 }
@@ -144,7 +138,8 @@ std::string StateTuning::unmergeable_reason() const {
 
 std::vector<std::string> StateTuning::summary() {
   std::vector<std::string> lines;
-  const std::int64_t L = cfg_.n_layer, E = cfg_.d_inner, N = cfg_.d_state;
+  const std::int64_t L = std::int64_t(mamba_layers(cfg_).size()), E = cfg_.d_inner,
+                     N = cfg_.d_state;
   if (conv_state_on())
     lines.push_back("initial-state tuning, conv state: (d_conv - 1) x d_inner per layer, " +
                     std::to_string(L * (cfg_.d_conv - 1) * E) + " parameters");

@@ -6,7 +6,8 @@
 //   state-offset tuning h  h' (E, N): y_t[d] += sum_n C_t[n] h'[d, n]   (dh' = dy^T C)
 //   state-offset tuning y  y' (E):    y_t[d] += y'[d]                   (dy' = sum_t dy_t)
 // Both offsets act on y before the gate, so neither can be merged into the base weights.
-// Implements the model's ScanHook.
+// Implements the model's ScanHook. Acts on the Mamba layers (on Jamba: not the attention layers,
+// which have no scan); the names carry the model's layer index I.
 #pragma once
 
 #include <cstdint>
@@ -62,9 +63,10 @@ class StateTuning final : public ScanHook, public PeftMethod {
   DType dtype_;
   Backend& be_;
   StateOffset kind_;
-  std::vector<Tensor> h0_, dh0_;          // per layer (E, N), empty when off
-  std::vector<Tensor> conv_, dconv_;      // per layer (K-1, E), empty when off
-  std::vector<Tensor> offset_, doffset_;  // per layer (E, N) for H, (E) for Y
+  // Per layer of the model, undefined at attention layers; empty when the method is off.
+  std::vector<Tensor> h0_, dh0_;          // (E, N)
+  std::vector<Tensor> conv_, dconv_;      // (K-1, E)
+  std::vector<Tensor> offset_, doffset_;  // (E, N) for H, (E) for Y
 };
 
 // In an adapter directory, beside (or without) the LoRA files: ssmtune_state.safetensors holds

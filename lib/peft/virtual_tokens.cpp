@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/json_fields.h"
+#include "peft/init_util.h"
 #include "peft/method_file.h"
 
 namespace ssmtune {
@@ -39,16 +40,11 @@ VirtualTokens::VirtualTokens(const ModelConfig& cfg, const VirtualTokensConfig& 
     prompt_ = be_.zeros({config.prompt_tokens, D}, dtype);
     dprompt_ = be_.zeros({config.prompt_tokens, D}, dtype);
   }
-  for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
-    if (config.prefix_tokens > 0) {
-      prefix_.push_back(be_.zeros({config.prefix_tokens, D}, dtype));
-      dprefix_.push_back(be_.zeros({config.prefix_tokens, D}, dtype));
-    }
-    if (config.affix_tokens > 0) {
-      affix_.push_back(be_.zeros({config.affix_tokens, E}, dtype));
-      daffix_.push_back(be_.zeros({config.affix_tokens, E}, dtype));
-    }
-  }
+  // Undefined at attention layers (virtual_tokens.h).
+  if (config.prefix_tokens > 0)
+    zeros_per_mamba_layer(cfg, be_, {config.prefix_tokens, D}, dtype, prefix_, dprefix_);
+  if (config.affix_tokens > 0)
+    zeros_per_mamba_layer(cfg, be_, {config.affix_tokens, E}, dtype, affix_, daffix_);
 }
 
 void VirtualTokens::init(const ModelWeights& base, std::uint64_t seed) {
@@ -59,18 +55,22 @@ void VirtualTokens::init(const ModelWeights& base, std::uint64_t seed) {
                         init_ids(prompt_.dim(0), config_.prompt_init_ids, V, rng), prompt_);
   }
   for (std::size_t i = 0; i < prefix_.size(); ++i) {
+    if (!prefix_[i].defined()) continue;  // an attention layer
     Rng rng = Rng::for_stream(seed, stream_id(("prefix:" + std::to_string(i)).c_str()));
     copy_embedding_rows(be_, base.embedding, init_ids(prefix_[i].dim(0), {}, V, rng), prefix_[i]);
   }
-  for (Tensor& a : affix_) a.fill_zero();
+  for (Tensor& a : affix_)
+    if (a.defined()) a.fill_zero();
 }
 
 void VirtualTokens::append_trainables(std::vector<TrainableParam>& out) {
   if (prompt_.defined()) out.push_back({"prompt.embeddings", prompt_, dprompt_});
   for (std::size_t i = 0; i < prefix_.size(); ++i)
-    out.push_back({"prefix.layers." + std::to_string(i) + ".tokens", prefix_[i], dprefix_[i]});
+    if (prefix_[i].defined())
+      out.push_back({"prefix.layers." + std::to_string(i) + ".tokens", prefix_[i], dprefix_[i]});
   for (std::size_t i = 0; i < affix_.size(); ++i)
-    out.push_back({"affix.layers." + std::to_string(i) + ".x", affix_[i], daffix_[i]});
+    if (affix_[i].defined())
+      out.push_back({"affix.layers." + std::to_string(i) + ".x", affix_[i], daffix_[i]});
 }
 
 Tensor VirtualTokens::prefix(std::int64_t layer) {
@@ -105,7 +105,8 @@ std::string VirtualTokens::unmergeable_reason() const {
 std::vector<std::string> VirtualTokens::summary() {
   const auto numel = [](const std::vector<Tensor>& ts) {
     std::int64_t n = 0;
-    for (const Tensor& t : ts) n += t.numel();
+    for (const Tensor& t : ts)
+      if (t.defined()) n += t.numel();
     return std::to_string(n);
   };
   std::vector<std::string> lines;
@@ -114,10 +115,10 @@ std::vector<std::string> VirtualTokens::summary() {
                     std::to_string(prompt_.numel()) + " parameters");
   if (config_.prefix_tokens)
     lines.push_back("prefix tuning: " + std::to_string(config_.prefix_tokens) +
-                    " tokens per layer, " + numel(prefix_) + " parameters");
+                    " tokens per Mamba layer, " + numel(prefix_) + " parameters");
   if (config_.affix_tokens)
     lines.push_back("affix tuning: " + std::to_string(config_.affix_tokens) +
-                    " tokens per layer, " + numel(affix_) + " parameters");
+                    " tokens per Mamba layer, " + numel(affix_) + " parameters");
   return lines;
 }
 

@@ -9,6 +9,10 @@
 //                   would only gate dropped outputs, so it is not a parameter. Init: zero.
 // P1 and P2 report that prompt and prefix tuning do poorly on SSMs; they are here so users can
 // see it. None is mergeable. Implements the model's InputHook.
+// Prefix and affix tuning act on the Mamba layers: on Jamba, an attention layer gets neither
+// (prefix(i), affix(i) are undefined there). Affix tokens sit inside the Mamba mixer, which an
+// attention layer lacks; prefix tuning is MambaPEFT's "outer" affix of a Mamba block, and the
+// attention analogue (prefix keys and values, as in Li & Liang) is another method.
 #pragma once
 
 #include <cstdint>

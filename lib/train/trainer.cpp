@@ -80,7 +80,10 @@ void check_fresh_output_dir(const fs::path& out) {
 
 // SDT's selection: one line per layer on the log, the whole of it in
 // <output_dir>/sdt_selection.json.
-void report_sdt_selection(const std::vector<SdtLayerSelection>& selection, const fs::path& out) {
+// `selection` has one entry per Mamba layer (sdt.h).
+void report_sdt_selection(const ModelConfig& mcfg, const std::vector<SdtLayerSelection>& selection,
+                          const fs::path& out) {
+  const nlohmann::json json = sdt_selection_json(mcfg, selection);
   spdlog::info("sdt: warmup done; selected per layer (channels: A_log states kept):");
   for (std::size_t i = 0; i < selection.size(); ++i) {
     std::string line;
@@ -89,9 +92,9 @@ void report_sdt_selection(const std::vector<SdtLayerSelection>& selection, const
       for (std::size_t k = 0; k < selection[i].states[j].size(); ++k)
         line += (k ? "," : "") + std::to_string(selection[i].states[j][k]);
     }
-    spdlog::info("  layer {}: {}", i, line);
+    spdlog::info("  layer {}: {}", json["layers"][i]["layer"].get<std::int64_t>(), line);
   }
-  write_file_atomic(out / "sdt_selection.json", sdt_selection_json(selection).dump(1) + "\n");
+  write_file_atomic(out / "sdt_selection.json", json.dump(1) + "\n");
 }
 
 void make_output_dir(const fs::path& out) {
@@ -286,7 +289,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     state.step += 1;
     if (peft.sdt_warming_up() && state.step == peft.sdt_warmup_steps()) {
       if (opts.progress_line) std::fprintf(stderr, "\n");
-      report_sdt_selection(peft.end_sdt_warmup(), out);
+      report_sdt_selection(mcfg, peft.end_sdt_warmup(), out);
       for (const std::string& line : peft.summary()) spdlog::info("{}", line);
       n_trainable = peft.n_trainable();
       spdlog::info("trainable parameters: {} of {} ({:.4f}%)", n_trainable, n_total,

@@ -1,0 +1,96 @@
+// Every method config of configs/methods/ trains on Jamba: its "peft" section and learning rate
+// on tests/fixtures/jamba-tiny (data_scripts/make_jamba_fixtures.py; 4 layers, attention at 1
+// and 3, vocabulary 64) for 2 steps of batches of 2, or is refused with a message naming the
+// method. The configs point at the quickstart model and data, whose vocabulary the fixture
+// does not have: the model directory here is the fixture with the 12-token tokenizer of
+// tests/fixtures/tokenizers/tiny_unk (prompt tuning's init_text encodes with it), and the data
+// are pre-tokenized sequences with ids below 12.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "io_test_util.h"
+#include "train/experiment_config.h"
+#include "train/trainer.h"
+#include "train_experiment_fixture.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using ssmtune::test::read_file;
+using ssmtune::test::TempDir;
+
+namespace {
+
+// configs/methods/<name>.json that Jamba refuses, with what the message must name. None today:
+// every method acts on Jamba (docs/methods.md section 10).
+const std::map<std::string, std::string> kRefusedOnJamba = {};
+
+// jamba-tiny + a tokenizer whose ids fit its vocabulary, and 8 tokenized training sequences.
+fs::path make_experiment_dir(const fs::path& dir) {
+  const fs::path fixtures(SSMTUNE_FIXTURES_DIR);
+  fs::create_directories(dir / "model");
+  for (const char* f : {"config.json", "model.safetensors", "generation_config.json"})
+    fs::copy_file(fixtures / "jamba-tiny" / f, dir / "model" / f);
+  fs::copy_file(fixtures / "tokenizers" / "tiny_unk" / "tokenizer.json",
+                dir / "model" / "tokenizer.json");
+  std::ofstream train(dir / "train.jsonl");
+  for (int i = 0; i < 8; ++i) {
+    json ids = json::array();
+    for (int t = 0; t < 6 + i % 3; ++t) ids.push_back(1 + (i * 5 + t * 3) % 11);
+    train << json{{"input_ids", ids}}.dump() << "\n";
+  }
+  return dir / "train.jsonl";
+}
+
+}  // namespace
+
+TEST_CASE("every configs/methods config trains 2 steps on Jamba or is refused naming the method",
+          "[train][jamba][methods][sdt][state]") {
+  const std::vector<fs::path> configs = ssmtune::test::method_configs();
+  REQUIRE(configs.size() >= 19);
+  TempDir dir;
+  const fs::path train_file = make_experiment_dir(dir.path());
+  for (const fs::path& method : configs) {
+    const std::string name = method.stem().string();
+    DYNAMIC_SECTION(name) {
+      const json m = json::parse(read_file(method));
+      json cfg = {
+          {"model", (dir / "model").string()},
+          {"output_dir", (dir / ("run-" + name)).string()},
+          {"seed", 1},
+          {"data", {{"train", train_file.string()}, {"format", "tokens"}, {"max_length", 16}}},
+          {"peft", m["peft"]},
+          {"optimizer", {{"lr", m["optimizer"]["lr"]}}},
+          {"training", {{"steps", 2}, {"batch_size", 2}, {"grad_accum", 1}}},
+          {"checkpoint", {{"every", 0}}}};
+      // SDT: one warmup step, then the selection and one masked step.
+      if (cfg["peft"].contains("sdt")) cfg["peft"]["sdt"]["warmup_steps"] = 1;
+      const fs::path config = dir / (name + ".json");
+      std::ofstream(config) << cfg.dump(2);
+      const auto refused = kRefusedOnJamba.find(name);
+      try {
+        const ssmtune::TrainResult r =
+            ssmtune::train(ssmtune::load_experiment_config(config.string(), {}), {});
+        CHECK(refused == kRefusedOnJamba.end());
+        CHECK(r.steps == 2);
+        CHECK(std::isfinite(r.last_loss));
+        CHECK(r.n_trainable > 0);
+        // full fine-tuning writes the whole model instead of an adapter
+        CHECK(fs::exists(dir / ("run-" + name) / (name == "full" ? "model" : "adapter")));
+        if (cfg["peft"].contains("sdt")) {  // selected on the Mamba layers 0 and 2 only
+          const json sel = json::parse(read_file(dir / ("run-" + name) / "sdt_selection.json"));
+          REQUIRE(sel["layers"].size() == 2);
+          CHECK(sel["layers"][0]["layer"] == 0);
+          CHECK(sel["layers"][1]["layer"] == 2);
+        }
+      } catch (const ssmtune::UsageError& e) {
+        INFO(e.what());
+        REQUIRE(refused != kRefusedOnJamba.end());
+        CHECK_THAT(e.what(), Catch::Contains(refused->second));
+      }
+    }
+  }
+}
