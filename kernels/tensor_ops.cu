@@ -1,6 +1,7 @@
 // Small tensor ops (tensor_ops.cuh): grid-stride loops of 256 threads, each the one-line loop
 // of its CPU twin in cpu_backend.cpp. bias_backward is conv1d's deterministic dbias scheme:
 // fixed 64-row chunks summed in order, then the chunks in order (column_sum).
+#include "bf16.cuh"
 #include "column_sum.cuh"
 #include "grid_stride.cuh"
 #include "launch.cuh"
@@ -89,6 +90,12 @@ __global__ void to_bf16_kernel(std::int64_t n, const float* __restrict__ x,
   }
 }
 
+// Twin of core/dtype.h's bf16_to_f32.
+__global__ void from_bf16_kernel(std::int64_t n, const std::uint16_t* __restrict__ x,
+                                 float* __restrict__ y) {
+  SSMTUNE_GRID_STRIDE(i, n) y[i] = bf16_bits_to_float(x[i]);
+}
+
 __global__ void index_add_kernel(std::int64_t k, const float* __restrict__ values,
                                  const std::int64_t* __restrict__ index, float* __restrict__ dst) {
   SSMTUNE_GRID_STRIDE(i, k) dst[index[i]] += values[i];  // indices are distinct: no race
@@ -160,6 +167,10 @@ void copy_columns(std::int64_t rows, std::int64_t S, std::int64_t col0, std::int
 
 void to_bf16(std::int64_t n, const float* x, std::uint16_t* y, cudaStream_t stream) {
   if (n > 0) SSMTUNE_LAUNCH(to_bf16_kernel, grid_for(n), dim3(kThreads), 0, stream, n, x, y);
+}
+
+void from_bf16(std::int64_t n, const std::uint16_t* x, float* y, cudaStream_t stream) {
+  if (n > 0) SSMTUNE_LAUNCH(from_bf16_kernel, grid_for(n), dim3(kThreads), 0, stream, n, x, y);
 }
 
 void index_add(std::int64_t k, const float* values, const std::int64_t* index, float* dst,

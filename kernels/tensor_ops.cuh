@@ -41,6 +41,9 @@ void copy_columns(std::int64_t rows, std::int64_t S, std::int64_t col0, std::int
 // y = bf16(x), round to nearest even (NaN stays a quiet NaN): core/dtype.h's f32_to_bf16, for
 // the bf16 inputs of cuBLAS products.
 void to_bf16(std::int64_t n, const float* x, std::uint16_t* y, cudaStream_t stream);
+// y = float(x), exact (the bf16 bits become a float's upper half): core/dtype.h's bf16_to_f32,
+// for frozen base weights held in bf16.
+void from_bf16(std::int64_t n, const std::uint16_t* x, float* y, cudaStream_t stream);
 
 // index: (k) distinct flat indices (checked on the host).  dst[index[i]] += values[i]
 void index_add(std::int64_t k, const float* values, const std::int64_t* index, float* dst,

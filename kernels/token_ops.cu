@@ -3,6 +3,7 @@
 // one thread per column, tokens in order: no float atomics, the twin's additions in the twin's
 // order. Cross-entropy: one block per row; the block max, then the block sum of exp in double;
 // the forward's per-row losses go to a workspace that one warp then adds in row order.
+#include "bf16.cuh"
 #include "block_reduce.cuh"
 #include "grid_stride.cuh"
 #include "launch.cuh"
@@ -41,13 +42,20 @@ __device__ __forceinline__ double row_log_sum_exp(std::int64_t V, const float* x
 }
 }  // namespace
 
-// Twin of cpu::embedding_forward.   ids: (n)   table: (V, D)   out: (n, D)
+__device__ __forceinline__ float table_value(float v) { return v; }
+__device__ __forceinline__ float table_value(std::uint16_t bf16) {
+  return bf16_bits_to_float(bf16);
+}
+
+// Twin of cpu::embedding_forward.   ids: (n)   table: (V, D) float or bf16 bits   out: (n, D)
+template <class TTable>
 __global__ void embedding_forward_kernel(std::int64_t n, std::int64_t D,
                                          const std::int64_t* __restrict__ ids,
-                                         const float* __restrict__ table, float* __restrict__ out) {
+                                         const TTable* __restrict__ table,
+                                         float* __restrict__ out) {
   SSMTUNE_GRID_STRIDE(i, n * D) {
     const std::int64_t t = i / D, j = i - t * D;
-    out[i] = table[ids[t] * D + j];
+    out[i] = table_value(table[ids[t] * D + j]);
   }
 }
 
@@ -129,8 +137,14 @@ __global__ void cross_entropy_backward_kernel(std::int64_t V, const float* logit
 void embedding_forward(std::int64_t n, std::int64_t D, const std::int64_t* ids, const float* table,
                        float* out, cudaStream_t stream) {
   if (n <= 0 || D <= 0) return;
-  SSMTUNE_LAUNCH(embedding_forward_kernel, grid_stride_blocks(n * D), dim3(kGridStrideThreads), 0,
-                 stream, n, D, ids, table, out);
+  SSMTUNE_LAUNCH(embedding_forward_kernel<float>, grid_stride_blocks(n * D),
+                 dim3(kGridStrideThreads), 0, stream, n, D, ids, table, out);
+}
+void embedding_forward(std::int64_t n, std::int64_t D, const std::int64_t* ids,
+                       const std::uint16_t* table_bf16, float* out, cudaStream_t stream) {
+  if (n <= 0 || D <= 0) return;
+  SSMTUNE_LAUNCH(embedding_forward_kernel<std::uint16_t>, grid_stride_blocks(n * D),
+                 dim3(kGridStrideThreads), 0, stream, n, D, ids, table_bf16, out);
 }
 
 void embedding_backward(std::int64_t n, std::int64_t D, const std::int64_t* ids, const float* dout,

@@ -15,6 +15,9 @@ inline namespace SSMTUNE_KERNEL_ABI {
 // out[t] = table[ids[t]].   ids: (n)   table: (V, D)   out: (n, D)
 void embedding_forward(std::int64_t n, std::int64_t D, const std::int64_t* ids,
                        const float* table, float* out, cudaStream_t stream);
+// The same from a table held in bf16 (bits), each value widened as it is copied (exact).
+void embedding_forward(std::int64_t n, std::int64_t D, const std::int64_t* ids,
+                       const std::uint16_t* table_bf16, float* out, cudaStream_t stream);
 // dtable[ids[t]] += dout[t], tokens added in token order (repeated ids: the twin's order,
 // deterministic, no atomics).   dout: (n, D)   dtable: (V, D)
 void embedding_backward(std::int64_t n, std::int64_t D, const std::int64_t* ids,

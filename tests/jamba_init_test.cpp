@@ -292,4 +292,10 @@ TEST_CASE("ssmtune bench runs a random Jamba from its sizes", "[init][jamba][cli
   INFO(r.output);
   CHECK(r.exit_code == 0);
   CHECK_THAT(r.output, Catch::Contains("tokens/s"));
+  // A frozen base held in bf16 (model/weight_storage.h): no weight gradients, widened per layer.
+  const Result frozen = run("bench --config " + (tmp / "sizes.json").string() +
+                            " --batch 1 --seq-len 8 --steps 1 --warmup 0 --frozen-weights bf16");
+  INFO(frozen.output);
+  CHECK(frozen.exit_code == 0);
+  CHECK_THAT(frozen.output, Catch::Contains("base frozen in bf16"));
 }

@@ -148,7 +148,8 @@ TEST_CASE("load_model_weights reads every parameter and converts F32 and BF16 fi
   const ModelConfig c = tiny_config();
   const auto params = tiny_params(c);
   for (DType stored : {DType::F32, DType::BF16, DType::F16}) {
-    for (DType want : {DType::F32, DType::F64}) {
+    // BF16: frozen weights held in bf16 (model/weight_storage.h).
+    for (DType want : {DType::F32, DType::F64, DType::BF16}) {
       DYNAMIC_SECTION(dtype_name(stored) << " -> " << dtype_name(want)) {
         TempDir dir;
         write_model(dir, params, stored);
@@ -165,8 +166,8 @@ TEST_CASE("load_model_weights reads every parameter and converts F32 and BF16 fi
       }
     }
   }
-  require_error([&] { load_model_weights("/nonexistent-dir", c, DType::BF16); },
-                {"weights load as F32 or F64, not BF16"});
+  require_error([&] { load_model_weights("/nonexistent-dir", c, DType::F16); },
+                {"weights load as F32, F64 or BF16, not F16"});
 }
 
 TEST_CASE("load_model_weights: a missing tensor is named with its expected shape",
@@ -308,6 +309,14 @@ TEST_CASE("load_model_weights refuses integer tensors and non-finite values", "[
   require_load_error(
       dir, c,
       {"tensor \"backbone.layers.0.mixer.D\" holds a non-finite value (NaN or Inf) at element 3"});
+  // Held in bf16 (frozen weights): a float beyond bf16's largest finite value (~3.39e38) rounds
+  // to Inf, which the same check catches, saying so.
+  Tensor big = Tensor::zeros({8}, DType::F32);
+  big.data<float>()[5] = std::numeric_limits<float>::max();
+  write_model(dir, replaced(tiny_params(c), "backbone.layers.0.mixer.D", big));
+  CHECK_NOTHROW(load_model_weights(dir.path().string(), c, DType::F32));
+  require_error([&] { load_model_weights(dir.path().string(), c, DType::BF16); },
+                {"holds a non-finite value (NaN or Inf) at element 5 once converted to BF16"});
 }
 
 // Fixtures from data_scripts/make_fixtures.py (transformers' MambaForCausalLM, saved with

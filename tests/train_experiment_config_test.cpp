@@ -579,7 +579,8 @@ TEST_CASE("the resume hash ignores key order, outputs and cadences but not what 
            {"training.log_every", 7},
            {"training.threads", 3},
            {"training.device", "cuda"},
-           {"training.matmul", "fp32"}}) {
+           {"training.matmul", "fp32"},
+           {"training.frozen_weights", "fp32"}}) {
     INFO(key);
     CHECK(experiment_config_hash(parse(with(key, value, ja))) == h);
   }
@@ -591,7 +592,8 @@ TEST_CASE("the resume hash ignores key order, outputs and cadences but not what 
                                                  {"peft.lora.rank", 4},
                                                  {"schedule.type", "cosine"},
                                                  {"training.batch_size", 2},
-                                                 {"training.matmul", "bf16"}}) {
+                                                 {"training.matmul", "bf16"},
+                                                 {"training.frozen_weights", "bf16"}}) {
     INFO(key);
     CHECK(experiment_config_hash(parse(with(key, value, ja))) != h);
   }

@@ -33,6 +33,9 @@ struct BenchOptions {
   std::uint64_t seed = 0;
   std::string device = "cpu";
   std::string matmul = "fp32";
+  // "fp32" or "bf16": the base is frozen (no weight gradients, as under a PEFT method) and held
+  // in this dtype; empty: every parameter gets a gradient.
+  std::string frozen_weights;
 };
 
 // Bytes one selective scan must move between memory and the chip per token, float32: forward
@@ -64,6 +67,7 @@ std::string describe_model(const ModelConfig& cfg) {
 // Bytes the tensors of `w` hold.
 double weight_bytes(const ModelConfig& cfg, ModelWeights& w) {
   double bytes = 0;
+  if (w.layers.empty()) return bytes;  // no gradients: a frozen base
   for_each_param(cfg, w, [&](const std::string&, Tensor& t) { bytes += double(t.nbytes()); });
   return bytes;
 }
@@ -80,9 +84,15 @@ void run_bench(const BenchOptions& o) {
                                  : load_model_config(o.model_dir);
   // Hugging Face's initialisation of either model kind (ssmtune init): throughput does not
   // depend on the values, but softplus and exp stay in their usual ranges.
-  ModelWeights w = random ? init_model_weights(cfg, o.seed)
-                                : load_model_weights(o.model_dir, cfg, DType::F32);
-  ModelWeights grads = zeros_like_params(cfg, DType::F32);
+  const DType held = o.frozen_weights == "bf16" ? DType::BF16 : DType::F32;
+  ModelWeights w =
+      random ? init_model_weights(cfg, o.seed) : load_model_weights(o.model_dir, cfg, held);
+  if (random && held == DType::BF16)  // rounded once, as a loaded fp32 checkpoint is
+    for_each_param(cfg, w, [](const std::string&, Tensor& t) { t = t.to(DType::BF16); });
+  if (cfg.tie_word_embeddings) w.lm_head = w.embedding;
+  // A frozen base has no parameter gradients (an empty ModelWeights: CausalLM::backward).
+  ModelWeights grads =
+      o.frozen_weights.empty() ? zeros_like_params(cfg, DType::F32) : ModelWeights{};
   auto be = make_backend(o.device, o.matmul);
 
   Rng rng = Rng::for_stream(o.seed, stream_id("bench-tokens"));
@@ -136,8 +146,9 @@ void run_bench(const BenchOptions& o) {
                 omp_get_max_threads());
     std::printf("blas          %s\n", cpu::blas_description().c_str());
   }
-  std::printf("step          batch %lld x seq_len %lld = %.0f tokens, forward + backward\n",
-              (long long)o.batch, (long long)o.seq_len, tokens);
+  std::printf("step          batch %lld x seq_len %lld = %.0f tokens, forward + backward%s\n",
+              (long long)o.batch, (long long)o.seq_len, tokens,
+              o.frozen_weights.empty() ? "" : (", base frozen in " + o.frozen_weights).c_str());
   std::printf("time/step     median %.4f s over %lld steps (min %.4f, max %.4f)\n", med,
               (long long)o.steps, *std::min_element(step_seconds.begin(), step_seconds.end()),
               *std::max_element(step_seconds.begin(), step_seconds.end()));
@@ -199,6 +210,10 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--seed", o.seed, "seed of the random token ids");
   cmd->add_option("--device", o.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--matmul", o.matmul, "fp32, or bf16 inputs (cuda only)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--frozen-weights", o.frozen_weights,
+                  "fp32 or bf16: freeze the base (no weight gradients, as under a PEFT method) "
+                  "and hold it in this dtype (default: every parameter gets a gradient)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
   cmd->callback([] {
     if (o.model_dir.empty() && o.config_file.empty())

@@ -11,6 +11,7 @@
 #include "data/jsonl_dataset.h"
 #include "data/tokenizer.h"
 #include "model/causal_lm.h"
+#include "model/weight_storage.h"
 #include "peft/lora_adapter_io.h"
 #include "peft/merge.h"
 #include "train/evaluate.h"
@@ -30,6 +31,7 @@ struct EvalArgs {
   std::int64_t batch_size = 8, max_length = 0, max_examples = 0, max_new_tokens = 0;
   std::string format;
   std::string device = "cpu";
+  std::string frozen_weights;  // "fp32" or "bf16"; empty: the config's, else fp32
   bool json = false;
 };
 
@@ -39,8 +41,10 @@ void run_eval(const EvalArgs& a) {
   EvalConfig eval_cfg;
   std::string classes_from;  // the training set whose class names the eval set uses, or ""
   DataConfig classes_cfg;    // how that set is read: the config's data section
+  std::string frozen_weights = a.frozen_weights.empty() ? "fp32" : a.frozen_weights;
   if (!a.config.empty()) {
     const ExperimentConfig cfg = load_experiment_config(a.config, a.overrides);
+    if (a.frozen_weights.empty()) frozen_weights = cfg.training.frozen_weights;
     if (model.empty()) model = cfg.model;
     data_cfg = cfg.data;
     eval_cfg = cfg.eval;
@@ -85,7 +89,8 @@ void run_eval(const EvalArgs& a) {
   if (may_classify && !classes_from.empty())
     class_names = load_jsonl_dataset(classes_from, classes_cfg, *tokenizer).class_names;
   const Dataset ds = load_jsonl_dataset(data, data_cfg, *tokenizer, class_names);
-  const LoadedModel m = load_model_with_adapter(model, adapter, *be);
+  const LoadedModel m = load_model_with_adapter(
+      model, adapter, *be, frozen_weights_dtype(frozen_weights, "--frozen-weights"));
   CausalLM lm(m.cfg, m.weights, *be);
   lm.set_scan_hook(m.scan_hook());
   lm.set_hook(m.hook());
@@ -133,6 +138,10 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--max-examples", a.max_examples, "evaluate only the first N examples");
   cmd->add_option("--max-new-tokens", a.max_new_tokens, "generation length for exact_match");
   cmd->add_option("--device", a.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--frozen-weights", a.frozen_weights,
+                  "hold the base weights in fp32 or bf16 (half the memory; fp32 math); "
+                  "default: the config's training.frozen_weights, else fp32")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   cmd->add_flag("--json", a.json, "print one JSON object");
   cmd->callback([] { run_eval(a); });
 }

@@ -9,6 +9,7 @@
 #include "data/tokenizer.h"
 #include "infer/generate.h"
 #include "infer/decoder.h"
+#include "model/weight_storage.h"
 #include "peft/merge.h"
 
 namespace ssmtune {
@@ -18,6 +19,7 @@ namespace {
 struct GenerateArgs {
   std::string model, adapter, prompt;
   std::string device = "cpu";
+  std::string frozen_weights = "fp32";
   SamplingOptions sampling;
 };
 
@@ -25,7 +27,8 @@ void run_generate(const GenerateArgs& a) {
   check_sampling_options(a.sampling);
   std::unique_ptr<Backend> be = make_backend(a.device);
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(a.model);
-  const LoadedModel m = load_model_with_adapter(a.model, a.adapter, *be);
+  const LoadedModel m = load_model_with_adapter(
+      a.model, a.adapter, *be, frozen_weights_dtype(a.frozen_weights, "--frozen-weights"));
   Decoder decoder(m.cfg, m.weights, *be);
   // The methods no weight holds apply in every recurrent step.
   decoder.set_scan_hook(m.scan_hook());
@@ -53,6 +56,10 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--model", a.model, "model directory (with tokenizer files)")->required();
   cmd->add_option("--device", a.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--adapter", a.adapter, "LoRA adapter directory, merged before decoding");
+  cmd->add_option("--frozen-weights", a.frozen_weights,
+                  "hold the base weights in fp32 or bf16 (half the memory; fp32 math)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
   cmd->add_option("--prompt", a.prompt, "text to continue")->required();
   cmd->add_option("--max-new-tokens", a.sampling.max_new_tokens, "tokens to generate at most")
       ->capture_default_str();

@@ -66,6 +66,10 @@ class Backend {
   virtual Tensor zeros(const Shape& shape, DType dtype) = 0;
   // Copies between host and this backend's device (or within one device); same shape and dtype.
   virtual void copy(const Tensor& src, Tensor& dst) = 0;
+  // dst = src widened, same shape: src BF16, dst F32 (the CPU backend also takes F64). Exact: a
+  // bf16 is the upper half of a float32 (core/dtype.h bf16_to_f32). How frozen base weights held
+  // in bf16 become the fp32 a layer computes with (docs/models.md "Weight storage").
+  virtual void convert(const Tensor& src, Tensor& dst) = 0;
 
   // C = alpha * op(A) * op(B) + beta * C; A, B, C 2-D row-major; op = transpose if trans_*.
   virtual void gemm(bool trans_a, bool trans_b, double alpha, const Tensor& A, const Tensor& B,
@@ -198,7 +202,8 @@ class Backend {
   virtual void moe_combine_backward(const Tensor& dout, const Tensor& ys, const Tensor& slot,
                                     const Tensor& weights, Tensor& dys, Tensor& dweights) = 0;
 
-  // ids: (rows) I64   table: (V, D)   out: (rows, D). Ids outside [0, V) are an error.
+  // ids: (rows) I64   table: (V, D), out's dtype or BF16 (frozen weights held in bf16: the rows
+  // are widened as they are copied, exactly)   out: (rows, D). Ids outside [0, V) are an error.
   virtual void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
   virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) = 0;
   // logits: (rows, V)  targets: (rows) I64, -100 ignored. Returns the summed loss and sets

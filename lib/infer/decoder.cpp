@@ -4,6 +4,7 @@
 #include <string>
 #include <utility>
 
+#include "model/weight_storage.h"
 
 namespace ssmtune {
 
@@ -21,7 +22,7 @@ Decoder::Decoder(const ModelConfig& cfg, const ModelWeights& weights, Backend& b
     : cfg_(cfg),
       be_(be),
       prefill_block_(prefill_block),
-      dtype_(weights.embedding.dtype()),
+      dtype_(compute_dtype(weights)),
       lm_(cfg, weights, be) {
   if (prefill_block < 1)
     throw UsageError("decoder: prefill block must be >= 1 token, got " +

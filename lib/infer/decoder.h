@@ -23,7 +23,8 @@ namespace ssmtune {
 
 class Decoder {
  public:
-  // `weights` (F32 or F64, the dtype of every activation and state) must stay alive and
+  // `weights` (F32 or F64, the dtype of every activation and state; frozen tensors may be held
+  // in BF16 and are computed with in F32, model/weight_storage.h) must stay alive and
   // unchanged while the decoder exists: A = -exp(A_log) is computed once here. Merge LoRA into
   // the weights before making the decoder.
   // prefill_block >= 1 bounds the prefill's activation memory to about 10 * prefill_block * d_inner

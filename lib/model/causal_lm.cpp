@@ -4,6 +4,7 @@
 
 #include "model/linear.h"
 #include "model/sequence_steps.h"
+#include "model/weight_storage.h"
 
 namespace ssmtune {
 
@@ -61,8 +62,8 @@ Tensor CausalLM::key_mask(std::int64_t Lb) const {
   return mask;
 }
 
-void CausalLM::ffn_forward(std::int64_t i, std::size_t s, const Tensor& n, Tensor& out) {
-  const LayerWeights& lw = w_.layers[std::size_t(i)];
+void CausalLM::ffn_forward(std::int64_t i, const LayerWeights& lw, std::size_t s, const Tensor& n,
+                           Tensor& out) {
   const std::int64_t rows = n.dim(0) * n.dim(1), D = cfg_.d_model;
   const Tensor n2 = n.reshape({rows, D});
   Tensor out2 = out.reshape({rows, D});
@@ -101,12 +102,12 @@ void CausalLM::forward(const Tensor& ids, const Tensor& attention_mask) {
             (attention_mask.shape() == ids.shape() && attention_mask.dtype() == DType::I64),
         "attention mask must be (batch, length) I64 like the ids");
   const std::int64_t B = ids.dim(0), L = ids.dim(1), D = cfg_.d_model, rows = B * L;
-  const DType dt = w_.embedding.dtype();
+  const DType dt = compute_dtype(w_);
   ids_ = ids;
   attention_mask_ = attention_mask;
   Tensor embedded = be_.empty({B, L, D}, dt);
   Tensor e2 = embedded.reshape({rows, D});
-  be_.embedding_forward(ids.reshape({rows}), w_.embedding, e2);
+  be_.embedding_forward(ids.reshape({rows}), w_.embedding, e2);  // reads a bf16 table as is
   if (hook_) hook_->embedding_forward(ids.reshape({rows}), e2);
   run_layers(embedded, nullptr, true);
   std::vector<LayerRouting> routing;  // the router loss over every MoE layer's rows
@@ -121,7 +122,8 @@ void CausalLM::forward(const Tensor& ids, const Tensor& attention_mask) {
   aux_ = router_aux_loss(routing, cfg_.n_experts);
   logits_ = be_.empty({B, L, cfg_.vocab_size}, dt);
   Tensor logits2 = logits_.reshape({rows, cfg_.vocab_size});
-  linear_forward(be_, final_norm_.reshape({rows, D}), w_.lm_head, Tensor(), logits2);
+  linear_forward(be_, final_norm_.reshape({rows, D}), in_dtype(be_, w_.lm_head, dt), Tensor(),
+                 logits2);
 }
 
 Tensor CausalLM::forward_cached(const Tensor& ids, std::vector<LayerCache>& caches,
@@ -131,7 +133,7 @@ Tensor CausalLM::forward_cached(const Tensor& ids, std::vector<LayerCache>& cach
         "decoding: " + std::to_string(caches.size()) + " layer caches for " +
             std::to_string(cfg_.n_layer) + " layers");
   const std::int64_t n = ids.dim(0), D = cfg_.d_model, V = cfg_.vocab_size;
-  const DType dt = w_.embedding.dtype();
+  const DType dt = compute_dtype(w_);
   Tensor embedded = be_.empty({1, n, D}, dt);
   Tensor e2 = embedded.reshape({n, D});
   be_.embedding_forward(ids, w_.embedding, e2);
@@ -142,19 +144,21 @@ Tensor CausalLM::forward_cached(const Tensor& ids, std::vector<LayerCache>& cach
   // Only the last token's logits are wanted (docs/models.md, Mamba step 10).
   const Tensor last = final_norm_.reshape({n, D}).rows(n - 1, n);  // (1, D)
   Tensor logits = be_.empty({1, V}, dt);
-  linear_forward(be_, last, w_.lm_head, Tensor(), logits);
+  linear_forward(be_, last, in_dtype(be_, w_.lm_head, dt), Tensor(), logits);
   return logits;
 }
 
 void CausalLM::reset_caches(std::vector<LayerCache>& caches) {
   caches.resize(std::size_t(cfg_.n_layer));
-  const DType dt = w_.embedding.dtype();
+  const DType dt = compute_dtype(w_);
   for (std::int64_t i = 0; i < cfg_.n_layer; ++i) {
     switch (layer_kind(cfg_, i).mixer) {
-      case MixerKind::Mamba:
-        reset_mixer_cache(be_, cfg_, w_.layers[std::size_t(i)].mamba, i, mixer_hooks(i), dt,
-                          caches[std::size_t(i)].mamba);
+      case MixerKind::Mamba: {
+        MambaMixerWeights mw = w_.layers[std::size_t(i)].mamba;  // the cache reads A_log only
+        mw.A_log = in_dtype(be_, mw.A_log, dt);
+        reset_mixer_cache(be_, cfg_, mw, i, mixer_hooks(i), dt, caches[std::size_t(i)].mamba);
         break;
+      }
       case MixerKind::Attention: caches[std::size_t(i)].attn = AttentionCache(); break;
     }
   }
@@ -198,7 +202,9 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
   // and rstd then sit in norm_out_/norm_rstd_ at the next slot (slot 1 when decoding).
   bool normed = false;
   for (std::int64_t i = 0; i < n_layer; ++i) {
-    const LayerWeights& lw = w_.layers[std::size_t(i)];
+    // The layer's weights in the compute dtype, dropped at the end of the iteration: fp32
+    // scratch for frozen weights held in bf16 (model/weight_storage.h).
+    const LayerWeights lw = layer_in_dtype(be_, w_.layers[std::size_t(i)], dt);
     const std::size_t s = slot(i), next = keep ? s + 1 : 1;
     const Tensor prefix = prefix_of(i);
     n_prefix_[std::size_t(i)] = prefix.defined() ? prefix.dim(0) : 0;
@@ -243,7 +249,7 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
                               ffn_norm_out_[s], ffn_rstd_[s]);
       ffn_in_[s] = mix;
       branch = be_.empty({B, Lb, D}, dt);
-      ffn_forward(i, s, ffn_norm_out_[s], branch);
+      ffn_forward(i, lw, s, ffn_norm_out_[s], branch);
       residual = mix;
     }
     // The residual (in the model's dtype; fp32 or wider, so Mamba's residual_in_fp32 holds
@@ -252,12 +258,13 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
     const bool last = i + 1 == n_layer;
     normed = !Tq && (last ? !n_prompt_ : !prefix_of(i + 1).defined());
     if (normed && last) {
-      be_.add_rmsnorm_forward(residual, branch, w_.norm_f, cfg_.layer_norm_epsilon,
-                              final_norm_, final_rstd_);
+      be_.add_rmsnorm_forward(residual, branch, in_dtype(be_, w_.norm_f, dt),
+                              cfg_.layer_norm_epsilon, final_norm_, final_rstd_);
     } else if (normed) {
       norm_out_[next] = be_.empty({B, Lb, D}, dt);
       norm_rstd_[next] = be_.empty({B * Lb}, dt);
-      be_.add_rmsnorm_forward(residual, branch, w_.layers[std::size_t(i) + 1].norm,
+      be_.add_rmsnorm_forward(residual, branch,
+                              in_dtype(be_, w_.layers[std::size_t(i) + 1].norm, dt),
                               cfg_.layer_norm_epsilon, norm_out_[next], norm_rstd_[next]);
     } else {
       be_.add(residual, branch);
@@ -279,7 +286,8 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
     final_in_ = h;
   }
   if (!normed)
-    be_.rmsnorm_forward(final_in_, w_.norm_f, cfg_.layer_norm_epsilon, final_norm_, final_rstd_);
+    be_.rmsnorm_forward(final_in_, in_dtype(be_, w_.norm_f, dt), cfg_.layer_norm_epsilon,
+                        final_norm_, final_rstd_);
 }
 
 LmLoss CausalLM::loss(const Tensor& targets) {
@@ -316,12 +324,12 @@ void CausalLM::backward(const Tensor& targets, ModelWeights& grads, std::int64_t
   Tensor dnorm = be_.empty({rows, D}, dt);
   Tensor& d_head = cfg_.tie_word_embeddings ? grads.embedding : grads.lm_head;
   Tensor no_bias;
-  linear_backward(be_, logits2, final_norm_.reshape({rows, D}), w_.lm_head, dnorm, 0.0, d_head,
-                  no_bias);
+  linear_backward(be_, logits2, final_norm_.reshape({rows, D}), in_dtype(be_, w_.lm_head, dt),
+                  dnorm, 0.0, d_head, no_bias);
   Tensor dfinal = be_.empty({B, L, D}, dt);
   Tensor dnorm_f = grads.norm_f.defined() ? grads.norm_f : be_.zeros({D}, dt);
-  be_.rmsnorm_backward(dnorm.reshape({B, L, D}), final_in_, w_.norm_f, final_rstd_, dfinal,
-                       dnorm_f);
+  be_.rmsnorm_backward(dnorm.reshape({B, L, D}), final_in_, in_dtype(be_, w_.norm_f, dt),
+                       final_rstd_, dfinal, dnorm_f);
   // dL/d(residual stream), (B, P+L, D): the prompt's dropped outputs get no gradient.
   Tensor dh = dfinal;
   if (n_prompt_) {
@@ -329,7 +337,7 @@ void CausalLM::backward(const Tensor& targets, ModelWeights& grads, std::int64_t
     put_steps(be_, dfinal, n_prompt_, dh);
   }
   for (std::int64_t i = n_layer - 1; i >= 0; --i) {
-    const LayerWeights& lw = w_.layers[i];
+    const LayerWeights lw = layer_in_dtype(be_, w_.layers[i], dt);  // widened again, as forward
     LayerWeights frozen;  // no layer gradients at all: every layer tensor is frozen
     LayerWeights& lg = grads.layers.empty() ? frozen : grads.layers[i];
     const std::int64_t Tq = n_prefix_[i], Lb = block_in_[i].dim(1);

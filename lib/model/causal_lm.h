@@ -105,8 +105,9 @@ class CausalLM {
   // The attention key mask for a block of Lb steps whose first Lb - L are virtual (always
   // kept): (B, Lb) I64 on the device, or undefined without padding.
   Tensor key_mask(std::int64_t Lb) const;
-  // layer i's feed-forward over n: (B, Lb, D) into out (slot s of the activations).
-  void ffn_forward(std::int64_t i, std::size_t s, const Tensor& n, Tensor& out);
+  // layer i's feed-forward (weights lw) over n: (B, Lb, D) into out (slot s of the activations).
+  void ffn_forward(std::int64_t i, const LayerWeights& lw, std::size_t s, const Tensor& n,
+                   Tensor& out);
   // The router loss's gradient w.r.t. MoE layer i's probabilities (B*Lb, X), times `weight`.
   Tensor aux_grad(std::int64_t i, double weight) const;
   // Rows of layer i's MoE counted by the router loss, (B*Lb) I64 host, or undefined (all).

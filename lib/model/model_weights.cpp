@@ -95,11 +95,15 @@ bool is_float(DType t) {
   return t == DType::F32 || t == DType::F64 || t == DType::F16 || t == DType::BF16;
 }
 
-// Cheap insurance before fine-tuning (docs/models.md "safetensors"): a NaN in a base weight poisons every step.
-// t: F32 or F64. Returns the index of the first non-finite element, or -1.
+// Cheap insurance before fine-tuning (docs/models.md "safetensors"): a NaN in a base weight poisons
+// every step. t: F32, F64 or BF16. Returns the index of the first non-finite element, or -1.
 std::int64_t first_non_finite(const Tensor& t) {
+  const auto* bf16 =
+      t.dtype() == DType::BF16 ? static_cast<const std::uint16_t*>(t.raw()) : nullptr;
   for (std::int64_t i = 0; i < t.numel(); ++i) {
-    const double v = t.dtype() == DType::F32 ? double(t.data<float>()[i]) : t.data<double>()[i];
+    const double v = bf16                      ? double(bf16_to_f32(bf16[i]))
+                     : t.dtype() == DType::F32 ? double(t.data<float>()[i])
+                                               : t.data<double>()[i];
     if (!std::isfinite(v)) return i;
   }
   return -1;
@@ -170,8 +174,8 @@ ModelWeights zeros_like_params(const ModelConfig& c, DType dtype) {
 }
 
 ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig& c, DType dtype) {
-  if (dtype != DType::F32 && dtype != DType::F64)
-    throw Error("load_model_weights: weights load as F32 or F64, not " +
+  if (dtype != DType::F32 && dtype != DType::F64 && dtype != DType::BF16)
+    throw Error("load_model_weights: weights load as F32, F64 or BF16, not " +
                 std::string(dtype_name(dtype)));
   const SafetensorsCheckpoint ckpt = SafetensorsCheckpoint::open(model_dir);
   ModelWeights w;
@@ -245,11 +249,13 @@ ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig&
   // Pass 2: read and convert. A view of the file is kept when no conversion is needed.
   for (auto& [slot, stored] : to_load) {
     Tensor t = ckpt.tensor(stored);
-    if (t.dtype() != dtype) t = t.to(dtype);
+    const bool converted = t.dtype() != dtype;
+    if (converted) t = t.to(dtype);  // to BF16: rounded to nearest even (core/dtype.h)
     const std::int64_t bad = first_non_finite(t);
-    if (bad >= 0)
+    if (bad >= 0)  // a float beyond bf16's range (3.4e38) becomes Inf when rounded to bf16
       throw Error(ckpt.file_of(stored).path().string() + ": tensor " + quote_str(stored) +
-                  " holds a non-finite value (NaN or Inf) at element " + std::to_string(bad));
+                  " holds a non-finite value (NaN or Inf) at element " + std::to_string(bad) +
+                  (converted ? " once converted to " + std::string(dtype_name(dtype)) : ""));
     *slot->tensor = t;
   }
   if (c.tie_word_embeddings) {

@@ -114,8 +114,10 @@ ModelWeights zeros_like_params(const ModelConfig& c, DType dtype);
 
 // Loads model_dir/model.safetensors or the shards of model.safetensors.index.json, checks every
 // tensor against the config (missing, unexpected or wrong-shape tensors are errors naming the
-// tensor, the expected and the found shape), converts to `dtype` (F32 or F64) and ties
-// lm_head to the embedding (shared storage) when tie_word_embeddings is set. Accepts mamba_ssm's `backbone.embedding.weight`.
+// tensor, the expected and the found shape), converts to `dtype` (F32, F64, or BF16: frozen
+// weights held in bf16, model/weight_storage.h; stored BF16 is kept as read, wider dtypes are
+// rounded to nearest even) and ties lm_head to the embedding (shared storage) when
+// tie_word_embeddings is set. Accepts mamba_ssm's `backbone.embedding.weight`.
 ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig& c,
                                 DType dtype = DType::F32);
 

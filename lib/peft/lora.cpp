@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "model/weight_storage.h"
 #include "peft/dora.h"
 #include "peft/init_util.h"
 #include "peft/lora_adapter_io.h"
@@ -173,7 +174,8 @@ Tensor LoraModel::base_weight(const LoraTerm& t) const {
         "DoRA term " + t.name + ": the base weights have no layer " + std::to_string(t.layer));
   const Tensor W = linear_weight(*base_weights_, t.site);
   check_shape(W, {t.module_rows, t.in}, t.module + ".weight (DoRA's base weight)");
-  return W;
+  // A frozen weight held in bf16 is widened (exactly) to the values the model computes with.
+  return in_dtype(be_, W, t.A.dtype());
 }
 
 void LoraModel::init(std::uint64_t seed) {

@@ -124,7 +124,8 @@ class LoraModel final : public LinearHook, public PeftMethod {
   void embedding_backward(const Tensor& ids, const Tensor& dout) override;
 
  private:
-  // A DoRA term's module weight W (out, in) in base_weights_ (checked: set, right shape).
+  // A DoRA term's module weight W (out, in) in base_weights_ (checked: set, right shape), in
+  // the compute dtype (widened from bf16 when the frozen weights are held so).
   Tensor base_weight(const LoraTerm& t) const;
 
   ModelConfig cfg_;  // a copy: the method may outlive the config it was made from

@@ -1,5 +1,9 @@
 #include "peft/merge.h"
 
+#include <set>
+
+#include "model/weight_storage.h"
+
 #include "peft/lora_adapter_io.h"
 #include "peft/method_file.h"
 #include "peft/param_tuning.h"
@@ -21,11 +25,21 @@ std::unique_ptr<PeftMethod> read_as_method(const std::filesystem::path& dir, con
   return read(dir, c, dtype, be);
 }
 
+// The base tensors the adapter's LoRA terms merge into: their modules' weights.
+std::set<std::string> lora_weights(const ModelConfig& cfg, const LoraModel& lora) {
+  std::set<std::string> names;
+  for (const LoraTerm& t : lora.terms())
+    names.insert(t.embedding ? embedding_name(cfg) : t.module + ".weight");
+  return names;
+}
+
 }  // namespace
 
 LoadedModel merged_copy(const ModelConfig& cfg, const ModelWeights& w, const LoraModel* lora,
                         Backend& be) {
-  LoadedModel m{cfg, w};
+  LoadedModel m;
+  m.cfg = cfg;
+  m.weights = w;
   for_each_param(m.cfg, m.weights, [](const std::string&, Tensor& t) { t = t.clone(); });
   if (m.cfg.tie_word_embeddings) m.weights.lm_head = m.weights.embedding;
   (void)be;
@@ -35,10 +49,10 @@ LoadedModel merged_copy(const ModelConfig& cfg, const ModelWeights& w, const Lor
 }
 
 LoadedModel load_model_with_adapter(const std::string& model_dir, const std::string& adapter_dir,
-                                    Backend& be) {
+                                    Backend& be, DType frozen) {
   LoadedModel m;
   m.cfg = load_model_config(model_dir);
-  m.weights = load_model_weights(model_dir, m.cfg, DType::F32);
+  m.weights = load_model_weights(model_dir, m.cfg, frozen);
   if (!adapter_dir.empty()) {
     if (!is_adapter_dir(adapter_dir))
       throw Error(adapter_dir + ": not an adapter directory (no adapter_config.json, " +
@@ -56,8 +70,15 @@ LoadedModel load_model_with_adapter(const std::string& model_dir, const std::str
       m.cfg = merged_cfg;
     }
     if (std::filesystem::exists(std::filesystem::path(adapter_dir) / "adapter_config.json")) {
-      const std::unique_ptr<LoraModel> lora = read_lora_adapter(adapter_dir, m.cfg, DType::F32, be);
-      lora->merge_into(m.cfg, m.weights);
+      std::unique_ptr<LoraModel> lora = read_lora_adapter(adapter_dir, m.cfg, DType::F32, be);
+      if (frozen != DType::F32 && !lora->config().dora) {
+        // Over a base held in bf16, LoRA runs beside it as in training: merged into a bf16
+        // weight, its delta would be rounded away. DoRA's factor needs W: merged, in fp32.
+        m.unmerged.push_back(std::move(lora));
+      } else {
+        hold_params_in(m.cfg, m.weights, lora_weights(m.cfg, *lora), DType::F32, be);
+        lora->merge_into(m.cfg, m.weights);
+      }
     }
     // Every method that keeps its own file; each reader returns null when its file is absent.
     const Reader readers[] = {read_as_method<read_state_tuning>, read_as_method<read_additional_scan>,
@@ -80,7 +101,8 @@ LoadedModel load_model_with_adapter(const std::string& model_dir, const std::str
 std::string LoadedModel::unmergeable() const {
   std::string out;
   for (const std::shared_ptr<PeftMethod>& method : unmerged)
-    out += (out.empty() ? "" : "; ") + method->unmergeable_reason();
+    if (!method->unmergeable_reason().empty())  // LoRA over a bf16 base merges (in fp32)
+      out += (out.empty() ? "" : "; ") + method->unmergeable_reason();
   return out;
 }
 

@@ -19,7 +19,7 @@ namespace ssmtune {
 
 struct LoadedModel {
   ModelConfig cfg;
-  ModelWeights weights;  // F32
+  ModelWeights weights;  // F32; frozen tensors may be BF16 (load_model_with_adapter)
   // The adapter's methods that no weight can hold, applied through the model's hooks: state
   // methods, additional scan (scan hook), parallel adapter (linear hook), virtual tokens (input
   // hook).
@@ -42,8 +42,10 @@ LoadedModel merged_copy(const ModelConfig& cfg, const ModelWeights& w, const Lor
 
 // Loads model_dir; when adapter_dir is not empty, reads the adapter's files (each checked
 // against the model), merges LoRA and parameter tuning into the weights and sets up the rest
-// as hooks.
+// as hooks. frozen: how the base weights are held, F32 or BF16 (model/weight_storage.h); with
+// BF16 the tensors an adapter merges into are held in F32 and plain LoRA (not DoRA) is not
+// merged but runs as a hook beside the bf16 base, as in training.
 LoadedModel load_model_with_adapter(const std::string& model_dir, const std::string& adapter_dir,
-                                    Backend& be);
+                                    Backend& be, DType frozen = DType::F32);
 
 }  // namespace ssmtune

@@ -7,6 +7,7 @@
 #include "io/json_fields.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "model/weight_storage.h"
 
 namespace ssmtune {
 
@@ -55,7 +56,7 @@ const char* tune_mode_name(TuneMode mode) {
 ParamTuning::ParamTuning(const ModelConfig& cfg, ModelWeights& base,
                          std::vector<TunedTensor> entries, Backend& be)
     : be_(be), entries_(std::move(entries)), eff_(base), grads_(empty_layers(cfg)) {
-  const DType dtype = base.embedding.dtype();
+  const DType dtype = compute_dtype(base);  // frozen base tensors may be held in bf16
   std::vector<ParamSlot> base_slots = param_slots(cfg, base);
   std::vector<ParamSlot> eff_slots = param_slots(cfg, eff_);
   std::vector<ParamSlot> grad_slots = param_slots(cfg, grads_);
@@ -100,6 +101,9 @@ ParamTuning::ParamTuning(const ModelConfig& cfg, ModelWeights& base,
     t.created = absent;
     t.own_copy = t.own_copy || absent || e.mode != TuneMode::Direct;
   }
+  std::set<std::string> tuned;  // trained or merged into: held in the compute dtype, not bf16
+  for (const auto& [name, t] : targets_) tuned.insert(name);
+  hold_params_in(cfg, base, tuned, dtype, be_);
   for (auto& [name, t] : targets_) {
     const ParamSlot* b = find_slot(base_slots, name);
     if (!t.created) t.base = *b->tensor;

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "model/weight_storage.h"
 #include "peft/lora_adapter_io.h"
 #include "peft/method_file.h"
 #include "peft/partial.h"
@@ -40,6 +41,19 @@ void refuse_without_mamba_layers(const ModelConfig& cfg, const PeftConfig& peft)
                    mixer_module(cfg, 0) + ", ...); use peft.lora, peft.full or peft.prompt");
 }
 
+// Whether some parameter of w is held in another dtype than dt (frozen weights in bf16).
+bool holds_other_than(const ModelConfig& cfg, ModelWeights& w, DType dt) {
+  bool other = false;
+  for_each_param(cfg, w, [&](const std::string&, Tensor& t) { other = other || t.dtype() != dt; });
+  return other;
+}
+
+std::set<std::string> tensors_of(const std::vector<TunedTensor>& entries) {
+  std::set<std::string> names;
+  for (const TunedTensor& e : entries) names.insert(e.tensor);
+  return names;
+}
+
 }  // namespace
 
 PeftModel::PeftModel(const ModelConfig& cfg, ModelWeights& base, const PeftConfig& peft,
@@ -61,7 +75,11 @@ PeftModel::PeftModel(const ModelConfig& cfg, ModelWeights& base, const PeftConfi
         "peft.full trains every base tensor already: drop peft.partial, "
         "peft.bitfit and peft.sdt, or peft.full");
   refuse_without_mamba_layers(cfg, peft);
-  const DType dtype = base.embedding.dtype();
+  const DType dtype = compute_dtype(base);  // frozen base tensors may be held in bf16
+  if (peft.full && holds_other_than(cfg, base, dtype))
+    throw UsageError(
+        "peft.full trains every base tensor, so none is frozen to hold in bf16: set "
+        "training.frozen_weights to \"fp32\" (the default), or train a PEFT method");
   if (!peft.init_from.empty()) {
     if (!is_adapter_dir(peft.init_from))
       throw UsageError("peft.init_from: " + peft.init_from +
@@ -102,6 +120,7 @@ PeftModel::PeftModel(const ModelConfig& cfg, ModelWeights& base, const PeftConfi
   }
   if (peft.full) base_grads_ = zeros_like_params(cfg, dtype);
   partial_plan_ = plan_partial_entries(cfg, peft.partial ? &*peft.partial : nullptr, peft.bitfit);
+  hold_params_in(cfg_, base_, tensors_of(partial_plan_), dtype, be_);  // trained: not bf16
   if (peft.sdt) {
     std::set<std::string> direct;  // trained in place: their pretrained values for the reset
     for (const TunedTensor& e : partial_plan_) {
@@ -217,8 +236,11 @@ void PeftModel::restore_pristine() {
 }
 
 LoadedModel PeftModel::merged() const {
-  LoadedModel m{cfg_, base_};
-  for_each_param(m.cfg, m.weights, [](const std::string&, Tensor& t) { t = t.clone(); });
+  LoadedModel m;
+  m.cfg = cfg_;
+  m.weights = base_;
+  const DType dtype = compute_dtype(base_);  // merged in the compute dtype, not a bf16 base's
+  for_each_param(m.cfg, m.weights, [&](const std::string&, Tensor& t) { t = t.to(dtype); });
   if (m.cfg.tie_word_embeddings) m.weights.lm_head = m.weights.embedding;
   if (params_) params_->merge_into(m.cfg, m.weights);
   for (const std::unique_ptr<PeftMethod>& method : methods_)
@@ -316,7 +338,7 @@ void PeftModel::load(const fs::path& dir) {
   for (const std::unique_ptr<PeftMethod>& m : methods_) m->load(dir);
   if (params_) load_params(dir);
   if (config_.full) {
-    ModelWeights saved = load_model_weights(dir.string(), cfg_, base_.embedding.dtype());
+    ModelWeights saved = load_model_weights(dir.string(), cfg_, compute_dtype(base_));
     std::map<std::string, Tensor> by_name;
     for_each_param(cfg_, saved, [&](const std::string& name, Tensor& t) { by_name[name] = t; });
     for_each_param(cfg_, base_,
@@ -326,7 +348,7 @@ void PeftModel::load(const fs::path& dir) {
 
 void PeftModel::load_params(const fs::path& dir) {
   const std::string file = (dir / kParamTuningFile).string();
-  std::optional<SavedParamTuning> saved = read_param_tuning(dir, cfg_, base_.embedding.dtype());
+  std::optional<SavedParamTuning> saved = read_param_tuning(dir, cfg_, compute_dtype(base_));
   if (!saved) throw Error(file + ": missing (this run tunes base tensors)");
   if (config_.sdt) {
     const nlohmann::json extra = nlohmann::json::parse(saved->extra_json);

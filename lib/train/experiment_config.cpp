@@ -442,6 +442,7 @@ TrainingConfig read_training(Section s) {
   t.threads = s.integer("threads", 0, kMaxThreads, def.threads);
   t.device = s.choice("device", {"cpu", "cuda"}, def.device);
   t.matmul = s.choice("matmul", {"fp32", "bf16"}, def.matmul);
+  t.frozen_weights = s.choice("frozen_weights", {"fp32", "bf16"}, def.frozen_weights);
   s.finish();
   return t;
 }
@@ -634,6 +635,9 @@ std::string experiment_config_hash(const ExperimentConfig& cfg) {
   // all there was before the key existed) hashes as if absent, so old checkpoints still resume.
   if (j.contains("training") && j["training"].value("matmul", "fp32") == "fp32")
     erase_in(j, "training", "matmul");
+  // Likewise bf16 frozen weights (an fp32 checkpoint's weights are rounded); fp32 as if absent.
+  if (j.contains("training") && j["training"].value("frozen_weights", "fp32") == "fp32")
+    erase_in(j, "training", "frozen_weights");
   // Evaluation changes the trained weights only by stopping early; without early stopping the
   // eval settings and the eval set are free to change between a run and its resume.
   if (cfg.eval.early_stopping.patience > 0) {

@@ -19,7 +19,7 @@
 //     "schedule": {"type": "linear", "warmup_steps": 0, "warmup_ratio": 0.0, "min_lr_ratio": 0.0},
 //     "training": {"steps": 0, "epochs": 1, "batch_size": 4, "grad_accum": 1, "log_every": 1,
 //                  "scan_chunk": 64, "threads": 0, "device": "cpu",
-//                  "matmul": "fp32"},
+//                  "matmul": "fp32", "frozen_weights": "fp32"},
 //     "eval": {"every": 0, "batch_size": 8, "max_examples": 0, "metrics": ["loss"],
 //              "max_new_tokens": 32,
 //              "early_stopping": {"metric": "loss", "patience": 0, "min_delta": 0.0}},
@@ -68,6 +68,9 @@ struct TrainingConfig {
   std::int64_t threads = 0;       // CPU threads; 0 = all cores
   std::string device = "cpu";     // "cpu" or "cuda" (the first GPU)
   std::string matmul = "fp32";    // "fp32", or "bf16" inputs with fp32 accumulation (cuda only)
+  // How the frozen base weights are held: "fp32", or "bf16" (half the memory; the math stays
+  // fp32; trained base tensors stay fp32; model/weight_storage.h). Train, eval and generate.
+  std::string frozen_weights = "fp32";
 };
 
 struct EarlyStoppingConfig {

@@ -16,6 +16,7 @@
 #include "io/staged_dir.h"
 #include "model/mamba_init.h"
 #include "model/causal_lm.h"
+#include "model/weight_storage.h"
 #include "peft/lora_adapter_io.h"
 #include "peft/merge.h"
 #include "peft/peft_model.h"
@@ -117,7 +118,10 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
 
   // Everything that reads input comes first, so a bad file fails before anything is written.
   const ModelConfig mcfg = load_model_config(cfg.model);
-  ModelWeights weights = load_model_weights(cfg.model, mcfg, DType::F32);
+  // Frozen base weights in bf16 when asked; PeftModel holds the ones it trains in fp32.
+  ModelWeights weights = load_model_weights(
+      cfg.model, mcfg,
+      frozen_weights_dtype(cfg.training.frozen_weights, cfg.source + ": training.frozen_weights"));
   const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(cfg.model);
   if (tokenizer->vocab_size() > mcfg.vocab_size)
     throw Error(tokenizer->source() + ": the tokenizer has " +
@@ -156,6 +160,8 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
       spdlog::debug("  LoRA {} on {} rows [{}, {})", t.name, t.module, t.row0, t.row0 + t.rows);
   spdlog::info("trainable parameters: {} of {} ({:.4f}%)", n_trainable, n_total,
                100.0 * double(n_trainable) / double(n_total));
+  spdlog::info("base weights held: {:.1f} MB (frozen weights {})",
+               double(held_param_bytes(mcfg, weights)) / 1e6, cfg.training.frozen_weights);
 
   CausalLM lm(mcfg, peft.weights(), *be, cfg.training.scan_chunk);
   lm.set_hook(peft.hook());

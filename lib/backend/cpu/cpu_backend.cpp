@@ -48,6 +48,21 @@ class CpuBackend final : public Backend {
             "shape/dtype mismatch " + shape_str(src.shape()) + " vs " + shape_str(dst.shape()));
     if (src.nbytes()) std::memmove(dst.raw(), src.raw(), src.nbytes());
   }
+  void convert(const Tensor& src, Tensor& dst) override {
+    OpTimer timer(profile_, "elementwise");
+    require(src.shape() == dst.shape(), "convert",
+            "shapes differ: " + shape_str(src.shape()) + " vs " + shape_str(dst.shape()));
+    require(src.dtype() == DType::BF16, "convert",
+            "src must be BF16, got " + std::string(dtype_name(src.dtype())));
+    dispatch(dst.dtype(), "convert", [&](auto zero) {
+      using T = decltype(zero);
+      const auto* s = static_cast<const std::uint16_t*>(src.raw());
+      T* d = dst.data<T>();
+      const std::int64_t n = src.numel();
+#pragma omp parallel for schedule(static)
+      for (std::int64_t i = 0; i < n; ++i) d[i] = T(bf16_to_f32(s[i]));
+    });
+  }
 
   void gemm(bool trans_a, bool trans_b, double alpha, const Tensor& A, const Tensor& B,
             double beta, Tensor& C) override {
@@ -330,6 +345,15 @@ class CpuBackend final : public Backend {
     const std::int64_t n = ids.numel(), D = table.dim(1);
     OpChecks::ids(ids, table.dim(0));
     require_shape(out, {n, D}, "embedding_forward", "out");
+    if (table.dtype() == DType::BF16) {  // frozen weights held in bf16: widened as copied
+      dispatch(out.dtype(), "embedding_forward", [&](auto zero) {
+        using T = decltype(zero);
+        cpu::embedding_forward_bf16<T>(n, D, ids.data<std::int64_t>(),
+                                       static_cast<const std::uint16_t*>(table.raw()),
+                                       out.data<T>());
+      });
+      return;
+    }
     dispatch(table.dtype(), "embedding_forward", [&](auto zero) {
       using T = decltype(zero);
       cpu::embedding_forward<T>(n, D, ids.data<std::int64_t>(), table.data<T>(), out.data<T>());

@@ -52,6 +52,11 @@ template <class T> void column_sum(std::int64_t rows, std::int64_t cols, const T
 template <class T>
 void embedding_forward(std::int64_t n, std::int64_t D, const std::int64_t* ids, const T* table,
                        T* out);
+// The same from a table held in bf16 (bits; frozen weights, docs/models.md "Weight storage"),
+// each value widened as it is copied (exact).
+template <class T>
+void embedding_forward_bf16(std::int64_t n, std::int64_t D, const std::int64_t* ids,
+                            const std::uint16_t* table, T* out);
 // dtable[ids[t]] += dout[t], in token order
 template <class T>
 void embedding_backward(std::int64_t n, std::int64_t D, const std::int64_t* ids, const T* dout,

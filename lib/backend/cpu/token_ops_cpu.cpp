@@ -5,6 +5,7 @@
 
 #include "backend/cpu/fast_exp.h"
 #include "backend/cpu/ops_cpu.h"
+#include "core/dtype.h"
 
 namespace ssmtune::cpu {
 
@@ -13,6 +14,14 @@ void embedding_forward(std::int64_t n, std::int64_t D, const std::int64_t* ids, 
                        T* out) {
 #pragma omp parallel for schedule(static)
   for (std::int64_t t = 0; t < n; ++t) std::copy_n(table + ids[t] * D, D, out + t * D);
+}
+
+template <class T>
+void embedding_forward_bf16(std::int64_t n, std::int64_t D, const std::int64_t* ids,
+                            const std::uint16_t* table, T* out) {
+#pragma omp parallel for schedule(static)
+  for (std::int64_t t = 0; t < n; ++t)
+    for (std::int64_t j = 0; j < D; ++j) out[t * D + j] = T(bf16_to_f32(table[ids[t] * D + j]));
 }
 
 // Sequential over tokens: rows repeat, and a fixed order keeps the sums deterministic.
@@ -70,14 +79,16 @@ void cross_entropy_backward(std::int64_t rows, std::int64_t V, const T* logits,
   }
 }
 
-#define SSMTUNE_INSTANTIATE(T)                                                                \
-  template void embedding_forward<T>(std::int64_t, std::int64_t, const std::int64_t*, const T*, \
-                                     T*);                                                     \
-  template void embedding_backward<T>(std::int64_t, std::int64_t, const std::int64_t*,         \
-                                      const T*, T*);                                          \
-  template double cross_entropy_forward<T>(std::int64_t, std::int64_t, const T*,               \
-                                           const std::int64_t*, std::int64_t*);               \
-  template void cross_entropy_backward<T>(std::int64_t, std::int64_t, const T*,                \
+#define SSMTUNE_INSTANTIATE(T)                                                                   \
+  template void embedding_forward<T>(std::int64_t, std::int64_t, const std::int64_t*, const T*,  \
+                                     T*);                                                        \
+  template void embedding_forward_bf16<T>(std::int64_t, std::int64_t, const std::int64_t*,       \
+                                          const std::uint16_t*, T*);                             \
+  template void embedding_backward<T>(std::int64_t, std::int64_t, const std::int64_t*, const T*, \
+                                      T*);                                                       \
+  template double cross_entropy_forward<T>(std::int64_t, std::int64_t, const T*,                 \
+                                           const std::int64_t*, std::int64_t*);                  \
+  template void cross_entropy_backward<T>(std::int64_t, std::int64_t, const T*,                  \
                                           const std::int64_t*, double, T*);
 SSMTUNE_INSTANTIATE(float)
 SSMTUNE_INSTANTIATE(double)

@@ -99,6 +99,17 @@ class CudaBackend final : public Backend {
     }
   }
 
+  void convert(const Tensor& src, Tensor& dst) override {
+    Timer timer(*this, "elementwise");
+    checks.require(src.shape() == dst.shape(), "convert",
+                   "shapes differ: " + shape_str(src.shape()) + " vs " + shape_str(dst.shape()));
+    checks.require(src.dtype() == DType::BF16, "convert",
+                   "src must be BF16, got " + std::string(dtype_name(src.dtype())));
+    kernels::from_bf16(src.numel(), static_cast<const std::uint16_t*>(src.device_raw(memory_)),
+                       f32(dst, "convert", "dst"), stream());
+    launch_check("from_bf16");
+  }
+
   void gemm(bool trans_a, bool trans_b, double alpha, const Tensor& A, const Tensor& B, double beta,
             Tensor& C) override {
     const auto [M, N, K] = checks.gemm(trans_a, trans_b, A, B, C);
@@ -390,8 +401,13 @@ class CudaBackend final : public Backend {
     OpChecks::ids(ids, table.dim(0));
     checks.shape(out, {n, D}, op, "out");
     const HostInts dev_ids(*this, ids);
-    kernels::embedding_forward(n, D, dev_ids.get(), f32(table, op, "table"), f32(out, op, "out"),
-                               stream());
+    if (table.dtype() == DType::BF16)  // frozen weights held in bf16: widened as copied
+      kernels::embedding_forward(n, D, dev_ids.get(),
+                                 static_cast<const std::uint16_t*>(table.device_raw(memory_)),
+                                 f32(out, op, "out"), stream());
+    else
+      kernels::embedding_forward(n, D, dev_ids.get(), f32(table, op, "table"), f32(out, op, "out"),
+                                 stream());
     launch_check(op);
   }
   void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {

@@ -1,0 +1,60 @@
+#include "model/weight_storage.h"
+
+#include "core/error.h"
+
+namespace ssmtune {
+
+DType frozen_weights_dtype(const std::string& value, const std::string& what) {
+  if (value == "fp32") return DType::F32;
+  if (value == "bf16") return DType::BF16;
+  throw UsageError(what + ": expected \"fp32\" or \"bf16\", got \"" + value + "\"");
+}
+
+DType compute_dtype(const ModelWeights& w) {
+  return w.embedding.dtype() == DType::F64 ? DType::F64 : DType::F32;
+}
+
+Tensor in_dtype(Backend& be, const Tensor& t, DType dt) {
+  if (!t.defined() || t.dtype() == dt) return t;
+  Tensor out = be.empty(t.shape(), dt);
+  be.convert(t, out);
+  return out;
+}
+
+LayerWeights layer_in_dtype(Backend& be, const LayerWeights& w, DType dt) {
+  LayerWeights out = w;
+  MambaMixerWeights& m = out.mamba;
+  AttentionWeights& a = out.attn;
+  for (Tensor* t : {&out.norm,      &out.ffn_norm, &m.in_proj,       &m.in_proj_bias, &m.conv1d,
+                    &m.conv1d_bias, &m.x_proj,     &m.dt_proj,       &m.dt_proj_bias, &m.A_log,
+                    &m.D,           &m.out_proj,   &m.out_proj_bias, &m.dt_norm,      &m.B_norm,
+                    &m.C_norm,      &a.q_proj,     &a.k_proj,        &a.v_proj,       &a.o_proj,
+                    &out.moe.router})
+    *t = in_dtype(be, *t, dt);
+  const auto mlp_in_dtype = [&](MlpWeights& mlp) {
+    for (Tensor* t : {&mlp.gate_proj, &mlp.up_proj, &mlp.down_proj}) *t = in_dtype(be, *t, dt);
+  };
+  mlp_in_dtype(out.mlp);
+  for (MlpWeights& expert : out.moe.experts) mlp_in_dtype(expert);
+  return out;
+}
+
+void hold_params_in(const ModelConfig& c, ModelWeights& w, const std::set<std::string>& names,
+                    DType dt, Backend& be) {
+  const bool tied = c.tie_word_embeddings;
+  for (ParamSlot& s : param_slots(c, w)) {
+    const bool wanted =
+        names.count(s.name) || (tied && s.tensor == &w.embedding && names.count("lm_head.weight"));
+    if (wanted && !s.absent_because) *s.tensor = in_dtype(be, *s.tensor, dt);
+  }
+  if (tied) w.lm_head = w.embedding;
+}
+
+std::int64_t held_param_bytes(const ModelConfig& c, ModelWeights& w) {
+  std::int64_t bytes = 0;
+  for_each_param(c, w,
+                 [&](const std::string&, const Tensor& t) { bytes += std::int64_t(t.nbytes()); });
+  return bytes;
+}
+
+}  // namespace ssmtune
