@@ -94,3 +94,44 @@ TEST_CASE("every configs/methods config trains 2 steps on Jamba or is refused na
     }
   }
 }
+
+TEST_CASE("LoRA on every Jamba projection (experts included) checkpoints and resumes bit-exactly",
+          "[train][jamba][resume]") {
+  // An MoE layer has a gate_proj per expert: each needs its own optimizer state in a checkpoint.
+  TempDir dir;
+  const fs::path train_file = make_experiment_dir(dir.path());
+  const json cfg = {
+      {"model", (dir / "model").string()},
+      {"seed", 3},
+      {"data", {{"train", train_file.string()}, {"format", "tokens"}, {"max_length", 16}}},
+      {"peft",
+       {{"lora",
+         {{"targets", {"in_proj", "x_proj", "dt_proj", "out_proj", "q_proj", "k_proj", "v_proj",
+                       "o_proj", "router", "gate_proj", "up_proj", "down_proj"}},
+          {"rank", 2},
+          {"alpha", 4},
+          {"dropout", 0.1}}}}},
+      {"optimizer", {{"lr", 1e-2}}},
+      {"training", {{"steps", 4}, {"batch_size", 2}}},
+      {"checkpoint", {{"every", 2}, {"keep", 2}}}};
+  const auto train_into = [&](const fs::path& out, bool resume) {
+    json c = cfg;
+    c["output_dir"] = out.string();
+    std::ofstream(dir / "config.json") << c.dump(2);
+    ssmtune::TrainOptions options;
+    options.resume = resume;
+    return ssmtune::train(ssmtune::load_experiment_config((dir / "config.json").string(), {}),
+                          options);
+  };
+  const fs::path whole = dir / "whole", resumed = dir / "resumed";
+  REQUIRE(train_into(whole, false).steps == 4);
+  REQUIRE(fs::exists(whole / "checkpoint-2"));
+  // As if killed after step 3: the run directory up to its step-2 checkpoint.
+  fs::copy(whole, resumed, fs::copy_options::recursive);
+  for (const char* later : {"checkpoint-4", "adapter", "summary.json"})
+    fs::remove_all(resumed / later);
+  REQUIRE(train_into(resumed, true).steps == 4);
+  CHECK(read_file(resumed / "adapter" / "adapter_model.safetensors") ==
+        read_file(whole / "adapter" / "adapter_model.safetensors"));
+  CHECK(ssmtune::test::trajectory(resumed) == ssmtune::test::trajectory(whole));
+}

@@ -52,7 +52,7 @@ void append_attention_sites(const ModelConfig& c, std::int64_t layer, const std:
                             std::vector<LinearSite>& out) {
   const std::int64_t D = c.d_model, hd = c.head_dim(), H = c.n_heads, KV = c.n_kv_heads;
   const auto site = [&](const char* name, std::int64_t in, std::int64_t rows) {
-    out.push_back({-1, layer, module + "." + name, name, in, rows, {}});
+    out.push_back({-1, layer, module + "." + name, name, in, rows, {}, -1});
   };
   site("q_proj", D, H * hd);
   site("k_proj", D, KV * hd);

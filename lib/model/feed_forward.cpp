@@ -50,20 +50,21 @@ void append_moe_slots(const ModelConfig& c, const std::string& module, MoeWeight
     append_mlp_slots(c, module + ".experts." + std::to_string(e), w.experts[std::size_t(e)], out);
 }
 
-void append_mlp_sites(const ModelConfig& c, std::int64_t layer, const std::string& module,
+void append_mlp_sites(const ModelConfig& c, std::int64_t layer, std::int64_t expert,
+                      const std::string& module,
                       std::vector<LinearSite>& out) {
   const std::int64_t D = c.d_model, F = c.d_ffn;
   const std::string p = module + ".";
-  out.push_back({-1, layer, p + "gate_proj", "gate_proj", D, F, {}});
-  out.push_back({-1, layer, p + "up_proj", "up_proj", D, F, {}});
-  out.push_back({-1, layer, p + "down_proj", "down_proj", F, D, {}});
+  out.push_back({-1, layer, p + "gate_proj", "gate_proj", D, F, {}, expert});
+  out.push_back({-1, layer, p + "up_proj", "up_proj", D, F, {}, expert});
+  out.push_back({-1, layer, p + "down_proj", "down_proj", F, D, {}, expert});
 }
 
 void append_moe_sites(const ModelConfig& c, std::int64_t layer, const std::string& module,
                       std::vector<LinearSite>& out) {
-  out.push_back({-1, layer, module + ".router", "router", c.d_model, c.n_experts, {}});
+  out.push_back({-1, layer, module + ".router", "router", c.d_model, c.n_experts, {}, -1});
   for (std::int64_t e = 0; e < c.n_experts; ++e)
-    append_mlp_sites(c, layer, module + ".experts." + std::to_string(e), out);
+    append_mlp_sites(c, layer, e, module + ".experts." + std::to_string(e), out);
 }
 
 Tensor mlp_linear_weight(const MlpWeights& w, const LinearSite& s) {
@@ -75,12 +76,8 @@ Tensor mlp_linear_weight(const MlpWeights& w, const LinearSite& s) {
 
 Tensor moe_linear_weight(const MoeWeights& w, const LinearSite& s) {
   if (s.name == "router") return w.router;
-  // "....experts.<e>.gate_proj": the expert's number sits between the last two dots
-  const std::size_t end = s.module.rfind('.');
-  const std::size_t begin = s.module.rfind('.', end - 1) + 1;
-  const std::int64_t e = std::stoll(s.module.substr(begin, end - begin));
-  check(e >= 0 && e < std::int64_t(w.experts.size()), s.module + ": no such expert");
-  return mlp_linear_weight(w.experts[std::size_t(e)], s);
+  check(s.expert >= 0 && s.expert < std::int64_t(w.experts.size()), s.module + ": no such expert");
+  return mlp_linear_weight(w.experts[std::size_t(s.expert)], s);
 }
 
 void mlp_forward(Backend& be, const MlpWeights& w, const Tensor& x, MlpActivations& a,

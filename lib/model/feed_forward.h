@@ -45,8 +45,9 @@ void append_mlp_slots(const ModelConfig& c, const std::string& module, MlpWeight
                       std::vector<ParamSlot>& out);
 void append_moe_slots(const ModelConfig& c, const std::string& module, MoeWeights& w,
                       std::vector<ParamSlot>& out);
-void append_mlp_sites(const ModelConfig& c, std::int64_t layer, const std::string& module,
-                      std::vector<LinearSite>& out);
+// expert: the MLP's expert in an MoE layer, -1 for a dense MLP.
+void append_mlp_sites(const ModelConfig& c, std::int64_t layer, std::int64_t expert,
+                      const std::string& module, std::vector<LinearSite>& out);
 void append_moe_sites(const ModelConfig& c, std::int64_t layer, const std::string& module,
                       std::vector<LinearSite>& out);
 Tensor mlp_linear_weight(const MlpWeights& w, const LinearSite& site);

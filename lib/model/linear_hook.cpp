@@ -17,7 +17,7 @@ std::vector<LinearSite> linear_sites(const ModelConfig& c) {
     }
     switch (kind.ffn) {
       case FeedForwardKind::None: break;
-      case FeedForwardKind::Mlp: append_mlp_sites(c, i, ffn_module(c, i), sites); break;
+      case FeedForwardKind::Mlp: append_mlp_sites(c, i, -1, ffn_module(c, i), sites); break;
       case FeedForwardKind::MoE: append_moe_sites(c, i, ffn_module(c, i), sites); break;
     }
   }

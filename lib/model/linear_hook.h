@@ -34,6 +34,7 @@ struct LinearSite {
   std::string name;         // its name in its layer kind, what targets match: "in_proj"
   std::int64_t in = 0, out = 0;
   std::vector<LinearSlice> slices;  // empty when it has none
+  std::int64_t expert = -1;         // its expert in an MoE layer ("experts.<e>.gate_proj"), else -1
 };
 
 // Every linear site of a model with config `c`, in order.

@@ -39,7 +39,7 @@ void append_mamba_mixer_sites(const ModelConfig& c, std::int64_t layer, const st
   const std::int64_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank;
   const auto site = [&](const char* name, std::int64_t in, std::int64_t rows,
                         std::vector<LinearSlice> slices) {
-    out.push_back({-1, layer, module + "." + name, name, in, rows, std::move(slices)});
+    out.push_back({-1, layer, module + "." + name, name, in, rows, std::move(slices), -1});
   };
   site("in_proj", D, 2 * E, {{"x", 0, E}, {"z", E, E}});
   site("x_proj", E, R + 2 * N, {{"dt", 0, R}, {"B", R, N}, {"C", R + N, N}});

@@ -115,8 +115,11 @@ std::vector<LoraTerm> plan_lora_terms(const ModelConfig& c, const LoraConfig& lo
       for (const LinearSlice& sl : site.slices)
         if (sl.name == tg.slice) row0 = sl.row0, rows = sl.rows;
       LoraTerm t;
-      t.name = "layers." + std::to_string(site.layer) + "." + site.name +
-               (tg.slice.empty() ? "" : "." + tg.slice);
+      // Unique per module (checkpoints key the optimizer state on it): an MoE layer has a
+      // gate_proj per expert.
+      t.name = "layers." + std::to_string(site.layer) + "." +
+               (site.expert >= 0 ? "experts." + std::to_string(site.expert) + "." : "") +
+               site.name + (tg.slice.empty() ? "" : "." + tg.slice);
       t.module = site.module;
       t.layer = site.layer;
       t.site = site;
@@ -218,10 +221,12 @@ void LoraModel::load(const std::filesystem::path& dir) {
 }
 
 std::vector<std::string> LoraModel::summary() {
-  // Group the terms by what the user targeted (the part of the name after "layers.I.").
+  // Group the terms by what the user targeted (the part of the name after "layers.I." and
+  // "experts.E.").
   std::map<std::string, std::pair<std::int64_t, std::int64_t>> groups;  // target -> (n, params)
   for (const LoraTerm& t : terms_) {
-    const std::string target = t.embedding ? "embeddings" : t.name.substr(t.name.find('.', 7) + 1);
+    std::string target = t.embedding ? "embeddings" : t.name.substr(t.name.find('.', 7) + 1);
+    if (t.site.expert >= 0) target = target.substr(target.find('.', 8) + 1);
     auto& g = groups[target];
     g.first += 1;
     g.second += t.A.numel() + t.B.numel() + (t.dora() ? t.magnitude.numel() : 0);
