@@ -21,7 +21,12 @@ In a temporary directory:
      weights: within twice what rounding jamba-tiny's own float32 weights to bf16 does to its
      logits (the yardstick tests/merge_layout_test.cpp uses), and every merged weight is within
      one bf16 ulp of peft's merge_and_unload rounded to bf16 (equal but where the two float32
-     merges fall on either side of a rounding boundary).
+     merges fall on either side of a rounding boundary);
+  7. an adapter trained by `ssmtune train` on that base (LoRA r 4 on every Mamba, attention,
+     router, expert and MLP projection, 20 steps on arithmetic progressions) loads in
+     peft.PeftModel.from_pretrained: every tensor of adapter_model.safetensors lands
+     bit-identically in a peft LoRA parameter and none is left at peft's init, and peft's mean
+     token loss equals `ssmtune eval --adapter`'s (the tolerance of check_hf_interop.py).
 
 Prints one line per check; exits 1 if any fails.
 Usage: /tmp/fxenv/bin/python data_scripts/check_merged_jamba.py build/apps/ssmtune/ssmtune
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import sys
 
@@ -44,13 +50,17 @@ import peft
 from peft import PeftModel
 
 # Also sets HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE (everything is local).
-from check_hf_interop import finish, in_work_dir, parse_args, report, run
+from check_hf_interop import (LOSS_RTOL, check_loss, finish, forward, in_work_dir,
+                               make_sequences, parse_args, report, run, ssmtune_eval,
+                               write_jsonl)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 BASE_FIXTURE = os.path.join(FIXTURES, "jamba-tiny")
 ADAPTER = os.path.join(FIXTURES, "peft-lora-jamba", "adapter_init")
 TOKENIZER = os.path.join(FIXTURES, "tokenizers", "bpe")
+TINY_TOKENIZER = os.path.join(FIXTURES, "tokenizers", "tiny_unk")
+TINY_VOCAB = 12  # tiny_unk's ids 0..11
 
 SSMTUNE_ATOL = 1e-5
 
@@ -83,6 +93,58 @@ def ssmtune_logprob(binary: str, model: str, work: str, ids: list[int], pos: int
     res = json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
     assert res["tokens"] == 1, res
     return -float(res["metrics"]["loss"])
+
+
+JAMBA_LORA_TARGETS = ["in_proj", "x_proj", "dt_proj", "out_proj", "q_proj", "k_proj", "v_proj",
+                      "o_proj", "router", "gate_proj", "up_proj", "down_proj"]
+
+
+def check_trained_adapter(binary: str, work: str, base: str) -> None:
+    """Step 7: an adapter ssmtune trains on Jamba loads in peft and computes ssmtune's loss."""
+    # base's tokenizer (the bpe fixture, 1010 tokens) is larger than jamba-tiny's vocabulary,
+    # which train refuses: train on a copy with the 12-token tokenizer fixture, on ids it has.
+    trained_base = os.path.join(work, "base-tiny-tokenizer")
+    shutil.copytree(base, trained_base, ignore=shutil.ignore_patterns("tokenizer*"))
+    for f in os.listdir(TINY_TOKENIZER):
+        shutil.copy(os.path.join(TINY_TOKENIZER, f), trained_base)
+    base = trained_base
+    seqs = [[2 + t % (TINY_VOCAB - 2) for t in s] for s in make_sequences(random.Random(3), 16)]
+    data = os.path.join(work, "progressions.jsonl")
+    write_jsonl(data, seqs)
+    run_dir = os.path.join(work, "run-lora")
+    exp = {"model": base, "output_dir": run_dir, "seed": 7,
+           "data": {"train": data, "format": "tokens", "max_length": 64},
+           "peft": {"lora": {"targets": JAMBA_LORA_TARGETS, "rank": 4, "alpha": 8}},
+           "optimizer": {"lr": 2e-2}, "schedule": {"type": "constant"},
+           "training": {"steps": 20, "batch_size": 4, "threads": 1},
+           "checkpoint": {"keep": 1}}
+    exp_path = os.path.join(work, "exp-lora.json")
+    with open(exp_path, "w") as f:
+        json.dump(exp, f, indent=1)
+    run([binary, "train", exp_path])
+    adapter = os.path.join(run_dir, "adapter")
+    model = PeftModel.from_pretrained(JambaForCausalLM.from_pretrained(base), adapter)
+    model.eval()
+    state = model.state_dict()
+    lora_keys = {k for k in state if ".lora_" in k}
+    file = load_file(os.path.join(adapter, "adapter_model.safetensors"))
+    problems, used = [], set()
+    for name, t in file.items():
+        key = name.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+            ".lora_B.weight", ".lora_B.default.weight")
+        if key not in state or not torch.equal(state[key], t):
+            problems.append(f"{name}: not bit-identical in peft's parameter {key}")
+        used.add(key)
+    if lora_keys - used:
+        problems.append(f"peft LoRA parameters left at peft's init: {sorted(lora_keys - used)}")
+    report(not problems, "trained Jamba adapter loads in peft",
+           f"{len(file)} tensors bit-identical in peft's {len(lora_keys)} LoRA parameters"
+           if not problems else "; ".join(problems))
+    _, peft_loss, n = forward(model, seqs)
+    _, base_loss, _ = forward(JambaForCausalLM.from_pretrained(base), seqs)
+    check_loss(f"trained Jamba adapter: loss peft vs ssmtune eval --adapter (rel tol "
+               f"{LOSS_RTOL:.0e})", peft_loss, n, ssmtune_eval(binary, base, data, adapter),
+               abs(peft_loss - base_loss))
 
 
 def main() -> int:
@@ -187,6 +249,8 @@ def main() -> int:
             total += t.numel()
         report(worst_ulps <= 1.0, "merged weights vs peft merge_and_unload rounded to bf16",
                f"{differing} of {total} elements differ, by at most {worst_ulps:.2f} bf16 ulp")
+
+        check_trained_adapter(binary, work, base)
 
     in_work_dir(args.keep, "ssmtune-merged-jamba-", body)
     return finish()

@@ -372,6 +372,44 @@ def n_params(cfg: dict) -> int:
     return v * d + cfg["num_hidden_layers"] * layer + d
 
 
+def ship_pretrained(run_dir: str, model_dir: str, ssmtune: str, count_params) -> dict:
+    """Copies a pretraining run's model/ to model_dir (replacing it) and returns what its README
+    quotes: n_params (count_params of its config.json), the run's metrics rows and summary, and
+    a greedy sample from GENERATE_PROMPT."""
+    if os.path.isdir(model_dir):
+        shutil.rmtree(model_dir)
+    shutil.copytree(os.path.join(run_dir, "model"), model_dir)
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        shipped = {"n_params": count_params(json.load(f))}
+    shipped["metrics"] = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+        shipped["summary"] = json.load(f)
+    shipped["sample"] = subprocess.run(
+        [ssmtune, "generate", "--model", model_dir, "--prompt", GENERATE_PROMPT,
+         "--max-new-tokens", str(GENERATE_TOKENS)], check=True, capture_output=True,
+        text=True).stdout.rstrip()
+    return shipped
+
+
+def results_and_origin(base: dict, tuned: dict, generator: str) -> str:
+    """An example README's table (the base model's eval metrics vs the fine-tuned run's) and the
+    paragraph saying which script made the page."""
+    def metric_cells(m: dict) -> str:
+        return f"{m['accuracy']:.3f} | {m['loss']:.3f}"
+
+    tuned_run = f"seed {SEED}, {tuned['steps']} steps, {tuned['elapsed_s']:.0f} s"
+    return f"""\
+| eval.jsonl ({base['examples']} examples) | accuracy | loss (per label token) |
+|---|---|---|
+| base model | {metric_cells(base['metrics'])} |
+| after `ssmtune train` ({tuned_run}) | {metric_cells(tuned['eval'])} |
+
+Everything here is made by `{generator}` (its docstring says how), which also measured the
+numbers on this page; rerun it rather than editing. `sizes.json` and `pretrain.json` are its
+inputs to `ssmtune init` and `ssmtune train`.
+"""
+
+
 def read_jsonl(path: str) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -489,20 +527,8 @@ def main() -> None:
     stats["tokenizers_version"] = make_tokenizer(work, args.fresh)
     stats["pretrain_seconds"] = round(pretrain(work, args.ssmtune, args.fresh))
 
-    run_dir = os.path.join(work, "pretrain")
     model_dir = os.path.join(OUT, "model")
-    if os.path.isdir(model_dir):
-        shutil.rmtree(model_dir)
-    shutil.copytree(os.path.join(run_dir, "model"), model_dir)
-    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
-        stats["n_params"] = n_params(json.load(f))
-    stats["metrics"] = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
-    with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
-        stats["summary"] = json.load(f)
-    stats["sample"] = subprocess.run(
-        [args.ssmtune, "generate", "--model", model_dir, "--prompt", GENERATE_PROMPT,
-         "--max-new-tokens", str(GENERATE_TOKENS)], check=True, capture_output=True,
-        text=True).stdout.rstrip()
+    stats.update(ship_pretrained(os.path.join(work, "pretrain"), model_dir, args.ssmtune, n_params))
     stats["quickstart_base"], stats["quickstart"] = check_quickstart(work, args.ssmtune)
     write_example_readme(stats)
     log(f"done: {model_dir} ({os.path.getsize(os.path.join(model_dir, 'model.safetensors'))} "
@@ -594,10 +620,6 @@ def write_example_readme(stats: dict) -> None:
     n_tokens = summary["steps"] * PRETRAIN_BATCH_TOKENS
     epochs = max(r.get("epoch", 0) for r in stats["metrics"])
     base, tuned = stats["quickstart_base"], stats["quickstart"]
-    tuned_run = f"seed {SEED}, {tuned['steps']} steps, {tuned['elapsed_s']:.0f} s"
-
-    def metric_cells(m: dict) -> str:
-        return f"{m['accuracy']:.3f} | {m['loss']:.3f}"
 
     write_text(os.path.join(OUT, "README.md"), reflow(f"""\
 # The shipped example
@@ -609,15 +631,7 @@ its one-line description (`data/`, described in `data/README.md`). From the repo
     ssmtune train configs/quickstart.json     # LoRA, writes runs/quickstart/
     ssmtune eval configs/quickstart.json      # base + runs/quickstart/adapter, once it exists
 
-| eval.jsonl ({base['examples']} examples) | accuracy | loss (per label token) |
-|---|---|---|
-| base model | {metric_cells(base['metrics'])} |
-| after `ssmtune train` ({tuned_run}) | {metric_cells(tuned['eval'])} |
-
-Everything here is made by `{GENERATOR}` (its docstring says how), which also measured the
-numbers on this page; rerun it rather than editing. `sizes.json` and `pretrain.json` are its
-inputs to `ssmtune init` and `ssmtune train`.
-
+{results_and_origin(base, tuned, GENERATOR)}
 ## model/
 
 A Mamba language model small enough to pretrain on a laptop CPU in minutes:
