@@ -28,15 +28,17 @@ std::int64_t dw_chunks(std::int64_t rows) {
 }
 }  // namespace
 
-// Twin of cpu::rmsnorm_forward. Block (32 k) per row; dynamic shared: k floats. With
+// Twin of cpu::rmsnorm_forward. Block (32 k) per row segment of D columns (a whole row, or one
+// of G groups: segment `row` reads w from (row % G) D); dynamic shared: k floats. With
 // kAddFirst the row is first x += add (the residual connection; add_rmsnorm_forward), written
 // back, and normalised: the twin's add then its norm, in one pass over the row.
 template <bool kAddFirst>
-__global__ void rmsnorm_forward_kernel(std::int64_t D, const float* __restrict__ add,
-                                       float* __restrict__ x, const float* __restrict__ w,
+__global__ void rmsnorm_forward_kernel(std::int64_t D, std::int64_t G, const float* __restrict__ add,
+                                       float* __restrict__ x, const float* __restrict__ w_all,
                                        float eps, float* __restrict__ y, float* __restrict__ rstd) {
   SSMTUNE_DYNAMIC_SHARED(float, warp_sums);
   const std::int64_t row = blockIdx.x;
+  const float* w = w_all + (row % G) * D;
   float* xr = x + row * D;
   float ss = 0.0f;
   for (std::int64_t j = threadIdx.x; j < D; j += blockDim.x) {
@@ -58,12 +60,16 @@ __global__ void rmsnorm_forward_kernel(std::int64_t D, const float* __restrict__
 // Twin of the dx part of cpu::rmsnorm_backward: with xhat = x s and g = dy w,
 // dx = s (g - xhat mean(g xhat)); with accumulate, dx += that (the residual's gradient fan-in,
 // the twin's norm backward then add).
-__global__ void rmsnorm_backward_dx_kernel(std::int64_t D, const float* __restrict__ dy,
-                                           const float* __restrict__ x, const float* __restrict__ w,
+// Segments as in the forward kernel.
+__global__ void rmsnorm_backward_dx_kernel(std::int64_t D, std::int64_t G,
+                                           const float* __restrict__ dy,
+                                           const float* __restrict__ x,
+                                           const float* __restrict__ w_all,
                                            const float* __restrict__ rstd, bool accumulate,
                                            float* __restrict__ dx) {
   SSMTUNE_DYNAMIC_SHARED(float, warp_sums);
   const std::int64_t row = blockIdx.x;
+  const float* w = w_all + (row % G) * D;
   const float* xr = x + row * D;
   const float* dyr = dy + row * D;
   const float s = rstd[row];
@@ -77,11 +83,12 @@ __global__ void rmsnorm_backward_dx_kernel(std::int64_t D, const float* __restri
   }
 }
 
-// dw pass 1: partial[c, j] = sum over rows r of chunk c of dy[r, j] x[r, j] rstd[r].
+// dw pass 1: partial[c, j] = sum over rows r of chunk c of dy[r, j] x[r, j] rstd[r, j / S]
+// (S = D / G, the group's width).
 // Block (kDwCols, kDwRowLanes); grid (chunks, ceil(D / kDwCols)): D < 2^21 keeps grid.y legal.
 // Row lane ty adds rows ty, ty + 8, ... of the chunk; a tree over the lanes in shared memory
 // finishes it.   partial: (chunks, D)
-__global__ void rmsnorm_dw_partial_kernel(std::int64_t rows, std::int64_t D,
+__global__ void rmsnorm_dw_partial_kernel(std::int64_t rows, std::int64_t D, std::int64_t G,
                                           const float* __restrict__ dy, const float* __restrict__ x,
                                           const float* __restrict__ rstd,
                                           float* __restrict__ partial) {
@@ -90,9 +97,10 @@ __global__ void rmsnorm_dw_partial_kernel(std::int64_t rows, std::int64_t D,
   const std::int64_t c = blockIdx.x, j = std::int64_t(blockIdx.y) * kDwCols + tx;
   const std::int64_t end = (c + 1) * kRmsnormDwChunkRows, r1 = end < rows ? end : rows;
   float acc = 0.0f;
+  const std::int64_t g = j / (D / G);
   if (j < D)
     for (std::int64_t r = c * kRmsnormDwChunkRows + ty; r < r1; r += kDwRowLanes)
-      acc += dy[r * D + j] * x[r * D + j] * rstd[r];
+      acc += dy[r * D + j] * x[r * D + j] * rstd[r * G + g];
   lane_sums[ty][tx] = acc;
   __syncthreads();
   for (int half = kDwRowLanes / 2; half > 0; half >>= 1) {
@@ -108,13 +116,14 @@ int rmsnorm_threads(std::int64_t D) {
 }
 
 void rmsnorm_forward(std::int64_t rows, std::int64_t D, const float* x, const float* w, double eps,
-                     float* y, float* rstd, cudaStream_t stream, int threads) {
+                     float* y, float* rstd, cudaStream_t stream, int threads, std::int64_t G) {
   if (rows <= 0 || D <= 0) return;
-  const int t = row_threads(D, threads);
+  const std::int64_t S = D / G;
+  const int t = row_threads(S, threads);
   // The plain kernel never writes x (kAddFirst false): the cast only shares one signature.
-  SSMTUNE_LAUNCH(rmsnorm_forward_kernel<false>, dim3(unsigned(rows)), dim3(t),
-                 std::size_t(t / 32) * sizeof(float), stream, D, nullptr, const_cast<float*>(x), w,
-                 float(eps), y, rstd);
+  SSMTUNE_LAUNCH(rmsnorm_forward_kernel<false>, dim3(unsigned(rows * G)), dim3(t),
+                 std::size_t(t / 32) * sizeof(float), stream, S, G, nullptr,
+                 const_cast<float*>(x), w, float(eps), y, rstd);
 }
 
 void add_rmsnorm_forward(std::int64_t rows, std::int64_t D, const float* x, float* sum,
@@ -123,7 +132,8 @@ void add_rmsnorm_forward(std::int64_t rows, std::int64_t D, const float* x, floa
   if (rows <= 0 || D <= 0) return;
   const int t = row_threads(D, threads);
   SSMTUNE_LAUNCH(rmsnorm_forward_kernel<true>, dim3(unsigned(rows)), dim3(t),
-                 std::size_t(t / 32) * sizeof(float), stream, D, x, sum, w, float(eps), y, rstd);
+                 std::size_t(t / 32) * sizeof(float), stream, D, std::int64_t(1), x, sum, w,
+                 float(eps), y, rstd);
 }
 
 std::int64_t rmsnorm_backward_workspace_floats(std::int64_t rows, std::int64_t D) {
@@ -132,15 +142,17 @@ std::int64_t rmsnorm_backward_workspace_floats(std::int64_t rows, std::int64_t D
 
 void rmsnorm_backward(std::int64_t rows, std::int64_t D, const float* dy, const float* x,
                       const float* w, const float* rstd, float* dx, float* dw, float* workspace,
-                      cudaStream_t stream, int threads, bool accumulate_dx) {
+                      cudaStream_t stream, int threads, bool accumulate_dx, std::int64_t G) {
   if (rows <= 0 || D <= 0) return;
-  const int t = row_threads(D, threads);
-  SSMTUNE_LAUNCH(rmsnorm_backward_dx_kernel, dim3(unsigned(rows)), dim3(t),
-                 std::size_t(t / 32) * sizeof(float), stream, D, dy, x, w, rstd, accumulate_dx, dx);
+  const std::int64_t S = D / G;
+  const int t = row_threads(S, threads);
+  SSMTUNE_LAUNCH(rmsnorm_backward_dx_kernel, dim3(unsigned(rows * G)), dim3(t),
+                 std::size_t(t / 32) * sizeof(float), stream, S, G, dy, x, w, rstd, accumulate_dx,
+                 dx);
   const std::int64_t chunks = dw_chunks(rows);
   const dim3 grid(unsigned(chunks), unsigned((D + kDwCols - 1) / kDwCols));
   SSMTUNE_LAUNCH(rmsnorm_dw_partial_kernel, grid, dim3(kDwCols, kDwRowLanes), 0, stream, rows, D,
-                 dy, x, rstd, workspace);
+                 G, dy, x, rstd, workspace);
   column_sum(chunks, D, workspace, dw, stream);
 }
 

@@ -19,10 +19,12 @@ constexpr std::int64_t kRmsnormDwChunkRows = 64;
 // elements per thread, a multiple of 32 in [32, 1024].
 int rmsnorm_threads(std::int64_t D);
 
-// x, y: (rows, D)   w: (D)   rstd: (rows) out, 1 / sqrt(mean(x^2) + eps).
-// threads: 0 for rmsnorm_threads(D), else rounded up to a multiple of 32 in [32, 1024].
+// x, y: (rows, D)   w: (D)   rstd: (rows, G) out, 1 / sqrt(mean(x^2) + eps) over each of a
+// row's G runs of D/G columns (G = 1: the whole row; G divides D, rows G < 2^31).
+// threads: 0 for rmsnorm_threads(D / G), else rounded up to a multiple of 32 in [32, 1024].
 void rmsnorm_forward(std::int64_t rows, std::int64_t D, const float* x, const float* w, double eps,
-                     float* y, float* rstd, cudaStream_t stream, int threads = 0);
+                     float* y, float* rstd, cudaStream_t stream, int threads = 0,
+                     std::int64_t G = 1);
 
 // The residual connection fused with the next norm: sum += x, then y = rmsnorm(sum) (the CPU
 // backend's add then rmsnorm_forward).   x, sum, y: (rows, D)
@@ -33,12 +35,13 @@ void add_rmsnorm_forward(std::int64_t rows, std::int64_t D, const float* x, floa
 // Floats of workspace rmsnorm_backward needs: one partial dw row per kRmsnormDwChunkRows rows.
 std::int64_t rmsnorm_backward_workspace_floats(std::int64_t rows, std::int64_t D);
 
-// dy, x, dx: (rows, D)   w: (D)   rstd: (rows) from forward.  dx overwritten (accumulated
+// dy, x, dx: (rows, D)   w: (D)   rstd: (rows, G) from forward.  dx overwritten (accumulated
 // with accumulate_dx: the residual's gradient fan-in fused in), dw: (D) += .
 // workspace: rmsnorm_backward_workspace_floats(rows, D) floats of device memory.
 void rmsnorm_backward(std::int64_t rows, std::int64_t D, const float* dy, const float* x,
                       const float* w, const float* rstd, float* dx, float* dw, float* workspace,
-                      cudaStream_t stream, int threads = 0, bool accumulate_dx = false);
+                      cudaStream_t stream, int threads = 0, bool accumulate_dx = false,
+                      std::int64_t G = 1);
 
 }  // namespace SSMTUNE_KERNEL_ABI
 }  // namespace ssmtune::kernels

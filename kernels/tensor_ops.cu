@@ -33,6 +33,15 @@ __global__ void relu_backward_kernel(std::int64_t n, const float* __restrict__ d
                                      const float* __restrict__ x, float* __restrict__ dx) {
   SSMTUNE_GRID_STRIDE(i, n) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
 }
+__global__ void clamp_forward_kernel(std::int64_t n, float lo, float hi,
+                                     const float* __restrict__ x, float* __restrict__ y) {
+  SSMTUNE_GRID_STRIDE(i, n) y[i] = fminf(fmaxf(x[i], lo), hi);
+}
+__global__ void clamp_backward_kernel(std::int64_t n, float lo, float hi,
+                                      const float* __restrict__ dy, const float* __restrict__ x,
+                                      float* __restrict__ dx) {
+  SSMTUNE_GRID_STRIDE(i, n) dx[i] = x[i] >= lo && x[i] <= hi ? dy[i] : 0.0f;
+}
 __global__ void ssm_A_forward_kernel(std::int64_t n, const float* __restrict__ A_log,
                                      float* __restrict__ A) {
   SSMTUNE_GRID_STRIDE(i, n) A[i] = -expf(A_log[i]);
@@ -122,6 +131,17 @@ void relu_backward(std::int64_t n, const float* dy, const float* x, float* dx,
                    cudaStream_t stream) {
   if (n > 0)
     SSMTUNE_LAUNCH(relu_backward_kernel, grid_for(n), dim3(kThreads), 0, stream, n, dy, x, dx);
+}
+void clamp_forward(std::int64_t n, float lo, float hi, const float* x, float* y,
+                   cudaStream_t stream) {
+  if (n > 0)
+    SSMTUNE_LAUNCH(clamp_forward_kernel, grid_for(n), dim3(kThreads), 0, stream, n, lo, hi, x, y);
+}
+void clamp_backward(std::int64_t n, float lo, float hi, const float* dy, const float* x, float* dx,
+                    cudaStream_t stream) {
+  if (n > 0)
+    SSMTUNE_LAUNCH(clamp_backward_kernel, grid_for(n), dim3(kThreads), 0, stream, n, lo, hi, dy,
+                   x, dx);
 }
 void ssm_A_forward(std::int64_t n, const float* A_log, float* A, cudaStream_t stream) {
   if (n > 0)

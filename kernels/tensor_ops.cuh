@@ -17,6 +17,11 @@ void scale(std::int64_t n, float alpha, float* x, cudaStream_t stream);   // x *
 void mul(std::int64_t n, const float* a, const float* b, float* out, cudaStream_t stream);
 void relu_forward(std::int64_t n, const float* x, float* y, cudaStream_t stream);
 void relu_backward(std::int64_t n, const float* dy, const float* x, float* dx, cudaStream_t stream);
+// y = min(max(x, lo), hi);  dx = dy where lo <= x <= hi, else 0
+void clamp_forward(std::int64_t n, float lo, float hi, const float* x, float* y,
+                   cudaStream_t stream);
+void clamp_backward(std::int64_t n, float lo, float hi, const float* dy, const float* x, float* dx,
+                    cudaStream_t stream);
 // A = -exp(A_log);  dA_log += dA A
 void ssm_A_forward(std::int64_t n, const float* A_log, float* A, cudaStream_t stream);
 void ssm_A_backward(std::int64_t n, const float* dA, const float* A, float* dA_log,

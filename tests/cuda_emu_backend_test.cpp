@@ -244,6 +244,16 @@ TEST_CASE("every op of the emulated CUDA backend matches the CPU backend", "[cud
     b.gpu->gate_backward(dy.gpu, x.gpu, z.gpu, dyy.gpu, dz.gpu);
     same("gate dy", dyy, kElemTol);
     same("gate dz", dz, kElemTol);
+    // Mamba-2's dt clamp, with an infinite upper bound as Mamba-2 configs have
+    for (const double hi : {0.5, double(INFINITY)}) {
+      auto cin = b.random({rows, D}, -1, 1), cout = b.empty({rows, D}), dc = b.empty({rows, D});
+      b.cpu->clamp_forward(cin.cpu, -0.25, hi, cout.cpu);
+      b.gpu->clamp_forward(cin.gpu, -0.25, hi, cout.gpu);
+      same("clamp", cout, 0.0);
+      b.cpu->clamp_backward(dy.cpu, cin.cpu, -0.25, hi, dc.cpu);
+      b.gpu->clamp_backward(dy.gpu, cin.gpu, -0.25, hi, dc.gpu);
+      same("clamp dx", dc, 0.0);
+    }
     auto A_log = b.random({E, N}, 0, 2.7), A = b.empty({E, N}), dA = b.random({E, N}),
          dA_log = b.random({E, N});
     b.cpu->ssm_A_forward(A_log.cpu, A.cpu);

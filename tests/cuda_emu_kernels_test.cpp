@@ -35,7 +35,8 @@ namespace kernels = ssmtune::kernels;
 
 struct RowShape {
   std::int64_t rows, D;
-  int threads;  // 0: the launcher's choice
+  int threads;          // 0: the launcher's choice
+  std::int64_t G = 1;   // groups normalised separately (Mamba-2's gated norm)
 };
 
 // Sums of D <= 2560 squares (forward) and products (backward dx): sqrt(2560) u ~ 3e-6
@@ -50,24 +51,24 @@ TEST_CASE("emulated rmsnorm_forward_kernel matches cpu::rmsnorm_forward in every
   // 2560: mamba-2.8b's d_model, 640 threads (20 warps: a partial second shuffle level).
   const RowShape shapes[] = {{1, 1, 0},    {1, 31, 0},  {3, 33, 32},     {5, 100, 0},
                              {7, 257, 64}, {4, 768, 0}, {2, 1000, 1024}, {6, 1000, 32},
-                             {3, 2560, 0}};
+                             {3, 2560, 0}, {3, 96, 0, 4},   {5, 1000, 32, 8}};
   std::mt19937_64 rng(11);
   for (const RowShape& s : shapes) {
-    INFO("rows " << s.rows << ", D " << s.D << ", threads " << s.threads);
+    INFO("rows " << s.rows << ", D " << s.D << ", threads " << s.threads << ", groups " << s.G);
     const Tensor x = random_f32({s.rows, s.D}, rng, -2, 2);
     const Tensor w = random_f32({s.D}, rng, 0.5, 1.5);
     const double eps = 1e-5;
     Tensor y_ref = Tensor::empty({s.rows, s.D}, DType::F32);
-    Tensor rstd_ref = Tensor::empty({s.rows}, DType::F32);
+    Tensor rstd_ref = Tensor::empty({s.rows, s.G}, DType::F32);
     cpu::rmsnorm_forward<float>(s.rows, s.D, x.data<float>(), w.data<float>(), eps,
-                                y_ref.data<float>(), rstd_ref.data<float>());
+                                y_ref.data<float>(), rstd_ref.data<float>(), s.G);
 
-    DeviceFloats d_x(x), d_w(w), d_y(s.rows * s.D), d_rstd(s.rows);
+    DeviceFloats d_x(x), d_w(w), d_y(s.rows * s.D), d_rstd(s.rows * s.G);
     kernels::rmsnorm_forward(s.rows, s.D, d_x.get(), d_w.get(), eps, d_y.get(), d_rstd.get(),
-                             nullptr, s.threads);
+                             nullptr, s.threads, s.G);
     require_launch_ok();
     require_close("y", d_y.to_host({s.rows, s.D}), y_ref, kRowSumRtol, 0);
-    require_close("rstd", d_rstd.to_host({s.rows}), rstd_ref, kRowSumRtol, 0);
+    require_close("rstd", d_rstd.to_host({s.rows, s.G}), rstd_ref, kRowSumRtol, 0);
   }
 }
 
@@ -79,27 +80,30 @@ TEST_CASE("emulated rmsnorm backward kernels match cpu::rmsnorm_backward in ever
   static_assert(kernels::kRmsnormDwChunkRows == 64, "the shapes below assume 64-row dw chunks");
   // 64 rows: one full chunk; 65: a second chunk of one row; 130, 200: three and four chunks.
   const RowShape shapes[] = {{1, 1, 0},    {1, 31, 0},     {3, 33, 32},  {64, 768, 0},
-                             {65, 100, 0}, {130, 257, 64}, {200, 40, 32}};
+                             {65, 100, 0}, {130, 257, 64}, {200, 40, 32}, {70, 96, 0, 4},
+                             {3, 100, 32, 5}};
   std::mt19937_64 rng(12);
   for (const RowShape& s : shapes) {
-    INFO("rows " << s.rows << ", D " << s.D << ", threads " << s.threads);
+    INFO("rows " << s.rows << ", D " << s.D << ", threads " << s.threads << ", groups " << s.G);
     const Tensor x = random_f32({s.rows, s.D}, rng, -2, 2);
     const Tensor dy = random_f32({s.rows, s.D}, rng, -1, 1);
     const Tensor w = random_f32({s.D}, rng, 0.5, 1.5);
     const Tensor dw0 = random_f32({s.D}, rng, -1, 1);  // dw accumulates onto this
     Tensor y = Tensor::empty({s.rows, s.D}, DType::F32);
-    Tensor rstd = Tensor::empty({s.rows}, DType::F32);
+    Tensor rstd = Tensor::empty({s.rows, s.G}, DType::F32);
     cpu::rmsnorm_forward<float>(s.rows, s.D, x.data<float>(), w.data<float>(), 1e-5,
-                                y.data<float>(), rstd.data<float>());
+                                y.data<float>(), rstd.data<float>(), s.G);
     Tensor dx_ref = Tensor::empty({s.rows, s.D}, DType::F32);
     Tensor dw_ref = dw0.clone();
     cpu::rmsnorm_backward<float>(s.rows, s.D, dy.data<float>(), x.data<float>(), w.data<float>(),
-                                 rstd.data<float>(), dx_ref.data<float>(), dw_ref.data<float>());
+                                 rstd.data<float>(), dx_ref.data<float>(), dw_ref.data<float>(),
+                                 s.G);
 
     DeviceFloats d_dy(dy), d_x(x), d_w(w), d_rstd(rstd), d_dw(dw0), d_dx(s.rows * s.D);
     DeviceFloats d_work(kernels::rmsnorm_backward_workspace_floats(s.rows, s.D));
     kernels::rmsnorm_backward(s.rows, s.D, d_dy.get(), d_x.get(), d_w.get(), d_rstd.get(),
-                              d_dx.get(), d_dw.get(), d_work.get(), nullptr, s.threads);
+                              d_dx.get(), d_dw.get(), d_work.get(), nullptr, s.threads, false,
+                              s.G);
     require_launch_ok();
     require_close("dx", d_dx.to_host({s.rows, s.D}), dx_ref, kRowSumRtol, 0);
     // dw sums <= 200 rows (plus the initial value) in chunked vs sequential order:

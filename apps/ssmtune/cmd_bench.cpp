@@ -60,6 +60,10 @@ std::string describe_model(const ModelConfig& cfg) {
               " with " + std::to_string(cfg.n_experts) + " experts, top " +
               std::to_string(cfg.experts_per_token) + ")";
   }
+  if (cfg.is_mamba2())
+    layers += " (Mamba-2: " + std::to_string(cfg.ssm_heads) + " heads x " +
+              std::to_string(cfg.ssm_head_dim) + ", " + std::to_string(cfg.n_groups) +
+              " groups, chunk " + std::to_string(cfg.chunk_size) + ")";
   return layers + ", d_model " + std::to_string(cfg.d_model) + ", d_inner " +
          std::to_string(cfg.d_inner) + ", d_state " + std::to_string(cfg.d_state);
 }
@@ -80,7 +84,8 @@ double median(std::vector<double> v) {
 
 void run_bench(const BenchOptions& o) {
   const bool random = !o.config_file.empty();
-  const ModelConfig cfg = random ? parse_model_config(read_json_file(o.config_file), o.config_file)
+  const ModelConfig cfg = random ? parse_model_config(read_python_json_file(o.config_file),
+                                                      o.config_file)
                                  : load_model_config(o.model_dir);
   // Hugging Face's initialisation of either model kind (ssmtune init): throughput does not
   // depend on the values, but softplus and exp stay in their usual ranges.

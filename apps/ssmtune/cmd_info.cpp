@@ -208,6 +208,19 @@ void run_info(const std::string& model_dir) {
   std::printf("model         %s\n", model_dir.c_str());
   if (cfg.is_jamba()) {
     print_jamba_header(cfg);
+  } else if (cfg.is_mamba2()) {
+    std::printf("architecture  Mamba2ForCausalLM (mamba2), %lld layers\n", (long long)cfg.n_layer);
+    std::printf(
+        "sizes         d_model %lld, d_inner %lld = %lld heads x %lld, %lld groups, d_state %lld, "
+        "d_conv %lld, chunk %lld, vocab %lld\n",
+        (long long)cfg.d_model, (long long)cfg.d_inner, (long long)cfg.ssm_heads,
+        (long long)cfg.ssm_head_dim, (long long)cfg.n_groups, (long long)cfg.d_state,
+        (long long)cfg.d_conv, (long long)cfg.chunk_size, (long long)cfg.vocab_size);
+    std::printf("options       %s embeddings, %s, %s, rms eps %g, dt clamped to [%g, %g]\n",
+                cfg.tie_word_embeddings ? "tied" : "untied",
+                cfg.use_conv_bias ? "conv bias" : "no conv bias",
+                cfg.use_bias ? "in/out_proj bias" : "no in/out_proj bias", cfg.layer_norm_epsilon,
+                cfg.time_step_limit_min, cfg.time_step_limit_max);
   } else {
     std::printf("architecture  MambaForCausalLM (mamba), %lld layers\n", (long long)cfg.n_layer);
     std::printf(

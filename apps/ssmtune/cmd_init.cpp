@@ -1,7 +1,8 @@
-// ssmtune init SIZES.json --out DIR: a new, randomly initialised Mamba or Jamba model directory
-// in Hugging Face format (config.json + model.safetensors, optionally tokenizer files), drawn as
-// transformers' MambaForCausalLM(config) or JambaForCausalLM(config) draws it
-// (lib/model/mamba_init.cpp and lib/model/jamba_init.cpp list the rules).
+// ssmtune init SIZES.json --out DIR: a new, randomly initialised Mamba, Mamba-2 or Jamba model
+// directory in Hugging Face format (config.json + model.safetensors, optionally tokenizer
+// files), drawn as transformers' MambaForCausalLM(config), Mamba2ForCausalLM(config) or
+// JambaForCausalLM(config) draws it (lib/model/mamba_init.cpp, mamba2_init.cpp and
+// jamba_init.cpp list the rules).
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
@@ -51,6 +52,9 @@ const char* const kOtherMambaKeys[] = {"d_model",
                                        "use_mambapy",
                                        "transformers_version",
                                        "_name_or_path"};
+// The same for Mamba-2 (what transformers and mamba_ssm configs carry besides).
+const char* const kOtherMamba2Keys[] = {"dtype", "transformers_version", "_name_or_path",
+                                        "use_mambapy"};
 // The same for Jamba: Hub configs' leftovers (docs/models.md "Jamba config").
 const char* const kOtherJambaKeys[] = {
     "mamba_inner_layernorms", "n_ctx",         "calc_logits_for_entire_prompt", "auto_map", "dtype",
@@ -67,6 +71,9 @@ void warn_unknown_keys(const nlohmann::json& j, const std::string& file) {
   if (j.contains("model_type") && j["model_type"] == "jamba") {
     kind.model_type = "jamba";
     known.insert(std::begin(kOtherJambaKeys), std::end(kOtherJambaKeys));
+  } else if (j.contains("model_type") && j["model_type"] == "mamba2") {
+    kind.model_type = "mamba2";
+    known.insert(std::begin(kOtherMamba2Keys), std::end(kOtherMamba2Keys));
   } else {
     known.insert(std::begin(kOtherMambaKeys), std::end(kOtherMambaKeys));
   }
@@ -75,13 +82,13 @@ void warn_unknown_keys(const nlohmann::json& j, const std::string& file) {
   for (const auto& [key, value] : j.items())
     if (!known.count(key))
       spdlog::warn("warning: {}: field {} is not a {} config field; ignored", file, quote_str(key),
-                   kind.is_jamba() ? "Jamba" : "Mamba");
+                   kind.family_name());
 }
 
 // Every mistake in SIZES.json is the user's configuration: exit 2, naming the file and field.
 ModelConfig read_sizes(const std::string& file) {
   try {
-    const nlohmann::json j = read_json_file(file);
+    const nlohmann::json j = read_python_json_file(file);
     warn_unknown_keys(j, file);
     ModelConfig c = parse_model_config(j, file);
     const JsonFields f(j, file);
@@ -196,6 +203,8 @@ std::string describe_sizes(const ModelConfig& c) {
   } else {
     s += "d_model " + n(c.d_model) + ", ";
   }
+  if (c.is_mamba2())
+    s += n(c.ssm_heads) + " heads x " + n(c.ssm_head_dim) + ", " + n(c.n_groups) + " groups, ";
   return s + "d_inner " + n(c.d_inner) + ", d_state " + n(c.d_state) + ", vocab " +
          n(c.vocab_size) + ", " + (c.tie_word_embeddings ? "tied" : "untied") + " embeddings";
 }
@@ -221,9 +230,9 @@ void run_init(const InitOptions& o) {
 void add_init_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "init",
-      "Write a new, randomly initialised Mamba or Jamba model directory (config.json +\n"
-      "model.safetensors, float32) that transformers' MambaForCausalLM or JambaForCausalLM\n"
-      ".from_pretrained loads, drawn as transformers' own init draws it. SIZES.json holds\n"
+      "Write a new, randomly initialised Mamba, Mamba-2 or Jamba model directory (config.json\n"
+      "+ model.safetensors, float32) that transformers' MambaForCausalLM, Mamba2ForCausalLM or\n"
+      "JambaForCausalLM .from_pretrained loads, drawn as transformers' own init draws it. SIZES.json holds\n"
       "Hugging Face config fields; those left out take transformers' defaults. Mamba needs\n"
       "vocab_size, hidden_size and num_hidden_layers, e.g.\n"
       "  {\"vocab_size\": 50280, \"hidden_size\": 256, \"num_hidden_layers\": 4, \"state_size\": "
@@ -233,6 +242,11 @@ void add_init_command(CLI::App& app) {
       "  {\"model_type\": \"jamba\", \"vocab_size\": 2048, \"hidden_size\": 256,\n"
       "   \"num_hidden_layers\": 8, \"intermediate_size\": 512, \"num_attention_heads\": 8,\n"
       "   \"attn_layer_period\": 4, \"attn_layer_offset\": 2, \"num_experts\": 8}\n"
+      "Mamba-2 (\"model_type\": \"mamba2\") takes num_heads x head_dim = expand x hidden_size,\n"
+      "n_groups, state_size and chunk_size, e.g.\n"
+      "  {\"model_type\": \"mamba2\", \"vocab_size\": 2048, \"hidden_size\": 256,\n"
+      "   \"num_hidden_layers\": 4, \"num_heads\": 8, \"head_dim\": 64, \"n_groups\": 1,\n"
+      "   \"state_size\": 64, \"chunk_size\": 64}\n"
       "Example: ssmtune init sizes.json --out models/mamba-small --seed 1 "
       "--tokenizer models/mamba-130m-hf");
   static InitOptions o;

@@ -85,7 +85,8 @@ class Backend {
   // dst: (rows, S)[:, col0 : col0+n] = src: (rows, n)
   virtual void merge_columns(const Tensor& src, std::int64_t col0, Tensor& dst) = 0;
 
-  // x, y: (rows, D)  w: (D)  rstd: (rows) saved for backward
+  // x, y: (rows, D)  w: (D)  rstd: (rows) saved for backward, or (rows, G): each row's G runs
+  // of D/G columns normalised separately (Mamba-2's gated norm, mamba_ssm's group_size = D/G).
   virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y,
                                Tensor& rstd) = 0;
   virtual void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
@@ -126,6 +127,11 @@ class Backend {
   // y = max(x, 0); dx = dy where x > 0, else 0 (the parallel adapter's ReLU)
   virtual void relu_forward(const Tensor& x, Tensor& y) = 0;
   virtual void relu_backward(const Tensor& dy, const Tensor& x, Tensor& dx) = 0;
+  // y = min(max(x, lo), hi); dx = dy where lo <= x <= hi, else 0 (torch.clamp's gradient):
+  // Mamba-2's clamp of dt (model_config.h time_step_limit).
+  virtual void clamp_forward(const Tensor& x, double lo, double hi, Tensor& y) = 0;
+  virtual void clamp_backward(const Tensor& dy, const Tensor& x, double lo, double hi,
+                              Tensor& dx) = 0;
   // out = y * silu(z)
   virtual void gate_forward(const Tensor& y, const Tensor& z, Tensor& out) = 0;
   virtual void gate_backward(const Tensor& dout, const Tensor& y, const Tensor& z, Tensor& dy,

@@ -31,19 +31,24 @@ OpChecks::GemmDims OpChecks::gemm(bool trans_a, bool trans_b, const Tensor& A, c
 OpChecks::NormDims OpChecks::rmsnorm_forward(const Tensor& x, const Tensor& w, const Tensor& y,
                                              const Tensor& rstd) const {
   const std::int64_t D = w.numel(), rows = x.numel() / std::max<std::int64_t>(D, 1);
-  require(x.ndim() >= 1 && x.dim(-1) == D && y.shape() == x.shape() && rstd.numel() == rows,
-          "rmsnorm_forward", "x " + shape_str(x.shape()) + ", w " + shape_str(w.shape()));
-  return {rows, D};
+  const std::int64_t G = rstd.numel() / std::max<std::int64_t>(rows, 1);
+  require(x.ndim() >= 1 && x.dim(-1) == D && y.shape() == x.shape() && G >= 1 && D % G == 0 &&
+              rstd.numel() == rows * G,
+          "rmsnorm_forward",
+          "x " + shape_str(x.shape()) + ", w " + shape_str(w.shape()) + ", rstd " +
+              shape_str(rstd.shape()));
+  return {rows, D, G};
 }
 
 OpChecks::NormDims OpChecks::rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
                                               const Tensor& rstd, const Tensor& dx,
                                               const Tensor& dw) const {
   const std::int64_t D = w.numel(), rows = x.numel() / std::max<std::int64_t>(D, 1);
-  require(
-      dy.shape() == x.shape() && dx.shape() == x.shape() && dw.numel() == D && rstd.numel() == rows,
-      "rmsnorm_backward", "shapes");
-  return {rows, D};
+  const std::int64_t G = rstd.numel() / std::max<std::int64_t>(rows, 1);
+  require(dy.shape() == x.shape() && dx.shape() == x.shape() && dw.numel() == D && G >= 1 &&
+              D % G == 0 && rstd.numel() == rows * G,
+          "rmsnorm_backward", "shapes");
+  return {rows, D, G};
 }
 
 OpChecks::ConvDims OpChecks::conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,

@@ -26,8 +26,9 @@ class OpChecks {
   GemmDims gemm(bool trans_a, bool trans_b, const Tensor& A, const Tensor& B,
                 const Tensor& C) const;
   // RMSNorm's rows and width {rows, D}.
+  // rows, the width D, and the groups G each row is normalised in (rstd: (rows, G)).
   struct NormDims {
-    std::int64_t rows, D;
+    std::int64_t rows, D, G;
   };
   NormDims rmsnorm_forward(const Tensor& x, const Tensor& w, const Tensor& y,
                            const Tensor& rstd) const;

@@ -104,7 +104,10 @@ nlohmann::json parse_json_text(std::string_view text, const std::string& source,
   }
 }
 
-nlohmann::json read_json_file(const std::filesystem::path& path, std::size_t max_bytes) {
+namespace {
+
+// The bytes of `path`, a regular file of at most max_bytes bytes.
+std::string read_json_text(const std::filesystem::path& path, std::size_t max_bytes) {
   std::size_t size = 0;
   const int fd = open_regular_file(path, size);
   auto too_big = [&](std::size_t n) {
@@ -138,7 +141,55 @@ nlohmann::json read_json_file(const std::filesystem::path& path, std::size_t max
   }
   ::close(fd);
   text.resize(n_read);
-  return parse_json_text(text, path.string());
+  return text;
+}
+
+const char* const kPythonConstants[] = {"-Infinity", "Infinity", "NaN"};
+
+}  // namespace
+
+nlohmann::json read_json_file(const std::filesystem::path& path, std::size_t max_bytes) {
+  return parse_json_text(read_json_text(path, max_bytes), path.string());
+}
+
+nlohmann::json read_python_json_file(const std::filesystem::path& path, std::size_t max_bytes) {
+  const std::string text = read_json_text(path, max_bytes);
+  std::string out;
+  out.reserve(text.size() + 16);
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (in_string) {
+      out += ch;
+      if (ch == '\\' && i + 1 < text.size()) out += text[++i];
+      else if (ch == '"') in_string = false;
+      continue;
+    }
+    if (ch == '"') in_string = true;
+    const char* constant = nullptr;
+    for (const char* c : kPythonConstants)
+      if (text.compare(i, std::strlen(c), c) == 0) constant = c;
+    if (!constant) {
+      out += ch;
+      continue;
+    }
+    out += '"';
+    out += constant;
+    out += '"';
+    i += std::strlen(constant) - 1;
+  }
+  return parse_json_text(out, path.string());
+}
+
+std::string dump_python_json(const nlohmann::json& j, int indent) {
+  std::string text = j.dump(indent);
+  for (const char* c : kPythonConstants) {
+    const std::string quoted = std::string("\"") + c + "\"";
+    for (std::size_t at = text.find(quoted); at != std::string::npos;
+         at = text.find(quoted, at + 1))
+      text.replace(at, quoted.size(), c);
+  }
+  return text;
 }
 
 std::string describe_json_value(const nlohmann::json& v) {

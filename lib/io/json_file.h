@@ -29,6 +29,16 @@ nlohmann::json parse_json_text(std::string_view text, const std::string& source,
 nlohmann::json read_json_file(const std::filesystem::path& path,
                               std::size_t max_bytes = kMaxJsonFileBytes);
 
+// Python's json module writes the non-standard constants Infinity, -Infinity and NaN for
+// floats (transformers' Mamba2Config.time_step_limit defaults to (0.0, inf)), which a strict
+// parser refuses. This reads a config.json that may hold them: outside strings each becomes the
+// string "Infinity", "-Infinity" or "NaN", and the reader of the field decides what it means.
+nlohmann::json read_python_json_file(const std::filesystem::path& path,
+                                     std::size_t max_bytes = kMaxJsonFileBytes);
+// The inverse for writing: `j` dumped with `indent`, the strings "Infinity", "-Infinity" and
+// "NaN" written as Python's bare constants (so transformers reads them back as floats).
+std::string dump_python_json(const nlohmann::json& j, int indent);
+
 // A JSON value described for an error message: `string "16"`, `number -3`, `boolean true`,
 // `null`, `an array`, `an object`. Long strings are cut.
 std::string describe_json_value(const nlohmann::json& v);

@@ -160,6 +160,12 @@ void CausalLM::reset_caches(std::vector<LayerCache>& caches) {
         break;
       }
       case MixerKind::Attention: caches[std::size_t(i)].attn = AttentionCache(); break;
+      case MixerKind::Mamba2: {
+        Mamba2MixerWeights mw = w_.layers[std::size_t(i)].mamba2;  // the cache reads A_log only
+        mw.A_log = in_dtype(be_, mw.A_log, dt);
+        reset_mamba2_cache(be_, cfg_, mw, dt, caches[std::size_t(i)].mamba2);
+        break;
+      }
     }
   }
 }
@@ -181,6 +187,7 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
   norm_rstd_.assign(n_slots + 1, Tensor());
   mixer_.assign(n_slots, MixerActivations());
   attn_.assign(n_slots, AttentionActivations());
+  mamba2_.assign(n_slots, Mamba2Activations());
   ffn_in_.assign(n_slots, Tensor());
   ffn_norm_out_.assign(n_slots, Tensor());
   ffn_rstd_.assign(n_slots, Tensor());
@@ -237,6 +244,11 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
         attention_forward(be_, cfg_, lw.attn, norm_out_[s], caches ? Tensor() : key_mask(Lb),
                           attn_[s], mix, hook_, mixer_hooks(i).sites,
                           caches ? &(*caches)[std::size_t(i)].attn : nullptr);
+        break;
+      case MixerKind::Mamba2:
+        mamba2_mixer_forward(be_, cfg_, lw.mamba2, norm_out_[s], mamba2_[s], mix, hook_,
+                             mixer_hooks(i).sites,
+                             caches ? &(*caches)[std::size_t(i)].mamba2 : nullptr);
         break;
     }
     // `residual` + `branch` is the layer's output: the mixer's branch, or the feed-forward's
@@ -372,6 +384,10 @@ void CausalLM::backward(const Tensor& targets, ModelWeights& grads, std::int64_t
       case MixerKind::Attention:
         attention_backward(be_, cfg_, lw.attn, norm_out_[i], attn_[i], dblock, dn, lg.attn,
                            hook_, mixer_hooks(i).sites);
+        break;
+      case MixerKind::Mamba2:
+        mamba2_mixer_backward(be_, cfg_, lw.mamba2, norm_out_[i], mamba2_[i], dblock, dn,
+                              lg.mamba2, hook_, mixer_hooks(i).sites);
         break;
     }
     Tensor dnorm_w = lg.norm.defined() ? lg.norm : be_.zeros({D}, dt);

@@ -1,5 +1,5 @@
-// The causal LM (HF MambaForCausalLM and JambaForCausalLM, docs/models.md "Mamba forward pass",
-// "Jamba"): embedding -> n_layer layers -> norm_f -> lm_head (tied to the embedding unless
+// The causal LM (HF MambaForCausalLM, Mamba2ForCausalLM and JambaForCausalLM, docs/models.md
+// "Mamba forward pass", "Mamba-2", "Jamba"): embedding -> n_layer layers -> norm_f -> lm_head (tied to the embedding unless
 // configured otherwise). A layer is a list of pre-norm residual branches h += f(rmsnorm(h)) (a
 // mixer, then a feed-forward where the layer has one; model_config.h LayerKind); each layer
 // kind's file holds its forward, backward, what it saves and its decoding cache (mamba_mixer.h,
@@ -18,6 +18,7 @@
 #include "model/attention_layer.h"
 #include "model/feed_forward.h"
 #include "model/input_hook.h"
+#include "model/mamba2_mixer.h"
 #include "model/mamba_mixer.h"
 #include "model/model_weights.h"
 #include "model/router_aux_loss.h"
@@ -41,6 +42,7 @@ Tensor shift_labels(const Tensor& labels);
 struct LayerCache {
   MixerCache mamba;
   AttentionCache attn;
+  Mamba2Cache mamba2;
 };
 
 class CausalLM {
@@ -136,6 +138,7 @@ class CausalLM {
   Tensor final_in_;                      // (B, L, D) layer_in_[n_layer] without the prompt
   std::vector<MixerActivations> mixer_;  // per layer (Mamba mixers)
   std::vector<AttentionActivations> attn_;  // per layer (attention mixers)
+  std::vector<Mamba2Activations> mamba2_;   // per layer (Mamba-2 mixers)
   std::vector<Tensor> ffn_in_;           // (B, Lb, D) block input + mixer output (feed-forward layers)
   std::vector<Tensor> ffn_norm_out_, ffn_rstd_;  // its pre_ff_layernorm and rstd
   std::vector<MlpActivations> mlp_;

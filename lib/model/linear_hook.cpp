@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "model/attention_layer.h"
 #include "model/feed_forward.h"
+#include "model/mamba2_mixer.h"
 #include "model/mamba_mixer.h"
 
 namespace ssmtune {
@@ -14,6 +15,7 @@ std::vector<LinearSite> linear_sites(const ModelConfig& c) {
     switch (kind.mixer) {
       case MixerKind::Mamba: append_mamba_mixer_sites(c, i, mixer_module(c, i), sites); break;
       case MixerKind::Attention: append_attention_sites(c, i, mixer_module(c, i), sites); break;
+      case MixerKind::Mamba2: append_mamba2_mixer_sites(c, i, mixer_module(c, i), sites); break;
     }
     switch (kind.ffn) {
       case FeedForwardKind::None: break;
@@ -35,6 +37,7 @@ Tensor linear_weight(const ModelWeights& w, const LinearSite& site) {
   if (l.mlp.gate_proj.defined() && site.module.find(".feed_forward.") != std::string::npos)
     return mlp_linear_weight(l.mlp, site);
   if (l.attn.q_proj.defined()) return attention_linear_weight(l.attn, site);
+  if (l.mamba2.in_proj.defined()) return mamba2_mixer_linear_weight(l.mamba2, site);
   return mamba_mixer_linear_weight(l.mamba, site);
 }
 

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <filesystem>
 #include <optional>
+#include <tuple>
+#include <utility>
 
 #include "core/error.h"
 #include "io/json_fields.h"
@@ -230,6 +232,73 @@ ModelConfig parse_jamba(const JsonFields& f) {
   return c;
 }
 
+// time_step_limit: [min, max], numbers or Python's Infinity (read as the string "Infinity").
+std::pair<double, double> get_time_step_limit(const JsonFields& f) {
+  if (!f.has("time_step_limit")) return {0.0, INFINITY};
+  const nlohmann::json& v = f.raw("time_step_limit");
+  const auto bound = [&](const nlohmann::json& b, double& out) {
+    if (b.is_number()) out = b.get<double>();
+    else if (b == "Infinity") out = INFINITY;
+    else if (b == "-Infinity") out = -INFINITY;
+    else return false;
+    return true;
+  };
+  std::pair<double, double> lim;
+  if (!v.is_array() || v.size() != 2 || !bound(v[0], lim.first) || !bound(v[1], lim.second) ||
+      !(lim.first <= lim.second))
+    f.fail("time_step_limit", "a list [min, max] of two numbers with min <= max");
+  return lim;
+}
+
+// transformers' Mamba2Config (docs/models.md "Mamba-2"): Mamba2Config's defaults where a field
+// is absent, except the sizes, which a config.json must state.
+ModelConfig parse_mamba2(const JsonFields& f) {
+  ModelConfig c;
+  c.model_type = "mamba2";
+  c.vocab_size = require(f.get_int("vocab_size", 1, kMaxVocab), f, "vocab_size");
+  c.d_model = require(f.get_int("hidden_size", 1, kMaxDModel), f, "hidden_size");
+  c.n_layer = require(f.get_int("num_hidden_layers", 1, kMaxLayers), f, "num_hidden_layers");
+  c.d_state = f.get_int("state_size", 1, kMaxDState).value_or(128);
+  c.d_conv = f.get_int("conv_kernel", 1, kMaxDConv).value_or(4);
+  c.expand = positive_number(f, "expand", 2);
+  // Mamba2Mixer: intermediate_size = int(expand * hidden_size)
+  c.d_inner = std::int64_t(c.expand * double(c.d_model));
+  if (c.expand > kMaxExpand || c.d_inner < 1 || c.d_inner > kMaxDInner)
+    f.fail("expand", "a value with int(expand * hidden_size) from 1 to 262144");
+  c.ssm_heads = f.get_int("num_heads", 1, kMaxDInner).value_or(128);
+  c.ssm_head_dim = f.get_int("head_dim", 1, kMaxDInner).value_or(64);
+  // The scan reshapes the d_inner channels into heads of head_dim; dt, A and D have num_heads.
+  if (c.ssm_heads * c.ssm_head_dim != c.d_inner)
+    f.fail("num_heads", "num_heads * head_dim = int(expand * hidden_size) = " +
+                            std::to_string(c.d_inner) + " (head_dim is " +
+                            std::to_string(c.ssm_head_dim) + ")");
+  c.n_groups = f.get_int("n_groups", 1, kMaxHeads).value_or(8);
+  if (c.ssm_heads % c.n_groups != 0)
+    f.fail("n_groups", "a divisor of num_heads = " + std::to_string(c.ssm_heads));
+  c.chunk_size = f.get_int("chunk_size", 1, 1 << 16).value_or(256);
+  c.use_bias = f.get_bool("use_bias").value_or(false);
+  c.use_conv_bias = f.get_bool("use_conv_bias").value_or(true);
+  c.tie_word_embeddings = f.get_bool("tie_word_embeddings").value_or(false);
+  c.layer_norm_epsilon = positive_number(f, "layer_norm_epsilon", 1e-5);
+  c.hidden_act = f.get_choice("hidden_act", {"silu", "swish"}).value_or("silu");
+  c.residual_in_fp32 = f.get_bool("residual_in_fp32").value_or(true);
+  c.norm_before_gate = f.get_bool("norm_before_gate").value_or(true);
+  c.rms_norm = f.get_bool("rms_norm").value_or(true);
+  c.pad_token_id = get_token_id(f, "pad_token_id", c.vocab_size, 1);
+  c.bos_token_id = get_token_id(f, "bos_token_id", c.vocab_size, 0);
+  c.eos_token_id = get_token_id(f, "eos_token_id", c.vocab_size, 2);
+  c.initializer_range = f.get_number("initializer_range").value_or(0.1);
+  c.time_step_min = positive_number(f, "time_step_min", c.time_step_min);
+  c.time_step_max = positive_number(f, "time_step_max", c.time_step_max);
+  c.time_step_floor = positive_number(f, "time_step_floor", c.time_step_floor);
+  std::tie(c.time_step_limit_min, c.time_step_limit_max) = get_time_step_limit(f);
+  c.rescale_prenorm_residual =
+      f.get_bool("rescale_prenorm_residual").value_or(c.rescale_prenorm_residual);
+  for (const char* key : {"torch_dtype", "dtype"})
+    if (f.has(key) && !f.raw(key).is_null()) c.torch_dtype = *f.get_string(key);
+  return c;
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& file) {
@@ -237,8 +306,9 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& file)
   if (f.has("model_type")) {
     const auto type = f.get_string("model_type");
     if (*type == "jamba") return parse_jamba(f);
+    if (*type == "mamba2") return parse_mamba2(f);
     if (*type != "mamba")
-      throw Error(f.where("model_type") + ": expected \"mamba\" or \"jamba\", got " +
+      throw Error(f.where("model_type") + ": expected \"mamba\", \"mamba2\" or \"jamba\", got " +
                   quote_str(*type));
   }
   // mamba_ssm's own config.json has no model_type and no hidden_size; the -hf configs keep
@@ -249,12 +319,13 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& file)
 
 ModelConfig load_model_config(const std::string& model_dir) {
   const std::filesystem::path path = std::filesystem::path(model_dir) / "config.json";
-  return parse_model_config(read_json_file(path), path.string());
+  return parse_model_config(read_python_json_file(path), path.string());
 }
 
 LayerKind layer_kind(const ModelConfig& c, std::int64_t i) {
   check(i >= 0 && i < c.n_layer, "layer " + std::to_string(i) + " of a model with " +
                                      std::to_string(c.n_layer) + " layers");
+  if (c.is_mamba2()) return LayerKind{MixerKind::Mamba2, FeedForwardKind::None};
   if (!c.is_jamba()) return LayerKind{MixerKind::Mamba, FeedForwardKind::None};
   // JambaConfig.layers_block_type and layers_num_experts (docs/models.md "Jamba")
   LayerKind k;
@@ -270,6 +341,13 @@ std::vector<std::int64_t> mamba_layers(const ModelConfig& c) {
   std::vector<std::int64_t> out;
   for (std::int64_t i = 0; i < c.n_layer; ++i)
     if (layer_kind(c, i).mixer == MixerKind::Mamba) out.push_back(i);
+  return out;
+}
+
+std::vector<std::int64_t> ssm_layers(const ModelConfig& c) {
+  std::vector<std::int64_t> out;
+  for (std::int64_t i = 0; i < c.n_layer; ++i)
+    if (layer_kind(c, i).mixer != MixerKind::Attention) out.push_back(i);
   return out;
 }
 
@@ -327,10 +405,55 @@ nlohmann::json jamba_config_to_json(const ModelConfig& c) {
   };
 }
 
+// A float that may be infinite, as model_config_to_json promises.
+nlohmann::json float_json(double v) {
+  if (std::isinf(v)) return v > 0 ? "Infinity" : "-Infinity";
+  return v;
+}
+
+// What transformers 4.44.2's Mamba2Config.save_pretrained writes (minus transformers_version).
+nlohmann::json mamba2_config_to_json(const ModelConfig& c) {
+  return {
+      {"architectures", {"Mamba2ForCausalLM"}},
+      {"model_type", "mamba2"},
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.d_model},
+      {"num_hidden_layers", c.n_layer},
+      {"state_size", c.d_state},
+      {"expand", expand_json(c.expand)},
+      {"num_heads", c.ssm_heads},
+      {"head_dim", c.ssm_head_dim},
+      {"n_groups", c.n_groups},
+      {"chunk_size", c.chunk_size},
+      {"conv_kernel", c.d_conv},
+      {"use_bias", c.use_bias},
+      {"use_conv_bias", c.use_conv_bias},
+      {"tie_word_embeddings", c.tie_word_embeddings},
+      {"residual_in_fp32", c.residual_in_fp32},
+      {"layer_norm_epsilon", c.layer_norm_epsilon},
+      {"hidden_act", c.hidden_act},
+      {"norm_before_gate", c.norm_before_gate},
+      {"rms_norm", c.rms_norm},
+      {"time_step_rank", (c.d_model + 15) / 16},
+      {"time_step_min", c.time_step_min},
+      {"time_step_max", c.time_step_max},
+      {"time_step_floor", c.time_step_floor},
+      {"time_step_limit", {float_json(c.time_step_limit_min), float_json(c.time_step_limit_max)}},
+      {"rescale_prenorm_residual", c.rescale_prenorm_residual},
+      {"initializer_range", c.initializer_range},
+      {"pad_token_id", token_json(c.pad_token_id)},
+      {"bos_token_id", token_json(c.bos_token_id)},
+      {"eos_token_id", token_json(c.eos_token_id)},
+      {"use_cache", true},
+      {"torch_dtype", c.torch_dtype},
+  };
+}
+
 }  // namespace
 
 nlohmann::json model_config_to_json(const ModelConfig& c) {
   if (c.is_jamba()) return jamba_config_to_json(c);
+  if (c.is_mamba2()) return mamba2_config_to_json(c);
   const auto token = token_json;
   const nlohmann::json expand = expand_json(c.expand);
   return {

@@ -3,6 +3,7 @@
 // (transformers' JambaConfig, docs/models.md "Jamba").
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -14,8 +15,9 @@ namespace ssmtune {
 // What one layer is made of: a sequence mixer, then (optionally) a feed-forward block, each a
 // pre-norm residual branch h += f(norm(h)). Mamba-1 models have a Mamba mixer and no
 // feed-forward in every layer; Jamba's layers have a Mamba mixer or causal attention, then a
-// dense MLP or a mixture of experts (the schedule: layer_kind below).
-enum class MixerKind { Mamba, Attention };
+// dense MLP or a mixture of experts (the schedule: layer_kind below). Mamba-2 models have a
+// Mamba-2 (SSD) mixer and no feed-forward in every layer.
+enum class MixerKind { Mamba, Attention, Mamba2 };
 enum class FeedForwardKind { None, Mlp, MoE };
 struct LayerKind {
   MixerKind mixer = MixerKind::Mamba;
@@ -67,15 +69,36 @@ struct ModelConfig {
   std::int64_t max_position_embeddings = 262144;
   std::int64_t num_logits_to_keep = 1;
 
+  // Mamba-2 only (model_type "mamba2"; Mamba2Config's names in the comments). The mixer's
+  // d_inner, d_state, d_conv, expand, use_bias and use_conv_bias are the fields above.
+  std::int64_t ssm_heads = 0;        // num_heads: H, heads of the SSD scan
+  std::int64_t ssm_head_dim = 0;     // head_dim: P, with H * P = d_inner
+  std::int64_t n_groups = 1;         // n_groups: G, head h reads B and C of group h / (H / G)
+  std::int64_t chunk_size = 256;     // chunk_size: the SSD scan's chunk length
+  // time_step_limit: dt = clamp(softplus(dt + dt_bias), min, max), as transformers >= 4.48 and
+  // mamba_ssm do (docs/models.md "Mamba-2"; Python writes the default max as Infinity).
+  double time_step_limit_min = 0, time_step_limit_max = INFINITY;
+  // Kept to be written back: flags no torch path reads (the gate always comes first).
+  bool norm_before_gate = true, rms_norm = true;
+
   bool is_jamba() const { return model_type == "jamba"; }
+  bool is_mamba2() const { return model_type == "mamba2"; }
+  const char* family_name() const {
+    return is_jamba() ? "Jamba" : is_mamba2() ? "Mamba-2" : "Mamba";
+  }
+  std::int64_t conv_dim() const { return d_inner + 2 * n_groups * d_state; }  // Mamba-2: x|B|C
   std::int64_t head_dim() const { return n_heads ? d_model / n_heads : 0; }
 };
 
 // What layer i (0 <= i < n_layer) is made of.
 LayerKind layer_kind(const ModelConfig& c, std::int64_t i);
-// The layers whose mixer is Mamba, ascending: every layer of a Mamba-1 model, Jamba's
-// non-attention layers. The SSM-specific PEFT methods act on these alone.
+// The layers whose mixer is Mamba-1, ascending: every layer of a Mamba-1 model, Jamba's
+// non-attention layers (none of a Mamba-2 model). The SSM-specific PEFT methods act on these.
 std::vector<std::int64_t> mamba_layers(const ModelConfig& c);
+// The layers with a state-space mixer (Mamba-1 or Mamba-2), ascending: every layer but Jamba's
+// attention layers. The methods that need a layer's scan but not its Mamba-1 internals (prefix
+// tuning, partial tuning, BitFit) act on these.
+std::vector<std::int64_t> ssm_layers(const ModelConfig& c);
 
 // Parses a config.json object. `file` names the source in error messages, e.g.
 //   error: model/config.json: field "state_size": expected a positive integer, got string "16"
@@ -84,9 +107,11 @@ std::vector<std::int64_t> mamba_layers(const ModelConfig& c);
 // ssmtune::Error on a missing required field, a wrong type, a value out of range or a
 // model_type other than "mamba" and "jamba".
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& file);
-ModelConfig load_model_config(const std::string& model_dir);  // reads model_dir/config.json
+// Reads model_dir/config.json (Python's Infinity and NaN allowed: io/json_file.h).
+ModelConfig load_model_config(const std::string& model_dir);
 
-// The config.json that transformers writes for this config (round-trips through parse).
+// The config.json that transformers writes for this config (round-trips through parse). An
+// infinite float is the string "Infinity": write it with dump_python_json (io/json_file.h).
 nlohmann::json model_config_to_json(const ModelConfig& c);
 
 }  // namespace ssmtune

@@ -135,7 +135,7 @@ void write_model_dir(const std::string& dir, const ModelDirContents& contents, b
 
   const fs::path tmp = make_temp_dir(target, ".tmp-", dir);
   RemoveOnExit cleanup(tmp);
-  write_file_atomic(tmp / "config.json", contents.config.dump(2) + "\n");
+  write_file_atomic(tmp / "config.json", dump_python_json(contents.config, 2) + "\n");
   contents.write_weights(tmp);
   for (const fs::path& f : contents.extra_files) copy_file_durably(f, tmp / f.filename());
   // mkdtemp makes 0700; a model directory is as readable as any other new directory.

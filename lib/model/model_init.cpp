@@ -9,13 +9,14 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "model/jamba_init.h"
+#include "model/mamba2_init.h"
 #include "model/mamba_init.h"
 
 namespace ssmtune {
 
 namespace {
 
-// t: any shape, F32. kLogA needs its last dimension (d_state) to know n.
+// t: any shape, F32. kLogA counts n along its last dimension (d_state; Mamba-2's heads).
 void fill(const ModelConfig& c, const InitRule& r, Rng& rng, Tensor& t) {
   float* p = t.data<float>();
   const std::int64_t n = t.numel();
@@ -29,9 +30,11 @@ void fill(const ModelConfig& c, const InitRule& r, Rng& rng, Tensor& t) {
     case InitRule::kConstant:
       for (std::int64_t i = 0; i < n; ++i) p[i] = float(r.scale);
       break;
-    case InitRule::kLogA:
-      for (std::int64_t i = 0; i < n; ++i) p[i] = float(std::log(double(i % c.d_state + 1)));
+    case InitRule::kLogA: {
+      const std::int64_t last = t.shape().back();
+      for (std::int64_t i = 0; i < n; ++i) p[i] = float(std::log(double(i % last + 1)));
       break;
+    }
     case InitRule::kDtBias: {
       const double log_min = std::log(c.time_step_min), log_max = std::log(c.time_step_max);
       for (std::int64_t i = 0; i < n; ++i) {
@@ -73,10 +76,12 @@ ModelWeights draw_model_weights(const ModelConfig& c, std::uint64_t seed, std::i
 }
 
 ModelWeights init_model_weights(const ModelConfig& c, std::uint64_t seed) {
+  if (c.is_mamba2()) return init_mamba2_weights(c, seed);
   return c.is_jamba() ? init_jamba_weights(c, seed) : init_mamba_weights(c, seed);
 }
 
 std::int64_t model_param_count(const ModelConfig& c) {
+  if (c.is_mamba2()) return mamba2_param_count(c);
   return c.is_jamba() ? jamba_param_count(c) : mamba_param_count(c);
 }
 

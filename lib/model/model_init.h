@@ -19,7 +19,7 @@ struct InitRule {
     kNormal,    // N(0, scale)
     kUniform,   // U(-scale, scale)
     kConstant,  // every element = scale
-    kLogA,      // A_log[e, n] = ln(n + 1) over the last dimension (c.d_state): S4D-real
+    kLogA,      // A_log[..., n] = ln(n + 1) over the last dimension: S4D-real
     kDtBias,    // Mamba's dt_proj bias: softplus^-1 of a log-uniform dt (mamba_init.cpp)
   };
   Kind kind;

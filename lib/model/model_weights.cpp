@@ -10,6 +10,7 @@
 #include "io/safetensors_checkpoint.h"
 #include "model/attention_layer.h"
 #include "model/feed_forward.h"
+#include "model/mamba2_mixer.h"
 #include "model/mamba_mixer.h"
 
 namespace ssmtune {
@@ -73,6 +74,9 @@ std::vector<ParamSlot> param_slots(const ModelConfig& c, ModelWeights& w) {
     switch (kind.mixer) {
       case MixerKind::Mamba: append_mamba_mixer_slots(c, mixer_module(c, i), l.mamba, slots); break;
       case MixerKind::Attention: append_attention_slots(c, mixer_module(c, i), l.attn, slots); break;
+      case MixerKind::Mamba2:
+        append_mamba2_mixer_slots(c, mixer_module(c, i), l.mamba2, slots);
+        break;
     }
     switch (kind.ffn) {
       case FeedForwardKind::None: break;
@@ -157,11 +161,11 @@ Shape expected_param_shape(const ModelConfig& c, const std::string& name) {
     // A tied lm_head is still a (V, D) parameter, only not stored on its own.
     if (s.absent_because && wanted != kLmHead)
       throw Error("tensor " + quote_str(name) + " is not a parameter of this " +
-                  (c.is_jamba() ? "Jamba" : "Mamba") + " config (" + s.absent_because + ")");
+                  c.family_name() + " config (" + s.absent_because + ")");
     return s.shape;
   }
   throw Error("tensor " + quote_str(name) + " is not a parameter of a " +
-              (c.is_jamba() ? "Jamba" : "Mamba") + " model with " + std::to_string(c.n_layer) + " layers");
+              c.family_name() + " model with " + std::to_string(c.n_layer) + " layers");
 }
 
 ModelWeights zeros_like_params(const ModelConfig& c, DType dtype) {

@@ -33,6 +33,21 @@ struct MambaMixerWeights {
   Tensor C_norm;        // (N)  c_layernorm.weight
 };
 
+// The Mamba-2 mixer (HF Mamba2Mixer). E = d_inner = H * P, D = d_model, G = n_groups,
+// N = d_state, H = ssm_heads, K = d_conv, C = E + 2 G N (conv_dim: the x|B|C channels).
+struct Mamba2MixerWeights {
+  Tensor in_proj;        // (E + C + H, D)  rows z (E) | x (E) | B (G N) | C (G N) | dt (H)
+  Tensor in_proj_bias;   // (E + C + H) or undefined
+  Tensor conv1d;         // (C, 1, K)       depthwise over x|B|C
+  Tensor conv1d_bias;    // (C) or undefined
+  Tensor dt_bias;        // (H)
+  Tensor A_log;          // (H)             A = -exp(A_log), a scalar per head
+  Tensor D;              // (H)
+  Tensor norm;           // (E)             the gated RMSNorm's gain
+  Tensor out_proj;       // (D, E)
+  Tensor out_proj_bias;  // (D) or undefined
+};
+
 // Jamba's causal grouped-query attention (HF JambaAttention): H = n_heads, KV = n_kv_heads,
 // hd = D / H. No biases.
 struct AttentionWeights {
@@ -59,6 +74,7 @@ struct LayerWeights {
   Tensor norm;              // (D) the mixer branch's RMSNorm (Jamba: input_layernorm)
   MambaMixerWeights mamba;  // a Mamba mixer's tensors (LayerKind::mixer == Mamba)
   AttentionWeights attn;    // an attention mixer's (LayerKind::mixer == Attention)
+  Mamba2MixerWeights mamba2;  // a Mamba-2 mixer's (LayerKind::mixer == Mamba2)
   Tensor ffn_norm;          // (D) the feed-forward branch's RMSNorm (pre_ff_layernorm)
   MlpWeights mlp;           // LayerKind::ffn == Mlp
   MoeWeights moe;           // LayerKind::ffn == MoE

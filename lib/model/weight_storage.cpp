@@ -34,6 +34,10 @@ LayerWeights layer_in_dtype(Backend& be, const LayerWeights& w, DType dt) {
   const auto mlp_in_dtype = [&](MlpWeights& mlp) {
     for (Tensor* t : {&mlp.gate_proj, &mlp.up_proj, &mlp.down_proj}) *t = in_dtype(be, *t, dt);
   };
+  Mamba2MixerWeights& m2 = out.mamba2;
+  for (Tensor* t : {&m2.in_proj, &m2.in_proj_bias, &m2.conv1d, &m2.conv1d_bias, &m2.dt_bias,
+                    &m2.A_log, &m2.D, &m2.norm, &m2.out_proj, &m2.out_proj_bias})
+    *t = in_dtype(be, *t, dt);
   mlp_in_dtype(out.mlp);
   for (MlpWeights& expert : out.moe.experts) mlp_in_dtype(expert);
   return out;

@@ -12,14 +12,14 @@
 namespace ssmtune {
 
 // One value and one gradient tensor per layer of the model, indexed by the model's layer: zeros
-// of `shape` at the Mamba layers, undefined at the others (Jamba's attention layers, where the
-// SSM methods do not act).
-inline void zeros_per_mamba_layer(const ModelConfig& cfg, Backend& be, const Shape& shape,
-                                  DType dtype, std::vector<Tensor>& value,
-                                  std::vector<Tensor>& grad) {
+// of `shape` at `layers` (mamba_layers or ssm_layers), undefined at the others (e.g. Jamba's
+// attention layers, where the SSM methods do not act).
+inline void zeros_per_layer(const ModelConfig& cfg, const std::vector<std::int64_t>& layers,
+                            Backend& be, const Shape& shape, DType dtype,
+                            std::vector<Tensor>& value, std::vector<Tensor>& grad) {
   value.assign(std::size_t(cfg.n_layer), Tensor());
   grad.assign(std::size_t(cfg.n_layer), Tensor());
-  for (const std::int64_t i : mamba_layers(cfg)) {
+  for (const std::int64_t i : layers) {
     value[std::size_t(i)] = be.zeros(shape, dtype);
     grad[std::size_t(i)] = be.zeros(shape, dtype);
   }

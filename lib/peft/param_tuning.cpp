@@ -175,6 +175,21 @@ void ParamTuning::merge_into(ModelConfig& cfg, ModelWeights& w) const {
   // Found by name in the target's own layout, whatever its config says about biases.
   std::vector<ParamSlot> dst_slots = param_slots(cfg, w);
   for (const auto& [name, t] : targets_) *find_slot(dst_slots, name)->tensor = t.eff.clone();
+  if (cfg.is_mamba2()) {  // the same for Mamba-2's mixers, every layer one
+    for (const LayerWeights& l : w.layers) {
+      if (l.mamba2.conv1d_bias.defined()) cfg.use_conv_bias = true;
+      if (l.mamba2.in_proj_bias.defined() || l.mamba2.out_proj_bias.defined()) cfg.use_bias = true;
+    }
+    for (LayerWeights& l : w.layers) {
+      Mamba2MixerWeights& m = l.mamba2;
+      if (cfg.use_bias && !m.in_proj_bias.defined())
+        m.in_proj_bias = Tensor::zeros({m.in_proj.dim(0)}, DType::F32);
+      if (cfg.use_bias && !m.out_proj_bias.defined())
+        m.out_proj_bias = Tensor::zeros({cfg.d_model}, DType::F32);
+      if (cfg.use_conv_bias && !m.conv1d_bias.defined())
+        m.conv1d_bias = Tensor::zeros({cfg.conv_dim()}, DType::F32);
+    }
+  }
   // The config's bias flags hold for every Mamba mixer (Jamba's attention layers have none).
   const std::vector<std::int64_t> mamba = mamba_layers(cfg);
   for (const std::int64_t i : mamba) {

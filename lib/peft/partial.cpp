@@ -36,6 +36,27 @@ const std::map<std::string, std::string>& mixer_tensors() {
   return table;
 }
 
+// The same for a Mamba-2 mixer: a scalar A, D and dt_bias per head, one fused in_proj, and the
+// gated RMSNorm's gain (HF "mixer.norm", here "gated_norm": "norm" is the block's norm).
+const std::map<std::string, std::string>& mamba2_mixer_tensors() {
+  static const std::map<std::string, std::string> table = {
+      {"A_log", "A_log"},
+      {"D", "D"},
+      {"dt_bias", "dt_bias"},
+      {"conv1d", "conv1d.weight"},
+      {"conv1d.weight", "conv1d.weight"},
+      {"conv1d.bias", "conv1d.bias"},
+      {"in_proj", "in_proj.weight"},
+      {"in_proj.weight", "in_proj.weight"},
+      {"in_proj.bias", "in_proj.bias"},
+      {"gated_norm", "norm.weight"},
+      {"out_proj", "out_proj.weight"},
+      {"out_proj.weight", "out_proj.weight"},
+      {"out_proj.bias", "out_proj.bias"},
+  };
+  return table;
+}
+
 // Jamba's Mamba mixer only (ModelConfig::mamba_inner_norms): the RMSNorm gains on dt, B and C.
 const std::map<std::string, std::string>& inner_norm_tensors() {
   static const std::map<std::string, std::string> table = {
@@ -49,6 +70,10 @@ const std::map<std::string, std::string>& inner_norm_tensors() {
 // Layer i's HF tensor for a layer-relative config name, or "" when the name is unknown.
 std::string layer_tensor(const ModelConfig& cfg, const std::string& name, std::int64_t i) {
   if (name == "norm") return mixer_norm_name(cfg, i);
+  if (cfg.is_mamba2()) {
+    const auto it = mamba2_mixer_tensors().find(name);
+    return it == mamba2_mixer_tensors().end() ? "" : mixer_module(cfg, i) + "." + it->second;
+  }
   if (const auto it = mixer_tensors().find(name); it != mixer_tensors().end())
     return mixer_module(cfg, i) + "." + it->second;
   if (const auto it = inner_norm_tensors().find(name);
@@ -59,7 +84,8 @@ std::string layer_tensor(const ModelConfig& cfg, const std::string& name, std::i
 
 std::string valid_names_text(const ModelConfig& cfg) {
   std::string s = "norm";
-  for (const auto& [name, hf] : mixer_tensors()) s += ", " + name;
+  for (const auto& [name, hf] : cfg.is_mamba2() ? mamba2_mixer_tensors() : mixer_tensors())
+    s += ", " + name;
   if (cfg.mamba_inner_norms)
     for (const auto& [name, hf] : inner_norm_tensors()) s += ", " + name;
   return s + " (optionally prefixed by layers.I. or layers.I-J.), embeddings, norm_f, lm_head";
@@ -74,7 +100,7 @@ std::vector<std::string> mamba_layer_tensors(const ModelConfig& cfg, const std::
   std::vector<std::string> out;
   std::string others;
   for (std::int64_t i = first; i <= last; ++i) {
-    if (layer_kind(cfg, i).mixer == MixerKind::Mamba)
+    if (layer_kind(cfg, i).mixer != MixerKind::Attention)
       out.push_back(layer_tensor(cfg, name, i));
     else
       others += (others.empty() ? "" : ", ") + mixer_module(cfg, i);
@@ -104,8 +130,10 @@ std::vector<TunedTensor> plan_partial_entries(const ModelConfig& cfg, const Part
   if (partial)
     for (const std::string& t : partial->tensors)
       wanted.push_back({t, "peft.partial.tensors", mode});
+  // BitFit's biases (docs/methods.md): the conv's and dt's (Mamba-2's dt_bias is dt_proj's
+  // bias moved into the mixer).
   if (bitfit)
-    for (const char* t : {"conv1d.bias", "dt_proj.bias"})
+    for (const char* t : {"conv1d.bias", cfg.is_mamba2() ? "dt_bias" : "dt_proj.bias"})
       wanted.push_back({t, "peft.bitfit", mode});
 
   std::vector<TunedTensor> out;

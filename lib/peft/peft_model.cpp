@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/weight_storage.h"
 #include "peft/lora_adapter_io.h"
@@ -21,22 +22,27 @@ namespace {
 
 // The SSM methods act on the Mamba layers alone (on Jamba: not the attention layers, which have
 // no scan, no SSM tensors and no conv). A model without a Mamba layer (a Jamba config whose every
-// layer is attention) gives them nothing to act on: refused, naming them.
+// layer is attention, or a Mamba-2 model until they are mapped to its SSD layers) gives them
+// nothing to act on: refused, naming them.
 void refuse_without_mamba_layers(const ModelConfig& cfg, const PeftConfig& peft) {
   if (!mamba_layers(cfg).empty()) return;
   std::vector<std::string> asked;
-  if (peft.partial) asked.push_back("peft.partial");
-  if (peft.bitfit) asked.push_back("peft.bitfit");
+  // Mapped to Mamba-2's layers too (docs/methods.md): partial tuning, BitFit, prefix tuning.
+  if (peft.partial && !cfg.is_mamba2()) asked.push_back("peft.partial");
+  if (peft.bitfit && !cfg.is_mamba2()) asked.push_back("peft.bitfit");
   if (peft.sdt) asked.push_back("peft.sdt");
   if (peft.initial_state || peft.initial_conv_state) asked.push_back("peft.initial_state");
   if (!peft.state_offset.empty()) asked.push_back("peft.state_offset");
   if (peft.parallel_adapter) asked.push_back("peft.parallel_adapter");
   if (peft.additional_scan) asked.push_back("peft.additional_scan");
-  if (peft.virtual_tokens.prefix_tokens > 0) asked.push_back("peft.prefix");
+  if (peft.virtual_tokens.prefix_tokens > 0 && !cfg.is_mamba2()) asked.push_back("peft.prefix");
   if (peft.virtual_tokens.affix_tokens > 0) asked.push_back("peft.affix");
   if (asked.empty()) return;
   std::string list;
   for (const std::string& a : asked) list += (list.empty() ? "" : ", ") + a;
+  if (cfg.is_mamba2())
+    throw UsageError(list + ": acts on Mamba-1 layers and is not mapped to Mamba-2's SSD " +
+                     "layers yet (docs/methods.md); use peft.lora, peft.full or peft.prompt");
   throw UsageError(list + ": acts on Mamba layers, and every layer of this model is attention (" +
                    mixer_module(cfg, 0) + ", ...); use peft.lora, peft.full or peft.prompt");
 }
@@ -330,7 +336,8 @@ void PeftModel::save(const fs::path& dir, const std::string& base_model,
       tensors.push_back({name, t});
     });
     write_safetensors(dir / "model.safetensors", tensors, metadata);
-    write_file_atomic(dir / "config.json", model_config_to_json(cfg_).dump(2) + "\n");
+    const std::string config = dump_python_json(model_config_to_json(cfg_), 2);
+    write_file_atomic(dir / "config.json", config + "\n");
   }
 }
 

@@ -16,12 +16,13 @@ StateTuning::StateTuning(const ModelConfig& cfg, bool initial_state, StateOffset
                          DType dtype, Backend& be, bool conv_state)
     : cfg_(cfg), dtype_(dtype), be_(be), kind_(offset) {
   const std::int64_t E = cfg.d_inner, N = cfg.d_state;
+  const std::vector<std::int64_t> layers = mamba_layers(cfg);
   if (conv_state && cfg.d_conv > 1)
-    zeros_per_mamba_layer(cfg, be_, {cfg.d_conv - 1, E}, dtype, conv_, dconv_);
-  if (initial_state) zeros_per_mamba_layer(cfg, be_, {E, N}, dtype, h0_, dh0_);
+    zeros_per_layer(cfg, layers, be_, {cfg.d_conv - 1, E}, dtype, conv_, dconv_);
+  if (initial_state) zeros_per_layer(cfg, layers, be_, {E, N}, dtype, h0_, dh0_);
   if (offset != StateOffset::None)
-    zeros_per_mamba_layer(cfg, be_, offset == StateOffset::H ? Shape{E, N} : Shape{E}, dtype,
-                          offset_, doffset_);
+    zeros_per_layer(cfg, layers, be_, offset == StateOffset::H ? Shape{E, N} : Shape{E}, dtype,
+                    offset_, doffset_);
 }
 
 void StateTuning::append_trainables(std::vector<TrainableParam>& out) {

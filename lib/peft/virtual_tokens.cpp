@@ -40,11 +40,14 @@ VirtualTokens::VirtualTokens(const ModelConfig& cfg, const VirtualTokensConfig& 
     prompt_ = be_.zeros({config.prompt_tokens, D}, dtype);
     dprompt_ = be_.zeros({config.prompt_tokens, D}, dtype);
   }
-  // Undefined at attention layers (virtual_tokens.h).
+  // Undefined at attention layers (virtual_tokens.h); affix tuning's vectors enter a Mamba-1
+  // mixer's conv (Mamba-2 has no mapping yet: refused in peft_model.cpp).
   if (config.prefix_tokens > 0)
-    zeros_per_mamba_layer(cfg, be_, {config.prefix_tokens, D}, dtype, prefix_, dprefix_);
+    zeros_per_layer(cfg, ssm_layers(cfg), be_, {config.prefix_tokens, D}, dtype, prefix_,
+                    dprefix_);
   if (config.affix_tokens > 0)
-    zeros_per_mamba_layer(cfg, be_, {config.affix_tokens, E}, dtype, affix_, daffix_);
+    zeros_per_layer(cfg, mamba_layers(cfg), be_, {config.affix_tokens, E}, dtype, affix_,
+                    daffix_);
 }
 
 void VirtualTokens::init(const ModelWeights& base, std::uint64_t seed) {

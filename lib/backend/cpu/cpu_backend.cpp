@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
+#include <type_traits>
 
 #include "backend/backend.h"
 #include "backend/op_checks.h"
@@ -122,20 +123,21 @@ class CpuBackend final : public Backend {
   void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y,
                        Tensor& rstd) override {
     OpTimer timer(profile_, "rmsnorm");
-    const auto [rows, D] = checks.rmsnorm_forward(x, w, y, rstd);
+    const auto [rows, D, G] = checks.rmsnorm_forward(x, w, y, rstd);
     dispatch(x.dtype(), "rmsnorm_forward", [&](auto zero) {
       using T = decltype(zero);
-      cpu::rmsnorm_forward<T>(rows, D, x.data<T>(), w.data<T>(), eps, y.data<T>(), rstd.data<T>());
+      cpu::rmsnorm_forward<T>(rows, D, x.data<T>(), w.data<T>(), eps, y.data<T>(), rstd.data<T>(),
+                              G);
     });
   }
   void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                         Tensor& dx, Tensor& dw) override {
     OpTimer timer(profile_, "rmsnorm");
-    const auto [rows, D] = checks.rmsnorm_backward(dy, x, w, rstd, dx, dw);
+    const auto [rows, D, G] = checks.rmsnorm_backward(dy, x, w, rstd, dx, dw);
     dispatch(x.dtype(), "rmsnorm_backward", [&](auto zero) {
       using T = decltype(zero);
       cpu::rmsnorm_backward<T>(rows, D, dy.data<T>(), x.data<T>(), w.data<T>(), rstd.data<T>(),
-                               dx.data<T>(), dw.data<T>());
+                               dx.data<T>(), dw.data<T>(), G);
     });
   }
 
@@ -178,6 +180,23 @@ class CpuBackend final : public Backend {
     binary("relu_backward", dy, x, dx,
            [](std::int64_t n, const auto* dyp, const auto* xp, auto* dxp) {
              for (std::int64_t i = 0; i < n; ++i) dxp[i] = xp[i] > 0 ? dyp[i] : 0;
+           });
+  }
+  void clamp_forward(const Tensor& x, double lo, double hi, Tensor& y) override {
+    OpTimer timer(profile_, "elementwise");
+    unary("clamp_forward", x, y, [&](std::int64_t n, const auto* xp, auto* yp) {
+      using T = std::remove_cv_t<std::remove_pointer_t<decltype(xp)>>;
+      for (std::int64_t i = 0; i < n; ++i) yp[i] = std::min(std::max(xp[i], T(lo)), T(hi));
+    });
+  }
+  void clamp_backward(const Tensor& dy, const Tensor& x, double lo, double hi,
+                      Tensor& dx) override {
+    OpTimer timer(profile_, "elementwise");
+    binary("clamp_backward", dy, x, dx,
+           [&](std::int64_t n, const auto* dyp, const auto* xp, auto* dxp) {
+             using T = std::remove_cv_t<std::remove_pointer_t<decltype(xp)>>;
+             for (std::int64_t i = 0; i < n; ++i)
+               dxp[i] = xp[i] >= T(lo) && xp[i] <= T(hi) ? dyp[i] : T(0);
            });
   }
   void softplus_forward(const Tensor& x, Tensor& y) override {

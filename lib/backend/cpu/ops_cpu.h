@@ -11,14 +11,16 @@
 namespace ssmtune::cpu {
 
 // RMSNorm (HF MambaRMSNorm): y = w * x / sqrt(mean(x^2) + eps).
-// x, y: (rows, D)   w: (D)   rstd: (rows) out, 1/sqrt(mean(x^2)+eps), saved for backward
+// x, y: (rows, D)   w: (D)   rstd: (rows, G) out, 1/sqrt(mean(x^2)+eps), saved for backward.
+// With G groups each row's G runs of D/G columns are normalised separately (mamba_ssm's
+// RMSNormGated, group_size = D/G); the weight spans the whole row. G divides D.
 template <class T>
 void rmsnorm_forward(std::int64_t rows, std::int64_t D, const T* x, const T* w, double eps,
-                     T* y, T* rstd);
+                     T* y, T* rstd, std::int64_t G = 1);
 // dx: (rows, D) overwritten   dw: (D) accumulated
 template <class T>
 void rmsnorm_backward(std::int64_t rows, std::int64_t D, const T* dy, const T* x, const T* w,
-                      const T* rstd, T* dx, T* dw);
+                      const T* rstd, T* dx, T* dw, std::int64_t G = 1);
 
 // Causal depthwise conv1d (PyTorch Conv1d(groups=E, padding=K-1) truncated to L, i.e.
 // left zero padding): c[b,t,e] = bias[e] + sum_k w[e,k] * x[b, t-(K-1)+k, e].

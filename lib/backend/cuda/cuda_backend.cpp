@@ -181,10 +181,10 @@ class CudaBackend final : public Backend {
   void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y,
                        Tensor& rstd) override {
     Timer timer(*this, "rmsnorm");
-    const auto [rows, D] = checks.rmsnorm_forward(x, w, y, rstd);
+    const auto [rows, D, G] = checks.rmsnorm_forward(x, w, y, rstd);
     const char* op = "rmsnorm_forward";
     kernels::rmsnorm_forward(rows, D, f32(x, op, "x"), f32(w, op, "w"), eps, f32(y, op, "y"),
-                             f32(rstd, op, "rstd"), stream());
+                             f32(rstd, op, "rstd"), stream(), 0, G);
     launch_check(op);
   }
   void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
@@ -196,7 +196,8 @@ class CudaBackend final : public Backend {
     Timer timer(*this, "rmsnorm");
     const char* op = "add_rmsnorm_forward";
     checks.require(x.shape() == sum.shape(), op, "x and sum shapes differ");
-    const auto [rows, D] = checks.rmsnorm_forward(sum, w, y, rstd);
+    const auto [rows, D, G] = checks.rmsnorm_forward(sum, w, y, rstd);
+    checks.require(G == 1, op, "a norm per group is not fused with the residual add");
     kernels::add_rmsnorm_forward(rows, D, f32(x, op, "x"), f32(sum, op, "sum"), f32(w, op, "w"),
                                  eps, f32(y, op, "y"), f32(rstd, op, "rstd"), stream());
     launch_check(op);
@@ -244,6 +245,19 @@ class CudaBackend final : public Backend {
   }
   void relu_backward(const Tensor& dy, const Tensor& x, Tensor& dx) override {
     binary("relu_backward", dy, x, dx, SSMTUNE_KERNEL_FN(relu_backward));
+  }
+  // Bounds beyond float's range (an infinite max) stay infinite: float(inf) is inf.
+  void clamp_forward(const Tensor& x, double lo, double hi, Tensor& y) override {
+    unary("clamp_forward", x, y, [lo, hi](std::int64_t n, auto xp, auto yp, cudaStream_t s) {
+      kernels::clamp_forward(n, float(lo), float(hi), xp, yp, s);
+    });
+  }
+  void clamp_backward(const Tensor& dy, const Tensor& x, double lo, double hi,
+                      Tensor& dx) override {
+    binary("clamp_backward", dy, x, dx,
+           [lo, hi](std::int64_t n, auto dyp, auto xp, auto dxp, cudaStream_t s) {
+             kernels::clamp_backward(n, float(lo), float(hi), dyp, xp, dxp, s);
+           });
   }
   void gate_forward(const Tensor& y, const Tensor& z, Tensor& out) override {
     binary("gate_forward", y, z, out, SSMTUNE_KERNEL_FN(gate_forward));
@@ -561,11 +575,11 @@ class CudaBackend final : public Backend {
                              Tensor& dx, Tensor& dw, bool accumulate_dx) {
     Timer timer(*this, "rmsnorm");
     const char* op = accumulate_dx ? "rmsnorm_backward_add" : "rmsnorm_backward";
-    const auto [rows, D] = checks.rmsnorm_backward(dy, x, w, rstd, dx, dw);
+    const auto [rows, D, G] = checks.rmsnorm_backward(dy, x, w, rstd, dx, dw);
     DeviceScratch ws(*memory_, floats(kernels::rmsnorm_backward_workspace_floats(rows, D)));
     kernels::rmsnorm_backward(rows, D, f32(dy, op, "dy"), f32(x, op, "x"), f32(w, op, "w"),
                               f32(rstd, op, "rstd"), f32(dx, op, "dx"), f32(dw, op, "dw"),
-                              ws.as<float>(), stream(), 0, accumulate_dx);
+                              ws.as<float>(), stream(), 0, accumulate_dx, G);
     launch_check(op);
   }
 

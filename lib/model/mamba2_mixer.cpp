@@ -1,0 +1,253 @@
+#include "model/mamba2_mixer.h"
+
+#include <cmath>
+
+#include "model/linear.h"
+#include "model/sequence_steps.h"
+
+namespace ssmtune {
+
+namespace {
+
+// The mixer's sites in append_mamba2_mixer_sites's order.
+enum Mamba2Site { kInProj, kOutProj };
+
+// Does the config's dt clamp ever act? softplus is positive, so clamp(dt, 0, inf) is dt.
+bool dt_clamped(const ModelConfig& c) {
+  return c.time_step_limit_min > 0 || std::isfinite(c.time_step_limit_max);
+}
+
+// xBC: (rows, C) as its x (rows, E), B and C (rows, G N) parts, copied out.
+std::vector<Tensor> split_xbc(Backend& be, const ModelConfig& c, const Tensor& xbc) {
+  const std::int64_t rows = xbc.dim(0), E = c.d_inner, GN = c.n_groups * c.d_state;
+  std::vector<Tensor> parts{be.empty({rows, E}, xbc.dtype()), be.empty({rows, GN}, xbc.dtype()),
+                            be.empty({rows, GN}, xbc.dtype())};
+  be.split_columns(xbc, 0, parts[0]);
+  be.split_columns(xbc, E, parts[1]);
+  be.split_columns(xbc, E + GN, parts[2]);
+  return parts;
+}
+
+// in_proj's output parts for a linear hook, one per slice (a LoRA on one slice must see its
+// rows alone): z, x, B, C, dt, at their rows of the weight.
+std::vector<LinearPart> in_proj_parts(const ModelConfig& c, const Tensor& z,
+                                      const std::vector<Tensor>& xbc, const Tensor& dt) {
+  const std::int64_t E = c.d_inner, GN = c.n_groups * c.d_state;
+  return {{0, z}, {E, xbc[0]}, {2 * E, xbc[1]}, {2 * E + GN, xbc[2]}, {c.d_inner + c.conv_dim(), dt}};
+}
+
+}  // namespace
+
+void append_mamba2_mixer_slots(const ModelConfig& c, const std::string& module,
+                               Mamba2MixerWeights& w, std::vector<ParamSlot>& out) {
+  const std::int64_t D = c.d_model, E = c.d_inner, H = c.ssm_heads, K = c.d_conv;
+  const std::int64_t C = c.conv_dim(), P_in = E + C + H;
+  const char* no_bias = c.use_bias ? nullptr : "use_bias is false";
+  const char* no_conv_bias = c.use_conv_bias ? nullptr : "use_conv_bias is false";
+  const std::string p = module + ".";
+  // Mamba2Mixer.__init__'s registration order
+  out.push_back({p + "dt_bias", &w.dt_bias, {H}});
+  out.push_back({p + "A_log", &w.A_log, {H}});
+  out.push_back({p + "D", &w.D, {H}});
+  out.push_back({p + "conv1d.weight", &w.conv1d, {C, 1, K}});
+  out.push_back({p + "conv1d.bias", &w.conv1d_bias, {C}, no_conv_bias});
+  out.push_back({p + "in_proj.weight", &w.in_proj, {P_in, D}});
+  out.push_back({p + "in_proj.bias", &w.in_proj_bias, {P_in}, no_bias});
+  out.push_back({p + "norm.weight", &w.norm, {E}});
+  out.push_back({p + "out_proj.weight", &w.out_proj, {D, E}});
+  out.push_back({p + "out_proj.bias", &w.out_proj_bias, {D}, no_bias});
+}
+
+void append_mamba2_mixer_sites(const ModelConfig& c, std::int64_t layer,
+                               const std::string& module, std::vector<LinearSite>& out) {
+  const std::int64_t D = c.d_model, E = c.d_inner, H = c.ssm_heads, GN = c.n_groups * c.d_state;
+  const std::int64_t C = c.conv_dim();
+  out.push_back({-1, layer, module + ".in_proj", "in_proj", D, E + C + H,
+                 {{"z", 0, E}, {"x", E, E}, {"B", 2 * E, GN}, {"C", 2 * E + GN, GN},
+                  {"dt", E + C, H}},
+                 -1});
+  out.push_back({-1, layer, module + ".out_proj", "out_proj", E, D, {}, -1});
+}
+
+Tensor mamba2_mixer_linear_weight(const Mamba2MixerWeights& w, const LinearSite& site) {
+  if (site.name == "in_proj") return w.in_proj;
+  if (site.name == "out_proj") return w.out_proj;
+  throw Error(site.module + ": not a linear layer of a Mamba-2 mixer");
+}
+
+void reset_mamba2_cache(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,
+                        DType dtype, Mamba2Cache& cache) {
+  if (!cache.A.defined()) {
+    cache.A = be.empty({cfg.ssm_heads}, dtype);
+    be.ssm_A_forward(w.A_log, cache.A);
+  }
+  cache.conv = be.zeros({1, cfg.d_conv - 1, cfg.conv_dim()}, dtype);
+  cache.ssm = be.zeros({1, cfg.ssm_heads, cfg.ssm_head_dim, cfg.d_state}, dtype);
+}
+
+void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,
+                          const Tensor& n, Mamba2Activations& a, Tensor& out, LinearHook* hook,
+                          const LinearSite* sites, Mamba2Cache* cache) {
+  const std::int64_t B = n.dim(0), L = n.dim(1), D = cfg.d_model, E = cfg.d_inner;
+  const std::int64_t H = cfg.ssm_heads, P = cfg.ssm_head_dim, G = cfg.n_groups, N = cfg.d_state;
+  const std::int64_t K = cfg.d_conv, C = cfg.conv_dim(), rows = B * L;
+  const DType dt = n.dtype();
+  const Tensor n2 = n.reshape({rows, D});
+  check(!cache || B == 1, "recurrent decoding runs one sequence at a time");
+  check(!hook || sites, "mamba2_mixer_forward: a linear hook without the mixer's sites");
+
+  // in_proj as three products over the weight's row ranges: z, xBC and dt come out contiguous.
+  a.z = be.empty({B, L, E}, dt);
+  Tensor xbc = be.empty({B, L, C}, dt);
+  a.dt_pre = be.empty({B, L, H}, dt);
+  Tensor z2 = a.z.reshape({rows, E}), xbc2 = xbc.reshape({rows, C});
+  Tensor dt2 = a.dt_pre.reshape({rows, H});
+  linear_forward(be, n2, w.in_proj.rows(0, E), row_slice(w.in_proj_bias, 0, E), z2);
+  linear_forward(be, n2, w.in_proj.rows(E, E + C), row_slice(w.in_proj_bias, E, E + C), xbc2);
+  linear_forward(be, n2, w.in_proj.rows(E + C, E + C + H),
+                 row_slice(w.in_proj_bias, E + C, E + C + H), dt2);
+  if (hook) {
+    const std::vector<Tensor> xbc_parts = split_xbc(be, cfg, xbc2);
+    std::vector<LinearPart> parts = in_proj_parts(cfg, z2, xbc_parts, dt2);
+    hook->linear_forward(sites[kInProj], n2, parts);
+    be.merge_columns(xbc_parts[0], 0, xbc2);
+    be.merge_columns(xbc_parts[1], E, xbc2);
+    be.merge_columns(xbc_parts[2], E + G * N, xbc2);
+  }
+
+  // The conv over xBC, with the decoding cache's K-1 steps as left context.
+  a.n_context = cache ? K - 1 : 0;
+  const std::int64_t Cx = a.n_context;
+  const Tensor conv_w = w.conv1d.reshape({C, K});
+  a.c = be.empty({B, L, C}, dt);
+  a.u = be.empty({B, L, C}, dt);
+  if (Cx == 0) {
+    a.conv_in = xbc;
+    be.conv1d_silu_forward(xbc, conv_w, w.conv1d_bias, a.c, a.u);
+  } else {  // the context's own outputs belong to earlier tokens: dropped
+    a.conv_in = be.empty({B, Cx + L, C}, dt);
+    put_steps_broadcast(be, cache->conv, 0, a.conv_in);
+    put_steps(be, xbc, Cx, a.conv_in);
+    Tensor c_full = be.empty({B, Cx + L, C}, dt);
+    be.conv1d_forward(a.conv_in, conv_w, w.conv1d_bias, c_full);
+    take_steps(be, c_full, Cx, a.c);
+    be.silu_forward(a.c, a.u);
+    take_steps(be, a.conv_in, Cx + L - (K - 1), cache->conv);
+  }
+  const std::vector<Tensor> u_parts = split_xbc(be, cfg, a.u.reshape({rows, C}));
+  a.x = u_parts[0].reshape({B, L, H, P});
+  a.Bm = u_parts[1].reshape({B, L, G, N});
+  a.Cm = u_parts[2].reshape({B, L, G, N});
+
+  // dt = clamp(softplus(dt_in + dt_bias))
+  be.add_bias(dt2, w.dt_bias);
+  a.dt_soft = be.empty({B, L, H}, dt);
+  be.softplus_forward(a.dt_pre, a.dt_soft);
+  a.dt = a.dt_soft;
+  if (dt_clamped(cfg)) {
+    a.dt = be.empty({B, L, H}, dt);
+    be.clamp_forward(a.dt_soft, cfg.time_step_limit_min, cfg.time_step_limit_max, a.dt);
+  }
+
+  if (cache) {
+    a.A = cache->A;
+  } else {
+    a.A = be.empty({H}, dt);
+    be.ssm_A_forward(w.A_log, a.A);
+  }
+  a.h0 = cache ? cache->ssm : Tensor();
+  a.chunk = cfg.chunk_size;
+  a.h_saved = be.empty({B, (L + a.chunk - 1) / a.chunk, H, P, N}, dt);
+  Tensor h_last = cache ? be.empty({B, H, P, N}, dt) : Tensor();
+  a.y = be.empty({B, L, E}, dt);
+  Tensor y4 = a.y.reshape({B, L, H, P});
+  be.ssd_forward({a.x, a.dt, a.A, a.Bm, a.Cm, w.D, a.h0, a.chunk}, y4, a.h_saved, h_last);
+  if (cache) cache->ssm = h_last;
+
+  // out = out_proj(rmsnorm(y * silu(z)))
+  a.gated = be.empty({B, L, E}, dt);
+  be.gate_forward(a.y, a.z, a.gated);
+  a.normed = be.empty({B, L, E}, dt);
+  a.rstd = be.empty({rows, G}, dt);  // the gated norm runs per group of E / G channels
+  Tensor normed2 = a.normed.reshape({rows, E});
+  be.rmsnorm_forward(a.gated.reshape({rows, E}), w.norm, cfg.layer_norm_epsilon, normed2, a.rstd);
+  Tensor out2 = out.reshape({rows, D});
+  linear_forward(be, normed2, w.out_proj, w.out_proj_bias, out2);
+  if (hook) {
+    std::vector<LinearPart> parts{{0, out2}};
+    hook->linear_forward(sites[kOutProj], normed2, parts);
+  }
+}
+
+void mamba2_mixer_backward(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,
+                           const Tensor& n, const Mamba2Activations& a, const Tensor& dout,
+                           Tensor& dn, Mamba2MixerWeights& g, LinearHook* hook,
+                           const LinearSite* sites) {
+  const std::int64_t B = n.dim(0), L = n.dim(1), D = cfg.d_model, E = cfg.d_inner;
+  const std::int64_t H = cfg.ssm_heads, P = cfg.ssm_head_dim, G = cfg.n_groups, N = cfg.d_state;
+  const std::int64_t K = cfg.d_conv, C = cfg.conv_dim(), rows = B * L;
+  const DType dt = n.dtype();
+  check(a.n_context == 0, "mamba2_mixer_backward: a decoding forward keeps no activations");
+  const Tensor n2 = n.reshape({rows, D}), dout2 = dout.reshape({rows, D});
+
+  // out = out_proj(normed)
+  const Tensor normed2 = a.normed.reshape({rows, E});
+  Tensor dnormed = be.empty({rows, E}, dt);
+  linear_backward(be, dout2, normed2, w.out_proj, dnormed, 0.0, g.out_proj, g.out_proj_bias);
+  if (hook) hook->linear_backward(sites[kOutProj], normed2, {{0, dout2}}, dnormed);
+  // normed = rmsnorm(gated) * norm; gated = y * silu(z)
+  Tensor dgated = be.empty({rows, E}, dt);
+  Tensor dnorm_w = g.norm.defined() ? g.norm : be.zeros({E}, dt);
+  be.rmsnorm_backward(dnormed, a.gated.reshape({rows, E}), w.norm, a.rstd, dgated, dnorm_w);
+  Tensor dy = be.empty({B, L, E}, dt), dz = be.empty({B, L, E}, dt);
+  be.gate_backward(dgated.reshape({B, L, E}), a.y, a.z, dy, dz);
+
+  // the scan
+  Backend::SsdGrads sg;
+  sg.dx = be.empty({B, L, H, P}, dt);
+  sg.ddt = be.empty({B, L, H}, dt);
+  sg.dA = be.zeros({H}, dt);
+  sg.dBm = be.empty({B, L, G, N}, dt);
+  sg.dCm = be.empty({B, L, G, N}, dt);
+  sg.dD = g.D;
+  be.ssd_backward({a.x, a.dt, a.A, a.Bm, a.Cm, w.D, a.h0, a.chunk}, a.h_saved,
+                  dy.reshape({B, L, H, P}), sg);
+  if (g.A_log.defined()) be.ssm_A_backward(sg.dA, a.A, g.A_log);
+
+  // dt = clamp(softplus(dt_pre)): the gradient of dt_in and of dt_bias
+  Tensor ddt_soft = sg.ddt;
+  if (dt_clamped(cfg)) {
+    ddt_soft = be.empty({B, L, H}, dt);
+    be.clamp_backward(sg.ddt, a.dt_soft, cfg.time_step_limit_min, cfg.time_step_limit_max, ddt_soft);
+  }
+  Tensor ddt_pre = be.empty({rows, H}, dt);
+  be.softplus_backward(ddt_soft.reshape({rows, H}), a.dt_pre.reshape({rows, H}), ddt_pre);
+  if (g.dt_bias.defined()) be.bias_backward(ddt_pre, g.dt_bias);
+
+  // u = [x ; Bm ; Cm] = silu(conv1d(xBC))
+  Tensor du = be.empty({rows, C}, dt);
+  be.merge_columns(sg.dx.reshape({rows, E}), 0, du);
+  be.merge_columns(sg.dBm.reshape({rows, G * N}), E, du);
+  be.merge_columns(sg.dCm.reshape({rows, G * N}), E + G * N, du);
+  Tensor dc = be.empty({B, L, C}, dt);
+  be.silu_backward(du.reshape({B, L, C}), a.c, dc);
+  Tensor dxbc = be.empty({B, L, C}, dt);
+  Tensor dconv = g.conv1d.defined() ? g.conv1d.reshape({C, K}) : be.zeros({C, K}, dt);
+  be.conv1d_backward(dc, a.conv_in, w.conv1d.reshape({C, K}), dxbc, dconv, g.conv1d_bias);
+
+  // [z ; xBC ; dt_in] = in_proj(n): dn = dz W_z + dxBC W_xBC + ddt W_dt
+  Tensor dn2 = dn.reshape({rows, D}), dxbc2 = dxbc.reshape({rows, C});
+  const auto rows_of = [&](std::int64_t r0, std::int64_t r1, Tensor& dy_part, double beta) {
+    Tensor dW = row_slice(g.in_proj, r0, r1), db = row_slice(g.in_proj_bias, r0, r1);
+    linear_backward(be, dy_part, n2, w.in_proj.rows(r0, r1), dn2, beta, dW, db);
+  };
+  Tensor dz2 = dz.reshape({rows, E});
+  rows_of(0, E, dz2, 0.0);
+  rows_of(E, E + C, dxbc2, 1.0);
+  rows_of(E + C, E + C + H, ddt_pre, 1.0);
+  if (hook)
+    hook->linear_backward(sites[kInProj], n2,
+                          in_proj_parts(cfg, dz2, split_xbc(be, cfg, dxbc2), ddt_pre), dn2);
+}
+
+}  // namespace ssmtune

@@ -1,0 +1,79 @@
+// The Mamba-2 mixer (docs/models.md "Mamba-2"; HF Mamba2Mixer.torch_forward, transformers
+// 4.44.2), explicit forward and backward: forward saves what backward needs in
+// Mamba2Activations. E = d_inner = H * P, G groups, N d_state, C = E + 2 G N (conv_dim).
+//   [z ; xBC ; dt_in] = in_proj(n)           z: (B, L, E)  xBC: (B, L, C)  dt_in: (B, L, H)
+//   u = silu(conv1d(xBC))                    (B, L, C), depthwise over the C channels
+//   [x ; Bm ; Cm] = u                        x: (B, L, H, P)  Bm, Cm: (B, L, G, N)
+//   dt = clamp(softplus(dt_in + dt_bias), time_step_limit)                 (B, L, H)
+//   y = ssd(x, dt, A = -exp(A_log), Bm, Cm, D)                            (B, L, H, P)
+//   out = out_proj(rmsnorm_G(y * silu(z)) * norm)                         (B, L, D)
+// As mamba_ssm and transformers 5.25 compute it: the gated RMSNorm normalises each group of
+// E / G channels separately, the gate first (docs/models.md "Mamba-2" for how older
+// transformers releases differ).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/linear_hook.h"
+#include "model/model_config.h"
+#include "model/model_weights.h"
+
+namespace ssmtune {
+
+struct Mamba2Activations {
+  Tensor z;                   // (B, L, E) the gate
+  std::int64_t n_context = 0;  // Cx: conv context steps before the block (decoding)
+  Tensor conv_in;             // (B, Cx + L, C) [context ; xBC]
+  Tensor c, u;                // (B, L, C) conv output before and after SiLU
+  Tensor x, Bm, Cm;           // (B, L, H, P), (B, L, G, N), (B, L, G, N): u's parts
+  Tensor dt_pre;              // (B, L, H) dt_in + dt_bias, softplus's input
+  Tensor dt_soft;             // (B, L, H) softplus of it, the clamp's input
+  Tensor dt;                  // (B, L, H) the scan's step sizes
+  Tensor A;                   // (H) = -exp(A_log)
+  Tensor h0;                  // (B, H, P, N) or undefined (zeros)
+  Tensor h_saved;             // (B, n_chunks, H, P, N) scan state at each chunk start
+  std::int64_t chunk = 256;
+  Tensor y;                   // (B, L, E) the scan's output
+  Tensor gated;               // (B, L, E) y * silu(z)
+  Tensor normed, rstd;        // (B, L, E) out_proj's input, and the norm's rstd (B*L, G)
+};
+
+// One sequence's recurrent decoding state (HF Mamba2Cache, time-major):
+//   conv (1, K-1, C): the last K-1 conv inputs xBC;  ssm (1, H, P, N): h after the last token;
+//   A (H): -exp(A_log), computed once.
+struct Mamba2Cache {
+  Tensor conv, ssm, A;
+};
+
+// The mixer's tensors under `module` ("backbone.layers.3.mixer") in state_dict order, with
+// their shapes under `c`; absent biases carry why.
+void append_mamba2_mixer_slots(const ModelConfig& c, const std::string& module,
+                               Mamba2MixerWeights& w, std::vector<ParamSlot>& out);
+// Its linear sites, in this order: in_proj (slices z, x, B, C, dt), out_proj.
+void append_mamba2_mixer_sites(const ModelConfig& c, std::int64_t layer,
+                               const std::string& module, std::vector<LinearSite>& out);
+Tensor mamba2_mixer_linear_weight(const Mamba2MixerWeights& w, const LinearSite& site);
+
+// An empty sequence's cache: zero conv and SSM states.
+void reset_mamba2_cache(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,
+                        DType dtype, Mamba2Cache& cache);
+
+// n: (B, L, D) normalised block input   out: (B, L, D) overwritten.
+// hook: LoRA/DoRA terms on this mixer's sites (`sites`: its sites in the order above), or
+// null. cache: null in training; in recurrent decoding (B = 1) the states to start from,
+// updated to the end of the block (backward is then not possible).
+void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,
+                          const Tensor& n, Mamba2Activations& acts, Tensor& out,
+                          LinearHook* hook = nullptr, const LinearSite* sites = nullptr,
+                          Mamba2Cache* cache = nullptr);
+
+// dout: (B, L, D)   dn: (B, L, D) overwritten with the gradient w.r.t. n.
+// grads: parameter gradients accumulated (+=); an undefined grad tensor is skipped (frozen).
+void mamba2_mixer_backward(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,
+                           const Tensor& n, const Mamba2Activations& acts, const Tensor& dout,
+                           Tensor& dn, Mamba2MixerWeights& grads, LinearHook* hook = nullptr,
+                           const LinearSite* sites = nullptr);
+
+}  // namespace ssmtune

@@ -1,0 +1,143 @@
+// The Mamba-2 LM on the CPU without a reference implementation: every parameter gradient
+// against central finite differences in float64, recurrent decoding against the full forward,
+// the dt clamp, and ssmtune's own init (lib/model/mamba2_mixer.h, mamba2_init.h). Parity with
+// transformers is mamba2_parity_test.cpp's job.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+#include "backend/backend.h"
+#include "decoder_check.h"
+#include "gradient_check.h"
+#include "model/causal_lm.h"
+#include "model/model_init.h"
+#include "test_compare.h"
+
+using namespace ssmtune;
+using nlohmann::json;
+using ssmtune::testing::check_gradient;
+
+namespace {
+
+// Small enough for finite differences, with every dimension distinct: 4 heads of 3 channels in
+// 2 groups, d_state 5, a conv of 3, biases everywhere, untied, chunks of 4 over 7 steps.
+ModelConfig tiny_config(json extra = json::object()) {
+  json j = {{"model_type", "mamba2"}, {"vocab_size", 13},   {"hidden_size", 6},
+            {"num_hidden_layers", 2}, {"num_heads", 4},     {"head_dim", 3},
+            {"n_groups", 2},          {"state_size", 5},    {"conv_kernel", 3},
+            {"chunk_size", 4},        {"use_bias", true},   {"time_step_min", 1e-4},
+            {"time_step_max", 0.5},   {"tie_word_embeddings", false}};
+  j.update(extra);
+  return parse_model_config(j, "tiny/config.json");
+}
+
+// init_model_weights in F64 (for finite differences), with norm gains and D moved off 1 so
+// they matter.
+ModelWeights f64_weights(const ModelConfig& cfg, std::uint64_t seed) {
+  ModelWeights w = init_model_weights(cfg, seed);
+  std::mt19937_64 rng(seed);
+  for_each_param(cfg, w, [&](const std::string& name, Tensor& t) {
+    t = t.to(DType::F64);
+    if (name.ends_with("norm.weight") || name.ends_with("mixer.D") || name.ends_with("norm_f.weight"))
+      for (std::int64_t i = 0; i < t.numel(); ++i)
+        t.data<double>()[i] += std::uniform_real_distribution<double>(-0.5, 0.5)(rng);
+  });
+  if (cfg.tie_word_embeddings) w.lm_head = w.embedding;
+  return w;
+}
+
+Tensor batch_ids(std::int64_t B, std::int64_t L, std::int64_t V, std::uint64_t seed) {
+  Tensor ids = Tensor::empty({B, L}, DType::I64);
+  std::mt19937_64 rng(seed);
+  for (std::int64_t i = 0; i < ids.numel(); ++i)
+    ids.data<std::int64_t>()[i] = std::int64_t(rng() % std::uint64_t(V));
+  return ids;
+}
+
+}  // namespace
+
+TEST_CASE("Mamba-2: every parameter gradient matches finite differences (float64)",
+          "[model][mamba2]") {
+  const ModelConfig cfg = tiny_config();
+  ModelWeights w = f64_weights(cfg, 5);
+  auto be = make_cpu_backend();
+  CausalLM lm(cfg, w, *be);
+  const Tensor ids = batch_ids(2, 7, cfg.vocab_size, 9);
+  const Tensor targets = shift_labels(ids);
+  ModelWeights grads = zeros_like_params(cfg, DType::F64);
+  lm.forward(ids);
+  lm.loss(targets);
+  lm.backward(targets, grads);
+  const auto loss = [&] {
+    lm.forward(ids);
+    return lm.loss(targets).loss;
+  };
+  ModelWeights handles = grads;
+  std::map<std::string, Tensor> analytic;
+  for_each_param(cfg, handles, [&](const std::string& name, Tensor& g) { analytic[name] = g; });
+  int n_checked = 0;
+  for_each_param(cfg, w, [&](const std::string& name, Tensor& t) {
+    // about 24 elements per tensor, first and last included: two forwards each
+    const std::int64_t stride = std::max<std::int64_t>(1, t.numel() / 24);
+    check_gradient(name, t, analytic.at(name), loss, 1e-6, 1e-6, 1e-9, stride);
+    ++n_checked;
+  });
+  CHECK(n_checked == 2 + 2 * 11 + 1);  // embedding, lm_head; 11 per layer; norm_f
+}
+
+TEST_CASE("Mamba-2: recurrent decoding equals the full forward", "[model][mamba2][decoder]") {
+  for (const std::int64_t chunk : {1, 4, 256}) {
+    INFO("chunk_size " << chunk);
+    const ModelConfig cfg = tiny_config({{"chunk_size", chunk}});
+    ModelWeights w = init_model_weights(cfg, 3);
+    auto be = make_cpu_backend();
+    CausalLM lm(cfg, w, *be);
+    const Tensor ids = batch_ids(1, 9, cfg.vocab_size, 4);
+    lm.forward(ids);
+    testing::require_decoder_matches_forward(cfg, w, *be, ids, lm.logits(), nullptr, nullptr);
+  }
+}
+
+TEST_CASE("Mamba-2: dt is clamped to time_step_limit and the clamp stops its gradient",
+          "[model][mamba2]") {
+  // A lower limit far above every softplus(dt + dt_bias): every dt is the clamp's bound, so the
+  // gradient w.r.t. dt_bias is exactly zero and the loss does not move with dt_bias.
+  const ModelConfig cfg = tiny_config({{"time_step_limit", {50.0, 60.0}}});
+  ModelWeights w = f64_weights(cfg, 7);
+  auto be = make_cpu_backend();
+  CausalLM lm(cfg, w, *be);
+  const Tensor ids = batch_ids(2, 5, cfg.vocab_size, 2);
+  const Tensor targets = shift_labels(ids);
+  ModelWeights grads = zeros_like_params(cfg, DType::F64);
+  lm.forward(ids);
+  const double before = lm.loss(targets).loss;
+  lm.backward(targets, grads);
+  for (const LayerWeights& lg : grads.layers)
+    for (std::int64_t h = 0; h < cfg.ssm_heads; ++h)
+      CHECK(lg.mamba2.dt_bias.data<double>()[h] == 0.0);
+  w.layers[0].mamba2.dt_bias.data<double>()[1] += 0.3;
+  lm.forward(ids);
+  CHECK(lm.loss(targets).loss == before);
+}
+
+TEST_CASE("Mamba-2 init draws transformers' rules", "[model][mamba2][init]") {
+  const ModelConfig cfg = tiny_config();
+  ModelWeights w = init_model_weights(cfg, 1);
+  CHECK(model_param_count(cfg) == [&] {
+    std::int64_t n = 0;
+    for_each_param(cfg, w, [&](const std::string&, Tensor& t) { n += t.numel(); });
+    return n;
+  }());
+  const Mamba2MixerWeights& m = w.layers[1].mamba2;
+  for (std::int64_t h = 0; h < cfg.ssm_heads; ++h) {
+    CHECK(m.A_log.data<float>()[h] == Approx(std::log(double(h + 1))));
+    CHECK(m.D.data<float>()[h] == 1.0f);
+    // dt_bias = softplus^-1(dt), dt in [time_step_min, time_step_max]
+    const double dt = std::log1p(std::exp(double(m.dt_bias.data<float>()[h])));
+    CHECK(dt >= 1e-4 * 0.999);
+    CHECK(dt <= 0.5 * 1.001);
+  }
+  for (std::int64_t e = 0; e < cfg.d_inner; ++e) CHECK(m.norm.data<float>()[e] == 1.0f);
+  for (std::int64_t i = 0; i < m.in_proj_bias.numel(); ++i)
+    CHECK(m.in_proj_bias.data<float>()[i] == 0.0f);
+}
