@@ -156,6 +156,29 @@ class Backend {
   virtual void selective_scan_backward(const ScanInputs& in, const Tensor& h_saved,
                                        const Tensor& dy, ScanGrads& grads) = 0;
 
+  // SSD, the Mamba-2 scan (transformers' Mamba2Mixer; mamba_ssm's ssd_minimal / ssd_chunk_scan;
+  // cpu/ssd_cpu.h for the math, docs/models.md "Mamba-2 SSD scan" for the chunked algorithm).
+  // H heads of P channels (head_dim), G groups (head h reads group h / (H / G)), N d_state.
+  // Per head, a_t = exp(dt_t * A_h) (a scalar per head and step):
+  //   h_t = a_t h_{t-1} + dt_t x_t B_t^T      h: (P, N)
+  //   y_t = h_t C_t + D_h x_t
+  // x, y: (B, L, H, P)   dt: (B, L, H) (already dt_bias-added, softplus-ed, clamped)   A: (H)
+  // Bm, Cm: (B, L, G, N)   D: (H) or undefined   h0: (B, H, P, N) or undefined (zeros)
+  // h_saved: (B, n_chunks, H, P, N) the state at each chunk start (saved for backward)
+  // h_last: (B, H, P, N) the state after the last step, or undefined
+  // chunk: the model's chunk_size, >= 1; L need not be a multiple of it.
+  struct SsdInputs {
+    Tensor x, dt, A, Bm, Cm, D, h0;
+    std::int64_t chunk = 256;
+  };
+  virtual void ssd_forward(const SsdInputs& in, Tensor& y, Tensor& h_saved, Tensor& h_last) = 0;
+  // dx, ddt, dBm, dCm (and dh0 if defined) overwritten; dA (H), dD (H, if defined) accumulated.
+  struct SsdGrads {
+    Tensor dx, ddt, dA, dBm, dCm, dD, dh0;
+  };
+  virtual void ssd_backward(const SsdInputs& in, const Tensor& h_saved, const Tensor& dy,
+                            SsdGrads& grads) = 0;
+
   // Causal grouped-query attention, no positional encoding (Jamba's JambaAttention): head h
   // reads key/value head h / (H / KV). The Lq <= Lk queries are the LAST Lq of the Lk key
   // positions: query t sits at position t + (Lk - Lq) and sees keys j <= t + (Lk - Lq) whose

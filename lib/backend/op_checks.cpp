@@ -132,6 +132,60 @@ void OpChecks::scan_grads(const cpu::ScanDims& d, const Backend::ScanInputs& in,
   if (g.dh0.defined()) shape(g.dh0, {d.batch, d.d_inner, d.d_state}, op, "dh0");
 }
 
+cpu::SsdDims OpChecks::ssd(const Backend::SsdInputs& in) const {
+  const char* op = "ssd";
+  require(in.x.defined() && in.x.ndim() == 4 && in.Bm.defined() && in.Bm.ndim() == 4, op,
+          "x (B, L, H, P), Bm (B, L, G, N)");
+  require(in.chunk > 0, op, "chunk must be positive, got " + std::to_string(in.chunk));
+  const cpu::SsdDims d{in.x.dim(0), in.x.dim(1), in.x.dim(2), in.x.dim(3),
+                       in.Bm.dim(2), in.Bm.dim(3), in.chunk};
+  require(d.n_groups > 0 && d.n_heads % d.n_groups == 0, op,
+          "heads (" + std::to_string(d.n_heads) + ") must be a multiple of groups (" +
+              std::to_string(d.n_groups) + ")");
+  shape(in.dt, {d.batch, d.seqlen, d.n_heads}, op, "dt");
+  shape(in.A, {d.n_heads}, op, "A");
+  shape(in.Bm, {d.batch, d.seqlen, d.n_groups, d.d_state}, op, "Bm");
+  shape(in.Cm, in.Bm.shape(), op, "Cm");
+  if (in.D.defined()) shape(in.D, {d.n_heads}, op, "D");
+  if (in.h0.defined()) shape(in.h0, {d.batch, d.n_heads, d.head_dim, d.d_state}, op, "h0");
+  for (const Tensor* t : {&in.dt, &in.A, &in.Bm, &in.Cm, &in.D, &in.h0})
+    require(!t->defined() || t->dtype() == in.x.dtype(), op,
+            "inputs must share x's element type " + std::string(dtype_name(in.x.dtype())));
+  return d;
+}
+
+void OpChecks::ssd_outputs(const cpu::SsdDims& d, const Backend::SsdInputs& in, const Tensor& y,
+                           const Tensor& h_saved, const Tensor& h_last) const {
+  const char* op = "ssd_forward";
+  const Shape state{d.batch, d.n_heads, d.head_dim, d.d_state};
+  shape(y, in.x.shape(), op, "y");
+  shape(h_saved, {d.batch, d.n_chunks(), d.n_heads, d.head_dim, d.d_state}, op, "h_saved");
+  if (h_last.defined()) shape(h_last, state, op, "h_last");
+  for (const Tensor* t : {&y, &h_saved, &h_last})
+    require(!t->defined() || t->dtype() == in.x.dtype(), op, "outputs must have x's element type");
+}
+
+void OpChecks::ssd_grads(const cpu::SsdDims& d, const Backend::SsdInputs& in,
+                         const Tensor& h_saved, const Tensor& dy,
+                         const Backend::SsdGrads& g) const {
+  const char* op = "ssd_backward";
+  shape(h_saved, {d.batch, d.n_chunks(), d.n_heads, d.head_dim, d.d_state}, op, "h_saved");
+  shape(dy, in.x.shape(), op, "dy");
+  shape(g.dx, in.x.shape(), op, "dx");
+  shape(g.ddt, in.dt.shape(), op, "ddt");
+  shape(g.dA, in.A.shape(), op, "dA");
+  shape(g.dBm, in.Bm.shape(), op, "dBm");
+  shape(g.dCm, in.Cm.shape(), op, "dCm");
+  if (g.dD.defined()) {
+    require(in.D.defined(), op, "dD given but D is undefined");
+    shape(g.dD, {d.n_heads}, op, "dD");
+  }
+  if (g.dh0.defined()) shape(g.dh0, {d.batch, d.n_heads, d.head_dim, d.d_state}, op, "dh0");
+  for (const Tensor* t : {&h_saved, &dy, &g.dx, &g.ddt, &g.dA, &g.dBm, &g.dCm, &g.dD, &g.dh0})
+    require(!t->defined() || t->dtype() == in.x.dtype(), op,
+            "h_saved, dy and the gradients must have x's element type");
+}
+
 cpu::AttentionDims OpChecks::attention(const char* op, const Tensor& q, const Tensor& k,
                                        const Tensor& v, const Tensor& key_mask) const {
   require(q.defined() && k.defined() && q.ndim() == 4 && k.ndim() == 4, op,

@@ -10,6 +10,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/ops_cpu.h"
 #include "backend/cpu/scan_cpu.h"
+#include "backend/cpu/ssd_cpu.h"
 
 namespace ssmtune {
 
@@ -53,6 +54,13 @@ class OpChecks {
                     const Tensor& h_saved, const Tensor& h_last) const;
   void scan_grads(const cpu::ScanDims& d, const Backend::ScanInputs& in, const Tensor& h_saved,
                   const Tensor& dy, const Backend::ScanGrads& g) const;
+  // The SSD scan's sizes from x (B, L, H, P) and Bm (B, L, G, N): H a multiple of G, chunk >= 1,
+  // every input of x's float type.
+  cpu::SsdDims ssd(const Backend::SsdInputs& in) const;
+  void ssd_outputs(const cpu::SsdDims& d, const Backend::SsdInputs& in, const Tensor& y,
+                   const Tensor& h_saved, const Tensor& h_last) const;
+  void ssd_grads(const cpu::SsdDims& d, const Backend::SsdInputs& in, const Tensor& h_saved,
+                 const Tensor& dy, const Backend::SsdGrads& g) const;
   // Attention's sizes from q (B, Lq, H, hd) and k (B, Lk, KV, hd), Lq <= Lk: v like k, H a
   // multiple of KV, q, k, v of one float type, key_mask (B, Lk) I64 when defined.
   cpu::AttentionDims attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,

@@ -1,5 +1,5 @@
 // The CPU backend: checks shapes and element types, then calls the float/double CPU
-// reference functions (scan_cpu.h, ops_cpu.h, gemm_cpu.h).
+// reference functions (scan_cpu.h, ssd_cpu.h, ops_cpu.h, gemm_cpu.h).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -12,6 +12,7 @@
 #include "backend/cpu/ops_cpu.h"
 #include "backend/cpu/optim_cpu.h"
 #include "backend/cpu/scan_cpu.h"
+#include "backend/cpu/ssd_cpu.h"
 
 namespace ssmtune {
 
@@ -262,6 +263,32 @@ class CpuBackend final : public Backend {
                                       h_saved.data<T>(), dy.data<T>(), g.du.data<T>(),
                                       g.ddelta.data<T>(), g.dA.data<T>(), g.dBm.data<T>(),
                                       g.dCm.data<T>(), ptr<T>(g.dD), ptr<T>(g.dh0));
+    });
+  }
+
+  // The chunked SSD algorithm (ssd_cpu.cpp); ssd_reference_* is the tests' oracle.
+  void ssd_forward(const SsdInputs& in, Tensor& y, Tensor& h_saved, Tensor& h_last) override {
+    OpTimer timer(profile_, "ssd_forward");
+    const cpu::SsdDims d = checks.ssd(in);
+    checks.ssd_outputs(d, in, y, h_saved, h_last);
+    dispatch(in.x.dtype(), "ssd_forward", [&](auto zero) {
+      using T = decltype(zero);
+      cpu::ssd_forward<T>(d, in.x.data<T>(), in.dt.data<T>(), in.A.data<T>(), in.Bm.data<T>(),
+                          in.Cm.data<T>(), ptr<T>(in.D), ptr<T>(in.h0), y.data<T>(),
+                          h_saved.data<T>(), ptr<T>(h_last));
+    });
+  }
+  void ssd_backward(const SsdInputs& in, const Tensor& h_saved, const Tensor& dy,
+                    SsdGrads& g) override {
+    OpTimer timer(profile_, "ssd_backward");
+    const cpu::SsdDims d = checks.ssd(in);
+    checks.ssd_grads(d, in, h_saved, dy, g);
+    dispatch(in.x.dtype(), "ssd_backward", [&](auto zero) {
+      using T = decltype(zero);
+      cpu::ssd_backward<T>(d, in.x.data<T>(), in.dt.data<T>(), in.A.data<T>(), in.Bm.data<T>(),
+                           in.Cm.data<T>(), ptr<T>(in.D), h_saved.data<T>(), dy.data<T>(),
+                           g.dx.data<T>(), g.ddt.data<T>(), g.dA.data<T>(), g.dBm.data<T>(),
+                           g.dCm.data<T>(), ptr<T>(g.dD), ptr<T>(g.dh0));
     });
   }
 

@@ -319,6 +319,16 @@ class CudaBackend final : public Backend {
     launch_check(op);
   }
 
+  // The SSD kernels (kernels/ssd.cu) are not written yet: refuse with a clear message.
+  void ssd_forward(const SsdInputs& in, Tensor&, Tensor&, Tensor&) override {
+    checks.ssd(in);
+    throw Error("cuda backend: ssd_forward: not implemented yet (use --device cpu)");
+  }
+  void ssd_backward(const SsdInputs& in, const Tensor&, const Tensor&, SsdGrads&) override {
+    checks.ssd(in);
+    throw Error("cuda backend: ssd_backward: not implemented yet (use --device cpu)");
+  }
+
   // key_mask moves to the GPU on first use, like any tensor an op reads (core/tensor.h).
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
                          double scale, Tensor& out, Tensor& lse) override {
