@@ -156,7 +156,7 @@ MODELS = [
         batch=3,
         seq_len=11,
         lengths=[11, 8, 5],  # right padding
-        max_shard_size="20KB",
+        max_shard_size="8KB",
         gen=dict(batch=1, prompt_len=4, max_new_tokens=10),
     ),
     dict(
