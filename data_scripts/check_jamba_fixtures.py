@@ -264,12 +264,14 @@ def check_reference(path, cfg, W, want, dtype, errs, tag):
     return meta, ref
 
 
-def check_generation(d, cfg, errs):
+def check_generation(d, cfg, errs, extra_keys=()):
+    """generation.safetensors: keys (+ extra_keys), sequences = prompt + argmax of the cached and
+    uncached step logits, no eos, metadata. Returns the tensors (None when the keys differ)."""
     _, meta, g = read_safetensors(os.path.join(d, "generation.safetensors"))
-    want = {"prompt_ids", "sequences", "step_logits", "step_logits_uncached"}
+    want = {"prompt_ids", "sequences", "step_logits", "step_logits_uncached"} | set(extra_keys)
     if set(g) != want:
         errs.append(f"generation: keys {sorted(g)}")
-        return
+        return None
     P, S = g["prompt_ids"], g["sequences"]
     B, T = S.shape[0], S.shape[1] - P.shape[1]
     V = cfg["vocab_size"]
@@ -288,6 +290,7 @@ def check_generation(d, cfg, errs):
     for k in ["cache", "method", "transformers_version", "check"]:
         if not meta.get(k):
             errs.append(f"generation: metadata lacks {k}")
+    return g
 
 
 def check_model(d: str) -> list[str]:
@@ -390,32 +393,51 @@ def check_peft(d: str, root: str) -> list[str]:
     return errs
 
 
+def model_dirs(root: str, model_type: str) -> list[str]:
+    """The fixture directories under root whose config.json has this model_type."""
+    dirs = []
+    for x in sorted(os.listdir(root)):
+        c = os.path.join(root, x, "config.json")
+        if os.path.exists(c):
+            with open(c) as f:
+                if json.load(f).get("model_type") == model_type:
+                    dirs.append(os.path.join(root, x))
+    return dirs
+
+
+def run_checks(dirs: list, check, size_limit: int, label: str) -> int:
+    """check(d) -> list of problems, for every directory; all together < size_limit bytes.
+    Prints the problems and a summary; returns the exit code."""
+    failed = 0
+    total = 0
+    for d in dirs:
+        total += sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
+        for e in check(d):
+            print("  " + e)
+            failed += 1
+    if total >= size_limit:
+        print(f"  {label} fixtures take {total} bytes >= {size_limit}")
+        failed += 1
+    print(f"{len(dirs)} {label} dirs checked ({total} bytes), {failed} problems")
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=os.path.join(HERE, "..", "tests", "fixtures"))
     args = ap.parse_args(argv)
-    dirs = []
-    for x in sorted(os.listdir(args.root)):
-        c = os.path.join(args.root, x, "config.json")
-        if os.path.exists(c):
-            with open(c) as f:
-                if json.load(f).get("model_type") == "jamba":
-                    dirs.append(os.path.join(args.root, x))
+    dirs = model_dirs(args.root, "jamba")
     if not dirs:
         print(f"no Jamba fixtures under {args.root}")
         return 1
-    failed = 0
-    total = 0
-    for d in dirs + ([os.path.join(args.root, PEFT_DIR)] if os.path.isdir(os.path.join(args.root, PEFT_DIR)) else []):
-        total += sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
-        for e in (check_peft(d, args.root) if os.path.basename(d) == PEFT_DIR else check_model(d)):
-            print("  " + e)
-            failed += 1
-    if total >= SIZE_LIMIT:
-        print(f"  Jamba fixtures take {total} bytes >= {SIZE_LIMIT}")
-        failed += 1
-    print(f"{len(dirs)} Jamba model dirs checked ({total} bytes with {PEFT_DIR}), {failed} problems")
-    return 1 if failed else 0
+    peft = os.path.join(args.root, PEFT_DIR)
+    if os.path.isdir(peft):
+        dirs.append(peft)
+
+    def check(d):
+        return check_peft(d, args.root) if os.path.basename(d) == PEFT_DIR else check_model(d)
+
+    return run_checks(dirs, check, SIZE_LIMIT, "Jamba")
 
 
 if __name__ == "__main__":

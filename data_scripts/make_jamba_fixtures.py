@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib
 import json
 import math
 import os
@@ -384,6 +385,17 @@ def forward_parts(lm: JambaForCausalLM, ids, labels, mask):
 # ---------------------------------------------------------------------------
 # Independent float64 implementation (no transformers code): ground truth for the checks
 # ---------------------------------------------------------------------------
+def rms_norm(x, w, eps):
+    """RMSNorm in the input dtype: w * x / sqrt(mean(x^2) + eps) over the last axis."""
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def linear(P: dict, x, name: str):
+    """x @ P[name.weight]^T (+ P[name.bias] if present)."""
+    y = x @ P[name + ".weight"].T
+    return y + P[name + ".bias"] if name + ".bias" in P else y
+
+
 def f64_jamba(P: dict, cfg, ids: torch.Tensor, mask=None):
     """Jamba forward from the parameter dict P (HF names). Returns (logits, hidden_states list as
     HF's tuple, last_layer_output, {layer: router logits (B*L, E)}, aux loss)."""
@@ -395,11 +407,10 @@ def f64_jamba(P: dict, cfg, ids: torch.Tensor, mask=None):
     Bt = ids.shape[0]
 
     def rms(x, w):
-        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+        return rms_norm(x, w, eps)
 
     def lin(x, name):
-        y = x @ P[name + ".weight"].T
-        return y + P[name + ".bias"] if name + ".bias" in P else y
+        return linear(P, x, name)
 
     def mlp(x, pre):
         return lin(F.silu(lin(x, pre + "gate_proj")) * lin(x, pre + "up_proj"), pre + "down_proj")
@@ -736,11 +747,12 @@ def versions() -> dict:
     }
 
 
-def metadata(spec, cfg, extra=None) -> dict:
-    md = {
+def base_metadata(spec, generator: str, doc: str) -> dict:
+    """Metadata keys every reference*.safetensors of the Jamba and Mamba-2 generators has."""
+    return {
         **versions(),
-        "generator": GENERATOR,
-        "doc": DOC,
+        "generator": generator,
+        "doc": doc,
         "seed": str(spec["seed"]),
         "model": spec["name"],
         "device": "cpu",
@@ -749,6 +761,12 @@ def metadata(spec, cfg, extra=None) -> dict:
         "batch": str(spec["batch"]),
         "seq_len": str(spec["seq_len"]),
         "padding": "right (attention_mask stored)" if spec["lengths"] else "none (attention_mask=None)",
+    }
+
+
+def metadata(spec, cfg, extra=None) -> dict:
+    md = {
+        **base_metadata(spec, GENERATOR, DOC),
         "layers_block_type": json.dumps(cfg.layers_block_type),
         "moe_layers": json.dumps(moe_layers(cfg)),
         "router_aux_loss_coef": repr(cfg.router_aux_loss_coef),
@@ -864,25 +882,29 @@ def build_one(spec: dict, out_root: str) -> list[str]:
 
     # reload the checkpoint the way a user would
     re = JambaForCausalLM.from_pretrained(out_dir)
-    re.eval()
     assert re.config._attn_implementation == "eager"
+    log.append(reload_check(re, out_dir, ids, mask, ref))
+
+    return log + files_log(out_dir, model, ref)
+
+
+def reload_check(re, out_dir: str, ids, mask, ref: dict) -> str:
+    """`re` = the saved model reloaded by from_pretrained: its logits must equal the stored ones
+    exactly, and reference.safetensors must read back unchanged. Returns the log line."""
+    re.eval()
     with torch.no_grad():
         lg = re(input_ids=ids, attention_mask=mask, use_cache=False).logits
     diff = (lg - ref["logits"]).abs().max().item()
     assert diff == 0.0, diff
     back = load_file(os.path.join(out_dir, "reference.safetensors"))
     assert all(torch.equal(back[k], ref[k]) for k in ref)
-    log.append(f"reload via from_pretrained: max |logits diff| = {diff:.1e}")
-
-    files = sorted(os.listdir(out_dir))
-    log.append("files: " + ", ".join(f"{f} ({os.path.getsize(os.path.join(out_dir, f))} B)" for f in files))
-    n_params = sum(p.numel() for p in model.parameters())
-    log.append(f"{n_params} parameters, {len([k for k in ref if k.startswith('grad.')])} gradients")
-    return log
+    return f"reload via from_pretrained: max |logits diff| = {diff:.1e}"
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_generator(doc: str, models: list, build_one, check_module: str, argv=None) -> int:
+    """Command line shared by the fixture generators (--out, --only): deterministic torch settings,
+    build_one(spec, out) for every selected spec of `models`, then `check_module`.main on --out."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output root, normally tests/fixtures")
     ap.add_argument("--only", action="append", help="build only this model (repeatable)")
     args = ap.parse_args(argv)
@@ -895,19 +917,31 @@ def main(argv=None):
 
     os.makedirs(args.out, exist_ok=True)
     print(" ".join(f"{k} {v}" for k, v in versions().items()))
-    names = [m["name"] for m in MODELS]
+    names = [m["name"] for m in models]
     for n in args.only or []:
         if n not in names:
             ap.error(f"unknown model {n}; known: {names}")
-    for spec in MODELS:
+    for spec in models:
         if args.only and spec["name"] not in args.only:
             continue
         for line in build_one(spec, args.out):
             print(line)
 
-    import check_jamba_fixtures
+    return importlib.import_module(check_module).main(["--root", args.out])
 
-    return check_jamba_fixtures.main(["--root", args.out])
+
+def files_log(out_dir: str, model, ref: dict) -> list[str]:
+    """Log lines: the files written (with sizes), parameter and gradient counts."""
+    files = sorted(os.listdir(out_dir))
+    n_params = sum(p.numel() for p in model.parameters())
+    return [
+        "files: " + ", ".join(f"{f} ({os.path.getsize(os.path.join(out_dir, f))} B)" for f in files),
+        f"{n_params} parameters, {len([k for k in ref if k.startswith('grad.')])} gradients",
+    ]
+
+
+def main(argv=None):
+    return run_generator(__doc__, MODELS, build_one, "check_jamba_fixtures", argv)
 
 
 if __name__ == "__main__":
