@@ -12,21 +12,23 @@ For every model below this script
      hidden states and every parameter gradient in `<model>/reference.safetensors`,
   5. computes the same in float64 with an independent implementation (`f64_mamba2`: plain
      sequential recurrence, no transformers code) into `<model>/reference_f64.safetensors`,
-  6. (n_groups = 1 models) runs greedy `generate` with the cache (Mamba2Cache), without it, and a
+  6. (`mamba2-odd`) runs greedy `generate` with the cache (Mamba2Cache), without it, and a
      hand-written greedy loop over full forwards; all three must agree; stores them and the cache
      after the prefill in `<model>/generation.safetensors`,
-  7. verifies facts the documentation states (padding, dt clamp, hidden-states layout, tying,
-     reload via from_pretrained), then runs data_scripts/check_mamba2_fixtures.py (numpy only).
+  7. verifies facts the documentation states (chunking, padding, dt clamp, hidden-states layout,
+     tying, reload via from_pretrained), then runs check_mamba2_fixtures.py (numpy only).
 
 Two semantics (`spec["semantics"]`):
-  "tf4.44.2"  unmodified transformers 4.44.2: gated RMSNorm over the full intermediate width,
-              head h reads B/C group h % n_groups, dt clamped below at time_step_min;
   "tf5.25.0"  transformers 5.25.0's Mamba2 math (= mamba_ssm 2.3.2's), emulated on 4.44.2 by
               replacing Mamba2Mixer.torch_forward with `torch_forward_v5` (a port of 5.25.0's
-              torch path): gated RMSNorm per group of intermediate_size / n_groups, head h reads
-              group h // (num_heads / n_groups), dt clamped to time_step_limit. Only used for
-              the n_groups > 1 pair `mamba2-groups-tf4442` / `mamba2-groups-tf5250` (same weights
-              and inputs), where the two differ.
+              torch path): correct inter-chunk states, gated RMSNorm per group of
+              intermediate_size / n_groups, head h reads group h // (num_heads / n_groups), dt
+              clamped to time_step_limit, the mask also applied to the conv output. Used for
+              mamba2-tiny, mamba2-odd and mamba2-groups, because 4.44.2's own torch path is
+              wrong for sequences longer than one chunk (fixed in transformers 4.48.0);
+  "tf4.44.2"  unmodified transformers 4.44.2: gated RMSNorm over the full intermediate width,
+              head h reads B/C group h % n_groups, dt clamped below at time_step_min; used for
+              mamba2-groups-fullnorm-tf4442 (same weights and inputs as mamba2-groups, one chunk).
 
 Usage (environment: data_scripts/README.md):
     /tmp/fxenv/bin/python data_scripts/make_mamba2_fixtures.py --out tests/fixtures [--only NAME]
