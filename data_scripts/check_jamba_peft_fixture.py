@@ -77,13 +77,15 @@ def expected_adapter(cfg, lora: dict) -> dict:
     return out
 
 
-def expected_reference(cfg, adapter: dict, B: int, L: int, K: int) -> dict:
+def expected_reference(cfg, adapter: dict, B: int, L: int, K: int,
+                       losses=("loss", "aux_loss", "total_loss")) -> dict:
+    """reference.safetensors key -> (dtype, shape); `losses`: the scalar losses stored."""
     V = cfg.vocab_size
     f32, f64, i64 = torch.float32, torch.float64, torch.int64
     e = {"input_ids": (i64, (B, L)), "labels": (i64, (B, L)), "logits": (f32, (B, L, V)),
          "merged_logits": (f32, (B, L, V)), "logits.f64": (f64, (B, L, V)),
          "losses.f64": (f64, (K,)), "loss_after_k.f64": (f64, (1,))}  # fmt: skip
-    for k in ["loss", "aux_loss", "total_loss"]:
+    for k in losses:
         e[k] = (f32, (1,))
         e[k + ".f64"] = (f64, (1,))
     for n, s in adapter.items():
@@ -106,6 +108,13 @@ def independent(base64: dict, cfg, lora: dict, scale: float, ids, labels):
 
 
 def replay_adamw(base64, cfg, init, scale, ids, labels, tr):
+    return adamw_replay(lambda p: independent(base64, cfg, p, scale, ids, labels)[3], init, tr)
+
+
+def adamw_replay(objective, init: dict, tr: dict):
+    """Hand-written AdamW (torch.optim.AdamW's formula, float64) for tr["steps"] steps on the
+    tensors `init` (name -> tensor), objective(name -> tensor) -> scalar. Returns (losses before
+    each step, parameters after each step, objective after the last step)."""
     lr, (b1, b2), eps, wd = tr["lr"], tr["betas"], tr["eps"], tr["weight_decay"]
     p = {n: t.double().clone() for n, t in init.items()}
     m = {n: torch.zeros_like(t) for n, t in p.items()}
@@ -113,7 +122,7 @@ def replay_adamw(base64, cfg, init, scale, ids, labels, tr):
     losses, after = [], []
     for k in range(tr["steps"]):
         leaves = {n: t.clone().requires_grad_(True) for n, t in p.items()}
-        *_, total = independent(base64, cfg, leaves, scale, ids, labels)
+        total = objective(leaves)
         names = list(leaves)
         grads = dict(zip(names, torch.autograd.grad(total, [leaves[n] for n in names])))
         losses.append(total.item())
@@ -126,23 +135,14 @@ def replay_adamw(base64, cfg, init, scale, ids, labels, tr):
             p[n] = p[n] - (lr / (1 - b1**t)) * m[n] / (v[n].sqrt() / math.sqrt(1 - b2**t) + eps)
         after.append({n: x.clone() for n, x in p.items()})
     with torch.no_grad():
-        *_, total = independent(base64, cfg, p, scale, ids, labels)
+        total = objective(p)
     return losses, after, total.item()
 
 
-def check(root: str) -> list:
-    d = os.path.join(root, NAME)
-    log = [f"== {NAME}"]
-    with open(os.path.join(d, "fixture.json")) as f:
-        fx = json.load(f)
-    lora, tr = fx["lora"], fx["train"]
-    base_dir = os.path.normpath(os.path.join(d, fx["base_model"]))
-    base = JambaForCausalLM.from_pretrained(base_dir)
-    base.eval()
-    cfg = base.config
-    base64 = {k: v.detach().double() for k, v in base.named_parameters()}
-
-    ad = os.path.join(d, fx["adapter_init"])
+def check_adapter(ad: str, lora: dict, want: dict):
+    """adapter_init/: exactly adapter_config.json (agreeing with fixture.json's `lora`) and
+    adapter_model.safetensors holding the tensors `want` (name -> shape), float32, no zeros.
+    Returns (the adapter tensors, the LoRA scaling)."""
     expect(sorted(os.listdir(ad)) == ["adapter_config.json", "adapter_model.safetensors"], f"{ad}: files")
     with open(os.path.join(ad, "adapter_config.json")) as f:
         acfg = json.load(f)
@@ -152,7 +152,6 @@ def check(root: str) -> list:
     expect(acfg["peft_type"] == "LORA" and acfg["use_dora"] is False and acfg["rank_pattern"] == {}, "type")
     scale = lora["lora_alpha"] / lora["r"]
     expect(scale == lora["scaling"] and not lora["use_rslora"], "scaling")
-    want = expected_adapter(cfg, lora)
     expect(list(want) == lora["tensors"], "fixture.json lora.tensors: names or order")
     with safe_open(os.path.join(ad, "adapter_model.safetensors"), "pt") as f:
         expect(f.metadata() == {"format": "pt"}, "adapter metadata")
@@ -161,19 +160,74 @@ def check(root: str) -> list:
     for n, s in want.items():
         expect(tuple(init[n].shape) == s and init[n].dtype == torch.float32, f"{n}: {tuple(init[n].shape)}")
         expect(torch.count_nonzero(init[n]) == init[n].numel(), f"{n} has zeros")
+    return init, scale
 
-    ref = load_file(os.path.join(d, "reference.safetensors"))
-    B, L = ref["input_ids"].shape
-    want_ref = expected_reference(cfg, want, B, L, tr["steps"])
+
+def check_layout(ref: dict, want_ref: dict) -> None:
+    """reference.safetensors holds exactly want_ref (key -> (dtype, shape)), all finite."""
     expect(set(ref) == set(want_ref), f"reference keys {sorted(set(ref) ^ set(want_ref))}")
     for k, (dt, s) in want_ref.items():
         expect(ref[k].dtype == dt and tuple(ref[k].shape) == s, f"{k}: {ref[k].dtype} {tuple(ref[k].shape)}")
         if ref[k].is_floating_point():
             expect(bool(torch.isfinite(ref[k]).all()), f"{k} not finite")
+
+
+def open_fixture(d: str, model_cls, expected_adapter, expected_reference):
+    """The parts every peft fixture check starts with: fixture.json, the base model (float32 and
+    its float64 parameters), adapter_init/ (check_adapter), reference.safetensors (check_layout)
+    with the inputs of the base fixture. Returns (fx, base, base64, want, init, scale, ref)."""
+    with open(os.path.join(d, "fixture.json")) as f:
+        fx = json.load(f)
+    base_dir = os.path.normpath(os.path.join(d, fx["base_model"]))
+    base = model_cls.from_pretrained(base_dir)
+    base.eval()
+    base64 = {k: v.detach().double() for k, v in base.named_parameters()}
+    want = expected_adapter(base.config, fx["lora"])
+    init, scale = check_adapter(os.path.join(d, fx["adapter_init"]), fx["lora"], want)
+    ref = load_file(os.path.join(d, "reference.safetensors"))
+    B, L = ref["input_ids"].shape
+    check_layout(ref, expected_reference(base.config, want, B, L, fx["train"]["steps"]))
     base_ref = load_file(os.path.join(base_dir, "reference.safetensors"))
     ids, labels = ref["input_ids"], ref["labels"]
     expect(torch.equal(ids, base_ref["input_ids"]) and torch.equal(labels, base_ref["labels"]), "inputs")
     expect(int((labels[:, 1:] != -100).sum()) == fx["n_loss_targets"], "n_loss_targets")
+    return fx, base, base64, want, init, scale, ref
+
+
+def fixture_size(d: str) -> str:
+    """The fixture directory must stay below 1 MiB; returns the final log line."""
+    total_bytes = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
+    expect(total_bytes < 1 << 20, f"{d}: {total_bytes} bytes")
+    return f"ok ({total_bytes} bytes)"
+
+
+def check_main(doc: str, name: str, check, argv=None) -> int:
+    """Command line of the peft fixture checks: --root; check(root) -> log lines or Failed."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(description=doc, formatter_class=fmt)
+    ap.add_argument("--root", default=os.path.join(HERE, "..", "tests", "fixtures"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    try:
+        for line in check(args.root):
+            print(line)
+    except (Failed, OSError, KeyError) as e:
+        print(f"FAIL {name}: {e}")
+        return 1
+    print(f"check of {name}: all ok")
+    return 0
+
+
+def check(root: str) -> list:
+    d = os.path.join(root, NAME)
+    log = [f"== {NAME}"]
+    fx, base, base64, want, init, scale, ref = open_fixture(d, JambaForCausalLM, expected_adapter,
+                                                            expected_reference)
+    cfg, tr = base.config, fx["train"]
+    ids, labels = ref["input_ids"], ref["labels"]
+    base_dir = os.path.normpath(os.path.join(d, fx["base_model"]))
+    ad = os.path.join(d, fx["adapter_init"])
     coef = cfg.router_aux_loss_coef
     for sfx, tol in [("", 2e-6), (".f64", 1e-13)]:
         e = rel(lm_loss(ref["logits" + sfx].double(), labels).reshape(1), ref["loss" + sfx].double())
@@ -234,26 +288,11 @@ def check(root: str) -> list:
     log.append(f"AdamW replay: after_k rel {e_p:.1e}, update rel {e_d:.1e}, losses rel {e_L:.1e}, "
                f"after_steps (float32) rel {e_s:.1e}")
 
-    total_bytes = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
-    expect(total_bytes < 1 << 20, f"{d}: {total_bytes} bytes")
-    log.append(f"ok ({total_bytes} bytes)")
-    return log
+    return log + [fixture_size(d)]
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", default=os.path.join(HERE, "..", "tests", "fixtures"))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    transformers.logging.set_verbosity_error()
-    try:
-        for line in check(args.root):
-            print(line)
-    except (Failed, OSError, KeyError) as e:
-        print(f"FAIL {NAME}: {e}")
-        return 1
-    print("check_jamba_peft_fixture: all ok")
-    return 0
+    return check_main(__doc__, NAME, check, argv)
 
 
 if __name__ == "__main__":

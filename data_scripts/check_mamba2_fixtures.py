@@ -47,6 +47,12 @@ SIZE_LIMIT = 1_000_000
 TF4, TF5 = "tf4.44.2", "tf5.25.0"
 
 
+def reject_constant(name: str):
+    """json parse_constant hook: Infinity / NaN are not JSON (transformers writes an infinite
+    time_step_limit as a bare Infinity); ssmtune's reader rejects them, so must the fixtures."""
+    raise ValueError(f"not strict JSON: {name}")
+
+
 def dims(cfg: dict):
     I = int(cfg["expand"] * cfg["hidden_size"])
     H, P, G, N = cfg["num_heads"], cfg["head_dim"], cfg["n_groups"], cfg["state_size"]
@@ -246,7 +252,10 @@ def check_generation(d, cfg, W, kind, errs):
 def check_model(d: str) -> list[str]:
     errs = []
     with open(os.path.join(d, "config.json")) as f:
-        cfg = json.load(f)  # Python's json reads the Infinity of time_step_limit
+        try:
+            cfg = json.load(f, parse_constant=reject_constant)
+        except ValueError as e:
+            return [f"config.json: {e}"]
     want = expected_params(cfg)
     if cfg.get("torch_dtype") != "float32" or cfg.get("architectures") != ["Mamba2ForCausalLM"]:
         errs.append("config.json: torch_dtype float32 and architectures Mamba2ForCausalLM expected")

@@ -901,6 +901,16 @@ def reload_check(re, out_dir: str, ids, mask, ref: dict) -> str:
     return f"reload via from_pretrained: max |logits diff| = {diff:.1e}"
 
 
+def deterministic_torch() -> None:
+    """The settings every fixture generator runs under: deterministic kernels, one thread,
+    float32 default, transformers quiet."""
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
 def run_generator(doc: str, models: list, build_one, check_module: str, argv=None) -> int:
     """Command line shared by the fixture generators (--out, --only): deterministic torch settings,
     build_one(spec, out) for every selected spec of `models`, then `check_module`.main on --out."""
@@ -908,13 +918,7 @@ def run_generator(doc: str, models: list, build_one, check_module: str, argv=Non
     ap.add_argument("--out", required=True, help="output root, normally tests/fixtures")
     ap.add_argument("--only", action="append", help="build only this model (repeatable)")
     args = ap.parse_args(argv)
-
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float32)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-
+    deterministic_torch()
     os.makedirs(args.out, exist_ok=True)
     print(" ".join(f"{k} {v}" for k, v in versions().items()))
     names = [m["name"] for m in models]

@@ -43,8 +43,8 @@ ROOT = os.path.dirname(HERE)
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 sys.path.insert(0, HERE)
 import make_jamba_fixtures as mj  # noqa: E402
-from make_fixtures import save_deterministic  # noqa: E402
-from make_peft_fixture import normalise_adapter_config, saved_name  # noqa: E402
+from make_peft_fixture import adamw_json, normalise_adapter_config, saved_name  # noqa: E402
+from make_peft_fixture import write_fixture  # noqa: E402
 
 GENERATOR = "data_scripts/make_jamba_peft_fixture.py"
 NAME = "peft-lora-jamba"
@@ -84,16 +84,23 @@ def lora_params(pm) -> list:
 
 
 def build(init: dict | None, dtype=torch.float32):
-    base = JambaForCausalLM.from_pretrained(os.path.join(FIXTURES, BASE_NAME))
-    base.name_or_path = BASE_NAME_OR_PATH
-    assert base.config._attn_implementation == "eager"
-    pm = get_peft_model(base, lora_config())
+    pm = peft_build(JambaForCausalLM, BASE_NAME, BASE_NAME_OR_PATH, lora_config(), init, dtype)
+    assert inner(pm).config._attn_implementation == "eager"
+    return pm  # no dropout anywhere (lora_dropout = 0, attention_dropout = 0)
+
+
+def peft_build(model_cls, base_name: str, name_or_path: str, config, init: dict | None, dtype):
+    """tests/fixtures/<base_name> + peft LoRA (config), adapter set to `init` (saved name ->
+    float32 tensor) if given, converted to dtype, eval mode."""
+    base = model_cls.from_pretrained(os.path.join(FIXTURES, base_name))
+    base.name_or_path = name_or_path
+    pm = get_peft_model(base, config)
     if init is not None:
         with torch.no_grad():
             for n, p in lora_params(pm):
                 p.copy_(init[n])
     pm = pm.to(dtype)
-    pm.eval()  # no dropout anywhere (lora_dropout = 0, attention_dropout = 0)
+    pm.eval()
     return pm
 
 
@@ -186,6 +193,45 @@ def train(init, ids, labels, dtype):
     return losses, after, total_after.item(), min(margins)
 
 
+def lora_json(lora: dict, scale: float, seed: int, names: list) -> dict:
+    """fixture.json "lora" block of the Jamba and Mamba-2 peft fixtures."""
+    return {
+        "r": lora["r"],
+        "lora_alpha": lora["lora_alpha"],
+        "use_rslora": lora["use_rslora"],
+        "scaling": scale,
+        "scaling_formula": "lora_alpha / r",
+        "target_modules": sorted(lora["target_modules"]),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "task_type": "CAUSAL_LM",
+        "init": f"lora_A and lora_B ~ {INIT_STD} * N(0, 1), float32, torch.Generator seeded "
+        f"{seed}, drawn in the order of `tensors`",
+        "seed": seed,
+        "tensors": names,
+    }
+
+
+def train_json() -> dict:
+    """fixture.json "train" block: K_STEPS float64 AdamW steps with ADAMW on one batch."""
+    return {**adamw_json(K_STEPS, ADAMW), "grad_clip": None, "schedule": "constant"}
+
+
+def reference_metadata(fx: dict, generator: str, name: str, base_name: str, **extra) -> dict:
+    """reference.safetensors metadata of the Jamba / Mamba-2 peft fixtures (from fixture.json)."""
+    return {
+        "generator": generator,
+        "fixture": name,
+        "base_model": "../" + base_name,
+        "versions": json.dumps(fx["versions"], sort_keys=True),
+        "lora": json.dumps({k: v for k, v in fx["lora"].items() if k != "tensors"}, sort_keys=True),
+        "train": json.dumps(fx["train"], sort_keys=True),
+        "objective": fx["objective"],
+        "doc": fx["doc"],
+        **extra,
+    }
+
+
 def fixture_json(names: list, n_targets: int, info: dict) -> dict:
     return {
         "generator": GENERATOR,
@@ -208,51 +254,28 @@ def fixture_json(names: list, n_targets: int, info: dict) -> dict:
             "safetensors": mj.safetensors.__version__,
             "numpy": mj.np.__version__,
         },
-        "lora": {
-            "r": LORA["r"],
-            "lora_alpha": LORA["lora_alpha"],
-            "use_rslora": LORA["use_rslora"],
-            "scaling": scaling(),
-            "scaling_formula": "lora_alpha / r",
-            "target_modules": sorted(LORA["target_modules"]),
-            "lora_dropout": 0.0,
-            "bias": "none",
-            "task_type": "CAUSAL_LM",
-            "init": f"lora_A and lora_B ~ {INIT_STD} * N(0, 1), float32, torch.Generator seeded {SEED}, "
-            "drawn in the order of `tensors`",
-            "seed": SEED,
-            "tensors": names,
-        },
-        "train": {
-            "steps": K_STEPS,
-            "dtype": "float64",
-            "optimizer": "torch.optim.AdamW (single-tensor path), LoRA parameters only",
-            "lr": ADAMW["lr"],
-            "betas": list(ADAMW["betas"]),
-            "eps": ADAMW["eps"],
-            "weight_decay": ADAMW["weight_decay"],
-            "grad_clip": None,
-            "schedule": "constant",
-            "batch": "the same input_ids/labels at every step",
-        },
+        "lora": lora_json(LORA, scaling(), SEED, names),
+        "train": train_json(),
         "checks": info,
     }
 
 
-def build_fixture() -> list:
-    out_dir = os.path.join(FIXTURES, NAME)
+def start_fixture(name: str, base_name: str):
+    """Empty tests/fixtures/<name>/ and the unpadded batch of the base fixture's reference.
+    Returns (out_dir, log, input_ids, labels, number of loss targets)."""
+    out_dir = os.path.join(FIXTURES, name)
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
     os.makedirs(out_dir)
-    log = [f"== {NAME}"]
-
-    base_ref = load_file(os.path.join(FIXTURES, BASE_NAME, "reference.safetensors"))
+    base_ref = load_file(os.path.join(FIXTURES, base_name, "reference.safetensors"))
     assert "attention_mask" not in base_ref
     ids, labels = base_ref["input_ids"], base_ref["labels"]
-    n_targets = int((labels[:, 1:] != -100).sum())
+    return out_dir, [f"== {name}"], ids, labels, int((labels[:, 1:] != -100).sum())
 
-    init = make_init()
-    pm = build(init)
+
+def save_adapter(pm, out_dir: str, init: dict):
+    """peft save_pretrained into <out_dir>/adapter_init (sorted target_modules, no README.md);
+    the file must hold exactly `init`. Returns (adapter config, tensor names in module order)."""
     pm.create_or_update_model_card = lambda *_a, **_k: None  # no README.md (needs Jinja2, unused)
     pm.save_pretrained(os.path.join(out_dir, "adapter_init"))
     cfg = normalise_adapter_config(os.path.join(out_dir, "adapter_init", "adapter_config.json"))
@@ -260,6 +283,39 @@ def build_fixture() -> list:
     names = [n for n, _ in lora_params(pm)]
     assert list(get_peft_model_state_dict(pm).keys()) == names
     assert set(saved) == set(names) and all(torch.equal(saved[n], init[n]) for n in names)
+    return cfg, names
+
+
+def store_training(t: dict, names: list, losses: list, after: list, loss_after: float) -> None:
+    """The AdamW keys of reference.safetensors: losses.f64 (before each step), after_steps.<n>
+    (steps 1..K-1 stacked, rounded to float32: keeps the fixture small; the float64 run itself is
+    not rounded), after_k.<n> (float64), loss_after_k.f64."""
+    t["losses.f64"] = torch.tensor(losses, dtype=torch.float64)
+    t["loss_after_k.f64"] = torch.tensor([loss_after], dtype=torch.float64)
+    for n in names:
+        t[f"after_steps.{n}"] = torch.stack([after[k][n] for k in range(K_STEPS - 1)]).float()
+        t[f"after_k.{n}"] = after[-1][n]
+
+
+def f32_vs_f64(t: dict, names: list, losses) -> dict:
+    """Relative float32 vs float64 errors of the stored values (asserted small); the last loss of
+    `losses` is the objective."""
+    e = {"logits": mj.rel_err(t["logits"], t["logits.f64"])}
+    for k in losses:
+        e[k] = mj.rel_err(t[k], t[k + ".f64"])
+    e["grad"] = max(mj.rel_err(t["grad." + n], t["grad." + n + ".f64"]) for n in names)
+    e["merged_vs_unmerged_logits"] = mj.rel_err(t["merged_logits"], t["logits"])
+    assert e["logits"] < 1e-5 and e[losses[-1]] < 1e-6 and e["grad"] < 1e-4, e
+    assert e["merged_vs_unmerged_logits"] < 1e-5, e
+    return e
+
+
+def build_fixture() -> list:
+    out_dir, log, ids, labels, n_targets = start_fixture(NAME, BASE_NAME)
+
+    init = make_init()
+    pm = build(init)
+    cfg, names = save_adapter(pm, out_dir, init)
     router = inner(pm).model.layers[0].feed_forward.router
     assert router.scaling["default"] == scaling(), router.scaling
     del pm
@@ -272,13 +328,7 @@ def build_fixture() -> list:
     t.update(t64)
     losses, after, loss_after, margin_train = train(init, ids, labels, torch.float64)
     assert losses[0] == t["total_loss.f64"].item()
-    t["losses.f64"] = torch.tensor(losses, dtype=torch.float64)
-    t["loss_after_k.f64"] = torch.tensor([loss_after], dtype=torch.float64)
-    for n in names:
-        # after steps 1..K-1, stacked (one key per tensor keeps the header small) and rounded to
-        # float32 (keeps the fixture small; the float64 run itself is not rounded); step K: after_k
-        t[f"after_steps.{n}"] = torch.stack([after[k][n] for k in range(K_STEPS - 1)]).float()
-        t[f"after_k.{n}"] = after[-1][n]
+    store_training(t, names, losses, after, loss_after)
     assert min(margin32, margin64, margin_train) > mj.MIN_TOPK_MARGIN, (margin32, margin64, margin_train)
 
     # the same 5 steps with peft in float32 (not stored): how far a float32 run lands
@@ -286,19 +336,7 @@ def build_fixture() -> list:
     e_train32 = max((after32[-1][n].double() - after[-1][n]).abs().max().item() for n in names)
     e_upd32 = max(mj.rel_err(after32[-1][n].double() - init[n].double(), after[-1][n] - init[n].double()) for n in names)
 
-    def rel(a, b):
-        return mj.rel_err(a, b)
-
-    e = {
-        "logits": rel(t["logits"], t["logits.f64"]),
-        "loss": rel(t["loss"], t["loss.f64"]),
-        "aux_loss": rel(t["aux_loss"], t["aux_loss.f64"]),
-        "total_loss": rel(t["total_loss"], t["total_loss.f64"]),
-        "grad": max(rel(t["grad." + n], t["grad." + n + ".f64"]) for n in names),
-        "merged_vs_unmerged_logits": rel(t["merged_logits"], t["logits"]),
-    }
-    assert e["logits"] < 1e-5 and e["total_loss"] < 1e-6 and e["grad"] < 1e-4, e
-    assert e["merged_vs_unmerged_logits"] < 1e-5, e
+    e = f32_vs_f64(t, names, ("loss", "aux_loss", "total_loss"))
     assert losses[-1] < losses[0] and loss_after < losses[-1]
     info = {
         "f32_vs_f64_rel": {k: float(f"{v:.2e}") for k, v in e.items()},
@@ -317,36 +355,12 @@ def build_fixture() -> list:
     ]
 
     fx = fixture_json(names, n_targets, info)
-    md = {
-        "generator": GENERATOR,
-        "fixture": NAME,
-        "base_model": "../" + BASE_NAME,
-        "versions": json.dumps(fx["versions"], sort_keys=True),
-        "lora": json.dumps({k: fx["lora"][k] for k in fx["lora"] if k != "tensors"}, sort_keys=True),
-        "train": json.dumps(fx["train"], sort_keys=True),
-        "objective": fx["objective"],
-        "doc": fx["doc"],
-    }
-    t = {k: v.contiguous() for k, v in t.items()}
-    save_deterministic(t, os.path.join(out_dir, "reference.safetensors"), metadata=md)
-    with open(os.path.join(out_dir, "fixture.json"), "w") as f:
-        f.write(json.dumps(fx, indent=2, sort_keys=True) + "\n")
-    back = load_file(os.path.join(out_dir, "reference.safetensors"))
-    assert set(back) == set(t) and all(torch.equal(back[k], t[k]) for k in t)
-    log.append("adapter_config.json: " + json.dumps(cfg, sort_keys=True))
-    for root, _, files in sorted(os.walk(out_dir)):
-        for f in sorted(files):
-            p = os.path.join(root, f)
-            log.append(f"  {os.path.relpath(p, out_dir)} ({os.path.getsize(p)} B)")
-    return log
+    md = reference_metadata(fx, GENERATOR, NAME, BASE_NAME)
+    return log + write_fixture(out_dir, t, fx, md, cfg)
 
 
 def main(argv=None) -> int:
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float32)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    mj.deterministic_torch()
     print(f"torch {torch.__version__} transformers {transformers.__version__} peft {peft.__version__}")
     for line in build_fixture():
         print(line)

@@ -12,21 +12,23 @@ For every model below this script
      hidden states and every parameter gradient in `<model>/reference.safetensors`,
   5. computes the same in float64 with an independent implementation (`f64_mamba2`: plain
      sequential recurrence, no transformers code) into `<model>/reference_f64.safetensors`,
-  6. (n_groups = 1 models) runs greedy `generate` with the cache (Mamba2Cache), without it, and a
+  6. (`mamba2-odd`) runs greedy `generate` with the cache (Mamba2Cache), without it, and a
      hand-written greedy loop over full forwards; all three must agree; stores them and the cache
      after the prefill in `<model>/generation.safetensors`,
-  7. verifies facts the documentation states (padding, dt clamp, hidden-states layout, tying,
-     reload via from_pretrained), then runs data_scripts/check_mamba2_fixtures.py (numpy only).
+  7. verifies facts the documentation states (chunking, padding, dt clamp, hidden-states layout,
+     tying, reload via from_pretrained), then runs check_mamba2_fixtures.py (numpy only).
 
 Two semantics (`spec["semantics"]`):
-  "tf4.44.2"  unmodified transformers 4.44.2: gated RMSNorm over the full intermediate width,
-              head h reads B/C group h % n_groups, dt clamped below at time_step_min;
   "tf5.25.0"  transformers 5.25.0's Mamba2 math (= mamba_ssm 2.3.2's), emulated on 4.44.2 by
               replacing Mamba2Mixer.torch_forward with `torch_forward_v5` (a port of 5.25.0's
-              torch path): gated RMSNorm per group of intermediate_size / n_groups, head h reads
-              group h // (num_heads / n_groups), dt clamped to time_step_limit. Only used for
-              the n_groups > 1 pair `mamba2-groups-tf4442` / `mamba2-groups-tf5250` (same weights
-              and inputs), where the two differ.
+              torch path): correct inter-chunk states, gated RMSNorm per group of
+              intermediate_size / n_groups, head h reads group h // (num_heads / n_groups), dt
+              clamped to time_step_limit, the mask also applied to the conv output. Used for
+              mamba2-tiny, mamba2-odd and mamba2-groups, because 4.44.2's own torch path is
+              wrong for sequences longer than one chunk (fixed in transformers 4.48.0);
+  "tf4.44.2"  unmodified transformers 4.44.2: gated RMSNorm over the full intermediate width,
+              head h reads B/C group h % n_groups, dt clamped below at time_step_min; used for
+              mamba2-groups-fullnorm-tf4442 (same weights and inputs as mamba2-groups, one chunk).
 
 Usage (environment: data_scripts/README.md):
     /tmp/fxenv/bin/python data_scripts/make_mamba2_fixtures.py --out tests/fixtures [--only NAME]
@@ -51,6 +53,7 @@ from transformers.models.mamba2 import modeling_mamba2
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from check_mamba2_fixtures import reject_constant  # noqa: E402
 from make_fixtures import inv_softplus, save_deterministic  # noqa: E402
 from make_jamba_fixtures import (
     base_metadata,
@@ -67,6 +70,10 @@ TF4, TF5 = "tf4.44.2", "tf5.25.0"
 
 # dt_bias = inv_softplus(dt) with dt log-uniform in [DT_MIN, DT_MAX] (as make_fixtures.py)
 DT_MIN, DT_MAX = 1e-3, 2.0
+# Upper bound of every time_step_limit, never reached (asserted). transformers writes the
+# default (0.0, inf) into config.json as [0.0, Infinity], which is not JSON: ssmtune's strict
+# reader (nlohmann) rejects it, and tests/mamba_weights_test.cpp reads every fixture config.json.
+DT_LIMIT_HI = 100.0
 # a dt this close (relative) to a clamp bound would make float32 and float64 disagree on the
 # clamp's gradient
 MIN_CLAMP_MARGIN = 1e-4
@@ -97,7 +104,7 @@ GROUPS_CONFIG = dict(
     layer_norm_epsilon=1e-5,
     # equal lower bounds (as mamba2-odd): 4.44.2 and 5.25.0 clamp the same dt, so the two
     # fixtures of the pair differ only in the gated norm and the head -> group map
-    time_step_limit=(0.001, float("inf")),
+    time_step_limit=(0.001, DT_LIMIT_HI),
 )
 
 MODELS = [
@@ -121,6 +128,7 @@ MODELS = [
             use_conv_bias=True,
             tie_word_embeddings=True,
             layer_norm_epsilon=1e-5,
+            time_step_limit=(0.0, DT_LIMIT_HI),  # = the default (0, inf) here, see DT_LIMIT_HI
         ),
         batch=2,
         seq_len=10,
@@ -151,7 +159,7 @@ MODELS = [
             # 4.44.2's torch path clamps dt below at time_step_min; newer transformers and
             # mamba_ssm clamp to time_step_limit. Equal lower bounds: both clamp the same dt.
             time_step_min=0.02,
-            time_step_limit=(0.02, float("inf")),
+            time_step_limit=(0.02, DT_LIMIT_HI),
         ),
         batch=3,
         seq_len=11,
@@ -530,11 +538,12 @@ def clamp_stats(probe, cfg, kind, mask) -> dict:
             margin = min(margin, ((dt - bnd).abs() / bnd).min().item())
     return {
         "clamp_lo": lo,
-        "clamp_hi": hi,
+        "clamp_hi": hi if hi < float("inf") else "inf",  # the metadata stays strict JSON
         "n_dt": dt.numel(),
         "n_below": n_lo,
         "n_above": n_hi,
         "n_below_time_step_min": n_min,
+        "max_dt": float(f"{dt.max().item():.4g}"),
         "min_rel_distance_to_bound": float(f"{margin:.3e}"),
     }
 
@@ -652,6 +661,9 @@ def build_one(spec: dict, out_root: str) -> list[str]:
     r64, probe = f64_reference(model, ids, labels, mask, kind)
     cs = clamp_stats(probe, cfg, kind, mask)
     assert cs["min_rel_distance_to_bound"] > MIN_CLAMP_MARGIN, cs
+    assert cs["n_above"] == 0 and cs["max_dt"] < 0.5 * DT_LIMIT_HI, cs
+    with open(os.path.join(out_dir, "config.json")) as f:
+        json.load(f, parse_constant=reject_constant)  # strict JSON (no Infinity)
     e32 = {k: rel_err(ref[k], r64[k]) for k in ["logits", "loss", "inputs_embeds"]}
     e32["hidden_states"] = max(
         rel_err(ref[k], r64[k]) for k in ref if k.startswith("hidden_states.")
@@ -674,7 +686,7 @@ def build_one(spec: dict, out_root: str) -> list[str]:
     if kind == TF5 and cfg.n_groups == 1:
         # n_groups = 1: 4.44.2 unmodified must agree with the port on one chunk, once its
         # time_step_min clamp is set to the port's lower bound time_step_limit[0]
-        assert cfg.time_step_limit[1] == float("inf")
+        assert cs["n_above"] == 0
         with torch.no_grad():
             d_multi = rel_err(
                 model(input_ids=ids, attention_mask=mask, use_cache=False).logits[real],

@@ -302,6 +302,20 @@ def versions() -> dict:
     }
 
 
+def adamw_json(k_steps: int, adamw: dict) -> dict:
+    """fixture.json "train" keys every peft fixture has: k_steps float64 AdamW steps, one batch."""
+    return {
+        "steps": k_steps,
+        "dtype": "float64",
+        "optimizer": "torch.optim.AdamW (single-tensor path), LoRA parameters only",
+        "lr": adamw["lr"],
+        "betas": list(adamw["betas"]),
+        "eps": adamw["eps"],
+        "weight_decay": adamw["weight_decay"],
+        "batch": "the same input_ids/labels at every step",
+    }
+
+
 def fixture_json(v: dict, names: list, n_targets: int) -> dict:
     c = v["lora"]
     return {
@@ -329,14 +343,7 @@ def fixture_json(v: dict, names: list, n_targets: int) -> dict:
             "tensors": names,
         },
         "train": {
-            "steps": K_STEPS,
-            "dtype": "float64",
-            "optimizer": "torch.optim.AdamW (single-tensor path), LoRA parameters only",
-            "lr": ADAMW["lr"],
-            "betas": list(ADAMW["betas"]),
-            "eps": ADAMW["eps"],
-            "weight_decay": ADAMW["weight_decay"],
-            "batch": "the same input_ids/labels at every step",
+            **adamw_json(K_STEPS, ADAMW),
             "plain": {"grad_clip": None, "schedule": "constant"},
             "clip_sched": {
                 "grad_clip": {"max_norm": CLIP_MAX_NORM, "norm_type": 2.0, "fn": "torch.nn.utils.clip_grad_norm_"},
@@ -431,14 +438,19 @@ def build_one(v: dict) -> list:
         "train": json.dumps(fx["train"], sort_keys=True),
         "doc": "data_scripts/PEFT_FIXTURE.md",
     }
-    t = {k: v_.contiguous() for k, v_ in t.items()}
+    return log + write_fixture(out_dir, t, fx, md, cfg)
+
+
+def write_fixture(out_dir: str, t: dict, fx: dict, md: dict, acfg: dict) -> list:
+    """reference.safetensors (reproducible header) and fixture.json; checks the read-back.
+    Returns log lines (the adapter config and every file with its size)."""
+    t = {k: v.contiguous() for k, v in t.items()}
     save_deterministic(t, os.path.join(out_dir, "reference.safetensors"), metadata=md)
     with open(os.path.join(out_dir, "fixture.json"), "w") as f:
         f.write(json.dumps(fx, indent=2, sort_keys=True) + "\n")
     back = load_file(os.path.join(out_dir, "reference.safetensors"))
     assert set(back) == set(t) and all(torch.equal(back[k], t[k]) for k in t)
-
-    log.append("adapter_config.json: " + json.dumps(cfg, sort_keys=True))
+    log = ["adapter_config.json: " + json.dumps(acfg, sort_keys=True)]
     for root, _, files in sorted(os.walk(out_dir)):
         for f in sorted(files):
             p = os.path.join(root, f)
