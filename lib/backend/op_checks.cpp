@@ -75,7 +75,7 @@ OpChecks::ConvDims OpChecks::conv1d_backward(const Tensor& dc, const Tensor& x, 
   return d;
 }
 
-OpChecks::NormDims OpChecks::rows_of(const char* op, const Tensor& a,
+OpChecks::RowDims OpChecks::rows_of(const char* op, const Tensor& a,
                                      std::initializer_list<const Tensor*> same,
                                      std::initializer_list<const Tensor*> per_row) const {
   require(a.defined() && a.ndim() >= 1 && a.dim(0) > 0, op, "a must have rows");

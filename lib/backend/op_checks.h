@@ -45,7 +45,10 @@ class OpChecks {
                            const Tensor& dw, const Tensor& dbias) const;
   // DoRA's row ops: a (and b, sub, out when defined): (rows, cols) with rows = a.dim(0);
   // the per-row tensors (rows). Returns {rows, cols}.
-  NormDims rows_of(const char* op, const Tensor& a, std::initializer_list<const Tensor*> same,
+  struct RowDims {
+    std::int64_t rows, cols;
+  };
+  RowDims rows_of(const char* op, const Tensor& a, std::initializer_list<const Tensor*> same,
                    std::initializer_list<const Tensor*> per_row) const;
   // wide: (rows, S), narrow: (rows, n) with [col0, col0 + n) inside S, one dtype.
   void columns(const char* op, const Tensor& wide, std::int64_t col0, const Tensor& narrow) const;
