@@ -178,8 +178,13 @@ TEST_CASE("a mistyped field is an error naming file, field, expected type and va
   require_config_error(
       with(minimal(), "hidden_act", "gelu"),
       {"field \"hidden_act\": expected \"silu\" or \"swish\", got string \"gelu\""});
+  require_config_error(with(minimal(), "model_type", "mamba3"),
+                       {"field \"model_type\": expected \"mamba\", \"mamba2\" or \"jamba\", got "
+                        "\"mamba3\""});
+  // A Mamba config relabelled: Mamba2Config's default heads (128 x 64) do not tile d_inner.
   require_config_error(with(minimal(), "model_type", "mamba2"),
-                       {"field \"model_type\": expected \"mamba\" or \"jamba\", got \"mamba2\""});
+                       {"field \"num_heads\" = 128 and \"head_dim\" = 64: expected num_heads * "
+                        "head_dim = int(expand * hidden_size) = 32"});
   require_config_error(with(minimal(), "model_type", 1),
                        {"field \"model_type\": expected a string"});
   require_config_error(json::array(), {"m/config.json: expected a JSON object, got an array"});

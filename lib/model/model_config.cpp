@@ -268,13 +268,15 @@ ModelConfig parse_mamba2(const JsonFields& f) {
   c.ssm_heads = f.get_int("num_heads", 1, kMaxDInner).value_or(128);
   c.ssm_head_dim = f.get_int("head_dim", 1, kMaxDInner).value_or(64);
   // The scan reshapes the d_inner channels into heads of head_dim; dt, A and D have num_heads.
+  // (Either may be absent, taking its default: the message states both values.)
   if (c.ssm_heads * c.ssm_head_dim != c.d_inner)
-    f.fail("num_heads", "num_heads * head_dim = int(expand * hidden_size) = " +
-                            std::to_string(c.d_inner) + " (head_dim is " +
-                            std::to_string(c.ssm_head_dim) + ")");
+    throw Error(f.where("num_heads") + " = " + std::to_string(c.ssm_heads) + " and \"head_dim\" = " +
+                std::to_string(c.ssm_head_dim) + ": expected num_heads * head_dim = " +
+                "int(expand * hidden_size) = " + std::to_string(c.d_inner));
   c.n_groups = f.get_int("n_groups", 1, kMaxHeads).value_or(8);
   if (c.ssm_heads % c.n_groups != 0)
-    f.fail("n_groups", "a divisor of num_heads = " + std::to_string(c.ssm_heads));
+    throw Error(f.where("n_groups") + " = " + std::to_string(c.n_groups) +
+                ": expected a divisor of num_heads = " + std::to_string(c.ssm_heads));
   c.chunk_size = f.get_int("chunk_size", 1, 1 << 16).value_or(256);
   c.use_bias = f.get_bool("use_bias").value_or(false);
   c.use_conv_bias = f.get_bool("use_conv_bias").value_or(true);
