@@ -1,0 +1,94 @@
+// The SSD kernels (kernels/ssd.cu) through the emulated CUDA backend against the CPU backend
+// (cpu::ssd_forward / ssd_backward<float>, their twins), in every thread order, over the shapes
+// of ssd_case.h (one group and several, L a multiple of the chunk and not, L < chunk, chunk 1,
+// L = 1, D and h0 on and off), with h_last and dh0, dA and dD prefilled (accumulated into);
+// and the same bits on every run.
+//
+// Tolerance (normwise, test_compare.h): both sides compute in float32 from the same inputs but
+// add in other orders (the CPU's BLAS products against the kernels' loops; the decays as the
+// same running log-decay sums), so each output is a reordered float sum of at most q (P + N)
+// terms of order 1 behind exp of values <= 0, and the log-decay gradients are summed in double
+// on both sides. Measured at most 2.8e-7 over these shapes; 5e-6 is ~18 times that, far below
+// the O(1) error of a wrong index or a missing barrier (device memory starts as NaN, so an
+// element never written fails too).
+#include <catch2/catch.hpp>
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "cuda_emu_test_util.h"
+#include "ssd_case.h"
+#include "test_compare.h"
+
+namespace {
+
+using namespace ssmtune;
+using namespace ssmtune::testing;
+
+constexpr double kTol = 5e-6;
+
+struct SsdRun {
+  SsdForward f;
+  Backend::SsdGrads g;
+};
+
+// Forward then backward of one case on `be`, F32, dA and dD prefilled with 0.25; results on the
+// host.
+SsdRun run(Backend& be, const SsdCase& c) {
+  const Backend::SsdInputs in = ssd_inputs_as(c, DType::F32);
+  SsdForward f = run_ssd_forward(be, in, c.s);
+  Backend::SsdGrads g = run_ssd_backward(be, in, c.s, f.h_saved, c.dy.to(DType::F32), 0.25);
+  const auto host = [](Tensor& t) {
+    if (t.defined()) t = t.host_readable();
+  };
+  for (Tensor* t : {&f.y, &f.h_saved, &f.h_last, &g.dx, &g.ddt, &g.dA, &g.dBm, &g.dCm, &g.dD,
+                    &g.dh0})
+    host(*t);
+  return {f, g};
+}
+
+}  // namespace
+
+TEST_CASE("emulated SSD kernels match the CPU backend's chunked SSD in every thread order",
+          "[cuda-emu][ssd]") {
+  const cuda_emu::Schedule order = GENERATE(from_range(kSchedules));
+  cuda_emu::ScheduleScope scope(order);
+  INFO("schedule " << cuda_emu::schedule_name(order));
+  auto cpu_be = make_cpu_backend();
+  auto gpu_be = make_cuda_backend();
+  std::uint64_t seed = 500;
+  for (const SsdShape& s : ssd_shapes()) {
+    INFO(s);
+    const SsdCase c = make_ssd_case(s, seed++);
+    const SsdRun a = run(*cpu_be, c), g = run(*gpu_be, c);
+    require_close("y", g.f.y, a.f.y, kTol, 0);
+    require_close_or_zero("h_saved", g.f.h_saved, a.f.h_saved, kTol);  // one chunk, no h0: 0
+    require_close("h_last", g.f.h_last, a.f.h_last, kTol, 0);
+    require_close("dx", g.g.dx, a.g.dx, kTol, 0);
+    require_close("ddt", g.g.ddt, a.g.ddt, kTol, 0);
+    require_close("dA", g.g.dA, a.g.dA, kTol, 0);
+    require_close("dBm", g.g.dBm, a.g.dBm, kTol, 0);
+    require_close("dCm", g.g.dCm, a.g.dCm, kTol, 0);
+    if (s.with_D) require_close("dD", g.g.dD, a.g.dD, kTol, 0);
+    if (s.with_h0) require_close("dh0", g.g.dh0, a.g.dh0, kTol, 0);
+  }
+}
+
+TEST_CASE("emulated SSD backward gives the same bits in every thread order", "[cuda-emu][ssd]") {
+  auto gpu_be = make_cuda_backend();
+  const SsdShape s = ssd_shapes()[1];  // two groups, ragged last chunk
+  const SsdCase c = make_ssd_case(s, 600);
+  std::vector<SsdRun> runs;
+  for (const cuda_emu::Schedule order : kSchedules) {
+    cuda_emu::ScheduleScope scope(order);
+    runs.push_back(run(*gpu_be, c));
+  }
+  for (const SsdRun& r : runs) {
+    REQUIRE(same_bits(r.f.y, runs[0].f.y));
+    REQUIRE(same_bits(r.g.dx, runs[0].g.dx));
+    REQUIRE(same_bits(r.g.ddt, runs[0].g.ddt));
+    REQUIRE(same_bits(r.g.dA, runs[0].g.dA));
+    REQUIRE(same_bits(r.g.dBm, runs[0].g.dBm));
+    REQUIRE(same_bits(r.g.dCm, runs[0].g.dCm));
+    REQUIRE(same_bits(r.g.dD, runs[0].g.dD));
+  }
+}
