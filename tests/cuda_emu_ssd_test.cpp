@@ -2,7 +2,7 @@
 // (cpu::ssd_forward / ssd_backward<float>, their twins), in every thread order, over the shapes
 // of ssd_case.h (one group and several, L a multiple of the chunk and not, L < chunk, chunk 1,
 // L = 1, D and h0 on and off), with h_last and dh0, dA and dD prefilled (accumulated into);
-// and the same bits on every run.
+// the same bits on every run; and F64 inputs refused by name.
 //
 // Tolerance (normwise, test_compare.h): both sides compute in float32 from the same inputs but
 // add in other orders (the CPU's BLAS products against the kernels' loops; the decays as the
@@ -91,4 +91,14 @@ TEST_CASE("emulated SSD backward gives the same bits in every thread order", "[c
     REQUIRE(same_bits(r.g.dCm, runs[0].g.dCm));
     REQUIRE(same_bits(r.g.dD, runs[0].g.dD));
   }
+}
+
+TEST_CASE("the emulated CUDA backend refuses F64 SSD inputs with a message", "[cuda-emu][ssd]") {
+  auto gpu_be = make_cuda_backend();
+  const SsdShape s = ssd_shapes()[0];
+  const SsdCase c = make_ssd_case(s, 700);  // F64, which only the CPU backend computes in
+  Tensor y = gpu_be->empty({s.B, s.L, s.H, s.P}, DType::F64);
+  Tensor h_saved = gpu_be->empty({s.B, s.n_chunks(), s.H, s.P, s.N}, DType::F64), h_last;
+  REQUIRE_THROWS_WITH(gpu_be->ssd_forward(c.in, y, h_saved, h_last),
+                      Catch::Contains("ssd_forward: x is F64; the CUDA backend computes in F32"));
 }

@@ -311,7 +311,7 @@ class CudaBackend final : public Backend {
     const char* op = "ssd_forward";
     const cpu::SsdDims d = checks.ssd(in);
     checks.ssd_outputs(d, in, y, h_saved, h_last);
-    const kernels::SsdShape s = ssd_shape(op, d);
+    const kernels::SsdShape s = ssd_shape(op, d, in.x);
     DeviceScratch ws(*memory_, floats(kernels::ssd_forward_workspace_floats(s)));
     kernels::ssd_forward(s, f32(in.x, op, "x"), f32(in.dt, op, "dt"), f32(in.A, op, "A"),
                          f32(in.Bm, op, "Bm"), f32(in.Cm, op, "Cm"), f32_or_null(in.D, op, "D"),
@@ -326,7 +326,7 @@ class CudaBackend final : public Backend {
     const char* op = "ssd_backward";
     const cpu::SsdDims d = checks.ssd(in);
     checks.ssd_grads(d, in, h_saved, dy, g);
-    const kernels::SsdShape s = ssd_shape(op, d);
+    const kernels::SsdShape s = ssd_shape(op, d, in.x);
     DeviceScratch ws(*memory_, floats(kernels::ssd_backward_workspace_floats(s)));
     kernels::ssd_backward(s, f32(in.x, op, "x"), f32(in.dt, op, "dt"), f32(in.A, op, "A"),
                           f32(in.Bm, op, "Bm"), f32(in.Cm, op, "Cm"), f32_or_null(in.D, op, "D"),
@@ -675,8 +675,12 @@ class CudaBackend final : public Backend {
                        std::to_string(kernels::kAttentionMaxHeadDim));
     return {d.B, d.Lq, d.Lk, d.H, d.KV, d.hd};
   }
-  // The kernels' grid limit on top of the shared SSD checks: B and H are grid dimensions.
-  static kernels::SsdShape ssd_shape(const char* op, const cpu::SsdDims& d) {
+  // On top of the shared SSD checks (which give every input x's type): F32, named before any
+  // argument is converted, and the kernels' grid limit (B and H are grid dimensions).
+  static kernels::SsdShape ssd_shape(const char* op, const cpu::SsdDims& d, const Tensor& x) {
+    checks.require(x.dtype() == DType::F32, op,
+                   "x is " + std::string(dtype_name(x.dtype())) +
+                       "; the CUDA backend computes in F32");
     checks.require(d.batch <= 65535 && d.n_heads <= 65535, op,
                    "batch and heads must be at most 65535 (grid dimensions)");
     return {d.batch, d.seqlen, d.n_heads, d.head_dim, d.n_groups, d.d_state, d.chunk};
