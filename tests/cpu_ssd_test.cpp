@@ -283,3 +283,15 @@ TEST_CASE("chunked ssd gives the same bits on one thread and on several", "[ssd]
                              {&one.dh0, &many.dh0}})
     REQUIRE(same_bits(*a, *b));
 }
+
+TEST_CASE("ssd forward without h_last writes the same y and h_saved", "[ssd]") {
+  auto be = make_cpu_backend();
+  const SsdShape s = ssd_shapes()[1];
+  const SsdCase c = make_ssd_case(s, 1100);
+  const SsdForward with = run_ssd_forward(*be, c.in, s);
+  Tensor y = Tensor::empty({s.B, s.L, s.H, s.P}, DType::F64), no_last;
+  Tensor h_saved = Tensor::empty({s.B, s.n_chunks(), s.H, s.P, s.N}, DType::F64);
+  be->ssd_forward(c.in, y, h_saved, no_last);
+  REQUIRE(same_bits(y, with.y));
+  REQUIRE(same_bits(h_saved, with.h_saved));
+}

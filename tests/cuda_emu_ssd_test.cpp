@@ -102,3 +102,16 @@ TEST_CASE("the emulated CUDA backend refuses F64 SSD inputs with a message", "[c
   REQUIRE_THROWS_WITH(gpu_be->ssd_forward(c.in, y, h_saved, h_last),
                       Catch::Contains("ssd_forward: x is F64; the CUDA backend computes in F32"));
 }
+
+TEST_CASE("emulated SSD forward without h_last writes the same y and h_saved", "[cuda-emu][ssd]") {
+  auto gpu_be = make_cuda_backend();
+  const SsdShape s = ssd_shapes()[1];
+  const SsdCase c = make_ssd_case(s, 800);
+  const Backend::SsdInputs in = ssd_inputs_as(c, DType::F32);
+  const SsdForward with = run_ssd_forward(*gpu_be, in, s);
+  Tensor y = gpu_be->empty({s.B, s.L, s.H, s.P}, DType::F32), no_last;
+  Tensor h_saved = gpu_be->empty({s.B, s.n_chunks(), s.H, s.P, s.N}, DType::F32);
+  gpu_be->ssd_forward(in, y, h_saved, no_last);
+  REQUIRE(same_bits(y.host_readable(), with.y.host_readable()));
+  REQUIRE(same_bits(h_saved.host_readable(), with.h_saved.host_readable()));
+}
