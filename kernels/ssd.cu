@@ -1,14 +1,16 @@
 // SSD, the Mamba-2 scan (ssd.cuh), forward and backward; design in docs/cuda.md "SSD kernels".
 //
-// The chunked algorithm of the CPU twin (lib/backend/cpu/ssd_cpu.cpp) as plain kernels, one
-// output element per thread, every sum a loop in a fixed order (no atomics, no shuffles in the
-// hot loops): blocks of kThreads threads, one block per (chunk, head) or (chunk, group) of a
-// batch row, grid (n_chunks, H or G, B). The decays inside a chunk are exp of log-decay sums
-// taken directly between the two steps, sum_{s < j <= t} dt_j A (the running sum of a loop over
-// s), never a difference of two long cumulative sums (the twin's segsum). What the kernels keep
-// in the workspace between launches: the chunks' log decays cum (B, n_chunks, H, Q) and C B^T
-// (B, n_chunks, G, Q, Q); backward adds dL/dCB summed over a group's heads, the state gradients
-// (B, n_chunks, H, P, N) and per-step vectors.
+// The chunked algorithm of the CPU twin (lib/backend/cpu/ssd_cpu.cpp): blocks of kThreads
+// threads, one block per (chunk, head) or (chunk, group) of a batch row, grid (n_chunks, H or
+// G, B); every sum a loop in a fixed order (no atomics). The forward's Y_diag is tiled through
+// shared memory; the other products are one output element per thread. The decays inside a
+// chunk are exp of log-decay sums taken directly between the two steps, sum_{s < j <= t}
+// dt_j A (a running sum along the thread's row or column, the twin's segsum), never a
+// difference of two long float cumulative sums; where two threads must agree on a decay to the
+// bit (the backward's row and column sums), a difference of double cumulative sums. What the
+// kernels keep in the workspace between launches: the chunks' log decays cum (B, n_chunks, H,
+// Q) and C B^T (B, n_chunks, G, Q, Q); backward adds cum in double, dL/dCB summed over a
+// group's heads, the state gradients (B, n_chunks, H, P, N) and per-step vectors.
 #include <cmath>
 
 #include "block_reduce.cuh"
@@ -79,18 +81,23 @@ __device__ __forceinline__ void for_each_element(std::int64_t rows, std::int64_t
   for (std::int64_t i = threadIdx.x; i < rows * cols; i += kThreads) f(i / cols, i % cols, i);
 }
 
-// cum[j] = sum_{i <= j} dt_{t0 + i} A_h for every (b, c, h): one thread each, in step order.
+// cum[j] = sum_{i <= j} dt_{t0 + i} A_h for every (b, c, h): one thread each, in step order;
+// also in double into cum_d when given (backward).
 __global__ void __launch_bounds__(kThreads)
     ssd_cumsum_kernel(SsdShape s, const float* __restrict__ dt, const float* __restrict__ A,
-                      float* __restrict__ cum) {
+                      float* __restrict__ cum, double* __restrict__ cum_d) {
   const Layout at{s};
   const std::int64_t i = std::int64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= s.B * s.n_chunks() * s.H) return;
   const std::int64_t h = i % s.H, c = (i / s.H) % s.n_chunks(), b = i / (s.H * s.n_chunks());
   float run = 0.0f;
+  double run_d = 0.0;
   for (std::int64_t j = 0; j < at.steps(c); ++j) {
-    run += dt[at.dt(b, c * s.chunk + j, h)] * A[h];
+    const float la = dt[at.dt(b, c * s.chunk + j, h)] * A[h];
+    run += la;
     cum[at.vec(b, c, h) + j] = run;
+    run_d += double(la);
+    if (cum_d) cum_d[at.vec(b, c, h) + j] = run_d;
   }
 }
 
@@ -110,28 +117,77 @@ __global__ void __launch_bounds__(kThreads)
   });
 }
 
-// Forward, per (c, h, b): y = Y_diag + D x, and the chunk's own end state S into h_saved.
+// Rows and columns of a tile of Y_diag = M X.
+constexpr int kTile = 32;
+
+// Shared memory of the tiled Y_diag, in floats: a column tile's X rows (kTile, P), its weights
+// W (kTile, kTile + 1: odd stride, so the row threads' writes hit 32 banks), and the output
+// tile's sums (kTile, P).
+__host__ __device__ std::int64_t diag_smem_floats(std::int64_t P) {
+  return 2 * kTile * P + kTile * (kTile + 1);
+}
+
+// y = Y_diag + D x of one (c, h, b), tiled. Per tile of kTile output rows, the column tiles at
+// or before it run in descending order: thread r < kTile writes row t = r0 + r of the weights,
+// W[t, j] = CB[t, j] exp(cum_t - cum_j) dt_j, each once (not once per channel), its log-decay
+// sum carried from tile to tile as a running sum (the twin's segsum); the block stages the
+// tile's X rows; every thread adds W X into the output elements it owns (the same ones in every
+// loop, so the sums need no barrier of their own).
+__device__ void chunk_diag_output(const Layout& at, const BlockChunk& k, const float* x,
+                                  const float* dt, float A_h, const float* D, const float* cb,
+                                  float* y, float* smem) {
+  const std::int64_t P = at.s.P, Q = at.s.Q(), h = k.h, r = threadIdx.x;
+  float *Xs = smem, *W = Xs + kTile * P, *sums = W + kTile * (kTile + 1);
+  for (std::int64_t r0 = 0; r0 < k.q; r0 += kTile) {
+    for (std::int64_t i = threadIdx.x; i < kTile * P; i += kThreads) sums[i] = 0.0f;
+    const std::int64_t t = r0 + r;
+    float seg = 0.0f;  // row thread r: sum of dt_j A over the steps (j, t] done so far
+    for (std::int64_t s0 = r0; s0 >= 0; s0 -= kTile) {
+      for (std::int64_t i = threadIdx.x; i < kTile * P; i += kThreads) {
+        const std::int64_t j = s0 + i / P;
+        Xs[i] = j < k.q ? x[at.x(k.b, k.t0 + j, h) + i % P] : 0.0f;
+      }
+      for (int c = kTile - 1; c >= 0 && r < kTile; --c) {
+        const std::int64_t j = s0 + c;
+        float w = 0.0f;
+        if (t < k.q && j <= t) {
+          const float dt_j = dt[at.dt(k.b, k.t0 + j, h)];
+          w = cb[t * Q + j] * expf(seg) * dt_j;
+          seg += dt_j * A_h;
+        }
+        W[r * (kTile + 1) + c] = w;
+      }
+      __syncthreads();  // X rows and weights staged
+      for (std::int64_t i = threadIdx.x; i < kTile * P; i += kThreads) {
+        const float* w = W + (i / P) * (kTile + 1);
+        float sum = 0.0f;
+        for (int c = 0; c < kTile; ++c) sum += w[c] * Xs[c * P + i % P];
+        sums[i] += sum;
+      }
+      __syncthreads();  // every thread is done with them before the next tile's staging
+    }
+    for (std::int64_t i = threadIdx.x; i < kTile * P; i += kThreads) {
+      const std::int64_t row = r0 + i / P, p = i % P;
+      if (row >= k.q) continue;
+      const float xd = D ? D[h] * x[at.x(k.b, k.t0 + row, h) + p] : 0.0f;
+      y[at.x(k.b, k.t0 + row, h) + p] = sums[i] + xd;
+    }
+  }
+}
+
+// Forward, per (c, h, b): y = Y_diag + D x (tiled, above), and the chunk's own end state S into
+// h_saved.
 __global__ void __launch_bounds__(kThreads)
     ssd_chunk_forward_kernel(SsdShape s, const float* __restrict__ x, const float* __restrict__ dt,
                              const float* __restrict__ A, const float* __restrict__ Bm,
                              const float* __restrict__ D, const float* __restrict__ CB,
                              float* __restrict__ y, float* __restrict__ h_saved) {
+  SSMTUNE_DYNAMIC_SHARED(float, smem);
   const Layout at{s};
   const BlockChunk k = block_chunk(at, true);
-  const std::int64_t h = k.h, g = k.g, P = s.P, N = s.N, Q = s.Q();
+  const std::int64_t h = k.h, g = k.g, P = s.P, N = s.N;
   const float A_h = A[h];
-  const float* cb = CB + at.mat(k.b, k.c, g);
-  // y[t, p] = sum_{j <= t} CB[t, j] exp(cum_t - cum_j) dt_j x[j, p] + D x[t, p].
-  for_each_element(k.q, P, [&](std::int64_t t, std::int64_t p, std::int64_t) {
-    float acc = 0.0f, seg = 0.0f;
-    for (std::int64_t j = t; j >= 0; --j) {
-      const float dt_j = dt[at.dt(k.b, k.t0 + j, h)];
-      acc += cb[t * Q + j] * expf(seg) * dt_j * x[at.x(k.b, k.t0 + j, h) + p];
-      seg += dt_j * A_h;
-    }
-    const float xd = D ? D[h] * x[at.x(k.b, k.t0 + t, h) + p] : 0.0f;
-    y[at.x(k.b, k.t0 + t, h) + p] = acc + xd;
-  });
+  chunk_diag_output(at, k, x, dt, A_h, D, CB + at.mat(k.b, k.c, g), y, smem);
   // S[p, n] = sum_j exp(cum_end - cum_j) dt_j x[j, p] B[j, n].
   for_each_element(P, N, [&](std::int64_t p, std::int64_t n, std::int64_t i) {
     float acc = 0.0f, seg = 0.0f;
@@ -250,15 +306,13 @@ __device__ __forceinline__ StepVectors step_vectors(const Layout& at, double* ws
 // "Mamba-2 SSD scan", backward). Columns j (thread per j), rows t (thread per t) and dx
 // elements (thread per (j, p)) each walk their line of the masked (q, q) kernel with a running
 // log decay; one thread then adds the log-decay gradients in reverse step order, in double.
-__global__ void __launch_bounds__(kThreads)
-    ssd_chunk_backward_kernel(SsdShape s, const float* __restrict__ x, const float* __restrict__ dt,
-                              const float* __restrict__ A, const float* __restrict__ Bm,
-                              const float* __restrict__ Cm, const float* __restrict__ D,
-                              const float* __restrict__ h_saved, const float* __restrict__ dy,
-                              const float* __restrict__ cum, const float* __restrict__ CB,
-                              const float* __restrict__ dstate, float* __restrict__ dx,
-                              float* __restrict__ ddt, double* __restrict__ wsd,
-                              float* __restrict__ wsf, float* __restrict__ partials) {
+__global__ void __launch_bounds__(kThreads) ssd_chunk_backward_kernel(
+    SsdShape s, const float* __restrict__ x, const float* __restrict__ dt,
+    const float* __restrict__ A, const float* __restrict__ Bm, const float* __restrict__ Cm,
+    const float* __restrict__ D, const float* __restrict__ h_saved, const float* __restrict__ dy,
+    const float* __restrict__ cum, const double* __restrict__ cum_d, const float* __restrict__ CB,
+    const float* __restrict__ dstate, float* __restrict__ dx, float* __restrict__ ddt,
+    double* __restrict__ wsd, float* __restrict__ wsf, float* __restrict__ partials) {
   __shared__ double scratch[kThreads / 32];
   const Layout at{s};
   const BlockChunk k = block_chunk(at, true);
@@ -275,18 +329,25 @@ __global__ void __launch_bounds__(kThreads)
     for (std::int64_t n = 0; n < N; ++n) acc += B[n] * Gn[p * N + n];
     return acc;
   };
+  // cum_t - cum_j from double cumulative sums (nearly exact), rounded once: the row and the
+  // column threads get the same bits for r[t, j], so its + and - in the log-decay gradient
+  // cancel exactly (with running float sums they cancelled to ~1e-5 of dA at chunk 256).
+  const double* cd = cum_d + at.vec(k.b, k.c, h);
+  const auto log_decay = [&](std::int64_t t, std::int64_t j) { return float(cd[t] - cd[j]); };
+  const auto r_of = [&](float dM, std::int64_t t, std::int64_t j, float L) {
+    return dM * cb[t * Q + j] * L * dt_at(j);
+  };
   // Columns: dt_j's direct terms, the column sums of r = dM ∘ M, and the state terms.
   for (std::int64_t j = threadIdx.x; j < q; j += kThreads) {
     const float dt_j = dt_at(j);
     double col = 0.0;
-    float direct = 0.0f, seg = 0.0f;
+    float direct = 0.0f;
     for (std::int64_t t = j; t < q; ++t) {
-      if (t > j) seg += dt_at(t) * A_h;
-      const float L = expf(seg), dM = dy_dot_x(at, k, h, dy, x, t, j);
-      if (t > j) col += double(dM * cb[t * Q + j] * L * dt_j);
+      const float L = expf(log_decay(t, j)), dM = dy_dot_x(at, k, h, dy, x, t, j);
+      if (t > j) col += double(r_of(dM, t, j, L));
       direct += dM * cb[t * Q + j] * L;
     }
-    const float decay = expf(seg), w = decay * dt_j;  // seg = cum_end - cum_j
+    const float decay = expf(log_decay(q - 1, j)), w = decay * dt_j;
     float dw = 0.0f;
     for (std::int64_t p = 0; p < P; ++p) dw += x[at.x(k.b, k.t0 + j, h) + p] * U(j, p);
     v.col_r[j] = col;
@@ -297,12 +358,8 @@ __global__ void __launch_bounds__(kThreads)
   // Rows: the row sums of r, and Y_off's term C_t . W_t, W = exp(cum_t) dY_t h_c.
   for (std::int64_t t = threadIdx.x; t < q; t += kThreads) {
     double row = 0.0;
-    float seg = 0.0f;
-    for (std::int64_t j = t; j >= 0; --j) {
-      const float dt_j = dt_at(j);
-      if (j < t) row += double(dy_dot_x(at, k, h, dy, x, t, j) * cb[t * Q + j] * expf(seg) * dt_j);
-      seg += dt_j * A_h;
-    }
+    for (std::int64_t j = 0; j < t; ++j)
+      row += double(r_of(dy_dot_x(at, k, h, dy, x, t, j), t, j, expf(log_decay(t, j))));
     const float* dY = dy + at.x(k.b, k.t0 + t, h);
     const float* C = Cm + at.bc(k.b, k.t0 + t, g);
     float off = 0.0f;
@@ -411,10 +468,11 @@ struct ForwardWorkspace {
 
 // cum and CB, which both passes start from.
 void chunk_decays_and_cb(const SsdShape& s, const float* dt, const float* A, const float* Bm,
-                         const float* Cm, const ForwardWorkspace& w, cudaStream_t stream) {
+                         const float* Cm, const ForwardWorkspace& w, double* cum_d,
+                         cudaStream_t stream) {
   const dim3 per_group(unsigned(s.n_chunks()), unsigned(s.G), unsigned(s.B));
   SSMTUNE_LAUNCH(ssd_cumsum_kernel, dim3(blocks_for(s.B * s.n_chunks() * s.H)), dim3(kThreads), 0,
-                 stream, s, dt, A, w.cum);
+                 stream, s, dt, A, w.cum, cum_d);
   SSMTUNE_LAUNCH(ssd_cb_kernel, per_group, dim3(kThreads), 0, stream, s, Bm, Cm, w.CB);
 }
 
@@ -431,21 +489,25 @@ void ssd_forward(const SsdShape& s, const float* x, const float* dt, const float
   const Layout at{s};
   const ForwardWorkspace w(at, workspace);
   const dim3 per_head(unsigned(s.n_chunks()), unsigned(s.H), unsigned(s.B));
-  chunk_decays_and_cb(s, dt, A, Bm, Cm, w, stream);
-  SSMTUNE_LAUNCH(ssd_chunk_forward_kernel, per_head, dim3(kThreads), 0, stream, s, x, dt, A, Bm, D,
-                 w.CB, y, h_saved);
+  chunk_decays_and_cb(s, dt, A, Bm, Cm, w, static_cast<double*>(nullptr), stream);
+  const std::int64_t diag_bytes = diag_smem_floats(s.P) * std::int64_t(sizeof(float));
+  if (diag_bytes > 48 * 1024)
+    cudaFuncSetAttribute(ssd_chunk_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         int(diag_bytes));
+  SSMTUNE_LAUNCH(ssd_chunk_forward_kernel, per_head, dim3(kThreads), std::size_t(diag_bytes),
+                 stream, s, x, dt, A, Bm, D, w.CB, y, h_saved);
   SSMTUNE_LAUNCH(ssd_carry_kernel, per_state(s), dim3(kThreads), 0, stream, s, false, w.cum, h0,
                  h_saved, h_last);
   SSMTUNE_LAUNCH(ssd_chunk_output_kernel, per_head, dim3(kThreads), 0, stream, s, Cm, w.cum,
                  h_saved, y);
 }
 
-// Backward workspace: 3 n_vec doubles (the step vectors' sums), then floats: the forward's
-// cum and CB, dCB (n_mat), dstate (B n_chunks H P N), ddt_c and w (2 n_vec), partials
+// Backward workspace: 4 n_vec doubles (the step vectors' sums, cum in double), then floats: the
+// forward's cum and CB, dCB (n_mat), dstate (B n_chunks H P N), ddt_c and w (2 n_vec), partials
 // (2 B n_chunks H).
 std::int64_t ssd_backward_workspace_floats(const SsdShape& s) {
   const Layout at{s};
-  return 2 * 3 * at.n_vec() + ForwardWorkspace::floats(at) + at.n_mat() +
+  return 2 * 4 * at.n_vec() + ForwardWorkspace::floats(at) + at.n_mat() +
          s.B * s.n_chunks() * s.H * s.P * s.N + 2 * at.n_vec() + 2 * s.B * s.n_chunks() * s.H;
 }
 
@@ -456,7 +518,8 @@ void ssd_backward(const SsdShape& s, const float* x, const float* dt, const floa
   if (empty(s)) return;
   const Layout at{s};
   double* wsd = reinterpret_cast<double*>(workspace);
-  float* rest = workspace + 2 * 3 * at.n_vec();
+  double* cum_d = wsd + 3 * at.n_vec();
+  float* rest = workspace + 2 * 4 * at.n_vec();
   const ForwardWorkspace w(at, rest);
   float* dCB = rest + ForwardWorkspace::floats(at);
   float* dstate = dCB + at.n_mat();
@@ -464,14 +527,14 @@ void ssd_backward(const SsdShape& s, const float* x, const float* dt, const floa
   float* partials = wsf + 2 * at.n_vec();
   const dim3 per_head(unsigned(s.n_chunks()), unsigned(s.H), unsigned(s.B));
   const dim3 per_group(unsigned(s.n_chunks()), unsigned(s.G), unsigned(s.B));
-  chunk_decays_and_cb(s, dt, A, Bm, Cm, w, stream);
+  chunk_decays_and_cb(s, dt, A, Bm, Cm, w, cum_d, stream);
   SSMTUNE_LAUNCH(ssd_state_grad_kernel, per_head, dim3(kThreads), 0, stream, s, Cm, dy, w.cum,
                  dstate);
   SSMTUNE_LAUNCH(ssd_carry_kernel, per_state(s), dim3(kThreads), 0, stream, s, true, w.cum,
                  static_cast<const float*>(nullptr), dstate, dh0);
   SSMTUNE_LAUNCH(ssd_dcb_kernel, per_group, dim3(kThreads), 0, stream, s, x, dt, A, dy, dCB);
   SSMTUNE_LAUNCH(ssd_chunk_backward_kernel, per_head, dim3(kThreads), 0, stream, s, x, dt, A, Bm,
-                 Cm, D, h_saved, dy, w.cum, w.CB, dstate, dx, ddt, wsd, wsf, partials);
+                 Cm, D, h_saved, dy, w.cum, cum_d, w.CB, dstate, dx, ddt, wsd, wsf, partials);
   SSMTUNE_LAUNCH(ssd_dbc_kernel, per_group, dim3(kThreads), 0, stream, s, x, Bm, Cm, h_saved, dy,
                  w.cum, dCB, dstate, wsf + at.n_vec(), dBm, dCm);
   SSMTUNE_LAUNCH(ssd_param_grads_kernel, dim3(blocks_for(s.H)), dim3(kThreads), 0, stream, s,

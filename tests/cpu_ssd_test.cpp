@@ -213,12 +213,11 @@ void require_runs_close(const CpuRun& a, const CpuRun& ref, const SsdShape& s, d
 }
 
 // The chunked SSD in T against the sequential reference in double, normwise rtol, over
-// ssd_shapes() and longer sequences: chunks of 64 and 256 steps (the model default), ragged.
+// ssd_shapes() and ssd_long_shapes().
 template <class T>
 void check_chunked_against_reference(std::uint64_t seed, double rtol) {
   std::vector<SsdShape> shapes = ssd_shapes();
-  shapes.push_back({1, 300, 4, 16, 2, 16, 64, true, true});
-  shapes.push_back({1, 520, 2, 32, 1, 32, 256, true, true});
+  for (const SsdShape& s : ssd_long_shapes()) shapes.push_back(s);
   for (const SsdShape& s : shapes) {
     INFO(s);
     const SsdCase c = make_ssd_case(s, seed++);
