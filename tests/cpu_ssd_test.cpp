@@ -213,12 +213,11 @@ void require_runs_close(const CpuRun& a, const CpuRun& ref, const SsdShape& s, d
 }
 
 // The chunked SSD in T against the sequential reference in double, normwise rtol, over
-// ssd_shapes() and longer sequences: chunks of 64 and 256 steps (the model default), ragged.
+// ssd_shapes() and ssd_long_shapes().
 template <class T>
 void check_chunked_against_reference(std::uint64_t seed, double rtol) {
   std::vector<SsdShape> shapes = ssd_shapes();
-  shapes.push_back({1, 300, 4, 16, 2, 16, 64, true, true});
-  shapes.push_back({1, 520, 2, 32, 1, 32, 256, true, true});
+  for (const SsdShape& s : ssd_long_shapes()) shapes.push_back(s);
   for (const SsdShape& s : shapes) {
     INFO(s);
     const SsdCase c = make_ssd_case(s, seed++);
@@ -282,4 +281,16 @@ TEST_CASE("chunked ssd gives the same bits on one thread and on several", "[ssd]
                              {&one.dD, &many.dD},
                              {&one.dh0, &many.dh0}})
     REQUIRE(same_bits(*a, *b));
+}
+
+TEST_CASE("ssd forward without h_last writes the same y and h_saved", "[ssd]") {
+  auto be = make_cpu_backend();
+  const SsdShape s = ssd_shapes()[1];
+  const SsdCase c = make_ssd_case(s, 1100);
+  const SsdForward with = run_ssd_forward(*be, c.in, s);
+  Tensor y = Tensor::empty({s.B, s.L, s.H, s.P}, DType::F64), no_last;
+  Tensor h_saved = Tensor::empty({s.B, s.n_chunks(), s.H, s.P, s.N}, DType::F64);
+  be->ssd_forward(c.in, y, h_saved, no_last);
+  REQUIRE(same_bits(y, with.y));
+  REQUIRE(same_bits(h_saved, with.h_saved));
 }

@@ -37,6 +37,17 @@ inline std::vector<SsdShape> ssd_shapes() {
   };
 }
 
+// Longer sequences for the chunked algorithms (too slow for a finite-difference check of every
+// element): chunks of 64, 80 and 256 steps (the model default), so more than one 32-row tile
+// of the CUDA kernels per chunk, ragged last chunks, B = 2 without D.
+inline std::vector<SsdShape> ssd_long_shapes() {
+  return {
+      {1, 300, 4, 16, 2, 16, 64, true, true},
+      {2, 150, 4, 5, 2, 4, 80, false, true},
+      {1, 520, 2, 32, 1, 32, 256, true, true},
+  };
+}
+
 struct SsdCase {
   SsdShape s;
   Backend::SsdInputs in;  // F64

@@ -24,6 +24,7 @@
 #include "kernels/rmsnorm.cuh"
 #include "kernels/row_ops.cuh"
 #include "kernels/selective_scan.cuh"
+#include "kernels/ssd.cuh"
 #include "kernels/tensor_ops.cuh"
 #include "kernels/token_ops.cuh"
 
@@ -319,14 +320,35 @@ class CudaBackend final : public Backend {
     launch_check(op);
   }
 
-  // The SSD kernels (kernels/ssd.cu) are not written yet: refuse with a clear message.
-  void ssd_forward(const SsdInputs& in, Tensor&, Tensor&, Tensor&) override {
-    checks.ssd(in);
-    throw Error("cuda backend: ssd_forward: not implemented yet (use --device cpu)");
+  void ssd_forward(const SsdInputs& in, Tensor& y, Tensor& h_saved, Tensor& h_last) override {
+    Timer timer(*this, "ssd_forward");
+    const char* op = "ssd_forward";
+    const cpu::SsdDims d = checks.ssd(in);
+    checks.ssd_outputs(d, in, y, h_saved, h_last);
+    const kernels::SsdShape s = ssd_shape(op, d, in.x);
+    DeviceScratch ws(*memory_, floats(kernels::ssd_forward_workspace_floats(s)));
+    kernels::ssd_forward(s, f32(in.x, op, "x"), f32(in.dt, op, "dt"), f32(in.A, op, "A"),
+                         f32(in.Bm, op, "Bm"), f32(in.Cm, op, "Cm"), f32_or_null(in.D, op, "D"),
+                         f32_or_null(in.h0, op, "h0"), f32(y, op, "y"),
+                         f32(h_saved, op, "h_saved"), f32_or_null(h_last, op, "h_last"),
+                         ws.as<float>(), stream());
+    launch_check(op);
   }
-  void ssd_backward(const SsdInputs& in, const Tensor&, const Tensor&, SsdGrads&) override {
-    checks.ssd(in);
-    throw Error("cuda backend: ssd_backward: not implemented yet (use --device cpu)");
+  void ssd_backward(const SsdInputs& in, const Tensor& h_saved, const Tensor& dy,
+                    SsdGrads& g) override {
+    Timer timer(*this, "ssd_backward");
+    const char* op = "ssd_backward";
+    const cpu::SsdDims d = checks.ssd(in);
+    checks.ssd_grads(d, in, h_saved, dy, g);
+    const kernels::SsdShape s = ssd_shape(op, d, in.x);
+    DeviceScratch ws(*memory_, floats(kernels::ssd_backward_workspace_floats(s)));
+    kernels::ssd_backward(s, f32(in.x, op, "x"), f32(in.dt, op, "dt"), f32(in.A, op, "A"),
+                          f32(in.Bm, op, "Bm"), f32(in.Cm, op, "Cm"), f32_or_null(in.D, op, "D"),
+                          f32(h_saved, op, "h_saved"), f32(dy, op, "dy"), f32(g.dx, op, "dx"),
+                          f32(g.ddt, op, "ddt"), f32(g.dA, op, "dA"), f32(g.dBm, op, "dBm"),
+                          f32(g.dCm, op, "dCm"), f32_or_null(g.dD, op, "dD"),
+                          f32_or_null(g.dh0, op, "dh0"), ws.as<float>(), stream());
+    launch_check(op);
   }
 
   // key_mask moves to the GPU on first use, like any tensor an op reads (core/tensor.h).
@@ -666,6 +688,16 @@ class CudaBackend final : public Backend {
                    "head dim " + std::to_string(d.hd) + " over the kernels' " +
                        std::to_string(kernels::kAttentionMaxHeadDim));
     return {d.B, d.Lq, d.Lk, d.H, d.KV, d.hd};
+  }
+  // On top of the shared SSD checks (which give every input x's type): F32, named before any
+  // argument is converted, and the kernels' grid limit (B and H are grid dimensions).
+  static kernels::SsdShape ssd_shape(const char* op, const cpu::SsdDims& d, const Tensor& x) {
+    checks.require(x.dtype() == DType::F32, op,
+                   "x is " + std::string(dtype_name(x.dtype())) +
+                       "; the CUDA backend computes in F32");
+    checks.require(d.batch <= 65535 && d.n_heads <= 65535, op,
+                   "batch and heads must be at most 65535 (grid dimensions)");
+    return {d.batch, d.seqlen, d.n_heads, d.head_dim, d.n_groups, d.d_state, d.chunk};
   }
   // The shared router checks, then the kernels' own limit on the number of experts.
   static kernels::MoeRouterShape router_shape(const char* op, const cpu::MoeRouterDims& d) {
