@@ -19,6 +19,17 @@ TEST_CASE("a JSON syntax error names the source, line and column", "[io][json]")
                 {"bad-utf8.json:1:", "invalid JSON", "UTF-8"});
 }
 
+TEST_CASE("a NUL byte anywhere in JSON text is an error with line and column", "[io][json]") {
+  // nlohmann's parser would take the NUL for the end of the input and accept what came before.
+  using namespace std::string_literals;
+  require_error([] { parse_json_text("{\"a\": 1}\n\0\0\0"s, "nul.json"); },
+                {"nul.json:2:1: invalid JSON: a NUL byte (0x00)"});
+  require_error([] { parse_json_text("{\"a\": 1}\0{\"b\": 2}"s, "nul.json"); },
+                {"nul.json:1:9: invalid JSON: a NUL byte"});
+  require_error([] { parse_json_text("{\"a\": \"x\0y\"}"s, "nul.json"); },
+                {"nul.json:1:9: invalid JSON: a NUL byte"});
+}
+
 TEST_CASE("duplicate JSON keys are errors that name the key and its object", "[io][json]") {
   require_error([] { parse_json_text(R"({"lr": 1, "lr": 2})", "c.json"); },
                 {"c.json: duplicate key \"lr\" in the top-level object"});

@@ -49,6 +49,18 @@ std::string parse_error_reason(const char* what) {
   return std::string(colon == std::string_view::npos ? w : w.substr(colon + 2));
 }
 
+// "LINE:COLUMN" (1-based) of byte `pos` of `text`.
+std::string line_column(std::string_view text, std::size_t pos) {
+  pos = std::min(pos, text.size());
+  const std::size_t line = 1 + std::size_t(std::count(text.begin(), text.begin() + pos, '\n'));
+  std::size_t column = pos + 1;
+  if (pos > 0) {
+    const std::size_t newline = text.rfind('\n', pos - 1);
+    if (newline != std::string_view::npos) column = pos - newline;
+  }
+  return std::to_string(line) + ":" + std::to_string(column);
+}
+
 }  // namespace
 
 nlohmann::json parse_json_text(std::string_view text, const std::string& source, int max_depth) {
@@ -86,18 +98,15 @@ nlohmann::json parse_json_text(std::string_view text, const std::string& source,
     }
     return true;
   };
+  // nlohmann takes a NUL byte for the end of its input: JSON followed by a NUL and anything at
+  // all would parse. A raw NUL is valid nowhere in JSON (in a string it must be \u0000).
+  if (const std::size_t nul = text.find('\0'); nul != std::string_view::npos)
+    throw Error(source + ":" + line_column(text, nul) + ": invalid JSON: a NUL byte (0x00)");
   try {
     return nlohmann::json::parse(text.begin(), text.end(), on_event);
   } catch (const nlohmann::json::parse_error& e) {
     // e.byte is the 1-based index of the last byte read; report it as line:column.
-    const std::size_t pos = std::min(e.byte == 0 ? 0 : e.byte - 1, text.size());
-    const std::size_t line = 1 + std::size_t(std::count(text.begin(), text.begin() + pos, '\n'));
-    std::size_t column = pos + 1;
-    if (pos > 0) {
-      const std::size_t newline = text.rfind('\n', pos - 1);
-      if (newline != std::string_view::npos) column = pos - newline;
-    }
-    throw Error(source + ":" + std::to_string(line) + ":" + std::to_string(column) +
+    throw Error(source + ":" + line_column(text, e.byte == 0 ? 0 : e.byte - 1) +
                 ": invalid JSON: " + parse_error_reason(e.what()));
   } catch (const nlohmann::json::exception& e) {
     throw Error(source + ": invalid JSON: " + e.what());
