@@ -1,0 +1,55 @@
+// Hostile or mistaken input through the binary: every problem is one line
+// `error: <file or option>: <what was expected>`, a non-zero exit, no crash and no partial
+// output. The models are made here with init_mamba_weights and the byte-level BPE tokenizer
+// fixture (data_scripts/make_tokenizer_fixtures.py), as in train_experiment_fixture.h.
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "cli_run.h"
+#include "train_experiment_fixture.h"
+
+using ssmtune::test::Experiment;
+using ssmtune::test::read_file;
+using ssmtune::test::run_cli;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+
+// `text` with its first `from` replaced by `to`; the text must hold `from`.
+std::string replaced(std::string text, const std::string& from, const std::string& to) {
+  const auto pos = text.find(from);
+  REQUIRE(pos != std::string::npos);
+  return text.replace(pos, from.size(), to);
+}
+
+}  // namespace
+
+TEST_CASE("a number too large for a double in a JSON input names the file, line and column",
+          "[cli][bad-input]") {
+  Experiment e;
+  const std::string config = read_file(e.config);
+  const std::string overflowing = replaced(config, "\"lr\":", "\"lr\": 1e999, \"x\":");
+  std::ofstream(e.config) << overflowing;
+  auto r = run_cli(e.train_args());
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Catch::Matches("error: " + e.config.string() +
+                                      ":[0-9]+:[0-9]+: invalid JSON: number overflow parsing "
+                                      "'1e999'\n"));
+  CHECK(!fs::exists(e.run_dir()));
+  // A model's config.json.
+  std::ofstream(e.config) << config;
+  const fs::path model_config = e.dir / "model" / "config.json";
+  const std::string model_text = replaced(read_file(model_config), "\"layer_norm_epsilon\"",
+                                          "\"x\": -1e999, \"layer_norm_epsilon\"");
+  std::ofstream(model_config) << model_text;
+  r = run_cli("info " + q(e.dir / "model"));
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.output, Catch::StartsWith("error: " + model_config.string() + ":") &&
+                           Catch::Contains(": invalid JSON: number overflow parsing '-1e999'"));
+  CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+}
