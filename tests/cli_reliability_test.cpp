@@ -27,6 +27,16 @@ std::string replaced(std::string text, const std::string& from, const std::strin
   return text.replace(pos, from.size(), to);
 }
 
+// A usage error: exit 2 and exactly one line, `error: ...` holding `fragment`.
+void require_usage_error(const std::string& args, const std::string& fragment) {
+  const auto r = run_cli(args);
+  INFO(args << "\n" << r.output);
+  CHECK(r.exit_code == 2);
+  CHECK_THAT(r.output, Catch::StartsWith("error: ") && Catch::Contains(fragment));
+  CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+  CHECK(r.output.back() == '\n');
+}
+
 }  // namespace
 
 TEST_CASE("a number too large for a double in a JSON input names the file, line and column",
@@ -52,4 +62,25 @@ TEST_CASE("a number too large for a double in a JSON input names the file, line 
   CHECK_THAT(r.output, Catch::StartsWith("error: " + model_config.string() + ":") &&
                            Catch::Contains(": invalid JSON: number overflow parsing '-1e999'"));
   CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+}
+
+TEST_CASE("usage errors are one line naming the unknown subcommand or option, exit 2", "[cli]") {
+  const std::string subcommands =
+      "(expected one of: info, bench, init, train, eval, generate, merge-adapter)";
+  auto r = run_cli("frobnicate --x");
+  CHECK(r.exit_code == 2);
+  CHECK(r.output == "error: unknown subcommand \"frobnicate\" " + subcommands +
+                        " (see ssmtune --help)\n");
+  require_usage_error("", "a subcommand is required (one of: info, bench, init, train, eval");
+  require_usage_error("--bogus info x", "--bogus");
+  require_usage_error("--bogus", "unknown option \"--bogus\"");
+  require_usage_error("eval --bogus 3", "--bogus");
+  require_usage_error("eval --bogus 3", "(see ssmtune eval --help)");
+  require_usage_error("info", "model_dir is required");
+  require_usage_error("generate --model m", "--prompt is required");
+  require_usage_error("eval --max-length abc", "--max-length");
+  require_usage_error("--log-level loud info x", "--log-level");
+  // --help and --version still print and exit 0.
+  CHECK(run_cli("generate --help").exit_code == 0);
+  CHECK(run_cli("--version").exit_code == 0);
 }
