@@ -20,6 +20,10 @@ namespace {
 
 std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
 
+std::string fixture(const std::string& name) {
+  return q(fs::path(SSMTUNE_FIXTURES_DIR) / name);
+}
+
 // `text` with its first `from` replaced by `to`; the text must hold `from`.
 std::string replaced(std::string text, const std::string& from, const std::string& to) {
   const auto pos = text.find(from);
@@ -62,6 +66,34 @@ TEST_CASE("a number too large for a double in a JSON input names the file, line 
   CHECK_THAT(r.output, Catch::StartsWith("error: " + model_config.string() + ":") &&
                            Catch::Contains(": invalid JSON: number overflow parsing '-1e999'"));
   CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+}
+
+TEST_CASE("numeric options refuse values out of their range, naming the option",
+          "[cli][bad-input]") {
+  const std::string eval = "eval --model " + fixture("mamba-tiny") + " --data x.jsonl ";
+  const std::string generate = "generate --model " + fixture("mamba-tiny") + " --prompt a ";
+  const std::string bench = "bench --model " + fixture("mamba-tiny");
+  const std::pair<std::string, std::string> cases[] = {
+      {eval + "--max-length 0", "--max-length: Value 0 not in range"},
+      {eval + "--max-length -5", "--max-length: Value -5 not in range"},
+      {eval + "--max-examples -1", "--max-examples: Value -1 not in range"},
+      {eval + "--max-examples 0", "--max-examples: Value 0 not in range"},
+      {eval + "--max-new-tokens 0", "--max-new-tokens: Value 0 not in range"},
+      {eval + "--batch-size 0", "--batch-size: Value 0 not in range"},
+      {generate + "--max-new-tokens 0", "--max-new-tokens: Value 0 not in range"},
+      {generate + "--max-new-tokens -3", "--max-new-tokens: Value -3 not in"},
+      {generate + "--temperature -1", "--temperature: expected a finite number >= 0"},
+      {generate + "--temperature nan", "--temperature: expected a finite number"},
+      {generate + "--temperature inf", "--temperature: expected a finite number"},
+      {generate + "--top-p 0", "--top-p: expected a finite number in (0, 1]"},
+      {generate + "--top-p 1.5", "--top-p: expected a finite number in (0, 1]"},
+      {generate + "--top-k -1", "--top-k: Value -1 not in range"},
+      {generate + "--seed -1", "--seed: expected a non-negative integer"},
+      {"init sizes.json --out x --seed -1", "--seed: expected a non-negative integer"},
+      {bench + " --seed -2", "--seed: expected a non-negative integer"},
+      {bench + " --steps 0", "--steps: Value 0 not in range"},
+  };
+  for (const auto& [args, fragment] : cases) require_usage_error(args, fragment);
 }
 
 TEST_CASE("usage errors are one line naming the unknown subcommand or option, exit 2", "[cli]") {

@@ -3,8 +3,10 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <limits>
 
 #include "apps/ssmtune/commands.h"
+#include "apps/ssmtune/option_checks.h"
 #include "backend/backend.h"
 #include "data/tokenizer.h"
 #include "infer/generate.h"
@@ -62,12 +64,18 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--prompt", a.prompt, "text to continue")->required();
   cmd->add_option("--max-new-tokens", a.sampling.max_new_tokens, "tokens to generate at most")
+      ->check(CLI::Range(std::int64_t(1), kMaxOptionSize))
       ->capture_default_str();
+  const double inf = std::numeric_limits<double>::infinity();
   cmd->add_option("--temperature", a.sampling.temperature, "0 = greedy (default)")
+      ->check(finite_in(0, inf))
       ->capture_default_str();
-  cmd->add_option("--top-k", a.sampling.top_k, "sample from the k most likely tokens; 0 = off");
-  cmd->add_option("--top-p", a.sampling.top_p, "nucleus sampling mass; 1 = off");
-  cmd->add_option("--seed", a.sampling.seed, "random seed for sampling");
+  cmd->add_option("--top-k", a.sampling.top_k, "sample from the k most likely tokens; 0 = off")
+      ->check(CLI::Range(std::int64_t(0), std::numeric_limits<std::int64_t>::max()));
+  cmd->add_option("--top-p", a.sampling.top_p, "nucleus sampling mass; 1 = off")
+      ->check(finite_in(0, 1, /*lo_open=*/true));
+  cmd->add_option("--seed", a.sampling.seed, "random seed for sampling")
+      ->check(non_negative_integer());
   cmd->add_option("--stop", a.sampling.stop, "stop when the text contains this (repeatable)");
   cmd->callback([] { run_generate(a); });
 }
