@@ -116,3 +116,23 @@ TEST_CASE("usage errors are one line naming the unknown subcommand or option, ex
   CHECK(run_cli("generate --help").exit_code == 0);
   CHECK(run_cli("--version").exit_code == 0);
 }
+
+TEST_CASE("train's --out, --set and --device apply in the order given: a later one wins",
+          "[cli][config]") {
+  Experiment e(/*steps=*/1, /*checkpoint_every=*/0, /*eval_every=*/0);
+  const fs::path a = e.dir / "A", b = e.dir / "B";
+  auto r = run_cli(e.train_args("--out " + q(a) + " --set output_dir=" + q(b)));
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK(fs::exists(b / "adapter"));
+  CHECK(!fs::exists(a));
+  fs::remove_all(b);
+  r = run_cli(e.train_args("--set output_dir=" + q(b) + " --out " + q(a)));
+  REQUIRE(r.exit_code == 0);
+  CHECK(fs::exists(a / "adapter"));
+  CHECK(!fs::exists(b));
+  // --device too: the later training.device wins (cuda first, cpu last: runs on the CPU).
+  r = run_cli(e.train_args("--device cuda --set training.device=cpu --out " + q(b)));
+  CHECK(r.exit_code == 0);
+  CHECK(nlohmann::json::parse(read_file(b / "experiment.json"))["training"]["device"] == "cpu");
+}
