@@ -9,6 +9,10 @@
 #include <string>
 
 #include "cli_run.h"
+#include "data/tokenizer.h"
+#include "model/mamba_init.h"
+#include "model/model_config.h"
+#include "model/model_weights.h"
 #include "train_experiment_fixture.h"
 
 using ssmtune::test::Experiment;
@@ -135,4 +139,60 @@ TEST_CASE("train's --out, --set and --device apply in the order given: a later o
   r = run_cli(e.train_args("--device cuda --set training.device=cpu --out " + q(b)));
   CHECK(r.exit_code == 0);
   CHECK(nlohmann::json::parse(read_file(b / "experiment.json"))["training"]["device"] == "cpu");
+}
+
+namespace {
+
+// A model whose greedy continuation of any prompt is the token that decodes to one NUL byte:
+// out_proj = 0 makes every layer add nothing, so the last hidden state is the input token's
+// embedding, which is (1, 0, ..., 0) for every token; lm_head (untied) scores only the NUL
+// token, sqrt(D) > 0 after the final RMSNorm, and every other token 0.
+fs::path nul_model(const Experiment& e, std::int64_t& nul_id) {
+  const fs::path base = e.dir / "model", model = e.dir / "nul-model";
+  ssmtune::ModelConfig c = ssmtune::load_model_config(base.string());
+  ssmtune::ModelWeights w = ssmtune::load_model_weights(base.string(), c);
+  const auto tokenizer = ssmtune::load_tokenizer(base.string());
+  nul_id = -1;
+  for (std::int64_t id = 0; id < tokenizer->vocab_size() && nul_id < 0; ++id)
+    if (tokenizer->decode({id}) == std::string(1, '\0')) nul_id = id;
+  REQUIRE(nul_id >= 0);
+  c.tie_word_embeddings = false;
+  w.embedding = ssmtune::Tensor::zeros(w.embedding.shape(), ssmtune::DType::F32);
+  w.lm_head = ssmtune::Tensor::zeros(w.embedding.shape(), ssmtune::DType::F32);
+  for (std::int64_t v = 0; v < c.vocab_size; ++v) w.embedding.data<float>()[v * c.d_model] = 1;
+  w.lm_head.data<float>()[nul_id * c.d_model] = 1;
+  for (ssmtune::LayerWeights& layer : w.layers) layer.mamba.out_proj.fill_zero();
+  ssmtune::write_mamba_model_dir(model.string(), c, w, /*overwrite=*/false,
+                                 ssmtune::tokenizer_files_in(base.string()));
+  return model;
+}
+
+}  // namespace
+
+TEST_CASE("generate prints decoded bytes exactly, NULs included, as text, ids or json",
+          "[cli][generate]") {
+  const Experiment e;
+  std::int64_t nul = -1;
+  const fs::path model = nul_model(e, nul);
+  const std::string args = "--quiet generate --model " + q(model) + " --max-new-tokens 3 ";
+  auto r = run_cli(args + "--prompt 'Say'");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.output == std::string("Say\0\0\0\n", 7));
+  // Two prompts: one result each, in order.
+  r = run_cli(args + "--prompt 'Say' --prompt 'a b' --output ids");
+  REQUIRE(r.exit_code == 0);
+  const std::string ids = std::to_string(nul) + " " + std::to_string(nul) + " " +
+                          std::to_string(nul) + "\n";
+  CHECK(r.output == ids + ids);
+  r = run_cli(args + "--prompt 'Say' --output json");
+  REQUIRE(r.exit_code == 0);
+  const nlohmann::json j = nlohmann::json::parse(r.output);
+  CHECK(j["prompt"] == "Say");
+  CHECK(j["ids"] == nlohmann::json::array({nul, nul, nul}));
+  CHECK(j["text"] == std::string(3, '\0'));
+  CHECK(j["prompt_tokens"].get<std::int64_t>() >= 1);
+  CHECK(j["stop_reason"] == "length");
+  CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+  require_usage_error(args + "--prompt x --output xml", "--output");
 }
