@@ -5,11 +5,13 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "cli_run.h"
 #include "data/tokenizer.h"
+#include "io/safetensors.h"
 #include "model/mamba_init.h"
 #include "model/model_config.h"
 #include "model/model_weights.h"
@@ -195,4 +197,90 @@ TEST_CASE("generate prints decoded bytes exactly, NULs included, as text, ids or
   CHECK(j["stop_reason"] == "length");
   CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
   require_usage_error(args + "--prompt x --output xml", "--output");
+}
+
+namespace {
+
+// A 1-step LoRA run of the fixture experiment: its adapter and the arguments that evaluate it.
+struct TrainedAdapter {
+  Experiment e{/*steps=*/1, /*checkpoint_every=*/0, /*eval_every=*/0};
+  fs::path adapter = e.run_dir() / "adapter";
+  TrainedAdapter() {
+    const auto r = run_cli(e.train_args());
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+  }
+  std::string eval_args() const {
+    return "--quiet eval --model " + q(e.dir / "model") + " --adapter " + q(adapter) +
+           " --data " + q(e.dir / "eval.jsonl");
+  }
+  std::string merge_args(const fs::path& out) const {
+    return "--quiet merge-adapter --model " + q(e.dir / "model") + " --adapter " + q(adapter) +
+           " --out " + q(out);
+  }
+};
+
+// A failure of the whole command: exit 1, one line `error: <fragment>...`.
+void require_one_line_error(const std::string& args, const std::string& start) {
+  const auto r = run_cli(args);
+  INFO(args << "\n" << r.output);
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.output, Catch::StartsWith("error: " + start));
+  CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+}
+
+}  // namespace
+
+TEST_CASE("an adapter holding NaN or Inf is refused naming the file and tensor",
+          "[cli][bad-input]") {
+  TrainedAdapter t;
+  const fs::path file = t.adapter / "adapter_model.safetensors";
+  const std::string tensor = "base_model.model.backbone.layers.1.mixer.out_proj.lora_A.weight";
+  ssmtune::test::poke_f32(file, tensor, 5, std::numeric_limits<float>::quiet_NaN());
+  const std::string message = file.string() + ": tensor \"" + tensor +
+                              "\" holds a non-finite value (NaN or Inf) at element 5";
+  require_one_line_error(t.eval_args(), message);
+  const fs::path merged = t.e.dir / "merged";
+  require_one_line_error(t.merge_args(merged), message);
+  CHECK(!fs::exists(merged));
+  ssmtune::test::poke_f32(file, tensor, 5, -std::numeric_limits<float>::infinity());
+  require_one_line_error(t.eval_args(), message);
+  // The optimizer state of a checkpoint is read with the same check (--resume).
+  Experiment e(/*steps=*/4, /*checkpoint_every=*/2, /*eval_every=*/0);
+  REQUIRE(run_cli(e.train_args()).exit_code == 0);
+  const fs::path optimizer = e.run_dir() / "checkpoint-2" / "optimizer.safetensors";
+  std::string moment;  // the first moment the file holds
+  for (const auto& entry : ssmtune::SafetensorsFile::open(optimizer).entries())
+    if (moment.empty() && entry.name.rfind("m.", 0) == 0) moment = entry.name;
+  REQUIRE(!moment.empty());
+  ssmtune::test::poke_f32(optimizer, moment, 0, std::numeric_limits<float>::infinity());
+  fs::remove_all(e.run_dir() / "checkpoint-4");
+  require_one_line_error(e.train_args("--resume"), optimizer.string() + ": tensor \"" + moment);
+}
+
+TEST_CASE("write_safetensors refuses NaN and Inf, naming the tensor, and keeps the old file",
+          "[io][safetensors]") {
+  ssmtune::test::TempDir dir;
+  const fs::path path = dir / "m.safetensors";
+  ssmtune::Tensor t = ssmtune::Tensor::zeros({4}, ssmtune::DType::F32);
+  ssmtune::write_safetensors(path, {{"w", t}});
+  const std::string before = read_file(path);
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(),
+                          std::numeric_limits<float>::infinity()}) {
+    t.data<float>()[2] = bad;
+    ssmtune::test::require_error(
+        [&] {
+          const ssmtune::Tensor ids = ssmtune::Tensor::zeros({2}, ssmtune::DType::I64);
+          ssmtune::write_safetensors(path, {{"ok", ids}, {"w", t}});
+        },
+        {path.string() + ": tensor \"w\" holds a non-finite value (NaN or Inf) at element 2; "
+                         "not writing it"});
+    // In every float dtype.
+    for (const auto dtype : {ssmtune::DType::F64, ssmtune::DType::F16, ssmtune::DType::BF16})
+      ssmtune::test::require_error([&] { ssmtune::write_safetensors(path, {{"w", t.to(dtype)}}); },
+                                   {"tensor \"w\" holds a non-finite value"});
+    CHECK(read_file(path) == before);
+  }
+  for (const auto& f : fs::directory_iterator(dir.path()))
+    CHECK(f.path().filename() == "m.safetensors");  // no temporary left
 }

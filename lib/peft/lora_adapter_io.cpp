@@ -10,6 +10,7 @@
 #include "io/atomic_file.h"
 #include "io/json_fields.h"
 #include "io/json_file.h"
+#include "io/finite_tensors.h"
 #include "io/safetensors.h"
 #include "peft/method_file.h"
 #include "peft/param_tuning.h"
@@ -236,6 +237,7 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const ModelCon
   const fs::path st_path = dir / "adapter_model.safetensors";
   const std::string st_file = st_path.string();
   const SafetensorsFile st = SafetensorsFile::open(st_path);
+  check_finite_tensors(st);
 
   // Pair the tensors by module.
   struct Pair {
