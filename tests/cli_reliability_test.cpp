@@ -284,3 +284,41 @@ TEST_CASE("write_safetensors refuses NaN and Inf, naming the tensor, and keeps t
   for (const auto& f : fs::directory_iterator(dir.path()))
     CHECK(f.path().filename() == "m.safetensors");  // no temporary left
 }
+
+TEST_CASE("adapter_config.json's target_modules must agree with the tensors present",
+          "[cli][bad-input]") {
+  TrainedAdapter t;
+  const fs::path config = t.adapter / "adapter_config.json";
+  const std::string file = config.string();
+  const nlohmann::json original = nlohmann::json::parse(read_file(config));
+  const auto with_targets = [&](const nlohmann::json& targets) {
+    nlohmann::json j = original;
+    j["target_modules"] = targets;
+    std::ofstream(config) << j.dump(2);
+  };
+  const std::string st = (t.adapter / "adapter_model.safetensors").string();
+  // A module with tensors that no target names.
+  nlohmann::json fewer = original["target_modules"];
+  const std::string dropped = fewer.back();
+  fewer.erase(fewer.size() - 1);
+  with_targets(fewer);
+  require_one_line_error(t.eval_args(), file + ": field \"target_modules\": no entry matches "
+                                               "module \"" + dropped + "\", which has LoRA "
+                                               "tensors in " + st);
+  // A target without tensors.
+  nlohmann::json more = original["target_modules"];
+  more.push_back("dt_proj");
+  with_targets(more);
+  require_one_line_error(t.eval_args(), file + ": field \"target_modules\": \"dt_proj\" matches "
+                                               "no module with LoRA tensors in " + st);
+  const fs::path merged = t.e.dir / "merged";
+  require_one_line_error(t.merge_args(merged), file + ": field \"target_modules\"");
+  CHECK(!fs::exists(merged));
+  with_targets(nlohmann::json::array());
+  require_one_line_error(t.eval_args(), file + ": field \"target_modules\": no entry matches");
+  with_targets(3);
+  require_one_line_error(t.eval_args(), file + ": field \"target_modules\": expected a list");
+  // PEFT's short names (suffixes of the module names) that cover every module are fine.
+  with_targets({"in_proj", "x_proj", "out_proj"});
+  CHECK(run_cli(t.eval_args()).exit_code == 0);
+}
