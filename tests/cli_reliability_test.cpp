@@ -11,6 +11,7 @@
 
 #include "cli_run.h"
 #include "data/tokenizer.h"
+#include "io/finite_tensors.h"
 #include "io/safetensors.h"
 #include "model/mamba_init.h"
 #include "model/model_config.h"
@@ -321,4 +322,38 @@ TEST_CASE("adapter_config.json's target_modules must agree with the tensors pres
   // PEFT's short names (suffixes of the module names) that cover every module are fine.
   with_targets({"in_proj", "x_proj", "out_proj"});
   CHECK(run_cli(t.eval_args()).exit_code == 0);
+}
+
+TEST_CASE("training that diverges stops naming the step, keeps the last good checkpoint and "
+          "writes no NaN",
+          "[cli][train]") {
+  // With lr 1e30 the first update makes the LoRA matrices ~1e30: finite, and the step-1
+  // checkpoint saves them; step 2's product B A overflows float32, so its loss is not finite.
+  Experiment e(/*steps=*/6, /*checkpoint_every=*/1, /*eval_every=*/0);
+  auto r = run_cli(e.train_args("--set optimizer.lr=1e30 --set optimizer.grad_clip=0"));
+  INFO(r.output);
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.output, Catch::Contains("error: training diverged at step "));
+  CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+  CHECK(!fs::exists(e.run_dir() / "adapter"));
+  CHECK(!fs::exists(e.run_dir() / "summary.json"));
+  // Every file written holds finite values only.
+  int checkpoints = 0;
+  for (const auto& f : fs::recursive_directory_iterator(e.run_dir())) {
+    if (f.path().filename() == "adapter_config.json") ++checkpoints;
+    if (f.path().extension() == ".safetensors")
+      CHECK_NOTHROW(ssmtune::check_finite_tensors(ssmtune::SafetensorsFile::open(f.path())));
+  }
+  CHECK(checkpoints >= 1);
+  // An lr so large that an update overflows float32: the loss that step was finite, so it is the
+  // weights that are caught, before the checkpoint of that step is written.
+  fs::remove_all(e.run_dir());
+  r = run_cli(e.train_args("--set optimizer.lr=1e39 --set optimizer.grad_clip=0"));
+  CHECK(r.exit_code == 1);
+  const std::string prefix = "error: training diverged at step ";
+  REQUIRE_THAT(r.output, Catch::StartsWith(prefix) && Catch::Contains("holds a non-finite value"));
+  const std::size_t colon = r.output.find(':', prefix.size());
+  const std::string step = r.output.substr(prefix.size(), colon - prefix.size());
+  CHECK(!fs::exists(e.run_dir() / ("checkpoint-" + step)));
+  CHECK(!fs::exists(e.run_dir() / "adapter"));
 }

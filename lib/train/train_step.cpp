@@ -33,6 +33,11 @@ StepResult train_step(CausalLM& lm, PeftModel& peft, AdamW& optimizer,
     throw Error("training diverged at step " + std::to_string(step) + ": the loss is " +
                 std::to_string(r.loss) + "; lower optimizer.lr");
   r.grad_norm = optimizer.clip_grad_norm(grad_clip);
+  // A finite loss can still have an Inf or NaN gradient (an overflow in backward); AdamW would
+  // write it into every parameter, so the step stops here too, nothing changed yet.
+  if (!std::isfinite(r.grad_norm))
+    throw Error("training diverged at step " + std::to_string(step) + ": the gradient norm is " +
+                std::to_string(r.grad_norm) + "; lower optimizer.lr");
   optimizer.step(lr);
   peft.after_step();
   return r;

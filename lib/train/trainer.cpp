@@ -13,6 +13,8 @@
 #include "data/jsonl_dataset.h"
 #include "data/tokenizer.h"
 #include "io/atomic_file.h"
+#include "io/finite_tensors.h"
+#include "io/json_file.h"
 #include "io/staged_dir.h"
 #include "model/mamba_init.h"
 #include "model/causal_lm.h"
@@ -96,6 +98,19 @@ void report_sdt_selection(const ModelConfig& mcfg, const std::vector<SdtLayerSel
     spdlog::info("  layer {}: {}", json["layers"][i]["layer"].get<std::int64_t>(), line);
   }
   write_file_atomic(out / "sdt_selection.json", json.dump(1) + "\n");
+}
+
+// An lr large enough makes the weights Inf or NaN while the step's loss and gradient are still
+// finite; the next step's loss would show it only after a checkpoint had saved them. Checked
+// before anything holding the weights is written, so the last good checkpoint stays the newest.
+void check_trainables_finite(PeftModel& peft, std::int64_t step) {
+  for (const TrainableParam& p : peft.trainables()) {
+    const std::int64_t bad = first_non_finite(p.value.host_readable());
+    if (bad >= 0)
+      throw Error("training diverged at step " + std::to_string(step) + ": trainable tensor " +
+                  quote_str(p.name) + " holds a non-finite value (NaN or Inf) at element " +
+                  std::to_string(bad) + " after the update; lower optimizer.lr");
+  }
 }
 
 void make_output_dir(const fs::path& out) {
@@ -223,6 +238,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
 
   const std::string base_model = fs::absolute(cfg.model).lexically_normal().string();
   auto save_checkpoint = [&] {
+    check_trainables_finite(peft, state.step);
     const auto pos = sampler.position();
     state.data_epoch = pos.epoch;
     state.data_index = pos.index;
