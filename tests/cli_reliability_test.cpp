@@ -357,3 +357,24 @@ TEST_CASE("training that diverges stops naming the step, keeps the last good che
   CHECK(!fs::exists(e.run_dir() / ("checkpoint-" + step)));
   CHECK(!fs::exists(e.run_dir() / "adapter"));
 }
+
+TEST_CASE("a LoRA rank or other size too large for memory is refused naming the key and sizes",
+          "[cli][train]") {
+  // ulimit -v caps the address space at 2 GB: the sizes below need 11 GB and 3.2 GB with their
+  // gradients and AdamW's moments; the run stops before allocating them or writing anything.
+  Experiment e(/*steps=*/1, /*checkpoint_every=*/0, /*eval_every=*/0);
+  const std::string limit = "ulimit -v 2000000;";
+  auto r = run_cli(e.train_args("--set peft.lora.rank=1048576"), limit);
+  INFO(r.output);
+  CHECK(r.exit_code == 2);
+  CHECK_THAT(r.output, Catch::StartsWith("error: peft.lora.rank = 1048576 on 6 modules: "
+                                         "687865856 trainable parameters need 11.0 GB with "
+                                         "their gradients and AdamW state; ") &&
+                           Catch::EndsWith(" GB of memory is available\n"));
+  r = run_cli(e.train_args("--set peft.parallel_adapter.rank=1048576"), limit);
+  CHECK(r.exit_code == 2);
+  CHECK_THAT(r.output, Catch::StartsWith("error: peft.parallel_adapter.rank = 1048576: "));
+  CHECK(!fs::exists(e.run_dir()));
+  // The same rank where it fits trains.
+  CHECK(run_cli(e.train_args("--set peft.lora.rank=64"), limit).exit_code == 0);
+}
