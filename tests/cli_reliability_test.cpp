@@ -2,6 +2,11 @@
 // `error: <file or option>: <what was expected>`, a non-zero exit, no crash and no partial
 // output. The models are made here with init_mamba_weights and the byte-level BPE tokenizer
 // fixture (data_scripts/make_tokenizer_fixtures.py), as in train_experiment_fixture.h.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
@@ -377,4 +382,40 @@ TEST_CASE("a LoRA rank or other size too large for memory is refused naming the 
   CHECK(!fs::exists(e.run_dir()));
   // The same rank where it fits trains.
   CHECK(run_cli(e.train_args("--set peft.lora.rank=64"), limit).exit_code == 0);
+}
+
+TEST_CASE("one run per output directory: a second run, or --resume of a live one, is refused",
+          "[cli][train]") {
+  Experiment e(/*steps=*/2, /*checkpoint_every=*/1, /*eval_every=*/0);
+  REQUIRE(run_cli(e.train_args()).exit_code == 0);
+  // This process holds the run's lock as a live run does (io/run_lock.h), its pid in the file.
+  const fs::path lock_file = e.run_dir() / ".ssmtune.lock";
+  const int fd = ::open(lock_file.c_str(), O_RDWR);
+  REQUIRE(fd >= 0);
+  REQUIRE(::flock(fd, LOCK_EX | LOCK_NB) == 0);
+  const std::string pid = std::to_string(::getpid());
+  REQUIRE(::ftruncate(fd, 0) == 0);
+  REQUIRE(::pwrite(fd, pid.data(), pid.size(), 0) == ssize_t(pid.size()));
+  const std::string refused = "error: " + e.run_dir().string() + ": another ssmtune run (pid " +
+                              pid + ") is using this output directory; wait for it to end or "
+                              "choose another output_dir\n";
+  for (const std::string& args : {std::string("--resume"), std::string()}) {
+    const auto r = run_cli(e.train_args(args));
+    CHECK(r.exit_code == 1);
+    CHECK(r.output == refused);
+  }
+  // Staging directories: a live process's (this one's) stays, a dead one's is removed.
+  const pid_t dead = ::fork();
+  if (dead == 0) ::_exit(0);
+  REQUIRE(::waitpid(dead, nullptr, 0) == dead);
+  const fs::path live_staging = e.run_dir() / ("checkpoint-9.tmp." + pid + ".0");
+  const fs::path dead_staging = e.run_dir() / ("checkpoint-9.tmp." + std::to_string(dead) + ".0");
+  fs::create_directory(live_staging);
+  fs::create_directory(dead_staging);
+  ::close(fd);  // the live run ends
+  const auto r = run_cli(e.train_args("--resume"));
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK(fs::exists(live_staging));
+  CHECK(!fs::exists(dead_staging));
 }

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 
 #include "backend/backend.h"
 #include "core/error.h"
@@ -15,6 +16,7 @@
 #include "io/atomic_file.h"
 #include "io/finite_tensors.h"
 #include "io/json_file.h"
+#include "io/run_lock.h"
 #include "io/staged_dir.h"
 #include "model/mamba_init.h"
 #include "model/causal_lm.h"
@@ -129,6 +131,11 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   if (cfg.training.threads > 0) omp_set_num_threads(int(cfg.training.threads));
   const fs::path out = cfg.output_dir;
   const bool resuming = opts.resume || !opts.resume_from.empty();
+  // One run per output directory (io/run_lock.h), held to the end: taken before anything in it
+  // is read, so a second run into it, or --resume of a live run, is refused naming the holder.
+  std::optional<RunLock> lock;
+  std::error_code ec;
+  if (fs::is_directory(out, ec)) lock.emplace(out);
   if (!resuming) check_fresh_output_dir(out);
 
   // Everything that reads input comes first, so a bad file fails before anything is written.
@@ -228,6 +235,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     }
   }
   make_output_dir(out);
+  if (!lock) lock.emplace(out);
   remove_stale_staging(out);
   write_file_atomic(out / "experiment.json",
                     cfg.json.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
