@@ -404,6 +404,13 @@ TEST_CASE("one run per output directory: a second run, or --resume of a live one
     CHECK(r.exit_code == 1);
     CHECK(r.output == refused);
   }
+  // merge-adapter writing into the run's directory takes the same lock.
+  const fs::path merged = e.run_dir() / "merged";
+  const auto m = run_cli("merge-adapter --model " + q(e.dir / "model") + " --adapter " +
+                         q(e.run_dir() / "adapter") + " --out " + q(merged));
+  CHECK(m.exit_code == 1);
+  CHECK(m.output == refused);
+  CHECK(!fs::exists(merged));
   // Staging directories: a live process's (this one's) stays, a dead one's is removed.
   const pid_t dead = ::fork();
   if (dead == 0) ::_exit(0);
