@@ -339,6 +339,7 @@ TEST_CASE("training that diverges stops naming the step, keeps the last good che
   INFO(r.output);
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.output, Catch::Contains("error: training diverged at step "));
+  CHECK_THAT(r.output, !Catch::Contains("-nan"));  // "nan", not std::to_string's "-nan"
   CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
   CHECK(!fs::exists(e.run_dir() / "adapter"));
   CHECK(!fs::exists(e.run_dir() / "summary.json"));
