@@ -21,9 +21,10 @@ inline CliResult run_cli(const std::string& args, const std::string& shell_prefi
   const std::string cmd = shell_prefix + " " + std::string(SSMTUNE_BIN) + " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   REQUIRE(p != nullptr);
-  std::string out;
+  std::string out;  // every byte, NULs included (generate prints what tokens decode to)
   std::array<char, 4096> buf{};
-  while (std::fgets(buf.data(), buf.size(), p)) out += buf.data();
+  for (std::size_t n; (n = std::fread(buf.data(), 1, buf.size(), p)) > 0;)
+    out.append(buf.data(), n);
   const int status = pclose(p);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }

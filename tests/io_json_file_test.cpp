@@ -19,6 +19,27 @@ TEST_CASE("a JSON syntax error names the source, line and column", "[io][json]")
                 {"bad-utf8.json:1:", "invalid JSON", "UTF-8"});
 }
 
+TEST_CASE("a NUL byte anywhere in JSON text is an error with line and column", "[io][json]") {
+  // nlohmann's parser would take the NUL for the end of the input and accept what came before.
+  using namespace std::string_literals;
+  require_error([] { parse_json_text("{\"a\": 1}\n\0\0\0"s, "nul.json"); },
+                {"nul.json:2:1: invalid JSON: a NUL byte (0x00)"});
+  require_error([] { parse_json_text("{\"a\": 1}\0{\"b\": 2}"s, "nul.json"); },
+                {"nul.json:1:9: invalid JSON: a NUL byte"});
+  require_error([] { parse_json_text("{\"a\": \"x\0y\"}"s, "nul.json"); },
+                {"nul.json:1:9: invalid JSON: a NUL byte"});
+}
+
+TEST_CASE("a number too large for a double is an error with line and column", "[io][json]") {
+  // nlohmann reports this one (out_of_range.406) without a position; the column is the number's.
+  require_error([] { parse_json_text("{\n  \"lr\": 1e999\n}", "cfg.json"); },
+                {"cfg.json:2:9: invalid JSON: number overflow parsing '1e999'"});
+  require_error([] { parse_json_text("[1, -2e400]", "a.json"); },
+                {"a.json:1:5: invalid JSON: number overflow parsing '-2e400'"});
+  // An integer past 64 bits is a double, not an error (as in nlohmann and Python).
+  CHECK(parse_json_text("[123456789012345678901234567890]", "a.json")[0].is_number_float());
+}
+
 TEST_CASE("duplicate JSON keys are errors that name the key and its object", "[io][json]") {
   require_error([] { parse_json_text(R"({"lr": 1, "lr": 2})", "c.json"); },
                 {"c.json: duplicate key \"lr\" in the top-level object"});

@@ -174,6 +174,23 @@ TEST_CASE("safetensors: a header that is not a JSON object is refused", "[io][sa
   CHECK(SafetensorsFile::open(raw_file(dir, "{}")).entries().empty());
 }
 
+TEST_CASE("safetensors: a header padded with NUL bytes instead of spaces is refused",
+          "[io][safetensors]") {
+  // nlohmann's parser stops at a NUL as if the input ended there; the format pads with spaces.
+  TempDir dir;
+  const auto path = dir / "x.safetensors";
+  const std::string json = R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})";  // 53 bytes
+  write_bytes(path, u64_le(56) + json + std::string(3, '\0') + "\x07");
+  require_open_error(path, {path.string() + ": header: byte 61 of the file is a NUL (0x00); "
+                                            "expected JSON padded with spaces (0x20)"});
+  // NUL and then anything: still refused.
+  write_bytes(path, u64_le(61) + json + std::string(1, '\0') + "garbage\x07");
+  require_open_error(path, {"header: byte 61 of the file is a NUL"});
+  // The same header padded with spaces loads.
+  write_bytes(path, u64_le(56) + json + "   \x07");
+  CHECK(SafetensorsFile::open(path).tensor("w").data<std::uint8_t>()[0] == 7);
+}
+
 TEST_CASE("safetensors: entry fields are checked by name, type and value", "[io][safetensors]") {
   TempDir dir;
   const std::string four(4, '\0');

@@ -11,7 +11,9 @@
 #include <fstream>
 #include <functional>
 #include <initializer_list>
+#include <cstring>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 
@@ -69,6 +71,24 @@ inline std::string u64_le(std::uint64_t v) {
 inline std::string safetensors_bytes(std::string header, const std::string& data) {
   header.append((8 - header.size() % 8) % 8, ' ');
   return u64_le(header.size()) + header + data;
+}
+
+// Overwrites element `index` of the F32 tensor `name` of the safetensors file at `path` with
+// `value`: how tests make files holding NaN or Inf, which write_safetensors refuses to write.
+inline void poke_f32(const std::filesystem::path& path, const std::string& name,
+                     std::int64_t index, float value) {
+  std::string bytes = read_bytes(path);
+  REQUIRE(bytes.size() >= 8);
+  std::uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | std::uint8_t(bytes[i]);
+  const auto header = nlohmann::json::parse(bytes.substr(8, header_len));
+  REQUIRE(header.contains(name));
+  REQUIRE(header[name]["dtype"] == "F32");
+  const std::size_t at =
+      8 + header_len + header[name]["data_offsets"][0].get<std::size_t>() + 4 * std::size_t(index);
+  REQUIRE(at + 4 <= bytes.size());
+  std::memcpy(bytes.data() + at, &value, 4);
+  write_bytes(path, bytes);
 }
 
 // Runs `fn`; it must throw ssmtune::Error whose message contains every fragment.

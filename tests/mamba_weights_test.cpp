@@ -13,6 +13,7 @@
 
 using namespace ssmtune;
 using ssmtune::test::require_error;
+using ssmtune::test::poke_f32;
 using ssmtune::test::TempDir;
 
 namespace {
@@ -303,9 +304,9 @@ TEST_CASE("load_model_weights refuses integer tensors and non-finite values", "[
               replaced(tiny_params(c), "backbone.norm_f.weight", Tensor::zeros({4}, DType::I32)));
   require_load_error(
       dir, c, {"tensor \"backbone.norm_f.weight\": expected F32, F16, BF16 or F64, found I32"});
-  Tensor nan = Tensor::zeros({8}, DType::F32);
-  nan.data<float>()[3] = std::numeric_limits<float>::quiet_NaN();
-  write_model(dir, replaced(tiny_params(c), "backbone.layers.0.mixer.D", nan));
+  write_model(dir, tiny_params(c));  // write_safetensors refuses NaN: put it in the file after
+  poke_f32(dir / "model.safetensors", "backbone.layers.0.mixer.D", 3,
+           std::numeric_limits<float>::quiet_NaN());
   require_load_error(
       dir, c,
       {"tensor \"backbone.layers.0.mixer.D\" holds a non-finite value (NaN or Inf) at element 3"});

@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "apps/ssmtune/commands.h"
+#include "apps/ssmtune/option_checks.h"
 #include "backend/backend.h"
 #include "backend/cpu/blas_select.h"
 #include "backend/cuda/device_info.h"
@@ -212,7 +213,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--warmup", o.warmup, "unmeasured steps first")->check(CLI::Range(0, 1000));
   cmd->add_option("--scan-chunk", o.scan_chunk, "selective-scan chunk length")
       ->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--seed", o.seed, "seed of the random token ids");
+  cmd->add_option("--seed", o.seed, "seed of the random token ids")->check(non_negative_integer());
   cmd->add_option("--device", o.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--matmul", o.matmul, "fp32, or bf16 inputs (cuda only)")
       ->check(CLI::IsMember({"fp32", "bf16"}));

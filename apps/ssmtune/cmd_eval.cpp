@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "apps/ssmtune/commands.h"
+#include "apps/ssmtune/option_checks.h"
 #include "backend/backend.h"
 #include "data/jsonl_dataset.h"
 #include "data/tokenizer.h"
@@ -134,9 +135,13 @@ void add_eval_command(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "text", "prompt_completion", "tokens", "classification"}));
   cmd->add_option("--batch-size", a.batch_size, "examples per forward pass")
       ->check(CLI::Range(1, 1 << 16));
-  cmd->add_option("--max-length", a.max_length, "tokens per example (default: config or 256)");
-  cmd->add_option("--max-examples", a.max_examples, "evaluate only the first N examples");
-  cmd->add_option("--max-new-tokens", a.max_new_tokens, "generation length for exact_match");
+  // 0 stands for "not given" below, so a given value must be positive (the config's ranges).
+  cmd->add_option("--max-length", a.max_length, "tokens per example (default: config or 256)")
+      ->check(CLI::Range(std::int64_t(2), kMaxOptionSize));
+  cmd->add_option("--max-examples", a.max_examples, "evaluate only the first N examples")
+      ->check(CLI::Range(std::int64_t(1), kMaxOptionCount));
+  cmd->add_option("--max-new-tokens", a.max_new_tokens, "generation length for exact_match")
+      ->check(CLI::Range(std::int64_t(1), kMaxOptionSize));
   cmd->add_option("--device", a.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--frozen-weights", a.frozen_weights,
                   "hold the base weights in fp32 or bf16 (half the memory; fp32 math); "

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "apps/ssmtune/commands.h"
+#include "apps/ssmtune/option_checks.h"
 #include "apps/ssmtune/format.h"
 #include "data/tokenizer.h"
 #include "io/json_fields.h"
@@ -254,6 +255,7 @@ void add_init_command(CLI::App& app) {
   cmd->add_option("--out", o.out_dir, "model directory to create (its parent must exist)")
       ->required();
   cmd->add_option("--seed", o.seed, "random seed; the same seed gives the same bytes")
+      ->check(non_negative_integer())
       ->capture_default_str();
   cmd->add_option("--tokenizer", o.tokenizer_dir,
                   "copy tokenizer.json, tokenizer_config.json, special_tokens_map.json and "

@@ -5,11 +5,13 @@
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
+#include <optional>
 
 #include "apps/ssmtune/commands.h"
 #include "backend/backend.h"
 #include "core/error.h"
 #include "data/tokenizer.h"
+#include "io/run_lock.h"
 #include "model/model_dir.h"
 #include "model/model_dir_as_base.h"
 #include "peft/merge.h"
@@ -24,6 +26,14 @@ struct MergeArgs {
 };
 
 void run_merge(const MergeArgs& a) {
+  // Writing into a run's output directory (runs/x/merged): hold the run's lock, so a live
+  // train there refuses this, and this run refuses to start while it is live (io/run_lock.h).
+  std::optional<RunLock> lock;
+  std::filesystem::path out = std::filesystem::absolute(a.out);
+  if (!out.has_filename()) out = out.parent_path();  // "runs/x/merged/"
+  const std::filesystem::path parent = out.parent_path();
+  std::error_code ec;
+  if (std::filesystem::is_regular_file(parent / kRunLockFile, ec)) lock.emplace(parent);
   check_model_dir_target(a.out, a.overwrite);  // fail before the work, not after
   std::unique_ptr<Backend> be = make_cpu_backend();
   const LoadedModel m = load_model_with_adapter(a.model, a.adapter, *be);

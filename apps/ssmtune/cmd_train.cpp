@@ -17,19 +17,14 @@ namespace {
 
 struct TrainArgs {
   std::string config;
+  // --set, --out and --device as config overrides, in the order given: a later one wins.
   std::vector<std::string> overrides;
-  std::string out;
-  std::string device;
   bool resume = false;
   std::string resume_from;
 };
 
 void run_train(const TrainArgs& a) {
-  std::vector<std::string> overrides = a.overrides;
-  if (!a.out.empty()) overrides.push_back("output_dir=" + nlohmann::json(a.out).dump());
-  if (!a.device.empty())
-    overrides.push_back("training.device=" + nlohmann::json(a.device).dump());
-  const ExperimentConfig cfg = load_experiment_config(a.config, overrides);
+  const ExperimentConfig cfg = load_experiment_config(a.config, a.overrides);
   TrainOptions opts;
   opts.resume = a.resume;
   opts.resume_from = a.resume_from;
@@ -64,11 +59,28 @@ void add_train_command(CLI::App& app) {
       "Example: ssmtune train configs/quickstart.json --set peft.lora.rank=16 --out runs/r16");
   static TrainArgs a;
   cmd->add_option("config", a.config, "experiment config (JSON)")->required();
-  cmd->add_option("--set", a.overrides, "override a config key: key.path=value (repeatable)");
-  cmd->add_option("--out", a.out, "output directory (same as --set output_dir=DIR)");
-  cmd->add_option("--device", a.device,
-                  "cpu or cuda: where to train (same as --set training.device=...)")
-      ->check(CLI::IsMember({"cpu", "cuda"}));
+  // Each occurrence is appended as it is parsed (trigger_on_parse), so the three options keep
+  // their command-line order between them (docs/config.md: a later override wins).
+  const auto override_of = [](std::string key) {
+    return [key](const std::string& value) {
+      a.overrides.push_back(key + "=" + nlohmann::json(value).dump());
+    };
+  };
+  cmd->add_option_function<std::vector<std::string>>(
+         "--set",
+         [](const std::vector<std::string>& sets) {
+           a.overrides.insert(a.overrides.end(), sets.begin(), sets.end());
+         },
+         "override a config key: key.path=value (repeatable)")
+      ->trigger_on_parse();
+  cmd->add_option_function<std::string>("--out", override_of("output_dir"),
+                                        "output directory (same as --set output_dir=DIR)")
+      ->trigger_on_parse();
+  cmd->add_option_function<std::string>(
+         "--device", override_of("training.device"),
+         "cpu or cuda: where to train (same as --set training.device=...)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->trigger_on_parse();
   cmd->add_flag("--resume", a.resume,
                 "continue from the newest checkpoint in the output directory");
   cmd->add_option("--resume-from", a.resume_from, "continue from this checkpoint directory");

@@ -41,12 +41,61 @@ std::string child_label(const Frame& parent) {
   return label;
 }
 
-// "[json.exception.parse_error.101] parse error at line 1, column 2: REASON" -> "REASON"
+// "[json.exception.parse_error.101] parse error at line 1, column 2: REASON" -> "REASON",
+// "[json.exception.out_of_range.406] REASON" -> "REASON"
 std::string parse_error_reason(const char* what) {
   std::string_view w(what);
+  if (const auto id_end = w.find("] "); !w.empty() && w[0] == '[' && id_end != w.npos)
+    w.remove_prefix(id_end + 2);
   const auto at = w.find("parse error");
   const auto colon = at == std::string_view::npos ? at : w.find(": ", at);
   return std::string(colon == std::string_view::npos ? w : w.substr(colon + 2));
+}
+
+// "LINE:COLUMN" (1-based) of byte `pos` of `text`.
+std::string line_column(std::string_view text, std::size_t pos) {
+  pos = std::min(pos, text.size());
+  const std::size_t line = 1 + std::size_t(std::count(text.begin(), text.begin() + pos, '\n'));
+  std::size_t column = pos + 1;
+  if (pos > 0) {
+    const std::size_t newline = text.rfind('\n', pos - 1);
+    if (newline != std::string_view::npos) column = pos - newline;
+  }
+  return std::to_string(line) + ":" + std::to_string(column);
+}
+
+// A SAX that builds nothing and records where the parser gave up. nlohmann reports a number
+// too large for a double (out_of_range.406, "1e999") without a position; parsing the text again
+// through this finds it.
+struct ErrorPosition : nlohmann::json_sax<nlohmann::json> {
+  using json = nlohmann::json;
+  std::size_t end = 0;        // bytes read when the error was found: just past the token
+  std::size_t token_size = 0;  // the offending token's length
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(json::number_integer_t) override { return true; }
+  bool number_unsigned(json::number_unsigned_t) override { return true; }
+  bool number_float(json::number_float_t, const json::string_t&) override { return true; }
+  bool string(json::string_t&) override { return true; }
+  bool binary(json::binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return true; }
+  bool key(json::string_t&) override { return true; }
+  bool end_object() override { return true; }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t position, const std::string& last_token,
+                   const nlohmann::detail::exception&) override {
+    end = position;
+    token_size = last_token.size();
+    return false;
+  }
+};
+
+// Byte offset of the token where `text` fails to parse (see ErrorPosition).
+std::size_t error_token_offset(std::string_view text) {
+  ErrorPosition sax;
+  nlohmann::json::sax_parse(text.begin(), text.end(), &sax);
+  return sax.end >= sax.token_size ? sax.end - sax.token_size : 0;
 }
 
 }  // namespace
@@ -86,18 +135,19 @@ nlohmann::json parse_json_text(std::string_view text, const std::string& source,
     }
     return true;
   };
+  // nlohmann takes a NUL byte for the end of its input: JSON followed by a NUL and anything at
+  // all would parse. A raw NUL is valid nowhere in JSON (in a string it must be \u0000).
+  if (const std::size_t nul = text.find('\0'); nul != std::string_view::npos)
+    throw Error(source + ":" + line_column(text, nul) + ": invalid JSON: a NUL byte (0x00)");
   try {
     return nlohmann::json::parse(text.begin(), text.end(), on_event);
   } catch (const nlohmann::json::parse_error& e) {
     // e.byte is the 1-based index of the last byte read; report it as line:column.
-    const std::size_t pos = std::min(e.byte == 0 ? 0 : e.byte - 1, text.size());
-    const std::size_t line = 1 + std::size_t(std::count(text.begin(), text.begin() + pos, '\n'));
-    std::size_t column = pos + 1;
-    if (pos > 0) {
-      const std::size_t newline = text.rfind('\n', pos - 1);
-      if (newline != std::string_view::npos) column = pos - newline;
-    }
-    throw Error(source + ":" + std::to_string(line) + ":" + std::to_string(column) +
+    throw Error(source + ":" + line_column(text, e.byte == 0 ? 0 : e.byte - 1) +
+                ": invalid JSON: " + parse_error_reason(e.what()));
+  } catch (const nlohmann::json::out_of_range& e) {
+    // A number beyond a double's range ("1e999"): nlohmann gives no position, so find it.
+    throw Error(source + ":" + line_column(text, error_token_offset(text)) +
                 ": invalid JSON: " + parse_error_reason(e.what()));
   } catch (const nlohmann::json::exception& e) {
     throw Error(source + ": invalid JSON: " + e.what());

@@ -168,6 +168,12 @@ SafetensorsHeader parse_safetensors_header(const unsigned char* file_bytes, std:
   if (text.empty() || text[0] != '{')
     throw Error(source + ": header must be a JSON object starting with '{', found " +
                 (text.empty() ? std::string("an empty header") : quote_str(text.substr(0, 16))));
+  // The format pads the header with spaces (0x20). nlohmann's parser takes a NUL byte for the
+  // end of its input, so a NUL-padded header, or JSON followed by a NUL and anything at all,
+  // would parse; the reference reader refuses both (serde_json: trailing characters).
+  if (const std::size_t nul = text.find('\0'); nul != std::string_view::npos)
+    throw Error(source + ": header: byte " + std::to_string(8 + nul) +
+                " of the file is a NUL (0x00); expected JSON padded with spaces (0x20)");
   // Depth 4 is more than a valid header needs (object -> entry -> shape), and bounds the work.
   const json j = parse_json_text(text, source + ": header", 4);
   if (!j.is_object())

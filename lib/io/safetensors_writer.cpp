@@ -3,6 +3,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/finite_tensors.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
 
@@ -59,6 +60,12 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
   out.write(text);
   for (const NamedTensor* nt : order) {
     const Tensor host = nt->tensor.host_readable();
+    // A model, adapter or checkpoint holding NaN or Inf is one ssmtune itself refuses to read
+    // (finite_tensors.h): not written. The temporary is removed, the old file stays.
+    if (const std::int64_t bad = first_non_finite(host); bad >= 0)
+      throw Error(where + ": tensor " + quote_str(nt->name) +
+                  " holds a non-finite value (NaN or Inf) at element " + std::to_string(bad) +
+                  "; not writing it");
     if (host.nbytes()) out.write(static_cast<const char*>(host.raw()), host.nbytes());
   }
   out.commit();

@@ -1,6 +1,7 @@
 #include "io/staged_dir.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -86,9 +87,15 @@ void remove_stale_staging(const fs::path& parent) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(parent, ec)) {
     // Only names StagedDir makes: <name>.tmp.<pid>.<n>
-    static const std::regex staged(R"(.+\.tmp\.[0-9]+\.[0-9]+$)");
+    static const std::regex staged(R"(.+\.tmp\.([0-9]{1,9})\.[0-9]+$)");
     const std::string name = e.path().filename().string();
-    if (e.is_directory(ec) && std::regex_match(name, staged)) fs::remove_all(e.path(), ec);
+    std::smatch m;
+    if (!e.is_directory(ec) || !std::regex_match(name, m, staged)) continue;
+    // Another live process is still writing it (a merge-adapter into the run directory, say):
+    // not stale. Ours at start-up is from an earlier process that had this pid.
+    const pid_t pid = pid_t(std::stol(m[1].str()));
+    const bool alive = pid > 0 && pid != ::getpid() && (::kill(pid, 0) == 0 || errno == EPERM);
+    if (!alive) fs::remove_all(e.path(), ec);
   }
 }
 

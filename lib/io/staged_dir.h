@@ -36,7 +36,8 @@ class StagedDir {
   bool committed_ = false;
 };
 
-// Removes `<name>.tmp.*` directories left in `parent` by killed runs.
+// Removes `<name>.tmp.<pid>.<n>` directories left in `parent` by killed runs: those whose pid
+// is no live process (or is this one).
 void remove_stale_staging(const std::filesystem::path& parent);
 
 }  // namespace ssmtune

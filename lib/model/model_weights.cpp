@@ -6,6 +6,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "io/finite_tensors.h"
 #include "io/json_file.h"
 #include "io/safetensors_checkpoint.h"
 #include "model/attention_layer.h"
@@ -97,20 +98,6 @@ namespace {
 
 bool is_float(DType t) {
   return t == DType::F32 || t == DType::F64 || t == DType::F16 || t == DType::BF16;
-}
-
-// Cheap insurance before fine-tuning (docs/models.md "safetensors"): a NaN in a base weight poisons
-// every step. t: F32, F64 or BF16. Returns the index of the first non-finite element, or -1.
-std::int64_t first_non_finite(const Tensor& t) {
-  const auto* bf16 =
-      t.dtype() == DType::BF16 ? static_cast<const std::uint16_t*>(t.raw()) : nullptr;
-  for (std::int64_t i = 0; i < t.numel(); ++i) {
-    const double v = bf16                      ? double(bf16_to_f32(bf16[i]))
-                     : t.dtype() == DType::F32 ? double(t.data<float>()[i])
-                                               : t.data<double>()[i];
-    if (!std::isfinite(v)) return i;
-  }
-  return -1;
 }
 
 // "backbone.layers.7.mixer.D" -> 7; -1 when the name is not a layer tensor.
@@ -255,8 +242,10 @@ ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig&
     Tensor t = ckpt.tensor(stored);
     const bool converted = t.dtype() != dtype;
     if (converted) t = t.to(dtype);  // to BF16: rounded to nearest even (core/dtype.h)
+    // Cheap insurance before fine-tuning (docs/models.md "safetensors"): a NaN in a base weight
+    // poisons every step. A float beyond bf16's range (3.4e38) becomes Inf rounded to bf16.
     const std::int64_t bad = first_non_finite(t);
-    if (bad >= 0)  // a float beyond bf16's range (3.4e38) becomes Inf when rounded to bf16
+    if (bad >= 0)
       throw Error(ckpt.file_of(stored).path().string() + ": tensor " + quote_str(stored) +
                   " holds a non-finite value (NaN or Inf) at element " + std::to_string(bad) +
                   (converted ? " once converted to " + std::string(dtype_name(dtype)) : ""));

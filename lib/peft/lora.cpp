@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/memory_budget.h"
 #include "model/weight_storage.h"
 #include "peft/dora.h"
 #include "peft/init_util.h"
@@ -94,8 +95,6 @@ std::vector<LoraTerm> plan_lora_terms(const ModelConfig& c, const LoraConfig& lo
       t.in = c.vocab_size;
       t.rank = lora.rank;
       t.scale = scale;
-      t.A = Tensor::zeros({c.vocab_size, lora.rank}, dtype);
-      t.B = Tensor::zeros({c.d_model, lora.rank}, dtype);
       terms.push_back(std::move(t));
       continue;
     }
@@ -129,9 +128,6 @@ std::vector<LoraTerm> plan_lora_terms(const ModelConfig& c, const LoraConfig& lo
       t.in = site.in;
       t.rank = lora.rank;
       t.scale = scale;
-      t.A = Tensor::zeros({lora.rank, site.in}, dtype);
-      t.B = Tensor::zeros({rows, lora.rank}, dtype);
-      if (lora.dora) t.magnitude = Tensor::zeros({rows}, dtype);
       terms.push_back(std::move(t));
     }
     if (terms.size() == before) {  // a layer range whose layers' kinds lack it (Jamba)
@@ -154,6 +150,20 @@ std::vector<LoraTerm> plan_lora_terms(const ModelConfig& c, const LoraConfig& lo
         throw UsageError("peft.lora.targets: \"" + a.name + "\" and \"" + b.name +
                          "\" both update rows of " + a.module + "; keep one of them");
     }
+  // The sizes first, then the memory: a rank too large for this machine is refused by name.
+  std::uint64_t n_params = 0;
+  for (const LoraTerm& t : terms)
+    n_params += std::uint64_t(t.rank) * std::uint64_t(t.in + t.rows) +
+                (lora.dora ? std::uint64_t(t.rows) : 0);
+  check_trainables_fit("peft.lora.rank = " + std::to_string(lora.rank) + " on " +
+                           std::to_string(terms.size()) + " modules",
+                       n_params, dtype_size(dtype));
+  for (LoraTerm& t : terms) {
+    // The embedding's A is stored transposed, (V, r), as PEFT's lora_embedding_A^T.
+    t.A = t.embedding ? Tensor::zeros({t.in, t.rank}, dtype) : Tensor::zeros({t.rank, t.in}, dtype);
+    t.B = Tensor::zeros({t.rows, t.rank}, dtype);
+    if (lora.dora) t.magnitude = Tensor::zeros({t.rows}, dtype);
+  }
   return terms;
 }
 

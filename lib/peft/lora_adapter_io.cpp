@@ -10,6 +10,7 @@
 #include "io/atomic_file.h"
 #include "io/json_fields.h"
 #include "io/json_file.h"
+#include "io/finite_tensors.h"
 #include "io/safetensors.h"
 #include "peft/method_file.h"
 #include "peft/param_tuning.h"
@@ -80,19 +81,61 @@ std::optional<ModuleShape> module_shape(const ModelConfig& c,
   return std::nullopt;
 }
 
+// PEFT's check_target_module_exists for a list: a target names a module equal to it or ending
+// in ".<target>".
+bool targets_module(const std::string& target, const std::string& module) {
+  return module == target ||
+         (module.size() > target.size() &&
+          module.compare(module.size() - target.size(), target.size(), target) == 0 &&
+          module[module.size() - target.size() - 1] == '.');
+}
+
 // PEFT's pattern lookup (get_pattern_key): a key applies to a module equal to it or ending in
 // ".<key>". Keys are taken literally, not as regular expressions.
 template <class V>
 std::optional<V> pattern_value(const nlohmann::json& pattern, const std::string& module) {
   for (auto it = pattern.begin(); it != pattern.end(); ++it) {
-    const std::string& key = it.key();
-    const bool match =
-        module == key || (module.size() > key.size() &&
-                          module.compare(module.size() - key.size(), key.size(), key) == 0 &&
-                          module[module.size() - key.size() - 1] == '.');
-    if (match) return it.value().get<V>();
+    if (targets_module(it.key(), module)) return it.value().get<V>();
   }
   return std::nullopt;
+}
+
+// adapter_config.json's target_modules must agree with the modules that have tensors: a
+// target that matches none of them, or tensors that no target covers, means the two files do
+// not belong together. Absent or null: not checked (PEFT then uses its defaults for the model).
+// A string is a regular expression to PEFT (re.fullmatch); only one without special characters
+// is checked, as a module name: matching a hostile pattern could take exponential time.
+void check_target_modules(const JsonFields& f, const std::vector<std::string>& modules,
+                          const std::string& st_file) {
+  if (!f.has("target_modules") || f.raw("target_modules").is_null()) return;
+  const nlohmann::json& v = f.raw("target_modules");
+  const std::string where = f.where("target_modules");
+  std::vector<std::string> targets;
+  if (v.is_string()) {
+    const std::string& pattern = v.get_ref<const std::string&>();
+    if (pattern.find_first_of("\\^$.|?*+()[]{}") != std::string::npos) return;
+    targets.push_back(pattern);
+  } else if (v.is_array()) {
+    for (const nlohmann::json& t : v) {
+      if (!t.is_string())
+        throw Error(where + ": expected a list of module names, got an entry that is " +
+                    describe_json_value(t));
+      targets.push_back(t.get<std::string>());
+    }
+  } else {
+    f.fail("target_modules", "a list of module names or a string");
+  }
+  for (const std::string& t : targets)
+    if (std::none_of(modules.begin(), modules.end(),
+                     [&](const std::string& m) { return targets_module(t, m); }))
+      throw Error(where + ": " + quote_str(t) + " matches no module with LoRA tensors in " +
+                  st_file + " (expected every target to have tensors)");
+  for (const std::string& m : modules)
+    if (std::none_of(targets.begin(), targets.end(),
+                     [&](const std::string& t) { return targets_module(t, m); }))
+      throw Error(where + ": no entry matches module " + quote_str(m) +
+                  ", which has LoRA tensors in " + st_file +
+                  " (expected a target for every module with tensors)");
 }
 
 }  // namespace
@@ -236,6 +279,7 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const ModelCon
   const fs::path st_path = dir / "adapter_model.safetensors";
   const std::string st_file = st_path.string();
   const SafetensorsFile st = SafetensorsFile::open(st_path);
+  check_finite_tensors(st);
 
   // Pair the tensors by module.
   struct Pair {
@@ -270,6 +314,7 @@ std::unique_ptr<LoraModel> read_lora_adapter(const fs::path& dir, const ModelCon
     if (!is_m) p.embedding = kind.rfind("lora_embedding", 0) == 0;
   }
   if (modules.empty()) throw Error(st_file + ": no LoRA tensors");
+  check_target_modules(f, modules, st_file);
 
   // ssmtune's own files say how each module splits into slice terms.
   std::map<std::string, std::vector<nlohmann::json>> slices;

@@ -3,6 +3,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "io/finite_tensors.h"
 #include "io/json_file.h"
 
 namespace ssmtune {
@@ -46,6 +47,7 @@ void read_method_tensors(const std::filesystem::path& dir, const std::string& me
   const std::filesystem::path path = dir / method_file_name(method);
   const std::string file = path.string();
   const SafetensorsFile st = SafetensorsFile::open(path);
+  check_finite_tensors(st);
   std::set<std::string> expected;
   for (TrainableParam& p : params) {
     expected.insert(p.name);

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/memory_budget.h"
 #include "io/json_fields.h"
 #include "peft/init_util.h"
 #include "peft/method_file.h"
@@ -14,6 +15,9 @@ ParallelAdapter::ParallelAdapter(const ModelConfig& cfg, const ParallelAdapterCo
                                  DType dtype, Backend& be)
     : config_(config), be_(be) {
   const std::int64_t r = config.rank, E = cfg.d_inner, D = cfg.d_model;
+  check_trainables_fit("peft.parallel_adapter.rank = " + std::to_string(r),
+                       mamba_layers(cfg).size() * std::uint64_t(r) * std::uint64_t(E + D),
+                       dtype_size(dtype));
   layers_.resize(std::size_t(cfg.n_layer));
   for (const std::int64_t i : mamba_layers(cfg)) {
     Layer& l = layers_[std::size_t(i)];

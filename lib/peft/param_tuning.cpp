@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "io/json_fields.h"
 #include "io/json_file.h"
+#include "io/finite_tensors.h"
 #include "io/safetensors.h"
 #include "model/weight_storage.h"
 
@@ -233,6 +234,7 @@ std::optional<SavedParamTuning> read_param_tuning(const std::filesystem::path& d
   if (!std::filesystem::exists(path, ec)) return std::nullopt;
   const std::string file = path.string();
   const SafetensorsFile st = SafetensorsFile::open(path);
+  check_finite_tensors(st);
   const auto it = st.metadata().find("ssmtune.param_tuning");
   if (it == st.metadata().end())
     throw Error(file + ": metadata \"ssmtune.param_tuning\" is missing");

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "io/json_fields.h"
 #include "io/json_file.h"
+#include "io/finite_tensors.h"
 #include "io/safetensors.h"
 #include "peft/init_util.h"
 
@@ -162,6 +163,7 @@ std::unique_ptr<StateTuning> read_state_tuning(const std::filesystem::path& dir,
   if (!std::filesystem::exists(path, ec)) return nullptr;
   const std::string file = path.string();
   const SafetensorsFile st = SafetensorsFile::open(path);
+  check_finite_tensors(st);
   const auto it = st.metadata().find("ssmtune.state_methods");
   if (it == st.metadata().end())
     throw Error(file + ": metadata \"ssmtune.state_methods\" is missing");

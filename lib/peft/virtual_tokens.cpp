@@ -1,6 +1,7 @@
 #include "peft/virtual_tokens.h"
 
 #include "core/error.h"
+#include "core/memory_budget.h"
 #include "core/rng.h"
 #include "io/json_fields.h"
 #include "peft/init_util.h"
@@ -36,6 +37,14 @@ VirtualTokens::VirtualTokens(const ModelConfig& cfg, const VirtualTokensConfig& 
                              Backend& be)
     : config_(config), be_(be) {
   const std::int64_t D = cfg.d_model, E = cfg.d_inner;
+  const std::uint64_t n_mamba = mamba_layers(cfg).size();
+  check_trainables_fit("peft.prompt.tokens = " + std::to_string(config.prompt_tokens) +
+                           ", peft.prefix.tokens = " + std::to_string(config.prefix_tokens) +
+                           ", peft.affix.tokens = " + std::to_string(config.affix_tokens),
+                       std::uint64_t(config.prompt_tokens * D) +
+                           n_mamba * std::uint64_t(config.prefix_tokens * D +
+                                                   config.affix_tokens * E),
+                       dtype_size(dtype));
   if (config.prompt_tokens > 0) {
     prompt_ = be_.zeros({config.prompt_tokens, D}, dtype);
     dprompt_ = be_.zeros({config.prompt_tokens, D}, dtype);

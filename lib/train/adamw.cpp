@@ -4,6 +4,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "io/finite_tensors.h"
 #include "io/safetensors.h"
 
 namespace ssmtune {
@@ -78,6 +79,7 @@ void AdamW::save(const std::filesystem::path& file) const {
 void AdamW::load(const std::filesystem::path& file) {
   reset();  // the parameter list may have changed since construction (SDT's phases)
   const SafetensorsFile st = SafetensorsFile::open(file);
+  check_finite_tensors(st);
   const std::string where = file.string();
   const auto& meta = st.metadata();
   const auto it = meta.find("ssmtune.step");

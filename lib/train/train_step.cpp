@@ -7,6 +7,17 @@
 
 namespace ssmtune {
 
+namespace {
+
+// "nan", "inf" or "-inf" (std::to_string writes "-nan" for some NaNs), else the number.
+std::string value_text(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  return std::to_string(v);
+}
+
+}  // namespace
+
 StepResult train_step(CausalLM& lm, PeftModel& peft, AdamW& optimizer,
                       const std::vector<Batch>& micro, double lr, double grad_clip,
                       std::int64_t step) {
@@ -31,8 +42,13 @@ StepResult train_step(CausalLM& lm, PeftModel& peft, AdamW& optimizer,
   r.aux_loss = r.loss_tokens ? aux_sum / double(r.loss_tokens) : 0.0;
   if (!std::isfinite(r.loss))
     throw Error("training diverged at step " + std::to_string(step) + ": the loss is " +
-                std::to_string(r.loss) + "; lower optimizer.lr");
+                value_text(r.loss) + "; lower optimizer.lr");
   r.grad_norm = optimizer.clip_grad_norm(grad_clip);
+  // A finite loss can still have an Inf or NaN gradient (an overflow in backward); AdamW would
+  // write it into every parameter, so the step stops here too, nothing changed yet.
+  if (!std::isfinite(r.grad_norm))
+    throw Error("training diverged at step " + std::to_string(step) + ": the gradient norm is " +
+                value_text(r.grad_norm) + "; lower optimizer.lr");
   optimizer.step(lr);
   peft.after_step();
   return r;

@@ -26,7 +26,7 @@ struct StepResult {
 // `lm` runs on peft.weights() with peft's hooks set; `micro` holds the step's micro-batches
 // (input_ids, labels: (B, L) I64). lr: this step's scheduled learning rate; grad_clip: the
 // optimizer's max norm (0 = no clipping). `step` (1-based) names the step in the error thrown
-// when the loss is not finite, before any parameter changes.
+// when the loss or the gradient norm is not finite, before any parameter changes.
 StepResult train_step(CausalLM& lm, PeftModel& peft, AdamW& optimizer,
                       const std::vector<Batch>& micro, double lr, double grad_clip,
                       std::int64_t step);

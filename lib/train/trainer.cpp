@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 
 #include "backend/backend.h"
 #include "core/error.h"
@@ -13,6 +14,9 @@
 #include "data/jsonl_dataset.h"
 #include "data/tokenizer.h"
 #include "io/atomic_file.h"
+#include "io/finite_tensors.h"
+#include "io/json_file.h"
+#include "io/run_lock.h"
 #include "io/staged_dir.h"
 #include "model/mamba_init.h"
 #include "model/causal_lm.h"
@@ -98,6 +102,19 @@ void report_sdt_selection(const ModelConfig& mcfg, const std::vector<SdtLayerSel
   write_file_atomic(out / "sdt_selection.json", json.dump(1) + "\n");
 }
 
+// An lr large enough makes the weights Inf or NaN while the step's loss and gradient are still
+// finite; the next step's loss would show it only after a checkpoint had saved them. Checked
+// before anything holding the weights is written, so the last good checkpoint stays the newest.
+void check_trainables_finite(PeftModel& peft, std::int64_t step) {
+  for (const TrainableParam& p : peft.trainables()) {
+    const std::int64_t bad = first_non_finite(p.value.host_readable());
+    if (bad >= 0)
+      throw Error("training diverged at step " + std::to_string(step) + ": trainable tensor " +
+                  quote_str(p.name) + " holds a non-finite value (NaN or Inf) at element " +
+                  std::to_string(bad) + " after the update; lower optimizer.lr");
+  }
+}
+
 void make_output_dir(const fs::path& out) {
   std::error_code ec;
   fs::create_directories(out, ec);
@@ -114,6 +131,11 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   if (cfg.training.threads > 0) omp_set_num_threads(int(cfg.training.threads));
   const fs::path out = cfg.output_dir;
   const bool resuming = opts.resume || !opts.resume_from.empty();
+  // One run per output directory (io/run_lock.h), held to the end: taken before anything in it
+  // is read, so a second run into it, or --resume of a live run, is refused naming the holder.
+  std::optional<RunLock> lock;
+  std::error_code ec;
+  if (fs::is_directory(out, ec)) lock.emplace(out);
   if (!resuming) check_fresh_output_dir(out);
 
   // Everything that reads input comes first, so a bad file fails before anything is written.
@@ -213,6 +235,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     }
   }
   make_output_dir(out);
+  if (!lock) lock.emplace(out);
   remove_stale_staging(out);
   write_file_atomic(out / "experiment.json",
                     cfg.json.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
@@ -223,6 +246,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
 
   const std::string base_model = fs::absolute(cfg.model).lexically_normal().string();
   auto save_checkpoint = [&] {
+    check_trainables_finite(peft, state.step);
     const auto pos = sampler.position();
     state.data_epoch = pos.epoch;
     state.data_index = pos.index;
