@@ -33,9 +33,10 @@ std::int64_t dw_chunks(std::int64_t rows) {
 // kAddFirst the row is first x += add (the residual connection; add_rmsnorm_forward), written
 // back, and normalised: the twin's add then its norm, in one pass over the row.
 template <bool kAddFirst>
-__global__ void rmsnorm_forward_kernel(std::int64_t D, std::int64_t G, const float* __restrict__ add,
-                                       float* __restrict__ x, const float* __restrict__ w_all,
-                                       float eps, float* __restrict__ y, float* __restrict__ rstd) {
+__global__ void rmsnorm_forward_kernel(std::int64_t D, std::int64_t G,
+                                       const float* __restrict__ add, float* __restrict__ x,
+                                       const float* __restrict__ w_all, float eps,
+                                       float* __restrict__ y, float* __restrict__ rstd) {
   SSMTUNE_DYNAMIC_SHARED(float, warp_sums);
   const std::int64_t row = blockIdx.x;
   const float* w = w_all + (row % G) * D;

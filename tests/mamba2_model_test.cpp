@@ -38,7 +38,8 @@ ModelWeights f64_weights(const ModelConfig& cfg, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
   for_each_param(cfg, w, [&](const std::string& name, Tensor& t) {
     t = t.to(DType::F64);
-    if (name.ends_with("norm.weight") || name.ends_with("mixer.D") || name.ends_with("norm_f.weight"))
+    if (name.ends_with("norm.weight") || name.ends_with("mixer.D") ||
+        name.ends_with("norm_f.weight"))
       for (std::int64_t i = 0; i < t.numel(); ++i)
         t.data<double>()[i] += std::uniform_real_distribution<double>(-0.5, 0.5)(rng);
   });

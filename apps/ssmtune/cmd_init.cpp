@@ -233,9 +233,9 @@ void add_init_command(CLI::App& app) {
       "init",
       "Write a new, randomly initialised Mamba, Mamba-2 or Jamba model directory (config.json\n"
       "+ model.safetensors, float32) that transformers' MambaForCausalLM, Mamba2ForCausalLM or\n"
-      "JambaForCausalLM .from_pretrained loads, drawn as transformers' own init draws it. SIZES.json holds\n"
-      "Hugging Face config fields; those left out take transformers' defaults. Mamba needs\n"
-      "vocab_size, hidden_size and num_hidden_layers, e.g.\n"
+      "JambaForCausalLM .from_pretrained loads, drawn as transformers' own init draws it.\n"
+      "SIZES.json holds Hugging Face config fields; those left out take transformers'\n"
+      "defaults. Mamba needs vocab_size, hidden_size and num_hidden_layers, e.g.\n"
       "  {\"vocab_size\": 50280, \"hidden_size\": 256, \"num_hidden_layers\": 4, \"state_size\": "
       "16}\n"
       "Jamba (\"model_type\": \"jamba\") needs intermediate_size (the MLP width) too; its Mamba\n"

@@ -58,12 +58,13 @@ InitRule rule_for(const ModelConfig& c, const std::string& name) {
 std::int64_t mamba2_param_count(const ModelConfig& c) {
   const std::int64_t D = c.d_model, E = c.d_inner, H = c.ssm_heads, K = c.d_conv,
                      C = c.conv_dim(), V = c.vocab_size;
-  const std::int64_t per_layer = D                                               // norm
-                                 + 3 * H                                         // dt_bias, A_log, D
-                                 + C * K + (c.use_conv_bias ? C : 0)             // conv1d
-                                 + (E + C + H) * D + (c.use_bias ? E + C + H : 0)  // in_proj
-                                 + E                                             // gated norm
-                                 + D * E + (c.use_bias ? D : 0);                 // out_proj
+  const std::int64_t in_rows = E + C + H;
+  const std::int64_t per_layer = D                                         // norm
+                                 + 3 * H                                   // dt_bias, A_log, D
+                                 + C * K + (c.use_conv_bias ? C : 0)       // conv1d
+                                 + in_rows * D + (c.use_bias ? in_rows : 0)  // in_proj
+                                 + E                                       // gated norm
+                                 + D * E + (c.use_bias ? D : 0);           // out_proj
   return V * D + c.n_layer * per_layer + D + (c.tie_word_embeddings ? 0 : V * D);
 }
 

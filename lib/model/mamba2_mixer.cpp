@@ -33,7 +33,7 @@ std::vector<Tensor> split_xbc(Backend& be, const ModelConfig& c, const Tensor& x
 std::vector<LinearPart> in_proj_parts(const ModelConfig& c, const Tensor& z,
                                       const std::vector<Tensor>& xbc, const Tensor& dt) {
   const std::int64_t E = c.d_inner, GN = c.n_groups * c.d_state;
-  return {{0, z}, {E, xbc[0]}, {2 * E, xbc[1]}, {2 * E + GN, xbc[2]}, {c.d_inner + c.conv_dim(), dt}};
+  return {{0, z}, {E, xbc[0]}, {2 * E, xbc[1]}, {2 * E + GN, xbc[2]}, {E + c.conv_dim(), dt}};
 }
 
 }  // namespace
@@ -218,7 +218,8 @@ void mamba2_mixer_backward(Backend& be, const ModelConfig& cfg, const Mamba2Mixe
   Tensor ddt_soft = sg.ddt;
   if (dt_clamped(cfg)) {
     ddt_soft = be.empty({B, L, H}, dt);
-    be.clamp_backward(sg.ddt, a.dt_soft, cfg.time_step_limit_min, cfg.time_step_limit_max, ddt_soft);
+    be.clamp_backward(sg.ddt, a.dt_soft, cfg.time_step_limit_min, cfg.time_step_limit_max,
+                      ddt_soft);
   }
   Tensor ddt_pre = be.empty({rows, H}, dt);
   be.softplus_backward(ddt_soft.reshape({rows, H}), a.dt_pre.reshape({rows, H}), ddt_pre);

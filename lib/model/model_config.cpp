@@ -270,8 +270,9 @@ ModelConfig parse_mamba2(const JsonFields& f) {
   // The scan reshapes the d_inner channels into heads of head_dim; dt, A and D have num_heads.
   // (Either may be absent, taking its default: the message states both values.)
   if (c.ssm_heads * c.ssm_head_dim != c.d_inner)
-    throw Error(f.where("num_heads") + " = " + std::to_string(c.ssm_heads) + " and \"head_dim\" = " +
-                std::to_string(c.ssm_head_dim) + ": expected num_heads * head_dim = " +
+    throw Error(f.where("num_heads") + " = " + std::to_string(c.ssm_heads) +
+                " and \"head_dim\" = " + std::to_string(c.ssm_head_dim) +
+                ": expected num_heads * head_dim = " +
                 "int(expand * hidden_size) = " + std::to_string(c.d_inner));
   c.n_groups = f.get_int("n_groups", 1, kMaxHeads).value_or(8);
   if (c.ssm_heads % c.n_groups != 0)
