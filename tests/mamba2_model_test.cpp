@@ -11,6 +11,7 @@
 #include "gradient_check.h"
 #include "model/causal_lm.h"
 #include "model/model_init.h"
+#include "peft/state_tuning.h"
 #include "test_compare.h"
 
 using namespace ssmtune;
@@ -141,4 +142,60 @@ TEST_CASE("Mamba-2 init draws transformers' rules", "[model][mamba2][init]") {
   for (std::int64_t e = 0; e < cfg.d_inner; ++e) CHECK(m.norm.data<float>()[e] == 1.0f);
   for (std::int64_t i = 0; i < m.in_proj_bias.numel(); ++i)
     CHECK(m.in_proj_bias.data<float>()[i] == 0.0f);
+}
+
+TEST_CASE("Mamba-2: the state methods' gradients match finite differences (float64)",
+          "[model][mamba2][peft][state]") {
+  // Two groups, so the h offset's read-out runs per group; chunks of 4 over 7 steps, so h0
+  // reaches the scan through a chunk boundary; the learned conv state replaces zero padding.
+  const ModelConfig cfg = tiny_config();
+  ModelWeights w = f64_weights(cfg, 11);
+  auto be = make_cpu_backend();
+  const Tensor ids = batch_ids(2, 7, cfg.vocab_size, 3);
+  const Tensor targets = shift_labels(ids);
+  for (const StateOffset offset : {StateOffset::H, StateOffset::Y}) {
+    DYNAMIC_SECTION("offset " << int(offset)) {
+      StateTuning st(cfg, /*initial_state=*/true, offset, DType::F64, *be,
+                     /*conv_state=*/true);
+      std::vector<TrainableParam> params;
+      st.append_trainables(params);
+      REQUIRE(params.size() == 3 * std::size_t(cfg.n_layer));  // h0, conv, offset per layer
+      CHECK(params[0].value.shape() == Shape{cfg.ssm_heads, cfg.ssm_head_dim, cfg.d_state});
+      std::mt19937_64 rng(17);
+      for (TrainableParam& p : params) testing::fill_uniform(p.value, rng, -0.3, 0.3);
+      CausalLM lm(cfg, w, *be);
+      lm.set_scan_hook(&st);
+      const auto loss = [&] {
+        lm.forward(ids);
+        return lm.loss(targets).loss;
+      };
+      loss();
+      ModelWeights frozen;
+      lm.backward(targets, frozen);
+      for (TrainableParam& p : params) check_gradient(p.name, p.value, p.grad, loss);
+    }
+  }
+}
+
+TEST_CASE("Mamba-2: the recurrent decoder applies the state methods as the full forward does",
+          "[model][mamba2][peft][state][decoder]") {
+  const ModelConfig cfg = tiny_config();
+  ModelWeights w = init_model_weights(cfg, 2);
+  auto be = make_cpu_backend();
+  for (const StateOffset offset : {StateOffset::H, StateOffset::Y}) {
+    DYNAMIC_SECTION("offset " << int(offset)) {
+      StateTuning st(cfg, /*initial_state=*/true, offset, DType::F32, *be, /*conv_state=*/true);
+      std::vector<TrainableParam> params;
+      st.append_trainables(params);
+      std::mt19937_64 rng(5);
+      std::uniform_real_distribution<float> u(-0.3f, 0.3f);
+      for (TrainableParam& p : params)
+        for (std::int64_t i = 0; i < p.value.numel(); ++i) p.value.data<float>()[i] = u(rng);
+      const Tensor ids = batch_ids(1, 9, cfg.vocab_size, 8);
+      CausalLM lm(cfg, w, *be);
+      lm.set_scan_hook(&st);
+      lm.forward(ids);
+      testing::require_decoder_matches_forward(cfg, w, *be, ids, lm.logits(), nullptr, &st);
+    }
+  }
 }

@@ -163,7 +163,7 @@ void CausalLM::reset_caches(std::vector<LayerCache>& caches) {
       case MixerKind::Mamba2: {
         Mamba2MixerWeights mw = w_.layers[std::size_t(i)].mamba2;  // the cache reads A_log only
         mw.A_log = in_dtype(be_, mw.A_log, dt);
-        reset_mamba2_cache(be_, cfg_, mw, dt, caches[std::size_t(i)].mamba2);
+        reset_mamba2_cache(be_, cfg_, mw, i, mixer_hooks(i), dt, caches[std::size_t(i)].mamba2);
         break;
       }
     }
@@ -246,8 +246,8 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
                           caches ? &(*caches)[std::size_t(i)].attn : nullptr);
         break;
       case MixerKind::Mamba2:
-        mamba2_mixer_forward(be_, cfg_, lw.mamba2, norm_out_[s], mamba2_[s], mix, hook_,
-                             mixer_hooks(i).sites,
+        mamba2_mixer_forward(be_, cfg_, lw.mamba2, norm_out_[s], mamba2_[s], mix, i,
+                             mixer_hooks(i),
                              caches ? &(*caches)[std::size_t(i)].mamba2 : nullptr);
         break;
     }
@@ -387,7 +387,7 @@ void CausalLM::backward(const Tensor& targets, ModelWeights& grads, std::int64_t
         break;
       case MixerKind::Mamba2:
         mamba2_mixer_backward(be_, cfg_, lw.mamba2, norm_out_[i], mamba2_[i], dblock, dn,
-                              lg.mamba2, hook_, mixer_hooks(i).sites);
+                              lg.mamba2, i, mixer_hooks(i));
         break;
     }
     Tensor dnorm_w = lg.norm.defined() ? lg.norm : be_.zeros({D}, dt);

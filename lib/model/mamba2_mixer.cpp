@@ -36,6 +36,12 @@ std::vector<LinearPart> in_proj_parts(const ModelConfig& c, const Tensor& z,
   return {{0, z}, {E, xbc[0]}, {2 * E, xbc[1]}, {2 * E + GN, xbc[2]}, {E + c.conv_dim(), dt}};
 }
 
+// What the scan hook reads: x (B, L, E), dt (B, L, H), Cm (B, L, G N).
+ScanIO scan_io(const ModelConfig& c, const Mamba2Activations& a) {
+  const std::int64_t B = a.x.dim(0), L = a.x.dim(1);
+  return {a.x.reshape({B, L, c.d_inner}), a.dt, a.Cm.reshape({B, L, c.n_groups * c.d_state})};
+}
+
 }  // namespace
 
 void append_mamba2_mixer_slots(const ModelConfig& c, const std::string& module,
@@ -76,25 +82,35 @@ Tensor mamba2_mixer_linear_weight(const Mamba2MixerWeights& w, const LinearSite&
 }
 
 void reset_mamba2_cache(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,
-                        DType dtype, Mamba2Cache& cache) {
+                        std::int64_t layer, const MixerHooks& hooks, DType dtype,
+                        Mamba2Cache& cache) {
   if (!cache.A.defined()) {
     cache.A = be.empty({cfg.ssm_heads}, dtype);
     be.ssm_A_forward(w.A_log, cache.A);
   }
   cache.conv = be.zeros({1, cfg.d_conv - 1, cfg.conv_dim()}, dtype);
+  const Tensor conv0 = hooks.scan ? hooks.scan->initial_conv_state(layer) : Tensor();
+  if (conv0.defined()) be.copy(conv0, cache.conv);  // initial-state tuning's conv state
   cache.ssm = be.zeros({1, cfg.ssm_heads, cfg.ssm_head_dim, cfg.d_state}, dtype);
+  const Tensor h0 = hooks.scan ? hooks.scan->initial_state(layer, 1) : Tensor();
+  if (h0.defined()) be.copy(h0, cache.ssm);
 }
 
 void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,
-                          const Tensor& n, Mamba2Activations& a, Tensor& out, LinearHook* hook,
-                          const LinearSite* sites, Mamba2Cache* cache) {
+                          const Tensor& n, Mamba2Activations& a, Tensor& out, std::int64_t layer,
+                          const MixerHooks& hooks, Mamba2Cache* cache) {
   const std::int64_t B = n.dim(0), L = n.dim(1), D = cfg.d_model, E = cfg.d_inner;
   const std::int64_t H = cfg.ssm_heads, P = cfg.ssm_head_dim, G = cfg.n_groups, N = cfg.d_state;
   const std::int64_t K = cfg.d_conv, C = cfg.conv_dim(), rows = B * L;
   const DType dt = n.dtype();
   const Tensor n2 = n.reshape({rows, D});
+  LinearHook* hook = hooks.linear;
+  ScanHook* scan_hook = hooks.scan;
+  const LinearSite* sites = hooks.sites;
   check(!cache || B == 1, "recurrent decoding runs one sequence at a time");
   check(!hook || sites, "mamba2_mixer_forward: a linear hook without the mixer's sites");
+  check(!hooks.input || !hooks.input->affix(layer).defined(),
+        "affix tuning is not mapped to Mamba-2 layers");
 
   // in_proj as three products over the weight's row ranges: z, xBC and dt come out contiguous.
   a.z = be.empty({B, L, E}, dt);
@@ -115,8 +131,12 @@ void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2Mixer
     be.merge_columns(xbc_parts[2], E + G * N, xbc2);
   }
 
-  // The conv over xBC, with the decoding cache's K-1 steps as left context.
-  a.n_context = cache ? K - 1 : 0;
+  // The conv over xBC, with K-1 steps of left context from the decoding cache or the learned
+  // conv state instead of zero padding.
+  const Tensor context = cache       ? cache->conv
+                         : scan_hook ? scan_hook->initial_conv_state(layer)
+                                     : Tensor();
+  a.n_context = context.defined() ? K - 1 : 0;
   const std::int64_t Cx = a.n_context;
   const Tensor conv_w = w.conv1d.reshape({C, K});
   a.c = be.empty({B, L, C}, dt);
@@ -126,13 +146,13 @@ void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2Mixer
     be.conv1d_silu_forward(xbc, conv_w, w.conv1d_bias, a.c, a.u);
   } else {  // the context's own outputs belong to earlier tokens: dropped
     a.conv_in = be.empty({B, Cx + L, C}, dt);
-    put_steps_broadcast(be, cache->conv, 0, a.conv_in);
+    put_steps_broadcast(be, context, 0, a.conv_in);
     put_steps(be, xbc, Cx, a.conv_in);
     Tensor c_full = be.empty({B, Cx + L, C}, dt);
     be.conv1d_forward(a.conv_in, conv_w, w.conv1d_bias, c_full);
     take_steps(be, c_full, Cx, a.c);
     be.silu_forward(a.c, a.u);
-    take_steps(be, a.conv_in, Cx + L - (K - 1), cache->conv);
+    if (cache) take_steps(be, a.conv_in, Cx + L - (K - 1), cache->conv);
   }
   const std::vector<Tensor> u_parts = split_xbc(be, cfg, a.u.reshape({rows, C}));
   a.x = u_parts[0].reshape({B, L, H, P});
@@ -155,7 +175,7 @@ void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2Mixer
     a.A = be.empty({H}, dt);
     be.ssm_A_forward(w.A_log, a.A);
   }
-  a.h0 = cache ? cache->ssm : Tensor();
+  a.h0 = cache ? cache->ssm : scan_hook ? scan_hook->initial_state(layer, B) : Tensor();
   a.chunk = cfg.chunk_size;
   a.h_saved = be.empty({B, (L + a.chunk - 1) / a.chunk, H, P, N}, dt);
   Tensor h_last = cache ? be.empty({B, H, P, N}, dt) : Tensor();
@@ -163,6 +183,8 @@ void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2Mixer
   Tensor y4 = a.y.reshape({B, L, H, P});
   be.ssd_forward({a.x, a.dt, a.A, a.Bm, a.Cm, w.D, a.h0, a.chunk}, y4, a.h_saved, h_last);
   if (cache) cache->ssm = h_last;
+  if (scan_hook)  // the state read-out terms, before the gate
+    scan_hook->output_forward(layer, scan_io(cfg, a), a.y, nullptr);
 
   // out = out_proj(rmsnorm(y * silu(z)))
   a.gated = be.empty({B, L, E}, dt);
@@ -181,13 +203,16 @@ void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2Mixer
 
 void mamba2_mixer_backward(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,
                            const Tensor& n, const Mamba2Activations& a, const Tensor& dout,
-                           Tensor& dn, Mamba2MixerWeights& g, LinearHook* hook,
-                           const LinearSite* sites) {
+                           Tensor& dn, Mamba2MixerWeights& g, std::int64_t layer,
+                           const MixerHooks& hooks) {
   const std::int64_t B = n.dim(0), L = n.dim(1), D = cfg.d_model, E = cfg.d_inner;
   const std::int64_t H = cfg.ssm_heads, P = cfg.ssm_head_dim, G = cfg.n_groups, N = cfg.d_state;
   const std::int64_t K = cfg.d_conv, C = cfg.conv_dim(), rows = B * L;
   const DType dt = n.dtype();
-  check(a.n_context == 0, "mamba2_mixer_backward: a decoding forward keeps no activations");
+  const std::int64_t Cx = a.n_context;
+  LinearHook* hook = hooks.linear;
+  ScanHook* scan_hook = hooks.scan;
+  const LinearSite* sites = hooks.sites;
   const Tensor n2 = n.reshape({rows, D}), dout2 = dout.reshape({rows, D});
 
   // out = out_proj(normed)
@@ -210,8 +235,14 @@ void mamba2_mixer_backward(Backend& be, const ModelConfig& cfg, const Mamba2Mixe
   sg.dBm = be.empty({B, L, G, N}, dt);
   sg.dCm = be.empty({B, L, G, N}, dt);
   sg.dD = g.D;
+  if (a.h0.defined()) sg.dh0 = be.empty({B, H, P, N}, dt);
   be.ssd_backward({a.x, a.dt, a.A, a.Bm, a.Cm, w.D, a.h0, a.chunk}, a.h_saved,
                   dy.reshape({B, L, H, P}), sg);
+  if (scan_hook) {
+    ScanIOGrads io_grads{sg.dx.reshape({B, L, E}), sg.ddt, sg.dCm.reshape({B, L, G * N})};
+    scan_hook->output_backward(layer, scan_io(cfg, a), dy, io_grads);
+    if (a.h0.defined()) scan_hook->initial_state_backward(layer, sg.dh0);
+  }
   if (g.A_log.defined()) be.ssm_A_backward(sg.dA, a.A, g.A_log);
 
   // dt = clamp(softplus(dt_pre)): the gradient of dt_in and of dt_bias
@@ -232,9 +263,23 @@ void mamba2_mixer_backward(Backend& be, const ModelConfig& cfg, const Mamba2Mixe
   be.merge_columns(sg.dCm.reshape({rows, G * N}), E + G * N, du);
   Tensor dc = be.empty({B, L, C}, dt);
   be.silu_backward(du.reshape({B, L, C}), a.c, dc);
-  Tensor dxbc = be.empty({B, L, C}, dt);
+  Tensor dc_full = dc;
+  if (Cx > 0) {  // the learned conv state's steps: their outputs were dropped
+    dc_full = be.zeros({B, Cx + L, C}, dt);
+    put_steps(be, dc, Cx, dc_full);
+  }
+  Tensor dconv_in = be.empty(a.conv_in.shape(), dt);
   Tensor dconv = g.conv1d.defined() ? g.conv1d.reshape({C, K}) : be.zeros({C, K}, dt);
-  be.conv1d_backward(dc, a.conv_in, w.conv1d.reshape({C, K}), dxbc, dconv, g.conv1d_bias);
+  be.conv1d_backward(dc_full, a.conv_in, w.conv1d.reshape({C, K}), dconv_in, dconv,
+                     g.conv1d_bias);
+  Tensor dxbc = dconv_in;
+  if (Cx > 0) {
+    Tensor dcontext = be.zeros({1, Cx, C}, dt);
+    sum_steps(be, dconv_in, 0, dcontext);
+    if (scan_hook) scan_hook->initial_conv_state_backward(layer, dcontext);
+    dxbc = be.empty({B, L, C}, dt);
+    take_steps(be, dconv_in, Cx, dxbc);
+  }
 
   // [z ; xBC ; dt_in] = in_proj(n): dn = dz W_z + dxBC W_xBC + ddt W_dt
   Tensor dn2 = dn.reshape({rows, D}), dxbc2 = dxbc.reshape({rows, C});

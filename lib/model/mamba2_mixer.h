@@ -17,6 +17,7 @@
 
 #include "backend/backend.h"
 #include "model/linear_hook.h"
+#include "model/mamba_mixer.h"
 #include "model/model_config.h"
 #include "model/model_weights.h"
 
@@ -24,7 +25,8 @@ namespace ssmtune {
 
 struct Mamba2Activations {
   Tensor z;                   // (B, L, E) the gate
-  std::int64_t n_context = 0;  // Cx: conv context steps before the block (decoding)
+  std::int64_t n_context = 0;  // Cx: conv context steps before the block (decoding cache or
+                               // the learned conv state)
   Tensor conv_in;             // (B, Cx + L, C) [context ; xBC]
   Tensor c, u;                // (B, L, C) conv output before and after SiLU
   Tensor x, Bm, Cm;           // (B, L, H, P), (B, L, G, N), (B, L, G, N): u's parts
@@ -56,24 +58,28 @@ void append_mamba2_mixer_sites(const ModelConfig& c, std::int64_t layer,
                                const std::string& module, std::vector<LinearSite>& out);
 Tensor mamba2_mixer_linear_weight(const Mamba2MixerWeights& w, const LinearSite& site);
 
-// An empty sequence's cache: zero conv and SSM states.
+// An empty sequence's cache: the conv state zero (the conv's zero padding) or the scan hook's
+// learned conv state, the SSD state zero or its learned initial state.
 void reset_mamba2_cache(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,
-                        DType dtype, Mamba2Cache& cache);
+                        std::int64_t layer, const MixerHooks& hooks, DType dtype,
+                        Mamba2Cache& cache);
 
-// n: (B, L, D) normalised block input   out: (B, L, D) overwritten.
-// hook: LoRA/DoRA terms on this mixer's sites (`sites`: its sites in the order above), or
-// null. cache: null in training; in recurrent decoding (B = 1) the states to start from,
-// updated to the end of the block (backward is then not possible).
+// n: (B, L, D) normalised block input of layer `layer`   out: (B, L, D) overwritten.
+// hooks: the PEFT terms on this layer: LoRA/DoRA on its sites (hooks.sites: its sites in the
+// order above) and the state methods (hooks.scan: initial state h0 (B, H, P, N), a learned conv
+// state (1, K-1, C), read-out terms on y with ScanIO {x (B, L, E), dt (B, L, H), Cm (B, L, G N)}).
+// The input hook's affix is not mapped to Mamba-2. cache: null in training; in recurrent decoding
+// (B = 1) the states to start from, updated to the end of the block (no backward then).
 void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,
                           const Tensor& n, Mamba2Activations& acts, Tensor& out,
-                          LinearHook* hook = nullptr, const LinearSite* sites = nullptr,
+                          std::int64_t layer = 0, const MixerHooks& hooks = {},
                           Mamba2Cache* cache = nullptr);
 
 // dout: (B, L, D)   dn: (B, L, D) overwritten with the gradient w.r.t. n.
 // grads: parameter gradients accumulated (+=); an undefined grad tensor is skipped (frozen).
 void mamba2_mixer_backward(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,
                            const Tensor& n, const Mamba2Activations& acts, const Tensor& dout,
-                           Tensor& dn, Mamba2MixerWeights& grads, LinearHook* hook = nullptr,
-                           const LinearSite* sites = nullptr);
+                           Tensor& dn, Mamba2MixerWeights& grads, std::int64_t layer = 0,
+                           const MixerHooks& hooks = {});
 
 }  // namespace ssmtune

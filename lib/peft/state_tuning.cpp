@@ -17,12 +17,17 @@ StateTuning::StateTuning(const ModelConfig& cfg, bool initial_state, StateOffset
                          DType dtype, Backend& be, bool conv_state)
     : cfg_(cfg), dtype_(dtype), be_(be), kind_(offset) {
   const std::int64_t E = cfg.d_inner, N = cfg.d_state;
-  const std::vector<std::int64_t> layers = mamba_layers(cfg);
+  // Mamba-1: the state is (E, N) and the conv reads x (E channels); Mamba-2: (H, P, N) and
+  // x|B|C (docs/methods.md section 10).
+  const bool m2 = cfg.is_mamba2();
+  const std::vector<std::int64_t> layers = m2 ? ssm_layers(cfg) : mamba_layers(cfg);
+  const Shape state = m2 ? Shape{cfg.ssm_heads, cfg.ssm_head_dim, N} : Shape{E, N};
   if (conv_state && cfg.d_conv > 1)
-    zeros_per_layer(cfg, layers, be_, {cfg.d_conv - 1, E}, dtype, conv_, dconv_);
-  if (initial_state) zeros_per_layer(cfg, layers, be_, {E, N}, dtype, h0_, dh0_);
+    zeros_per_layer(cfg, layers, be_, {cfg.d_conv - 1, m2 ? cfg.conv_dim() : E}, dtype, conv_,
+                    dconv_);
+  if (initial_state) zeros_per_layer(cfg, layers, be_, state, dtype, h0_, dh0_);
   if (offset != StateOffset::None)
-    zeros_per_layer(cfg, layers, be_, offset == StateOffset::H ? Shape{E, N} : Shape{E}, dtype,
+    zeros_per_layer(cfg, layers, be_, offset == StateOffset::H ? state : Shape{E}, dtype,
                     offset_, doffset_);
 }
 
@@ -42,7 +47,9 @@ Tensor StateTuning::initial_state(std::int64_t layer, std::int64_t batch) {
   if (h0_.empty() || !h0_.at(layer).defined()) return Tensor();
   // Every sequence of the batch starts from the same learned state.
   const Tensor& h0 = h0_.at(layer);
-  Tensor out = be_.empty({batch, h0.dim(0), h0.dim(1)}, h0.dtype());
+  Shape shape = h0.shape();
+  shape.insert(shape.begin(), batch);
+  Tensor out = be_.empty(shape, h0.dtype());
   for (std::int64_t b = 0; b < batch; ++b) {
     Tensor row = out.rows(b, b + 1).reshape(h0.shape());
     be_.copy(h0, row);
@@ -67,14 +74,44 @@ void StateTuning::initial_conv_state_backward(std::int64_t layer, const Tensor& 
   be_.add(d.reshape(dconv_.at(layer).shape()), dconv_.at(layer));
 }
 
+// The h variant reads the offset out with C: y_t += h' C_t, per channel e of the state's
+// (E, N) rows. On Mamba-2 with G groups, the channels of group g's heads, columns
+// [g E/G, (g+1) E/G) of y, read C's group g, columns [g N, (g+1) N) of Cm (one GEMM per group
+// on copies of those columns; one group: the columns are the whole tensors).
+namespace {
+struct GroupColumns {
+  std::int64_t G, E, N;
+  // columns [g n, (g+1) n) of t: (tokens, G n), copied out (t itself when G = 1)
+  Tensor take(Backend& be, const Tensor& t, std::int64_t g, std::int64_t n) const {
+    if (G == 1) return t;
+    Tensor part = be.empty({t.dim(0), n}, t.dtype());
+    be.split_columns(t, g * n, part);
+    return part;
+  }
+  void put(Backend& be, const Tensor& part, std::int64_t g, std::int64_t n, Tensor& t) const {
+    if (G > 1) be.merge_columns(part, g * n, t);
+  }
+};
+}  // namespace
+
 void StateTuning::output_forward(std::int64_t layer, const ScanIO& in, Tensor& y3, Tensor*) {
   const std::int64_t tokens = in.Cm.dim(0) * in.Cm.dim(1);
   const Tensor Cm = in.Cm.reshape({tokens, in.Cm.dim(2)});
   Tensor y = y3.reshape({tokens, y3.dim(2)});
-  if (kind_ == StateOffset::H)
-    be_.gemm(false, true, 1.0, Cm, offset_.at(layer), 1.0, y);  // y += C h'^T
-  else if (kind_ == StateOffset::Y)
+  if (kind_ == StateOffset::Y) {
     be_.add_bias(y, offset_.at(layer));  // y += y'
+    return;
+  }
+  if (kind_ != StateOffset::H) return;
+  const GroupColumns cols{cfg_.is_mamba2() ? cfg_.n_groups : 1, cfg_.d_inner, cfg_.d_state};
+  const std::int64_t Eg = cols.E / cols.G;
+  const Tensor h = offset_.at(layer).reshape({cols.E, cols.N});
+  for (std::int64_t g = 0; g < cols.G; ++g) {
+    Tensor yg = cols.take(be_, y, g, Eg);
+    be_.gemm(false, true, 1.0, cols.take(be_, Cm, g, cols.N), h.rows(g * Eg, (g + 1) * Eg), 1.0,
+             yg);  // y += C h'^T
+    cols.put(be_, yg, g, Eg, y);
+  }
 }
 
 void StateTuning::output_backward(std::int64_t layer, const ScanIO& in, const Tensor& dy3,
@@ -83,11 +120,22 @@ void StateTuning::output_backward(std::int64_t layer, const ScanIO& in, const Te
   const Tensor Cm = in.Cm.reshape({tokens, in.Cm.dim(2)});
   const Tensor dy = dy3.reshape({tokens, dy3.dim(2)});
   Tensor dCm = grads.dCm.reshape({tokens, in.Cm.dim(2)});
-  if (kind_ == StateOffset::H) {
-    be_.gemm(true, false, 1.0, dy, Cm, 1.0, doffset_.at(layer));   // dh' += dy^T C
-    be_.gemm(false, false, 1.0, dy, offset_.at(layer), 1.0, dCm);  // dC += dy h'
-  } else if (kind_ == StateOffset::Y) {
+  if (kind_ == StateOffset::Y) {
     be_.bias_backward(dy, doffset_.at(layer));  // dy' += sum over tokens
+    return;
+  }
+  if (kind_ != StateOffset::H) return;
+  const GroupColumns cols{cfg_.is_mamba2() ? cfg_.n_groups : 1, cfg_.d_inner, cfg_.d_state};
+  const std::int64_t Eg = cols.E / cols.G;
+  const Tensor h = offset_.at(layer).reshape({cols.E, cols.N});
+  Tensor dh = doffset_.at(layer).reshape({cols.E, cols.N});
+  for (std::int64_t g = 0; g < cols.G; ++g) {
+    const Tensor dyg = cols.take(be_, dy, g, Eg);
+    Tensor dhg = dh.rows(g * Eg, (g + 1) * Eg);
+    be_.gemm(true, false, 1.0, dyg, cols.take(be_, Cm, g, cols.N), 1.0, dhg);  // dh' += dy^T C
+    Tensor dCg = cols.take(be_, dCm, g, cols.N);
+    be_.gemm(false, false, 1.0, dyg, h.rows(g * Eg, (g + 1) * Eg), 1.0, dCg);  // dC += dy h'
+    cols.put(be_, dCg, g, cols.N, dCm);
   }
 }
 
@@ -140,11 +188,15 @@ std::string StateTuning::unmergeable_reason() const {
 
 std::vector<std::string> StateTuning::summary() {
   std::vector<std::string> lines;
-  const std::int64_t L = std::int64_t(mamba_layers(cfg_).size()), E = cfg_.d_inner,
-                     N = cfg_.d_state;
-  if (conv_state_on())
-    lines.push_back("initial-state tuning, conv state: (d_conv - 1) x d_inner per layer, " +
-                    std::to_string(L * (cfg_.d_conv - 1) * E) + " parameters");
+  const std::int64_t L = std::int64_t(
+                         (cfg_.is_mamba2() ? ssm_layers(cfg_) : mamba_layers(cfg_)).size()),
+                     E = cfg_.d_inner, N = cfg_.d_state;
+  if (conv_state_on()) {
+    const std::int64_t C = cfg_.is_mamba2() ? cfg_.conv_dim() : E;  // the conv's channels
+    lines.push_back("initial-state tuning, conv state: (d_conv - 1) x " +
+                    std::string(cfg_.is_mamba2() ? "conv channels" : "d_inner") + " per layer, " +
+                    std::to_string(L * (cfg_.d_conv - 1) * C) + " parameters");
+  }
   if (initial_state_on())
     lines.push_back("initial-state tuning: h0 (d_inner x d_state) per layer, " +
                     std::to_string(L * E * N) + " parameters");
