@@ -11,6 +11,7 @@
 #include "gradient_check.h"
 #include "model/causal_lm.h"
 #include "model/model_init.h"
+#include "peft/parallel_adapter.h"
 #include "peft/state_tuning.h"
 #include "test_compare.h"
 
@@ -198,4 +199,32 @@ TEST_CASE("Mamba-2: the recurrent decoder applies the state methods as the full 
       testing::require_decoder_matches_forward(cfg, w, *be, ids, lm.logits(), nullptr, &st);
     }
   }
+}
+
+TEST_CASE("Mamba-2: the parallel adapter beside out_proj matches finite differences (float64)",
+          "[model][mamba2][peft]") {
+  const ModelConfig cfg = tiny_config();
+  ModelWeights w = f64_weights(cfg, 13);
+  auto be = make_cpu_backend();
+  ParallelAdapterConfig pc;
+  pc.rank = 3;
+  pc.scale = 0.7;
+  ParallelAdapter pa(cfg, pc, DType::F64, *be);
+  std::vector<TrainableParam> params;
+  pa.append_trainables(params);
+  REQUIRE(params.size() == 2 * std::size_t(cfg.n_layer));  // down and up per layer
+  std::mt19937_64 rng(3);
+  for (TrainableParam& p : params) testing::fill_uniform(p.value, rng, -0.5, 0.5);
+  CausalLM lm(cfg, w, *be);
+  lm.set_hook(&pa);
+  const Tensor ids = batch_ids(2, 6, cfg.vocab_size, 5);
+  const Tensor targets = shift_labels(ids);
+  const auto loss = [&] {
+    lm.forward(ids);
+    return lm.loss(targets).loss;
+  };
+  loss();
+  ModelWeights frozen;
+  lm.backward(targets, frozen);
+  for (TrainableParam& p : params) check_gradient(p.name, p.value, p.grad, loss);
 }

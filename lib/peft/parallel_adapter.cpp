@@ -16,10 +16,10 @@ ParallelAdapter::ParallelAdapter(const ModelConfig& cfg, const ParallelAdapterCo
     : config_(config), be_(be) {
   const std::int64_t r = config.rank, E = cfg.d_inner, D = cfg.d_model;
   check_trainables_fit("peft.parallel_adapter.rank = " + std::to_string(r),
-                       mamba_layers(cfg).size() * std::uint64_t(r) * std::uint64_t(E + D),
+                       ssm_layers(cfg).size() * std::uint64_t(r) * std::uint64_t(E + D),
                        dtype_size(dtype));
   layers_.resize(std::size_t(cfg.n_layer));
-  for (const std::int64_t i : mamba_layers(cfg)) {
+  for (const std::int64_t i : ssm_layers(cfg)) {
     Layer& l = layers_[std::size_t(i)];
     l.down = be_.zeros({r, E}, dtype);
     l.up = be_.zeros({D, r}, dtype);

@@ -6,7 +6,8 @@
 //   dW_up += s dO^T h,  dh = s dO W_up,  da = dropout'(dh) * [a > 0],  dW_down += da^T g,
 //   dg += da W_down.
 // Not mergeable (the ReLU): merge-adapter refuses it. Implements the model's LinearHook.
-// Beside the Mamba mixers' out_proj only (on Jamba: not beside attention's o_proj).
+// Beside the Mamba and Mamba-2 mixers' out_proj only (on Jamba: not beside attention's o_proj;
+// on Mamba-2, g is out_proj's input, the gated norm's output).
 #pragma once
 
 #include <cstdint>

@@ -28,14 +28,14 @@ void refuse_without_mamba_layers(const ModelConfig& cfg, const PeftConfig& peft)
   if (!mamba_layers(cfg).empty()) return;
   std::vector<std::string> asked;
   // Mapped to Mamba-2's layers too (docs/methods.md): partial tuning, BitFit, prefix tuning,
-  // the state methods.
+  // the state methods, the parallel adapter.
   if (peft.partial && !cfg.is_mamba2()) asked.push_back("peft.partial");
   if (peft.bitfit && !cfg.is_mamba2()) asked.push_back("peft.bitfit");
   if (peft.sdt) asked.push_back("peft.sdt");
   if ((peft.initial_state || peft.initial_conv_state) && !cfg.is_mamba2())
     asked.push_back("peft.initial_state");
   if (!peft.state_offset.empty() && !cfg.is_mamba2()) asked.push_back("peft.state_offset");
-  if (peft.parallel_adapter) asked.push_back("peft.parallel_adapter");
+  if (peft.parallel_adapter && !cfg.is_mamba2()) asked.push_back("peft.parallel_adapter");
   if (peft.additional_scan) asked.push_back("peft.additional_scan");
   if (peft.virtual_tokens.prefix_tokens > 0 && !cfg.is_mamba2()) asked.push_back("peft.prefix");
   if (peft.virtual_tokens.affix_tokens > 0) asked.push_back("peft.affix");
