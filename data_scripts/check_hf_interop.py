@@ -158,8 +158,10 @@ def slice_rows(cfg, site: str, part: str | None) -> range:
     return range(0, out) if part is None else parts[(site, part)]
 
 
-def expected_modules(cfg, targets: list[str], rank: int) -> dict[str, tuple[int, set[int]]]:
-    """module name -> (rank peft should build, rows of B that may be non-zero)."""
+def expected_modules(cfg, targets: list[str], rank: int,
+                     rows_of=slice_rows) -> dict[str, tuple[int, set[int]]]:
+    """module name -> (rank peft should build, rows of B that may be non-zero). rows_of(cfg,
+    site, part): the rows a target covers in the model family's layout (slice_rows: Mamba)."""
     want: dict[str, tuple[int, set[int]]] = {}
     for t in targets:
         if t == "embeddings":
@@ -174,7 +176,7 @@ def expected_modules(cfg, targets: list[str], rank: int) -> dict[str, tuple[int,
         for i in layers:
             name = f"backbone.layers.{i}.mixer.{site}"
             r, rows = want.get(name, (0, set()))
-            want[name] = (r + rank, rows | set(slice_rows(cfg, site, part or None)))
+            want[name] = (r + rank, rows | set(rows_of(cfg, site, part or None)))
     return want
 
 
@@ -202,8 +204,8 @@ def max_abs(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
 
-def load_hf(path: str):
-    model, info = MambaForCausalLM.from_pretrained(path, output_loading_info=True)
+def load_hf(path: str, cls=MambaForCausalLM):
+    model, info = cls.from_pretrained(path, output_loading_info=True)
     model.eval()
     bad = {k: v for k, v in info.items() if v}
     return model, bad
@@ -228,22 +230,9 @@ def check_loss(label: str, hf_loss: float, n_hf: int, res: dict, effect: float |
            f"(tol rel {LOSS_RTOL:.0e}); tokens {n_hf} vs {res['tokens']}{extra}")
 
 
-def check_lora_run(binary: str, work: str, base_label: str, base_dir: str, run_label: str,
-                   lora_cfg: dict, run_dir: str, eval_path: str, seqs: list[list[int]],
-                   base_logits: list[torch.Tensor], base_loss: float) -> None:
-    label = f"{base_label}/{run_label}"
-    adapter = os.path.join(run_dir, "adapter")
-    base, bad = load_hf(base_dir)
-    cfg = base.config
-    tied_emb = cfg.tie_word_embeddings
-    orig = {k: v.clone() for k, v in base.state_dict().items()}
-
-    # 1. peft loads the adapter as ssmtune meant it.
-    model = PeftModel.from_pretrained(base, adapter)
-    model.eval()
-    rank = lora_cfg["rank"]
-    scale = lora_cfg["alpha"] / (math.sqrt(rank) if lora_cfg.get("rslora") else rank)
-    want = expected_modules(cfg, lora_cfg["targets"], rank)
+def wrap_problems(model, want: dict, scale: float, rslora: bool) -> tuple[dict, list[str]]:
+    """Did peft wrap exactly the modules of want (expected_modules), each with its rank and the
+    scale s? Returns (module name -> peft LoraLayer, problems)."""
     got = {n: m for n, m in model.base_model.model.named_modules() if isinstance(m, LoraLayer)}
     problems = []
     if set(got) != set(want):
@@ -255,12 +244,15 @@ def check_lora_run(binary: str, work: str, base_label: str, base_dir: str, run_l
             problems.append(f"{name}: peft rank {m.r['default']}, expected {want[name][0]}")
         worst_scale = max(worst_scale, abs(m.scaling["default"] - scale) / scale)
     if worst_scale > 1e-12:
-        problems.append(f"peft scaling differs from alpha/{'sqrt(r)' if lora_cfg.get('rslora') else 'r'} "
+        problems.append(f"peft scaling differs from alpha/{'sqrt(r)' if rslora else 'r'} "
                         f"= {scale} by rel {worst_scale:.2e}")
-    report(not problems, f"{label} peft wraps",
-           f"{len(got)} modules, ranks and scale s = {scale:.6g} as configured"
-           if not problems else "; ".join(problems))
+    return got, problems
 
+
+def peft_tensor_problems(model, adapter: str) -> tuple[list[str], int]:
+    """Did peft load adapter_model.safetensors as written? Every file tensor must sit
+    bit-identically in the peft parameter of its name (with `.default` put back) and every LoRA
+    parameter of the peft model must come from the file. Returns (problems, tensors in file)."""
     state = model.state_dict()
     lora_keys = {k for k in state if ".lora_" in k}
     file = load_file(os.path.join(adapter, "adapter_model.safetensors"))
@@ -278,7 +270,13 @@ def check_lora_run(binary: str, work: str, base_label: str, base_dir: str, run_l
     if lora_keys - used:
         problems.append(f"peft LoRA parameters not in the file (left at peft's init): "
                         f"{sorted(lora_keys - used)}")
-    # Slices: B may be non-zero only in the rows of its slices, and must be non-zero there.
+    return problems, len(file)
+
+
+def b_rows_problems(got: dict, want: dict) -> list[str]:
+    """Slices: each module's lora_B may be non-zero only in the rows of its slices (want:
+    expected_modules), and must be non-zero there. got: module name -> peft LoraLayer."""
+    problems = []
     for name, (_, rows) in want.items():
         if name not in got:
             continue
@@ -290,9 +288,61 @@ def check_lora_run(binary: str, work: str, base_label: str, base_dir: str, run_l
             problems.append(f"{name}: lora_B non-zero outside the targeted rows")
         if float(B.detach()[sorted(rows)].abs().max()) == 0.0:
             problems.append(f"{name}: lora_B is zero in its rows (not trained?)")
+    return problems
+
+
+def merge_diff(mstate: dict, reference: dict, orig: dict) -> tuple[float, str, list[str], int]:
+    """A merged model's state dict against peft's merge_and_unload() (reference): the largest
+    |difference| and its tensor, tensors missing or extra or of another shape, and how many
+    tensors differ from the base (orig)."""
+    worst, where, problems = 0.0, "", []
+    for k, v in reference.items():
+        if k not in mstate or mstate[k].shape != v.shape:
+            problems.append(f"{k}: merged has {tuple(mstate[k].shape) if k in mstate else 'none'}, "
+                            f"expected {tuple(v.shape)}")
+            continue
+        e = float((mstate[k] - v).abs().max())
+        if e > worst:
+            worst, where = e, k
+    for k in sorted(set(mstate) - set(reference)):
+        problems.append(f"{k}: not in peft's merged model")
+    changed = sum(not torch.equal(mstate[k], orig[k]) for k in orig if k in mstate)
+    return worst, where, problems, changed
+
+
+def check_peft_load(label: str, model, adapter: str, want: dict, scale: float,
+                    rslora: bool) -> None:
+    """Reports whether peft loaded the adapter as ssmtune meant it: the modules, ranks and scale
+    of want (expected_modules) and s (wrap_problems), every tensor of the file in its peft
+    parameter (peft_tensor_problems), B zero outside the targeted rows (b_rows_problems)."""
+    got, problems = wrap_problems(model, want, scale, rslora)
+    report(not problems, f"{label} peft wraps",
+           f"{len(got)} modules, ranks and scale s = {scale:.6g} as configured"
+           if not problems else "; ".join(problems))
+    problems, n_file = peft_tensor_problems(model, adapter)
+    problems += b_rows_problems(got, want)
     report(not problems, f"{label} peft loads tensors",
-           f"{len(file)} tensors bit-identical in peft's LoRA parameters, none missing, B zero "
+           f"{n_file} tensors bit-identical in peft's LoRA parameters, none missing, B zero "
            "outside the targeted slice rows" if not problems else "; ".join(problems))
+
+
+def check_lora_run(binary: str, work: str, base_label: str, base_dir: str, run_label: str,
+                   lora_cfg: dict, run_dir: str, eval_path: str, seqs: list[list[int]],
+                   base_logits: list[torch.Tensor], base_loss: float) -> None:
+    label = f"{base_label}/{run_label}"
+    adapter = os.path.join(run_dir, "adapter")
+    base, bad = load_hf(base_dir)
+    cfg = base.config
+    tied_emb = cfg.tie_word_embeddings
+    orig = {k: v.clone() for k, v in base.state_dict().items()}
+
+    # 1. peft loads the adapter as ssmtune meant it.
+    model = PeftModel.from_pretrained(base, adapter)
+    model.eval()
+    rank = lora_cfg["rank"]
+    scale = lora_cfg["alpha"] / (math.sqrt(rank) if lora_cfg.get("rslora") else rank)
+    want = expected_modules(cfg, lora_cfg["targets"], rank)
+    check_peft_load(label, model, adapter, want, scale, lora_cfg.get("rslora", False))
 
     # 2. peft's loss = ssmtune eval's loss with the adapter.
     peft_logits, hf_loss, n = forward(model, seqs)
@@ -324,19 +374,7 @@ def check_lora_run(binary: str, work: str, base_label: str, base_dir: str, run_l
     reference = model.merge_and_unload().state_dict()
     if emb_lora and tied_emb:
         reference["lm_head.weight"] = orig["backbone.embeddings.weight"]
-    mstate = merged.state_dict()
-    worst, where, problems = 0.0, "", []
-    for k, v in reference.items():
-        if k not in mstate or mstate[k].shape != v.shape:
-            problems.append(f"{k}: merged has {tuple(mstate[k].shape) if k in mstate else 'none'}, "
-                            f"expected {tuple(v.shape)}")
-            continue
-        e = float((mstate[k] - v).abs().max())
-        if e > worst:
-            worst, where = e, k
-    for k in sorted(set(mstate) - set(reference)):
-        problems.append(f"{k}: not in peft's merged model")
-    changed = sum(not torch.equal(mstate[k], orig[k]) for k in orig if k in mstate)
+    worst, where, problems, changed = merge_diff(merged.state_dict(), reference, orig)
     ok = not problems and worst <= WEIGHT_ATOL
     report(ok, f"{label} merged weights vs peft merge_and_unload",
            f"max abs {worst:.2e} ({where or 'all equal'}), tol {WEIGHT_ATOL:.0e}; {changed} "
@@ -361,6 +399,26 @@ def check_full_run(binary: str, base_label: str, base_dir: str, run_dir: str, ev
                ssmtune_eval(binary, model_dir, eval_path), abs(hf_loss - base_loss))
 
 
+def train_run(binary: str, work: str, label: str, base: str, train_path: str,
+              peft_cfg: dict) -> str:
+    """`ssmtune train` of work/exp-LABEL.json: STEPS steps of batch 4 on the tokens file
+    train_path, constant lr 2e-2 for LoRA, 3e-3 otherwise, seed 7, one thread. Returns the run
+    directory, work/run-LABEL."""
+    run_dir = os.path.join(work, f"run-{label}")
+    exp = {"model": base, "output_dir": run_dir, "seed": 7,
+           "data": {"train": train_path, "format": "tokens", "max_length": 64},
+           "peft": peft_cfg,
+           "optimizer": {"lr": 2e-2 if "lora" in peft_cfg else 3e-3},
+           "schedule": {"type": "constant"},
+           "training": {"steps": STEPS, "batch_size": 4, "threads": 1},
+           "checkpoint": {"keep": 1}}
+    exp_path = os.path.join(work, f"exp-{label}.json")
+    with open(exp_path, "w") as f:
+        json.dump(exp, f, indent=1)
+    run([binary, "train", exp_path])
+    return run_dir
+
+
 def parse_args(doc: str) -> argparse.Namespace:
     """The command line of the scripts that check what ssmtune writes: the binary (made
     absolute) and --keep DIR."""
@@ -371,6 +429,18 @@ def parse_args(doc: str) -> argparse.Namespace:
     if not (os.path.isfile(args.ssmtune) and os.access(args.ssmtune, os.X_OK)):
         ap.error(f"{args.ssmtune}: not an executable file (build the ssmtune target first)")
     args.ssmtune = os.path.abspath(args.ssmtune)
+    return args
+
+
+def start(doc: str, note: str = "") -> argparse.Namespace:
+    """parse_args, one torch thread, transformers' logging down to errors, and the versions
+    line ("torch T, transformers V<note>, peft P")."""
+    args = parse_args(doc)
+    torch.set_num_threads(1)
+    hf_logging.set_verbosity_error()
+    import transformers
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}{note}, "
+          f"peft {peft.__version__}")
     return args
 
 
@@ -424,18 +494,8 @@ def main() -> int:
             for run_label, (peft_cfg, bases) in RUNS.items():
                 if base_label not in bases:
                     continue
-                run_dir = os.path.join(work, f"run-{base_label}-{run_label}")
-                exp = {"model": base_dir, "output_dir": run_dir, "seed": 7,
-                       "data": {"train": train_path, "format": "tokens", "max_length": 64},
-                       "peft": peft_cfg,
-                       "optimizer": {"lr": 2e-2 if "lora" in peft_cfg else 3e-3},
-                       "schedule": {"type": "constant"},
-                       "training": {"steps": STEPS, "batch_size": 4, "threads": 1},
-                       "checkpoint": {"keep": 1}}
-                exp_path = os.path.join(work, f"exp-{base_label}-{run_label}.json")
-                with open(exp_path, "w") as f:
-                    json.dump(exp, f, indent=1)
-                run([binary, "train", exp_path])
+                run_dir = train_run(binary, work, f"{base_label}-{run_label}", base_dir,
+                                    train_path, peft_cfg)
                 try:
                     if "lora" in peft_cfg:
                         check_lora_run(binary, work, base_label, base_dir, run_label,

@@ -44,14 +44,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import JambaForCausalLM
-from transformers.utils import logging as hf_logging
 
-import peft
 from peft import PeftModel
 
 # Also sets HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE (everything is local).
 from check_hf_interop import (LOSS_RTOL, check_loss, finish, forward, in_work_dir,
-                               make_sequences, parse_args, report, run, ssmtune_eval,
+                               make_sequences, report, run, ssmtune_eval, start,
                                write_jsonl)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,15 +79,17 @@ def layout(d: str) -> tuple[dict[str, tuple[str, str]], dict | None]:
 
 
 def ssmtune_logprob(binary: str, model: str, work: str, ids: list[int], pos: int,
-                    label: int) -> float:
-    """log p(label at pos | ids[:pos]) as ssmtune eval computes it (labels shift as in HF)."""
+                    label: int, adapter: str | None = None) -> float:
+    """log p(label at pos | ids[:pos]) as ssmtune eval computes it (labels shift as in HF),
+    with the LoRA adapter directory `adapter` if given."""
     labels = [-100] * len(ids)
     labels[pos] = label
     path = os.path.join(work, "one.jsonl")
     with open(path, "w") as f:
         f.write(json.dumps({"input_ids": ids, "labels": labels}) + "\n")
     out = run([binary, "eval", "--model", model, "--data", path, "--format", "tokens",
-               "--metrics", "loss", "--json", "--batch-size", "1"])
+               "--metrics", "loss", "--json", "--batch-size", "1"]
+              + (["--adapter", adapter] if adapter else []))
     res = json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
     assert res["tokens"] == 1, res
     return -float(res["metrics"]["loss"])
@@ -148,13 +148,8 @@ def check_trained_adapter(binary: str, work: str, base: str) -> None:
 
 
 def main() -> int:
-    args = parse_args(__doc__)
+    args = start(__doc__)
     binary = args.ssmtune
-    torch.set_num_threads(1)
-    hf_logging.set_verbosity_error()
-    import transformers
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"peft {peft.__version__}")
 
     def body(work: str) -> None:
         base, merged = os.path.join(work, "base"), os.path.join(work, "merged")
