@@ -472,6 +472,10 @@ TEST_CASE("config overrides (--set) put JSON values, or plain strings, at a dott
   CHECK(j["seed"] == "7");
   apply_override(j, "seed=7");
   CHECK(j["seed"] == 7);
+  // A number too large for a double is refused as one, not kept as the string "1e999".
+  ssmtune::test::require_error(
+      [&] { apply_override(j, "optimizer.lr=1e999"); },
+      {"--set \"optimizer.lr=1e999\": \"1e999\" is too large for a number"});
   apply_override(j, "peft.lora=null");
   apply_override(j, "peft.lora.alpha=4");  // null reads as absent: the object is created
   CHECK(j["peft"]["lora"] == json{{"alpha", 4}});

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <limits>
+#include <string_view>
 #include <utility>
 
 #include "core/error.h"
@@ -550,7 +551,14 @@ ExperimentConfig parse_experiment_config(const nlohmann::json& j, const std::str
 
 ExperimentConfig load_experiment_config(const std::string& path,
                                         const std::vector<std::string>& overrides) {
-  nlohmann::json j = read_json_file(path);
+  nlohmann::json j;
+  try {
+    j = read_json_file(path);
+  } catch (const UsageError&) {
+    throw;
+  } catch (const Error& e) {  // unreadable or not JSON: the user's config, exit 2
+    throw UsageError(e.what());
+  }
   // A file that is not an object gets parse's message, which names the file.
   if (j.is_object())
     for (const auto& o : overrides) apply_override(j, o);
@@ -594,7 +602,11 @@ void apply_override(nlohmann::json& j, const std::string& assignment) {
   json parsed;
   try {
     parsed = value.empty() ? json("") : parse_json_text(value, shown);
-  } catch (const Error&) {
+  } catch (const Error& e) {
+    // A number beyond a double (1e999) is a number the user meant, not a path: say so rather
+    // than let the key's type check report a string.
+    if (std::string_view(e.what()).find("number overflow") != std::string_view::npos)
+      throw UsageError(shown + ": " + quote_str(value) + " is too large for a number");
     parsed = value;  // not JSON: a plain string such as a path
   }
   (*node)[parts.back()] = std::move(parsed);
