@@ -1,10 +1,11 @@
 // Frozen base weights held in bf16 (model/weight_storage.h, docs/models.md "Weight storage") on
-// the committed fixtures tests/fixtures/mamba-tiny and jamba-tiny (data_scripts/make_fixtures.py,
-// data_scripts/make_jamba_fixtures.py). The fixtures store fp32 weights; "bf16-exact" below is
-// the fp32 model whose every weight was rounded to bf16 first, so it holds exactly the values the
-// bf16 model widens its weights to. On those weights a bf16-held model must compute the same
-// bits as the fp32-held one: the widening is exact and every op then sees the same fp32 inputs
-// in the same order (same backend, same thread count).
+// the committed fixtures tests/fixtures/mamba-tiny, jamba-tiny and mamba2-tiny/-odd
+// (data_scripts/make_fixtures.py, make_jamba_fixtures.py, make_mamba2_fixtures.py). The fixtures
+// store fp32 weights; "bf16-exact" below is the fp32 model whose every weight was rounded to
+// bf16 first, so it holds exactly the values the bf16 model widens its weights to. On those
+// weights a bf16-held model must compute the same bits as the fp32-held one: the widening is
+// exact and every op then sees the same fp32 inputs in the same order (same backend, same
+// thread count).
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
@@ -134,7 +135,7 @@ PeftConfig lora_config(std::vector<std::string> targets, bool dora = false) {
 TEST_CASE(
     "LoRA and DoRA train on bf16-held frozen weights exactly as on fp32 weights of the same "
     "values",
-    "[bf16-frozen][lora][dora][jamba][train]") {
+    "[bf16-frozen][lora][dora][jamba][mamba2][train]") {
   auto be = make_cpu_backend();
   struct Case {
     const char* model;
@@ -146,6 +147,9 @@ TEST_CASE(
       {"jamba-tiny",
        lora_config({"q_proj", "v_proj", "in_proj", "router", "gate_proj", "down_proj"})},
       {"jamba-tiny", lora_config({"o_proj", "up_proj", "out_proj"}, true)},
+      // Mamba-2: in_proj slices beside a bf16 in_proj and its bias (mamba2-odd), DoRA's W.
+      {"mamba2-odd", lora_config({"in_proj.x", "in_proj.dt", "out_proj", "embeddings"})},
+      {"mamba2-tiny", lora_config({"in_proj", "out_proj"}, true)},
   };
   for (const Case& c : cases) {
     DYNAMIC_SECTION(c.model << (c.peft.lora->dora ? " DoRA" : " LoRA")) {
@@ -166,9 +170,9 @@ TEST_CASE(
 }
 
 TEST_CASE("bf16 storage of fp32 weights moves the logits by no more than bf16 rounding allows",
-          "[bf16-frozen][model][jamba]") {
+          "[bf16-frozen][model][jamba][mamba2]") {
   auto be = make_cpu_backend();
-  for (const char* model : {"mamba-tiny", "jamba-tiny"}) {
+  for (const char* model : {"mamba-tiny", "jamba-tiny", "mamba2-odd"}) {
     DYNAMIC_SECTION(model) {
       const Fixture f(model);
       const ModelWeights w32 = f.load(DType::F32), w16 = f.load(DType::BF16);
@@ -179,9 +183,9 @@ TEST_CASE("bf16 storage of fp32 weights moves the logits by no more than bf16 ro
       // product stage whose weights move by u moves its output by at most u of its scale, and
       // a stage passes on the relative error of its input unchanged, so the errors of the
       // stages a logit goes through add: the embedding, per layer its successive products (the
-      // Mamba mixer's in_proj -> x_proj -> dt_proj -> out_proj, attention's v -> o, the
-      // feed-forward's gate/up -> down: at most 4) and its norm gains (<= 2), the final norm
-      // and lm_head. S = 3 + 6 n_layer stages; the bound is S u of the largest logit.
+      // Mamba mixer's in_proj -> x_proj -> dt_proj -> out_proj, Mamba-2's in_proj -> conv1d
+      // -> out_proj, attention's v -> o, the feed-forward's gate/up -> down: at most 4) and
+      // its norm gains (<= 2, Mamba-2's gated norm included), the final norm and lm_head. S = 3 + 6 n_layer stages; the bound is S u of the largest logit.
       const double u = std::ldexp(1.0, -9);
       const double stages = 3.0 + 6.0 * double(f.cfg.n_layer);
       const Tensor l32 = a.logits().to(DType::F64), l16 = b.logits().to(DType::F64);
@@ -277,9 +281,9 @@ TEST_CASE("full fine-tuning refuses frozen weights held in bf16: nothing is froz
 }
 
 TEST_CASE("the decoder on bf16-held weights gives the bits of fp32 weights of the same values",
-          "[bf16-frozen][generate][jamba]") {
+          "[bf16-frozen][generate][jamba][mamba2]") {
   auto be = make_cpu_backend();
-  for (const char* model : {"mamba-tiny", "jamba-tiny"}) {
+  for (const char* model : {"mamba-tiny", "jamba-tiny", "mamba2-odd"}) {
     DYNAMIC_SECTION(model) {
       const Fixture f(model);
       const ModelWeights held = f.load(DType::BF16);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -52,6 +53,52 @@ inline std::vector<std::filesystem::path> method_configs() {
     if (f.path().extension() == ".json") configs.push_back(f.path());
   std::sort(configs.begin(), configs.end());
   return configs;
+}
+
+// A fixture model (tests/fixtures/<fixture>: config.json, model.safetensors,
+// generation_config.json) under dir/model with the 12-token tokenizer of
+// tests/fixtures/tokenizers/tiny_unk, and 8 pre-tokenized training sequences with ids below 12
+// in dir/train.jsonl, which it returns: the method configs run on it (their quickstart model and
+// data have a vocabulary the fixtures lack; prompt tuning's init_text encodes with tiny_unk).
+inline std::filesystem::path make_fixture_experiment(const std::filesystem::path& dir,
+                                                     const std::string& fixture) {
+  namespace fs = std::filesystem;
+  const fs::path fixtures(SSMTUNE_FIXTURES_DIR);
+  fs::create_directories(dir / "model");
+  for (const char* f : {"config.json", "model.safetensors", "generation_config.json"})
+    fs::copy_file(fixtures / fixture / f, dir / "model" / f);
+  fs::copy_file(fixtures / "tokenizers" / "tiny_unk" / "tokenizer.json",
+                dir / "model" / "tokenizer.json");
+  std::ofstream train(dir / "train.jsonl");
+  for (int i = 0; i < 8; ++i) {
+    nlohmann::json ids = nlohmann::json::array();
+    for (int t = 0; t < 6 + i % 3; ++t) ids.push_back(1 + (i * 5 + t * 3) % 11);
+    train << nlohmann::json{{"input_ids", ids}}.dump() << "\n";
+  }
+  return dir / "train.jsonl";
+}
+
+// The experiment that trains a method config's "peft" section with its learning rate on
+// make_fixture_experiment's dir/model and train_file, into dir/run-<name>: `steps` steps of
+// batches of 2, no checkpoints. SDT's warmup is cut to 1 step so the selection and a masked
+// step happen.
+inline nlohmann::json method_experiment(const std::filesystem::path& method,
+                                        const std::filesystem::path& dir,
+                                        const std::filesystem::path& train_file,
+                                        std::int64_t steps = 2) {
+  const std::string name = method.stem().string();
+  const nlohmann::json m = nlohmann::json::parse(read_file(method));
+  nlohmann::json cfg = {
+      {"model", (dir / "model").string()},
+      {"output_dir", (dir / ("run-" + name)).string()},
+      {"seed", 1},
+      {"data", {{"train", train_file.string()}, {"format", "tokens"}, {"max_length", 16}}},
+      {"peft", m["peft"]},
+      {"optimizer", {{"lr", m["optimizer"]["lr"]}}},
+      {"training", {{"steps", steps}, {"batch_size", 2}, {"grad_accum", 1}}},
+      {"checkpoint", {{"every", 0}}}};
+  if (cfg["peft"].contains("sdt")) cfg["peft"]["sdt"]["warmup_steps"] = 1;
+  return cfg;
 }
 
 struct Experiment {

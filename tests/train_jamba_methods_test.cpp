@@ -28,23 +28,6 @@ namespace {
 // every method acts on Jamba (docs/methods.md section 10).
 const std::map<std::string, std::string> kRefusedOnJamba = {};
 
-// jamba-tiny + a tokenizer whose ids fit its vocabulary, and 8 tokenized training sequences.
-fs::path make_experiment_dir(const fs::path& dir) {
-  const fs::path fixtures(SSMTUNE_FIXTURES_DIR);
-  fs::create_directories(dir / "model");
-  for (const char* f : {"config.json", "model.safetensors", "generation_config.json"})
-    fs::copy_file(fixtures / "jamba-tiny" / f, dir / "model" / f);
-  fs::copy_file(fixtures / "tokenizers" / "tiny_unk" / "tokenizer.json",
-                dir / "model" / "tokenizer.json");
-  std::ofstream train(dir / "train.jsonl");
-  for (int i = 0; i < 8; ++i) {
-    json ids = json::array();
-    for (int t = 0; t < 6 + i % 3; ++t) ids.push_back(1 + (i * 5 + t * 3) % 11);
-    train << json{{"input_ids", ids}}.dump() << "\n";
-  }
-  return dir / "train.jsonl";
-}
-
 }  // namespace
 
 TEST_CASE("every configs/methods config trains 2 steps on Jamba or is refused naming the method",
@@ -52,22 +35,11 @@ TEST_CASE("every configs/methods config trains 2 steps on Jamba or is refused na
   const std::vector<fs::path> configs = ssmtune::test::method_configs();
   REQUIRE(configs.size() >= 19);
   TempDir dir;
-  const fs::path train_file = make_experiment_dir(dir.path());
+  const fs::path train_file = ssmtune::test::make_fixture_experiment(dir.path(), "jamba-tiny");
   for (const fs::path& method : configs) {
     const std::string name = method.stem().string();
     DYNAMIC_SECTION(name) {
-      const json m = json::parse(read_file(method));
-      json cfg = {
-          {"model", (dir / "model").string()},
-          {"output_dir", (dir / ("run-" + name)).string()},
-          {"seed", 1},
-          {"data", {{"train", train_file.string()}, {"format", "tokens"}, {"max_length", 16}}},
-          {"peft", m["peft"]},
-          {"optimizer", {{"lr", m["optimizer"]["lr"]}}},
-          {"training", {{"steps", 2}, {"batch_size", 2}, {"grad_accum", 1}}},
-          {"checkpoint", {{"every", 0}}}};
-      // SDT: one warmup step, then the selection and one masked step.
-      if (cfg["peft"].contains("sdt")) cfg["peft"]["sdt"]["warmup_steps"] = 1;
+      const json cfg = ssmtune::test::method_experiment(method, dir.path(), train_file);
       const fs::path config = dir / (name + ".json");
       std::ofstream(config) << cfg.dump(2);
       const auto refused = kRefusedOnJamba.find(name);
@@ -99,7 +71,7 @@ TEST_CASE("LoRA on every Jamba projection (experts included) checkpoints and res
           "[train][jamba][resume]") {
   // An MoE layer has a gate_proj per expert: each needs its own optimizer state in a checkpoint.
   TempDir dir;
-  const fs::path train_file = make_experiment_dir(dir.path());
+  const fs::path train_file = ssmtune::test::make_fixture_experiment(dir.path(), "jamba-tiny");
   const json cfg = {
       {"model", (dir / "model").string()},
       {"seed", 3},

@@ -177,7 +177,9 @@ void run_bench(const BenchOptions& o) {
     std::printf("%-16s %10lld %10.4f %7.1f%% %12s\n", name.c_str(), (long long)e.calls, e.seconds,
                 100.0 * e.seconds / std::max(total_op_seconds, 1e-12), gflops.c_str());
   }
-  // Every scan call of the step has the same shape: (batch x seq_len) tokens.
+  // Every scan call of the step has the same shape: (batch x seq_len) tokens. Mamba-2's SSD
+  // (ssd_forward/ssd_backward) has no bytes-per-token model here: no table without a scan op.
+  if (!profile.ops.count("scan_forward") && !profile.ops.count("scan_backward")) return;
   std::printf("\n%-16s %12s %10s %s\n", "scan", "bytes/token", "GB/s", "of peak");
   for (const bool backward : {false, true}) {
     const auto it = profile.ops.find(backward ? "scan_backward" : "scan_forward");
