@@ -154,9 +154,6 @@ nlohmann::json parse_json_text(std::string_view text, const std::string& source,
   }
 }
 
-namespace {
-
-// The bytes of `path`, a regular file of at most max_bytes bytes.
 std::string read_json_text(const std::filesystem::path& path, std::size_t max_bytes) {
   std::size_t size = 0;
   const int fd = open_regular_file(path, size);
@@ -193,6 +190,8 @@ std::string read_json_text(const std::filesystem::path& path, std::size_t max_by
   text.resize(n_read);
   return text;
 }
+
+namespace {
 
 const char* const kPythonConstants[] = {"-Infinity", "Infinity", "NaN"};
 

@@ -24,6 +24,10 @@ inline constexpr int kMaxJsonDepth = 64;
 nlohmann::json parse_json_text(std::string_view text, const std::string& source,
                                int max_depth = kMaxJsonDepth);
 
+// The bytes of `path`, a regular file of at most max_bytes bytes (errors name the path).
+std::string read_json_text(const std::filesystem::path& path,
+                           std::size_t max_bytes = kMaxJsonFileBytes);
+
 // Reads `path` (a regular file of at most max_bytes bytes) and parses it as above, with the
 // path as the source in error messages.
 nlohmann::json read_json_file(const std::filesystem::path& path,

@@ -551,12 +551,15 @@ ExperimentConfig parse_experiment_config(const nlohmann::json& j, const std::str
 
 ExperimentConfig load_experiment_config(const std::string& path,
                                         const std::vector<std::string>& overrides) {
+  // A file that cannot be read is a runtime error (exit 1); one that is not JSON is the
+  // user's configuration mistake (exit 2).
+  const std::string text = read_json_text(path);
   nlohmann::json j;
   try {
-    j = read_json_file(path);
+    j = parse_json_text(text, path);
   } catch (const UsageError&) {
     throw;
-  } catch (const Error& e) {  // unreadable or not JSON: the user's config, exit 2
+  } catch (const Error& e) {
     throw UsageError(e.what());
   }
   // A file that is not an object gets parse's message, which names the file.
