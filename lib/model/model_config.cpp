@@ -70,6 +70,19 @@ std::int64_t get_token_id(const JsonFields& f, const std::string& key, std::int6
   return f.get_int(key, 0, vocab - 1).value_or(fallback);
 }
 
+// The sizes a Jamba or Mamba-2 config.json must state, under their HF names only.
+void read_required_sizes(const JsonFields& f, ModelConfig& c) {
+  c.vocab_size = require(f.get_int("vocab_size", 1, kMaxVocab), f, "vocab_size");
+  c.d_model = require(f.get_int("hidden_size", 1, kMaxDModel), f, "hidden_size");
+  c.n_layer = require(f.get_int("num_hidden_layers", 1, kMaxLayers), f, "num_hidden_layers");
+}
+
+// transformers v5 writes "dtype" instead of "torch_dtype"; null means "not recorded".
+void read_torch_dtype(const JsonFields& f, ModelConfig& c) {
+  for (const char* key : {"torch_dtype", "dtype"})
+    if (f.has(key) && !f.raw(key).is_null()) c.torch_dtype = *f.get_string(key);
+}
+
 // Reads what both layouts share once the sizes are known.
 void read_common(const JsonFields& f, ModelConfig& c) {
   c.residual_in_fp32 = f.get_bool("residual_in_fp32").value_or(c.residual_in_fp32);
@@ -118,9 +131,7 @@ ModelConfig parse_hf(const JsonFields& f) {
       f.get_choice("time_step_init_scheme", {"random", "constant"}).value_or("random");
   c.rescale_prenorm_residual =
       f.get_bool("rescale_prenorm_residual").value_or(c.rescale_prenorm_residual);
-  // transformers v5 writes "dtype" instead of "torch_dtype"; null means "not recorded".
-  for (const char* key : {"torch_dtype", "dtype"})
-    if (f.has(key) && !f.raw(key).is_null()) c.torch_dtype = *f.get_string(key);
+  read_torch_dtype(f, c);
   return c;
 }
 
@@ -171,9 +182,7 @@ ModelConfig parse_original(const JsonFields& f, const std::string& file) {
 ModelConfig parse_jamba(const JsonFields& f) {
   ModelConfig c;
   c.model_type = "jamba";
-  c.vocab_size = require(f.get_int("vocab_size", 1, kMaxVocab), f, "vocab_size");
-  c.d_model = require(f.get_int("hidden_size", 1, kMaxDModel), f, "hidden_size");
-  c.n_layer = require(f.get_int("num_hidden_layers", 1, kMaxLayers), f, "num_hidden_layers");
+  read_required_sizes(f, c);
   c.d_ffn = require(f.get_int("intermediate_size", 1, 16 * kMaxDModel), f, "intermediate_size");
 
   c.n_heads = f.get_int("num_attention_heads", 1, kMaxHeads).value_or(32);
@@ -227,8 +236,7 @@ ModelConfig parse_jamba(const JsonFields& f) {
   c.bos_token_id = get_token_id(f, "bos_token_id", c.vocab_size, 1);
   c.eos_token_id = get_token_id(f, "eos_token_id", c.vocab_size, 2);
   c.initializer_range = f.get_number("initializer_range").value_or(0.02);
-  for (const char* key : {"torch_dtype", "dtype"})
-    if (f.has(key) && !f.raw(key).is_null()) c.torch_dtype = *f.get_string(key);
+  read_torch_dtype(f, c);
   return c;
 }
 
@@ -255,9 +263,7 @@ std::pair<double, double> get_time_step_limit(const JsonFields& f) {
 ModelConfig parse_mamba2(const JsonFields& f) {
   ModelConfig c;
   c.model_type = "mamba2";
-  c.vocab_size = require(f.get_int("vocab_size", 1, kMaxVocab), f, "vocab_size");
-  c.d_model = require(f.get_int("hidden_size", 1, kMaxDModel), f, "hidden_size");
-  c.n_layer = require(f.get_int("num_hidden_layers", 1, kMaxLayers), f, "num_hidden_layers");
+  read_required_sizes(f, c);
   c.d_state = f.get_int("state_size", 1, kMaxDState).value_or(128);
   c.d_conv = f.get_int("conv_kernel", 1, kMaxDConv).value_or(4);
   c.expand = positive_number(f, "expand", 2);
@@ -297,8 +303,7 @@ ModelConfig parse_mamba2(const JsonFields& f) {
   std::tie(c.time_step_limit_min, c.time_step_limit_max) = get_time_step_limit(f);
   c.rescale_prenorm_residual =
       f.get_bool("rescale_prenorm_residual").value_or(c.rescale_prenorm_residual);
-  for (const char* key : {"torch_dtype", "dtype"})
-    if (f.has(key) && !f.raw(key).is_null()) c.torch_dtype = *f.get_string(key);
+  read_torch_dtype(f, c);
   return c;
 }
 
