@@ -62,7 +62,7 @@ TEST_CASE("ssmtune init and info on a Mamba-2 SIZES.json", "[cli][init][mamba2]"
   const auto r = run_cli("init " + q(tmp / "sizes.json") + " --out " + q(tmp / "m") + " --seed 4");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
-  CHECK_THAT(r.output, Catch::Contains("4 heads x 8, 1 groups, d_inner 32, d_state 8"));
+  CHECK_THAT(r.output, Catch::Contains("4 heads x 8, n_groups 1, d_inner 32, d_state 8"));
   CHECK_THAT(r.output, Catch::Contains(std::string(kParams) + " parameters"));
   const ssmtune::ModelConfig c = ssmtune::load_model_config((tmp / "m").string());
   CHECK(c.is_mamba2());
@@ -76,7 +76,7 @@ TEST_CASE("ssmtune init and info on a Mamba-2 SIZES.json", "[cli][init][mamba2]"
   INFO(info.output);
   REQUIRE(info.exit_code == 0);
   CHECK_THAT(info.output, Catch::Contains("Mamba2ForCausalLM (mamba2), 2 layers"));
-  CHECK_THAT(info.output, Catch::Contains("d_inner 32 = 4 heads x 8, 1 groups"));
+  CHECK_THAT(info.output, Catch::Contains("d_inner 32 = 4 heads x 8, n_groups 1"));
   // The per-module table names Mamba-2's tensors and sums to the total.
   for (const char* module :
        {"in_proj", "conv1d", "dt_bias", "A_log", "mixer.D", "mixer.norm", "out_proj", "norm_f"})
@@ -144,8 +144,10 @@ TEST_CASE("a Mamba-2 model trains, evaluates, merges, generates and benches thro
       CHECK(b.exit_code == 0);
       CHECK_THAT(b.output, Catch::Contains("tokens/s") && Catch::Contains("Mamba-2"));
       if (!frozen.empty()) CHECK_THAT(b.output, Catch::Contains("base frozen in bf16"));
-      // The selective-scan bandwidth table has no row for the SSD: none is printed.
-      CHECK_THAT(b.output, !Catch::Contains("bytes/token"));
+      // The SSD table (cmd_bench.cpp ssd_cost_per_token) at H 4, P 8, G 1, N 8, chunk 8:
+      // forward bytes 4 (2*32 + 4 + 2*8 + 32*8/8 + 2*8) = 528, FLOPs 8*8 + 4*8*8 + 4*256 = 1344.
+      CHECK_THAT(b.output, Catch::Matches(R"([\s\S]*\nforward +528 +1344 [\s\S]*)"));
+      CHECK_THAT(b.output, Catch::Matches(R"([\s\S]*\nbackward +1184 +2688 [\s\S]*)"));
     }
 }
 

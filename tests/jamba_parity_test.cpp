@@ -5,78 +5,24 @@
 // a right-padded batch with its attention_mask, pad id 4 also used as an ordinary token.
 #include <catch2/catch.hpp>
 
-#include <filesystem>
-
-#include "backend/backend.h"
-#include "io/safetensors.h"
-#include "model/causal_lm.h"
-#include "model/model_config.h"
-#include "model/model_weights.h"
 #include "decoder_check.h"
 #include "infer/decoder.h"
-#include "test_compare.h"
+#include "parity_run.h"
 
 using namespace ssmtune;
-using ssmtune::testing::require_close;
-namespace fs = std::filesystem;
+using namespace ssmtune::testing;
 
 namespace {
 
 const char* const kJambaFixtures[] = {"jamba-tiny", "jamba-odd"};
 
-std::string fixture(const std::string& model) {
-  return (fs::path(SSMTUNE_FIXTURES_DIR) / model).string();
-}
-
 double scalar(const SafetensorsFile& ref, const std::string& key) {
   return ref.tensor(key).to(DType::F64).data<double>()[0];
 }
 
-struct Run {
-  ModelConfig cfg;
-  ModelWeights w, grads;
-  std::unique_ptr<Backend> be = make_cpu_backend();
-  std::unique_ptr<CausalLM> lm;
-  LmLoss loss;
-};
-
-// Forward, loss and backward of the fixture's batch in `dtype`, with the router loss in the
-// objective as the fixtures ran it (output_router_logits=True).
-std::unique_ptr<Run> run_fixture(const std::string& model, const SafetensorsFile& ref,
-                                 DType dtype) {
-  auto r = std::make_unique<Run>();
-  r->cfg = load_model_config(fixture(model));
-  r->w = load_model_weights(fixture(model), r->cfg, dtype);
-  r->grads = zeros_like_params(r->cfg, dtype);
-  r->lm = std::make_unique<CausalLM>(r->cfg, r->w, *r->be, 4);
-  r->lm->set_router_aux_coef(r->cfg.router_aux_loss_coef);
-  const Tensor mask = ref.contains("attention_mask") ? ref.tensor("attention_mask") : Tensor();
-  r->lm->forward(ref.tensor("input_ids"), mask);
-  const Tensor targets = shift_labels(ref.tensor("labels"));
-  r->loss = r->lm->loss(targets);
-  return r;
-}
-
-// Every parameter gradient against grad.<name>; an expert no token chose has none in the
-// reference (torch leaves .grad None) and must be exactly zero here.
-void check_grads(Run& r, const SafetensorsFile& ref, double rtol, double atol) {
-  r.lm->backward(shift_labels(ref.tensor("labels")), r.grads);
-  int n_checked = 0, n_unused = 0;
-  for_each_param(r.cfg, r.grads, [&](const std::string& name, Tensor& g) {
-    if (!ref.contains("grad." + name)) {
-      INFO(name << " has no reference gradient: it must belong to an unused expert");
-      REQUIRE(name.find(".experts.") != std::string::npos);
-      const Tensor g64 = g.to(DType::F64);
-      for (std::int64_t i = 0; i < g64.numel(); ++i) REQUIRE(g64.data<double>()[i] == 0.0);
-      ++n_unused;
-      return;
-    }
-    require_close("grad." + name, g, ref.tensor("grad." + name), rtol, atol);
-    ++n_checked;
-  });
-  int n_ref = 0;
-  for (const SafetensorsEntry& e : ref.entries()) n_ref += e.name.rfind("grad.", 0) == 0;
-  CHECK(n_checked == n_ref);
+// An expert no token chose has no reference gradient (torch leaves .grad None).
+bool unused_expert(const std::string& name) {
+  return name.find(".experts.") != std::string::npos;
 }
 
 }  // namespace
@@ -85,8 +31,8 @@ TEST_CASE("Jamba LM matches transformers in float32: logits, losses, hidden stat
           "[model][parity][jamba]") {
   for (const char* model : kJambaFixtures) {
     DYNAMIC_SECTION(model) {
-      const auto ref = SafetensorsFile::open(fixture(model) + "/reference.safetensors");
-      auto r = run_fixture(model, ref, DType::F32);
+      const auto ref = SafetensorsFile::open(fixture_dir(model) + "/reference.safetensors");
+      auto r = run_parity_fixture(model, ref, DType::F32, 4);
       // Tolerances from JAMBA_FIXTURE.md: HF's own float32 run is 8e-7 (tiny) to 2.5e-6 (odd)
       // from float64 in the logits and up to 1.3e-5 in a gradient (softmaxes and 4-5 mixed
       // layers); ssmtune's float32 sums in another order, so 1e-4 of each tensor's largest
@@ -100,7 +46,7 @@ TEST_CASE("Jamba LM matches transformers in float32: logits, losses, hidden stat
       CHECK(r->loss.loss == Approx(scalar(ref, "loss")).epsilon(1e-5));
       CHECK(r->loss.aux_loss == Approx(scalar(ref, "aux_loss")).epsilon(1e-5));
       CHECK(r->loss.objective == Approx(scalar(ref, "total_loss")).epsilon(1e-5));
-      check_grads(*r, ref, 1e-3, 1e-7);
+      check_parity_grads(*r, ref, 1e-3, 1e-7, unused_expert);
     }
   }
 }
@@ -108,8 +54,8 @@ TEST_CASE("Jamba LM matches transformers in float32: logits, losses, hidden stat
 TEST_CASE("Jamba LM in float64 matches transformers' float64 run", "[model][parity][jamba]") {
   for (const char* model : kJambaFixtures) {
     DYNAMIC_SECTION(model) {
-      const auto ref = SafetensorsFile::open(fixture(model) + "/reference_f64.safetensors");
-      auto r = run_fixture(model, ref, DType::F64);
+      const auto ref = SafetensorsFile::open(fixture_dir(model) + "/reference_f64.safetensors");
+      auto r = run_parity_fixture(model, ref, DType::F64, 4);
       // Both sides in float64 from the same weights (the fixture patched transformers' float32
       // casts out and cross-checked it against an independent float64 implementation to
       // 1.4e-14): only the summation order differs.
@@ -117,14 +63,14 @@ TEST_CASE("Jamba LM in float64 matches transformers' float64 run", "[model][pari
       CHECK(r->loss.loss == Approx(scalar(ref, "loss")).epsilon(1e-12));
       CHECK(r->loss.aux_loss == Approx(scalar(ref, "aux_loss")).epsilon(1e-12));
       CHECK(r->loss.objective == Approx(scalar(ref, "total_loss")).epsilon(1e-12));
-      check_grads(*r, ref, 1e-10, 1e-14);
+      check_parity_grads(*r, ref, 1e-10, 1e-14, unused_expert);
     }
   }
 }
 
 TEST_CASE("Jamba config: the layer schedule follows the attention and expert periods",
           "[model][config][jamba]") {
-  const ModelConfig tiny = load_model_config(fixture("jamba-tiny"));
+  const ModelConfig tiny = load_model_config(fixture_dir("jamba-tiny"));
   // tiny: attention at 1, 3 (period 2, offset 1); experts at 0, 3 (period 3, offset 0)
   const LayerKind k0 = layer_kind(tiny, 0), k1 = layer_kind(tiny, 1);
   const LayerKind k2 = layer_kind(tiny, 2), k3 = layer_kind(tiny, 3);
@@ -145,9 +91,9 @@ TEST_CASE("Jamba greedy decoding with caches equals transformers' generate token
           "[model][parity][jamba][generate]") {
   for (const char* model : kJambaFixtures) {
     DYNAMIC_SECTION(model) {
-      const auto gen = SafetensorsFile::open(fixture(model) + "/generation.safetensors");
-      const ModelConfig cfg = load_model_config(fixture(model));
-      const ModelWeights w = load_model_weights(fixture(model), cfg, DType::F32);
+      const auto gen = SafetensorsFile::open(fixture_dir(model) + "/generation.safetensors");
+      const ModelConfig cfg = load_model_config(fixture_dir(model));
+      const ModelWeights w = load_model_weights(fixture_dir(model), cfg, DType::F32);
       auto be = make_cpu_backend();
       const Tensor prompts = gen.tensor("prompt_ids"), sequences = gen.tensor("sequences");
       const Tensor step_logits = gen.tensor("step_logits");
@@ -177,9 +123,9 @@ TEST_CASE("Jamba greedy decoding with caches equals transformers' generate token
 
 TEST_CASE("Jamba decoder logits equal the full forward at every position",
           "[model][jamba][generate]") {
-  const auto ref = SafetensorsFile::open(fixture("jamba-tiny") + "/reference.safetensors");
-  const ModelConfig cfg = load_model_config(fixture("jamba-tiny"));
-  const ModelWeights w = load_model_weights(fixture("jamba-tiny"), cfg, DType::F32);
+  const auto ref = SafetensorsFile::open(fixture_dir("jamba-tiny") + "/reference.safetensors");
+  const ModelConfig cfg = load_model_config(fixture_dir("jamba-tiny"));
+  const ModelWeights w = load_model_weights(fixture_dir("jamba-tiny"), cfg, DType::F32);
   auto be = make_cpu_backend();
   const Tensor ids = ref.tensor("input_ids").rows(0, 1);  // (1, 9)
   CausalLM lm(cfg, w, *be);

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "backend/backend.h"
+#include "io_test_util.h"
 #include "io/safetensors.h"
 #include "model/causal_lm.h"
 #include "peft/lora.h"
@@ -85,6 +86,32 @@ inline Tensor check_merge_matches_peft(LoraRun& r, const std::string& variant, d
   const auto ref = SafetensorsFile::open(fixtures() / variant / "reference.safetensors");
   require_close("peft merged logits", plain.logits(), ref.tensor("merged_logits"), rel, 1e-6);
   return adapter_logits;
+}
+
+// Every LoRA gradient (dA, dB of each term) against the reference's grad.<peft name>.f64, within
+// tol of each tensor's scale.
+inline void check_lora_grads(const LoraRun& r, const SafetensorsFile& ref, double tol) {
+  for (const LoraTerm& t : r.lora->terms())
+    for (const char* which : {"A", "B"})
+      require_close(peft_name(t, which), *which == 'A' ? t.dA : t.dB,
+                    ref.tensor("grad." + peft_name(t, which) + ".f64"), tol, 0);
+}
+
+// The run's adapter written back (write_lora_adapter, base model fixtures()/base) equals peft's
+// fixtures()/variant/adapter_init bit for bit: the same tensors, names and values.
+inline void check_adapter_written_back(const LoraRun& r, const std::string& base,
+                                       const std::string& variant) {
+  const ssmtune::test::TempDir dir;
+  write_lora_adapter(dir.path(), *r.lora, (fixtures() / base).string());
+  const auto mine = SafetensorsFile::open(dir.path() / "adapter_model.safetensors");
+  const auto theirs =
+      SafetensorsFile::open(fixtures() / variant / "adapter_init" / "adapter_model.safetensors");
+  REQUIRE(mine.entries().size() == theirs.entries().size());
+  for (const SafetensorsEntry& e : theirs.entries()) {
+    INFO(e.name);
+    REQUIRE(mine.contains(e.name));
+    require_close(e.name, mine.tensor(e.name), theirs.tensor(e.name), 0, 0);
+  }
 }
 
 }  // namespace ssmtune::testing

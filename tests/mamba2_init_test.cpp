@@ -95,7 +95,7 @@ TEST_CASE("ssmtune init warns about keys a Mamba-2 config does not have", "[init
   CHECK(r.exit_code == 0);
   CHECK_THAT(r.output, Catch::Contains("field \"mamba_d_state\" is not a Mamba-2 config field"));
   CHECK_THAT(r.output, !Catch::Contains("transformers_version"));
-  CHECK_THAT(r.output, Catch::Contains("4 heads x 6, 2 groups, d_inner 24, d_state 4"));
+  CHECK_THAT(r.output, Catch::Contains("4 heads x 6, n_groups 2, d_inner 24, d_state 4"));
   // num_heads x head_dim must be expand x hidden_size: a usage error naming both.
   j.erase("mamba_d_state");
   j["head_dim"] = 5;

@@ -6,61 +6,15 @@
 // mamba2-groups: 2 groups of 2 heads, chunk_size 1.
 #include <catch2/catch.hpp>
 
-#include <filesystem>
-
-#include "backend/backend.h"
 #include "infer/decoder.h"
-#include "io/safetensors.h"
-#include "model/causal_lm.h"
-#include "model/model_config.h"
-#include "model/model_weights.h"
-#include "test_compare.h"
+#include "parity_run.h"
 
 using namespace ssmtune;
-using ssmtune::testing::require_close;
-namespace fs = std::filesystem;
+using namespace ssmtune::testing;
 
 namespace {
 
 const char* const kMamba2Fixtures[] = {"mamba2-tiny", "mamba2-odd", "mamba2-groups"};
-
-std::string fixture(const std::string& model) {
-  return (fs::path(SSMTUNE_FIXTURES_DIR) / model).string();
-}
-
-struct Run {
-  ModelConfig cfg;
-  ModelWeights w, grads;
-  std::unique_ptr<Backend> be = make_cpu_backend();
-  std::unique_ptr<CausalLM> lm;
-  LmLoss loss;
-};
-
-std::unique_ptr<Run> run_fixture(const std::string& model, const SafetensorsFile& ref,
-                                 DType dtype) {
-  auto r = std::make_unique<Run>();
-  r->cfg = load_model_config(fixture(model));
-  r->w = load_model_weights(fixture(model), r->cfg, dtype);
-  r->grads = zeros_like_params(r->cfg, dtype);
-  r->lm = std::make_unique<CausalLM>(r->cfg, r->w, *r->be);
-  const Tensor mask = ref.contains("attention_mask") ? ref.tensor("attention_mask") : Tensor();
-  r->lm->forward(ref.tensor("input_ids"), mask);
-  r->loss = r->lm->loss(shift_labels(ref.tensor("labels")));
-  return r;
-}
-
-// Every parameter gradient against grad.<name>, and no reference gradient left unchecked.
-void check_grads(Run& r, const SafetensorsFile& ref, double rtol, double atol) {
-  r.lm->backward(shift_labels(ref.tensor("labels")), r.grads);
-  int n_checked = 0;
-  for_each_param(r.cfg, r.grads, [&](const std::string& name, Tensor& g) {
-    require_close("grad." + name, g, ref.tensor("grad." + name), rtol, atol);
-    ++n_checked;
-  });
-  int n_ref = 0;
-  for (const SafetensorsEntry& e : ref.entries()) n_ref += e.name.rfind("grad.", 0) == 0;
-  CHECK(n_checked == n_ref);
-}
 
 // The logits at the positions the mask keeps (padded positions differ between transformers
 // versions, docs/models.md "Mamba-2"; none carries a label).
@@ -82,8 +36,8 @@ TEST_CASE("Mamba-2 LM matches the reference in float32: logits, loss, hidden sta
           "[model][parity][mamba2]") {
   for (const char* model : kMamba2Fixtures) {
     DYNAMIC_SECTION(model) {
-      const auto ref = SafetensorsFile::open(fixture(model) + "/reference.safetensors");
-      auto r = run_fixture(model, ref, DType::F32);
+      const auto ref = SafetensorsFile::open(fixture_dir(model) + "/reference.safetensors");
+      auto r = run_parity_fixture(model, ref, DType::F32);
       const Tensor mask = ref.contains("attention_mask") ? ref.tensor("attention_mask") : Tensor();
       // MAMBA2_FIXTURE.md: the reference's own float32 run is within 8.4e-7 of float64 in the
       // logits and 4.6e-6 in a gradient (of each tensor's largest entry); ssmtune's float32
@@ -99,7 +53,7 @@ TEST_CASE("Mamba-2 LM matches the reference in float32: logits, loss, hidden sta
       }
       const double loss = ref.tensor("loss").to(DType::F64).data<double>()[0];
       CHECK(r->loss.loss == Approx(loss).epsilon(1e-6));
-      check_grads(*r, ref, 1e-4, 1e-7);
+      check_parity_grads(*r, ref, 1e-4, 1e-7);
     }
   }
 }
@@ -107,23 +61,23 @@ TEST_CASE("Mamba-2 LM matches the reference in float32: logits, loss, hidden sta
 TEST_CASE("Mamba-2 LM in float64 matches the reference's float64 run", "[model][parity][mamba2]") {
   for (const char* model : kMamba2Fixtures) {
     DYNAMIC_SECTION(model) {
-      const auto ref = SafetensorsFile::open(fixture(model) + "/reference_f64.safetensors");
-      auto r = run_fixture(model, ref, DType::F64);
+      const auto ref = SafetensorsFile::open(fixture_dir(model) + "/reference_f64.safetensors");
+      auto r = run_parity_fixture(model, ref, DType::F64);
       const Tensor mask = ref.contains("attention_mask") ? ref.tensor("attention_mask") : Tensor();
       // Both sides float64 from the same weights: only the summation order differs.
       require_logits_at_tokens(r->lm->logits(), ref.tensor("logits"), mask, 1e-11, 1e-14);
       const double loss = ref.tensor("loss").to(DType::F64).data<double>()[0];
       CHECK(r->loss.loss == Approx(loss).epsilon(1e-12));
-      check_grads(*r, ref, 1e-10, 1e-14);
+      check_parity_grads(*r, ref, 1e-10, 1e-14);
     }
   }
 }
 
 TEST_CASE("Mamba-2 greedy decoding with caches equals the reference's generate token for token",
           "[model][parity][mamba2][generate]") {
-  const auto gen = SafetensorsFile::open(fixture("mamba2-odd") + "/generation.safetensors");
-  const ModelConfig cfg = load_model_config(fixture("mamba2-odd"));
-  const ModelWeights w = load_model_weights(fixture("mamba2-odd"), cfg, DType::F32);
+  const auto gen = SafetensorsFile::open(fixture_dir("mamba2-odd") + "/generation.safetensors");
+  const ModelConfig cfg = load_model_config(fixture_dir("mamba2-odd"));
+  const ModelWeights w = load_model_weights(fixture_dir("mamba2-odd"), cfg, DType::F32);
   auto be = make_cpu_backend();
   const Tensor prompt_ids = gen.tensor("prompt_ids"), sequences = gen.tensor("sequences");
   const Tensor step_logits = gen.tensor("step_logits");

@@ -5,48 +5,15 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 
-#include "backend/backend.h"
-#include "io/safetensors.h"
-#include "model/model_config.h"
-#include "model/causal_lm.h"
-#include "model/model_weights.h"
-#include "test_compare.h"
+#include "parity_run.h"
 
 using namespace ssmtune;
-using ssmtune::testing::require_close;
-namespace fs = std::filesystem;
+using namespace ssmtune::testing;
 
 namespace {
 
 const char* const kFixtureModels[] = {"mamba-tiny", "mamba-odd", "mamba-sharded-bf16"};
-
-std::string fixture(const std::string& model) {
-  return (fs::path(SSMTUNE_FIXTURES_DIR) / model).string();
-}
-
-struct Run {
-  ModelConfig cfg;
-  ModelWeights w, grads;
-  std::unique_ptr<Backend> be = make_cpu_backend();
-  std::unique_ptr<CausalLM> lm;
-  LmLoss loss;
-};
-
-// Forward, loss and backward of the fixture's batch in `dtype`.
-std::unique_ptr<Run> run_fixture(const std::string& model, const SafetensorsFile& ref,
-                                 DType dtype, std::int64_t scan_chunk) {
-  auto r = std::make_unique<Run>();
-  r->cfg = load_model_config(fixture(model));
-  r->w = load_model_weights(fixture(model), r->cfg, dtype);
-  r->grads = zeros_like_params(r->cfg, dtype);
-  r->lm = std::make_unique<CausalLM>(r->cfg, r->w, *r->be, scan_chunk);
-  const Tensor ids = ref.tensor("input_ids"), targets = shift_labels(ref.tensor("labels"));
-  r->lm->forward(ids);
-  r->loss = r->lm->loss(targets);
-  return r;
-}
 
 }  // namespace
 
@@ -55,8 +22,8 @@ TEST_CASE("Mamba LM matches transformers in float32: logits, loss, hidden states
   for (const char* model : kFixtureModels) {
     for (std::int64_t chunk : {64, 4}) {
       DYNAMIC_SECTION(model << " scan_chunk=" << chunk) {
-        const auto ref = SafetensorsFile::open(fixture(model) + "/reference.safetensors");
-        auto r = run_fixture(model, ref, DType::F32, chunk);
+        const auto ref = SafetensorsFile::open(fixture_dir(model) + "/reference.safetensors");
+        auto r = run_parity_fixture(model, ref, DType::F32, chunk);
         // float32 forward: products of length <= d_inner and a scan of <= 70 steps each add a
         // few ulps (~1e-7 relative); HF's own float32 path agrees with float64 to ~1e-7.
         require_close("logits", r->lm->logits(), ref.tensor("logits"), 1e-5, 1e-6);
@@ -68,16 +35,9 @@ TEST_CASE("Mamba LM matches transformers in float32: logits, loss, hidden states
         require_close("final norm", r->lm->final_norm(),
                       ref.tensor("hidden_states." + std::to_string(r->cfg.n_layer)), 1e-5, 1e-6);
 
-        r->lm->backward(shift_labels(ref.tensor("labels")), r->grads);
         // Gradients sum over every token and pass back through all layers: 1e-4 of the
         // largest entry of each tensor (float32; HF itself is ~1e-6 from float64).
-        int n_checked = 0;
-        for_each_param(r->cfg, r->grads, [&](const std::string& name, Tensor& g) {
-          require_close("grad." + name, g, ref.tensor("grad." + name), 1e-4, 1e-7);
-          ++n_checked;
-        });
-        CHECK(n_checked == int(ref.entries().size()) - 4 - int(r->cfg.n_layer) - 1 -
-                               int(ref.contains("inputs_embeds")));
+        check_parity_grads(*r, ref, 1e-4, 1e-7);
       }
     }
   }
@@ -87,16 +47,13 @@ TEST_CASE("Mamba LM in float64 matches an independent float64 implementation",
           "[model][parity]") {
   for (const char* model : kFixtureModels) {
     DYNAMIC_SECTION(model) {
-      const auto ref = SafetensorsFile::open(fixture(model) + "/reference_f64.safetensors");
-      auto r = run_fixture(model, ref, DType::F64, 4);
+      const auto ref = SafetensorsFile::open(fixture_dir(model) + "/reference_f64.safetensors");
+      auto r = run_parity_fixture(model, ref, DType::F64, 4);
       // Both sides compute in float64 from the same stored weights: only summation order
       // differs, ~1e-15 relative per operation.
       require_close("logits", r->lm->logits(), ref.tensor("logits"), 1e-11, 1e-13);
       CHECK(r->loss.loss == Approx(ref.tensor("loss").data<double>()[0]).epsilon(1e-12));
-      r->lm->backward(shift_labels(ref.tensor("labels")), r->grads);
-      for_each_param(r->cfg, r->grads, [&](const std::string& name, Tensor& g) {
-        require_close("grad." + name, g, ref.tensor("grad." + name), 1e-10, 1e-14);
-      });
+      check_parity_grads(*r, ref, 1e-10, 1e-14);
     }
   }
 }

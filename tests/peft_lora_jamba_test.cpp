@@ -56,10 +56,7 @@ TEST_CASE("LoRA on Jamba matches peft: logits, LM/router/total loss and every Lo
       CHECK(l.aux_loss == Approx(scalar(ref, "aux_loss.f64")).epsilon(loss_eps));
       CHECK(l.objective == Approx(scalar(ref, "total_loss.f64")).epsilon(loss_eps));
       backward(*r);
-      for (const LoraTerm& t : r->lora->terms())
-        for (const char* which : {"A", "B"})
-          require_close(peft_name(t, which), *which == 'A' ? t.dA : t.dB,
-                        ref.tensor("grad." + peft_name(t, which) + ".f64"), grad_tol, 0);
+      check_lora_grads(*r, ref, grad_tol);
     }
   }
 }
@@ -107,19 +104,7 @@ TEST_CASE("merged Jamba LoRA gives peft's merge_and_unload logits", "[lora][merg
 
 TEST_CASE("a Jamba LoRA adapter is written back in peft's layout, bit for bit",
           "[lora][jamba]") {
-  auto r = load_run(DType::F32);
-  const ssmtune::test::TempDir dir;
-  const fs::path& out = dir.path();
-  write_lora_adapter(out, *r->lora, (fixtures() / "jamba-tiny").string());
-  const auto mine = SafetensorsFile::open(out / "adapter_model.safetensors");
-  const auto theirs = SafetensorsFile::open(fixtures() / "peft-lora-jamba" / "adapter_init" /
-                                            "adapter_model.safetensors");
-  REQUIRE(mine.entries().size() == theirs.entries().size());
-  for (const SafetensorsEntry& e : theirs.entries()) {
-    INFO(e.name);
-    REQUIRE(mine.contains(e.name));
-    require_close(e.name, mine.tensor(e.name), theirs.tensor(e.name), 0, 0);
-  }
+  check_adapter_written_back(*load_run(DType::F32), "jamba-tiny", "peft-lora-jamba");
 }
 
 TEST_CASE("a Jamba LoRA target whose layers lack the module is refused, naming it",

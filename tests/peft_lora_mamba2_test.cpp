@@ -50,10 +50,7 @@ TEST_CASE("LoRA on Mamba-2 matches peft: logits, loss and every LoRA gradient",
       require_close("logits", r->lm->logits(), ref.tensor("logits.f64"), act_tol, 0);
       CHECK(l.loss == Approx(scalar(ref, "loss.f64")).epsilon(f32 ? 1e-6 : 1e-12));
       backward(*r);
-      for (const LoraTerm& t : r->lora->terms())
-        for (const char* which : {"A", "B"})
-          require_close(peft_name(t, which), *which == 'A' ? t.dA : t.dB,
-                        ref.tensor("grad." + peft_name(t, which) + ".f64"), grad_tol, 0);
+      check_lora_grads(*r, ref, grad_tol);
     }
   }
 }
@@ -88,18 +85,8 @@ TEST_CASE("merged Mamba-2 LoRA gives peft's merge_and_unload logits", "[lora][me
 
 TEST_CASE("a Mamba-2 LoRA adapter is written back in peft's layout, bit for bit",
           "[lora][mamba2]") {
-  auto r = load_lora_run("mamba2-tiny", kFixture, DType::F32);
-  const ssmtune::test::TempDir dir;
-  write_lora_adapter(dir.path(), *r->lora, (fixtures() / "mamba2-tiny").string());
-  const auto mine = SafetensorsFile::open(dir.path() / "adapter_model.safetensors");
-  const auto theirs =
-      SafetensorsFile::open(fixtures() / kFixture / "adapter_init" / "adapter_model.safetensors");
-  REQUIRE(mine.entries().size() == theirs.entries().size());
-  for (const SafetensorsEntry& e : theirs.entries()) {
-    INFO(e.name);
-    REQUIRE(mine.contains(e.name));
-    require_close(e.name, mine.tensor(e.name), theirs.tensor(e.name), 0, 0);
-  }
+  check_adapter_written_back(*load_lora_run("mamba2-tiny", kFixture, DType::F32), "mamba2-tiny",
+                             kFixture);
 }
 
 TEST_CASE("LoRA on one slice of Mamba-2's in_proj acts on those rows alone",

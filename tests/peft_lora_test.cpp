@@ -45,12 +45,7 @@ TEST_CASE("LoRA matches peft: logits, loss and LoRA gradients", "[lora][parity]"
       require_close("logits", r2->lm->logits(), ref.tensor("logits.f64"), 1e-5, 1e-6);
       CHECK(r2->lm->loss(r2->targets).loss ==
             Approx(ref.tensor("loss.f64").data<double>()[0]).epsilon(1e-6));
-      for (const LoraTerm& t : r->lora->terms()) {
-        require_close(peft_name(t, "A"), t.dA, ref.tensor("grad." + peft_name(t, "A") + ".f64"),
-                      1e-4, 0);
-        require_close(peft_name(t, "B"), t.dB, ref.tensor("grad." + peft_name(t, "B") + ".f64"),
-                      1e-4, 0);
-      }
+      check_lora_grads(*r, ref, 1e-4);
     }
     DYNAMIC_SECTION(variant << " float64") {
       auto r = load_run(variant, DType::F64);
@@ -60,12 +55,7 @@ TEST_CASE("LoRA matches peft: logits, loss and LoRA gradients", "[lora][parity]"
       CHECK(r->lm->loss(r->targets).loss ==
             Approx(ref.tensor("loss.f64").data<double>()[0]).epsilon(1e-12));
       backward(*r);
-      for (const LoraTerm& t : r->lora->terms()) {
-        require_close(peft_name(t, "A"), t.dA, ref.tensor("grad." + peft_name(t, "A") + ".f64"),
-                      1e-10, 0);
-        require_close(peft_name(t, "B"), t.dB, ref.tensor("grad." + peft_name(t, "B") + ".f64"),
-                      1e-10, 0);
-      }
+      check_lora_grads(*r, ref, 1e-10);
     }
   }
 }

@@ -48,6 +48,27 @@ double scan_bytes_per_token(const ModelConfig& c, std::int64_t chunk, bool backw
   return backward ? 4.0 * (5 * E + 4 * N) + saved : 4.0 * (3 * E + 2 * N) + saved;
 }
 
+// Mamba-2's chunked SSD (docs/models.md "Mamba-2 SSD scan"), per token of one layer, float32,
+// chunk Q = min(chunk_size, L), H heads of P channels, G groups of N states. Bytes: forward reads
+// x (H P), dt (H), B, C (G N each) and writes y (H P), one saved (H, P, N) state per chunk and
+// the C B^T workspace (G Q, written and read); backward reads x, dt, B, C, dy and the saved
+// states, writes dx, ddt, dB, dC, and the state gradients and dCB (written and read). FLOPs:
+// forward C B^T (G Q N, causal half), Y_diag = M X (H Q P), chunk states and Y_off (2 H P N
+// multiply-adds each); backward twice the forward's products. The cumulative sums, the carry
+// across chunks and the exp of the decays are left out (O(H) per token).
+struct SsdCost {
+  double bytes_per_token, flops_per_token;
+};
+SsdCost ssd_cost_per_token(const ModelConfig& c, std::int64_t seq_len, bool backward) {
+  const double H = double(c.ssm_heads), P = double(c.ssm_head_dim), N = double(c.d_state),
+               G = double(c.n_groups), Q = double(std::min(c.chunk_size, seq_len));
+  const double states = H * P * N / Q, cb = 2 * G * Q;
+  const double forward_flops = G * Q * N + H * Q * P + 4 * H * P * N;
+  if (!backward)
+    return {4.0 * (2 * H * P + H + 2 * G * N + states + cb), forward_flops};
+  return {4.0 * (4 * H * P + 2 * H + 4 * G * N + 3 * states + 2 * cb), 2 * forward_flops};
+}
+
 // The model's shapes in one line; a Jamba model also counts its attention and MoE layers.
 std::string describe_model(const ModelConfig& cfg) {
   std::string layers = std::to_string(cfg.n_layer) + " layers";
@@ -63,8 +84,8 @@ std::string describe_model(const ModelConfig& cfg) {
   }
   if (cfg.is_mamba2())
     layers += " (Mamba-2: " + std::to_string(cfg.ssm_heads) + " heads x " +
-              std::to_string(cfg.ssm_head_dim) + ", " + std::to_string(cfg.n_groups) +
-              " groups, chunk " + std::to_string(cfg.chunk_size) + ")";
+              std::to_string(cfg.ssm_head_dim) + ", n_groups " +
+              std::to_string(cfg.n_groups) + ", chunk " + std::to_string(cfg.chunk_size) + ")";
   return layers + ", d_model " + std::to_string(cfg.d_model) + ", d_inner " +
          std::to_string(cfg.d_inner) + ", d_state " + std::to_string(cfg.d_state);
 }
@@ -81,6 +102,31 @@ double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const std::size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// bw (bytes/s) as a fraction of the GPU's peak memory bandwidth.
+std::string bandwidth_share(double bw, const CudaDevices& gpus) {
+  if (gpus.peak_bandwidth <= 0) return "(peak known for GPUs only)";
+  return std::to_string(100.0 * bw / gpus.peak_bandwidth).substr(0, 5) + "% of " +
+         std::to_string(int(gpus.peak_bandwidth / 1e9)) + " GB/s";
+}
+
+// The SSD ops' bytes and FLOPs per token (ssd_cost_per_token) at the rate the profile measured.
+void print_ssd_table(const ModelConfig& cfg, std::int64_t seq_len, double tokens,
+                     const OpProfile& profile, const CudaDevices& gpus) {
+  std::printf("\n%-16s %12s %12s %10s %10s %s\n", "ssd", "bytes/token", "FLOP/token", "GB/s",
+              "GFLOP/s", "of peak bandwidth");
+  for (const bool backward : {false, true}) {
+    const auto it = profile.ops.find(backward ? "ssd_backward" : "ssd_forward");
+    if (it == profile.ops.end() || it->second.seconds <= 0) continue;
+    const SsdCost cost = ssd_cost_per_token(cfg, seq_len, backward);
+    const double per_s = tokens * double(it->second.calls) / it->second.seconds;
+    const double bw = cost.bytes_per_token * per_s;
+    const std::string share = bandwidth_share(bw, gpus);
+    std::printf("%-16s %12.0f %12.0f %10.1f %10.1f %s\n", backward ? "backward" : "forward",
+                cost.bytes_per_token, cost.flops_per_token, bw / 1e9,
+                cost.flops_per_token * per_s / 1e9, share.c_str());
+  }
 }
 
 void run_bench(const BenchOptions& o) {
@@ -177,8 +223,11 @@ void run_bench(const BenchOptions& o) {
     std::printf("%-16s %10lld %10.4f %7.1f%% %12s\n", name.c_str(), (long long)e.calls, e.seconds,
                 100.0 * e.seconds / std::max(total_op_seconds, 1e-12), gflops.c_str());
   }
-  // Every scan call of the step has the same shape: (batch x seq_len) tokens. Mamba-2's SSD
-  // (ssd_forward/ssd_backward) has no bytes-per-token model here: no table without a scan op.
+  // Every scan call of the step has the same shape: (batch x seq_len) tokens.
+  if (cfg.is_mamba2()) {
+    print_ssd_table(cfg, o.seq_len, tokens, profile, gpus);
+    return;
+  }
   if (!profile.ops.count("scan_forward") && !profile.ops.count("scan_backward")) return;
   std::printf("\n%-16s %12s %10s %s\n", "scan", "bytes/token", "GB/s", "of peak");
   for (const bool backward : {false, true}) {
@@ -186,11 +235,7 @@ void run_bench(const BenchOptions& o) {
     if (it == profile.ops.end() || it->second.seconds <= 0) continue;
     const double per_token = scan_bytes_per_token(cfg, o.scan_chunk, backward);
     const double bw = per_token * tokens * double(it->second.calls) / it->second.seconds;
-    const std::string share =
-        gpus.peak_bandwidth > 0
-            ? std::to_string(100.0 * bw / gpus.peak_bandwidth).substr(0, 5) + "% of " +
-                  std::to_string(int(gpus.peak_bandwidth / 1e9)) + " GB/s"
-            : "(peak known for GPUs only)";
+    const std::string share = bandwidth_share(bw, gpus);
     std::printf("%-16s %12.0f %10.1f %s\n", backward ? "backward" : "forward", per_token,
                 bw / 1e9, share.c_str());
   }

@@ -211,7 +211,7 @@ void run_info(const std::string& model_dir) {
   } else if (cfg.is_mamba2()) {
     std::printf("architecture  Mamba2ForCausalLM (mamba2), %lld layers\n", (long long)cfg.n_layer);
     std::printf(
-        "sizes         d_model %lld, d_inner %lld = %lld heads x %lld, %lld groups, d_state %lld, "
+        "sizes         d_model %lld, d_inner %lld = %lld heads x %lld, n_groups %lld, d_state %lld, "
         "d_conv %lld, chunk %lld, vocab %lld\n",
         (long long)cfg.d_model, (long long)cfg.d_inner, (long long)cfg.ssm_heads,
         (long long)cfg.ssm_head_dim, (long long)cfg.n_groups, (long long)cfg.d_state,

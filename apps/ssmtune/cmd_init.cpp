@@ -205,7 +205,7 @@ std::string describe_sizes(const ModelConfig& c) {
     s += "d_model " + n(c.d_model) + ", ";
   }
   if (c.is_mamba2())
-    s += n(c.ssm_heads) + " heads x " + n(c.ssm_head_dim) + ", " + n(c.n_groups) + " groups, ";
+    s += n(c.ssm_heads) + " heads x " + n(c.ssm_head_dim) + ", n_groups " + n(c.n_groups) + ", ";
   return s + "d_inner " + n(c.d_inner) + ", d_state " + n(c.d_state) + ", vocab " +
          n(c.vocab_size) + ", " + (c.tie_word_embeddings ? "tied" : "untied") + " embeddings";
 }
