@@ -24,7 +24,11 @@ std::string JsonFields::where(const std::string& key) const {
 }
 
 void JsonFields::fail(const std::string& key, const std::string& expected) const {
-  throw Error(where(key) + ": expected " + expected + ", got " + describe_json_value(raw(key)));
+  // A check on a defaulted value fails for an absent field too (Jamba's num_attention_heads
+  // default 32 against hidden_size 61): say so instead of reading a value that is not there.
+  const std::string got =
+      has(key) ? describe_json_value(raw(key)) : "nothing (the field is absent)";
+  throw Error(where(key) + ": expected " + expected + ", got " + got);
 }
 
 std::optional<std::int64_t> JsonFields::get_int(const std::string& key, std::int64_t min,

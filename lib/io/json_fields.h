@@ -36,7 +36,8 @@ class JsonFields {
 
   // `"<file>: field "<prefix><key>""`, the start of every message about that field.
   std::string where(const std::string& key) const;
-  // Throws `<where(key)>: expected <expected>, got <the value found>`.
+  // Throws `<where(key)>: expected <expected>, got <the value found>` (or, for an absent
+  // field whose default failed a check, `got nothing (the field is absent)`).
   [[noreturn]] void fail(const std::string& key, const std::string& expected) const;
 
  private:

@@ -68,7 +68,10 @@ class CpuBackend final : public Backend {
 
   void gemm(bool trans_a, bool trans_b, double alpha, const Tensor& A, const Tensor& B,
             double beta, Tensor& C) override {
-    const auto [M, N, K] = checks.gemm(trans_a, trans_b, A, B, C);
+    // Plain variables, not structured bindings: clang 14 (the fuzz build) cannot capture
+    // those in the lambdas below.
+    const auto dims = checks.gemm(trans_a, trans_b, A, B, C);
+    const std::int64_t M = dims.M, N = dims.N, K = dims.K;
     OpTimer timer(profile_, "gemm", 2.0 * double(M) * double(N) * double(K));
     dispatch(C.dtype(), "gemm", [&](auto zero) {
       using T = decltype(zero);
@@ -124,7 +127,8 @@ class CpuBackend final : public Backend {
   void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y,
                        Tensor& rstd) override {
     OpTimer timer(profile_, "rmsnorm");
-    const auto [rows, D, G] = checks.rmsnorm_forward(x, w, y, rstd);
+    const auto dims = checks.rmsnorm_forward(x, w, y, rstd);
+    const std::int64_t rows = dims.rows, D = dims.D, G = dims.G;
     dispatch(x.dtype(), "rmsnorm_forward", [&](auto zero) {
       using T = decltype(zero);
       cpu::rmsnorm_forward<T>(rows, D, x.data<T>(), w.data<T>(), eps, y.data<T>(), rstd.data<T>(),
@@ -134,7 +138,8 @@ class CpuBackend final : public Backend {
   void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                         Tensor& dx, Tensor& dw) override {
     OpTimer timer(profile_, "rmsnorm");
-    const auto [rows, D, G] = checks.rmsnorm_backward(dy, x, w, rstd, dx, dw);
+    const auto dims = checks.rmsnorm_backward(dy, x, w, rstd, dx, dw);
+    const std::int64_t rows = dims.rows, D = dims.D, G = dims.G;
     dispatch(x.dtype(), "rmsnorm_backward", [&](auto zero) {
       using T = decltype(zero);
       cpu::rmsnorm_backward<T>(rows, D, dy.data<T>(), x.data<T>(), w.data<T>(), rstd.data<T>(),
@@ -144,7 +149,8 @@ class CpuBackend final : public Backend {
 
   void conv1d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& c) override {
     OpTimer timer(profile_, "conv1d");
-    const auto [B, L, E, K] = checks.conv1d_forward(x, w, bias, c);
+    const auto dims = checks.conv1d_forward(x, w, bias, c);
+    const std::int64_t B = dims.B, L = dims.L, E = dims.E, K = dims.K;
     dispatch(x.dtype(), "conv1d_forward", [&](auto zero) {
       using T = decltype(zero);
       cpu::conv1d_forward<T>(B, L, E, K, x.data<T>(), w.data<T>(), ptr<T>(bias), c.data<T>());
@@ -153,7 +159,8 @@ class CpuBackend final : public Backend {
   void conv1d_backward(const Tensor& dc, const Tensor& x, const Tensor& w, Tensor& dx,
                        Tensor& dw, Tensor& dbias) override {
     OpTimer timer(profile_, "conv1d");
-    const auto [B, L, E, K] = checks.conv1d_backward(dc, x, w, dx, dw, dbias);
+    const auto dims = checks.conv1d_backward(dc, x, w, dx, dw, dbias);
+    const std::int64_t B = dims.B, L = dims.L, E = dims.E, K = dims.K;
     dispatch(x.dtype(), "conv1d_backward", [&](auto zero) {
       using T = decltype(zero);
       cpu::conv1d_backward<T>(B, L, E, K, dc.data<T>(), x.data<T>(), w.data<T>(), dx.data<T>(),
@@ -448,7 +455,8 @@ class CpuBackend final : public Backend {
   // DoRA's row ops: plain loops over rows, the row sums in double in column order.
   void row_norms(const Tensor& a, Tensor& norm) override {
     OpTimer timer(profile_, "elementwise");
-    const auto [rows, cols] = checks.rows_of("row_norms", a, {}, {&norm});
+    const auto dims = checks.rows_of("row_norms", a, {}, {&norm});
+    const std::int64_t rows = dims.rows, cols = dims.cols;
     dispatch(a.dtype(), "row_norms", [&](auto zero) {
       using T = decltype(zero);
       const T* pa = a.data<T>();
@@ -463,7 +471,8 @@ class CpuBackend final : public Backend {
   }
   void scale_rows(const Tensor& f, const Tensor& a, const Tensor& sub, Tensor& out) override {
     OpTimer timer(profile_, "elementwise");
-    const auto [rows, cols] = checks.rows_of("scale_rows", a, {&sub, &out}, {&f});
+    const auto dims = checks.rows_of("scale_rows", a, {&sub, &out}, {&f});
+    const std::int64_t rows = dims.rows, cols = dims.cols;
     dispatch(a.dtype(), "scale_rows", [&](auto zero) {
       using T = decltype(zero);
       const T *pf = f.data<T>(), *pa = a.data<T>(), *ps = ptr<T>(sub);
@@ -476,7 +485,8 @@ class CpuBackend final : public Backend {
   }
   void row_dots_div_add(const Tensor& a, const Tensor& b, const Tensor& d, Tensor& out) override {
     OpTimer timer(profile_, "elementwise");
-    const auto [rows, cols] = checks.rows_of("row_dots_div_add", a, {&b}, {&d, &out});
+    const auto dims = checks.rows_of("row_dots_div_add", a, {&b}, {&d, &out});
+    const std::int64_t rows = dims.rows, cols = dims.cols;
     dispatch(a.dtype(), "row_dots_div_add", [&](auto zero) {
       using T = decltype(zero);
       const T *pa = a.data<T>(), *pb = b.data<T>(), *pd = d.data<T>();
