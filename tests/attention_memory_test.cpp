@@ -58,9 +58,27 @@ template <class F> std::int64_t peak_bytes(F&& f) {
 
 }  // namespace
 
+// Every unaligned form, not just the two the others default to: a runtime may supply its own
+// nothrow or array form (AddressSanitizer does) instead of forwarding to operator new(size_t),
+// and a block from it freed by counted_delete would be read 16 bytes before its start.
 void* operator new(std::size_t n) { return counted_new(n); }
+void* operator new[](std::size_t n) { return counted_new(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  try {
+    return counted_new(n);
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+}
+void* operator new[](std::size_t n, const std::nothrow_t& tag) noexcept {
+  return operator new(n, tag);
+}
 void operator delete(void* p) noexcept { counted_delete(p); }
+void operator delete[](void* p) noexcept { counted_delete(p); }
 void operator delete(void* p, std::size_t) noexcept { counted_delete(p); }
+void operator delete[](void* p, std::size_t) noexcept { counted_delete(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { counted_delete(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { counted_delete(p); }
 
 using namespace ssmtune;
 

@@ -256,7 +256,9 @@ TEST_CASE("an adapter holding NaN or Inf is refused naming the file and tensor",
   REQUIRE(run_cli(e.train_args()).exit_code == 0);
   const fs::path optimizer = e.run_dir() / "checkpoint-2" / "optimizer.safetensors";
   std::string moment;  // the first moment the file holds
-  for (const auto& entry : ssmtune::SafetensorsFile::open(optimizer).entries())
+  // A named file: a range-for over a temporary's entries() reads them after the file is gone.
+  const auto optimizer_file = ssmtune::SafetensorsFile::open(optimizer);
+  for (const auto& entry : optimizer_file.entries())
     if (moment.empty() && entry.name.rfind("m.", 0) == 0) moment = entry.name;
   REQUIRE(!moment.empty());
   ssmtune::test::poke_f32(optimizer, moment, 0, std::numeric_limits<float>::infinity());
@@ -370,6 +372,14 @@ TEST_CASE("a LoRA rank or other size too large for memory is refused naming the 
   // gradients and AdamW's moments; the run stops before allocating them or writing anything.
   Experiment e(/*steps=*/1, /*checkpoint_every=*/0, /*eval_every=*/0);
   const std::string limit = "ulimit -v 2000000;";
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer reserves terabytes of shadow address space at start, so no process of the
+  // sanitizer build starts under ulimit -v (docs/reliability.md "Sanitizers"): only the run
+  // that fits is checked there; the Release build checks the refusals.
+  WARN("sanitizer build: the refusals under ulimit -v are checked by the Release build only");
+  CHECK(run_cli(e.train_args("--set peft.lora.rank=64")).exit_code == 0);
+  return;
+#endif
   auto r = run_cli(e.train_args("--set peft.lora.rank=1048576"), limit);
   INFO(r.output);
   CHECK(r.exit_code == 2);

@@ -19,6 +19,10 @@
 
 #include "cuda_emu_internal.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 // Static __shared__ variables of non-template functions land in this section
 // (kernels/cuda_compat.cuh); the linker defines its bounds, absent when it is empty.
 extern "C" {
@@ -51,6 +55,9 @@ enum class WarpOp { kShuffle, kBallot, kSyncwarp };
 
 struct Fiber {
   ucontext_t context;
+  const void* stack_bottom;  // its stack, for AddressSanitizer's switch annotations
+  std::size_t stack_bytes;
+  void* asan_fake_stack;  // AddressSanitizer's state of the fiber while it is switched out
   uint3 tid;
   unsigned linear;  // x + y * blockDim.x + z * blockDim.x * blockDim.y
   FiberState state;
@@ -122,10 +129,32 @@ std::map<const void*, std::size_t>& shared_limits() {
   return limits;
 }
 
+// AddressSanitizer's fiber annotations (sanitizer/common_interface_defs.h). Without them it
+// takes a fiber's stack for the thread's: __asan_handle_no_return (before fail_in_fiber, a
+// [[noreturn]] call) ignores the fiber stack and warns that false reports may follow. Every
+// swapcontext is wrapped in start (the stack switched to) and finish (the stack switched from).
+// No-ops in other builds.
+#if defined(__SANITIZE_ADDRESS__)
+void asan_start_switch(void** fake_stack_save, const void* bottom, std::size_t bytes) {
+  __sanitizer_start_switch_fiber(fake_stack_save, bottom, bytes);
+}
+void asan_finish_switch(void* fake_stack_save, const void** bottom_old, std::size_t* bytes_old) {
+  __sanitizer_finish_switch_fiber(fake_stack_save, bottom_old, bytes_old);
+}
+#else
+void asan_start_switch(void**, const void*, std::size_t) {}
+void asan_finish_switch(void*, const void**, std::size_t*) {}
+#endif
+// The scheduler's stack (the launching thread's), learnt when a fiber first runs.
+const void* g_scheduler_stack_bottom = nullptr;
+std::size_t g_scheduler_stack_bytes = 0;
+
 void fiber_main() {
+  asan_finish_switch(nullptr, &g_scheduler_stack_bottom, &g_scheduler_stack_bytes);
   g_run.body.run(g_run.body.context);
   g_run.current->state = FiberState::kDone;
-  // Returning switches to uc_link, the scheduler.
+  // Returning switches to uc_link, the scheduler; the fiber's stack is done with.
+  asan_start_switch(nullptr, g_scheduler_stack_bottom, g_scheduler_stack_bytes);
 }
 
 Fiber& current_fiber(const char* builtin) {
@@ -136,7 +165,11 @@ Fiber& current_fiber(const char* builtin) {
   return *g_run.current;
 }
 
-void yield(Fiber& f) { swapcontext(&f.context, &g_run.scheduler); }
+void yield(Fiber& f) {
+  asan_start_switch(&f.asan_fake_stack, g_scheduler_stack_bottom, g_scheduler_stack_bytes);
+  swapcontext(&f.context, &g_run.scheduler);
+  asan_finish_switch(f.asan_fake_stack, &g_scheduler_stack_bottom, &g_scheduler_stack_bytes);
+}
 
 // Records the error and leaves the fiber parked for good: the scheduler abandons the block.
 [[noreturn]] void fail_in_fiber(Fiber& f, const std::string& what) {
@@ -289,7 +322,10 @@ std::string describe_stall() {
 void resume(Fiber& f) {
   g_run.current = &f;
   threadIdx = f.tid;
+  void* scheduler_fake_stack = nullptr;
+  asan_start_switch(&scheduler_fake_stack, f.stack_bottom, f.stack_bytes);
   swapcontext(&g_run.scheduler, &f.context);
+  asan_finish_switch(scheduler_fake_stack, nullptr, nullptr);
   g_run.current = nullptr;
 }
 
@@ -301,6 +337,9 @@ void resume(Fiber& f) {
   f.tid = {i % blockDim.x, i / blockDim.x % blockDim.y, i / (blockDim.x * blockDim.y)};
   f.state = FiberState::kReady;
   f.barriers = 0;
+  f.stack_bottom = g_stacks.stack(i);
+  f.stack_bytes = g_stacks.stack_size();
+  f.asan_fake_stack = nullptr;
   if (getcontext(&f.context) != 0) die("getcontext failed");
   f.context.uc_stack.ss_sp = g_stacks.stack(i);
   f.context.uc_stack.ss_size = g_stacks.stack_size();
