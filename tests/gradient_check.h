@@ -20,6 +20,15 @@ inline void fill_uniform(Tensor& t, std::mt19937_64& rng, double lo = -1.0, doub
   for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = dist(rng);
 }
 
+// (B, L) I64 token ids, uniform over [0, V), from `seed`.
+inline Tensor random_ids(std::int64_t B, std::int64_t L, std::int64_t V, std::uint64_t seed) {
+  Tensor ids = Tensor::empty({B, L}, DType::I64);
+  std::mt19937_64 rng(seed);
+  for (std::int64_t i = 0; i < ids.numel(); ++i)
+    ids.data<std::int64_t>()[i] = std::int64_t(rng() % std::uint64_t(V));
+  return ids;
+}
+
 inline Tensor random_f64(const Shape& shape, std::mt19937_64& rng, double lo = -1.0,
                          double hi = 1.0) {
   Tensor t = Tensor::empty(shape, DType::F64);

@@ -49,14 +49,6 @@ ModelWeights f64_weights(const ModelConfig& cfg, std::uint64_t seed) {
   return w;
 }
 
-Tensor batch_ids(std::int64_t B, std::int64_t L, std::int64_t V, std::uint64_t seed) {
-  Tensor ids = Tensor::empty({B, L}, DType::I64);
-  std::mt19937_64 rng(seed);
-  for (std::int64_t i = 0; i < ids.numel(); ++i)
-    ids.data<std::int64_t>()[i] = std::int64_t(rng() % std::uint64_t(V));
-  return ids;
-}
-
 }  // namespace
 
 TEST_CASE("Mamba-2: every parameter gradient matches finite differences (float64)",
@@ -65,7 +57,7 @@ TEST_CASE("Mamba-2: every parameter gradient matches finite differences (float64
   ModelWeights w = f64_weights(cfg, 5);
   auto be = make_cpu_backend();
   CausalLM lm(cfg, w, *be);
-  const Tensor ids = batch_ids(2, 7, cfg.vocab_size, 9);
+  const Tensor ids = testing::random_ids(2, 7, cfg.vocab_size, 9);
   const Tensor targets = shift_labels(ids);
   ModelWeights grads = zeros_like_params(cfg, DType::F64);
   lm.forward(ids);
@@ -95,7 +87,7 @@ TEST_CASE("Mamba-2: recurrent decoding equals the full forward", "[model][mamba2
     ModelWeights w = init_model_weights(cfg, 3);
     auto be = make_cpu_backend();
     CausalLM lm(cfg, w, *be);
-    const Tensor ids = batch_ids(1, 9, cfg.vocab_size, 4);
+    const Tensor ids = testing::random_ids(1, 9, cfg.vocab_size, 4);
     lm.forward(ids);
     testing::require_decoder_matches_forward(cfg, w, *be, ids, lm.logits(), nullptr, nullptr);
   }
@@ -109,7 +101,7 @@ TEST_CASE("Mamba-2: dt is clamped to time_step_limit and the clamp stops its gra
   ModelWeights w = f64_weights(cfg, 7);
   auto be = make_cpu_backend();
   CausalLM lm(cfg, w, *be);
-  const Tensor ids = batch_ids(2, 5, cfg.vocab_size, 2);
+  const Tensor ids = testing::random_ids(2, 5, cfg.vocab_size, 2);
   const Tensor targets = shift_labels(ids);
   ModelWeights grads = zeros_like_params(cfg, DType::F64);
   lm.forward(ids);
@@ -152,7 +144,7 @@ TEST_CASE("Mamba-2: the state methods' gradients match finite differences (float
   const ModelConfig cfg = tiny_config();
   ModelWeights w = f64_weights(cfg, 11);
   auto be = make_cpu_backend();
-  const Tensor ids = batch_ids(2, 7, cfg.vocab_size, 3);
+  const Tensor ids = testing::random_ids(2, 7, cfg.vocab_size, 3);
   const Tensor targets = shift_labels(ids);
   for (const StateOffset offset : {StateOffset::H, StateOffset::Y}) {
     DYNAMIC_SECTION("offset " << int(offset)) {
@@ -192,7 +184,7 @@ TEST_CASE("Mamba-2: the recurrent decoder applies the state methods as the full 
       std::uniform_real_distribution<float> u(-0.3f, 0.3f);
       for (TrainableParam& p : params)
         for (std::int64_t i = 0; i < p.value.numel(); ++i) p.value.data<float>()[i] = u(rng);
-      const Tensor ids = batch_ids(1, 9, cfg.vocab_size, 8);
+      const Tensor ids = testing::random_ids(1, 9, cfg.vocab_size, 8);
       CausalLM lm(cfg, w, *be);
       lm.set_scan_hook(&st);
       lm.forward(ids);
@@ -217,7 +209,7 @@ TEST_CASE("Mamba-2: the parallel adapter beside out_proj matches finite differen
   for (TrainableParam& p : params) testing::fill_uniform(p.value, rng, -0.5, 0.5);
   CausalLM lm(cfg, w, *be);
   lm.set_hook(&pa);
-  const Tensor ids = batch_ids(2, 6, cfg.vocab_size, 5);
+  const Tensor ids = testing::random_ids(2, 6, cfg.vocab_size, 5);
   const Tensor targets = shift_labels(ids);
   const auto loss = [&] {
     lm.forward(ids);

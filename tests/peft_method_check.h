@@ -8,11 +8,13 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <random>
 #include <string>
 
 #include "backend/backend.h"
 #include "io/safetensors.h"
 #include "model/causal_lm.h"
+#include "model/model_weights.h"
 #include "peft/peft_model.h"
 #include "test_compare.h"
 
@@ -59,6 +61,59 @@ inline double loss_and_grads(Base& b, PeftModel& peft, const Tensor& ids, const 
   lm.backward(targets, peft.base_grads());
   peft.finish_backward();
   return loss;
+}
+
+// Every float32 trainable += U(-scale, scale), then the effective weights follow.
+inline void add_uniform(PeftModel& peft, std::mt19937_64& rng, float scale) {
+  for (TrainableParam& p : peft.trainables()) {
+    std::uniform_real_distribution<float> u(-scale, scale);
+    for (std::int64_t i = 0; i < p.value.numel(); ++i) p.value.data<float>()[i] += u(rng);
+  }
+  peft.after_step();
+}
+
+// Fresh float32 base weights and a PeftModel of `pc` on them (its own, as a run holds them).
+struct TunedModel {
+  ModelWeights w;
+  std::unique_ptr<PeftModel> peft;
+};
+
+// A PeftModel of `pc` whose trainables are moved off their initial values by U(-0.2, 0.2), in
+// SDT's warmup or, with past_warmup, in its masked phase (moved again after the selection).
+inline std::unique_ptr<TunedModel> randomised_sdt_model(Base& b, const PeftConfig& pc,
+                                                        bool past_warmup, std::mt19937_64& rng) {
+  auto t = std::make_unique<TunedModel>();
+  t->w = load_model_weights(b.dir, b.cfg, DType::F32);
+  t->peft = std::make_unique<PeftModel>(b.cfg, t->w, pc, *b.be, 0);
+  add_uniform(*t->peft, rng, 0.2f);
+  if (past_warmup) {
+    t->peft->end_sdt_warmup();
+    add_uniform(*t->peft, rng, 0.2f);
+  }
+  return t;
+}
+
+// Saves `peft` into `dir`, loads it back as a resumed run does (a fresh PeftModel, in SDT's
+// warmup as every run starts), and requires the same SDT phase and every trainable's value bit
+// for bit.
+inline std::unique_ptr<TunedModel> save_and_reload(Base& b, const PeftConfig& pc, PeftModel& peft,
+                                                   const std::filesystem::path& dir) {
+  peft.save(dir, "base", {});
+  REQUIRE(std::filesystem::exists(dir / kParamTuningFile));
+  auto r = std::make_unique<TunedModel>();
+  r->w = load_model_weights(b.dir, b.cfg, DType::F32);
+  r->peft = std::make_unique<PeftModel>(b.cfg, r->w, pc, *b.be, 0);
+  r->peft->load(dir);
+  REQUIRE(r->peft->sdt_warming_up() == peft.sdt_warming_up());
+  const std::vector<TrainableParam>& want = peft.trainables();
+  const std::vector<TrainableParam>& got = r->peft->trainables();
+  REQUIRE(got.size() == want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    INFO(want[i].name);
+    REQUIRE(got[i].name == want[i].name);
+    testing::require_close("value", got[i].value, want[i].value, 0, 0);
+  }
+  return r;
 }
 
 inline double loss_only(Base& b, PeftModel& peft, const Tensor& ids, const Tensor& targets) {

@@ -288,38 +288,14 @@ TEST_CASE("parameter tuning saves, loads (SDT in either phase) and merges exactl
   pc.sdt = SdtConfig{};
   pc.sdt->channel_freeze_fraction = 0.8;
   std::mt19937_64 rng(5);
-  auto randomise = [&](PeftModel& peft) {
-    for (TrainableParam& p : peft.trainables()) {
-      std::uniform_real_distribution<float> u(-0.2f, 0.2f);
-      for (std::int64_t i = 0; i < p.value.numel(); ++i) p.value.data<float>()[i] += u(rng);
-    }
-    peft.after_step();
-  };
   for (const bool past_warmup : {false, true}) {
     DYNAMIC_SECTION((past_warmup ? "masked phase" : "warmup phase")) {
       TempDir dir;
-      ModelWeights w1 = load_model_weights(b.dir, b.cfg, DType::F32);
-      PeftModel peft(b.cfg, w1, pc, *b.be, 0);
-      randomise(peft);
-      if (past_warmup) {
-        peft.end_sdt_warmup();
-        randomise(peft);
-      }
-      peft.save(dir.path(), "base", {});
-      REQUIRE(fs::exists(dir / kParamTuningFile));
-
+      const auto tuned_model = randomised_sdt_model(b, pc, past_warmup, rng);
+      PeftModel& peft = *tuned_model->peft;
       // Resume: a fresh PeftModel (in warmup, as every run starts) takes the file's phase.
-      ModelWeights w2 = load_model_weights(b.dir, b.cfg, DType::F32);
-      PeftModel back(b.cfg, w2, pc, *b.be, 0);
-      back.load(dir.path());
-      REQUIRE(back.sdt_warming_up() == !past_warmup);
-      REQUIRE(back.trainables().size() == peft.trainables().size());
-      for (std::size_t i = 0; i < peft.trainables().size(); ++i) {
-        INFO(peft.trainables()[i].name);
-        REQUIRE(back.trainables()[i].name == peft.trainables()[i].name);
-        testing::require_close("value", back.trainables()[i].value, peft.trainables()[i].value, 0,
-                               0);
-      }
+      const auto back = save_and_reload(b, pc, peft, dir.path());
+      REQUIRE(back->peft->sdt_warming_up() == !past_warmup);
       CausalLM tuned(b.cfg, peft.weights(), *b.be);
       tuned.forward(ids);
 

@@ -2,7 +2,8 @@
 // tests/fixtures/mamba2-tiny (data_scripts/make_mamba2_fixtures.py; 2 layers of 4 heads x 8,
 // one group, vocabulary 64) with make_fixture_experiment's 12-token tokenizer and data. A
 // method mapped to Mamba-2 trains 4 steps with finite losses and resumes from its step-2
-// checkpoint bit for bit; one that is not is refused naming what it asked for and why.
+// checkpoint bit for bit; one that is not is refused naming what it asked for and why. SDLoRA
+// also resumes from a checkpoint inside its warmup.
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
@@ -30,8 +31,6 @@ const std::map<std::string, std::vector<std::string>> kRefusedOnMamba2 = {
     {"additional-scan", {"peft.additional_scan", kNotMapped}},
     {"affix", {"peft.affix", kNotMapped}},
     {"hybrid", {"peft.affix", kNotMapped}},
-    {"sdlora", {"peft.sdt", kNotMapped}},
-    {"sdt", {"peft.sdt", kNotMapped}},
     {"lora-slices", {"x_proj.B"}},
     {"lora-ssm", {"x_proj"}},
     {"partial-delta", {"dt_proj.bias"}},
@@ -91,6 +90,45 @@ TEST_CASE("every configs/methods config trains and resumes on Mamba-2 or is refu
         for (const std::string& part : refused->second) CHECK_THAT(e.what(), Catch::Contains(part));
         CHECK(!fs::exists(whole / "adapter"));
       }
+    }
+  }
+}
+
+TEST_CASE("SDLoRA on Mamba-2 resumes bit-exactly from a warmup and a masked-phase checkpoint",
+          "[train][mamba2][sdt][resume]") {
+  TempDir dir;
+  const fs::path train_file = ssmtune::test::make_fixture_experiment(dir.path(), "mamba2-tiny");
+  const fs::path method = ssmtune::test::method_configs().front().parent_path() / "sdlora.json";
+  // 6 steps: 3 of warmup, 3 masked; checkpoints at 2 (warmup) and 4 (masked).
+  json cfg = ssmtune::test::method_experiment(method, dir.path(), train_file, 6);
+  cfg["peft"]["sdt"]["warmup_steps"] = 3;
+  cfg["peft"]["sdt"]["channel_freeze_fraction"] = 0.5;  // 2 of mamba2-tiny's 4 heads
+  cfg["checkpoint"] = {{"every", 2}, {"keep", 3}};
+  const fs::path whole = dir / "run-sdlora";
+  REQUIRE(train_config(cfg, dir / "sdlora.json", false).steps == 6);
+  const json selection = json::parse(read_file(whole / "sdt_selection.json"));
+  REQUIRE(selection["layers"].size() == 2);
+  for (const json& layer : selection["layers"]) {
+    CHECK(layer["heads"].size() == 2);
+    for (const json& states : layer["states"]) CHECK(states.size() == 2);  // 8 - round(6)
+  }
+  for (const int from : {2, 4}) {
+    DYNAMIC_SECTION("from checkpoint-" << from) {
+      const fs::path resumed = dir / ("resumed-" + std::to_string(from));
+      fs::copy(whole, resumed, fs::copy_options::recursive);
+      for (const auto& f : fs::directory_iterator(resumed)) {
+        const std::string n = f.path().filename().string();
+        const bool later_checkpoint =
+            n.rfind("checkpoint-", 0) == 0 && std::stoi(n.substr(11)) > from;
+        if (later_checkpoint || n == "adapter" || n == "summary.json" ||
+            (from < 3 && n == "sdt_selection.json"))
+          fs::remove_all(f.path());
+      }
+      cfg["output_dir"] = resumed.string();
+      REQUIRE(train_config(cfg, dir / "resumed.json", true).steps == 6);
+      CHECK(files_of(resumed / "adapter") == files_of(whole / "adapter"));
+      CHECK(read_file(resumed / "sdt_selection.json") == read_file(whole / "sdt_selection.json"));
+      CHECK(ssmtune::test::trajectory(resumed) == ssmtune::test::trajectory(whole));
     }
   }
 }

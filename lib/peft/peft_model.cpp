@@ -28,10 +28,10 @@ void refuse_without_mamba_layers(const ModelConfig& cfg, const PeftConfig& peft)
   if (!mamba_layers(cfg).empty()) return;
   std::vector<std::string> asked;
   // Mapped to Mamba-2's layers too (docs/methods.md): partial tuning, BitFit, prefix tuning,
-  // the state methods, the parallel adapter.
+  // SDT, the state methods, the parallel adapter.
   if (peft.partial && !cfg.is_mamba2()) asked.push_back("peft.partial");
   if (peft.bitfit && !cfg.is_mamba2()) asked.push_back("peft.bitfit");
-  if (peft.sdt) asked.push_back("peft.sdt");
+  if (peft.sdt && !cfg.is_mamba2()) asked.push_back("peft.sdt");
   if ((peft.initial_state || peft.initial_conv_state) && !cfg.is_mamba2())
     asked.push_back("peft.initial_state");
   if (!peft.state_offset.empty() && !cfg.is_mamba2()) asked.push_back("peft.state_offset");
@@ -131,11 +131,12 @@ PeftModel::PeftModel(const ModelConfig& cfg, ModelWeights& base, const PeftConfi
   hold_params_in(cfg_, base_, tensors_of(partial_plan_), dtype, be_);  // trained: not bf16
   if (peft.sdt) {
     std::set<std::string> direct;  // trained in place: their pretrained values for the reset
+    // SDT's tensors: A_log and the B and C rows of x_proj (Mamba-2: of in_proj).
+    const std::string bc = cfg.is_mamba2() ? "in_proj" : "x_proj";
     for (const TunedTensor& e : partial_plan_) {
-      if (e.tensor.ends_with(".A_log") || e.tensor.ends_with(".x_proj.weight"))
-        throw UsageError("peft.partial: " + e.tensor +
-                         " is SDT's to tune; leave A_log and x_proj out of peft.partial "
-                         "when peft.sdt is on");
+      if (e.tensor.ends_with(".A_log") || e.tensor.ends_with("." + bc + ".weight"))
+        throw UsageError("peft.partial: " + e.tensor + " is SDT's to tune; leave A_log and " + bc +
+                         " out of peft.partial when peft.sdt is on");
       if (e.mode == TuneMode::Direct) direct.insert(e.tensor);
     }
     for (ParamSlot& slot : param_slots(cfg_, base_))
@@ -168,10 +169,12 @@ void PeftModel::refuse_trained_dora_weights() const {
         throw UsageError("peft.partial: " + weight + " carries DoRA (peft.lora.dora on " + t.name +
                          "); a DoRA module's weight must stay frozen: leave it out of " +
                          "peft.partial or of peft.lora.targets");
-    if (config_.sdt && t.site.name == "x_proj")
-      throw UsageError("peft.lora.targets: " + t.name +
-                       ": SDT (peft.sdt) trains x_proj's B and C rows, which DoRA would scale; " +
-                       "leave x_proj out of the DoRA targets");
+    // DoRA takes whole modules only: on Mamba-2 any DoRA on in_proj covers B and C.
+    const std::string bc = cfg_.is_mamba2() ? "in_proj" : "x_proj";
+    if (config_.sdt && t.site.name == bc)
+      throw UsageError("peft.lora.targets: " + t.name + ": SDT (peft.sdt) trains " + bc +
+                       "'s B and C rows, which DoRA would scale; leave " + bc +
+                       " out of the DoRA targets");
   }
 }
 
@@ -224,13 +227,10 @@ void PeftModel::set_training(bool training, Rng* dropout_rng) {
 
 const std::vector<SdtLayerSelection>& PeftModel::end_sdt_warmup() {
   check(sdt_phase_ == SdtPhase::Warmup, "end_sdt_warmup: SDT is not warming up");
-  const SdtConfig& sc = *config_.sdt;
-  const std::int64_t k_channels = sdt_kept(cfg_.d_inner, sc.channel_freeze_fraction);
-  const std::int64_t k_states = sdt_kept(cfg_.d_state, sc.state_freeze_fraction);
-  sdt_selection_.clear();
+  std::vector<TunedTensor> warmup;
   for (const TunedTensor& e : params_->entries())
-    if (e.name.rfind("sdt_warmup.", 0) == 0)
-      sdt_selection_.push_back(select_sdt_dimensions(e.value, k_channels, k_states));
+    if (e.name.rfind("sdt_warmup.", 0) == 0) warmup.push_back(e);
+  sdt_selection_ = select_sdt(cfg_, *config_.sdt, warmup);
   // Reset (docs/methods.md section 3, step 3): the pretrained model, fresh adapters from the seed.
   restore_pristine();
   for (const std::unique_ptr<PeftMethod>& m : methods_) m->init(base_, seed_);
@@ -267,6 +267,28 @@ std::string PeftModel::sdt_json() const {
       .dump();
 }
 
+std::string PeftModel::sdt_summary(std::int64_t n_sdt) const {
+  const bool m2 = cfg_.is_mamba2();
+  const std::string bc = m2 ? "in_proj.B, in_proj.C" : "x_proj.B, x_proj.C";
+  if (sdt_phase_ == SdtPhase::Train)
+    return "sdt: masked A_log, " + bc + ", " + std::to_string(n_sdt) + " parameters";
+  const SdtConfig& sc = *config_.sdt;
+  const std::int64_t kc = sdt_kept_channels(cfg_, sc), ks = sdt_kept_states(cfg_, sc);
+  const std::int64_t n_layers = std::int64_t(ssm_layers(cfg_).size());
+  // Mamba-2: B and C rows of the kept states in each group holding a kept head, d_model wide.
+  const std::int64_t after =
+      n_layers * (m2 ? kc + 2 * std::min(kc, cfg_.n_groups) * ks * cfg_.d_model
+                     : kc * ks + 2 * kc * cfg_.d_state);
+  const std::string what =
+      m2 ? " heads of A_log + " + bc + " rows of " + std::to_string(ks) +
+               " states in each group holding a kept head: at most "
+         : " channels x " + std::to_string(ks) + " states of A_log + B, C of those channels: ";
+  return "sdt warmup: dense delta on A_log" + std::string(m2 ? " and " + bc + " rows" : "") + ", " +
+         std::to_string(n_sdt) + " parameters, for " + std::to_string(sc.warmup_steps) +
+         " steps; then per layer " + std::to_string(kc) + what + std::to_string(after) +
+         " parameters";
+}
+
 std::vector<std::string> PeftModel::summary() const {
   std::vector<std::string> lines;
   for (const std::unique_ptr<PeftMethod>& m : methods_)
@@ -297,21 +319,7 @@ std::vector<std::string> PeftModel::summary() const {
                       "): " + std::to_string(n_tensors) + " tensors, " + std::to_string(n_partial) +
                       " parameters");
     }
-    if (sdt_phase_ == SdtPhase::Warmup) {
-      const SdtConfig& sc = *config_.sdt;
-      const std::int64_t kc = sdt_kept(cfg_.d_inner, sc.channel_freeze_fraction);
-      const std::int64_t ks = sdt_kept(cfg_.d_state, sc.state_freeze_fraction);
-      lines.push_back("sdt warmup: dense delta on A_log, " + std::to_string(n_sdt) +
-                      " parameters, for " + std::to_string(sc.warmup_steps) +
-                      " steps; then per layer " + std::to_string(kc) + " channels x " +
-                      std::to_string(ks) + " states of A_log + B, C of those channels: " +
-                      std::to_string(std::int64_t(mamba_layers(cfg_).size()) *
-                                     (kc * ks + 2 * kc * cfg_.d_state)) +
-                      " parameters");
-    } else if (sdt_phase_ == SdtPhase::Train) {
-      lines.push_back("sdt: masked A_log, x_proj.B, x_proj.C, " + std::to_string(n_sdt) +
-                      " parameters");
-    }
+    if (sdt_phase_ != SdtPhase::Off) lines.push_back(sdt_summary(n_sdt));
   }
   return lines;
 }
@@ -374,7 +382,8 @@ void PeftModel::load_params(const fs::path& dir) {
       sdt_selection_ = sdt_selection_of(cfg_, saved->entries);
       for (const SdtLayerSelection& s : sdt_selection_)
         if (s.channels.empty())
-          throw Error(file + ": SDT's masked training has no A_log entry for every Mamba layer");
+          throw Error(file +
+                      ": SDT's masked training has no A_log entry for every state-space layer");
       restore_pristine();
       build_params(sdt_masked_entries(cfg_, sdt_selection_));
       sdt_phase_ = SdtPhase::Train;

@@ -104,6 +104,7 @@ class PeftModel {
   // UsageError when a DoRA module's weight would train (full, partial, SDT on x_proj).
   void refuse_trained_dora_weights() const;
   std::string sdt_json() const;  // SDT's phase and settings for the params file
+  std::string sdt_summary(std::int64_t n_sdt) const;  // summary()'s line, n_sdt its values
   void load_params(const std::filesystem::path& dir);
   void restore_pristine();  // SDT's reset: direct-tuned base tensors back to pretrained
 

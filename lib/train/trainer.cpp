@@ -89,7 +89,8 @@ void check_fresh_output_dir(const fs::path& out) {
 void report_sdt_selection(const ModelConfig& mcfg, const std::vector<SdtLayerSelection>& selection,
                           const fs::path& out) {
   const nlohmann::json json = sdt_selection_json(mcfg, selection);
-  spdlog::info("sdt: warmup done; selected per layer (channels: A_log states kept):");
+  spdlog::info("sdt: warmup done; selected per layer ({}):",
+               mcfg.is_mamba2() ? "heads: B/C states kept" : "channels: A_log states kept");
   for (std::size_t i = 0; i < selection.size(); ++i) {
     std::string line;
     for (std::size_t j = 0; j < selection[i].channels.size(); ++j) {
