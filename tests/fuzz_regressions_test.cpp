@@ -3,8 +3,10 @@
 // replays through the target.
 #include <catch2/catch.hpp>
 #include <fstream>
+#include <iterator>
 #include <string>
 
+#include "data/sentencepiece_tokenizer.h"
 #include "io_test_util.h"
 #include "model/model_config.h"
 
@@ -30,5 +32,26 @@ TEST_CASE("a check on a defaulted field of config.json that is absent is an Erro
     CHECK(what.find("config.json: field \"num_attention_heads\"") != std::string::npos);
     CHECK(what.find("a divisor of hidden_size = 61") != std::string::npos);
     CHECK(what.find("the field is absent") != std::string::npos);
+  }
+}
+
+TEST_CASE("a SentencePiece model whose trie builder throws is an Error naming the file",
+          "[tokenizer][fuzz]") {
+  // fuzz_sentencepiece: a 32-byte tokenizer.model with a piece starting with a NUL byte, which
+  // libsentencepiece's Darts builder reads as an empty key and throws its own exception for,
+  // not an ssmtune::Error. The saved input is tokenizer.model, the separator, then more files.
+  std::ifstream in(kRegressions + "/sentencepiece/piece-starting-with-nul.bin", std::ios::binary);
+  const std::string input((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::size_t model_end = input.find("\n--ssmtune-fuzz-file--\n");
+  REQUIRE(model_end == 32);
+  ssmtune::test::TempDir dir;
+  const std::filesystem::path model = dir / "tokenizer.model";
+  std::ofstream(model, std::ios::binary) << input.substr(0, model_end);
+  try {
+    (void)ssmtune::SentencePieceTokenizer(model);
+    FAIL("the model loaded");
+  } catch (const ssmtune::Error& e) {
+    const std::string what = e.what();
+    CHECK(what.find(model.string() + ": not a valid SentencePiece model") != std::string::npos);
   }
 }

@@ -2,6 +2,8 @@
 
 #include <sentencepiece_processor.h>
 
+#include <exception>
+
 #include "core/error.h"
 #include "io/mapped_file.h"
 
@@ -21,7 +23,14 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::filesystem::path& mode
     throw Error(source_ + ": file is " + std::to_string(file->size()) + " bytes, more than the " +
                 std::to_string(kMaxModelBytes) + "-byte limit for a SentencePiece model");
   const std::string_view bytes(reinterpret_cast<const char*>(file->data()), file->size());
-  const auto status = sp_->LoadFromSerializedProto(bytes);
+  // The library reports most bad models in its status, but its trie builder (Darts) throws
+  // its own exception for some (a piece starting with a NUL byte reads as an empty key).
+  sentencepiece::util::Status status;
+  try {
+    status = sp_->LoadFromSerializedProto(bytes);
+  } catch (const std::exception& e) {
+    throw Error(source_ + ": not a valid SentencePiece model: " + e.what());
+  }
   if (!status.ok())
     throw Error(source_ + ": not a valid SentencePiece model: " + status.ToString());
   if (sp_->GetPieceSize() <= 0) throw Error(source_ + ": SentencePiece model has no pieces");
