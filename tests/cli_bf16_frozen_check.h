@@ -14,8 +14,6 @@
 
 namespace ssmtune::test {
 
-inline std::string q(const std::filesystem::path& p) { return "'" + p.string() + "'"; }
-
 // The loss `ssmtune eval --json ARGS` prints.
 inline double eval_loss(const std::string& args) {
   const auto r = run_cli("--quiet eval --json " + args);

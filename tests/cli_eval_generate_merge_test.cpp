@@ -12,6 +12,7 @@
 using ssmtune::test::Experiment;
 using ssmtune::test::run_cli;
 namespace fs = std::filesystem;
+using ssmtune::test::q;
 
 namespace {
 
@@ -22,8 +23,6 @@ nlohmann::json eval_json(const std::string& args) {
   REQUIRE(r.exit_code == 0);
   return nlohmann::json::parse(r.output);
 }
-
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
 
 }  // namespace
 

@@ -27,10 +27,9 @@ using ssmtune::test::Experiment;
 using ssmtune::test::read_file;
 using ssmtune::test::run_cli;
 namespace fs = std::filesystem;
+using ssmtune::test::q;
 
 namespace {
-
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
 
 std::string fixture(const std::string& name) {
   return q(fs::path(SSMTUNE_FIXTURES_DIR) / name);

@@ -15,10 +15,9 @@ using ssmtune::test::read_file;
 using ssmtune::test::run_cli;
 using ssmtune::testing::require_close;
 namespace fs = std::filesystem;
+using ssmtune::test::q;
 
 namespace {
-
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
 
 void train_ok(const Experiment& e, const std::string& extra) {
   const auto r = run_cli(e.train_args(extra));

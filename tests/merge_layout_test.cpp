@@ -30,13 +30,8 @@ using namespace ssmtune;
 using namespace ssmtune::testing::merge_check;
 using ssmtune::test::run_cli;
 namespace fs = std::filesystem;
+using ssmtune::test::q;
 using nlohmann::json;
-
-namespace {
-
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
-
-}  // namespace
 
 TEST_CASE("merge-adapter keeps a BF16 single-file base's layout and rounds each merged weight once",
           "[merge][layout]") {

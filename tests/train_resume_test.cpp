@@ -3,9 +3,7 @@
 // parameters and losses to the run that was never interrupted; bad input and failed writes give
 // one clear error and leave no partial files. The model is made here with init_mamba_weights and
 // the byte-level BPE tokenizer fixture (data_scripts/make_tokenizer_fixtures.py).
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 
 #include <catch2/catch.hpp>
@@ -26,8 +24,6 @@ using ssmtune::test::trajectory;
 using ssmtune::test::run_cli;
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-extern char** environ;
 
 namespace {
 
@@ -97,16 +93,7 @@ TEST_CASE("SIGTERM writes a checkpoint, exits 143, and the run resumes bit-exact
   Experiment straight(120, 10, 60), stopped(120, 10, 60);
   REQUIRE(run_cli(straight.train_args()).exit_code == 0);
 
-  const std::string config = stopped.config.string();
-  const char* argv[] = {SSMTUNE_BIN, "--quiet", "train", config.c_str(), nullptr};
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
-  pid_t pid = 0;
-  REQUIRE(posix_spawn(&pid, SSMTUNE_BIN, &actions, nullptr, const_cast<char**>(argv), environ) ==
-          0);
-  posix_spawn_file_actions_destroy(&actions);
+  const pid_t pid = ssmtune::test::spawn_cli({"--quiet", "train", stopped.config.string()});
   // Signal once training has visibly started (its first checkpoint exists).
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (!fs::exists(stopped.run_dir() / "checkpoint-10") &&

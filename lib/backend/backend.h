@@ -61,6 +61,10 @@ class Backend {
   // The most device memory this backend's tensors have held at once, in bytes (the CUDA
   // allocator's high-water mark); 0 where tensors live in host memory (CPU backend).
   virtual std::size_t peak_device_bytes() const { return 0; }
+  // Bytes the device can still give this backend (free memory plus the blocks it caches), for
+  // checking a size before allocating it; UINT64_MAX on the CPU, whose bound is the host's
+  // (core/memory_budget.h), and when the device cannot say.
+  virtual std::uint64_t free_device_bytes() const { return UINT64_MAX; }
 
   virtual Tensor empty(const Shape& shape, DType dtype) = 0;
   virtual Tensor zeros(const Shape& shape, DType dtype) = 0;

@@ -29,9 +29,15 @@ std::uint64_t proc_kb_field(const char* file, const std::string& key) {
   return kUnknown;
 }
 
-std::string gigabytes(double bytes) {
+// "11.0 GB", "0.4 GB", "2.3 MB", "96.0 kB": digits enough to tell two sizes apart.
+std::string size_text(double bytes) {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f GB", bytes / 1e9);
+  if (bytes >= 1e8)
+    std::snprintf(buf, sizeof buf, "%.1f GB", bytes / 1e9);
+  else if (bytes >= 1e5)
+    std::snprintf(buf, sizeof buf, "%.1f MB", bytes / 1e6);
+  else
+    std::snprintf(buf, sizeof buf, "%.1f kB", bytes / 1e3);
   return buf;
 }
 
@@ -53,18 +59,22 @@ std::uint64_t available_host_bytes() {
 }
 
 void check_trainables_fit(const std::string& setting, std::uint64_t n_params,
-                          std::size_t value_bytes) {
-  // The values, their gradients and AdamW's m and v: four tensors of the same size.
-  std::uint64_t bytes = 0;
-  const bool overflow = __builtin_mul_overflow(n_params, std::uint64_t(4 * value_bytes), &bytes);
-  const std::uint64_t available = available_host_bytes();
-  if (!overflow && (available == kUnknown || bytes <= available)) return;
-  throw UsageError(setting + ": " + std::to_string(n_params) +
-                   " trainable parameters need " +
-                   (overflow ? "more than 2^64 bytes" : gigabytes(double(bytes))) +
-                   " with their gradients and AdamW state; " +
-                   gigabytes(double(available == kUnknown ? 0 : available)) +
-                   " of memory is available");
+                          std::size_t value_bytes, std::uint64_t device_free_bytes) {
+  const bool on_device = device_free_bytes != kUnknown;
+  // copies: the values, their gradients and AdamW's m and v, all of the same size; with a
+  // device, the host holds the first two at most.
+  const auto check = [&](std::uint64_t copies, std::uint64_t available, const char* where,
+                         const char* available_what) {
+    std::uint64_t bytes = 0;
+    const bool overflow = __builtin_mul_overflow(n_params, copies * value_bytes, &bytes);
+    if (!overflow && (available == kUnknown || bytes <= available)) return;
+    throw UsageError(setting + ": " + std::to_string(n_params) + " trainable parameters need " +
+                     (overflow ? "more than 2^64 bytes" : size_text(double(bytes))) + where +
+                     " with their gradients and AdamW state; " +
+                     size_text(double(available == kUnknown ? 0 : available)) + available_what);
+  };
+  if (on_device) check(4, device_free_bytes, " on the device", " of device memory is free");
+  check(on_device ? 2 : 4, available_host_bytes(), "", " of memory is available");
 }
 
 }  // namespace ssmtune

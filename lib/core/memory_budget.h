@@ -18,8 +18,13 @@ std::uint64_t available_host_bytes();
 // available_host_bytes() with their gradients and AdamW's two moments (4 x the values):
 //   peft.lora.rank = 1048576 on 6 modules: 687865856 trainable parameters need 11.0 GB with their
 //   gradients and AdamW state; 4.1 GB of memory is available
+// With a device (`device_free_bytes` known: Backend::free_device_bytes), the four live there and
+// the host needs room for two (values and gradients may be made on the host first):
+//   peft.full: 130000000 trainable parameters need 2.1 GB on the device with their gradients and
+//   AdamW state; 1.0 GB of device memory is free
 // n_params may be any value; products past 64 bits count as not fitting.
 void check_trainables_fit(const std::string& setting, std::uint64_t n_params,
-                          std::size_t value_bytes);
+                          std::size_t value_bytes,
+                          std::uint64_t device_free_bytes = UINT64_MAX);
 
 }  // namespace ssmtune

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "io/fault_injection.h"
 
 namespace ssmtune {
 
@@ -62,11 +63,13 @@ void AtomicFile::write(const void* data, std::size_t n_bytes) {
     p += n;
     n_bytes -= std::size_t(n);
   }
+  kill_point("atomic file: part written");
 }
 
 void AtomicFile::commit() {
   if (fd_ < 0) throw Error(path_.string() + ": commit twice");
   if (::fsync(fd_) != 0) fail("fsync failed", errno);
+  kill_point("atomic file: synced, not renamed");
   const int fd = fd_;
   fd_ = -1;
   if (::close(fd) != 0) {
@@ -80,6 +83,7 @@ void AtomicFile::commit() {
     throw Error(path_.string() + ": cannot rename " + temp_path_.string() +
                 " into place: " + std::strerror(err));
   }
+  kill_point("atomic file: renamed");
   fsync_directory(path_.parent_path());
 }
 

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <filesystem>
 #include <memory>
+#include <string>
 
 namespace ssmtune {
 
@@ -13,6 +14,9 @@ class MappedFile {
   // read-only and is never modified, but tensors viewing the mapping may be written in place
   // (fine-tuning a base weight) without a crash. Throws Error naming the path when the file
   // is missing, not a regular file (a FIFO would hang a reader) or cannot be mapped.
+  // While mapped, a read past the end of a file that another process truncated (SIGBUS) ends
+  // the process with one line, `error: <path>: the file became shorter while ssmtune was
+  // reading it ...`, and exit status 1, not a silent crash.
   static std::shared_ptr<MappedFile> open(const std::filesystem::path& path);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
@@ -27,6 +31,8 @@ class MappedFile {
   std::filesystem::path path_;
   unsigned char* data_ = nullptr;
   std::size_t size_ = 0;
+  std::string path_text_;  // what the SIGBUS handler prints
+  int watch_slot_ = -1;    // its slot in the handler's table
 };
 
 // Opens `path` read-only and checks it is a regular file; returns the descriptor and its size.

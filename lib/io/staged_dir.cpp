@@ -1,6 +1,7 @@
 #include "io/staged_dir.h"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc 2.28)
 #include <signal.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <system_error>
 
 #include "core/error.h"
+#include "io/fault_injection.h"
 
 namespace fs = std::filesystem;
 
@@ -53,6 +55,7 @@ StagedDir::StagedDir(fs::path final_dir, bool replace)
   if (!fs::create_directory(temp_, ec) || ec)
     throw Error(final_.string() + ": cannot create " + temp_.string() + ": " +
                 (ec ? ec.message() : "it already exists"));
+  kill_point("staged dir: created");
 }
 
 StagedDir::~StagedDir() {
@@ -64,33 +67,61 @@ StagedDir::~StagedDir() {
 void StagedDir::commit() {
   check(!committed_, "StagedDir committed twice");
   fsync_tree(temp_);
+  kill_point("staged dir: synced");
   std::error_code ec;
-  fs::path aside;
   if (replace_ && fs::exists(final_, ec)) {
-    aside = final_;
-    aside += ".old.tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-    if (::rename(final_.c_str(), aside.c_str()) != 0)
-      throw Error(final_.string() + ": cannot move the old version aside: " + std::strerror(errno));
+    // One atomic swap: final_ holds the old version or the new one at every instant, and the
+    // old one ends up under the staging name (removed below, or as a stale leftover).
+    if (::renameat2(AT_FDCWD, temp_.c_str(), AT_FDCWD, final_.c_str(), RENAME_EXCHANGE) == 0) {
+      committed_ = true;
+      kill_point("staged dir: swapped with the old version");
+      fsync_path(final_.has_parent_path() ? final_.parent_path() : fs::path("."));
+      fs::remove_all(temp_, ec);
+      return;
+    }
+    if (errno != EINVAL && errno != ENOSYS)
+      throw Error(final_.string() + ": cannot replace it with " + temp_.string() + ": " +
+                  std::strerror(errno));
+    replace_by_moving_aside();
+    return;
   }
+  if (::rename(temp_.c_str(), final_.c_str()) != 0)
+    throw Error(final_.string() + ": cannot rename " + temp_.string() +
+                " into place: " + std::strerror(errno));
+  committed_ = true;
+  kill_point("staged dir: renamed into place");
+  fsync_path(final_.has_parent_path() ? final_.parent_path() : fs::path("."));
+}
+
+void StagedDir::replace_by_moving_aside() {
+  // Filesystems without RENAME_EXCHANGE: a kill between the two renames leaves no final_, only
+  // the old version under a staging name (which the next run removes).
+  fs::path aside = final_;
+  aside += ".old.tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  if (::rename(final_.c_str(), aside.c_str()) != 0)
+    throw Error(final_.string() + ": cannot move the old version aside: " + std::strerror(errno));
+  kill_point("staged dir: old version moved aside");
   if (::rename(temp_.c_str(), final_.c_str()) != 0) {
     const int err = errno;
-    if (!aside.empty()) ::rename(aside.c_str(), final_.c_str());
+    ::rename(aside.c_str(), final_.c_str());
     throw Error(final_.string() + ": cannot rename " + temp_.string() +
                 " into place: " + std::strerror(err));
   }
   committed_ = true;
   fsync_path(final_.has_parent_path() ? final_.parent_path() : fs::path("."));
-  if (!aside.empty()) fs::remove_all(aside, ec);
+  std::error_code ec;
+  fs::remove_all(aside, ec);
 }
 
 void remove_stale_staging(const fs::path& parent) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(parent, ec)) {
-    // Only names StagedDir makes: <name>.tmp.<pid>.<n>
+    // Only names StagedDir and AtomicFile make: <name>.tmp.<pid>.<n>, a directory or a file.
     static const std::regex staged(R"(.+\.tmp\.([0-9]{1,9})\.[0-9]+$)");
     const std::string name = e.path().filename().string();
     std::smatch m;
-    if (!e.is_directory(ec) || !std::regex_match(name, m, staged)) continue;
+    if (!(e.is_directory(ec) || e.is_regular_file(ec)) || !std::regex_match(name, m, staged))
+      continue;
     // Another live process is still writing it (a merge-adapter into the run directory, say):
     // not stale. Ours at start-up is from an earlier process that had this pid.
     const pid_t pid = pid_t(std::stol(m[1].str()));

@@ -25,19 +25,22 @@ class StagedDir {
 
   const std::filesystem::path& path() const { return temp_; }  // write here
   const std::filesystem::path& final_path() const { return final_; }
-  // Renames into place. With `replace`, an existing final_dir is moved aside first and removed
-  // after the rename, so at every instant one complete version exists.
+  // Renames into place. With `replace`, an existing final_dir is swapped with the new one in one
+  // atomic rename (RENAME_EXCHANGE) and then removed, so at every instant final_dir is one
+  // complete version (where the filesystem lacks the swap, the old one is moved aside first).
   void commit();
 
  private:
+  void replace_by_moving_aside();
+
   std::filesystem::path final_;
   std::filesystem::path temp_;
   bool replace_;
   bool committed_ = false;
 };
 
-// Removes `<name>.tmp.<pid>.<n>` directories left in `parent` by killed runs: those whose pid
-// is no live process (or is this one).
+// Removes `<name>.tmp.<pid>.<n>` directories (StagedDir) and files (AtomicFile) left in
+// `parent` by killed runs: those whose pid is no live process (or is this one).
 void remove_stale_staging(const std::filesystem::path& parent);
 
 }  // namespace ssmtune

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/fault_injection.h"
 #include "io/json_file.h"
 
 namespace ssmtune {
@@ -147,6 +148,7 @@ void write_model_dir(const std::string& dir, const ModelDirContents& contents, b
     // rename(2) also replaces an empty directory, and fails if one appeared meanwhile.
     if (::rename(tmp.c_str(), target.c_str()) != 0)
       throw Error(dir + ": cannot rename " + tmp.string() + " into place: " + std::strerror(errno));
+    kill_point("model dir: renamed into place");
   } else {
     // Swap: old aside, new in, old removed. If the second rename fails the old one goes back.
     const fs::path old = make_temp_dir(target, ".old-", dir);
@@ -155,6 +157,7 @@ void write_model_dir(const std::string& dir, const ModelDirContents& contents, b
       fs::remove(old, ec);
       throw Error(dir + ": cannot move the existing directory aside: " + std::strerror(err));
     }
+    kill_point("model dir: old version moved aside");
     if (::rename(tmp.c_str(), target.c_str()) != 0) {
       const int err = errno;
       ::rename(old.c_str(), target.c_str());
@@ -168,6 +171,20 @@ void write_model_dir(const std::string& dir, const ModelDirContents& contents, b
   }
   cleanup.release();
   fsync_dir(parent);
+}
+
+void remove_model_dir_leftovers(const std::string& dir) {
+  const fs::path target = fs::absolute(fs::path(dir)).lexically_normal();
+  const std::string name = target.filename().string();
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(target.parent_path(), ec)) {
+    const std::string entry = e.path().filename().string();
+    // make_temp_dir's names: <name>.tmp-XXXXXX (the new version), <name>.old-XXXXXX (the old).
+    const bool leftover = entry.size() == name.size() + 11 && entry.rfind(name, 0) == 0 &&
+                          (entry.compare(name.size(), 5, ".tmp-") == 0 ||
+                           entry.compare(name.size(), 5, ".old-") == 0);
+    if (leftover && e.is_directory(ec)) fs::remove_all(e.path(), ec);
+  }
 }
 
 }  // namespace ssmtune

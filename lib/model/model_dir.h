@@ -37,4 +37,9 @@ struct ModelDirContents {
 // unrelated tree. Two files of one name (an extra file called config.json, ...) are an error.
 void write_model_dir(const std::string& dir, const ModelDirContents& contents, bool overwrite);
 
+// Removes what a write_model_dir of `dir` killed part way leaves beside it (<dir>.tmp-XXXXXX,
+// <dir>.old-XXXXXX). Only for a caller that knows no other process is writing `dir`: ssmtune
+// train, holding its run directory's lock, for a full fine-tune's model/.
+void remove_model_dir_leftovers(const std::string& dir);
+
 }  // namespace ssmtune

@@ -64,7 +64,8 @@ Target parse_target(const std::string& target, const std::vector<LinearSite>& si
 
 }  // namespace
 
-std::vector<LoraTerm> plan_lora_terms(const ModelConfig& c, const LoraConfig& lora, DType dtype) {
+std::vector<LoraTerm> plan_lora_terms(const ModelConfig& c, const LoraConfig& lora, DType dtype,
+                                      std::uint64_t device_free_bytes) {
   const std::vector<LinearSite> sites = linear_sites(c);
   const double scale = lora.scale > 0 ? lora.scale
                        : lora.rslora  ? lora.alpha / std::sqrt(double(lora.rank))
@@ -157,7 +158,7 @@ std::vector<LoraTerm> plan_lora_terms(const ModelConfig& c, const LoraConfig& lo
                 (lora.dora ? std::uint64_t(t.rows) : 0);
   check_trainables_fit("peft.lora.rank = " + std::to_string(lora.rank) + " on " +
                            std::to_string(terms.size()) + " modules",
-                       n_params, dtype_size(dtype));
+                       n_params, dtype_size(dtype), device_free_bytes);
   for (LoraTerm& t : terms) {
     // The embedding's A is stored transposed, (V, r), as PEFT's lora_embedding_A^T.
     t.A = t.embedding ? Tensor::zeros({t.in, t.rank}, dtype) : Tensor::zeros({t.rank, t.in}, dtype);
@@ -168,7 +169,7 @@ std::vector<LoraTerm> plan_lora_terms(const ModelConfig& c, const LoraConfig& lo
 }
 
 LoraModel::LoraModel(const ModelConfig& cfg, const LoraConfig& lora, DType dtype, Backend& be)
-    : LoraModel(cfg, lora, plan_lora_terms(cfg, lora, dtype), be) {}
+    : LoraModel(cfg, lora, plan_lora_terms(cfg, lora, dtype, be.free_device_bytes()), be) {}
 
 LoraModel::LoraModel(const ModelConfig& cfg, LoraConfig lora, std::vector<LoraTerm> terms,
                      Backend& be)

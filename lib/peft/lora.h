@@ -61,7 +61,9 @@ std::string lora_target_names(const std::vector<LinearSite>& sites, bool with_sl
 // The terms a LoraConfig asks for on a model, with zero-filled tensors (shapes only).
 // Throws UsageError for an unknown target, a target that matches nothing, two targets that
 // update the same rows of one module, or a slice / the embedding with DoRA. dtype: F32 or F64.
-std::vector<LoraTerm> plan_lora_terms(const ModelConfig& cfg, const LoraConfig& lora, DType dtype);
+// device_free_bytes: Backend::free_device_bytes of the backend that will hold them.
+std::vector<LoraTerm> plan_lora_terms(const ModelConfig& cfg, const LoraConfig& lora, DType dtype,
+                                      std::uint64_t device_free_bytes = UINT64_MAX);
 
 class LoraModel final : public LinearHook, public PeftMethod {
  public:

@@ -17,7 +17,7 @@ ParallelAdapter::ParallelAdapter(const ModelConfig& cfg, const ParallelAdapterCo
   const std::int64_t r = config.rank, E = cfg.d_inner, D = cfg.d_model;
   check_trainables_fit("peft.parallel_adapter.rank = " + std::to_string(r),
                        ssm_layers(cfg).size() * std::uint64_t(r) * std::uint64_t(E + D),
-                       dtype_size(dtype));
+                       dtype_size(dtype), be.free_device_bytes());
   layers_.resize(std::size_t(cfg.n_layer));
   for (const std::int64_t i : ssm_layers(cfg)) {
     Layer& l = layers_[std::size_t(i)];

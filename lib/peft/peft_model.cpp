@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/memory_budget.h"
 #include "io/atomic_file.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
@@ -126,7 +127,13 @@ PeftModel::PeftModel(const ModelConfig& cfg, ModelWeights& base, const PeftConfi
     if (ScanHook* h = m->scan_hook()) scan_hooks_.add(h);
     if (InputHook* h = m->input_hook()) input_hook_ = h;
   }
-  if (peft.full) base_grads_ = zeros_like_params(cfg, dtype);
+  if (peft.full) {
+    // Every base tensor trains: its gradient and AdamW's moments come on top of the weights.
+    std::uint64_t n_base = 0;
+    for_each_param(cfg, base_, [&](const std::string&, Tensor& t) { n_base += t.numel(); });
+    check_trainables_fit("peft.full", n_base, dtype_size(dtype), be.free_device_bytes());
+    base_grads_ = zeros_like_params(cfg, dtype);
+  }
   partial_plan_ = plan_partial_entries(cfg, peft.partial ? &*peft.partial : nullptr, peft.bitfit);
   hold_params_in(cfg_, base_, tensors_of(partial_plan_), dtype, be_);  // trained: not bf16
   if (peft.sdt) {

@@ -44,7 +44,7 @@ VirtualTokens::VirtualTokens(const ModelConfig& cfg, const VirtualTokensConfig& 
                        std::uint64_t(config.prompt_tokens * D) +
                            n_mamba * std::uint64_t(config.prefix_tokens * D +
                                                    config.affix_tokens * E),
-                       dtype_size(dtype));
+                       dtype_size(dtype), be.free_device_bytes());
   if (config.prompt_tokens > 0) {
     prompt_ = be_.zeros({config.prompt_tokens, D}, dtype);
     dprompt_ = be_.zeros({config.prompt_tokens, D}, dtype);

@@ -1,5 +1,7 @@
 #include "train/checkpoint.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -11,7 +13,7 @@
 #include "io/staged_dir.h"
 #include "peft/peft_model.h"
 #include "train/adamw.h"
-#include "train/fault_injection.h"
+#include "io/fault_injection.h"
 
 namespace fs = std::filesystem;
 
@@ -94,6 +96,7 @@ fs::path write_checkpoint(const fs::path& output_dir, const TrainerState& state,
   {
     StagedDir staged(final_dir, /*replace=*/true);
     peft.save(staged.path(), base_model, {{"ssmtune.step", std::to_string(state.step)}});
+    kill_point("checkpoint: parameters written");
     optimizer.save(staged.path() / "optimizer.safetensors");
     fault_point("SSMTUNE_FAULT_KILL_IN_CHECKPOINT", state.step);
     // Written last: a checkpoint is only read when its state file exists and parses.
@@ -103,8 +106,15 @@ fs::path write_checkpoint(const fs::path& output_dir, const TrainerState& state,
   if (keep > 0) {
     const std::vector<fs::path> all = list_checkpoints(output_dir);
     for (std::size_t i = 0; i + std::size_t(keep) < all.size(); ++i) {
+      // Renamed to a staging name first, so a kill during the removal leaves a leftover the
+      // next run removes (remove_stale_staging), never a checkpoint-N missing some files.
+      fs::path doomed = all[i];
+      doomed += ".pruned.tmp." + std::to_string(::getpid()) + "." + std::to_string(i);
       std::error_code ec;
-      fs::remove_all(all[i], ec);
+      fs::rename(all[i], doomed, ec);
+      if (ec) doomed = all[i];
+      kill_point("checkpoint: an old one renamed for removal");
+      fs::remove_all(doomed, ec);
     }
   }
   return final_dir;

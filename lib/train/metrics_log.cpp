@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/fault_injection.h"
 
 namespace ssmtune {
 
@@ -36,6 +37,7 @@ void MetricsLog::write(const nlohmann::json& record) {
   const std::string line = record.dump() + "\n";
   if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0)
     throw Error(path_.string() + ": write failed: " + std::strerror(errno));
+  kill_point("metrics: row written");
 }
 
 }  // namespace ssmtune

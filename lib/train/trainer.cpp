@@ -19,6 +19,7 @@
 #include "io/run_lock.h"
 #include "io/staged_dir.h"
 #include "model/mamba_init.h"
+#include "model/model_dir.h"
 #include "model/causal_lm.h"
 #include "model/weight_storage.h"
 #include "peft/lora_adapter_io.h"
@@ -28,7 +29,7 @@
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
-#include "train/fault_injection.h"
+#include "io/fault_injection.h"
 #include "train/interrupt.h"
 #include "train/metrics_log.h"
 #include "train/schedule.h"
@@ -238,6 +239,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   make_output_dir(out);
   if (!lock) lock.emplace(out);
   remove_stale_staging(out);
+  if (cfg.peft.full) remove_model_dir_leftovers((out / "model").string());
   write_file_atomic(out / "experiment.json",
                     cfg.json.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   // A resumed run rewrites what came after its checkpoint; one with nothing to resume from
@@ -263,10 +265,12 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
                      peft.scan_hook(),
                      peft.unmerged_hook(),
                      peft.input_hook()};
-  auto run_eval = [&] {
+  // log_row false: the row is in metrics.jsonl already (a resumed run that was complete).
+  auto run_eval = [&](bool log_row = true) {
     peft.set_training(false, nullptr);
     const EvalResult r = evaluate(eval_in, eval_set, cfg.eval);
-    metrics.write({{"step", state.step}, {"eval", r.metrics}, {"eval_examples", r.n_examples}});
+    if (log_row)
+      metrics.write({{"step", state.step}, {"eval", r.metrics}, {"eval_examples", r.n_examples}});
     spdlog::info("eval step {}: {}", state.step, metrics_text(r.metrics));
     return r;
   };
@@ -281,7 +285,9 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   std::int64_t tokens_this_process = 0, steps_this_process = 0;
   double train_s = 0;  // time in training steps only (not eval or checkpoints): tokens/s
   std::map<std::string, double> last_eval;
-  bool stop_early = false;
+  // A run resumed from the final checkpoint of one that stopped early stays stopped.
+  const EarlyStoppingConfig& early = cfg.eval.early_stopping;
+  bool stop_early = early.patience > 0 && state.evals_without_improvement >= early.patience;
 
   // The baseline: what the model scores before any training (fresh runs only).
   if (has_eval && cfg.eval.every > 0 && state.step == 0) run_eval();
@@ -369,11 +375,12 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
       }
     }
     fault_point("SSMTUNE_FAULT_KILL_AFTER_STEP", state.step);
+    kill_point("step: done");
     const bool last = state.step == total_steps;
     if (has_eval && cfg.eval.every > 0 && state.step % cfg.eval.every == 0 && !last) {
       if (opts.progress_line) std::fprintf(stderr, "\n");
       last_eval = run_eval().metrics;
-      const EarlyStoppingConfig& es = cfg.eval.early_stopping;
+      const EarlyStoppingConfig& es = early;
       if (es.patience > 0) {
         const auto it = last_eval.find(es.metric);
         if (it == last_eval.end())
@@ -392,7 +399,9 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
     }
     if (cfg.checkpoint.every > 0 && state.step % cfg.checkpoint.every == 0 && !last)
       save_checkpoint();
-    if (const int sig = InterruptGuard::pending()) {
+    // At the last step a signal lets the run finish: its final checkpoint must come after the
+    // final evaluation's row (below).
+    if (const int sig = last ? 0 : InterruptGuard::pending()) {
       if (opts.progress_line) std::fprintf(stderr, "\n");
       if (cfg.checkpoint.every == 0 || state.step % cfg.checkpoint.every != 0) save_checkpoint();
       spdlog::warn("interrupted by signal {} at step {}; resume with --resume", sig, state.step);
@@ -406,9 +415,14 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
   result.stopped_early = stop_early;
   result.steps = state.step;
 
-  // The end: final checkpoint, final evaluation, the adapter / model, the summary.
+  // The end: final evaluation, final checkpoint, the adapter / model, the summary. The
+  // evaluation's row comes before the checkpoint, so a run resumed from the final checkpoint
+  // (nothing left to train) finds it in metrics.jsonl and evaluates again without a second row.
+  const bool was_complete = steps_this_process == 0;
+  check_trainables_finite(peft, state.step);
+  if (has_eval) last_eval = run_eval(/*log_row=*/!was_complete).metrics;
+  kill_point("end: final evaluation done");
   save_checkpoint();
-  if (has_eval) last_eval = run_eval().metrics;
   result.eval = last_eval;
   if (cfg.peft.full) {  // a complete model directory, any LoRA merged in
     const LoadedModel merged = peft.merged();
@@ -431,7 +445,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
                  be->name(), result.step_moves_to_host, result.step_moves_to_device);
   result.last_loss = state.last_loss;
   result.n_trainable = n_trainable;
-  if (steps_this_process == 0)
+  if (was_complete)
     spdlog::info("the run was already complete at step {}: re-evaluated and rewrote its outputs",
                  state.step);
   result.tokens_per_s = train_s > 0 ? double(tokens_this_process) / train_s : 0.0;
@@ -446,6 +460,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
                             {"stopped_early", stop_early},
                             {"elapsed_s", state.elapsed_s}};
   write_file_atomic(out / "summary.json", summary.dump(2) + "\n");
+  kill_point("end: summary written");
   return result;
 }
 

@@ -277,6 +277,10 @@ std::string last_launch_error();
 bool is_device_pointer(const void* ptr, std::size_t bytes = 1);
 // Bytes in live cudaMalloc blocks (leak checks in tests).
 std::size_t device_bytes_in_use();
+// The emulated device's memory (64 GiB unless set): what cudaMemGetInfo and
+// cudaGetDeviceProperties report and the largest cudaMalloc it lends. Tests of size checks
+// set a small one.
+void set_device_memory_bytes(std::size_t bytes);
 
 // ---------------------------------------------------------------------------------------------
 // Launch (SSMTUNE_LAUNCH in kernels/launch.cuh expands to this under the emulator)

@@ -18,7 +18,7 @@ namespace {
 using internal::fail;
 using internal::kPoison;
 using internal::valid_stream;
-constexpr std::size_t kMaxAllocation = std::size_t(1) << 36;
+std::size_t g_device_bytes = std::size_t(1) << 36;  // set_device_memory_bytes
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -87,7 +87,7 @@ std::set<Event*>& events() {
 cudaError_t cudaMalloc(void** ptr, std::size_t bytes) {
   if (!ptr) return fail(cudaErrorInvalidValue, "cudaMalloc: null result pointer");
   *ptr = nullptr;
-  if (bytes > kMaxAllocation)
+  if (bytes > g_device_bytes)
     return fail(cudaErrorMemoryAllocation,
                 "cudaMalloc: " + std::to_string(bytes) + " bytes is more than the emulator lends");
   const std::size_t size = std::max<std::size_t>(bytes, 1);
@@ -279,7 +279,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   std::strncpy(prop->name, "cuda-emu (CUDA on the CPU)", sizeof(prop->name) - 1);
   prop->major = 9;
   prop->minor = 0;
-  prop->totalGlobalMem = kMaxAllocation;
+  prop->totalGlobalMem = g_device_bytes;
   prop->sharedMemPerBlock = 48 * 1024;
   prop->maxThreadsPerBlock = 1024;
   prop->multiProcessorCount = 1;
@@ -288,10 +288,12 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
 
 cudaError_t cudaMemGetInfo(std::size_t* free_bytes, std::size_t* total_bytes) {
   if (!free_bytes || !total_bytes) return fail(cudaErrorInvalidValue, "cudaMemGetInfo");
-  *total_bytes = kMaxAllocation;
-  *free_bytes = kMaxAllocation - std::min(kMaxAllocation, device_bytes_in_use());
+  *total_bytes = g_device_bytes;
+  *free_bytes = g_device_bytes - std::min(g_device_bytes, device_bytes_in_use());
   return cudaSuccess;
 }
+
+void set_device_memory_bytes(std::size_t bytes) { g_device_bytes = bytes; }
 
 std::size_t device_bytes_in_use() {
   std::size_t total = 0;

@@ -67,6 +67,14 @@ class CudaBackend final : public Backend {
   std::string name() const override { return "cuda"; }
   Device device() const override { return Device::CUDA; }
   std::size_t peak_device_bytes() const override { return memory_->peak_bytes_in_use(); }
+  std::uint64_t free_device_bytes() const override {
+    std::size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) {
+      cudaGetLastError();  // not this backend's error to report later
+      return UINT64_MAX;
+    }
+    return free + memory_->bytes_cached();
+  }
 
   void synchronize() override { wait("synchronize"); }
 
