@@ -16,8 +16,8 @@ namespace {
 
 // Partial tuning of Mamba-2's own mixer tensors (lib/peft/partial.cpp), in both modes, one
 // with a bias mamba2-tiny lacks (out_proj.bias: created); BitFit; prefix tuning; SDT and SDLoRA
-// (each in its warmup and its masked phase); the state methods; the parallel adapter; LoRA on
-// in_proj slices and out_proj; DoRA.
+// (each in its warmup and its masked phase); the state methods; affix tuning; the additional
+// scan; the parallel adapter; LoRA on in_proj slices and out_proj; DoRA.
 std::vector<MethodCase> mamba2_method_cases() {
   std::vector<MethodCase> out;
   const auto add = [&](const std::string& name, auto&& set) {
@@ -57,6 +57,17 @@ std::vector<MethodCase> mamba2_method_cases() {
   });
   add("state offset h", [](PeftConfig& p) { p.state_offset = "h"; });
   add("state offset y", [](PeftConfig& p) { p.state_offset = "y"; });
+  // Affix steps in front of xBC and dt_in, with the learned conv state in front of them; the
+  // additional scan as a second SSD.
+  add("affix + initial state", [](PeftConfig& p) {
+    p.virtual_tokens.affix_tokens = 2;
+    p.initial_state = true;
+    p.initial_conv_state = true;
+  });
+  add("additional scan", [](PeftConfig& p) {
+    p.additional_scan = AdditionalScanConfig{};
+    p.additional_scan->states = 3;
+  });
   add("parallel adapter", [](PeftConfig& p) {
     p.parallel_adapter = ParallelAdapterConfig{};
     p.parallel_adapter->rank = 3;

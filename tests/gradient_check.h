@@ -13,11 +13,15 @@
 
 namespace ssmtune::testing {
 
-// Fills a F64 tensor with uniform values in [lo, hi).
+// Fills a F64 or F32 tensor with uniform values in [lo, hi) (drawn in double, then rounded).
 inline void fill_uniform(Tensor& t, std::mt19937_64& rng, double lo = -1.0, double hi = 1.0) {
   std::uniform_real_distribution<double> dist(lo, hi);
-  double* p = t.data<double>();
-  for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = dist(rng);
+  for (std::int64_t i = 0; i < t.numel(); ++i) {
+    if (t.dtype() == DType::F32)
+      t.data<float>()[i] = float(dist(rng));
+    else
+      t.data<double>()[i] = dist(rng);
+  }
 }
 
 // (B, L) I64 token ids, uniform over [0, V), from `seed`.

@@ -11,8 +11,10 @@
 #include "gradient_check.h"
 #include "model/causal_lm.h"
 #include "model/model_init.h"
+#include "peft/additional_scan.h"
 #include "peft/parallel_adapter.h"
 #include "peft/state_tuning.h"
+#include "peft/virtual_tokens.h"
 #include "test_compare.h"
 
 using namespace ssmtune;
@@ -47,6 +49,21 @@ ModelWeights f64_weights(const ModelConfig& cfg, std::uint64_t seed) {
   });
   if (cfg.tie_word_embeddings) w.lm_head = w.embedding;
   return w;
+}
+
+// The method parameters' gradients from lm (its hooks set) against central finite differences
+// of the loss on ids, base weights frozen.
+void check_method_gradients(CausalLM& lm, const Tensor& ids,
+                            std::vector<TrainableParam>& params) {
+  const Tensor targets = shift_labels(ids);
+  const auto loss = [&] {
+    lm.forward(ids);
+    return lm.loss(targets).loss;
+  };
+  loss();
+  ModelWeights frozen;
+  lm.backward(targets, frozen);
+  for (TrainableParam& p : params) check_gradient(p.name, p.value, p.grad, loss);
 }
 
 }  // namespace
@@ -145,7 +162,6 @@ TEST_CASE("Mamba-2: the state methods' gradients match finite differences (float
   ModelWeights w = f64_weights(cfg, 11);
   auto be = make_cpu_backend();
   const Tensor ids = testing::random_ids(2, 7, cfg.vocab_size, 3);
-  const Tensor targets = shift_labels(ids);
   for (const StateOffset offset : {StateOffset::H, StateOffset::Y}) {
     DYNAMIC_SECTION("offset " << int(offset)) {
       StateTuning st(cfg, /*initial_state=*/true, offset, DType::F64, *be,
@@ -158,14 +174,7 @@ TEST_CASE("Mamba-2: the state methods' gradients match finite differences (float
       for (TrainableParam& p : params) testing::fill_uniform(p.value, rng, -0.3, 0.3);
       CausalLM lm(cfg, w, *be);
       lm.set_scan_hook(&st);
-      const auto loss = [&] {
-        lm.forward(ids);
-        return lm.loss(targets).loss;
-      };
-      loss();
-      ModelWeights frozen;
-      lm.backward(targets, frozen);
-      for (TrainableParam& p : params) check_gradient(p.name, p.value, p.grad, loss);
+      check_method_gradients(lm, ids, params);
     }
   }
 }
@@ -209,14 +218,113 @@ TEST_CASE("Mamba-2: the parallel adapter beside out_proj matches finite differen
   for (TrainableParam& p : params) testing::fill_uniform(p.value, rng, -0.5, 0.5);
   CausalLM lm(cfg, w, *be);
   lm.set_hook(&pa);
-  const Tensor ids = testing::random_ids(2, 6, cfg.vocab_size, 5);
-  const Tensor targets = shift_labels(ids);
-  const auto loss = [&] {
-    lm.forward(ids);
-    return lm.loss(targets).loss;
-  };
-  loss();
-  ModelWeights frozen;
-  lm.backward(targets, frozen);
-  for (TrainableParam& p : params) check_gradient(p.name, p.value, p.grad, loss);
+  check_method_gradients(lm, testing::random_ids(2, 6, cfg.vocab_size, 5), params);
+}
+
+namespace {
+
+// Affix tuning with initial-state tuning (so the conv's learned context sits in front of the
+// affix), or beside the additional scan, with random values everywhere. One scan hook at a
+// time, as CausalLM takes it (PeftModel composes several).
+struct AffixCase {
+  std::unique_ptr<VirtualTokens> affix;
+  std::unique_ptr<ScanHook> scan;
+  std::vector<TrainableParam> params;
+};
+
+AffixCase affix_case(const ModelConfig& cfg, Backend& be, DType dtype, bool additional_scan,
+                     std::uint64_t seed) {
+  AffixCase c;
+  VirtualTokensConfig vc;
+  vc.affix_tokens = 2;
+  c.affix = std::make_unique<VirtualTokens>(cfg, vc, dtype, be);
+  c.affix->append_trainables(c.params);
+  if (additional_scan) {
+    AdditionalScanConfig ac;
+    ac.states = 3;
+    auto as = std::make_unique<AdditionalScan>(cfg, ac, dtype, be);
+    as->append_trainables(c.params);
+    c.scan = std::move(as);
+  } else {
+    auto st = std::make_unique<StateTuning>(cfg, /*initial_state=*/true, StateOffset::None,
+                                            dtype, be, /*conv_state=*/true);
+    st->append_trainables(c.params);
+    c.scan = std::move(st);
+  }
+  std::mt19937_64 rng(seed);
+  for (TrainableParam& p : c.params) testing::fill_uniform(p.value, rng, -0.3, 0.3);
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("Mamba-2: affix tuning and the additional scan match finite differences (float64)",
+          "[model][mamba2][peft]") {
+  // Two groups; 2 affix steps in front of 7 tokens with chunks of 4, so the affix and the
+  // additional scan's states cross a chunk boundary.
+  const ModelConfig cfg = tiny_config();
+  ModelWeights w = f64_weights(cfg, 19);
+  auto be = make_cpu_backend();
+  const Tensor ids = testing::random_ids(2, 7, cfg.vocab_size, 4);
+  for (const bool additional_scan : {false, true}) {
+    DYNAMIC_SECTION((additional_scan ? "affix + additional scan" : "affix + initial state")) {
+      AffixCase c = affix_case(cfg, *be, DType::F64, additional_scan, 23);
+      // per layer: the affix (2, C + H), then A_log_add (H) and W_add (2n, E), or h0 and conv
+      const std::int64_t C = cfg.conv_dim(), H = cfg.ssm_heads;
+      REQUIRE(c.params.size() == 3 * std::size_t(cfg.n_layer));
+      CHECK(c.params[0].value.shape() == Shape{2, C + H});
+      if (additional_scan) CHECK(c.params[2].value.shape() == Shape{H});
+      CausalLM lm(cfg, w, *be);
+      lm.set_input_hook(c.affix.get());
+      lm.set_scan_hook(c.scan.get());
+      check_method_gradients(lm, ids, c.params);
+    }
+  }
+}
+
+TEST_CASE("Mamba-2: the recurrent decoder applies affix tuning and the additional scan as the "
+          "full forward does",
+          "[model][mamba2][peft][decoder]") {
+  const ModelConfig cfg = tiny_config();
+  ModelWeights w = init_model_weights(cfg, 4);
+  auto be = make_cpu_backend();
+  for (const bool additional_scan : {false, true}) {
+    DYNAMIC_SECTION((additional_scan ? "affix + additional scan" : "affix + initial state")) {
+      AffixCase c = affix_case(cfg, *be, DType::F32, additional_scan, 29);
+      const Tensor ids = testing::random_ids(1, 9, cfg.vocab_size, 6);
+      CausalLM lm(cfg, w, *be);
+      lm.set_input_hook(c.affix.get());
+      lm.set_scan_hook(c.scan.get());
+      lm.forward(ids);
+      testing::require_decoder_matches_forward(cfg, w, *be, ids, lm.logits(), nullptr,
+                                               c.scan.get(), c.affix.get());
+    }
+  }
+}
+
+TEST_CASE("Mamba-2: an initialised additional scan leaves the logits alone; s4d init is refused",
+          "[model][mamba2][peft]") {
+  const ModelConfig cfg = tiny_config();
+  ModelWeights w = init_model_weights(cfg, 6);
+  auto be = make_cpu_backend();
+  const Tensor ids = testing::random_ids(2, 7, cfg.vocab_size, 2);
+  CausalLM lm(cfg, w, *be);
+  lm.forward(ids);
+  const Tensor want = lm.logits().clone();
+  AdditionalScan as(cfg, AdditionalScanConfig{}, DType::F32, *be);
+  as.init(w, 1);
+  std::vector<TrainableParam> params;
+  as.append_trainables(params);
+  // "copy": each head's own A_log
+  testing::require_close("A_log_add", params[0].value, w.layers[0].mamba2.A_log, 0, 0);
+  lm.set_scan_hook(&as);
+  lm.forward(ids);
+  // W_C = 0, so the extra states are read out as exact zeros: the logits' bits stay.
+  testing::require_close("logits", lm.logits(), want, 0, 0);
+
+  AdditionalScanConfig s4d;
+  s4d.init = "s4d";
+  CHECK_THROWS_WITH(AdditionalScan(cfg, s4d, DType::F32, *be),
+                    Catch::Contains("peft.additional_scan.init \"s4d\"") &&
+                        Catch::Contains("use \"copy\""));
 }

@@ -91,9 +91,16 @@ void reset_mamba2_cache(Backend& be, const ModelConfig& cfg, const Mamba2MixerWe
   cache.conv = be.zeros({1, cfg.d_conv - 1, cfg.conv_dim()}, dtype);
   const Tensor conv0 = hooks.scan ? hooks.scan->initial_conv_state(layer) : Tensor();
   if (conv0.defined()) be.copy(conv0, cache.conv);  // initial-state tuning's conv state
+  cache.affix_pending = hooks.input != nullptr;
   cache.ssm = be.zeros({1, cfg.ssm_heads, cfg.ssm_head_dim, cfg.d_state}, dtype);
   const Tensor h0 = hooks.scan ? hooks.scan->initial_state(layer, 1) : Tensor();
   if (h0.defined()) be.copy(h0, cache.ssm);
+  Shape carried = hooks.scan ? hooks.scan->carried_state_shape(layer) : Shape{};
+  cache.hook = Tensor();
+  if (!carried.empty()) {
+    carried.insert(carried.begin(), 1);
+    cache.hook = be.zeros(carried, dtype);
+  }
 }
 
 void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,
@@ -109,15 +116,12 @@ void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2Mixer
   const LinearSite* sites = hooks.sites;
   check(!cache || B == 1, "recurrent decoding runs one sequence at a time");
   check(!hook || sites, "mamba2_mixer_forward: a linear hook without the mixer's sites");
-  check(!hooks.input || !hooks.input->affix(layer).defined(),
-        "affix tuning is not mapped to Mamba-2 layers");
 
   // in_proj as three products over the weight's row ranges: z, xBC and dt come out contiguous.
   a.z = be.empty({B, L, E}, dt);
-  Tensor xbc = be.empty({B, L, C}, dt);
-  a.dt_pre = be.empty({B, L, H}, dt);
+  Tensor xbc = be.empty({B, L, C}, dt), dt_in = be.empty({B, L, H}, dt);
   Tensor z2 = a.z.reshape({rows, E}), xbc2 = xbc.reshape({rows, C});
-  Tensor dt2 = a.dt_pre.reshape({rows, H});
+  Tensor dt2 = dt_in.reshape({rows, H});
   linear_forward(be, n2, w.in_proj.rows(0, E), row_slice(w.in_proj_bias, 0, E), z2);
   linear_forward(be, n2, w.in_proj.rows(E, E + C), row_slice(w.in_proj_bias, E, E + C), xbc2);
   linear_forward(be, n2, w.in_proj.rows(E + C, E + C + H),
@@ -131,41 +135,67 @@ void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2Mixer
     be.merge_columns(xbc_parts[2], E + G * N, xbc2);
   }
 
-  // The conv over xBC, with K-1 steps of left context from the decoding cache or the learned
-  // conv state instead of zero padding.
+  // Affix tuning's steps (at the start of a sequence only): their xBC part goes in front of the
+  // conv's input, their dt part in front of dt_in.
+  const bool affix_now = hooks.input && (!cache || cache->affix_pending);
+  const Tensor affix = affix_now ? hooks.input->affix(layer) : Tensor();  // (Ta, C + H)
+  if (cache) cache->affix_pending = false;
+  a.n_affix = affix.defined() ? affix.dim(0) : 0;
+  const std::int64_t Ta = a.n_affix, Le = Ta + L, rows_e = B * Le;
+  Tensor affix_xbc, affix_dt;
+  if (Ta > 0) {
+    affix_xbc = be.empty({Ta, C}, dt);
+    affix_dt = be.empty({Ta, H}, dt);
+    be.split_columns(affix, 0, affix_xbc);
+    be.split_columns(affix, C, affix_dt);
+  }
+
+  // The conv over [context ; affix ; xBC]: K-1 steps of left context from the decoding cache or
+  // the learned conv state instead of zero padding.
   const Tensor context = cache       ? cache->conv
                          : scan_hook ? scan_hook->initial_conv_state(layer)
                                      : Tensor();
   a.n_context = context.defined() ? K - 1 : 0;
   const std::int64_t Cx = a.n_context;
   const Tensor conv_w = w.conv1d.reshape({C, K});
-  a.c = be.empty({B, L, C}, dt);
-  a.u = be.empty({B, L, C}, dt);
-  if (Cx == 0) {
+  if (Cx == 0 && Ta == 0) {
     a.conv_in = xbc;
-    be.conv1d_silu_forward(xbc, conv_w, w.conv1d_bias, a.c, a.u);
+  } else {
+    a.conv_in = be.empty({B, Cx + Le, C}, dt);
+    if (Cx > 0) put_steps_broadcast(be, context, 0, a.conv_in);
+    if (Ta > 0) put_steps_broadcast(be, affix_xbc, Cx, a.conv_in);
+    put_steps(be, xbc, Cx + Ta, a.conv_in);
+  }
+  a.c = be.empty({B, Le, C}, dt);
+  a.u = be.empty({B, Le, C}, dt);
+  if (Cx == 0) {  // the conv and its SiLU in one pass where the backend fuses them
+    be.conv1d_silu_forward(a.conv_in, conv_w, w.conv1d_bias, a.c, a.u);
   } else {  // the context's own outputs belong to earlier tokens: dropped
-    a.conv_in = be.empty({B, Cx + L, C}, dt);
-    put_steps_broadcast(be, context, 0, a.conv_in);
-    put_steps(be, xbc, Cx, a.conv_in);
-    Tensor c_full = be.empty({B, Cx + L, C}, dt);
+    Tensor c_full = be.empty({B, Cx + Le, C}, dt);
     be.conv1d_forward(a.conv_in, conv_w, w.conv1d_bias, c_full);
     take_steps(be, c_full, Cx, a.c);
     be.silu_forward(a.c, a.u);
-    if (cache) take_steps(be, a.conv_in, Cx + L - (K - 1), cache->conv);
   }
-  const std::vector<Tensor> u_parts = split_xbc(be, cfg, a.u.reshape({rows, C}));
-  a.x = u_parts[0].reshape({B, L, H, P});
-  a.Bm = u_parts[1].reshape({B, L, G, N});
-  a.Cm = u_parts[2].reshape({B, L, G, N});
+  if (cache && K > 1) take_steps(be, a.conv_in, a.conv_in.dim(1) - (K - 1), cache->conv);
+  const std::vector<Tensor> u_parts = split_xbc(be, cfg, a.u.reshape({rows_e, C}));
+  a.x = u_parts[0].reshape({B, Le, H, P});
+  a.Bm = u_parts[1].reshape({B, Le, G, N});
+  a.Cm = u_parts[2].reshape({B, Le, G, N});
 
-  // dt = clamp(softplus(dt_in + dt_bias))
-  be.add_bias(dt2, w.dt_bias);
-  a.dt_soft = be.empty({B, L, H}, dt);
+  // dt = clamp(softplus([affix ; dt_in] + dt_bias))
+  a.dt_pre = dt_in;
+  if (Ta > 0) {
+    a.dt_pre = be.empty({B, Le, H}, dt);
+    put_steps_broadcast(be, affix_dt, 0, a.dt_pre);
+    put_steps(be, dt_in, Ta, a.dt_pre);
+  }
+  Tensor dt_pre2 = a.dt_pre.reshape({rows_e, H});
+  be.add_bias(dt_pre2, w.dt_bias);
+  a.dt_soft = be.empty({B, Le, H}, dt);
   be.softplus_forward(a.dt_pre, a.dt_soft);
   a.dt = a.dt_soft;
   if (dt_clamped(cfg)) {
-    a.dt = be.empty({B, L, H}, dt);
+    a.dt = be.empty({B, Le, H}, dt);
     be.clamp_forward(a.dt_soft, cfg.time_step_limit_min, cfg.time_step_limit_max, a.dt);
   }
 
@@ -177,14 +207,20 @@ void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2Mixer
   }
   a.h0 = cache ? cache->ssm : scan_hook ? scan_hook->initial_state(layer, B) : Tensor();
   a.chunk = cfg.chunk_size;
-  a.h_saved = be.empty({B, (L + a.chunk - 1) / a.chunk, H, P, N}, dt);
+  a.h_saved = be.empty({B, (Le + a.chunk - 1) / a.chunk, H, P, N}, dt);
   Tensor h_last = cache ? be.empty({B, H, P, N}, dt) : Tensor();
-  a.y = be.empty({B, L, E}, dt);
-  Tensor y4 = a.y.reshape({B, L, H, P});
+  Tensor y_scan = be.empty({B, Le, E}, dt);
+  Tensor y4 = y_scan.reshape({B, Le, H, P});
   be.ssd_forward({a.x, a.dt, a.A, a.Bm, a.Cm, w.D, a.h0, a.chunk}, y4, a.h_saved, h_last);
   if (cache) cache->ssm = h_last;
   if (scan_hook)  // the state read-out terms, before the gate
-    scan_hook->output_forward(layer, scan_io(cfg, a), a.y, nullptr);
+    scan_hook->output_forward(layer, scan_io(cfg, a), y_scan,
+                              cache && cache->hook.defined() ? &cache->hook : nullptr);
+  a.y = y_scan;
+  if (Ta > 0) {  // the affix's outputs are dropped before the gate
+    a.y = be.empty({B, L, E}, dt);
+    take_steps(be, y_scan, Ta, a.y);
+  }
 
   // out = out_proj(rmsnorm(y * silu(z)))
   a.gated = be.empty({B, L, E}, dt);
@@ -209,7 +245,7 @@ void mamba2_mixer_backward(Backend& be, const ModelConfig& cfg, const Mamba2Mixe
   const std::int64_t H = cfg.ssm_heads, P = cfg.ssm_head_dim, G = cfg.n_groups, N = cfg.d_state;
   const std::int64_t K = cfg.d_conv, C = cfg.conv_dim(), rows = B * L;
   const DType dt = n.dtype();
-  const std::int64_t Cx = a.n_context;
+  const std::int64_t Cx = a.n_context, Ta = a.n_affix, Le = Ta + L, rows_e = B * Le;
   LinearHook* hook = hooks.linear;
   ScanHook* scan_hook = hooks.scan;
   const LinearSite* sites = hooks.sites;
@@ -226,21 +262,26 @@ void mamba2_mixer_backward(Backend& be, const ModelConfig& cfg, const Mamba2Mixe
   be.rmsnorm_backward(dnormed, a.gated.reshape({rows, E}), w.norm, a.rstd, dgated, dnorm_w);
   Tensor dy = be.empty({B, L, E}, dt), dz = be.empty({B, L, E}, dt);
   be.gate_backward(dgated.reshape({B, L, E}), a.y, a.z, dy, dz);
+  Tensor dy_scan = dy;  // the affix's dropped steps get no gradient
+  if (Ta > 0) {
+    dy_scan = be.zeros({B, Le, E}, dt);
+    put_steps(be, dy, Ta, dy_scan);
+  }
 
   // the scan
   Backend::SsdGrads sg;
-  sg.dx = be.empty({B, L, H, P}, dt);
-  sg.ddt = be.empty({B, L, H}, dt);
+  sg.dx = be.empty({B, Le, H, P}, dt);
+  sg.ddt = be.empty({B, Le, H}, dt);
   sg.dA = be.zeros({H}, dt);
-  sg.dBm = be.empty({B, L, G, N}, dt);
-  sg.dCm = be.empty({B, L, G, N}, dt);
+  sg.dBm = be.empty({B, Le, G, N}, dt);
+  sg.dCm = be.empty({B, Le, G, N}, dt);
   sg.dD = g.D;
   if (a.h0.defined()) sg.dh0 = be.empty({B, H, P, N}, dt);
   be.ssd_backward({a.x, a.dt, a.A, a.Bm, a.Cm, w.D, a.h0, a.chunk}, a.h_saved,
-                  dy.reshape({B, L, H, P}), sg);
+                  dy_scan.reshape({B, Le, H, P}), sg);
   if (scan_hook) {
-    ScanIOGrads io_grads{sg.dx.reshape({B, L, E}), sg.ddt, sg.dCm.reshape({B, L, G * N})};
-    scan_hook->output_backward(layer, scan_io(cfg, a), dy, io_grads);
+    ScanIOGrads io_grads{sg.dx.reshape({B, Le, E}), sg.ddt, sg.dCm.reshape({B, Le, G * N})};
+    scan_hook->output_backward(layer, scan_io(cfg, a), dy_scan, io_grads);
     if (a.h0.defined()) scan_hook->initial_state_backward(layer, sg.dh0);
   }
   if (g.A_log.defined()) be.ssm_A_backward(sg.dA, a.A, g.A_log);
@@ -248,24 +289,37 @@ void mamba2_mixer_backward(Backend& be, const ModelConfig& cfg, const Mamba2Mixe
   // dt = clamp(softplus(dt_pre)): the gradient of dt_in and of dt_bias
   Tensor ddt_soft = sg.ddt;
   if (dt_clamped(cfg)) {
-    ddt_soft = be.empty({B, L, H}, dt);
+    ddt_soft = be.empty({B, Le, H}, dt);
     be.clamp_backward(sg.ddt, a.dt_soft, cfg.time_step_limit_min, cfg.time_step_limit_max,
                       ddt_soft);
   }
-  Tensor ddt_pre = be.empty({rows, H}, dt);
-  be.softplus_backward(ddt_soft.reshape({rows, H}), a.dt_pre.reshape({rows, H}), ddt_pre);
-  if (g.dt_bias.defined()) be.bias_backward(ddt_pre, g.dt_bias);
+  Tensor ddt_pre_e = be.empty({B, Le, H}, dt);
+  Tensor ddt_pre_e2 = ddt_pre_e.reshape({rows_e, H});
+  be.softplus_backward(ddt_soft.reshape({rows_e, H}), a.dt_pre.reshape({rows_e, H}),
+                       ddt_pre_e2);
+  if (g.dt_bias.defined()) be.bias_backward(ddt_pre_e2, g.dt_bias);
+  Tensor ddt_pre = ddt_pre_e2;  // (rows, H) at the real tokens
+  Tensor daffix;                // (Ta, C + H)
+  if (Ta > 0) {
+    daffix = be.zeros({Ta, C + H}, dt);
+    Tensor daffix_dt = be.zeros({Ta, H}, dt);
+    sum_steps(be, ddt_pre_e, 0, daffix_dt);
+    be.merge_columns(daffix_dt, C, daffix);
+    ddt_pre = be.empty({rows, H}, dt);
+    Tensor ddt_in = ddt_pre.reshape({B, L, H});
+    take_steps(be, ddt_pre_e, Ta, ddt_in);
+  }
 
-  // u = [x ; Bm ; Cm] = silu(conv1d(xBC))
-  Tensor du = be.empty({rows, C}, dt);
-  be.merge_columns(sg.dx.reshape({rows, E}), 0, du);
-  be.merge_columns(sg.dBm.reshape({rows, G * N}), E, du);
-  be.merge_columns(sg.dCm.reshape({rows, G * N}), E + G * N, du);
-  Tensor dc = be.empty({B, L, C}, dt);
-  be.silu_backward(du.reshape({B, L, C}), a.c, dc);
+  // u = [x ; Bm ; Cm] = silu(conv1d([context ; affix ; xBC]))
+  Tensor du = be.empty({rows_e, C}, dt);
+  be.merge_columns(sg.dx.reshape({rows_e, E}), 0, du);
+  be.merge_columns(sg.dBm.reshape({rows_e, G * N}), E, du);
+  be.merge_columns(sg.dCm.reshape({rows_e, G * N}), E + G * N, du);
+  Tensor dc = be.empty({B, Le, C}, dt);
+  be.silu_backward(du.reshape({B, Le, C}), a.c, dc);
   Tensor dc_full = dc;
   if (Cx > 0) {  // the learned conv state's steps: their outputs were dropped
-    dc_full = be.zeros({B, Cx + L, C}, dt);
+    dc_full = be.zeros({B, Cx + Le, C}, dt);
     put_steps(be, dc, Cx, dc_full);
   }
   Tensor dconv_in = be.empty(a.conv_in.shape(), dt);
@@ -273,12 +327,20 @@ void mamba2_mixer_backward(Backend& be, const ModelConfig& cfg, const Mamba2Mixe
   be.conv1d_backward(dc_full, a.conv_in, w.conv1d.reshape({C, K}), dconv_in, dconv,
                      g.conv1d_bias);
   Tensor dxbc = dconv_in;
-  if (Cx > 0) {
+  if (Cx > 0 && scan_hook) {
     Tensor dcontext = be.zeros({1, Cx, C}, dt);
     sum_steps(be, dconv_in, 0, dcontext);
-    if (scan_hook) scan_hook->initial_conv_state_backward(layer, dcontext);
+    scan_hook->initial_conv_state_backward(layer, dcontext);
+  }
+  if (Ta > 0) {
+    Tensor daffix_xbc = be.zeros({Ta, C}, dt);
+    sum_steps(be, dconv_in, Cx, daffix_xbc);
+    be.merge_columns(daffix_xbc, 0, daffix);
+    hooks.input->affix_backward(layer, daffix);
+  }
+  if (Cx > 0 || Ta > 0) {
     dxbc = be.empty({B, L, C}, dt);
-    take_steps(be, dconv_in, Cx, dxbc);
+    take_steps(be, dconv_in, Cx + Ta, dxbc);
   }
 
   // [z ; xBC ; dt_in] = in_proj(n): dn = dz W_z + dxBC W_xBC + ddt W_dt

@@ -23,30 +23,35 @@
 
 namespace ssmtune {
 
+// Ta affix steps (affix tuning) run through the conv, dt and the scan in front of the L tokens:
+// Le = Ta + L. Their outputs are dropped before the gate.
 struct Mamba2Activations {
   Tensor z;                   // (B, L, E) the gate
   std::int64_t n_context = 0;  // Cx: conv context steps before the block (decoding cache or
                                // the learned conv state)
-  Tensor conv_in;             // (B, Cx + L, C) [context ; xBC]
-  Tensor c, u;                // (B, L, C) conv output before and after SiLU
-  Tensor x, Bm, Cm;           // (B, L, H, P), (B, L, G, N), (B, L, G, N): u's parts
-  Tensor dt_pre;              // (B, L, H) dt_in + dt_bias, softplus's input
-  Tensor dt_soft;             // (B, L, H) softplus of it, the clamp's input
-  Tensor dt;                  // (B, L, H) the scan's step sizes
+  std::int64_t n_affix = 0;   // Ta
+  Tensor conv_in;             // (B, Cx + Le, C) [context ; affix ; xBC]
+  Tensor c, u;                // (B, Le, C) conv output before and after SiLU
+  Tensor x, Bm, Cm;           // (B, Le, H, P), (B, Le, G, N), (B, Le, G, N): u's parts
+  Tensor dt_pre;              // (B, Le, H) [affix ; dt_in] + dt_bias, softplus's input
+  Tensor dt_soft;             // (B, Le, H) softplus of it, the clamp's input
+  Tensor dt;                  // (B, Le, H) the scan's step sizes
   Tensor A;                   // (H) = -exp(A_log)
   Tensor h0;                  // (B, H, P, N) or undefined (zeros)
   Tensor h_saved;             // (B, n_chunks, H, P, N) scan state at each chunk start
   std::int64_t chunk = 256;
-  Tensor y;                   // (B, L, E) the scan's output
+  Tensor y;                   // (B, L, E) the scan's output at the real tokens
   Tensor gated;               // (B, L, E) y * silu(z)
   Tensor normed, rstd;        // (B, L, E) out_proj's input, and the norm's rstd (B*L, G)
 };
 
 // One sequence's recurrent decoding state (HF Mamba2Cache, time-major):
 //   conv (1, K-1, C): the last K-1 conv inputs xBC;  ssm (1, H, P, N): h after the last token;
+//   hook (1, the scan hook's carried_state_shape) or undefined: the additional scan's states;
 //   A (H): -exp(A_log), computed once.
 struct Mamba2Cache {
-  Tensor conv, ssm, A;
+  Tensor conv, ssm, hook, A;
+  bool affix_pending = false;  // the sequence has not started: affix tuning's steps go first
 };
 
 // The mixer's tensors under `module` ("backbone.layers.3.mixer") in state_dict order, with
@@ -67,9 +72,11 @@ void reset_mamba2_cache(Backend& be, const ModelConfig& cfg, const Mamba2MixerWe
 // n: (B, L, D) normalised block input of layer `layer`   out: (B, L, D) overwritten.
 // hooks: the PEFT terms on this layer: LoRA/DoRA on its sites (hooks.sites: its sites in the
 // order above) and the state methods (hooks.scan: initial state h0 (B, H, P, N), a learned conv
-// state (1, K-1, C), read-out terms on y with ScanIO {x (B, L, E), dt (B, L, H), Cm (B, L, G N)}).
-// The input hook's affix is not mapped to Mamba-2. cache: null in training; in recurrent decoding
-// (B = 1) the states to start from, updated to the end of the block (no backward then).
+// state (1, K-1, C), read-out terms on y with ScanIO {x (B, Le, E), dt (B, Le, H),
+// Cm (B, Le, G N)}) and affix tuning's steps (hooks.input->affix: (Ta, C + H), in_proj's
+// output without z, in front of the sequence's xBC and dt_in; docs/methods.md section 10).
+// cache: null in training; in recurrent decoding (B = 1) the states to start from, updated to
+// the end of the block (no backward then).
 void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,
                           const Tensor& n, Mamba2Activations& acts, Tensor& out,
                           std::int64_t layer = 0, const MixerHooks& hooks = {},

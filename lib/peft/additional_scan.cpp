@@ -13,12 +13,17 @@ AdditionalScan::AdditionalScan(const ModelConfig& cfg, const AdditionalScanConfi
                                DType dtype, Backend& be, std::int64_t scan_chunk)
     : cfg_(cfg), config_(config), be_(be), scan_chunk_(scan_chunk) {
   const std::int64_t n = config.states, E = cfg.d_inner;
+  if (cfg.is_mamba2() && config.init != "copy")
+    throw UsageError("peft.additional_scan.init \"" + config.init +
+                     "\": Mamba-2 decays each head's states at one rate, so there is no decay per "
+                     "state to set; use \"copy\" (docs/methods.md section 10)");
+  const Shape A_shape = cfg.is_mamba2() ? Shape{cfg.ssm_heads} : Shape{E, n};
   layers_.resize(std::size_t(cfg.n_layer));
-  for (const std::int64_t i : mamba_layers(cfg)) {
+  for (const std::int64_t i : ssm_layers(cfg)) {
     Layer& l = layers_[std::size_t(i)];
-    l.A_log = be_.zeros({E, n}, dtype);
+    l.A_log = be_.zeros(A_shape, dtype);
     l.W = be_.zeros({2 * n, E}, dtype);
-    l.dA_log = be_.zeros({E, n}, dtype);
+    l.dA_log = be_.zeros(A_shape, dtype);
     l.dW = be_.zeros({2 * n, E}, dtype);
   }
 }
@@ -29,15 +34,19 @@ void AdditionalScan::init(const ModelWeights& base, std::uint64_t seed) {
     Layer& l = layers_[i];
     // An attention layer has no additional scan.
     if (!l.A_log.defined()) continue;
-    const Tensor base_A_log = base.layers.at(i).mamba.A_log.to(DType::F64);  // (E, N)
-    Tensor a = Tensor::empty({E, n}, l.A_log.dtype());
-    std::int64_t k = 0;
-    fill_with(a, [&] {
-      const std::int64_t d = k / n, j = k % n;
-      ++k;
-      return config_.init == "copy" ? base_A_log.data<double>()[d * N]
-                                    : std::log(double(N + 1 + j));
-    });
+    Tensor a = Tensor::empty(l.A_log.shape(), l.A_log.dtype());
+    if (cfg_.is_mamba2()) {  // the head's own A_log, (H)
+      be_.copy(base.layers.at(i).mamba2.A_log, a);
+    } else {
+      const Tensor base_A_log = base.layers.at(i).mamba.A_log.to(DType::F64);  // (E, N)
+      std::int64_t k = 0;
+      fill_with(a, [&] {
+        const std::int64_t d = k / n, j = k % n;
+        ++k;
+        return config_.init == "copy" ? base_A_log.data<double>()[d * N]
+                                      : std::log(double(N + 1 + j));
+      });
+    }
     be_.copy(a, l.A_log);
     // W_B: kaiming_uniform(a = sqrt(5)) over fan_in E; W_C: zero.
     Rng rng = Rng::for_stream(seed, stream_id(("additional_scan:" + std::to_string(i)).c_str()));
@@ -59,7 +68,61 @@ void AdditionalScan::append_trainables(std::vector<TrainableParam>& out) {
 }
 
 Shape AdditionalScan::carried_state_shape(std::int64_t) const {
+  if (cfg_.is_mamba2()) return {cfg_.ssm_heads, cfg_.ssm_head_dim, config_.states};
   return {cfg_.d_inner, config_.states};
+}
+
+void AdditionalScan::scan_forward(Layer& l, const ScanIO& in, const Tensor& h0,
+                                  std::int64_t chunk, Tensor& y_add, Tensor& h_last) {
+  const std::int64_t B = in.u.dim(0), L = in.u.dim(1), E = in.u.dim(2), n = config_.states;
+  const std::int64_t n_chunks = (L + chunk - 1) / chunk;
+  if (cfg_.is_mamba2()) {  // heads of P channels, one group of n states, no D
+    const std::int64_t H = cfg_.ssm_heads, P = cfg_.ssm_head_dim;
+    l.h_saved = be_.empty({B, n_chunks, H, P, n}, y_add.dtype());
+    Tensor y4 = y_add.reshape({B, L, H, P});
+    be_.ssd_forward({in.u.reshape({B, L, H, P}), in.delta, l.A, l.Bm.reshape({B, L, 1, n}),
+                     l.Cm.reshape({B, L, 1, n}), Tensor(), h0, chunk},
+                    y4, l.h_saved, h_last);
+  } else {
+    l.h_saved = be_.empty({B, n_chunks, E, n}, y_add.dtype());
+    be_.selective_scan_forward({in.u, in.delta, l.A, l.Bm, l.Cm, Tensor(), h0, chunk}, y_add,
+                               l.h_saved, h_last);
+  }
+}
+
+std::pair<Tensor, Tensor> AdditionalScan::scan_backward(Layer& l, const ScanIO& in,
+                                                        const Tensor& dy, ScanIOGrads& grads) {
+  const std::int64_t B = in.u.dim(0), L = in.u.dim(1), E = in.u.dim(2), n = config_.states;
+  const DType dt = in.u.dtype();
+  Tensor dA = be_.zeros(l.A.shape(), dt), dBm = be_.empty({B, L, n}, dt);
+  Tensor dCm = be_.empty({B, L, n}, dt);
+  if (cfg_.is_mamba2()) {
+    const std::int64_t H = cfg_.ssm_heads, P = cfg_.ssm_head_dim;
+    Backend::SsdGrads sg;
+    sg.dx = be_.empty({B, L, H, P}, dt);
+    sg.ddt = be_.empty({B, L, H}, dt);
+    sg.dA = dA;
+    sg.dBm = dBm.reshape({B, L, 1, n});
+    sg.dCm = dCm.reshape({B, L, 1, n});
+    be_.ssd_backward({in.u.reshape({B, L, H, P}), in.delta, l.A, l.Bm.reshape({B, L, 1, n}),
+                      l.Cm.reshape({B, L, 1, n}), Tensor(), Tensor(), cfg_.chunk_size},
+                     l.h_saved, dy.reshape({B, L, H, P}), sg);
+    be_.add(sg.dx.reshape({B, L, E}), grads.du);
+    be_.add(sg.ddt, grads.ddelta);
+  } else {
+    Backend::ScanGrads sg;
+    sg.du = be_.empty({B, L, E}, dt);
+    sg.ddelta = be_.empty({B, L, E}, dt);
+    sg.dA = dA;
+    sg.dBm = dBm;
+    sg.dCm = dCm;
+    be_.selective_scan_backward({in.u, in.delta, l.A, l.Bm, l.Cm, Tensor(), Tensor(), scan_chunk_},
+                                l.h_saved, dy, sg);
+    be_.add(sg.du, grads.du);
+    be_.add(sg.ddelta, grads.ddelta);
+  }
+  be_.ssm_A_backward(dA, l.A, l.dA_log);
+  return {dBm, dCm};
 }
 
 void AdditionalScan::output_forward(std::int64_t layer, const ScanIO& in, Tensor& y,
@@ -73,15 +136,14 @@ void AdditionalScan::output_forward(std::int64_t layer, const ScanIO& in, Tensor
   Tensor B2 = l.Bm.reshape({B * L, n}), C2 = l.Cm.reshape({B * L, n});
   be_.gemm(false, true, 1.0, u2, l.W.rows(0, n), 0.0, B2);      // B_add = u W_B^T
   be_.gemm(false, true, 1.0, u2, l.W.rows(n, 2 * n), 0.0, C2);  // C_add = u W_C^T
-  l.A = be_.empty({E, n}, dt);
+  l.A = be_.empty(l.A_log.shape(), dt);
   be_.ssm_A_forward(l.A_log, l.A);
-  const std::int64_t chunk = carry ? L : scan_chunk_;
-  const Tensor h0 = carry ? *carry : Tensor();
-  Backend::ScanInputs scan{in.u, in.delta, l.A, l.Bm, l.Cm, Tensor(), h0, chunk};
-  l.h_saved = be_.empty({B, (L + chunk - 1) / chunk, E, n}, dt);
+  // The SSD's chunk is the model's; the selective scan's only sets how many states are saved.
+  const std::int64_t chunk = cfg_.is_mamba2() ? cfg_.chunk_size : carry ? L : scan_chunk_;
   Tensor y_add = be_.empty({B, L, E}, dt);
-  Tensor h_last = carry ? be_.empty({B, E, n}, dt) : Tensor();
-  be_.selective_scan_forward(scan, y_add, l.h_saved, h_last);
+  Tensor h_last;
+  if (carry) h_last = be_.empty(carry->shape(), dt);
+  scan_forward(l, in, carry ? *carry : Tensor(), chunk, y_add, h_last);
   if (carry) *carry = h_last;
   be_.add(y_add, y);
 }
@@ -92,21 +154,10 @@ void AdditionalScan::output_backward(std::int64_t layer, const ScanIO& in, const
   check(l.Bm.defined() && l.Bm.dim(0) == in.u.dim(0) && l.Bm.dim(1) == in.u.dim(1),
         "additional scan backward without its forward");
   const std::int64_t B = in.u.dim(0), L = in.u.dim(1), E = in.u.dim(2), n = config_.states;
-  const DType dt = in.u.dtype();
-  Backend::ScanInputs scan{in.u, in.delta, l.A, l.Bm, l.Cm, Tensor(), Tensor(), scan_chunk_};
-  Backend::ScanGrads sg;
-  sg.du = be_.empty({B, L, E}, dt);
-  sg.ddelta = be_.empty({B, L, E}, dt);
-  sg.dA = be_.zeros({E, n}, dt);
-  sg.dBm = be_.empty({B, L, n}, dt);
-  sg.dCm = be_.empty({B, L, n}, dt);
-  be_.selective_scan_backward(scan, l.h_saved, dy, sg);
-  be_.add(sg.du, grads.du);
-  be_.add(sg.ddelta, grads.ddelta);
-  be_.ssm_A_backward(sg.dA, l.A, l.dA_log);
+  const auto [dBm, dCm] = scan_backward(l, in, dy, grads);
   const Tensor u2 = in.u.reshape({B * L, E});
   Tensor du2 = grads.du.reshape({B * L, E});
-  const Tensor dB2 = sg.dBm.reshape({B * L, n}), dC2 = sg.dCm.reshape({B * L, n});
+  const Tensor dB2 = dBm.reshape({B * L, n}), dC2 = dCm.reshape({B * L, n});
   Tensor dW_B = l.dW.rows(0, n), dW_C = l.dW.rows(n, 2 * n);
   be_.gemm(true, false, 1.0, dB2, u2, 1.0, dW_B);  // dW_B += dB_add^T u
   be_.gemm(true, false, 1.0, dC2, u2, 1.0, dW_C);
@@ -149,6 +200,8 @@ std::unique_ptr<AdditionalScan> read_additional_scan(const std::filesystem::path
   c.states = f.get_int("states", 1, 1024).value_or(0);
   if (c.states < 1) f.fail("states", "an integer in [1, 1024]");
   c.init = f.get_choice("init", {"copy", "s4d"}).value_or("copy");
+  if (cfg.is_mamba2() && c.init != "copy")
+    f.fail("init", "\"copy\" (the only init on Mamba-2, whose decay is one rate per head)");
   auto as = std::make_unique<AdditionalScan>(cfg, c, dtype, be);
   load_method(dir, "additional_scan", *as, be);
   return as;

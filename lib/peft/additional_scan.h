@@ -9,8 +9,12 @@
 // log(N+1..N+n) ("s4d"); W_B kaiming-uniform, W_C zero, so the model is unchanged at step 0.
 // Not mergeable into a model of the original d_state: merge-adapter refuses it.
 // Implements the model's ScanHook; in recurrent decoding it carries h_add (E, n). Acts on the
-// Mamba layers (on Jamba: not the attention layers, which have no scan). On Jamba the extra
+// SSM layers (on Jamba: not the attention layers, which have no scan). On Jamba the extra
 // B_add and C_add take no RMSNorm: they are new projections, not the mixer's normed B and C.
+// On Mamba-2 (docs/methods.md section 10) the decay is one scalar per head, as the SSD needs:
+// A_log_add (H), h_add (H, P, n) per sequence, B_add and C_add one group shared by every head,
+// driven by the SSD's x and dt: a second SSD without D. Init "copy" only (A_log_add = the
+// head's A_log); "s4d" sets a decay per state, which a per-head decay cannot hold: refused.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -38,7 +43,8 @@ class AdditionalScan final : public ScanHook, public PeftMethod {
   // `base` gives A_log for the "copy" init.
   void init(const ModelWeights& base, std::uint64_t seed) override;
   const AdditionalScanConfig& config() const { return config_; }
-  // "additional_scan.layers.I.A_log" (E, n), "additional_scan.layers.I.x_proj" (2n, E)
+  // "additional_scan.layers.I.A_log" (E, n) (Mamba-2: (H)), "additional_scan.layers.I.x_proj"
+  // (2n, E)
   void append_trainables(std::vector<TrainableParam>& out) override;
 
   // PeftMethod: init() above; its method file (below); more states than the model's d_state,
@@ -58,9 +64,16 @@ class AdditionalScan final : public ScanHook, public PeftMethod {
 
  private:
   struct Layer {
-    Tensor A_log, W, dA_log, dW;  // (E, n), (2n, E)
-    Tensor A, Bm, Cm, h_saved;    // saved by forward: (E, n), (B, L, n) x 2, scan checkpoints
+    Tensor A_log, W, dA_log, dW;  // (E, n) or Mamba-2's (H), (2n, E)
+    Tensor A, Bm, Cm, h_saved;    // saved by forward: A_log's shape, (B, L, n) x 2, checkpoints
   };
+  // The extra states' scan: the selective scan (Mamba-1) or the SSD (Mamba-2) over x = in.u,
+  // the layer's dt and the extra A, B, C, from h0 (undefined: zeros). y_add: (B, L, E).
+  void scan_forward(Layer& l, const ScanIO& in, const Tensor& h0, std::int64_t chunk,
+                    Tensor& y_add, Tensor& h_last);
+  // Adds du, ddelta to grads; returns dBm, dCm (B, L, n); dA_log accumulated.
+  std::pair<Tensor, Tensor> scan_backward(Layer& l, const ScanIO& in, const Tensor& dy,
+                                          ScanIOGrads& grads);
   ModelConfig cfg_;  // a copy: the method may outlive the config it was made from
   AdditionalScanConfig config_;
   Backend& be_;

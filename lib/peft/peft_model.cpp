@@ -21,31 +21,24 @@ namespace ssmtune {
 
 namespace {
 
-// The SSM methods act on the Mamba layers alone (on Jamba: not the attention layers, which have
-// no scan, no SSM tensors and no conv). A model without a Mamba layer (a Jamba config whose every
-// layer is attention, or a Mamba-2 model until they are mapped to its SSD layers) gives them
+// The SSM methods act on the SSM layers alone (on Jamba: not the attention layers, which have
+// no scan, no SSM tensors and no conv). A Jamba config whose every layer is attention gives them
 // nothing to act on: refused, naming them.
-void refuse_without_mamba_layers(const ModelConfig& cfg, const PeftConfig& peft) {
-  if (!mamba_layers(cfg).empty()) return;
+void refuse_without_ssm_layers(const ModelConfig& cfg, const PeftConfig& peft) {
+  if (!ssm_layers(cfg).empty()) return;
   std::vector<std::string> asked;
-  // Mapped to Mamba-2's layers too (docs/methods.md): partial tuning, BitFit, prefix tuning,
-  // SDT, the state methods, the parallel adapter.
-  if (peft.partial && !cfg.is_mamba2()) asked.push_back("peft.partial");
-  if (peft.bitfit && !cfg.is_mamba2()) asked.push_back("peft.bitfit");
-  if (peft.sdt && !cfg.is_mamba2()) asked.push_back("peft.sdt");
-  if ((peft.initial_state || peft.initial_conv_state) && !cfg.is_mamba2())
-    asked.push_back("peft.initial_state");
-  if (!peft.state_offset.empty() && !cfg.is_mamba2()) asked.push_back("peft.state_offset");
-  if (peft.parallel_adapter && !cfg.is_mamba2()) asked.push_back("peft.parallel_adapter");
+  if (peft.partial) asked.push_back("peft.partial");
+  if (peft.bitfit) asked.push_back("peft.bitfit");
+  if (peft.sdt) asked.push_back("peft.sdt");
+  if (peft.initial_state || peft.initial_conv_state) asked.push_back("peft.initial_state");
+  if (!peft.state_offset.empty()) asked.push_back("peft.state_offset");
+  if (peft.parallel_adapter) asked.push_back("peft.parallel_adapter");
   if (peft.additional_scan) asked.push_back("peft.additional_scan");
-  if (peft.virtual_tokens.prefix_tokens > 0 && !cfg.is_mamba2()) asked.push_back("peft.prefix");
+  if (peft.virtual_tokens.prefix_tokens > 0) asked.push_back("peft.prefix");
   if (peft.virtual_tokens.affix_tokens > 0) asked.push_back("peft.affix");
   if (asked.empty()) return;
   std::string list;
   for (const std::string& a : asked) list += (list.empty() ? "" : ", ") + a;
-  if (cfg.is_mamba2())
-    throw UsageError(list + ": acts on Mamba-1 layers and is not mapped to Mamba-2's SSD " +
-                     "layers yet (docs/methods.md); use peft.lora, peft.full or peft.prompt");
   throw UsageError(list + ": acts on Mamba layers, and every layer of this model is attention (" +
                    mixer_module(cfg, 0) + ", ...); use peft.lora, peft.full or peft.prompt");
 }
@@ -83,7 +76,7 @@ PeftModel::PeftModel(const ModelConfig& cfg, ModelWeights& base, const PeftConfi
     throw UsageError(
         "peft.full trains every base tensor already: drop peft.partial, "
         "peft.bitfit and peft.sdt, or peft.full");
-  refuse_without_mamba_layers(cfg, peft);
+  refuse_without_ssm_layers(cfg, peft);
   const DType dtype = compute_dtype(base);  // frozen base tensors may be held in bf16
   if (peft.full && holds_other_than(cfg, base, dtype))
     throw UsageError(

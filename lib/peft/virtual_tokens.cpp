@@ -36,27 +36,28 @@ std::vector<std::int64_t> init_ids(std::int64_t T, const std::vector<std::int64_
 VirtualTokens::VirtualTokens(const ModelConfig& cfg, const VirtualTokensConfig& config, DType dtype,
                              Backend& be)
     : config_(config), be_(be) {
-  const std::int64_t D = cfg.d_model, E = cfg.d_inner;
-  const std::uint64_t n_mamba = mamba_layers(cfg).size();
+  // An affix step is in_proj's output without z: x~ (E) on Mamba-1, xBC and dt_in on Mamba-2.
+  const std::int64_t D = cfg.d_model;
+  const std::int64_t W = cfg.is_mamba2() ? cfg.conv_dim() + cfg.ssm_heads : cfg.d_inner;
+  const std::uint64_t n_mamba = ssm_layers(cfg).size();
   check_trainables_fit("peft.prompt.tokens = " + std::to_string(config.prompt_tokens) +
                            ", peft.prefix.tokens = " + std::to_string(config.prefix_tokens) +
                            ", peft.affix.tokens = " + std::to_string(config.affix_tokens),
                        std::uint64_t(config.prompt_tokens * D) +
                            n_mamba * std::uint64_t(config.prefix_tokens * D +
-                                                   config.affix_tokens * E),
+                                                   config.affix_tokens * W),
                        dtype_size(dtype), be.free_device_bytes());
   if (config.prompt_tokens > 0) {
     prompt_ = be_.zeros({config.prompt_tokens, D}, dtype);
     dprompt_ = be_.zeros({config.prompt_tokens, D}, dtype);
   }
-  // Undefined at attention layers (virtual_tokens.h); affix tuning's vectors enter a Mamba-1
-  // mixer's conv (Mamba-2 has no mapping yet: refused in peft_model.cpp).
+  // Undefined at attention layers (virtual_tokens.h); affix tuning's vectors enter a mixer's
+  // conv (and on Mamba-2 its dt too).
   if (config.prefix_tokens > 0)
     zeros_per_layer(cfg, ssm_layers(cfg), be_, {config.prefix_tokens, D}, dtype, prefix_,
                     dprefix_);
   if (config.affix_tokens > 0)
-    zeros_per_layer(cfg, mamba_layers(cfg), be_, {config.affix_tokens, E}, dtype, affix_,
-                    daffix_);
+    zeros_per_layer(cfg, ssm_layers(cfg), be_, {config.affix_tokens, W}, dtype, affix_, daffix_);
 }
 
 void VirtualTokens::init(const ModelWeights& base, std::uint64_t seed) {

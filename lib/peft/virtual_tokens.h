@@ -7,10 +7,11 @@
 //   affix tuning    per layer X_i (T, E) before the x~ half of in_proj's output (MambaPEFT);
 //                   the mixer runs over them and drops them before the gate. Their z half
 //                   would only gate dropped outputs, so it is not a parameter. Init: zero.
+//                   On Mamba-2, X_i (T, C + H): in_proj's xBC and dt_in parts (no z).
 // P1 and P2 report that prompt and prefix tuning do poorly on SSMs; they are here so users can
 // see it. None is mergeable. Implements the model's InputHook.
-// Prefix and affix tuning act on the Mamba layers: on Jamba, an attention layer gets neither
-// (prefix(i), affix(i) are undefined there). Affix tokens sit inside the Mamba mixer, which an
+// Prefix and affix tuning act on the SSM layers: on Jamba, an attention layer gets neither
+// (prefix(i), affix(i) are undefined there). Affix tokens sit inside the SSM mixer, which an
 // attention layer lacks; prefix tuning is MambaPEFT's "outer" affix of a Mamba block, and the
 // attention analogue (prefix keys and values, as in Li & Liang) is another method.
 #pragma once
