@@ -1,11 +1,14 @@
 // ssmtune bench --model DIR [--device cuda]: tokens/s of a full training step (forward, loss,
-// backward of every parameter) on this machine, with the time per op, the GFLOP/s the matrix
+// backward of every parameter; with --peft FILE a PEFT method's whole optimizer step, AdamW
+// included, as `ssmtune train` runs it) on this machine, with the time per op, the GFLOP/s the matrix
 // products reach and the memory bandwidth the selective scan reaches (and its fraction of the
 // GPU's peak), and the peak memory the step took.
 // Performance targets live here and in docs/benchmarks.md, never in unit tests.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <optional>
 
 #include <omp.h>
 #include <sys/resource.h>
@@ -22,10 +25,16 @@
 #include "model/model_init.h"
 #include "model/causal_lm.h"
 #include "model/model_weights.h"
+#include "peft/peft_model.h"
+#include "train/adamw.h"
+#include "train/experiment_config.h"
+#include "train/train_step.h"
 
 namespace ssmtune {
 
 namespace {
+
+namespace fs = std::filesystem;
 
 struct BenchOptions {
   std::string model_dir;
@@ -37,6 +46,9 @@ struct BenchOptions {
   // "fp32" or "bf16": the base is frozen (no weight gradients, as under a PEFT method) and held
   // in this dtype; empty: every parameter gets a gradient.
   std::string frozen_weights;
+  // An experiment config whose "peft" section to train (other sections are not read), e.g. a
+  // configs/methods/ file: the step is then train_step's (train/train_step.h).
+  std::string peft_file;
 };
 
 // Bytes one selective scan must move between memory and the chip per token, float32: forward
@@ -129,6 +141,54 @@ void print_ssd_table(const ModelConfig& cfg, std::int64_t seq_len, double tokens
   }
 }
 
+// This machine's rates for the step's floor, measured through the backend's own ops: a 2048^3
+// float32 GEMM, and y += x over 64 Mi floats (12 bytes moved per element); the best of 3 each.
+struct MachineRates {
+  double flops_per_s = 0, bytes_per_s = 0;
+};
+MachineRates measure_rates(Backend& be) {
+  const auto best_of_3 = [&](auto&& op) {
+    double best = 1e300;
+    for (int i = 0; i < 3; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      op();
+      be.synchronize();
+      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+                                .count());
+    }
+    return best;
+  };
+  const std::int64_t n = 2048, m = std::int64_t(64) << 20;
+  MachineRates r;
+  {
+    const Tensor a = be.zeros({n, n}, DType::F32), b = be.zeros({n, n}, DType::F32);
+    Tensor c = be.zeros({n, n}, DType::F32);
+    const double seconds = best_of_3([&] { be.gemm(false, false, 1.0, a, b, 0.0, c); });
+    r.flops_per_s = 2.0 * double(n * n * n) / seconds;
+  }
+  const Tensor x = be.zeros({m}, DType::F32);
+  Tensor y = be.zeros({m}, DType::F32);
+  r.bytes_per_s = 12.0 * double(m) / best_of_3([&] { be.add(x, y); });
+  return r;
+}
+
+// The bytes the step's scans must move (scan_bytes_per_token or ssd_cost_per_token), summed
+// over the profiled calls and divided by the profiled steps.
+double scan_bytes_per_step(const ModelConfig& cfg, const BenchOptions& o, double tokens,
+                           const OpProfile& profile, std::int64_t steps) {
+  double bytes = 0;
+  for (const bool backward : {false, true}) {
+    const bool ssd = cfg.is_mamba2();
+    const std::string op = std::string(ssd ? "ssd" : "scan") + (backward ? "_backward" : "_forward");
+    const auto it = profile.ops.find(op);
+    if (it == profile.ops.end()) continue;
+    const double per_token = ssd ? ssd_cost_per_token(cfg, o.seq_len, backward).bytes_per_token
+                                 : scan_bytes_per_token(cfg, o.scan_chunk, backward);
+    bytes += per_token * tokens * double(it->second.calls);
+  }
+  return bytes / double(steps);
+}
+
 void run_bench(const BenchOptions& o) {
   const bool random = !o.config_file.empty();
   const ModelConfig cfg = random ? parse_model_config(read_python_json_file(o.config_file),
@@ -137,15 +197,22 @@ void run_bench(const BenchOptions& o) {
   // Hugging Face's initialisation of either model kind (ssmtune init): throughput does not
   // depend on the values, but softplus and exp stay in their usual ranges.
   const DType held = o.frozen_weights == "bf16" ? DType::BF16 : DType::F32;
+  const bool peft_on = !o.peft_file.empty();
+  const PeftConfig peft_cfg = peft_on ? parse_peft_section(read_python_json_file(o.peft_file),
+                                                           o.peft_file,
+                                                           fs::path(o.peft_file).parent_path().string())
+                                      : PeftConfig{};
   ModelWeights w =
       random ? init_model_weights(cfg, o.seed) : load_model_weights(o.model_dir, cfg, held);
   if (random && held == DType::BF16)  // rounded once, as a loaded fp32 checkpoint is
     for_each_param(cfg, w, [](const std::string&, Tensor& t) { t = t.to(DType::BF16); });
   if (cfg.tie_word_embeddings) w.lm_head = w.embedding;
   // A frozen base has no parameter gradients (an empty ModelWeights: CausalLM::backward).
-  ModelWeights grads =
-      o.frozen_weights.empty() ? zeros_like_params(cfg, DType::F32) : ModelWeights{};
+  ModelWeights grads = o.frozen_weights.empty() && !peft_on ? zeros_like_params(cfg, DType::F32)
+                                                            : ModelWeights{};
   auto be = make_backend(o.device, o.matmul);
+  std::optional<PeftModel> peft;
+  if (peft_on) peft.emplace(cfg, w, peft_cfg, *be, o.seed);
 
   Rng rng = Rng::for_stream(o.seed, stream_id("bench-tokens"));
   Tensor ids = Tensor::empty({o.batch, o.seq_len}, DType::I64);
@@ -153,18 +220,34 @@ void run_bench(const BenchOptions& o) {
     ids.data<std::int64_t>()[i] = std::int64_t(rng.below(std::uint64_t(cfg.vocab_size)));
   const Tensor targets = shift_labels(ids);
 
-  CausalLM lm(cfg, w, *be, o.scan_chunk);
+  CausalLM lm(cfg, peft ? peft->weights() : w, *be, o.scan_chunk);
   // The router loss is part of a Jamba training step when its config asks for it.
   if (cfg.output_router_logits) lm.set_router_aux_coef(cfg.router_aux_loss_coef);
+  std::optional<AdamW> optimizer;
+  Batch batch;  // every token a label: train_step shifts them as the loss does
+  if (peft) {
+    lm.set_hook(peft->hook());
+    lm.set_scan_hook(peft->scan_hook());
+    lm.set_input_hook(peft->input_hook());
+    optimizer.emplace(OptimizerConfig{}, peft->trainables(), *be);
+    batch.input_ids = ids;
+    batch.labels = ids;
+    batch.n_loss_tokens = o.batch * (o.seq_len - 1);
+  }
   OpProfile profile;
   // A GPU's profile waits for every op (so each op's time is its own), which slows the step:
   // there the timed steps run unprofiled and one more step fills the op table.
   const bool profile_apart = be->device() != Device::CPU;
   std::vector<double> step_seconds;
+  std::int64_t step_number = 0;
   const auto step = [&] {
-    lm.forward(ids);
-    lm.loss(targets);
-    lm.backward(targets, grads);
+    if (peft) {  // the learning rate and the clip only change values, not the work
+      train_step(lm, *peft, *optimizer, {batch}, 1e-4, 1.0, ++step_number);
+    } else {
+      lm.forward(ids);
+      lm.loss(targets);
+      lm.backward(targets, grads);
+    }
     be->synchronize();
   };
   for (std::int64_t s = 0; s < o.warmup + o.steps; ++s) {
@@ -200,7 +283,11 @@ void run_bench(const BenchOptions& o) {
   }
   std::printf("step          batch %lld x seq_len %lld = %.0f tokens, forward + backward%s\n",
               (long long)o.batch, (long long)o.seq_len, tokens,
-              o.frozen_weights.empty() ? "" : (", base frozen in " + o.frozen_weights).c_str());
+              peft ? (" + AdamW, " + o.peft_file + "'s peft").c_str()
+              : o.frozen_weights.empty() ? ""
+                                         : (", base frozen in " + o.frozen_weights).c_str());
+  if (peft)
+    for (const std::string& line : peft->summary()) std::printf("peft          %s\n", line.c_str());
   std::printf("time/step     median %.4f s over %lld steps (min %.4f, max %.4f)\n", med,
               (long long)o.steps, *std::min_element(step_seconds.begin(), step_seconds.end()),
               *std::max_element(step_seconds.begin(), step_seconds.end()));
@@ -210,9 +297,12 @@ void run_bench(const BenchOptions& o) {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   const double mib = 1024.0 * 1024.0;
+  double grad_bytes = weight_bytes(cfg, grads);
+  if (peft)
+    for (const TrainableParam& p : peft->trainables()) grad_bytes += double(p.grad.nbytes());
   std::printf("memory        peak resident %.1f MiB (process); weights %.1f MiB, gradients %.1f MiB\n",
               double(usage.ru_maxrss) * 1024.0 / mib, weight_bytes(cfg, w) / mib,
-              weight_bytes(cfg, grads) / mib);
+              grad_bytes / mib);
   if (be->peak_device_bytes() > 0)
     std::printf("device memory peak %.1f MiB in use (allocator high-water mark)\n",
                 double(be->peak_device_bytes()) / mib);
@@ -222,6 +312,22 @@ void run_bench(const BenchOptions& o) {
     const std::string gflops = e.flops > 0 ? std::to_string(int(e.flops / e.seconds / 1e9)) : "";
     std::printf("%-16s %10lld %10.4f %7.1f%% %12s\n", name.c_str(), (long long)e.calls, e.seconds,
                 100.0 * e.seconds / std::max(total_op_seconds, 1e-12), gflops.c_str());
+  }
+  // The floor (docs/benchmarks.md "The floor"): what the step would take if its matrix
+  // products ran at the machine's sgemm rate and its scans moved their bytes at the machine's
+  // memory bandwidth, with nothing else costing time. A CPU-side figure: on a GPU the profile
+  // is of one unmeasured step and the peaks are the device's.
+  if (o.device == "cpu") {
+    const MachineRates rates = measure_rates(*be);
+    const auto gemm = profile.ops.find("gemm");
+    const double gemm_flops =
+        gemm == profile.ops.end() ? 0 : gemm->second.flops / double(profiled_steps);
+    const double scan_bytes = scan_bytes_per_step(cfg, o, tokens, profile, profiled_steps);
+    const double floor = gemm_flops / rates.flops_per_s + scan_bytes / rates.bytes_per_s;
+    std::printf("\nfloor         %.4g s/step = GEMM %.4g GFLOP at %.1f GFLOP/s + scan %.4g GB at "
+                "%.1f GB/s; step / floor %.2f\n",
+                floor, gemm_flops / 1e9, rates.flops_per_s / 1e9, scan_bytes / 1e9,
+                rates.bytes_per_s / 1e9, med / floor);
   }
   // Every scan call of the step has the same shape: (batch x seq_len) tokens.
   if (cfg.is_mamba2()) {
@@ -268,6 +374,9 @@ void add_bench_command(CLI::App& app) {
                   "fp32 or bf16: freeze the base (no weight gradients, as under a PEFT method) "
                   "and hold it in this dtype (default: every parameter gets a gradient)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--peft", o.peft_file,
+                  "an experiment config (e.g. configs/methods/lora-projections.json): time its "
+                  "PEFT method's optimizer step, AdamW included");
   cmd->callback([] {
     if (o.model_dir.empty() && o.config_file.empty())
       throw UsageError("bench: give --model DIR or --config CONFIG.json");

@@ -534,19 +534,40 @@ void erase_in(json& j, const char* section, const char* key) {
   if (it != j.end() && it->is_object()) it->erase(key);
 }
 
-}  // namespace
-
-ExperimentConfig parse_experiment_config(const nlohmann::json& j, const std::string& file,
-                                         const std::string& base_dir) {
+// JsonFields reports with Error (exit 1, right for model files); in an experiment config the
+// same mistakes are configuration errors (exit 2).
+template <class F>
+auto as_config_error(F&& parse) {
   try {
-    return parse(j, file, base_dir);
+    return parse();
   } catch (const UsageError&) {
     throw;
   } catch (const Error& e) {
-    // JsonFields reports with Error (exit 1, right for model files); in an experiment config
-    // the same mistakes are configuration errors (exit 2).
     throw UsageError(e.what());
   }
+}
+
+}  // namespace
+
+PeftConfig parse_peft_section(const json& j, const std::string& file,
+                              const std::string& base_dir) {
+  if (!j.is_object())
+    throw UsageError(file + ": expected a JSON object (an experiment config), got " +
+                     describe_json_value(j));
+  json peft_only = json::object();
+  if (j.contains("peft")) peft_only["peft"] = j["peft"];
+  return as_config_error([&] {
+    json effective;
+    Section root(&peft_only, file, "", effective);
+    PeftConfig p = read_peft(root, base_dir);
+    root.finish();
+    return p;
+  });
+}
+
+ExperimentConfig parse_experiment_config(const nlohmann::json& j, const std::string& file,
+                                         const std::string& base_dir) {
+  return as_config_error([&] { return parse(j, file, base_dir); });
 }
 
 ExperimentConfig load_experiment_config(const std::string& path,

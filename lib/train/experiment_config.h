@@ -117,6 +117,10 @@ struct ExperimentConfig {
 // `<file>: unknown field "optimiser" (did you mean "optimizer"?)`.
 ExperimentConfig parse_experiment_config(const nlohmann::json& j, const std::string& file,
                                          const std::string& base_dir);
+// The "peft" section of an experiment config alone, validated as parse_experiment_config does;
+// the other sections are not read (ssmtune bench --peft). No "peft" section: the default LoRA.
+PeftConfig parse_peft_section(const nlohmann::json& j, const std::string& file,
+                              const std::string& base_dir);
 // Reads the file (read_json_file), applies `overrides` in order, then parses.
 ExperimentConfig load_experiment_config(const std::string& path,
                                         const std::vector<std::string>& overrides = {});
