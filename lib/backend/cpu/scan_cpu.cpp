@@ -14,6 +14,7 @@ namespace {
 // Channels handled by one task. Fixed (not derived from the thread count) so that the
 // partial sums of dB and dC, one per block, are added in the same order on any machine.
 constexpr std::int64_t kChannelBlock = 32;
+constexpr std::int64_t KB = kChannelBlock;  // the lane-major scratch's row length
 
 std::int64_t n_channel_blocks(std::int64_t d_inner) {
   return (d_inner + kChannelBlock - 1) / kChannelBlock;
@@ -31,136 +32,214 @@ template <class T> struct ScanGradArgs {
   T *du, *ddelta, *dA, *dD, *dh0;
 };
 
-// Forward of channels [e0, e1) of batch row b. h: scratch (kChannelBlock, N).
-template <class T>
-[[gnu::always_inline]] inline void forward_block(const ScanArgs<T>& a, std::int64_t b,
-                                                 std::int64_t e0, std::int64_t e1, T* h) {
-  const std::int64_t L = a.d.seqlen, E = a.d.d_inner, N = a.d.d_state, Q = a.d.chunk;
-  const std::int64_t n_chunks = a.d.n_chunks(), span = (e1 - e0) * N;
-  if (a.h0)
-    std::copy_n(a.h0 + (b * E + e0) * N, span, h);
-  else
-    std::fill_n(h, span, T(0));
-  for (std::int64_t t = 0; t < L; ++t) {
-    if (t % Q == 0) std::copy_n(h, span, a.h_saved + ((b * n_chunks + t / Q) * E + e0) * N);
-    const std::int64_t bt = b * L + t;
-    const T* B_t = a.Bm + bt * N;
-    const T* C_t = a.Cm + bt * N;
-    for (std::int64_t e = e0; e < e1; ++e) {
-      const T dt = a.delta[bt * E + e], u_t = a.u[bt * E + e], dt_u = dt * u_t;
-      const T* A_e = a.A + e * N;
-      T* h_e = h + (e - e0) * N;
-      T acc = 0;
-      for (std::int64_t n = 0; n < N; ++n) {
-        h_e[n] = fast_exp(dt * A_e[n]) * h_e[n] + dt_u * B_t[n];
-        acc += h_e[n] * C_t[n];
-      }
-      a.y[bt * E + e] = acc + (a.D ? a.D[e] * u_t : T(0));
-    }
+// The block's scratch, lane-major: every per-state array is (N, kChannelBlock), channel
+// innermost, so the loops over a block's channels are contiguous and hold no sum across
+// channels, and the compiler vectorises them (one lane per channel). Each lane does exactly
+// the scalar recurrence's operations in the scalar recurrence's order.
+template <class T> struct BlockScratch {
+  std::vector<T> At;      // (N, KB) A of the block's channels
+  std::vector<T> h;       // (N, KB) forward: the running state
+  std::vector<T> hs, as;  // backward: (Q + 1, N, KB) states h_{t0-1} .. h_{t1-1} of one
+                          // chunk; (Q, N, KB) their decays a_t = exp(delta_t A)
+  std::vector<T> g;       // (N, KB) the adjoint dL/dh_t
+  std::vector<T> dA;      // (N, KB) the block's dA, read from and written back to dA
+  std::vector<T> dBp, dCp;  // (N, KB) one step's per-channel terms of dB and dC
+  BlockScratch(std::int64_t N, std::int64_t Q, bool backward)
+      : At(std::size_t(N * kChannelBlock)), h(At.size()) {
+    if (!backward) return;
+    hs.resize(std::size_t((Q + 1) * N * kChannelBlock));
+    as.resize(std::size_t(Q * N * kChannelBlock));
+    g.resize(At.size());
+    dA.resize(At.size());
+    dBp.resize(At.size());
+    dCp.resize(At.size());
   }
-  if (a.h_last) std::copy_n(h, span, a.h_last + (b * E + e0) * N);
+};
+
+
+// lanes (N, KB) <- rows (nb, N) of a row-major (E, N) array starting at channel e0, and back
+template <class T>
+void to_lanes(const T* rows, std::int64_t nb, std::int64_t N, T* lanes) {
+  for (std::int64_t i = 0; i < nb; ++i)
+    for (std::int64_t n = 0; n < N; ++n) lanes[n * KB + i] = rows[i * N + n];
+}
+template <class T>
+void from_lanes(const T* lanes, std::int64_t nb, std::int64_t N, T* rows) {
+  for (std::int64_t i = 0; i < nb; ++i)
+    for (std::int64_t n = 0; n < N; ++n) rows[i * N + n] = lanes[n * KB + i];
 }
 
-// Backward of channels [e0, e1) of batch row b, chunks in reverse. Scratch: hs holds the
-// block's states h_{t0-1} .. h_{t1-1} of one chunk, (Q + 1, block, N), and as the decays
-// a_t = exp(delta_t A) of the chunk, (Q, block, N), kept from the recomputation so each exp is
-// taken once; g the adjoint dL/dh_t of the block's channels, (block, N).
-// dB_blk, dC_blk: this block's partial sums.
+// Forward of channels [e0, e1) of batch row b.
+template <class T>
+[[gnu::always_inline]] inline void forward_block(const ScanArgs<T>& a, std::int64_t b,
+                                                 std::int64_t e0, std::int64_t e1,
+                                                 BlockScratch<T>& s) {
+  const std::int64_t L = a.d.seqlen, E = a.d.d_inner, N = a.d.d_state, Q = a.d.chunk;
+  const std::int64_t n_chunks = a.d.n_chunks(), nb = e1 - e0;
+  T* __restrict h = s.h.data();
+  const T* __restrict At = s.At.data();
+  to_lanes(a.A + e0 * N, nb, N, s.At.data());
+  if (a.h0)
+    to_lanes(a.h0 + (b * E + e0) * N, nb, N, h);
+  else
+    std::fill(s.h.begin(), s.h.end(), T(0));
+  T dt[KB], dt_u[KB], acc[KB];
+  for (std::int64_t t = 0; t < L; ++t) {
+    if (t % Q == 0) from_lanes(h, nb, N, a.h_saved + ((b * n_chunks + t / Q) * E + e0) * N);
+    const std::int64_t bt = b * L + t;
+    const T* u_t = a.u + bt * E + e0;
+    const T* delta_t = a.delta + bt * E + e0;
+    for (std::int64_t i = 0; i < nb; ++i) {
+      dt[i] = delta_t[i];
+      dt_u[i] = dt[i] * u_t[i];
+      acc[i] = 0;
+    }
+    for (std::int64_t n = 0; n < N; ++n) {
+      const T B_n = a.Bm[bt * N + n], C_n = a.Cm[bt * N + n];
+      T* __restrict h_n = h + n * KB;
+      const T* __restrict A_n = At + n * KB;
+      for (std::int64_t i = 0; i < nb; ++i) {
+        h_n[i] = fast_exp(dt[i] * A_n[i]) * h_n[i] + dt_u[i] * B_n;
+        acc[i] += h_n[i] * C_n;
+      }
+    }
+    for (std::int64_t i = 0; i < nb; ++i)
+      a.y[bt * E + e0 + i] = acc[i] + (a.D ? a.D[e0 + i] * u_t[i] : T(0));
+  }
+  if (a.h_last) from_lanes(h, nb, N, a.h_last + (b * E + e0) * N);
+}
+
+// One state n of one step of the adjoint recurrence, over the block's nb channels (lanes).
+// Parameters, not locals, so that __restrict holds and the loop vectorises without run-time
+// alias checks.
+template <class T>
+[[gnu::always_inline]] inline void adjoint_row(
+    std::int64_t nb, T B_n, T C_n, const T* __restrict dy, const T* __restrict dt,
+    const T* __restrict u, const T* __restrict h_t, const T* __restrict h_prev,
+    const T* __restrict a_t, const T* __restrict A, T* __restrict g, T* __restrict dA,
+    T* __restrict dB, T* __restrict dC, T* __restrict ddelta_acc, T* __restrict du_acc) {
+  for (std::int64_t i = 0; i < nb; ++i) {
+    dC[i] = dy[i] * h_t[i];
+    const T g_i = g[i] + dy[i] * C_n;  // y_t reads h_t through C_t
+    const T da = a_t[i];
+    const T g_a = g_i * h_prev[i];  // dL/da_t
+    ddelta_acc[i] += g_a * da * A[i] + g_i * B_n * u[i];
+    dA[i] += g_a * da * dt[i];
+    dB[i] = g_i * dt[i] * u[i];
+    du_acc[i] += g_i * dt[i] * B_n;
+    g[i] = g_i * da;  // dL/dh_{t-1} through h_t = a_t h_{t-1} + ...
+  }
+}
+
+// Backward of channels [e0, e1) of batch row b, chunks in reverse: recompute the chunk's
+// states from its saved start state (keeping each decay, so each exp is taken once), then the
+// adjoint recurrence backwards in time. dB_blk, dC_blk: this block's partial sums.
 template <class T>
 [[gnu::always_inline]] inline void backward_block(const ScanGradArgs<T>& a, std::int64_t b,
-                                                  std::int64_t e0, std::int64_t e1, T* hs, T* as,
-                                                  T* g, T* dB_blk, T* dC_blk) {
+                                                  std::int64_t e0, std::int64_t e1,
+                                                  BlockScratch<T>& s, T* dB_blk, T* dC_blk) {
   const std::int64_t L = a.d.seqlen, E = a.d.d_inner, N = a.d.d_state, Q = a.d.chunk;
-  const std::int64_t n_chunks = a.d.n_chunks(), nb = e1 - e0, span = nb * N;
-  std::fill_n(g, span, T(0));
-  std::vector<T> dB_acc(N), dC_acc(N);
+  const std::int64_t n_chunks = a.d.n_chunks(), nb = e1 - e0, span = N * KB;
+  const T* __restrict At = s.At.data();
+  T* __restrict g = s.g.data();
+  T* __restrict dA = s.dA.data();
+  T* __restrict dBp = s.dBp.data();
+  T* __restrict dCp = s.dCp.data();
+  to_lanes(a.A + e0 * N, nb, N, s.At.data());
+  to_lanes(a.dA + e0 * N, nb, N, dA);  // accumulated in place, in the scalar order
+  std::fill(s.g.begin(), s.g.end(), T(0));
+  T dt[KB], dt_u[KB], dy[KB], u[KB], ddelta_acc[KB], du_acc[KB];
   for (std::int64_t c = n_chunks - 1; c >= 0; --c) {
     const std::int64_t t0 = c * Q, t1 = std::min(L, t0 + Q);
-    // Recompute the chunk's states from the saved chunk-start state.
-    std::copy_n(a.h_saved + ((b * n_chunks + c) * E + e0) * N, span, hs);
+    to_lanes(a.h_saved + ((b * n_chunks + c) * E + e0) * N, nb, N, s.hs.data());
     for (std::int64_t t = t0; t < t1; ++t) {
       const std::int64_t bt = b * L + t;
-      const T* B_t = a.Bm + bt * N;
-      const T* hp = hs + (t - t0) * span;
-      T* hn = hs + (t - t0 + 1) * span;
-      T* a_t = as + (t - t0) * span;
-      for (std::int64_t e = e0; e < e1; ++e) {
-        const T dt = a.delta[bt * E + e], dt_u = dt * a.u[bt * E + e];
-        const T* A_e = a.A + e * N;
-        const std::int64_t o = (e - e0) * N;
-        for (std::int64_t n = 0; n < N; ++n) {
-          a_t[o + n] = fast_exp(dt * A_e[n]);
-          hn[o + n] = a_t[o + n] * hp[o + n] + dt_u * B_t[n];
+      const T* __restrict hp = s.hs.data() + (t - t0) * span;
+      T* __restrict hn = s.hs.data() + (t - t0 + 1) * span;
+      T* __restrict a_t = s.as.data() + (t - t0) * span;
+      for (std::int64_t i = 0; i < nb; ++i) {
+        dt[i] = a.delta[bt * E + e0 + i];
+        dt_u[i] = dt[i] * a.u[bt * E + e0 + i];
+      }
+      for (std::int64_t n = 0; n < N; ++n) {
+        const T B_n = a.Bm[bt * N + n];
+        const std::int64_t o = n * KB;
+        const T* __restrict A_n = At + o;
+        const T* __restrict hp_n = hp + o;
+        T* __restrict a_tn = a_t + o;
+        T* __restrict hn_n = hn + o;
+        for (std::int64_t i = 0; i < nb; ++i) {
+          a_tn[i] = fast_exp(dt[i] * A_n[i]);
+          hn_n[i] = a_tn[i] * hp_n[i] + dt_u[i] * B_n;
         }
       }
     }
-    // Adjoint recurrence, backwards in time: g holds dL/dh_t.
     for (std::int64_t t = t1 - 1; t >= t0; --t) {
       const std::int64_t bt = b * L + t;
-      const T* B_t = a.Bm + bt * N;
-      const T* C_t = a.Cm + bt * N;
-      const T* h_t = hs + (t - t0 + 1) * span;
-      const T* h_prev = hs + (t - t0) * span;
-      const T* a_t = as + (t - t0) * span;
-      std::fill(dB_acc.begin(), dB_acc.end(), T(0));
-      std::fill(dC_acc.begin(), dC_acc.end(), T(0));
-      for (std::int64_t e = e0; e < e1; ++e) {
-        const T dy_t = a.dy[bt * E + e], dt = a.delta[bt * E + e], u_t = a.u[bt * E + e];
-        const T* A_e = a.A + e * N;
-        T* dA_e = a.dA + e * N;
-        T* g_e = g + (e - e0) * N;
-        const std::int64_t o = (e - e0) * N;
-        T ddelta_acc = 0, du_acc = a.D ? dy_t * a.D[e] : T(0);
-        for (std::int64_t n = 0; n < N; ++n) {
-          dC_acc[n] += dy_t * h_t[o + n];
-          const T g_n = g_e[n] + dy_t * C_t[n];  // y_t reads h_t through C_t
-          const T da = a_t[o + n];
-          const T g_a = g_n * h_prev[o + n];  // dL/da_t
-          ddelta_acc += g_a * da * A_e[n] + g_n * B_t[n] * u_t;
-          dA_e[n] += g_a * da * dt;
-          dB_acc[n] += g_n * dt * u_t;
-          du_acc += g_n * dt * B_t[n];
-          g_e[n] = g_n * da;  // dL/dh_{t-1} through h_t = a_t h_{t-1} + ...
-        }
-        a.ddelta[bt * E + e] = ddelta_acc;
-        a.du[bt * E + e] = du_acc;
-        if (a.dD) a.dD[e] += dy_t * u_t;
+      const T* __restrict h_t = s.hs.data() + (t - t0 + 1) * span;
+      const T* __restrict h_prev = s.hs.data() + (t - t0) * span;
+      const T* __restrict a_t = s.as.data() + (t - t0) * span;
+      for (std::int64_t i = 0; i < nb; ++i) {
+        dy[i] = a.dy[bt * E + e0 + i];
+        dt[i] = a.delta[bt * E + e0 + i];
+        u[i] = a.u[bt * E + e0 + i];
+        ddelta_acc[i] = 0;
+        du_acc[i] = a.D ? dy[i] * a.D[e0 + i] : T(0);
       }
       for (std::int64_t n = 0; n < N; ++n) {
-        dB_blk[bt * N + n] += dB_acc[n];
-        dC_blk[bt * N + n] += dC_acc[n];
+        const std::int64_t o = n * KB;  // row n of every (N, KB) array
+        adjoint_row(nb, a.Bm[bt * N + n], a.Cm[bt * N + n], dy, dt, u, h_t + o, h_prev + o,
+                    a_t + o, At + o, g + o, dA + o, dBp + o, dCp + o, ddelta_acc, du_acc);
+      }
+      for (std::int64_t i = 0; i < nb; ++i) {
+        a.ddelta[bt * E + e0 + i] = ddelta_acc[i];
+        a.du[bt * E + e0 + i] = du_acc[i];
+        if (a.dD) a.dD[e0 + i] += dy[i] * u[i];
+      }
+      // dB_t and dC_t sum over the block's channels, in channel order.
+      for (std::int64_t n = 0; n < N; ++n) {
+        T sb = 0, sc = 0;
+        for (std::int64_t i = 0; i < nb; ++i) {
+          sb += dBp[n * KB + i];
+          sc += dCp[n * KB + i];
+        }
+        dB_blk[bt * N + n] += sb;
+        dC_blk[bt * N + n] += sc;
       }
     }
   }
-  if (a.dh0) std::copy_n(g, span, a.dh0 + (b * E + e0) * N);
+  from_lanes(dA, nb, N, a.dA + e0 * N);
+  if (a.dh0) from_lanes(g, nb, N, a.dh0 + (b * E + e0) * N);
 }
 
 // float: vectorised per CPU (cpu_clones.h); double (gradient checks) uses the generic body.
 SSMTUNE_CPU_CLONES void forward_block_f32(const ScanArgs<float>& a, std::int64_t b,
-                                          std::int64_t e0, std::int64_t e1, float* h) {
-  forward_block(a, b, e0, e1, h);
+                                          std::int64_t e0, std::int64_t e1,
+                                          BlockScratch<float>& s) {
+  forward_block(a, b, e0, e1, s);
 }
 SSMTUNE_CPU_CLONES void backward_block_f32(const ScanGradArgs<float>& a, std::int64_t b,
-                                           std::int64_t e0, std::int64_t e1, float* hs, float* as,
-                                           float* g, float* dB_blk, float* dC_blk) {
-  backward_block(a, b, e0, e1, hs, as, g, dB_blk, dC_blk);
+                                           std::int64_t e0, std::int64_t e1,
+                                           BlockScratch<float>& s, float* dB_blk, float* dC_blk) {
+  backward_block(a, b, e0, e1, s, dB_blk, dC_blk);
 }
 
 template <class T>
-void forward_task(const ScanArgs<T>& a, std::int64_t b, std::int64_t e0, std::int64_t e1, T* h) {
+void forward_task(const ScanArgs<T>& a, std::int64_t b, std::int64_t e0, std::int64_t e1,
+                  BlockScratch<T>& s) {
   if constexpr (std::is_same_v<T, float>)
-    forward_block_f32(a, b, e0, e1, h);
+    forward_block_f32(a, b, e0, e1, s);
   else
-    forward_block(a, b, e0, e1, h);
+    forward_block(a, b, e0, e1, s);
 }
 
 template <class T>
 void backward_task(const ScanGradArgs<T>& a, std::int64_t b, std::int64_t e0, std::int64_t e1,
-                   T* hs, T* as, T* g, T* dB_blk, T* dC_blk) {
+                   BlockScratch<T>& s, T* dB_blk, T* dC_blk) {
   if constexpr (std::is_same_v<T, float>)
-    backward_block_f32(a, b, e0, e1, hs, as, g, dB_blk, dC_blk);
+    backward_block_f32(a, b, e0, e1, s, dB_blk, dC_blk);
   else
-    backward_block(a, b, e0, e1, hs, as, g, dB_blk, dC_blk);
+    backward_block(a, b, e0, e1, s, dB_blk, dC_blk);
 }
 
 }  // namespace
@@ -173,12 +252,12 @@ void selective_scan_forward(const ScanDims& d, const T* u, const T* delta, const
   const std::int64_t n_blocks = n_channel_blocks(d.d_inner);
 #pragma omp parallel
   {
-    std::vector<T> h(kChannelBlock * d.d_state);
+    BlockScratch<T> s(d.d_state, d.chunk, /*backward=*/false);
 #pragma omp for collapse(2) schedule(static)
     for (std::int64_t b = 0; b < d.batch; ++b)
       for (std::int64_t blk = 0; blk < n_blocks; ++blk) {
         const std::int64_t e0 = blk * kChannelBlock;
-        forward_task(a, b, e0, std::min(d.d_inner, e0 + kChannelBlock), h.data());
+        forward_task(a, b, e0, std::min(d.d_inner, e0 + kChannelBlock), s);
       }
   }
 }
@@ -197,14 +276,12 @@ void selective_scan_backward(const ScanDims& d, const T* u, const T* delta, cons
   std::vector<T> dB_part(std::size_t(n_blocks * BLN), T(0)), dC_part(std::size_t(n_blocks * BLN), T(0));
 #pragma omp parallel
   {
-    const std::int64_t block_states = kChannelBlock * d.d_state;
-    std::vector<T> hs((d.chunk + 1) * block_states), as(d.chunk * block_states), g(block_states);
+    BlockScratch<T> s(d.d_state, d.chunk, /*backward=*/true);
 #pragma omp for schedule(static)
     for (std::int64_t blk = 0; blk < n_blocks; ++blk) {
       const std::int64_t e0 = blk * kChannelBlock, e1 = std::min(d.d_inner, e0 + kChannelBlock);
       for (std::int64_t b = 0; b < d.batch; ++b)
-        backward_task(a, b, e0, e1, hs.data(), as.data(), g.data(), dB_part.data() + blk * BLN,
-                      dC_part.data() + blk * BLN);
+        backward_task(a, b, e0, e1, s, dB_part.data() + blk * BLN, dC_part.data() + blk * BLN);
     }
   }
 #pragma omp parallel for schedule(static)
