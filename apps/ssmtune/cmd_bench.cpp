@@ -176,9 +176,9 @@ MachineRates measure_rates(Backend& be) {
 // over the profiled calls and divided by the profiled steps.
 double scan_bytes_per_step(const ModelConfig& cfg, const BenchOptions& o, double tokens,
                            const OpProfile& profile, std::int64_t steps) {
+  const bool ssd = cfg.is_mamba2();
   double bytes = 0;
   for (const bool backward : {false, true}) {
-    const bool ssd = cfg.is_mamba2();
     const std::string op = std::string(ssd ? "ssd" : "scan") + (backward ? "_backward" : "_forward");
     const auto it = profile.ops.find(op);
     if (it == profile.ops.end()) continue;

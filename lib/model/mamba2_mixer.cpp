@@ -95,12 +95,7 @@ void reset_mamba2_cache(Backend& be, const ModelConfig& cfg, const Mamba2MixerWe
   cache.ssm = be.zeros({1, cfg.ssm_heads, cfg.ssm_head_dim, cfg.d_state}, dtype);
   const Tensor h0 = hooks.scan ? hooks.scan->initial_state(layer, 1) : Tensor();
   if (h0.defined()) be.copy(h0, cache.ssm);
-  Shape carried = hooks.scan ? hooks.scan->carried_state_shape(layer) : Shape{};
-  cache.hook = Tensor();
-  if (!carried.empty()) {
-    carried.insert(carried.begin(), 1);
-    cache.hook = be.zeros(carried, dtype);
-  }
+  cache.hook = zero_carried_state(be, hooks.scan, layer, dtype);
 }
 
 void mamba2_mixer_forward(Backend& be, const ModelConfig& cfg, const Mamba2MixerWeights& w,

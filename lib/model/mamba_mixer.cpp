@@ -71,13 +71,14 @@ void reset_mixer_cache(Backend& be, const ModelConfig& cfg, const MambaMixerWeig
   const Tensor h0 = scan_hook ? scan_hook->initial_state(layer, 1) : Tensor();
   c.ssm = be.zeros({1, E, N}, dtype);
   if (h0.defined()) be.copy(h0, c.ssm);
-  Shape carried = scan_hook ? scan_hook->carried_state_shape(layer) : Shape{};
-  if (carried.empty()) {
-    c.hook = Tensor();
-  } else {
-    carried.insert(carried.begin(), 1);
-    c.hook = be.zeros(carried, dtype);
-  }
+  c.hook = zero_carried_state(be, scan_hook, layer, dtype);
+}
+
+Tensor zero_carried_state(Backend& be, ScanHook* hook, std::int64_t layer, DType dtype) {
+  Shape carried = hook ? hook->carried_state_shape(layer) : Shape{};
+  if (carried.empty()) return Tensor();
+  carried.insert(carried.begin(), 1);
+  return be.zeros(carried, dtype);
 }
 
 void mixer_forward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights& w, const Tensor& n,

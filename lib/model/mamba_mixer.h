@@ -84,6 +84,10 @@ Tensor mamba_mixer_linear_weight(const MambaMixerWeights& w, const LinearSite& s
 // has none yet (the weights do not change while a decoder runs).
 void reset_mixer_cache(Backend& be, const ModelConfig& cfg, const MambaMixerWeights& w,
                        std::int64_t layer, const MixerHooks& hooks, DType dtype, MixerCache& cache);
+// The state `hook` carries across decoding blocks of layer `layer` for one sequence, zero:
+// (1, carried_state_shape), or undefined when it carries none (or there is no hook). Both
+// mixers' caches start from it.
+Tensor zero_carried_state(Backend& be, ScanHook* hook, std::int64_t layer, DType dtype);
 
 // n: (B, L, D) normalised block input of layer `layer`   out: (B, L, D) overwritten
 // hooks: the PEFT terms on this layer. cache: null in training (conv context from the scan
