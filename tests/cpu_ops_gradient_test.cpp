@@ -173,3 +173,40 @@ TEST_CASE("cross-entropy backward matches finite differences and ignores -100", 
   REQUIRE_THROWS_WITH(be->cross_entropy_forward(logits, targets, &n),
                       Catch::Contains("label 9 at position 0 is outside the vocabulary"));
 }
+
+TEST_CASE("float cross-entropy over a vocabulary's width matches the float64 op", "[ops][grad]") {
+  // The float rows run lane-wise and vectorised (token_ops_cpu.cpp), the double ones plainly:
+  // the float op on the float64 op's logits rounded to float must give the same loss and
+  // dlogits, in place and into another tensor. V = 50280 (Mamba's vocabulary, not a multiple of
+  // the lanes) and 13 (fewer than the lanes); logits in [-30, 30] so the max shift matters.
+  // Tolerance: float's exp of (x - lse), with lse rounded to float (~2e-6 relative at |x| ~ 30),
+  // so 1e-5 relative; plus 1e-7 absolute (2e-7 of the scale) for the target's entry, where
+  // scale * p - scale cancels.
+  auto be = cpu();
+  for (const std::int64_t V : {std::int64_t(50280), std::int64_t(13)}) {
+    std::mt19937_64 rng(11);
+    const std::int64_t rows = 3;
+    const Tensor logits = random_f64({rows, V}, rng, -30, 30).to(DType::F32);
+    const Tensor logits64 = logits.to(DType::F64);
+    Tensor targets = Tensor::empty({rows}, DType::I64);
+    const std::int64_t t_values[] = {V - 1, -100, 5};
+    std::copy_n(t_values, rows, targets.data<std::int64_t>());
+    std::int64_t n = 0, n64 = 0;
+    const double loss = be->cross_entropy_forward(logits, targets, &n);
+    const double loss64 = be->cross_entropy_forward(logits64, targets, &n64);
+    REQUIRE(n == 2);
+    REQUIRE(n64 == 2);
+    CHECK(loss == Approx(loss64).epsilon(1e-6));
+    Tensor d64 = be->empty({rows, V}, DType::F64), into = be->empty({rows, V}, DType::F32);
+    Tensor in_place = logits.clone();
+    be->cross_entropy_backward(logits64, targets, 0.5, d64);
+    be->cross_entropy_backward(logits, targets, 0.5, into);
+    be->cross_entropy_backward(in_place, targets, 0.5, in_place);
+    for (std::int64_t i = 0; i < rows * V; ++i) {
+      const double want = d64.data<double>()[i];
+      INFO("V " << V << " element " << i);
+      REQUIRE(std::fabs(into.data<float>()[i] - want) <= 1e-5 * std::fabs(want) + 1e-7);
+      REQUIRE(in_place.data<float>()[i] == into.data<float>()[i]);
+    }
+  }
+}

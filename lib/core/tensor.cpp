@@ -1,5 +1,7 @@
 #include "core/tensor.h"
 
+#include "core/host_blocks.h"
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -12,10 +14,9 @@ namespace {
 std::atomic<std::int64_t> g_to_device{0}, g_to_host{0}, g_bytes_to_device{0}, g_bytes_to_host{0};
 
 std::shared_ptr<void> host_alloc(std::size_t nbytes, const Shape& shape) {
-  const std::size_t bytes = (nbytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
+  std::shared_ptr<void> p = host_block(nbytes);
   if (!p) throw Error("out of memory allocating a tensor of shape " + shape_str(shape));
-  return std::shared_ptr<void>(p, std::free);
+  return p;
 }
 }  // namespace
 

@@ -1,8 +1,9 @@
-// exp for the CPU hot loops (scan, SiLU, gate, softplus). std::exp is a library call that
-// stops the compiler from vectorising a loop; this one is plain arithmetic, so loops over it
-// vectorise. float: Cephes' expf polynomial (relative error < 2 ulp over the whole range,
-// checked against std::exp in tests/cpu_fast_exp_test.cpp). double keeps std::exp: double is
-// the precision of the gradient checks, not a speed path.
+// exp, log and softplus for the CPU hot loops (scan, SiLU, gate, softplus, cross-entropy).
+// std::exp and std::log1p are library calls that stop the compiler from vectorising a loop;
+// these are plain arithmetic, so loops over them vectorise. float: Cephes' expf and logf
+// polynomials (relative error < 2 ulp, checked against the library in
+// tests/cpu_fast_exp_test.cpp). double keeps the library: double is the precision of the
+// gradient checks, not a speed path.
 #pragma once
 
 #include <bit>
@@ -31,5 +32,41 @@ inline float fast_exp(float x) {
 }
 
 inline double fast_exp(double x) { return std::exp(x); }
+
+// log for x >= 1, finite (softplus below): Cephes' logf polynomial on the mantissa, plain
+// arithmetic like fast_exp (relative error < 2 ulp; tests/cpu_fast_exp_test.cpp).
+inline float fast_log(float x) {
+  const std::int32_t bits = std::bit_cast<std::int32_t>(x);
+  std::int32_t e = ((bits >> 23) & 0xff) - 126;                        // x = m 2^e, m in [0.5, 1)
+  float m = std::bit_cast<float>((bits & 0x007fffff) | 0x3f000000);
+  const bool low = m < 0.707106781186547524f;                          // m in [sqrt(1/2), sqrt(2))
+  e = low ? e - 1 : e;
+  m = low ? m + m : m;
+  const float f = m - 1.0f, z = f * f;
+  float y = 7.0376836292e-2f;
+  y = y * f - 1.1514610310e-1f;
+  y = y * f + 1.1676998740e-1f;
+  y = y * f - 1.2420140846e-1f;
+  y = y * f + 1.4249322787e-1f;
+  y = y * f - 1.6668057665e-1f;
+  y = y * f + 2.0000714765e-1f;
+  y = y * f - 2.4999993993e-1f;
+  y = y * f + 3.3333331174e-1f;
+  y = y * f * z;
+  const float fe = float(e);
+  y += -2.12194440e-4f * fe - 0.5f * z;  // ln2 split in two, as in fast_exp
+  return f + y + 0.693359375f * fe;
+}
+
+// softplus(x) = log(1 + exp(x)), x itself above 20 (where they agree in float), as torch's
+// softplus with threshold 20. log1p(t) as log(u) * t / (u - 1), u = 1 + t rounded: exact to
+// the log's error even where t is far below 1 (Goldberg's compensation), with no library call.
+inline float fast_softplus(float x) {
+  const float t = fast_exp(x);
+  const float u = 1.0f + t;
+  const float log1p_t = u == 1.0f ? t : fast_log(u) * (t / (u - 1.0f));
+  return x > 20.0f ? x : log1p_t;
+}
+inline double fast_softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
 
 }  // namespace ssmtune::cpu
