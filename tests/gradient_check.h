@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <random>
@@ -48,6 +49,28 @@ inline double dot(const Tensor& a, const Tensor& b) {
   return s;
 }
 
+// Built with AddressSanitizer (.ci/sanitize: the whole suite, in CI)? GCC defines
+// __SANITIZE_ADDRESS__, clang answers __has_feature(address_sanitizer).
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+inline constexpr bool kSanitized = true;
+#else
+inline constexpr bool kSanitized = false;
+#endif
+#else
+inline constexpr bool kSanitized = false;
+#endif
+// Under the sanitizers check_gradient checks at most this many elements of each tensor (evenly
+// spread, first and last included). The sanitizers judge memory accesses and undefined
+// behaviour, and every further element repeats the same two forwards over the same addresses
+// with one value moved: the first elements already run every code path the check reaches. The
+// Release suite checks every element (or every stride-th) as each test asks; under the
+// sanitizers the repeats made the float64 whole-model checks the slowest tests by far
+// (docs/reliability.md "Sanitizers").
+inline constexpr std::int64_t kSanitizedElements = 8;
+
 // Compares `analytic` (same shape as `x`) with (loss(x + h e_i) - loss(x - h e_i)) / 2h for
 // every element i of x (every `stride`-th one, first and last included, when stride > 1: for
 // whole-model objectives, whose every element costs two forwards). Double precision with h = 1e-6: truncation error ~h^2 * f''' ~ 1e-12 and
@@ -58,6 +81,8 @@ inline void check_gradient(const std::string& what, Tensor& x, const Tensor& ana
                            double rtol = 1e-6, double atol = 1e-8, std::int64_t stride = 1) {
   REQUIRE(x.shape() == analytic.shape());
   REQUIRE(stride >= 1);
+  if (kSanitized) stride = std::max(stride, (x.numel() + kSanitizedElements - 2) /
+                                                std::max<std::int64_t>(1, kSanitizedElements - 1));
   double* p = x.data<double>();
   const double* g = analytic.data<double>();
   const std::int64_t n = x.numel();
