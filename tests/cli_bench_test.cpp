@@ -1,7 +1,8 @@
 // ssmtune bench --peft: a PEFT method's whole optimizer step (train/train_step.h) timed on the
 // shipped bench configs (configs/bench/lora-r8.json, full.json), the floor line
-// (cmd_bench.cpp measure_rates), and a bad --peft file refused as train refuses it. Only that
-// the figures are there and well-formed: how fast is docs/benchmarks.md's business.
+// (machine_rates.h), a bad --peft file refused as train refuses it, and --generate's decoding
+// figures on each model kind (bench_generate.h). Only that the figures are there and
+// well-formed: how fast is docs/benchmarks.md's business.
 #include <catch2/catch.hpp>
 
 #include <filesystem>
@@ -64,4 +65,27 @@ TEST_CASE("a bad bench --peft file is refused naming the file and field", "[cli]
   const auto typo = run_cli("bench --model " + model + " --steps 1 --peft " + bad.string());
   CHECK(typo.exit_code == 2);
   CHECK_THAT(typo.output, Catch::Contains("lorra"));
+}
+
+TEST_CASE("ssmtune bench --generate times greedy decoding on each model kind, batch 1 only",
+          "[cli][bench][decode]") {
+  for (const char* fixture : {"mamba-tiny", "mamba2-tiny", "jamba-tiny"}) {
+    const std::string model = (fs::path(SSMTUNE_FIXTURES_DIR) / fixture).string();
+    const auto r = run_cli("bench --model " + model + " --seq-len 5 --generate 4 --steps 2");
+    INFO(fixture << "\n" << r.output);
+    REQUIRE(r.exit_code == 0);
+    CHECK_THAT(r.output, Catch::Contains("prompt 5 tokens, 4 new tokens (greedy): the prefill "
+                                         "and 3 decode steps"));
+    CHECK(number_after(r.output, "tokens/s") > 0);
+    CHECK(number_after(r.output, "decode step   median") > 0);
+    CHECK(number_after(r.output, "decode step / floor") > 0);
+  }
+  const std::string model = (fs::path(SSMTUNE_FIXTURES_DIR) / "mamba-tiny").string();
+  const auto batch = run_cli("bench --model " + model + " --generate 4 --batch 2");
+  CHECK(batch.exit_code == 2);
+  CHECK_THAT(batch.output, Catch::Contains("--batch must be 1"));
+  const auto peft = run_cli("bench --model " + model + " --generate 4 --peft " +
+                            repo_file("configs/bench/lora-r8.json").string());
+  CHECK(peft.exit_code != 0);
+  CHECK_THAT(peft.output, Catch::Contains("--peft excludes --generate"));
 }

@@ -2,7 +2,8 @@
 // backward of every parameter; with --peft FILE a PEFT method's whole optimizer step, AdamW
 // included, as `ssmtune train` runs it) on this machine, with the time per op, the GFLOP/s the matrix
 // products reach and the memory bandwidth the selective scan reaches (and its fraction of the
-// GPU's peak), and the peak memory the step took.
+// GPU's peak), and the peak memory the step took. With --generate N: greedy generation's
+// tokens/s instead (bench_generate.h).
 // Performance targets live here and in docs/benchmarks.md, never in unit tests.
 #include <algorithm>
 #include <chrono>
@@ -14,7 +15,10 @@
 #include <sys/resource.h>
 #include <spdlog/spdlog.h>
 
+#include "apps/ssmtune/bench_generate.h"
+#include "apps/ssmtune/bench_model.h"
 #include "apps/ssmtune/commands.h"
+#include "apps/ssmtune/machine_rates.h"
 #include "apps/ssmtune/option_checks.h"
 #include "backend/backend.h"
 #include "backend/cpu/blas_select.h"
@@ -49,6 +53,7 @@ struct BenchOptions {
   // An experiment config whose "peft" section to train (other sections are not read), e.g. a
   // configs/methods/ file: the step is then train_step's (train/train_step.h).
   std::string peft_file;
+  std::int64_t generate = 0;  // > 0: time greedy generation of this many tokens instead
 };
 
 // Bytes one selective scan must move between memory and the chip per token, float32: forward
@@ -79,35 +84,6 @@ SsdCost ssd_cost_per_token(const ModelConfig& c, std::int64_t seq_len, bool back
   if (!backward)
     return {4.0 * (2 * H * P + H + 2 * G * N + states + cb), forward_flops};
   return {4.0 * (4 * H * P + 2 * H + 4 * G * N + 3 * states + 2 * cb), 2 * forward_flops};
-}
-
-// The model's shapes in one line; a Jamba model also counts its attention and MoE layers.
-std::string describe_model(const ModelConfig& cfg) {
-  std::string layers = std::to_string(cfg.n_layer) + " layers";
-  if (cfg.is_jamba()) {
-    std::int64_t attention = 0, moe = 0;
-    for (std::int64_t i = 0; i < cfg.n_layer; ++i) {
-      attention += layer_kind(cfg, i).mixer == MixerKind::Attention;
-      moe += layer_kind(cfg, i).ffn == FeedForwardKind::MoE;
-    }
-    layers += " (" + std::to_string(attention) + " attention, " + std::to_string(moe) +
-              " with " + std::to_string(cfg.n_experts) + " experts, top " +
-              std::to_string(cfg.experts_per_token) + ")";
-  }
-  if (cfg.is_mamba2())
-    layers += " (Mamba-2: " + std::to_string(cfg.ssm_heads) + " heads x " +
-              std::to_string(cfg.ssm_head_dim) + ", n_groups " +
-              std::to_string(cfg.n_groups) + ", chunk " + std::to_string(cfg.chunk_size) + ")";
-  return layers + ", d_model " + std::to_string(cfg.d_model) + ", d_inner " +
-         std::to_string(cfg.d_inner) + ", d_state " + std::to_string(cfg.d_state);
-}
-
-// Bytes the tensors of `w` hold.
-double weight_bytes(const ModelConfig& cfg, ModelWeights& w) {
-  double bytes = 0;
-  if (w.layers.empty()) return bytes;  // no gradients: a frozen base
-  for_each_param(cfg, w, [&](const std::string&, Tensor& t) { bytes += double(t.nbytes()); });
-  return bytes;
 }
 
 double median(std::vector<double> v) {
@@ -141,37 +117,6 @@ void print_ssd_table(const ModelConfig& cfg, std::int64_t seq_len, double tokens
   }
 }
 
-// This machine's rates for the step's floor, measured through the backend's own ops: a 2048^3
-// float32 GEMM, and y += x over 64 Mi floats (12 bytes moved per element); the best of 3 each.
-struct MachineRates {
-  double flops_per_s = 0, bytes_per_s = 0;
-};
-MachineRates measure_rates(Backend& be) {
-  const auto best_of_3 = [&](auto&& op) {
-    double best = 1e300;
-    for (int i = 0; i < 3; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      op();
-      be.synchronize();
-      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
-                                .count());
-    }
-    return best;
-  };
-  const std::int64_t n = 2048, m = std::int64_t(64) << 20;
-  MachineRates r;
-  {
-    const Tensor a = be.zeros({n, n}, DType::F32), b = be.zeros({n, n}, DType::F32);
-    Tensor c = be.zeros({n, n}, DType::F32);
-    const double seconds = best_of_3([&] { be.gemm(false, false, 1.0, a, b, 0.0, c); });
-    r.flops_per_s = 2.0 * double(n * n * n) / seconds;
-  }
-  const Tensor x = be.zeros({m}, DType::F32);
-  Tensor y = be.zeros({m}, DType::F32);
-  r.bytes_per_s = 12.0 * double(m) / best_of_3([&] { be.add(x, y); });
-  return r;
-}
-
 // The bytes the step's scans must move (scan_bytes_per_token or ssd_cost_per_token), summed
 // over the profiled calls and divided by the profiled steps.
 double scan_bytes_per_step(const ModelConfig& cfg, const BenchOptions& o, double tokens,
@@ -190,23 +135,15 @@ double scan_bytes_per_step(const ModelConfig& cfg, const BenchOptions& o, double
 }
 
 void run_bench(const BenchOptions& o) {
-  const bool random = !o.config_file.empty();
-  const ModelConfig cfg = random ? parse_model_config(read_python_json_file(o.config_file),
-                                                      o.config_file)
-                                 : load_model_config(o.model_dir);
-  // Hugging Face's initialisation of either model kind (ssmtune init): throughput does not
-  // depend on the values, but softplus and exp stay in their usual ranges.
   const DType held = o.frozen_weights == "bf16" ? DType::BF16 : DType::F32;
+  BenchModel model = load_bench_model(o.model_dir, o.config_file, held, o.seed);
+  const ModelConfig& cfg = model.cfg;
+  ModelWeights& w = model.w;
   const bool peft_on = !o.peft_file.empty();
   const PeftConfig peft_cfg = peft_on ? parse_peft_section(read_python_json_file(o.peft_file),
                                                            o.peft_file,
                                                            fs::path(o.peft_file).parent_path().string())
                                       : PeftConfig{};
-  ModelWeights w =
-      random ? init_model_weights(cfg, o.seed) : load_model_weights(o.model_dir, cfg, held);
-  if (random && held == DType::BF16)  // rounded once, as a loaded fp32 checkpoint is
-    for_each_param(cfg, w, [](const std::string&, Tensor& t) { t = t.to(DType::BF16); });
-  if (cfg.tie_word_embeddings) w.lm_head = w.embedding;
   // A frozen base has no parameter gradients (an empty ModelWeights: CausalLM::backward).
   ModelWeights grads = o.frozen_weights.empty() && !peft_on ? zeros_like_params(cfg, DType::F32)
                                                             : ModelWeights{};
@@ -269,9 +206,7 @@ void run_bench(const BenchOptions& o) {
   const double med = median(step_seconds);
   double total_op_seconds = 0;
   for (const auto& [name, e] : profile.ops) total_op_seconds += e.seconds;
-  std::printf("model         %s (%s)\n",
-              random ? (o.config_file + ", random weights").c_str() : o.model_dir.c_str(),
-              describe_model(cfg).c_str());
+  std::printf("model         %s (%s)\n", model.label.c_str(), describe_model(cfg).c_str());
   const CudaDevices gpus = o.device == "cuda" ? query_cuda_devices() : CudaDevices{};
   if (o.device == "cuda") {
     std::printf("backend       cuda, %s, float32, cuBLAS with %s inputs\n", gpus.detail.c_str(),
@@ -374,13 +309,24 @@ void add_bench_command(CLI::App& app) {
                   "fp32 or bf16: freeze the base (no weight gradients, as under a PEFT method) "
                   "and hold it in this dtype (default: every parameter gets a gradient)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
-  cmd->add_option("--peft", o.peft_file,
+  auto* peft = cmd->add_option("--peft", o.peft_file,
                   "an experiment config (e.g. configs/methods/lora-projections.json): time its "
                   "PEFT method's optimizer step, AdamW included");
-  cmd->callback([] {
+  auto* generate = cmd->add_option(
+      "--generate", o.generate,
+      "time greedy generation of N new tokens (batch 1, the recurrent decoder) after a prompt "
+      "of --seq-len random tokens, --steps runs, instead of a training step");
+  generate->check(CLI::Range(1, 1 << 20))->excludes(peft);
+  cmd->callback([generate, batch = cmd->get_option("--batch"), matmul = cmd->get_option("--matmul")] {
     if (o.model_dir.empty() && o.config_file.empty())
       throw UsageError("bench: give --model DIR or --config CONFIG.json");
-    run_bench(o);
+    if (generate->count() == 0) return run_bench(o);
+    if (batch->count() && o.batch != 1)
+      throw UsageError("bench --generate: --batch must be 1 (the decoder runs one sequence)");
+    if (matmul->count() && o.matmul != "fp32")
+      throw UsageError("bench --generate: --matmul bf16 is for training steps");
+    run_generate_bench({o.model_dir, o.config_file, o.frozen_weights, o.device, o.seq_len,
+                        o.generate, o.steps, o.warmup, o.seed});
   });
 }
 

@@ -9,7 +9,10 @@
 #   bash configs/bench/vs_transformers.sh                   # the default cases, 3 rounds
 #   ROUNDS=5 CASES="mamba-d256:8:256:lora-r8" bash configs/bench/vs_transformers.sh
 #
-# A case is model:batch:seq_len:peft, with configs/bench/<model>.json and <peft>.json.
+# A case is model:batch:seq_len:peft, with configs/bench/<model>.json and <peft>.json; or
+# model:1:prompt_len:genN, greedy generation of N tokens after a prompt of prompt_len (both
+# sides' --generate; tokens/s is N over a whole run's time, and the floor column is a decode
+# step over reading every weight once at the machine's bandwidth).
 # Environment: SSMTUNE (the binary), PYTHON (one with data_scripts/requirements-bench.txt),
 # ROUNDS, CASES, STEPS (measured steps per run; each run reports their median), THREADS (both
 # sides; default: every core), OUT (where the raw outputs go).
@@ -19,7 +22,8 @@ python=${PYTHON:-python3}
 rounds=${ROUNDS:-3}
 steps=${STEPS:-3}
 threads=${THREADS:-$(nproc)}
-cases=${CASES:-"mamba-d256:8:256:lora-r8 mamba-d256:8:256:full mamba-130m:1:512:lora-r8"}
+cases=${CASES:-"mamba-d256:8:256:lora-r8 mamba-d256:8:256:full mamba-d256:4:2048:lora-r8
+                mamba-130m:1:512:lora-r8 mamba-130m:1:16:gen128"}
 out=${OUT:-$(mktemp -d)}
 dir=$(dirname "$0")
 reference="$dir/../../data_scripts/bench_reference.py"
@@ -28,7 +32,11 @@ for round in $(seq 1 "$rounds"); do
   for c in $cases; do
     IFS=: read -r model batch len peft <<< "$c"
     args=(--config "$dir/$model.json" --batch "$batch" --seq-len "$len" --steps "$steps"
-          --warmup 1 --peft "$dir/$peft.json")
+          --warmup 1)
+    case "$peft" in
+      gen*) args+=(--generate "${peft#gen}") ;;  # generation: len is the prompt
+      *) args+=(--peft "$dir/$peft.json") ;;
+    esac
     OMP_NUM_THREADS=$threads "$ssmtune" bench "${args[@]}" > "$out/$c-ssmtune-r$round.txt"
     "$python" "$reference" "${args[@]}" --threads "$threads" \
       > "$out/$c-peer-r$round.json" 2> "$out/$c-peer-r$round.log"

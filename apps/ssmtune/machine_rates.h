@@ -1,0 +1,18 @@
+// This machine's matrix-product rate and memory bandwidth, measured through a backend's own
+// ops: what `ssmtune bench` divides a step's (or a decoded token's) unavoidable work by to get
+// its floor (docs/benchmarks.md "The floor").
+#pragma once
+
+#include "backend/backend.h"
+
+namespace ssmtune {
+
+struct MachineRates {
+  double flops_per_s = 0, bytes_per_s = 0;
+};
+
+// A 2048^3 float32 GEMM, and y += x over 64 Mi floats (12 bytes moved per element); the best
+// of 3 each.
+MachineRates measure_rates(Backend& be);
+
+}  // namespace ssmtune
