@@ -84,6 +84,24 @@ TEST_CASE("gemm matches a double reference for every transpose combination", "[g
     }
 }
 
+TEST_CASE("gemm with one row (the matrix-vector path) matches a double reference", "[gemm]") {
+  // M = 1 goes to BLAS's gemv (a decoding step's projections): every transpose combination,
+  // strides longer than the rows (a column of A with ta), beta 0, 1 and other.
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (const double beta : {0.0, 1.0, -1.5}) {
+        CAPTURE(ta, tb, beta);
+        const Operands o = make_operands(ta, tb, 1, 45, 130, 9);
+        CHECK(worst_relative_error<float>(o, 0.5, beta) < 8e-6);
+        CHECK(worst_relative_error<double>(o, 0.5, beta) < 130 * 1.2e-16);
+      }
+  const float A[2] = {1, 2}, B[4] = {3, 4, 5, 6};
+  float C[2] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()};
+  gemm<float>(false, false, 1, 2, 2, 1.0f, A, 2, B, 2, 0.0f, C, 2);  // beta 0: C is not read
+  CHECK(C[0] == 13.0f);
+  CHECK(C[1] == 16.0f);
+}
+
 TEST_CASE("gemm on a Mamba-sized projection matches a double reference", "[gemm]") {
   // Large enough for OpenBLAS to split the work over threads and use its packed kernels.
   const Operands o = make_operands(false, true, 256, 384, 192, 11);

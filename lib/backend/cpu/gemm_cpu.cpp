@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <climits>
 #include <string>
 #include <type_traits>
@@ -39,6 +40,26 @@ void scale_c(std::int64_t M, std::int64_t N, T beta, T* C, std::int64_t ldc) {
       C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
 }
 
+// C (1, N) = alpha op(A) (1, K) op(B) (K, N) + beta C as a matrix-vector product. OpenBLAS's
+// gemm packs (copies) op(B) before multiplying, which for one row of A triples the memory
+// traffic of what is a single pass over B (decoding reads every weight once per token); its
+// gemv streams B. The row of op(A): A's row 0, or with trans_a A's column 0 (stride lda).
+template <class T>
+void gemv_row(bool trans_a, bool trans_b, std::int64_t N, std::int64_t K, T alpha, const T* A,
+              std::int64_t lda, const T* B, std::int64_t ldb, T beta, T* C) {
+  const int inc_a = trans_a ? int(lda) : 1;
+  // trans_b: B is (N, K) and C = B a; otherwise B is (K, N) and C = B^T a.
+  const CBLAS_TRANSPOSE t = trans_b ? CblasNoTrans : CblasTrans;
+  const int rows = int(trans_b ? N : K), cols = int(trans_b ? K : N);
+  // beta == 0 must not read C (it may hold anything, NaN included); BLAS's gemv scales y by
+  // beta, and whether 0 * NaN clears depends on the OpenBLAS version.
+  if (beta == T(0)) std::fill_n(C, N, T(0));
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemv(CblasRowMajor, t, rows, cols, alpha, B, int(ldb), A, inc_a, beta, C, 1);
+  else
+    cblas_dgemv(CblasRowMajor, t, rows, cols, alpha, B, int(ldb), A, inc_a, beta, C, 1);
+}
+
 }  // namespace
 
 template <class T>
@@ -49,6 +70,10 @@ void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64
   check_args(trans_a, trans_b, M, N, K, lda, ldb, ldc);
   if (K == 0) {
     scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  if (M == 1) {  // a row vector times a matrix: one decoding step's every projection
+    gemv_row(trans_a, trans_b, N, K, alpha, A, lda, B, ldb, beta, C);
     return;
   }
   if constexpr (std::is_same_v<T, float>)
