@@ -7,6 +7,7 @@
 #include <string>
 #include <type_traits>
 
+#include "backend/cpu/cpu_clones.h"
 #include "core/error.h"
 
 namespace ssmtune::cpu {
@@ -40,6 +41,36 @@ void scale_c(std::int64_t M, std::int64_t N, T beta, T* C, std::int64_t ldc) {
       C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
 }
 
+// C[j] = alpha <W[j, :], x> + beta C[j] for rows j in [r0, r1) of a row-major (N, K) W: each
+// dot product in 16 lanes, cloned per CPU (cpu_clones.h). beta == 0 does not read C.
+SSMTUNE_CPU_CLONES void dot_rows_f32(std::int64_t r0, std::int64_t r1, std::int64_t K,
+                                     const float* W, std::int64_t ldw, const float* x,
+                                     float alpha, float beta, float* C) {
+  constexpr std::int64_t kLanes = 16;
+  const std::int64_t K_lanes = K - K % kLanes;
+  for (std::int64_t j = r0; j < r1; ++j) {
+    const float* w = W + j * ldw;
+    float acc[kLanes] = {};
+    for (std::int64_t k = 0; k < K_lanes; k += kLanes)
+      for (std::int64_t l = 0; l < kLanes; ++l) acc[l] += w[k + l] * x[k + l];
+    float s = 0;
+    for (std::int64_t l = 0; l < kLanes; ++l) s += acc[l];
+    for (std::int64_t k = K_lanes; k < K; ++k) s += w[k] * x[k];
+    C[j] = beta == 0.0f ? alpha * s : alpha * s + beta * C[j];
+  }
+}
+
+// C (1, N) = alpha a (1, K) W^T + beta C, W row-major (N, K): a decoding step's projection (x
+// times a weight stored (out, in)). Rows split over the threads in blocks of 16.
+void dot_rows(std::int64_t N, std::int64_t K, float alpha, const float* a, const float* W,
+              std::int64_t ldw, float beta, float* C) {
+  constexpr std::int64_t kRows = 16;
+  const std::int64_t blocks = (N + kRows - 1) / kRows;
+#pragma omp parallel for schedule(static) if (N * K >= (1 << 16))
+  for (std::int64_t b = 0; b < blocks; ++b)
+    dot_rows_f32(b * kRows, std::min(N, (b + 1) * kRows), K, W, ldw, a, alpha, beta, C);
+}
+
 // C (1, N) = alpha op(A) (1, K) op(B) (K, N) + beta C as a matrix-vector product. OpenBLAS's
 // gemm packs (copies) op(B) before multiplying, which for one row of A triples the memory
 // traffic of what is a single pass over B (decoding reads every weight once per token); its
@@ -47,6 +78,8 @@ void scale_c(std::int64_t M, std::int64_t N, T beta, T* C, std::int64_t ldc) {
 template <class T>
 void gemv_row(bool trans_a, bool trans_b, std::int64_t N, std::int64_t K, T alpha, const T* A,
               std::int64_t lda, const T* B, std::int64_t ldb, T beta, T* C) {
+  if constexpr (std::is_same_v<T, float>)
+    if (trans_b && !trans_a) return dot_rows(N, K, alpha, A, B, ldb, beta, C);
   const int inc_a = trans_a ? int(lda) : 1;
   // trans_b: B is (N, K) and C = B a; otherwise B is (K, N) and C = B^T a.
   const CBLAS_TRANSPOSE t = trans_b ? CblasNoTrans : CblasTrans;
