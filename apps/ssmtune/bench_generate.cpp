@@ -21,11 +21,6 @@ namespace {
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 }  // namespace
 
 void run_generate_bench(const GenerateBenchOptions& o) {
@@ -76,16 +71,16 @@ void run_generate_bench(const GenerateBenchOptions& o) {
   const double step = step_seconds.empty() ? 0 : median(step_seconds);
   if (!step_seconds.empty())
     std::printf("decode step   median %.3f ms (%.1f tokens/s)\n", 1e3 * step, 1.0 / step);
+  const double bytes = weight_bytes(model.cfg, model.w);
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   std::printf("memory        peak resident %.1f MiB (process); weights %.1f MiB\n",
-              double(usage.ru_maxrss) / 1024.0, weight_bytes(model.cfg, model.w) / 1048576.0);
+              double(usage.ru_maxrss) / 1024.0, bytes / 1048576.0);
   // A decode step is a matrix-vector product per weight matrix: every weight is read once per
   // token, so its floor is the weights' bytes at the machine's memory bandwidth (the states it
   // reads and writes, d_inner x d_state per layer, are left out: a few percent at most).
   if (o.device == "cpu" && step > 0) {
     const MachineRates rates = measure_rates(*be);
-    const double bytes = weight_bytes(model.cfg, model.w);
     const double floor = bytes / rates.bytes_per_s;
     std::printf("\nfloor         %.4g s/token = weights %.4g GB at %.1f GB/s; decode step / "
                 "floor %.2f\n",

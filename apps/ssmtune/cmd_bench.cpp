@@ -86,12 +86,6 @@ SsdCost ssd_cost_per_token(const ModelConfig& c, std::int64_t seq_len, bool back
   return {4.0 * (4 * H * P + 2 * H + 4 * G * N + 3 * states + 2 * cb), 2 * forward_flops};
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 // bw (bytes/s) as a fraction of the GPU's peak memory bandwidth.
 std::string bandwidth_share(double bw, const CudaDevices& gpus) {
   if (gpus.peak_bandwidth <= 0) return "(peak known for GPUs only)";

@@ -1,7 +1,9 @@
 // This machine's matrix-product rate and memory bandwidth, measured through a backend's own
 // ops: what `ssmtune bench` divides a step's (or a decoded token's) unavoidable work by to get
-// its floor (docs/benchmarks.md "The floor").
+// its floor (docs/benchmarks.md "The floor"); and the median its timings report.
 #pragma once
+
+#include <vector>
 
 #include "backend/backend.h"
 
@@ -14,5 +16,8 @@ struct MachineRates {
 // A 2048^3 float32 GEMM, and y += x over 64 Mi floats (12 bytes moved per element); the best
 // of 3 each.
 MachineRates measure_rates(Backend& be);
+
+// The median of timed runs (non-empty): what every bench figure reports.
+double median(std::vector<double> v);
 
 }  // namespace ssmtune

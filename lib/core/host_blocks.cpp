@@ -62,18 +62,4 @@ std::shared_ptr<void> host_block(std::size_t nbytes) {
   return std::shared_ptr<void>(p, [bytes](void* q) { give_back(q, bytes); });
 }
 
-std::size_t host_block_cached_bytes() {
-  Cache& c = cache();
-  std::lock_guard<std::mutex> lock(c.mutex);
-  return c.bytes;
-}
-
-void host_block_release_cached() {
-  Cache& c = cache();
-  std::lock_guard<std::mutex> lock(c.mutex);
-  for (const auto& [bytes, p] : c.blocks) std::free(p);
-  c.blocks.clear();
-  c.bytes = 0;
-}
-
 }  // namespace ssmtune

@@ -3,7 +3,7 @@
 // A training step allocates and frees the same large activation and gradient buffers at every
 // step. Handed back to the C library, they go back to the kernel (glibc maps every block over
 // 32 MiB on its own and trims its heap's top), so the next step's first touch of each page is
-// a page fault and a zeroing: ~55k faults per step at the d256 bench shape
+// a page fault and a zeroing: 46.5k faults per step at the d256 LoRA bench shape
 // (docs/benchmarks.md). Freed blocks of at least 1 MiB wait here instead, by size, for the next
 // request of the same size, up to a cap on the bytes kept.
 #pragma once
@@ -16,11 +16,5 @@ namespace ssmtune {
 // A block of at least `bytes` bytes (rounded up to 64), 64-byte aligned; nullptr when the
 // system has no memory left. The deleter returns it to the cache (or frees it).
 std::shared_ptr<void> host_block(std::size_t bytes);
-
-// Bytes held by the cache now (for tests and the bench's memory line).
-std::size_t host_block_cached_bytes();
-
-// Frees every cached block (tests; a caller about to measure resident memory).
-void host_block_release_cached();
 
 }  // namespace ssmtune

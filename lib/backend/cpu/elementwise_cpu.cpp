@@ -24,7 +24,6 @@ template <class T> [[gnu::always_inline]] inline T silu_grad(T v) {
   const T s = sigmoid(v);
   return s * (T(1) + v * (T(1) - s));
 }
-constexpr double kSoftplusThreshold = 20.0;  // fast_softplus's: x itself above it
 
 enum class Op { SiluForward, SiluBackward, SoftplusForward, SoftplusBackward, GateForward,
                 GateBackward };

@@ -58,15 +58,19 @@ inline float fast_log(float x) {
   return f + y + 0.693359375f * fe;
 }
 
-// softplus(x) = log(1 + exp(x)), x itself above 20 (where they agree in float), as torch's
-// softplus with threshold 20. log1p(t) as log(u) * t / (u - 1), u = 1 + t rounded: exact to
-// the log's error even where t is far below 1 (Goldberg's compensation), with no library call.
+// softplus(x) = log(1 + exp(x)), x itself above kSoftplusThreshold (where they agree in float),
+// as torch's softplus with threshold 20; softplus's backward switches there too. log1p(t) as
+// log(u) * t / (u - 1), u = 1 + t rounded: exact to the log's error even where t is far below 1
+// (Goldberg's compensation), with no library call.
+inline constexpr double kSoftplusThreshold = 20.0;
 inline float fast_softplus(float x) {
   const float t = fast_exp(x);
   const float u = 1.0f + t;
   const float log1p_t = u == 1.0f ? t : fast_log(u) * (t / (u - 1.0f));
-  return x > 20.0f ? x : log1p_t;
+  return x > float(kSoftplusThreshold) ? x : log1p_t;
 }
-inline double fast_softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
+inline double fast_softplus(double x) {
+  return x > kSoftplusThreshold ? x : std::log1p(std::exp(x));
+}
 
 }  // namespace ssmtune::cpu
