@@ -105,6 +105,39 @@ TEST_CASE("the emulated CUDA backend's convert and bf16 embedding lookup match t
   CHECK_THROWS_WITH(gpu->convert(a, b), Catch::Contains("src must be BF16"));
 }
 
+TEST_CASE("gemm takes a bf16 weight as B on both backends, as the fp32 product of its widening",
+          "[cuda-emu][backend][bf16-frozen][gemm]") {
+  auto cpu = make_cpu_backend();
+  std::mt19937_64 rng(47);
+  for (const bool bf16_matmul : {false, true}) {
+    auto gpu = make_cuda_backend(0, CudaOptions{bf16_matmul});
+    for (int t = 0; t < 4; ++t) {
+      const bool ta = t & 1, tb = t & 2;
+      for (const std::int64_t M : {1, 9}) {  // one row: a decoding step's product
+        INFO("bf16 matmul " << bf16_matmul << ", trans_a " << ta << ", trans_b " << tb << ", M "
+                            << M);
+        const std::int64_t K = 70, N = 13;
+        const Tensor A = random_f32(ta ? Shape{K, M} : Shape{M, K}, rng, -1, 1);
+        const Tensor B16 = random_f32(tb ? Shape{N, K} : Shape{K, N}, rng, -1, 1).to(DType::BF16);
+        const Tensor C0 = random_f32({M, N}, rng, -1, 1);
+        Tensor want = C0.clone(), cpu_got = C0.clone(), gpu_got = C0.clone();
+        cpu->gemm(ta, tb, 0.5, A, B16.to(DType::F32), 1.0, want);
+        cpu->gemm(ta, tb, 0.5, A, B16, 1.0, cpu_got);
+        gpu->gemm(ta, tb, 0.5, A.clone(), B16.clone(), 1.0, gpu_got);
+        // The CPU's bf16 path is its fp32 product on the widened B, same operations.
+        require_close("cpu", cpu_got, want, 0, 0);
+        // fp32 sums of 70 products in cuBLAS's order: float rounding only; with bf16 matmuls A
+        // is rounded to bf16 too (2^-9 relative, as "bf16 matmuls round both inputs").
+        require_close("cuda", gpu_got.clone(), want, bf16_matmul ? 1e-2 : 1e-5, 0);
+      }
+    }
+  }
+  Tensor A64 = cpu->zeros({2, 3}, DType::F64), C64 = cpu->zeros({2, 2}, DType::F64);
+  const Tensor B16 = cpu->zeros({3, 2}, DType::F32).to(DType::BF16);
+  CHECK_THROWS_WITH(cpu->gemm(false, false, 1.0, A64, B16, 0.0, C64),
+                    Catch::Contains("mixed element types"));
+}
+
 TEST_CASE("LoRA on bf16-held frozen weights: the emulated CUDA backend matches the CPU backend",
           "[cuda-emu][bf16-frozen][lora][jamba]") {
   const std::filesystem::path fixtures(SSMTUNE_FIXTURES_DIR);

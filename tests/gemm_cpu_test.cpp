@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 
 using ssmtune::cpu::gemm;
@@ -68,6 +70,18 @@ double worst_relative_error(const Operands& o, double alpha, double beta) {
       worst = std::max(worst,
                        std::abs(double(C[i * o.ldc + j]) - want[i * o.N + j]) / bound[i * o.N + j]);
   return worst;
+}
+
+// v rounded to bf16 (bits) and those widened back to float: a weight held in bf16 and the fp32
+// values it stands for.
+void round_to_bf16(const std::vector<double>& v, std::vector<std::uint16_t>& bits,
+                   std::vector<float>& widened) {
+  bits.resize(v.size());
+  widened.resize(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    bits[i] = ssmtune::f32_to_bf16(float(v[i]));
+    widened[i] = ssmtune::bf16_to_f32(bits[i]);
+  }
 }
 
 }  // namespace
@@ -131,4 +145,57 @@ TEST_CASE("gemm rejects a row stride shorter than the row", "[gemm]") {
       ssmtune::Error);
   CHECK_NOTHROW(
       gemm<float>(false, false, 2, 2, 3, 1.0f, A.data(), 3, B.data(), 2, 0.0f, C.data(), 2));
+}
+
+TEST_CASE("gemm with B held in bf16 gives the bits of gemm<float> on B widened",
+          "[gemm][bf16-frozen]") {
+  // gemm_bf16_b multiplies a bf16 weight as its exact fp32 widening: one row of A against B
+  // stored (N, K) (a decoding step) reads the bf16 in dot_rows's own order, every other shape
+  // widens B and calls gemm<float>. Either way the result is gemm<float>'s on the widened B,
+  // bit for bit: every transpose, one row and many, beta 0 (C holds NaN), 1 and other,
+  // strides longer than the rows, K not a multiple of the 16 lanes.
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (const std::int64_t M : {1, 37})
+        for (const double beta : {0.0, 1.0, -1.5}) {
+          CAPTURE(ta, tb, M, beta);
+          const Operands o = make_operands(ta, tb, M, 45, 130, 13);
+          const std::vector<float> A(o.A.begin(), o.A.end());
+          std::vector<std::uint16_t> B16;
+          std::vector<float> B32;
+          round_to_bf16(o.B, B16, B32);
+          std::vector<float> want(o.C.begin(), o.C.end()), got = want;
+          if (beta == 0.0) std::fill(got.begin(), got.end(), std::nanf(""));
+          gemm<float>(ta, tb, M, o.N, o.K, 0.5f, A.data(), o.lda, B32.data(), o.ldb, float(beta),
+                      want.data(), o.ldc);
+          ssmtune::cpu::gemm_bf16_b(ta, tb, M, o.N, o.K, 0.5f, A.data(), o.lda, B16.data(),
+                                    o.ldb, float(beta), got.data(), o.ldc);
+          for (std::int64_t i = 0; i < M; ++i)
+            for (std::int64_t j = 0; j < o.N; ++j) {
+              CAPTURE(i, j);
+              REQUIRE(std::memcmp(&got[i * o.ldc + j], &want[i * o.ldc + j], 4) == 0);
+            }
+        }
+}
+
+TEST_CASE("gemm with a bf16 B wider than its scratch works a block of columns at a time",
+          "[gemm][bf16-frozen]") {
+  // K = 1000: the 8M-float scratch holds 8388 of B's N = 20000 rows (or columns), so C comes
+  // in three blocks, the last one short. Each block of C is still the whole K-long sum: the
+  // bits of gemm<float> on the widened B, for B stored (N, K) (forward's y = x W^T) and (K, N)
+  // (backward's dx = dy W).
+  for (const bool tb : {true, false}) {
+    CAPTURE(tb);
+    const Operands o = make_operands(false, tb, 3, 20000, 1000, 17);
+    const std::vector<float> A(o.A.begin(), o.A.end());
+    std::vector<std::uint16_t> B16;
+    std::vector<float> B32;
+    round_to_bf16(o.B, B16, B32);
+    std::vector<float> want(o.C.begin(), o.C.end()), got = want;
+    gemm<float>(false, tb, o.M, o.N, o.K, 1.0f, A.data(), o.lda, B32.data(), o.ldb, 0.5f,
+                want.data(), o.ldc);
+    ssmtune::cpu::gemm_bf16_b(false, tb, o.M, o.N, o.K, 1.0f, A.data(), o.lda, B16.data(), o.ldb,
+                              0.5f, got.data(), o.ldc);
+    REQUIRE(std::memcmp(got.data(), want.data(), got.size() * 4) == 0);
+  }
 }

@@ -6,7 +6,9 @@
 
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
+#include <map>
 
 #include "backend/backend.h"
 #include "cli_run.h"
@@ -189,11 +191,25 @@ TEST_CASE("Jamba parameter count matches the tensors and transformers' totals", 
 
 TEST_CASE("Jamba init is deterministic per seed and per tensor name", "[init][jamba]") {
   const ModelConfig c = parse(kSmallSizes, {{"mamba_proj_bias", true}});
-  check_seed_determinism(c, init_jamba_weights,
-                         [](const std::string& name) { return !is_constant_rule(name); });
+  check_seed_determinism(
+      c, [](const ModelConfig& m, std::uint64_t seed) { return init_jamba_weights(m, seed); },
+      [](const std::string& name) { return !is_constant_rule(name); });
   // init_model_weights picks the Jamba rules for a Jamba config.
   ModelWeights w = init_jamba_weights(c, 42), dispatched = init_model_weights(c, 42);
   check_same_tensors(c, w, dispatched);
+  // Held in bf16 (ssmtune bench --frozen-weights bf16): each tensor of the F32 draw rounded
+  // once, the padding row's zeros included.
+  ModelWeights held = init_model_weights(c, 42, DType::BF16);
+  std::map<std::string, Tensor> rounded;
+  for_each_param(c, w,
+                 [&](const std::string& name, Tensor& t) { rounded[name] = t.to(DType::BF16); });
+  for_each_param(c, held, [&](const std::string& name, Tensor& t) {
+    INFO(name);
+    REQUIRE(t.dtype() == DType::BF16);
+    CHECK(std::memcmp(t.raw(), rounded.at(name).raw(), t.nbytes()) == 0);
+  });
+  if (c.tie_word_embeddings) CHECK(held.lm_head.raw() == held.embedding.raw());
+  CHECK(c.pad_token_id >= 0);  // so the padding row above was zeroed in bf16
   // A fourth layer (Mamba + MLP) leaves the first three and the embedding as they were.
   const ModelConfig c4 = parse(kSmallSizes, {{"mamba_proj_bias", true}, {"num_hidden_layers", 4}});
   ModelWeights w4 = init_jamba_weights(c4, 42);

@@ -46,7 +46,8 @@ bool is_random(const std::string& name) {
 
 TEST_CASE("Mamba-2 init is deterministic per seed and per tensor name", "[init][mamba2]") {
   const ModelConfig c = parse();
-  check_seed_determinism(c, init_mamba2_weights, is_random);
+  check_seed_determinism(
+      c, [](const ModelConfig& m, std::uint64_t seed) { return init_mamba2_weights(m, seed); }, is_random);
   // init_model_weights picks the Mamba-2 rules for a Mamba-2 config.
   ModelWeights w = init_mamba2_weights(c, 42), dispatched = init_model_weights(c, 42);
   check_same_tensors(c, w, dispatched);

@@ -225,7 +225,8 @@ TEST_CASE("parameter count matches the tensors and mamba-130m's known total", "[
 
 TEST_CASE("init is deterministic per seed and per tensor name", "[init]") {
   ModelConfig c = small_config(false, true);
-  check_seed_determinism(c, init_mamba_weights, [](const std::string& name) {
+  check_seed_determinism(
+      c, [](const ModelConfig& m, std::uint64_t seed) { return init_mamba_weights(m, seed); }, [](const std::string& name) {
     return !(name.ends_with("A_log") || name.ends_with("mixer.D") ||
              name.ends_with("norm.weight") || name.ends_with("norm_f.weight") ||
              (name.ends_with("proj.bias") && !name.ends_with("dt_proj.bias")));

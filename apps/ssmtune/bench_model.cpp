@@ -14,9 +14,9 @@ BenchModel load_bench_model(const std::string& model_dir, const std::string& con
   m.label = random ? config_file + ", random weights" : model_dir;
   // Random: throughput does not depend on the values, but with Hugging Face's initialisation
   // softplus and exp stay in their usual ranges.
-  m.w = random ? init_model_weights(m.cfg, seed) : load_model_weights(model_dir, m.cfg, held);
-  if (random && held == DType::BF16)  // rounded once, as a loaded fp32 checkpoint is
-    for_each_param(m.cfg, m.w, [](const std::string&, Tensor& t) { t = t.to(DType::BF16); });
+  // Held in bf16: each tensor rounded once as drawn, as a loaded fp32 checkpoint is.
+  m.w = random ? init_model_weights(m.cfg, seed, held)
+               : load_model_weights(model_dir, m.cfg, held);
   if (m.cfg.tie_word_embeddings) m.w.lm_head = m.w.embedding;
   return m;
 }

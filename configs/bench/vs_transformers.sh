@@ -12,7 +12,9 @@
 # A case is model:batch:seq_len:peft, with configs/bench/<model>.json and <peft>.json; or
 # model:1:prompt_len:genN, greedy generation of N tokens after a prompt of prompt_len (both
 # sides' --generate; tokens/s is N over a whole run's time, and the floor column is a decode
-# step over reading every weight once at the machine's bandwidth).
+# step over reading every weight once at the machine's bandwidth). A fifth field, bf16, holds
+# ssmtune's frozen weights in bf16 (`--frozen-weights bf16`, the values rounded once); the peer
+# computes in fp32 on fp32 weights either way, as transformers does by default.
 # Environment: SSMTUNE (the binary), PYTHON (one with data_scripts/requirements-bench.txt),
 # ROUNDS, CASES, STEPS (measured steps per run; each run reports their median), THREADS (both
 # sides; default: every core), OUT (where the raw outputs go).
@@ -30,14 +32,16 @@ reference="$dir/../../data_scripts/bench_reference.py"
 
 for round in $(seq 1 "$rounds"); do
   for c in $cases; do
-    IFS=: read -r model batch len peft <<< "$c"
+    IFS=: read -r model batch len peft held <<< "$c"
     args=(--config "$dir/$model.json" --batch "$batch" --seq-len "$len" --steps "$steps"
           --warmup 1)
     case "$peft" in
       gen*) args+=(--generate "${peft#gen}") ;;  # generation: len is the prompt
       *) args+=(--peft "$dir/$peft.json") ;;
     esac
-    OMP_NUM_THREADS=$threads "$ssmtune" bench "${args[@]}" > "$out/$c-ssmtune-r$round.txt"
+    ours_args=("${args[@]}")
+    [ -z "$held" ] || ours_args+=(--frozen-weights "$held")
+    OMP_NUM_THREADS=$threads "$ssmtune" bench "${ours_args[@]}" > "$out/$c-ssmtune-r$round.txt"
     "$python" "$reference" "${args[@]}" --threads "$threads" \
       > "$out/$c-peer-r$round.json" 2> "$out/$c-peer-r$round.log"
     echo "round $round  $c  ssmtune $(grep -m1 '^tokens/s' "$out/$c-ssmtune-r$round.txt")" \
@@ -54,13 +58,14 @@ echo "| case (model, batch x length, method) | ssmtune tokens/s (runs) | median 
      "peak resident MiB ssmtune / peer | memory ratio |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for c in $cases; do
-  IFS=: read -r model batch len peft <<< "$c"
+  IFS=: read -r model batch len peft held <<< "$c"
   ours_med=$(ours "$c" '^tokens/s' 2 | median)
   peer_med=$(peer "$c" tokens_per_s | median)
   floor=$(grep -h '^floor' "$out/$c"-ssmtune-r*.txt | awk '{ print $NF }' | median)
   mem_ours=$(ours "$c" '^memory' 4 | median)
   mem_peer=$(peer "$c" peak_resident_mib | median)
-  echo "| $model, $batch x $len, $peft | $(ours "$c" '^tokens/s' 2 | runs) | $ours_med |" \
+  echo "| $model, $batch x $len, $peft${held:+, $held} |" \
+       "$(ours "$c" '^tokens/s' 2 | runs) | $ours_med |" \
        "$(peer "$c" tokens_per_s | runs) | $peer_med |" \
        "$(awk -v a="$ours_med" -v b="$peer_med" 'BEGIN { printf "%.2f", a / b }') | $floor |" \
        "$mem_ours / $mem_peer |" \

@@ -76,6 +76,8 @@ class Backend {
   virtual void convert(const Tensor& src, Tensor& dst) = 0;
 
   // C = alpha * op(A) * op(B) + beta * C; A, B, C 2-D row-major; op = transpose if trans_*.
+  // One element type, or B BF16 with A and C F32: a frozen weight held in bf16, multiplied as
+  // its exact fp32 widening with fp32 accumulation (docs/models.md "Weight storage").
   virtual void gemm(bool trans_a, bool trans_b, double alpha, const Tensor& A, const Tensor& B,
                     double beta, Tensor& C) = 0;
   // y: (rows, n) += bias: (n)

@@ -24,7 +24,11 @@ OpChecks::GemmDims OpChecks::gemm(bool trans_a, bool trans_b, const Tensor& A, c
   require(K == Kb && C.dim(0) == M && C.dim(1) == N, "gemm",
           "shapes " + shape_str(A.shape()) + (trans_a ? "^T" : "") + " x " + shape_str(B.shape()) +
               (trans_b ? "^T" : "") + " -> " + shape_str(C.shape()));
-  require(A.dtype() == C.dtype() && B.dtype() == C.dtype(), "gemm", "mixed element types");
+  // B may be a frozen weight held in bf16 beside fp32 activations (backend.h).
+  const bool bf16_weight = B.dtype() == DType::BF16 && C.dtype() == DType::F32;
+  require(A.dtype() == C.dtype() && (B.dtype() == C.dtype() || bf16_weight), "gemm",
+          "mixed element types: A " + std::string(dtype_name(A.dtype())) + ", B " +
+              std::string(dtype_name(B.dtype())) + ", C " + std::string(dtype_name(C.dtype())));
   return {M, N, K};
 }
 

@@ -92,21 +92,24 @@ std::int64_t jamba_param_count(const ModelConfig& c) {
   return V * D + layers + D + (c.tie_word_embeddings ? 0 : V * D);
 }
 
-ModelWeights init_jamba_weights(const ModelConfig& c, std::uint64_t seed) {
+ModelWeights init_jamba_weights(const ModelConfig& c, std::uint64_t seed, DType held) {
   if (!c.is_jamba())
     throw Error("init_jamba_weights: model_type is " + quote_str(c.model_type) + ", not \"jamba\"");
   if (!(c.initializer_range >= 0))
     throw Error("initializer_range = " + std::to_string(c.initializer_range) +
                 " is negative; it is the std of every weight");
   ModelWeights w = draw_model_weights(c, seed, jamba_param_count(c),
-                                      [&](const std::string& name) { return rule_for(c, name); });
+                                      [&](const std::string& name) { return rule_for(c, name); },
+                                      held);
   // nn.Embedding(V, D, padding_idx) and _init_weights both zero the padding row; a tied lm_head
   // shares it, as after tie_weights.
   if (c.pad_token_id >= 0) {
     check(c.pad_token_id < c.vocab_size,
           "init_jamba_weights: pad_token_id " + std::to_string(c.pad_token_id) + " >= vocab_size");
-    float* row = w.embedding.data<float>() + c.pad_token_id * c.d_model;
-    std::fill(row, row + c.d_model, 0.0f);
+    // All-zero bits are +0 in F32 and BF16 alike.
+    auto* row = static_cast<std::uint8_t*>(w.embedding.raw()) +
+                c.pad_token_id * c.d_model * std::int64_t(dtype_size(w.embedding.dtype()));
+    std::fill_n(row, c.d_model * std::int64_t(dtype_size(w.embedding.dtype())), std::uint8_t(0));
   }
   return w;
 }

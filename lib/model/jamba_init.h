@@ -15,10 +15,11 @@ namespace ssmtune {
 // alone, so a caller can refuse a model too large for memory before anything is allocated.
 std::int64_t jamba_param_count(const ModelConfig& c);
 
-// Every parameter of the Jamba config `c` in F32, drawn by the rules listed in jamba_init.cpp
-// through draw_model_weights (model_init.h: one RNG stream per tensor name, same seed same
-// bytes). The lm_head shares the embedding's storage when c.tie_word_embeddings.
-// Throws Error for a config that is not Jamba's or a negative initializer_range.
-ModelWeights init_jamba_weights(const ModelConfig& c, std::uint64_t seed);
+// Every parameter of the Jamba config `c` in `held` (F32 or BF16), drawn by the rules listed in
+// jamba_init.cpp through draw_model_weights (model_init.h: one RNG stream per tensor name, same
+// seed same bytes). The lm_head shares the embedding's storage when c.tie_word_embeddings. Throws
+// Error for a config that is not Jamba's or a negative initializer_range.
+ModelWeights init_jamba_weights(const ModelConfig& c, std::uint64_t seed,
+                                DType held = DType::F32);
 
 }  // namespace ssmtune

@@ -68,7 +68,7 @@ std::int64_t mamba2_param_count(const ModelConfig& c) {
   return V * D + c.n_layer * per_layer + D + (c.tie_word_embeddings ? 0 : V * D);
 }
 
-ModelWeights init_mamba2_weights(const ModelConfig& c, std::uint64_t seed) {
+ModelWeights init_mamba2_weights(const ModelConfig& c, std::uint64_t seed, DType held) {
   if (!c.is_mamba2())
     throw Error("init_mamba2_weights: model_type is " + quote_str(c.model_type) +
                 ", not \"mamba2\"");
@@ -79,7 +79,7 @@ ModelWeights init_mamba2_weights(const ModelConfig& c, std::uint64_t seed) {
     throw Error("initializer_range = " + std::to_string(c.initializer_range) +
                 " is negative; it is the std of the embedding");
   return draw_model_weights(c, seed, mamba2_param_count(c),
-                            [&](const std::string& name) { return rule_for(c, name); });
+                            [&](const std::string& name) { return rule_for(c, name); }, held);
 }
 
 }  // namespace ssmtune

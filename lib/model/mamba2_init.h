@@ -14,9 +14,11 @@ namespace ssmtune {
 // counted once, from the sizes alone.
 std::int64_t mamba2_param_count(const ModelConfig& c);
 
-// Every parameter of the Mamba-2 config `c` in F32, drawn through draw_model_weights
-// (model_init.h: one RNG stream per tensor name, same seed same bytes). Throws Error for a
-// config that is not Mamba-2's, time_step_min > time_step_max or a negative initializer_range.
-ModelWeights init_mamba2_weights(const ModelConfig& c, std::uint64_t seed);
+// Every parameter of the Mamba-2 config `c` in `held` (F32 or BF16), drawn through
+// draw_model_weights (model_init.h: one RNG stream per tensor name, same seed same bytes). Throws
+// Error for a config that is not Mamba-2's, time_step_min > time_step_max or a negative
+// initializer_range.
+ModelWeights init_mamba2_weights(const ModelConfig& c, std::uint64_t seed,
+                                 DType held = DType::F32);
 
 }  // namespace ssmtune

@@ -89,7 +89,7 @@ std::int64_t mamba_param_count(const ModelConfig& c) {
   return V * D + c.n_layer * per_layer + D + (c.tie_word_embeddings ? 0 : V * D);
 }
 
-ModelWeights init_mamba_weights(const ModelConfig& c, std::uint64_t seed) {
+ModelWeights init_mamba_weights(const ModelConfig& c, std::uint64_t seed, DType held) {
   if (c.time_step_min > c.time_step_max)
     throw Error("time_step_min = " + std::to_string(c.time_step_min) +
                 " is larger than time_step_max = " + std::to_string(c.time_step_max));
@@ -97,7 +97,7 @@ ModelWeights init_mamba_weights(const ModelConfig& c, std::uint64_t seed) {
     throw Error("initializer_range = " + std::to_string(c.initializer_range) +
                 " is negative; it is the std of the embedding");
   return draw_model_weights(c, seed, mamba_param_count(c),
-                            [&](const std::string& name) { return rule_for(c, name); });
+                            [&](const std::string& name) { return rule_for(c, name); }, held);
 }
 
 void write_mamba_model_dir(const std::string& dir, const ModelConfig& c, const ModelWeights& w,

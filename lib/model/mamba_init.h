@@ -18,12 +18,12 @@ namespace ssmtune {
 // so a caller can refuse a model too large for memory before anything is allocated.
 std::int64_t mamba_param_count(const ModelConfig& c);
 
-// Every parameter of `c` in F32, drawn by the rules listed in mamba_init.cpp through
-// draw_model_weights (model_init.h: one RNG stream per tensor name, same seed same bytes).
-// The lm_head shares the embedding's storage when c.tie_word_embeddings.
-// Throws Error if the config's init fields are unusable (time_step_min > time_step_max,
-// negative initializer_range).
-ModelWeights init_mamba_weights(const ModelConfig& c, std::uint64_t seed);
+// Every parameter of `c` in `held` (F32 or BF16), drawn by the rules listed in mamba_init.cpp
+// through draw_model_weights (model_init.h: one RNG stream per tensor name, same seed same bytes).
+// The lm_head shares the embedding's storage when c.tie_word_embeddings. Throws Error if the
+// config's init fields are unusable (time_step_min > time_step_max, negative initializer_range).
+ModelWeights init_mamba_weights(const ModelConfig& c, std::uint64_t seed,
+                                DType held = DType::F32);
 
 // Writes a model directory that transformers' MambaForCausalLM.from_pretrained loads (or, for a
 // Jamba config, JambaForCausalLM's: nothing here depends on the model kind), through

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <vector>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -16,10 +17,10 @@ namespace ssmtune {
 
 namespace {
 
-// t: any shape, F32. kLogA counts n along its last dimension (d_state; Mamba-2's heads).
-void fill(const ModelConfig& c, const InitRule& r, Rng& rng, Tensor& t) {
-  float* p = t.data<float>();
-  const std::int64_t n = t.numel();
+// p: n values, `last` the length of their last dimension (kLogA counts along it: d_state;
+// Mamba-2's heads).
+void fill(const ModelConfig& c, const InitRule& r, Rng& rng, float* p, std::int64_t n,
+          std::int64_t last) {
   switch (r.kind) {
     case InitRule::kNormal:
       for (std::int64_t i = 0; i < n; ++i) p[i] = float(r.scale * rng.normal());
@@ -31,7 +32,6 @@ void fill(const ModelConfig& c, const InitRule& r, Rng& rng, Tensor& t) {
       for (std::int64_t i = 0; i < n; ++i) p[i] = float(r.scale);
       break;
     case InitRule::kLogA: {
-      const std::int64_t last = t.shape().back();
       for (std::int64_t i = 0; i < n; ++i) p[i] = float(std::log(double(i % last + 1)));
       break;
     }
@@ -61,23 +61,31 @@ std::string gib(std::int64_t bytes) {
 }  // namespace
 
 ModelWeights draw_model_weights(const ModelConfig& c, std::uint64_t seed, std::int64_t param_count,
-                                const std::function<InitRule(const std::string& name)>& rule_for) {
+                                const std::function<InitRule(const std::string& name)>& rule_for,
+                                DType held) {
   // The parse limits bound each size but not their product; check before allocating.
   const std::int64_t bytes = param_count * std::int64_t(sizeof(float));
   if (bytes > physical_memory_bytes())
     throw Error("a model of " + std::to_string(param_count) + " parameters needs " + gib(bytes) +
                 " in F32, more than this machine's " + gib(physical_memory_bytes()) + " of memory");
-  ModelWeights w = zeros_like_params(c, DType::F32);
+  ModelWeights w = zeros_like_params(c, held);
   for_each_param(c, w, [&](const std::string& name, Tensor& t) {
     Rng rng = Rng::for_stream(seed, stream_id(name.c_str()));
-    fill(c, rule_for(name), rng, t);
+    const std::int64_t n = t.numel(), last = t.shape().back();
+    if (held == DType::F32) return fill(c, rule_for(name), rng, t.data<float>(), n, last);
+    // Drawn in F32 scratch and rounded into t in place: no F32 copy of the model, and no
+    // tensor-sized blocks left in the host-block cache (core/host_blocks.h).
+    std::vector<float> drawn(static_cast<std::size_t>(n));
+    fill(c, rule_for(name), rng, drawn.data(), n, last);
+    auto* bits = static_cast<std::uint16_t*>(t.raw());
+    for (std::int64_t i = 0; i < n; ++i) bits[i] = f32_to_bf16(drawn[std::size_t(i)]);
   });
   return w;  // zeros_like_params already made a tied lm_head share the embedding
 }
 
-ModelWeights init_model_weights(const ModelConfig& c, std::uint64_t seed) {
-  if (c.is_mamba2()) return init_mamba2_weights(c, seed);
-  return c.is_jamba() ? init_jamba_weights(c, seed) : init_mamba_weights(c, seed);
+ModelWeights init_model_weights(const ModelConfig& c, std::uint64_t seed, DType held) {
+  if (c.is_mamba2()) return init_mamba2_weights(c, seed, held);
+  return c.is_jamba() ? init_jamba_weights(c, seed, held) : init_mamba_weights(c, seed, held);
 }
 
 std::int64_t model_param_count(const ModelConfig& c) {

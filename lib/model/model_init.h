@@ -26,19 +26,22 @@ struct InitRule {
   double scale = 0;
 };
 
-// Every parameter of `c` in F32, the tensor named `name` (its HF name) drawn by rule_for(name)
-// from its own Rng::for_stream(seed, stream_id(name)): a tensor's values depend only on (seed,
-// its name, the config), not on the order tensors are visited, and adding a layer leaves the
-// other layers' values unchanged. Same seed, same bytes (Rng is defined bit for bit; the libm
-// exp/log/cos behind normal() and dt could differ in a last bit elsewhere). A tied lm_head shares
-// the embedding's storage. Throws Error, before allocating, when `param_count` F32 values exceed
-// this machine's memory.
+// Every parameter of `c` in dtype `held` (F32, or BF16: each tensor drawn in F32 and rounded at
+// once, so a model held in bf16 never exists in F32 whole), the tensor named `name` (its HF name)
+// drawn by rule_for(name) from its own Rng::for_stream(seed, stream_id(name)): a tensor's values
+// depend only on (seed, its name, the config), not on the order tensors are visited, and adding a
+// layer leaves the other layers' values unchanged. Same seed, same bytes (Rng is defined bit for
+// bit; the libm exp/log/cos behind normal() and dt could differ in a last bit elsewhere). A tied
+// lm_head shares the embedding's storage. Throws Error, before allocating, when `param_count` F32
+// values exceed this machine's memory.
 ModelWeights draw_model_weights(const ModelConfig& c, std::uint64_t seed, std::int64_t param_count,
-                                const std::function<InitRule(const std::string& name)>& rule_for);
+                                const std::function<InitRule(const std::string& name)>& rule_for,
+                                DType held = DType::F32);
 
 // The model `c` describes as transformers builds it from the config alone: init_mamba_weights or
-// init_jamba_weights by c.model_type.
-ModelWeights init_model_weights(const ModelConfig& c, std::uint64_t seed);
+// init_jamba_weights by c.model_type, held in `held` (draw_model_weights).
+ModelWeights init_model_weights(const ModelConfig& c, std::uint64_t seed,
+                                DType held = DType::F32);
 
 // Its number of parameters, a tied lm_head counted once: mamba_param_count or jamba_param_count.
 std::int64_t model_param_count(const ModelConfig& c);

@@ -22,24 +22,17 @@ Tensor in_dtype(Backend& be, const Tensor& t, DType dt) {
 }
 
 LayerWeights layer_in_dtype(Backend& be, const LayerWeights& w, DType dt) {
+  // The projection weights stay as held: every backend's gemm takes a bf16 B (backend.h).
   LayerWeights out = w;
   MambaMixerWeights& m = out.mamba;
-  AttentionWeights& a = out.attn;
-  for (Tensor* t : {&out.norm,      &out.ffn_norm, &m.in_proj,       &m.in_proj_bias, &m.conv1d,
-                    &m.conv1d_bias, &m.x_proj,     &m.dt_proj,       &m.dt_proj_bias, &m.A_log,
-                    &m.D,           &m.out_proj,   &m.out_proj_bias, &m.dt_norm,      &m.B_norm,
-                    &m.C_norm,      &a.q_proj,     &a.k_proj,        &a.v_proj,       &a.o_proj,
-                    &out.moe.router})
+  for (Tensor* t : {&out.norm, &out.ffn_norm, &m.in_proj_bias, &m.conv1d, &m.conv1d_bias,
+                    &m.dt_proj_bias, &m.A_log, &m.D, &m.out_proj_bias, &m.dt_norm, &m.B_norm,
+                    &m.C_norm})
     *t = in_dtype(be, *t, dt);
-  const auto mlp_in_dtype = [&](MlpWeights& mlp) {
-    for (Tensor* t : {&mlp.gate_proj, &mlp.up_proj, &mlp.down_proj}) *t = in_dtype(be, *t, dt);
-  };
   Mamba2MixerWeights& m2 = out.mamba2;
-  for (Tensor* t : {&m2.in_proj, &m2.in_proj_bias, &m2.conv1d, &m2.conv1d_bias, &m2.dt_bias,
-                    &m2.A_log, &m2.D, &m2.norm, &m2.out_proj, &m2.out_proj_bias})
+  for (Tensor* t : {&m2.in_proj_bias, &m2.conv1d, &m2.conv1d_bias, &m2.dt_bias, &m2.A_log, &m2.D,
+                    &m2.norm, &m2.out_proj_bias})
     *t = in_dtype(be, *t, dt);
-  mlp_in_dtype(out.mlp);
-  for (MlpWeights& expert : out.moe.experts) mlp_in_dtype(expert);
   return out;
 }
 

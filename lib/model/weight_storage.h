@@ -1,11 +1,12 @@
 // How the base weights are held in memory, apart from how they are computed with
 // (docs/models.md "Weight storage"). Frozen base weights may be held in bf16, as Hub checkpoints
 // store them, to halve their memory; the math stays fp32 (activations, accumulations, every
-// gradient). A layer's bf16 tensors are widened to fp32 scratch right before the layer runs,
-// in forward and again in backward (CausalLM), and the scratch is dropped when the layer is
-// done: the extra memory at any moment is one layer's weights in fp32, or the embedding / lm_head
-// (V, D) in fp32 at the two ends of the model. A base tensor that a PEFT method trains or changes
-// is held in the compute dtype (hold_params_in).
+// gradient). The projection weights (and the lm_head) go to the backend's gemm as held: it
+// multiplies a bf16 weight as its exact fp32 widening (backend.h), reading the bf16 directly
+// for one row (a decoding step) and widening one matrix at a time into scratch otherwise. A
+// layer's other bf16 tensors (norms, conv, biases, A_log, D: a few per channel) are widened to
+// fp32 right before the layer runs, in forward and again in backward (CausalLM). A base tensor
+// that a PEFT method trains or changes is held in the compute dtype (hold_params_in).
 #pragma once
 
 #include <cstdint>
@@ -30,7 +31,8 @@ DType compute_dtype(const ModelWeights& w);
 // device (Backend::convert; t must be BF16).
 Tensor in_dtype(Backend& be, const Tensor& t, DType dt);
 
-// Every tensor of layer weights `w` in_dtype(dt): what a layer computes with.
+// Layer weights `w` as a layer computes with them: every tensor in_dtype(dt) except the
+// projection weights, which stay as held (gemm takes them in bf16).
 LayerWeights layer_in_dtype(Backend& be, const LayerWeights& w, DType dt);
 
 // Holds the parameters of `w` named in `names` (HF names; param_slots) in dtype dt, widening

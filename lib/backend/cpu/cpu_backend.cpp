@@ -73,6 +73,12 @@ class CpuBackend final : public Backend {
     const auto dims = checks.gemm(trans_a, trans_b, A, B, C);
     const std::int64_t M = dims.M, N = dims.N, K = dims.K;
     OpTimer timer(profile_, "gemm", 2.0 * double(M) * double(N) * double(K));
+    if (B.dtype() == DType::BF16) {  // a frozen weight held in bf16 (checks: A and C are F32)
+      cpu::gemm_bf16_b(trans_a, trans_b, M, N, K, float(alpha), A.data<float>(), A.dim(1),
+                       static_cast<const std::uint16_t*>(B.raw()), B.dim(1), float(beta),
+                       C.data<float>(), N);
+      return;
+    }
     dispatch(C.dtype(), "gemm", [&](auto zero) {
       using T = decltype(zero);
       cpu::gemm<T>(trans_a, trans_b, M, N, K, T(alpha), A.data<T>(), A.dim(1), B.data<T>(),

@@ -8,7 +8,9 @@
 #include <type_traits>
 
 #include "backend/cpu/cpu_clones.h"
+#include "core/dtype.h"
 #include "core/error.h"
+#include "core/host_blocks.h"
 
 namespace ssmtune::cpu {
 
@@ -41,34 +43,56 @@ void scale_c(std::int64_t M, std::int64_t N, T beta, T* C, std::int64_t ldc) {
       C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
 }
 
+// A weight element as the float it stands for: fp32 as is, bf16 (bits) widened exactly.
+inline float widen(float w) { return w; }
+inline float widen(std::uint16_t w) { return bf16_to_f32(w); }
+
 // C[j] = alpha <W[j, :], x> + beta C[j] for rows j in [r0, r1) of a row-major (N, K) W: each
-// dot product in 16 lanes, cloned per CPU (cpu_clones.h). beta == 0 does not read C.
-SSMTUNE_CPU_CLONES void dot_rows_f32(std::int64_t r0, std::int64_t r1, std::int64_t K,
-                                     const float* W, std::int64_t ldw, const float* x,
-                                     float alpha, float beta, float* C) {
+// dot product in 16 lanes (K's tail in the first lanes). beta == 0 does not read C. Inlined
+// into one clone per weight type (cpu_clones.h), so fp32 and bf16 weights take the same
+// operations in the same order.
+template <class W>
+[[gnu::always_inline]] inline void dot_rows_body(std::int64_t r0, std::int64_t r1,
+                                                 std::int64_t K, const W* Wm, std::int64_t ldw,
+                                                 const float* x, float alpha, float beta,
+                                                 float* C) {
   constexpr std::int64_t kLanes = 16;
   const std::int64_t K_lanes = K - K % kLanes;
   for (std::int64_t j = r0; j < r1; ++j) {
-    const float* w = W + j * ldw;
+    const W* w = Wm + j * ldw;
     float acc[kLanes] = {};
     for (std::int64_t k = 0; k < K_lanes; k += kLanes)
-      for (std::int64_t l = 0; l < kLanes; ++l) acc[l] += w[k + l] * x[k + l];
+      for (std::int64_t l = 0; l < kLanes; ++l) acc[l] += widen(w[k + l]) * x[k + l];
+    // The tail in the lanes too, in the same multiply-add form: a separate scalar loop is
+    // compiled differently per weight type (a fused multiply-add in one, not the other).
+    for (std::int64_t l = 0; l < K - K_lanes; ++l) acc[l] += widen(w[K_lanes + l]) * x[K_lanes + l];
     float s = 0;
     for (std::int64_t l = 0; l < kLanes; ++l) s += acc[l];
-    for (std::int64_t k = K_lanes; k < K; ++k) s += w[k] * x[k];
     C[j] = beta == 0.0f ? alpha * s : alpha * s + beta * C[j];
   }
 }
 
-// C (1, N) = alpha a (1, K) W^T + beta C, W row-major (N, K): a decoding step's projection (x
-// times a weight stored (out, in)). Rows split over the threads in blocks of 16.
-void dot_rows(std::int64_t N, std::int64_t K, float alpha, const float* a, const float* W,
+SSMTUNE_CPU_CLONES void dot_rows_block(std::int64_t r0, std::int64_t r1, std::int64_t K,
+                                       const float* W, std::int64_t ldw, const float* x,
+                                       float alpha, float beta, float* C) {
+  dot_rows_body(r0, r1, K, W, ldw, x, alpha, beta, C);
+}
+SSMTUNE_CPU_CLONES void dot_rows_block(std::int64_t r0, std::int64_t r1, std::int64_t K,
+                                       const std::uint16_t* W, std::int64_t ldw, const float* x,
+                                       float alpha, float beta, float* C) {
+  dot_rows_body(r0, r1, K, W, ldw, x, alpha, beta, C);
+}
+
+// C (1, N) = alpha a (1, K) W^T + beta C, W row-major (N, K) in fp32 or bf16: a decoding step's
+// projection (x times a weight stored (out, in)). Rows split over the threads in blocks of 16.
+template <class W>
+void dot_rows(std::int64_t N, std::int64_t K, float alpha, const float* a, const W* Wm,
               std::int64_t ldw, float beta, float* C) {
   constexpr std::int64_t kRows = 16;
   const std::int64_t blocks = (N + kRows - 1) / kRows;
 #pragma omp parallel for schedule(static) if (N * K >= (1 << 16))
   for (std::int64_t b = 0; b < blocks; ++b)
-    dot_rows_f32(b * kRows, std::min(N, (b + 1) * kRows), K, W, ldw, a, alpha, beta, C);
+    dot_rows_block(b * kRows, std::min(N, (b + 1) * kRows), K, Wm, ldw, a, alpha, beta, C);
 }
 
 // C (1, N) = alpha op(A) (1, K) op(B) (K, N) + beta C as a matrix-vector product. OpenBLAS's
@@ -122,5 +146,37 @@ template void gemm<float>(bool, bool, std::int64_t, std::int64_t, std::int64_t, 
 template void gemm<double>(bool, bool, std::int64_t, std::int64_t, std::int64_t, double,
                            const double*, std::int64_t, const double*, std::int64_t, double,
                            double*, std::int64_t);
+
+void gemm_bf16_b(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K,
+                 float alpha, const float* A, std::int64_t lda, const std::uint16_t* B,
+                 std::int64_t ldb, float beta, float* C, std::int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  check_args(trans_a, trans_b, M, N, K, lda, ldb, ldc);
+  if (K == 0) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  if (M == 1 && trans_b && !trans_a) return dot_rows(N, K, alpha, A, B, ldb, beta, C);
+  // Every other shape: B widened (exactly) into scratch, then the fp32 product, over blocks of
+  // C's columns so that the scratch stays within kWidenFloats however large B is (a (V, D)
+  // lm_head would otherwise take V x D floats). Each block of C is the whole K-long sum, as in
+  // one product. The scratch is reused across steps (core/host_blocks.h).
+  constexpr std::int64_t kWidenFloats = std::int64_t(8) << 20;  // 32 MiB
+  const std::int64_t block_n = std::min(N, std::max<std::int64_t>(16, kWidenFloats / K));
+  const std::shared_ptr<void> block = host_block(std::size_t(block_n * K) * sizeof(float));
+  check(block != nullptr, "gemm: no memory left to widen a bf16 operand of " +
+                              std::to_string(block_n) + " x " + std::to_string(K));
+  float* wide = static_cast<float*>(block.get());
+  for (std::int64_t n0 = 0; n0 < N; n0 += block_n) {
+    const std::int64_t nb = std::min(block_n, N - n0);
+    // trans_b: B's rows [n0, n0 + nb), stored (nb, K); else its columns, stored (K, nb).
+    const std::int64_t rows = trans_b ? nb : K, cols = trans_b ? K : nb;
+    const std::uint16_t* src = B + (trans_b ? n0 * ldb : n0);
+#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t c = 0; c < cols; ++c) wide[r * cols + c] = bf16_to_f32(src[r * ldb + c]);
+    gemm<float>(trans_a, trans_b, M, nb, K, alpha, A, lda, wide, cols, beta, C + n0, ldc);
+  }
+}
 
 }  // namespace ssmtune::cpu

@@ -23,4 +23,14 @@ void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64
           const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T beta, T* C,
           std::int64_t ldc);
 
+// gemm<float> with B held in bf16 (bits, core/dtype.h): a frozen weight held as Hub checkpoints
+// store it (docs/models.md "Weight storage"). The result is the product with B widened to fp32
+// (exact); A, C and the accumulation are fp32. One row of A times a B stored (N, K), each
+// projection of a decoding step, reads the bf16 directly (half the bytes of fp32, in the same
+// operations and order as gemm<float> on the widened values); every other shape widens B into
+// scratch of at most 32 MiB, a block of C's columns at a time, and runs gemm<float> per block.
+void gemm_bf16_b(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K,
+                 float alpha, const float* A, std::int64_t lda, const std::uint16_t* B,
+                 std::int64_t ldb, float beta, float* C, std::int64_t ldc);
+
 }  // namespace ssmtune::cpu

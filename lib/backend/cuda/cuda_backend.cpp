@@ -134,8 +134,19 @@ class CudaBackend final : public Backend {
     // each row-major matrix is read as its column-major transpose (leading dim = its columns).
     const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    // B held in bf16 (a frozen weight): cuBLAS takes no fp32 x bf16 product, so B is widened
+    // (exactly) into scratch for an fp32 product, or used as it is for a bf16 one.
+    const bool b_is_bf16 = B.dtype() == DType::BF16;
+    const auto* b_bits = b_is_bf16 ? static_cast<const std::uint16_t*>(B.device_raw(memory_))
+                                   : nullptr;
     if (!options_.bf16_matmul) {
-      cublas_check(cublasSgemm(blas_, op_b, op_a, int(N), int(M), int(K), &a, f32(B, "gemm", "B"),
+      DeviceScratch b32(*memory_, b_is_bf16 ? floats(B.numel()) : 0);
+      if (b_is_bf16) {
+        kernels::from_bf16(B.numel(), b_bits, b32.as<float>(), stream());
+        launch_check("from_bf16");
+      }
+      const float* b_f32 = b_is_bf16 ? b32.as<float>() : f32(B, "gemm", "B");
+      cublas_check(cublasSgemm(blas_, op_b, op_a, int(N), int(M), int(K), &a, b_f32,
                                int(B.dim(1)), f32(A, "gemm", "A"), int(A.dim(1)), &b,
                                f32(C, "gemm", "C"), int(N)),
                    "cublasSgemm " + what);
@@ -143,11 +154,13 @@ class CudaBackend final : public Backend {
     }
     // bf16 copies of both inputs for this one product; C and the accumulation stay fp32.
     DeviceScratch a16(*memory_, std::size_t(A.numel()) * 2);
-    DeviceScratch b16(*memory_, std::size_t(B.numel()) * 2);
+    DeviceScratch b16(*memory_, b_is_bf16 ? 0 : std::size_t(B.numel()) * 2);
     kernels::to_bf16(A.numel(), f32(A, "gemm", "A"), a16.as<std::uint16_t>(), stream());
-    kernels::to_bf16(B.numel(), f32(B, "gemm", "B"), b16.as<std::uint16_t>(), stream());
+    if (!b_is_bf16)
+      kernels::to_bf16(B.numel(), f32(B, "gemm", "B"), b16.as<std::uint16_t>(), stream());
     launch_check("to_bf16");
-    cublas_check(cublasGemmEx(blas_, op_b, op_a, int(N), int(M), int(K), &a, b16.as<void>(),
+    const void* b_bf16 = b_is_bf16 ? static_cast<const void*>(b_bits) : b16.as<void>();
+    cublas_check(cublasGemmEx(blas_, op_b, op_a, int(N), int(M), int(K), &a, b_bf16,
                               CUDA_R_16BF, int(B.dim(1)), a16.as<void>(), CUDA_R_16BF,
                               int(A.dim(1)), &b, f32(C, "gemm", "C"), CUDA_R_32F, int(N),
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
