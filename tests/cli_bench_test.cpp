@@ -50,6 +50,16 @@ TEST_CASE("ssmtune bench --peft times a method's optimizer step and reports the 
   INFO(full.output);
   REQUIRE(full.exit_code == 0);
   CHECK_THAT(full.output, Catch::Contains("full fine-tuning"));
+
+  // training.recompute's step, with the base held in bf16 beside it.
+  const auto recomputed =
+      run_cli(common + "--recompute mixers --frozen-weights bf16 --peft " +
+              repo_file("configs/bench/lora-r8.json").string());
+  INFO(recomputed.output);
+  REQUIRE(recomputed.exit_code == 0);
+  CHECK_THAT(recomputed.output,
+             Catch::Contains("(mixers recomputed) + AdamW") && Catch::Contains("frozen in bf16"));
+  CHECK(number_after(recomputed.output, "tokens/s") > 0);
 }
 
 TEST_CASE("a bad bench --peft file is refused naming the file and field", "[cli][bench]") {

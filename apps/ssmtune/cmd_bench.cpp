@@ -53,6 +53,7 @@ struct BenchOptions {
   // An experiment config whose "peft" section to train (other sections are not read), e.g. a
   // configs/methods/ file: the step is then train_step's (train/train_step.h).
   std::string peft_file;
+  std::string recompute = "none";  // training.recompute
   std::int64_t generate = 0;  // > 0: time greedy generation of this many tokens instead
 };
 
@@ -152,6 +153,7 @@ void run_bench(const BenchOptions& o) {
   const Tensor targets = shift_labels(ids);
 
   CausalLM lm(cfg, peft ? peft->weights() : w, *be, o.scan_chunk);
+  lm.set_recompute_mixers(o.recompute == "mixers");
   // The router loss is part of a Jamba training step when its config asks for it.
   if (cfg.output_router_logits) lm.set_router_aux_coef(cfg.router_aux_loss_coef);
   std::optional<AdamW> optimizer;
@@ -210,11 +212,13 @@ void run_bench(const BenchOptions& o) {
                 omp_get_max_threads());
     std::printf("blas          %s\n", cpu::blas_description().c_str());
   }
-  std::printf("step          batch %lld x seq_len %lld = %.0f tokens, forward + backward%s\n",
+  std::printf("step          batch %lld x seq_len %lld = %.0f tokens, forward + backward"
+              "%s%s%s\n",
               (long long)o.batch, (long long)o.seq_len, tokens,
-              peft ? (" + AdamW, " + o.peft_file + "'s peft").c_str()
-              : o.frozen_weights.empty() ? ""
-                                         : (", base frozen in " + o.frozen_weights).c_str());
+              o.recompute == "mixers" ? " (mixers recomputed)" : "",
+              peft ? (" + AdamW, " + o.peft_file + "'s peft").c_str() : "",
+              o.frozen_weights.empty() ? ""
+                                       : (", base frozen in " + o.frozen_weights).c_str());
   if (peft)
     for (const std::string& line : peft->summary()) std::printf("peft          %s\n", line.c_str());
   std::printf("time/step     median %.4f s over %lld steps (min %.4f, max %.4f)\n", med,
@@ -295,6 +299,10 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--warmup", o.warmup, "unmeasured steps first")->check(CLI::Range(0, 1000));
   cmd->add_option("--scan-chunk", o.scan_chunk, "selective-scan chunk length")
       ->check(CLI::Range(1, 1 << 20));
+  auto* recompute = cmd->add_option("--recompute", o.recompute,
+                  "none, or mixers: run each mixer's forward again in backward instead of "
+                  "keeping its activations (training.recompute)")
+      ->check(CLI::IsMember({"none", "mixers"}));
   cmd->add_option("--seed", o.seed, "seed of the random token ids")->check(non_negative_integer());
   cmd->add_option("--device", o.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--matmul", o.matmul, "fp32, or bf16 inputs (cuda only)")
@@ -310,7 +318,7 @@ void add_bench_command(CLI::App& app) {
       "--generate", o.generate,
       "time greedy generation of N new tokens (batch 1, the recurrent decoder) after a prompt "
       "of --seq-len random tokens, --steps runs, instead of a training step");
-  generate->check(CLI::Range(1, 1 << 20))->excludes(peft);
+  generate->check(CLI::Range(1, 1 << 20))->excludes(peft)->excludes(recompute);
   cmd->callback([generate, batch = cmd->get_option("--batch"), matmul = cmd->get_option("--matmul")] {
     if (o.model_dir.empty() && o.config_file.empty())
       throw UsageError("bench: give --model DIR or --config CONFIG.json");

@@ -122,7 +122,7 @@ void CausalLM::forward(const Tensor& ids, const Tensor& attention_mask) {
   aux_ = router_aux_loss(routing, cfg_.n_experts);
   logits_ = be_.empty({B, L, cfg_.vocab_size}, dt);
   Tensor logits2 = logits_.reshape({rows, cfg_.vocab_size});
-  linear_forward(be_, final_norm_.reshape({rows, D}), in_dtype(be_, w_.lm_head, dt), Tensor(),
+  linear_forward(be_, final_norm_.reshape({rows, D}), w_.lm_head, Tensor(),
                  logits2);
 }
 
@@ -144,7 +144,7 @@ Tensor CausalLM::forward_cached(const Tensor& ids, std::vector<LayerCache>& cach
   // Only the last token's logits are wanted (docs/models.md, Mamba step 10).
   const Tensor last = final_norm_.reshape({n, D}).rows(n - 1, n);  // (1, D)
   Tensor logits = be_.empty({1, V}, dt);
-  linear_forward(be_, last, in_dtype(be_, w_.lm_head, dt), Tensor(), logits);
+  linear_forward(be_, last, w_.lm_head, Tensor(), logits);
   return logits;
 }
 
@@ -168,6 +168,51 @@ void CausalLM::reset_caches(std::vector<LayerCache>& caches) {
       }
     }
   }
+}
+
+void CausalLM::mixer_forward_at(std::int64_t i, const LayerWeights& lw, std::size_t s,
+                                std::vector<LayerCache>* caches, Tensor& mix) {
+  const std::int64_t Lb = norm_out_[s].dim(1);
+  switch (layer_kind(cfg_, i).mixer) {
+    case MixerKind::Mamba: {
+      MixerCache* cache = caches ? &(*caches)[std::size_t(i)].mamba : nullptr;
+      // Decoding saves nothing for backward: the whole block is one scan chunk.
+      const std::int64_t chunk = caches ? std::max<std::int64_t>(Lb, 1) : scan_chunk_;
+      mixer_forward(be_, cfg_, lw.mamba, norm_out_[s], chunk, mixer_[s], mix, i, mixer_hooks(i),
+                    cache);
+      break;
+    }
+    case MixerKind::Attention:
+      attention_forward(be_, cfg_, lw.attn, norm_out_[s], caches ? Tensor() : key_mask(Lb),
+                        attn_[s], mix, hook_, mixer_hooks(i).sites,
+                        caches ? &(*caches)[std::size_t(i)].attn : nullptr);
+      break;
+    case MixerKind::Mamba2:
+      mamba2_mixer_forward(be_, cfg_, lw.mamba2, norm_out_[s], mamba2_[s], mix, i,
+                           mixer_hooks(i), caches ? &(*caches)[std::size_t(i)].mamba2 : nullptr);
+      break;
+  }
+}
+
+void CausalLM::drop_mixer_activations(std::size_t s) {
+  mixer_[s] = MixerActivations();
+  attn_[s] = AttentionActivations();
+  mamba2_[s] = Mamba2Activations();
+}
+
+void CausalLM::recompute_mixer(std::int64_t i, const LayerWeights& lw) {
+  // The hooks replay their first forward (the same dropout masks) while it runs again.
+  struct Replay {
+    LinearHook* hook;
+    explicit Replay(LinearHook* h) : hook(h) {
+      if (hook) hook->set_recomputing(true);
+    }
+    ~Replay() {
+      if (hook) hook->set_recomputing(false);
+    }
+  } replay(hook_);
+  Tensor mix = be_.empty(norm_out_[std::size_t(i)].shape(), norm_out_[std::size_t(i)].dtype());
+  mixer_forward_at(i, lw, std::size_t(i), nullptr, mix);  // the output is the forward's: unused
 }
 
 void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* caches,
@@ -209,8 +254,8 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
   // and rstd then sit in norm_out_/norm_rstd_ at the next slot (slot 1 when decoding).
   bool normed = false;
   for (std::int64_t i = 0; i < n_layer; ++i) {
-    // The layer's weights in the compute dtype, dropped at the end of the iteration: fp32
-    // scratch for frozen weights held in bf16 (model/weight_storage.h).
+    // The layer's weights as it computes with them, dropped at the end of the iteration: fp32
+    // scratch for its small frozen tensors held in bf16 (model/weight_storage.h).
     const LayerWeights lw = layer_in_dtype(be_, w_.layers[std::size_t(i)], dt);
     const std::size_t s = slot(i), next = keep ? s + 1 : 1;
     const Tensor prefix = prefix_of(i);
@@ -231,26 +276,8 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
     }
     const LayerKind kind = layer_kind(cfg_, i);
     Tensor mix = be_.empty({B, Lb, D}, dt);
-    switch (kind.mixer) {
-      case MixerKind::Mamba: {
-        MixerCache* cache = caches ? &(*caches)[std::size_t(i)].mamba : nullptr;
-        // Decoding saves nothing for backward: the whole block is one scan chunk.
-        const std::int64_t chunk = keep ? scan_chunk_ : std::max<std::int64_t>(Lb, 1);
-        mixer_forward(be_, cfg_, lw.mamba, norm_out_[s], chunk, mixer_[s], mix, i,
-                      mixer_hooks(i), cache);
-        break;
-      }
-      case MixerKind::Attention:
-        attention_forward(be_, cfg_, lw.attn, norm_out_[s], caches ? Tensor() : key_mask(Lb),
-                          attn_[s], mix, hook_, mixer_hooks(i).sites,
-                          caches ? &(*caches)[std::size_t(i)].attn : nullptr);
-        break;
-      case MixerKind::Mamba2:
-        mamba2_mixer_forward(be_, cfg_, lw.mamba2, norm_out_[s], mamba2_[s], mix, i,
-                             mixer_hooks(i),
-                             caches ? &(*caches)[std::size_t(i)].mamba2 : nullptr);
-        break;
-    }
+    mixer_forward_at(i, lw, s, caches, mix);
+    if (keep && recompute_mixers_) drop_mixer_activations(s);  // backward runs it again
     // `residual` + `branch` is the layer's output: the mixer's branch, or the feed-forward's
     // on top of block input + mixer output.
     Tensor residual = block_in_[s], branch = mix;
@@ -336,7 +363,7 @@ void CausalLM::backward(const Tensor& targets, ModelWeights& grads, std::int64_t
   Tensor dnorm = be_.empty({rows, D}, dt);
   Tensor& d_head = cfg_.tie_word_embeddings ? grads.embedding : grads.lm_head;
   Tensor no_bias;
-  linear_backward(be_, logits2, final_norm_.reshape({rows, D}), in_dtype(be_, w_.lm_head, dt),
+  linear_backward(be_, logits2, final_norm_.reshape({rows, D}), w_.lm_head,
                   dnorm, 0.0, d_head, no_bias);
   Tensor dfinal = be_.empty({B, L, D}, dt);
   Tensor dnorm_f = grads.norm_f.defined() ? grads.norm_f : be_.zeros({D}, dt);
@@ -376,6 +403,7 @@ void CausalLM::backward(const Tensor& targets, ModelWeights& grads, std::int64_t
       Tensor dffn_norm = lg.ffn_norm.defined() ? lg.ffn_norm : be_.zeros({D}, dt);
       be_.rmsnorm_backward_add(dn, ffn_in_[i], lw.ffn_norm, ffn_rstd_[i], dblock, dffn_norm);
     }
+    if (recompute_mixers_) recompute_mixer(i, lw);
     switch (kind.mixer) {
       case MixerKind::Mamba:
         mixer_backward(be_, cfg_, lw.mamba, norm_out_[i], mixer_[i], dblock, dn, lg.mamba, i,
@@ -390,6 +418,7 @@ void CausalLM::backward(const Tensor& targets, ModelWeights& grads, std::int64_t
                               lg.mamba2, i, mixer_hooks(i));
         break;
     }
+    if (recompute_mixers_) drop_mixer_activations(std::size_t(i));
     Tensor dnorm_w = lg.norm.defined() ? lg.norm : be_.zeros({D}, dt);
     // residual: the gradient flows through (dblock) plus the block's branch, added in place
     be_.rmsnorm_backward_add(dn, block_in_[i], lw.norm, norm_rstd_[i], dblock, dnorm_w);

@@ -58,6 +58,12 @@ class CausalLM {
   void set_scan_hook(ScanHook* hook) { scan_hook_ = hook; }
   // Virtual tokens (prompt, prefix and affix tuning), null = none. Same lifetime.
   void set_input_hook(InputHook* hook) { input_hook_ = hook; }
+  // training.recompute "mixers": forward keeps none of a mixer's inner activations (the
+  // E-wide tensors of a Mamba mixer, a Mamba-2 mixer's, attention's), only the layer's
+  // D-wide input and norm; backward runs each mixer's forward again right before its backward.
+  // One more forward of the mixers per step for most of the activation memory; the results are
+  // the same bits (the hooks replay their dropout masks, LinearHook::set_recomputing).
+  void set_recompute_mixers(bool on) { recompute_mixers_ = on; }
 
   // ids: (B, L) I64. Computes logits (B, L, V) and keeps the activations for backward.
   // attention_mask: (B, L) I64 on the host, 1 for a token and 0 for right padding, or
@@ -107,6 +113,13 @@ class CausalLM {
   // The attention key mask for a block of Lb steps whose first Lb - L are virtual (always
   // kept): (B, Lb) I64 on the device, or undefined without padding.
   Tensor key_mask(std::int64_t Lb) const;
+  // Layer i's mixer (weights lw) over norm_out_[s] into mix: (B, Lb, D), its activations in
+  // slot s; caches: as run_layers's.
+  void mixer_forward_at(std::int64_t i, const LayerWeights& lw, std::size_t s,
+                        std::vector<LayerCache>* caches, Tensor& mix);
+  void drop_mixer_activations(std::size_t s);
+  // Layer i's mixer activations again, as forward made them (set_recompute_mixers).
+  void recompute_mixer(std::int64_t i, const LayerWeights& lw);
   // layer i's feed-forward (weights lw) over n: (B, Lb, D) into out (slot s of the activations).
   void ffn_forward(std::int64_t i, const LayerWeights& lw, std::size_t s, const Tensor& n,
                    Tensor& out);
@@ -119,6 +132,7 @@ class CausalLM {
   const ModelWeights& w_;
   Backend& be_;
   std::int64_t scan_chunk_;
+  bool recompute_mixers_ = false;
   LinearHook* hook_ = nullptr;
   ScanHook* scan_hook_ = nullptr;
   InputHook* input_hook_ = nullptr;

@@ -66,6 +66,10 @@ class LinearHook {
   virtual void embedding_forward(const Tensor& ids, Tensor& out) = 0;
   // dout: (tokens, d_model). Accumulates the hook's parameter gradients.
   virtual void embedding_backward(const Tensor& ids, const Tensor& dout) = 0;
+  // True while the model runs a layer's forward a second time, in backward (recomputing the
+  // activations it did not keep, CausalLM::set_recompute_mixers): linear_forward must then give
+  // what it gave the first time, its dropout masks included, and draw no new random numbers.
+  virtual void set_recomputing(bool /*on*/) {}
 };
 
 }  // namespace ssmtune

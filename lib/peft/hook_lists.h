@@ -32,6 +32,9 @@ class LinearHookList final : public LinearHook {
   void embedding_backward(const Tensor& ids, const Tensor& dout) override {
     for (LinearHook* h : hooks_) h->embedding_backward(ids, dout);
   }
+  void set_recomputing(bool on) override {
+    for (LinearHook* h : hooks_) h->set_recomputing(on);
+  }
 
  private:
   std::vector<LinearHook*> hooks_;

@@ -92,6 +92,7 @@ class LoraModel final : public LinearHook, public PeftMethod {
   // Dropout is applied while training (masks drawn from `dropout_rng`, which the trainer
   // saves in checkpoints); eval runs without it.
   void set_training(bool training, Rng* dropout_rng) override;
+  void set_recomputing(bool on) override { recomputing_ = on; }
 
   std::vector<LoraTerm>& terms() { return terms_; }
   const std::vector<LoraTerm>& terms() const { return terms_; }
@@ -138,6 +139,7 @@ class LoraModel final : public LinearHook, public PeftMethod {
   const ModelWeights* base_weights_ = nullptr;  // not owned; only DoRA terms read it
   bool training_ = false;
   Rng* dropout_rng_ = nullptr;
+  bool recomputing_ = false;  // LinearHook::set_recomputing
 };
 
 }  // namespace ssmtune

@@ -66,10 +66,12 @@ void ParallelAdapter::linear_forward(const LinearSite& site, const Tensor& x,
   be_.gemm(false, true, 1.0, x, l.down, 0.0, l.a);  // a = g W_down^T
   l.h = be_.empty({tokens, r}, x.dtype());
   be_.relu_forward(l.a, l.h);
-  l.keep_scale = Tensor();
   if (training_ && config_.dropout > 0) {
-    l.keep_scale = dropout_keep_scale(l.h.shape(), l.h.dtype(), config_.dropout, *dropout_rng_);
+    if (!recomputing_)  // a recomputed forward keeps the first one's mask
+      l.keep_scale = dropout_keep_scale(l.h.shape(), l.h.dtype(), config_.dropout, *dropout_rng_);
     be_.mul(l.h, l.keep_scale, l.h);
+  } else {
+    l.keep_scale = Tensor();
   }
   be_.gemm(false, true, config_.scale, l.h, l.up, 1.0, out.at(0).y);  // o += s h W_up^T
 }

@@ -34,6 +34,7 @@ class ParallelAdapter final : public LinearHook, public PeftMethod {
                   Backend& be);
   void init(std::uint64_t seed);
   void set_training(bool training, Rng* dropout_rng) override;
+  void set_recomputing(bool on) override { recomputing_ = on; }
   const ParallelAdapterConfig& config() const { return config_; }
   // "parallel_adapter.layers.I.down" (r, E), ".up" (D, r)
   void append_trainables(std::vector<TrainableParam>& out) override;
@@ -65,6 +66,7 @@ class ParallelAdapter final : public LinearHook, public PeftMethod {
   std::vector<Layer> layers_;  // per layer of the model; attention layers' stay undefined
   bool training_ = false;
   Rng* dropout_rng_ = nullptr;
+  bool recomputing_ = false;  // LinearHook::set_recomputing
 };
 
 // In an adapter directory: ssmtune_parallel_adapter.safetensors (method_file.h), settings

@@ -444,6 +444,7 @@ TrainingConfig read_training(Section s) {
   t.device = s.choice("device", {"cpu", "cuda"}, def.device);
   t.matmul = s.choice("matmul", {"fp32", "bf16"}, def.matmul);
   t.frozen_weights = s.choice("frozen_weights", {"fp32", "bf16"}, def.frozen_weights);
+  t.recompute = s.choice("recompute", {"none", "mixers"}, def.recompute);
   s.finish();
   return t;
 }
@@ -667,6 +668,8 @@ std::string experiment_config_hash(const ExperimentConfig& cfg) {
   erase_in(j, "training", "log_every");
   erase_in(j, "training", "threads");
   erase_in(j, "training", "device");
+  // Recomputing activations gives the same bits (tests/recompute_test.cpp).
+  erase_in(j, "training", "recompute");
   // bf16 products train something measurably different, so they count; fp32 (the default, and
   // all there was before the key existed) hashes as if absent, so old checkpoints still resume.
   if (j.contains("training") && j["training"].value("matmul", "fp32") == "fp32")

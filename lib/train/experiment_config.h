@@ -19,7 +19,7 @@
 //     "schedule": {"type": "linear", "warmup_steps": 0, "warmup_ratio": 0.0, "min_lr_ratio": 0.0},
 //     "training": {"steps": 0, "epochs": 1, "batch_size": 4, "grad_accum": 1, "log_every": 1,
 //                  "scan_chunk": 64, "threads": 0, "device": "cpu",
-//                  "matmul": "fp32", "frozen_weights": "fp32"},
+//                  "matmul": "fp32", "frozen_weights": "fp32", "recompute": "none"},
 //     "eval": {"every": 0, "batch_size": 8, "max_examples": 0, "metrics": ["loss"],
 //              "max_new_tokens": 32,
 //              "early_stopping": {"metric": "loss", "patience": 0, "min_delta": 0.0}},
@@ -71,6 +71,9 @@ struct TrainingConfig {
   // How the frozen base weights are held: "fp32", or "bf16" (half the memory; the math stays
   // fp32; trained base tensors stay fp32; model/weight_storage.h). Train, eval and generate.
   std::string frozen_weights = "fp32";
+  // "none", or "mixers": keep no mixer's inner activations, run each mixer's forward again in
+  // backward (CausalLM::set_recompute_mixers): less memory, same bits, one more mixer forward.
+  std::string recompute = "none";
 };
 
 struct EarlyStoppingConfig {

@@ -188,6 +188,7 @@ TrainResult train(const ExperimentConfig& cfg, const TrainOptions& opts) {
                double(held_param_bytes(mcfg, weights)) / 1e6, cfg.training.frozen_weights);
 
   CausalLM lm(mcfg, peft.weights(), *be, cfg.training.scan_chunk);
+  lm.set_recompute_mixers(cfg.training.recompute == "mixers");
   lm.set_hook(peft.hook());
   lm.set_scan_hook(peft.scan_hook());
   lm.set_input_hook(peft.input_hook());
