@@ -65,7 +65,8 @@ template <class W>
       for (std::int64_t l = 0; l < kLanes; ++l) acc[l] += widen(w[k + l]) * x[k + l];
     // The tail in the lanes too, in the same multiply-add form: a separate scalar loop is
     // compiled differently per weight type (a fused multiply-add in one, not the other).
-    for (std::int64_t l = 0; l < K - K_lanes; ++l) acc[l] += widen(w[K_lanes + l]) * x[K_lanes + l];
+    for (std::int64_t l = 0; l < K - K_lanes; ++l)
+      acc[l] += widen(w[K_lanes + l]) * x[K_lanes + l];
     float s = 0;
     for (std::int64_t l = 0; l < kLanes; ++l) s += acc[l];
     C[j] = beta == 0.0f ? alpha * s : alpha * s + beta * C[j];
@@ -174,7 +175,7 @@ void gemm_bf16_b(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std
     const std::uint16_t* src = B + (trans_b ? n0 * ldb : n0);
 #pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
     for (std::int64_t r = 0; r < rows; ++r)
-      for (std::int64_t c = 0; c < cols; ++c) wide[r * cols + c] = bf16_to_f32(src[r * ldb + c]);
+      for (std::int64_t c = 0; c < cols; ++c) wide[r * cols + c] = widen(src[r * ldb + c]);
     gemm<float>(trans_a, trans_b, M, nb, K, alpha, A, lda, wide, cols, beta, C + n0, ldc);
   }
 }

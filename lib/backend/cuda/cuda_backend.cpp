@@ -10,6 +10,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -140,12 +141,13 @@ class CudaBackend final : public Backend {
     const auto* b_bits = b_is_bf16 ? static_cast<const std::uint16_t*>(B.device_raw(memory_))
                                    : nullptr;
     if (!options_.bf16_matmul) {
-      DeviceScratch b32(*memory_, b_is_bf16 ? floats(B.numel()) : 0);
+      std::optional<DeviceScratch> b32;  // only for a bf16 B: no pool traffic otherwise
       if (b_is_bf16) {
-        kernels::from_bf16(B.numel(), b_bits, b32.as<float>(), stream());
+        b32.emplace(*memory_, floats(B.numel()));
+        kernels::from_bf16(B.numel(), b_bits, b32->as<float>(), stream());
         launch_check("from_bf16");
       }
-      const float* b_f32 = b_is_bf16 ? b32.as<float>() : f32(B, "gemm", "B");
+      const float* b_f32 = b_is_bf16 ? b32->as<float>() : f32(B, "gemm", "B");
       cublas_check(cublasSgemm(blas_, op_b, op_a, int(N), int(M), int(K), &a, b_f32,
                                int(B.dim(1)), f32(A, "gemm", "A"), int(A.dim(1)), &b,
                                f32(C, "gemm", "C"), int(N)),
@@ -154,12 +156,14 @@ class CudaBackend final : public Backend {
     }
     // bf16 copies of both inputs for this one product; C and the accumulation stay fp32.
     DeviceScratch a16(*memory_, std::size_t(A.numel()) * 2);
-    DeviceScratch b16(*memory_, b_is_bf16 ? 0 : std::size_t(B.numel()) * 2);
+    std::optional<DeviceScratch> b16;  // only for an fp32 B
     kernels::to_bf16(A.numel(), f32(A, "gemm", "A"), a16.as<std::uint16_t>(), stream());
-    if (!b_is_bf16)
-      kernels::to_bf16(B.numel(), f32(B, "gemm", "B"), b16.as<std::uint16_t>(), stream());
+    if (!b_is_bf16) {
+      b16.emplace(*memory_, std::size_t(B.numel()) * 2);
+      kernels::to_bf16(B.numel(), f32(B, "gemm", "B"), b16->as<std::uint16_t>(), stream());
+    }
     launch_check("to_bf16");
-    const void* b_bf16 = b_is_bf16 ? static_cast<const void*>(b_bits) : b16.as<void>();
+    const void* b_bf16 = b_is_bf16 ? static_cast<const void*>(b_bits) : b16->as<void>();
     cublas_check(cublasGemmEx(blas_, op_b, op_a, int(N), int(M), int(K), &a, b_bf16,
                               CUDA_R_16BF, int(B.dim(1)), a16.as<void>(), CUDA_R_16BF,
                               int(A.dim(1)), &b, f32(C, "gemm", "C"), CUDA_R_32F, int(N),
