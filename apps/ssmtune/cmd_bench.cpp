@@ -177,9 +177,8 @@ void run_bench(const BenchOptions& o) {
     if (peft) {  // the learning rate and the clip only change values, not the work
       train_step(lm, *peft, *optimizer, {batch}, 1e-4, 1.0, ++step_number);
     } else {
-      lm.forward(ids);
-      lm.loss(targets);
-      lm.backward(targets, grads);
+      lm.forward_for_training(ids);
+      lm.loss_and_backward(targets, grads);
     }
     be->synchronize();
   };

@@ -97,6 +97,19 @@ Tensor CausalLM::aux_grad(std::int64_t i, double weight) const {
 }
 
 void CausalLM::forward(const Tensor& ids, const Tensor& attention_mask) {
+  forward_layers(ids, attention_mask);
+  const std::int64_t rows = ids.numel(), D = cfg_.d_model;
+  logits_ = be_.empty({ids.dim(0), ids.dim(1), cfg_.vocab_size}, final_norm_.dtype());
+  Tensor logits2 = logits_.reshape({rows, cfg_.vocab_size});
+  linear_forward(be_, final_norm_.reshape({rows, D}), w_.lm_head, Tensor(), logits2);
+}
+
+void CausalLM::forward_for_training(const Tensor& ids, const Tensor& attention_mask) {
+  forward_layers(ids, attention_mask);
+  logits_ = Tensor();
+}
+
+void CausalLM::forward_layers(const Tensor& ids, const Tensor& attention_mask) {
   check(ids.ndim() == 2, "input ids must be (batch, length), got " + shape_str(ids.shape()));
   check(!attention_mask.defined() ||
             (attention_mask.shape() == ids.shape() && attention_mask.dtype() == DType::I64),
@@ -120,10 +133,7 @@ void CausalLM::forward(const Tensor& ids, const Tensor& attention_mask) {
     routing.push_back(r);
   }
   aux_ = router_aux_loss(routing, cfg_.n_experts);
-  logits_ = be_.empty({B, L, cfg_.vocab_size}, dt);
-  Tensor logits2 = logits_.reshape({rows, cfg_.vocab_size});
-  linear_forward(be_, final_norm_.reshape({rows, D}), w_.lm_head, Tensor(),
-                 logits2);
+  kept_activations_ = true;
 }
 
 Tensor CausalLM::forward_cached(const Tensor& ids, std::vector<LayerCache>& caches,
@@ -139,6 +149,7 @@ Tensor CausalLM::forward_cached(const Tensor& ids, std::vector<LayerCache>& cach
   be_.embedding_forward(ids, w_.embedding, e2);
   if (hook_) hook_->embedding_forward(ids, e2);
   logits_ = Tensor();  // the activations backward() would need are gone
+  kept_activations_ = false;
   attention_mask_ = Tensor();
   run_layers(embedded, &caches, sequence_start);
   // Only the last token's logits are wanted (docs/models.md, Mamba step 10).
@@ -342,29 +353,94 @@ LmLoss CausalLM::loss(const Tensor& targets) {
   return out;
 }
 
+namespace {
+
+// The counted targets (not -100) of a (rows) I64 host tensor.
+std::int64_t counted_targets(const Tensor& targets1) {
+  std::int64_t n = 0;
+  for (std::int64_t r = 0; r < targets1.numel(); ++r) n += targets1.data<std::int64_t>()[r] != -100;
+  return n;
+}
+
+}  // namespace
+
 void CausalLM::backward(const Tensor& targets, ModelWeights& grads, std::int64_t normaliser_tokens) {
-  check(logits_.defined(), "CausalLM::backward called before forward");
-  const std::int64_t B = ids_.dim(0), L = ids_.dim(1), D = cfg_.d_model, rows = B * L;
-  const std::int64_t V = cfg_.vocab_size, n_layer = cfg_.n_layer;
-  const DType dt = logits_.dtype();
-  check(grads.layers.empty() || std::int64_t(grads.layers.size()) == n_layer,
-        "CausalLM::backward: gradients for " + std::to_string(grads.layers.size()) +
-            " layers, the model has " + std::to_string(n_layer));
+  check(logits_.defined() && kept_activations_, "CausalLM::backward called before forward");
+  const std::int64_t rows = ids_.numel(), D = cfg_.d_model, V = cfg_.vocab_size;
   Tensor logits2 = logits_.reshape({rows, V});
   const Tensor targets1 = targets.reshape({rows});
-
-  std::int64_t n_tokens = 0;  // targets live on the host
-  for (std::int64_t r = 0; r < rows; ++r) n_tokens += targets1.data<std::int64_t>()[r] != -100;
+  const std::int64_t n_tokens = counted_targets(targets1);  // targets live on the host
   const std::int64_t divisor = normaliser_tokens > 0 ? normaliser_tokens : n_tokens;
   const double scale = divisor ? 1.0 / double(divisor) : 0.0;
   be_.cross_entropy_backward(logits2, targets1, scale, logits2);  // in place: dlogits
 
   // logits = lm_head(final_norm); the tied head's gradient lands in the embedding's.
-  Tensor dnorm = be_.empty({rows, D}, dt);
+  Tensor dnorm = be_.empty({rows, D}, logits_.dtype());
   Tensor& d_head = cfg_.tie_word_embeddings ? grads.embedding : grads.lm_head;
   Tensor no_bias;
   linear_backward(be_, logits2, final_norm_.reshape({rows, D}), w_.lm_head,
                   dnorm, 0.0, d_head, no_bias);
+  logits_ = Tensor();  // consumed
+  layers_backward(dnorm, grads, n_tokens, scale);
+}
+
+std::int64_t CausalLM::head_chunk_rows() const {
+  if (head_chunk_rows_ > 0) return head_chunk_rows_;
+  constexpr std::int64_t kLogitsBytes = std::int64_t(32) << 20;
+  const std::int64_t row_bytes = cfg_.vocab_size * std::int64_t(dtype_size(compute_dtype(w_)));
+  return std::max<std::int64_t>(1, kLogitsBytes / std::max<std::int64_t>(row_bytes, 1));
+}
+
+LmLoss CausalLM::loss_and_backward(const Tensor& targets, ModelWeights& grads,
+                                   std::int64_t normaliser_tokens) {
+  check(kept_activations_ && !logits_.defined(),
+        "CausalLM::loss_and_backward needs forward_for_training first");
+  check(targets.shape() == ids_.shape(),
+        "targets shape " + shape_str(targets.shape()) + " != ids shape " + shape_str(ids_.shape()));
+  const std::int64_t rows = ids_.numel(), D = cfg_.d_model, V = cfg_.vocab_size;
+  const DType dt = final_norm_.dtype();
+  const Tensor targets1 = targets.reshape({rows});
+  const Tensor targets_by_row = targets.reshape({rows, 1});
+  const std::int64_t n_tokens = counted_targets(targets1);
+  const std::int64_t divisor = normaliser_tokens > 0 ? normaliser_tokens : n_tokens;
+  const double scale = divisor ? 1.0 / double(divisor) : 0.0;
+
+  const Tensor x = final_norm_.reshape({rows, D});
+  Tensor dnorm = be_.empty({rows, D}, dt);
+  Tensor& d_head = cfg_.tie_word_embeddings ? grads.embedding : grads.lm_head;
+  Tensor no_bias;
+  const std::int64_t chunk = std::min(head_chunk_rows(), std::max<std::int64_t>(rows, 1));
+  Tensor block = be_.empty({chunk, V}, dt);  // one block's logits, then their gradient
+  double sum = 0;
+  LmLoss out;
+  for (std::int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const std::int64_t r1 = std::min(rows, r0 + chunk);
+    Tensor logits = block.rows(0, r1 - r0);
+    const Tensor x_rows = x.rows(r0, r1);
+    const Tensor t_rows = targets_by_row.rows(r0, r1).reshape({r1 - r0});
+    linear_forward(be_, x_rows, w_.lm_head, Tensor(), logits);
+    std::int64_t counted = 0;
+    sum += be_.cross_entropy_forward(logits, t_rows, &counted);
+    out.n_tokens += counted;
+    be_.cross_entropy_backward(logits, t_rows, scale, logits);  // in place: dlogits
+    Tensor dx_rows = dnorm.rows(r0, r1);
+    linear_backward(be_, logits, x_rows, w_.lm_head, dx_rows, 0.0, d_head, no_bias);
+  }
+  out.loss = out.n_tokens ? sum / double(out.n_tokens) : 0.0;
+  out.aux_loss = aux_.value;
+  out.objective = out.loss + aux_coef_ * aux_.value;
+  layers_backward(dnorm, grads, n_tokens, scale);
+  return out;
+}
+
+void CausalLM::layers_backward(const Tensor& dnorm, ModelWeights& grads, std::int64_t n_tokens,
+                               double scale) {
+  const std::int64_t B = ids_.dim(0), L = ids_.dim(1), D = cfg_.d_model, rows = B * L;
+  const std::int64_t n_layer = cfg_.n_layer;
+  const DType dt = dnorm.dtype();
+  check(grads.layers.empty() || std::int64_t(grads.layers.size()) == n_layer,
+        "CausalLM::backward: gradients for " + std::to_string(grads.layers.size()) +
+            " layers, the model has " + std::to_string(n_layer));
   Tensor dfinal = be_.empty({B, L, D}, dt);
   Tensor dnorm_f = grads.norm_f.defined() ? grads.norm_f : be_.zeros({D}, dt);
   be_.rmsnorm_backward(dnorm.reshape({B, L, D}), final_in_, in_dtype(be_, w_.norm_f, dt),
@@ -464,7 +540,7 @@ void CausalLM::backward(const Tensor& targets, ModelWeights& grads, std::int64_t
   if (grads.embedding.defined())
     be_.embedding_backward(ids_.reshape({rows}), d_lookup, grads.embedding);
   if (hook_) hook_->embedding_backward(ids_.reshape({rows}), d_lookup);
-  logits_ = Tensor();  // consumed
+  kept_activations_ = false;  // mixers' recomputed activations were dropped on the way
 }
 
 }  // namespace ssmtune

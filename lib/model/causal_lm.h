@@ -70,6 +70,10 @@ class CausalLM {
   // undefined (no padding). Attention layers do not attend to padding and the router loss
   // does not count it; Mamba layers ignore it (as transformers does).
   void forward(const Tensor& ids, const Tensor& attention_mask = Tensor());
+  // As forward, without the logits: loss_and_backward forms them a block of rows at a time, so
+  // no (B, L, V) tensor exists in a training step (B*L*V floats, 100 MB at 512 tokens of a
+  // 50k vocabulary; more than the rest of the step's activations at small d_model).
+  void forward_for_training(const Tensor& ids, const Tensor& attention_mask = Tensor());
   // The weight of the router load-balancing loss in the objective: by default
   // router_aux_loss_coef when the config's output_router_logits is set, else 0.
   void set_router_aux_coef(double coef) { aux_coef_ = coef; }
@@ -83,6 +87,16 @@ class CausalLM {
   // `normaliser_tokens` when given (> 0), so micro-batches of one optimizer step weigh each
   // token equally; by default by this batch's own token count (the mean, as loss()).
   void backward(const Tensor& targets, ModelWeights& grads, std::int64_t normaliser_tokens = 0);
+  // After forward_for_training: loss(targets) and backward(targets, grads, normaliser_tokens) in
+  // one pass over the vocabulary head, head_chunk_rows() rows of logits at a time (formed,
+  // turned into their gradient in place, multiplied back, dropped). The same loss and gradients
+  // as the two calls after forward, up to the order of the sums over blocks (the loss's, and a
+  // trainable head's gradient over rows).
+  LmLoss loss_and_backward(const Tensor& targets, ModelWeights& grads,
+                           std::int64_t normaliser_tokens = 0);
+  // Rows per block of loss_and_backward: 0 (the default) picks about 32 MiB of logits.
+  void set_head_chunk_rows(std::int64_t rows) { head_chunk_rows_ = rows; }
+  std::int64_t head_chunk_rows() const;
 
   // Recurrent decoding of one sequence: runs ids (n) I64 on the backend's device from the states
   // in `caches` (one per layer, reset_caches), updating them to the end of the block. The virtual
@@ -108,6 +122,12 @@ class CausalLM {
   // final_norm_ (B, L, D). caches: null in training (activations kept in the members below),
   // else the decoding states (nothing kept). Virtual tokens go in when `virtual_tokens`.
   void run_layers(const Tensor& embedded, std::vector<LayerCache>* caches, bool virtual_tokens);
+  // forward's work up to final_norm_ (what forward_for_training does).
+  void forward_layers(const Tensor& ids, const Tensor& attention_mask);
+  // backward from dL/d(final_norm) (B*L, D) down to the embedding; n_tokens: the batch's
+  // counted targets, scale: 1 / the normaliser (the router loss's share uses both).
+  void layers_backward(const Tensor& dnorm, ModelWeights& grads, std::int64_t n_tokens,
+                       double scale);
   MixerHooks mixer_hooks(std::int64_t layer) const;
   const LinearSite* ffn_sites(std::int64_t layer) const;
   // The attention key mask for a block of Lb steps whose first Lb - L are virtual (always
@@ -133,6 +153,8 @@ class CausalLM {
   Backend& be_;
   std::int64_t scan_chunk_;
   bool recompute_mixers_ = false;
+  std::int64_t head_chunk_rows_ = 0;
+  bool kept_activations_ = false;  // a forward's, not yet consumed by a backward
   LinearHook* hook_ = nullptr;
   ScanHook* scan_hook_ = nullptr;
   InputHook* input_hook_ = nullptr;

@@ -26,14 +26,13 @@ StepResult train_step(CausalLM& lm, PeftModel& peft, AdamW& optimizer,
   peft.zero_grads();
   double loss_sum = 0, aux_sum = 0;
   for (const Batch& b : micro) {
-    lm.forward(b.input_ids, b.attention_mask);
+    lm.forward_for_training(b.input_ids, b.attention_mask);
     const Tensor targets = shift_labels(b.labels);
-    const LmLoss l = lm.loss(targets);
-    loss_sum += l.loss * double(l.n_tokens);
-    aux_sum += l.aux_loss * double(l.n_tokens);
     // Each micro-batch's loss is its token sum over the step's token count: the accumulated
     // gradient is the gradient of the step's mean.
-    lm.backward(targets, peft.base_grads(), r.loss_tokens);
+    const LmLoss l = lm.loss_and_backward(targets, peft.base_grads(), r.loss_tokens);
+    loss_sum += l.loss * double(l.n_tokens);
+    aux_sum += l.aux_loss * double(l.n_tokens);
   }
   peft.finish_backward();
   // The gradients of every trainable tensor are final here: a data-parallel run reduces them
