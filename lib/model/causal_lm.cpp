@@ -388,7 +388,13 @@ std::int64_t CausalLM::head_chunk_rows() const {
   if (head_chunk_rows_ > 0) return head_chunk_rows_;
   constexpr std::int64_t kLogitsBytes = std::int64_t(32) << 20;
   const std::int64_t row_bytes = cfg_.vocab_size * std::int64_t(dtype_size(compute_dtype(w_)));
-  return std::max<std::int64_t>(1, kLogitsBytes / std::max<std::int64_t>(row_bytes, 1));
+  const std::int64_t rows =
+      std::max<std::int64_t>(1, kLogitsBytes / std::max<std::int64_t>(row_bytes, 1));
+  // A head held in bf16 is widened to fp32, piece by piece, inside each product (Backend::gemm):
+  // every block widens all of it twice. At 166 rows of a 50k vocabulary that took a fifth of
+  // the head's time (docs/benchmarks.md, 2026-12-07); 1024 rows keep it to a few percent.
+  constexpr std::int64_t kMinRowsBf16Head = 1024;
+  return w_.lm_head.dtype() == DType::BF16 ? std::max(rows, kMinRowsBf16Head) : rows;
 }
 
 LmLoss CausalLM::loss_and_backward(const Tensor& targets, ModelWeights& grads,
