@@ -388,13 +388,12 @@ std::int64_t CausalLM::head_chunk_rows() const {
   if (head_chunk_rows_ > 0) return head_chunk_rows_;
   constexpr std::int64_t kLogitsBytes = std::int64_t(32) << 20;
   const std::int64_t row_bytes = cfg_.vocab_size * std::int64_t(dtype_size(compute_dtype(w_)));
-  const std::int64_t rows =
-      std::max<std::int64_t>(1, kLogitsBytes / std::max<std::int64_t>(row_bytes, 1));
-  // A head held in bf16 is widened to fp32, piece by piece, inside each product (Backend::gemm):
-  // every block widens all of it twice. At 166 rows of a 50k vocabulary that took a fifth of
-  // the head's time (docs/benchmarks.md, 2026-12-07); 1024 rows keep it to a few percent.
-  constexpr std::int64_t kMinRowsBf16Head = 1024;
-  return w_.lm_head.dtype() == DType::BF16 ? std::max(rows, kMinRowsBf16Head) : rows;
+  // Fewer rows make the head's two products slower (OpenBLAS at D 768, V 50280: 140-154
+  // GFLOP/s at 166 rows, 186-189 at 512; docs/benchmarks.md, 2026-12-07). A head held in bf16
+  // is also widened to fp32, piece by piece, inside each product (Backend::gemm): each block
+  // widens all of it twice, hence more rows still.
+  const std::int64_t min_rows = w_.lm_head.dtype() == DType::BF16 ? 1024 : 512;
+  return std::max(min_rows, kLogitsBytes / std::max<std::int64_t>(row_bytes, 1));
 }
 
 LmLoss CausalLM::loss_and_backward(const Tensor& targets, ModelWeights& grads,

@@ -94,8 +94,8 @@ class CausalLM {
   // trainable head's gradient over rows).
   LmLoss loss_and_backward(const Tensor& targets, ModelWeights& grads,
                            std::int64_t normaliser_tokens = 0);
-  // Rows per block of loss_and_backward: 0 (the default) picks about 32 MiB of logits, and at
-  // least 1024 rows when the head is held in bf16.
+  // Rows per block of loss_and_backward: 0 (the default) picks about 32 MiB of logits, at
+  // least 512 rows (1024 when the head is held in bf16).
   void set_head_chunk_rows(std::int64_t rows) { head_chunk_rows_ = rows; }
   std::int64_t head_chunk_rows() const;
 
