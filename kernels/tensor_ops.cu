@@ -3,6 +3,7 @@
 // fixed 64-row chunks summed in order, then the chunks in order (column_sum).
 #include "bf16.cuh"
 #include "column_sum.cuh"
+#include "counter_rng.h"
 #include "grid_stride.cuh"
 #include "launch.cuh"
 #include "tensor_ops.cuh"
@@ -32,6 +33,12 @@ __global__ void relu_forward_kernel(std::int64_t n, const float* __restrict__ x,
 __global__ void relu_backward_kernel(std::int64_t n, const float* __restrict__ dy,
                                      const float* __restrict__ x, float* __restrict__ dx) {
   SSMTUNE_GRID_STRIDE(i, n) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+}
+__global__ void dropout_mask_kernel(std::int64_t n, std::uint64_t key, std::uint64_t threshold,
+                                    float keep, float* __restrict__ keep_scale) {
+  SSMTUNE_GRID_STRIDE(i, n) {
+    keep_scale[i] = dropout_keeps(key, std::uint64_t(i), threshold) ? keep : 0.0f;
+  }
 }
 __global__ void clamp_forward_kernel(std::int64_t n, float lo, float hi,
                                      const float* __restrict__ x, float* __restrict__ y) {
@@ -123,6 +130,12 @@ void scale(std::int64_t n, float alpha, float* x, cudaStream_t stream) {
 }
 void mul(std::int64_t n, const float* a, const float* b, float* out, cudaStream_t stream) {
   if (n > 0) SSMTUNE_LAUNCH(mul_kernel, grid_for(n), dim3(kThreads), 0, stream, n, a, b, out);
+}
+void dropout_mask(std::int64_t n, std::uint64_t key, std::uint64_t threshold, float keep,
+                  float* keep_scale, cudaStream_t stream) {
+  if (n > 0)
+    SSMTUNE_LAUNCH(dropout_mask_kernel, grid_for(n), dim3(kThreads), 0, stream, n, key, threshold,
+                   keep, keep_scale);
 }
 void relu_forward(std::int64_t n, const float* x, float* y, cudaStream_t stream) {
   if (n > 0) SSMTUNE_LAUNCH(relu_forward_kernel, grid_for(n), dim3(kThreads), 0, stream, n, x, y);

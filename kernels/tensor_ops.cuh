@@ -16,6 +16,10 @@ void add(std::int64_t n, const float* x, float* y, cudaStream_t stream);  // y +
 void scale(std::int64_t n, float alpha, float* x, cudaStream_t stream);   // x *= alpha
 void mul(std::int64_t n, const float* a, const float* b, float* out, cudaStream_t stream);
 void relu_forward(std::int64_t n, const float* x, float* y, cudaStream_t stream);
+// keep_scale[i] = keep where counter_rng.h's stream `key` keeps element i (threshold:
+// dropout_threshold(p)), else 0. CPU twin: CpuBackend::dropout_mask.
+void dropout_mask(std::int64_t n, std::uint64_t key, std::uint64_t threshold, float keep,
+                  float* keep_scale, cudaStream_t stream);
 void relu_backward(std::int64_t n, const float* dy, const float* x, float* dx, cudaStream_t stream);
 // y = min(max(x, lo), hi);  dx = dy where lo <= x <= hi, else 0
 void clamp_forward(std::int64_t n, float lo, float hi, const float* x, float* y,

@@ -9,6 +9,7 @@
 #endif
 
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_memory.h"
 #include "cuda_emu_test_util.h"
 #include "test_compare.h"
 
@@ -365,6 +366,70 @@ TEST_CASE("every op of the emulated CUDA backend matches the CPU backend", "[cud
     std::int64_t n = 0;
     CHECK_THROWS_WITH(b.gpu->cross_entropy_forward(logits.gpu, ints({1, V}), &n),
                       Catch::Contains("label 50 at position 1 is outside the vocabulary"));
+  }
+}
+
+TEST_CASE("dropout masks are the same bits on both backends for the same key",
+          "[cuda-emu][backend][dropout]") {
+  Backends b;
+  for (const double p : {0.0, 0.1, 0.5, 0.9}) {
+    for (const std::uint64_t key : {std::uint64_t(1), std::uint64_t(0xDEADBEEFCAFEF00Dull)}) {
+      INFO("p " << p << " key " << key);
+      auto mask = b.empty({37, 129});  // not a multiple of any block size
+      b.cpu->dropout_mask(key, p, mask.cpu);
+      b.gpu->dropout_mask(key, p, mask.gpu);
+      REQUIRE(mask.gpu.device() == Device::CUDA);  // made on the GPU, nothing uploaded
+      CHECK(ssmtune::testing::same_bits(mask.gpu.clone(), mask.cpu));
+    }
+  }
+}
+
+TEST_CASE("sum_squares_of reads back once and equals the loop of sum_squares, bit for bit",
+          "[cuda-emu][backend]") {
+  Backends b;
+  std::vector<Tensor> on_cpu, on_gpu;
+  for (const std::int64_t n : {1, 100, 8192, 8193, 30000}) {  // one block, several, a tail
+    auto x = b.random({n});
+    on_cpu.push_back(x.cpu);
+    on_gpu.push_back(x.gpu);
+  }
+  double loop = 0;
+  for (const Tensor& x : on_gpu) loop += b.gpu->sum_squares(x);
+  const double batched = b.gpu->sum_squares_of(on_gpu);
+  CHECK(batched == loop);
+  // The CPU twin adds each block sequentially, the kernel as a tree (cuda_emu_optim_test.cpp):
+  // within 1e-12 relative.
+  CHECK(batched == Approx(b.cpu->sum_squares_of(on_cpu)).epsilon(1e-12));
+  CHECK(b.gpu->sum_squares_of({}) == 0.0);
+}
+
+TEST_CASE("uploads through the pinned staging slots arrive intact, the source reusable at once",
+          "[cuda-emu][backend]") {
+  ssmtune::CudaMemory memory;
+  constexpr std::size_t kSlots = ssmtune::CudaMemory::kStagingSlots;
+  // Three rounds of the slots, sizes up to a whole slot, then one past it (the synchronous path).
+  std::vector<std::size_t> sizes;
+  for (std::size_t i = 0; i < 3 * kSlots; ++i) sizes.push_back(8 + 4096 * i);
+  sizes.back() = ssmtune::CudaMemory::kStagingBytes;
+  sizes.push_back(ssmtune::CudaMemory::kStagingBytes + 8);
+  std::vector<void*> dst;
+  std::vector<std::int64_t> host;
+  for (std::size_t u = 0; u < sizes.size(); ++u) {
+    dst.push_back(memory.allocate(sizes[u]));
+    host.assign(sizes[u] / 8, std::int64_t(u) * 1000003);
+    for (std::size_t i = 0; i < host.size(); ++i) host[i] += std::int64_t(i);
+    memory.upload(dst[u], host.data(), sizes[u]);
+    std::fill(host.begin(), host.end(), -1);  // the upload copied it already
+  }
+  for (std::size_t u = 0; u < sizes.size(); ++u) {
+    INFO("upload " << u << " of " << sizes[u] << " bytes");
+    std::vector<std::int64_t> back(sizes[u] / 8);
+    memory.copy_to_host(back.data(), dst[u], sizes[u]);
+    bool intact = true;
+    for (std::size_t i = 0; i < back.size(); ++i)
+      intact = intact && back[i] == std::int64_t(u) * 1000003 + std::int64_t(i);
+    CHECK(intact);
+    memory.release(dst[u], sizes[u]);
   }
 }
 

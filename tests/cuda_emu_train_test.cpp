@@ -82,10 +82,11 @@ TEST_CASE("SDLoRA trains on the emulated CUDA backend as on the CPU backend",
   const ssmtune::TrainResult r = train_on(e, "cuda", true);
   CHECK(r.steps == 6);
   // After the first, steps (and the evals and checkpoints between them) read nothing back; they
-  // upload the LoRA dropout masks (3 targets x 2 layers x 2 micro-batches) and, once, what
-  // SDT's switch re-initialised on the host.
+  // upload, once, what SDT's switch re-initialised on the host, and no LoRA dropout mask (made
+  // on the GPU: 3 targets x 2 layers x 2 micro-batches of them per step).
   CHECK(r.step_moves_to_host == 0);
-  CHECK(r.step_moves_to_device >= 12 * 5);
+  CHECK(r.step_moves_to_device > 0);
+  CHECK(r.step_moves_to_device < 12);
   require_same_run(e, {"adapter_model.safetensors", "ssmtune_params.safetensors"});
 }
 

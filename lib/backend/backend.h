@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -264,8 +265,20 @@ class Backend {
   // Sum of squares of x in double, in an order that does not depend on the thread count
   // (the global gradient norm must be the same on a resumed run).
   virtual double sum_squares(const Tensor& x) = 0;
+  // The sum over xs of sum_squares(x), added in order: the same double as that loop. A GPU
+  // backend reads the partial sums back once instead of once per tensor (the gradient norm of
+  // a LoRA run covers a few hundred tensors).
+  virtual double sum_squares_of(const std::vector<Tensor>& xs) {
+    double sum = 0;
+    for (const Tensor& x : xs) sum += sum_squares(x);
+    return sum;
+  }
   virtual void scale(Tensor& x, double alpha) = 0;                       // x *= alpha
   virtual void mul(const Tensor& a, const Tensor& b, Tensor& out) = 0;   // out = a * b
+  // torch.nn.Dropout(p)'s multiplier, made where it is used: element n of keep_scale (flat) is
+  // 1 / (1 - p) where counter-based stream `key` keeps it (kernels/counter_rng.h), else 0. The
+  // same key gives the same mask, bit for bit, on every backend. p in [0, 1).
+  virtual void dropout_mask(std::uint64_t key, double p, Tensor& keep_scale) = 0;
   // Masked parameter tuning (SDT). index: (k) I64 distinct flat indices into dst / src.
   // dst.flat[index[i]] += values[i]   values: (k)
   virtual void index_add(const Tensor& values, const Tensor& index, Tensor& dst) = 0;

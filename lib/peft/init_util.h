@@ -1,5 +1,5 @@
-// Small pieces the PEFT methods share: filling a host tensor from a generator, the inverted
-// dropout mask of torch.nn.Dropout, and per-layer tensors at the Mamba layers.
+// Small pieces the PEFT methods share: filling a host tensor from a generator, and per-layer
+// tensors at the Mamba layers.
 #pragma once
 
 #include <vector>
@@ -36,15 +36,6 @@ void fill_with(Tensor& x, Draw&& draw) {
     else
       x.data<float>()[i] = float(v);
   }
-}
-
-// torch.nn.Dropout(p) in training: each element kept with probability 1 - p and scaled by
-// 1 / (1 - p), else 0. Returns that multiplier for every element of `shape`.
-inline Tensor dropout_keep_scale(const Shape& shape, DType dtype, double p, Rng& rng) {
-  Tensor mask = Tensor::empty(shape, dtype);
-  const double keep = 1.0 / (1.0 - p);
-  fill_with(mask, [&] { return rng.uniform() < p ? 0.0 : keep; });
-  return mask;
 }
 
 }  // namespace ssmtune

@@ -294,8 +294,10 @@ void LoraModel::linear_forward(const LinearSite& site, const Tensor& x,
     if (t.embedding || t.site.index != site.index) continue;
     const Tensor* input = &x;
     if (training_ && config_.dropout > 0) {
-      if (!recomputing_)  // a recomputed forward keeps the first one's mask
-        t.keep_scale = dropout_keep_scale(x.shape(), x.dtype(), config_.dropout, *dropout_rng_);
+      if (!recomputing_) {  // a recomputed forward keeps the first one's mask
+        t.keep_scale = be_.empty(x.shape(), x.dtype());
+        be_.dropout_mask(dropout_rng_->next_u64(), config_.dropout, t.keep_scale);
+      }
       t.x_dropped = be_.empty(x.shape(), x.dtype());
       be_.mul(x, t.keep_scale, t.x_dropped);
       input = &t.x_dropped;

@@ -89,8 +89,8 @@ class LoraModel final : public LinearHook, public PeftMethod {
   // continues an adapter starts, and restarts after SDT's warmup, from it.
   void set_init_from(const std::filesystem::path& dir) { init_from_ = dir; }
 
-  // Dropout is applied while training (masks drawn from `dropout_rng`, which the trainer
-  // saves in checkpoints); eval runs without it.
+  // Dropout is applied while training: each mask is Backend::dropout_mask's for a key drawn
+  // from `dropout_rng` (which the trainer saves in checkpoints); eval runs without it.
   void set_training(bool training, Rng* dropout_rng) override;
   void set_recomputing(bool on) override { recomputing_ = on; }
 

@@ -67,8 +67,10 @@ void ParallelAdapter::linear_forward(const LinearSite& site, const Tensor& x,
   l.h = be_.empty({tokens, r}, x.dtype());
   be_.relu_forward(l.a, l.h);
   if (training_ && config_.dropout > 0) {
-    if (!recomputing_)  // a recomputed forward keeps the first one's mask
-      l.keep_scale = dropout_keep_scale(l.h.shape(), l.h.dtype(), config_.dropout, *dropout_rng_);
+    if (!recomputing_) {  // a recomputed forward keeps the first one's mask
+      l.keep_scale = be_.empty(l.h.shape(), l.h.dtype());
+      be_.dropout_mask(dropout_rng_->next_u64(), config_.dropout, l.keep_scale);
+    }
     be_.mul(l.h, l.keep_scale, l.h);
   } else {
     l.keep_scale = Tensor();

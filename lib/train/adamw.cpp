@@ -43,9 +43,9 @@ void AdamW::reset() {
 }
 
 double AdamW::clip_grad_norm(double max_norm) {
-  double sq = 0;
-  for (const TrainableParam& p : params_) sq += be_.sum_squares(p.grad);
-  const double norm = std::sqrt(sq);
+  std::vector<Tensor> grads;
+  for (const TrainableParam& p : params_) grads.push_back(p.grad);
+  const double norm = std::sqrt(be_.sum_squares_of(grads));
   const double coef = max_norm / (norm + 1e-6);
   if (max_norm > 0 && coef < 1.0)
     for (TrainableParam& p : params_) be_.scale(p.grad, coef);

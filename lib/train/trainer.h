@@ -42,8 +42,9 @@ struct TrainResult {
   bool stopped_early = false;
   // Tensor storages moved between the host and the device inside the training steps of this
   // process after its first (core/tensor.h "Residency"). To the host: 0 when the steps keep
-  // everything on the GPU. To the device: what the host makes afresh each step (LoRA dropout
-  // masks). Always 0 on the CPU backend.
+  // everything on the GPU. To the device: what the host makes afresh inside the steps (SDT's
+  // re-initialised tensors, once); dropout masks are made on the device. Always 0 on the CPU
+  // backend.
   std::int64_t step_moves_to_host = 0, step_moves_to_device = 0;
   std::string output_dir;
 };

@@ -195,6 +195,10 @@ cudaError_t cudaMalloc(T** ptr, std::size_t bytes) {
   return cudaMalloc(reinterpret_cast<void**>(ptr), bytes);
 }
 cudaError_t cudaFree(void* ptr);
+// Page-locked host memory: plain host memory here (a host range for cudaMemcpy's checks),
+// registered so cudaFreeHost refuses anything else.
+cudaError_t cudaMallocHost(void** ptr, std::size_t bytes);
+cudaError_t cudaFreeHost(void* ptr);
 // Device ranges must lie inside one cudaMalloc block and host ranges outside all of them, as
 // `kind` says (cudaMemcpyDefault accepts both), else cudaErrorInvalidValue.
 cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind);
@@ -366,6 +370,8 @@ using cuda_emu::cudaEventRecord;
 using cuda_emu::cudaEventSynchronize;
 using cuda_emu::cudaDeviceProp;
 using cuda_emu::cudaFree;
+using cuda_emu::cudaFreeHost;
+using cuda_emu::cudaMallocHost;
 using cuda_emu::cudaGetDeviceCount;
 using cuda_emu::cudaGetDeviceProperties;
 using cuda_emu::cudaMemGetInfo;

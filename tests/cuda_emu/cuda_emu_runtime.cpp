@@ -109,6 +109,27 @@ cudaError_t cudaFree(void* ptr) {
   return cudaSuccess;
 }
 
+static std::set<void*>& pinned_blocks() {
+  static std::set<void*> blocks;
+  return blocks;
+}
+
+cudaError_t cudaMallocHost(void** ptr, std::size_t bytes) {
+  if (!ptr) return fail(cudaErrorInvalidValue, "cudaMallocHost: null result pointer");
+  *ptr = ::operator new (std::max<std::size_t>(bytes, 1), std::nothrow);
+  if (!*ptr) return fail(cudaErrorMemoryAllocation, "cudaMallocHost: out of host memory");
+  pinned_blocks().insert(*ptr);
+  return cudaSuccess;
+}
+
+cudaError_t cudaFreeHost(void* ptr) {
+  if (!ptr) return cudaSuccess;
+  if (!pinned_blocks().erase(ptr))
+    return fail(cudaErrorInvalidValue, "cudaFreeHost: pointer is not from cudaMallocHost");
+  ::operator delete (ptr);
+  return cudaSuccess;
+}
+
 cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
   if (bytes == 0) return cudaSuccess;
   if (!dst || !src) return fail(cudaErrorInvalidValue, "cudaMemcpy: null pointer");

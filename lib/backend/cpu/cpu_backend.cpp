@@ -13,6 +13,7 @@
 #include "backend/cpu/optim_cpu.h"
 #include "backend/cpu/scan_cpu.h"
 #include "backend/cpu/ssd_cpu.h"
+#include "kernels/counter_rng.h"
 
 namespace ssmtune {
 
@@ -540,6 +541,21 @@ class CpuBackend final : public Backend {
     binary("mul", a, b, out, [](std::int64_t n, const auto* ap, const auto* bp, auto* op) {
 #pragma omp parallel for schedule(static)
       for (std::int64_t i = 0; i < n; ++i) op[i] = ap[i] * bp[i];
+    });
+  }
+
+  void dropout_mask(std::uint64_t key, double p, Tensor& keep_scale) override {
+    OpTimer timer(profile_, "elementwise");
+    checks.require(p >= 0 && p < 1, "dropout_mask", "p in [0, 1)");
+    const std::uint64_t threshold = dropout_threshold(p);
+    dispatch(keep_scale.dtype(), "dropout_mask", [&](auto zero) {
+      using T = decltype(zero);
+      T* out = keep_scale.data<T>();
+      const T keep = T(1.0 / (1.0 - p));
+      const std::int64_t n = keep_scale.numel();
+#pragma omp parallel for schedule(static)
+      for (std::int64_t i = 0; i < n; ++i)
+        out[i] = dropout_keeps(key, std::uint64_t(i), threshold) ? keep : T(0);
     });
   }
 

@@ -17,6 +17,7 @@
 #include "backend/cuda/cuda_api.h"
 #include "backend/cuda/cuda_memory.h"
 #include "backend/op_checks.h"
+#include "kernels/counter_rng.h"
 #include "kernels/attention.cuh"
 #include "kernels/conv1d.cuh"
 #include "kernels/elementwise.cuh"
@@ -567,6 +568,26 @@ class CudaBackend final : public Backend {
     return host;
   }
 
+  double sum_squares_of(const std::vector<Tensor>& xs) override {
+    Timer timer(*this, "optimizer");
+    std::int64_t workspace = 0;
+    for (const Tensor& x : xs)
+      workspace = std::max(workspace, kernels::sum_squares_workspace_bytes(x.numel()));
+    // One double per tensor, then the workspace the launches share (they run in stream order).
+    const std::size_t sums_bytes = 8 * xs.size();
+    DeviceScratch out(*memory_, sums_bytes + std::size_t(workspace));
+    for (std::size_t i = 0; i < xs.size(); ++i) {
+      kernels::sum_squares(xs[i].numel(), f32(xs[i], "sum_squares", "x"), out.as<double>() + i,
+                           out.as<char>() + sums_bytes, stream());
+      launch_check("sum_squares");
+    }
+    std::vector<double> host(xs.size());
+    if (!xs.empty()) memory_->copy_to_host(host.data(), out.as<char>(), sums_bytes);
+    double sum = 0;
+    for (const double v : host) sum += v;
+    return sum;
+  }
+
   void scale(Tensor& x, double alpha) override {
     Timer timer(*this, "elementwise");
     kernels::scale(x.numel(), float(alpha), f32(x, "scale", "x"), stream());
@@ -574,6 +595,14 @@ class CudaBackend final : public Backend {
   }
   void mul(const Tensor& a, const Tensor& b, Tensor& out) override {
     binary("mul", a, b, out, SSMTUNE_KERNEL_FN(mul));
+  }
+
+  void dropout_mask(std::uint64_t key, double p, Tensor& keep_scale) override {
+    Timer timer(*this, "elementwise");
+    checks.require(p >= 0 && p < 1, "dropout_mask", "p in [0, 1)");
+    kernels::dropout_mask(keep_scale.numel(), key, dropout_threshold(p), float(1.0 / (1.0 - p)),
+                          f32(keep_scale, "dropout_mask", "keep_scale"), stream());
+    launch_check("dropout_mask");
   }
 
   void index_add(const Tensor& values, const Tensor& index, Tensor& dst) override {
@@ -660,8 +689,7 @@ class CudaBackend final : public Backend {
     HostInts(CudaBackend& be, const Tensor& t)
         : scratch_(*be.memory_, std::size_t(t.numel()) * sizeof(std::int64_t)) {
       checks.require(t.dtype() == DType::I64, "copy of ids", "expected I64");
-      if (t.numel())
-        be.memory_->copy_to_device(scratch_.as<void>(), t.raw(), std::size_t(t.numel()) * 8);
+      be.memory_->upload(scratch_.as<void>(), t.raw(), std::size_t(t.numel()) * 8);
     }
     const std::int64_t* get() const { return scratch_.as<std::int64_t>(); }
 

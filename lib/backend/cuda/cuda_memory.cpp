@@ -1,5 +1,6 @@
 #include "backend/cuda/cuda_memory.h"
 
+#include <cstring>
 #include <string>
 
 namespace ssmtune {
@@ -13,7 +14,11 @@ std::string mib(std::size_t bytes) { return std::to_string((bytes + kMiB - 1) / 
 CudaMemory::CudaMemory() { cuda_check(cudaStreamCreate(&stream_), "cudaStreamCreate"); }
 
 CudaMemory::~CudaMemory() {
-  release_cache();
+  release_cache();  // waits for the stream, so no staging copy is still reading its slot
+  for (StagingSlot& s : staging_) {
+    if (s.copied) cudaEventDestroy(s.copied);
+    if (s.pinned) cudaFreeHost(s.pinned);
+  }
   cudaStreamDestroy(stream_);
 }
 
@@ -71,6 +76,22 @@ void CudaMemory::copy_to_device(void* device_dst, const void* host_src, std::siz
   cuda_check(cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, stream_),
              "copy of " + std::to_string(bytes) + " bytes to the GPU");
   cuda_check(cudaStreamSynchronize(stream_), "copy to the GPU");
+}
+
+void CudaMemory::upload(void* device_dst, const void* host_src, std::size_t bytes) {
+  if (!bytes) return;
+  if (bytes > kStagingBytes) return copy_to_device(device_dst, host_src, bytes);
+  StagingSlot& slot = staging_[next_slot_++ % kStagingSlots];
+  if (!slot.pinned) {
+    cuda_check(cudaMallocHost(&slot.pinned, kStagingBytes), "pinned staging buffer");
+    cuda_check(cudaEventCreate(&slot.copied), "staging event");
+  } else {
+    cuda_check(cudaEventSynchronize(slot.copied), "staging slot reuse");  // its last copy is done
+  }
+  std::memcpy(slot.pinned, host_src, bytes);
+  cuda_check(cudaMemcpyAsync(device_dst, slot.pinned, bytes, cudaMemcpyHostToDevice, stream_),
+             "copy of " + std::to_string(bytes) + " bytes to the GPU");
+  cuda_check(cudaEventRecord(slot.copied, stream_), "staging event");
 }
 
 void CudaMemory::copy_to_host(void* host_dst, const void* device_src, std::size_t bytes) {

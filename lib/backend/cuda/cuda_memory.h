@@ -6,6 +6,7 @@
 // reused only by work queued after it.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <map>
 #include <memory>
@@ -29,6 +30,13 @@ class CudaMemory final : public DeviceMemory {
   void copy_to_device(void* device_dst, const void* host_src, std::size_t bytes) override;
   void copy_to_host(void* host_dst, const void* device_src, std::size_t bytes) override;
   void zero(void* device_p, std::size_t bytes) override;
+  // A host-to-device copy the host does not wait for: host_src goes into a pinned staging slot
+  // and the copy is queued on the stream behind the work before it, so the GPU is not drained
+  // per upload (a batch's ids and labels, every op that reads them). host_src may be reused as
+  // soon as this returns. Copies of more than kStagingBytes take copy_to_device's path.
+  void upload(void* device_dst, const void* host_src, std::size_t bytes);
+  static constexpr std::size_t kStagingBytes = std::size_t(1) << 20;
+  static constexpr std::size_t kStagingSlots = 8;
 
   cudaStream_t stream() const { return stream_; }
   std::size_t bytes_in_use() const { return in_use_; }
@@ -40,6 +48,14 @@ class CudaMemory final : public DeviceMemory {
   void release_cache() noexcept;
 
   cudaStream_t stream_ = nullptr;
+  // Pinned host buffers of kStagingBytes used in turn; `copied` is recorded after each one's
+  // copy, and waited for before the slot is filled again (kStagingSlots uploads later).
+  struct StagingSlot {
+    void* pinned = nullptr;
+    cudaEvent_t copied = nullptr;
+  };
+  std::array<StagingSlot, kStagingSlots> staging_{};
+  std::size_t next_slot_ = 0;
   std::multimap<std::size_t, void*> free_;  // rounded size -> cached block
   std::size_t in_use_ = 0, cached_ = 0, peak_ = 0;
 };
