@@ -344,44 +344,59 @@ LmLoss CausalLM::loss(const Tensor& targets) {
   check(logits_.defined(), "CausalLM::loss called before forward");
   check(targets.shape() == ids_.shape(),
         "targets shape " + shape_str(targets.shape()) + " != ids shape " + shape_str(ids_.shape()));
-  LmLoss out;
+  std::int64_t n_tokens = 0;
   const double sum = be_.cross_entropy_forward(logits_.reshape({ids_.numel(), cfg_.vocab_size}),
-                                               targets.reshape({ids_.numel()}), &out.n_tokens);
-  out.loss = out.n_tokens ? sum / double(out.n_tokens) : 0.0;
+                                               targets.reshape({ids_.numel()}), &n_tokens);
+  return loss_from_sum(sum, n_tokens);
+}
+
+namespace {
+
+// The counted targets (label != -100) of a (rows) I64 host tensor, and the loss's scale:
+// 1 / normaliser_tokens when given (> 0), else 1 / that count (0 when there are none).
+struct LossScale {
+  std::int64_t n_tokens = 0;
+  double scale = 0;
+};
+LossScale loss_scale(const Tensor& targets1, std::int64_t normaliser_tokens) {
+  LossScale s;
+  for (std::int64_t r = 0; r < targets1.numel(); ++r)
+    s.n_tokens += targets1.data<std::int64_t>()[r] != -100;
+  const std::int64_t divisor = normaliser_tokens > 0 ? normaliser_tokens : s.n_tokens;
+  s.scale = divisor ? 1.0 / double(divisor) : 0.0;
+  return s;
+}
+
+}  // namespace
+
+LmLoss CausalLM::loss_from_sum(double sum, std::int64_t n_tokens) const {
+  LmLoss out;
+  out.n_tokens = n_tokens;
+  out.loss = n_tokens ? sum / double(n_tokens) : 0.0;
   out.aux_loss = aux_.value;
   out.objective = out.loss + aux_coef_ * aux_.value;
   return out;
 }
 
-namespace {
-
-// The counted targets (not -100) of a (rows) I64 host tensor.
-std::int64_t counted_targets(const Tensor& targets1) {
-  std::int64_t n = 0;
-  for (std::int64_t r = 0; r < targets1.numel(); ++r) n += targets1.data<std::int64_t>()[r] != -100;
-  return n;
+void CausalLM::head_backward(Tensor& logits, const Tensor& targets, double scale,
+                             const Tensor& x, Tensor& dx, ModelWeights& grads) {
+  be_.cross_entropy_backward(logits, targets, scale, logits);  // in place: dlogits
+  // logits = lm_head(final_norm); the tied head's gradient lands in the embedding's.
+  Tensor& d_head = cfg_.tie_word_embeddings ? grads.embedding : grads.lm_head;
+  Tensor no_bias;
+  linear_backward(be_, logits, x, w_.lm_head, dx, 0.0, d_head, no_bias);
 }
-
-}  // namespace
 
 void CausalLM::backward(const Tensor& targets, ModelWeights& grads, std::int64_t normaliser_tokens) {
   check(logits_.defined() && kept_activations_, "CausalLM::backward called before forward");
-  const std::int64_t rows = ids_.numel(), D = cfg_.d_model, V = cfg_.vocab_size;
-  Tensor logits2 = logits_.reshape({rows, V});
+  const std::int64_t rows = ids_.numel(), D = cfg_.d_model;
+  Tensor logits2 = logits_.reshape({rows, cfg_.vocab_size});
   const Tensor targets1 = targets.reshape({rows});
-  const std::int64_t n_tokens = counted_targets(targets1);  // targets live on the host
-  const std::int64_t divisor = normaliser_tokens > 0 ? normaliser_tokens : n_tokens;
-  const double scale = divisor ? 1.0 / double(divisor) : 0.0;
-  be_.cross_entropy_backward(logits2, targets1, scale, logits2);  // in place: dlogits
-
-  // logits = lm_head(final_norm); the tied head's gradient lands in the embedding's.
+  const LossScale ls = loss_scale(targets1, normaliser_tokens);  // targets live on the host
   Tensor dnorm = be_.empty({rows, D}, logits_.dtype());
-  Tensor& d_head = cfg_.tie_word_embeddings ? grads.embedding : grads.lm_head;
-  Tensor no_bias;
-  linear_backward(be_, logits2, final_norm_.reshape({rows, D}), w_.lm_head,
-                  dnorm, 0.0, d_head, no_bias);
+  head_backward(logits2, targets1, ls.scale, final_norm_.reshape({rows, D}), dnorm, grads);
   logits_ = Tensor();  // consumed
-  layers_backward(dnorm, grads, n_tokens, scale);
+  layers_backward(dnorm, grads, ls.n_tokens, ls.scale);
 }
 
 std::int64_t CausalLM::head_chunk_rows() const {
@@ -404,20 +419,15 @@ LmLoss CausalLM::loss_and_backward(const Tensor& targets, ModelWeights& grads,
         "targets shape " + shape_str(targets.shape()) + " != ids shape " + shape_str(ids_.shape()));
   const std::int64_t rows = ids_.numel(), D = cfg_.d_model, V = cfg_.vocab_size;
   const DType dt = final_norm_.dtype();
-  const Tensor targets1 = targets.reshape({rows});
   const Tensor targets_by_row = targets.reshape({rows, 1});
-  const std::int64_t n_tokens = counted_targets(targets1);
-  const std::int64_t divisor = normaliser_tokens > 0 ? normaliser_tokens : n_tokens;
-  const double scale = divisor ? 1.0 / double(divisor) : 0.0;
+  const LossScale ls = loss_scale(targets.reshape({rows}), normaliser_tokens);
 
   const Tensor x = final_norm_.reshape({rows, D});
   Tensor dnorm = be_.empty({rows, D}, dt);
-  Tensor& d_head = cfg_.tie_word_embeddings ? grads.embedding : grads.lm_head;
-  Tensor no_bias;
   const std::int64_t chunk = std::min(head_chunk_rows(), std::max<std::int64_t>(rows, 1));
   Tensor block = be_.empty({chunk, V}, dt);  // one block's logits, then their gradient
   double sum = 0;
-  LmLoss out;
+  std::int64_t n_tokens = 0;
   for (std::int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const std::int64_t r1 = std::min(rows, r0 + chunk);
     Tensor logits = block.rows(0, r1 - r0);
@@ -426,16 +436,12 @@ LmLoss CausalLM::loss_and_backward(const Tensor& targets, ModelWeights& grads,
     linear_forward(be_, x_rows, w_.lm_head, Tensor(), logits);
     std::int64_t counted = 0;
     sum += be_.cross_entropy_forward(logits, t_rows, &counted);
-    out.n_tokens += counted;
-    be_.cross_entropy_backward(logits, t_rows, scale, logits);  // in place: dlogits
+    n_tokens += counted;
     Tensor dx_rows = dnorm.rows(r0, r1);
-    linear_backward(be_, logits, x_rows, w_.lm_head, dx_rows, 0.0, d_head, no_bias);
+    head_backward(logits, t_rows, ls.scale, x_rows, dx_rows, grads);
   }
-  out.loss = out.n_tokens ? sum / double(out.n_tokens) : 0.0;
-  out.aux_loss = aux_.value;
-  out.objective = out.loss + aux_coef_ * aux_.value;
-  layers_backward(dnorm, grads, n_tokens, scale);
-  return out;
+  layers_backward(dnorm, grads, ls.n_tokens, ls.scale);
+  return loss_from_sum(sum, n_tokens);
 }
 
 void CausalLM::layers_backward(const Tensor& dnorm, ModelWeights& grads, std::int64_t n_tokens,

@@ -125,6 +125,13 @@ class CausalLM {
   void run_layers(const Tensor& embedded, std::vector<LayerCache>* caches, bool virtual_tokens);
   // forward's work up to final_norm_ (what forward_for_training does).
   void forward_layers(const Tensor& ids, const Tensor& attention_mask);
+  // The LmLoss of a cross-entropy sum over n_tokens counted targets, with the last forward's
+  // router loss.
+  LmLoss loss_from_sum(double sum, std::int64_t n_tokens) const;
+  // logits (rows, V) of x (rows, D) become their gradient in place; then dL/dx of those rows
+  // into dx (written) and the head's gradient (accumulated; the embedding's when tied).
+  void head_backward(Tensor& logits, const Tensor& targets, double scale, const Tensor& x,
+                     Tensor& dx, ModelWeights& grads);
   // backward from dL/d(final_norm) (B*L, D) down to the embedding; n_tokens: the batch's
   // counted targets, scale: 1 / the normaliser (the router loss's share uses both).
   void layers_backward(const Tensor& dnorm, ModelWeights& grads, std::int64_t n_tokens,
