@@ -1,7 +1,9 @@
 // CausalLM::loss_and_backward (the vocabulary head a block of rows at a time, no (B, L, V)
 // logits kept) against forward + loss + backward, which keep the whole logits: the same loss,
 // token count, router loss and gradient of every base tensor, on a Mamba (tied head), a Jamba
-// with experts and the router loss, and a Mamba-2 (untied head). lib/model/causal_lm.h.
+// with experts and the router loss, and a Mamba-2 (untied head). And CausalLM::eval_loss
+// (evaluation: no activations kept, the head in blocks) against forward + loss, with the
+// logits it picks. lib/model/causal_lm.h.
 #include <catch2/catch.hpp>
 
 #include <map>
@@ -117,21 +119,112 @@ TEST_CASE("loss_and_backward in one block is forward + loss + backward, bit for 
   }
 }
 
-TEST_CASE("loss_and_backward refuses to run without forward_for_training", "[model][head-chunks]") {
+TEST_CASE("loss_and_backward needs forward_for_training; eval_loss keeps nothing for it",
+          "[model][head-chunks]") {
   const ModelConfig cfg = config_for("mamba");
   const ModelWeights w = weights_in(cfg, DType::F32);
   auto be = make_cpu_backend();
   CausalLM lm(cfg, w, *be);
-  const Tensor ids = testing::random_ids(1, 5, cfg.vocab_size, 1);
+  const Tensor ids = testing::random_ids(2, 5, cfg.vocab_size, 1);
   const Tensor targets = shift_labels(ids);
   ModelWeights frozen;
-  CHECK_THROWS_WITH(lm.loss_and_backward(targets, frozen),
-                    Catch::Contains("needs forward_for_training first"));
-  lm.forward(ids);  // keeps whole logits: backward's input, not this one's
-  CHECK_THROWS_WITH(lm.loss_and_backward(targets, frozen),
-                    Catch::Contains("needs forward_for_training first"));
-  lm.forward_for_training(ids);
-  lm.loss_and_backward(targets, frozen);
-  CHECK_THROWS_WITH(lm.loss_and_backward(targets, frozen),  // the activations are consumed
-                    Catch::Contains("needs forward_for_training first"));
+  SECTION("loss_and_backward") {
+    CHECK_THROWS_WITH(lm.loss_and_backward(targets, frozen),
+                      Catch::Contains("needs forward_for_training first"));
+    lm.forward(ids);  // keeps whole logits: backward's input, not this one's
+    CHECK_THROWS_WITH(lm.loss_and_backward(targets, frozen),
+                      Catch::Contains("needs forward_for_training first"));
+    lm.forward_for_training(ids);
+    lm.loss_and_backward(targets, frozen);
+    CHECK_THROWS_WITH(lm.loss_and_backward(targets, frozen),  // the activations are consumed
+                      Catch::Contains("needs forward_for_training first"));
+  }
+  SECTION("eval_loss") {
+    std::vector<double> picked;
+    CHECK_THROWS_WITH(lm.eval_loss(ids, Tensor(), targets, {2 * 5 * cfg.vocab_size}, &picked),
+                      Catch::Contains("outside the logits (2, 5, 29)"));
+    CHECK_THROWS_WITH(lm.eval_loss(ids, Tensor(), targets, {-1}, &picked),
+                      Catch::Contains("outside the logits"));
+    CHECK_THROWS_WITH(lm.eval_loss(ids, Tensor(), targets, {3}),
+                      Catch::Contains("picks without a place"));
+    CHECK_THROWS_WITH(lm.eval_loss(ids, Tensor(), targets.rows(0, 1)),
+                      Catch::Contains("!= ids shape"));
+    lm.forward_for_training(ids);
+    lm.eval_loss(ids, Tensor(), targets);  // replaces the training forward's activations
+    CHECK_THROWS_WITH(lm.loss_and_backward(targets, frozen),
+                      Catch::Contains("needs forward_for_training first"));
+    CHECK_THROWS_WITH(lm.backward(targets, frozen), Catch::Contains("called before forward"));
+    CHECK_THROWS_WITH(lm.loss(targets), Catch::Contains("called before forward"));
+  }
+}
+
+namespace {
+
+// A batch with right padding in row 1 (its last 3 steps: mask 0, label -100), as evaluation
+// makes them: the router loss must leave the padding out.
+struct PaddedBatch {
+  Tensor ids, mask, targets;
+};
+PaddedBatch padded_batch(const ModelConfig& cfg) {
+  PaddedBatch p{testing::random_ids(3, 7, cfg.vocab_size, 23), Tensor::empty({3, 7}, DType::I64),
+                Tensor()};
+  Tensor labels = p.ids.clone();
+  for (std::int64_t t = 0; t < 21; ++t) {
+    const bool pad = t >= 7 + 4 && t < 14;
+    p.mask.data<std::int64_t>()[t] = pad ? 0 : 1;
+    if (pad) labels.data<std::int64_t>()[t] = -100;
+  }
+  p.targets = shift_labels(labels);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("eval_loss equals forward + loss and picks the logits asked for",
+          "[model][head-chunks][eval-loss]") {
+  const std::string kind = GENERATE("mamba", "jamba", "mamba2");
+  const DType dt = GENERATE(DType::F64, DType::F32);
+  const ModelConfig cfg = config_for(kind);
+  INFO(kind << " " << dtype_name(dt));
+  const ModelWeights w = weights_in(cfg, dt);
+  const PaddedBatch batch = padded_batch(cfg);
+  auto be = make_cpu_backend();
+  CausalLM lm(cfg, w, *be);
+  lm.forward(batch.ids, batch.mask);
+  const LmLoss whole = lm.loss(batch.targets);
+  const Tensor logits = lm.logits().to(DType::F64);  // (3, 7, V)
+  const std::int64_t V = cfg.vocab_size, n_logits = logits.numel();
+  // Scattered picks, out of order, one repeated, the first and the last logit among them.
+  std::vector<std::int64_t> picks = {n_logits - 1, 0, 5 * V + 2, 17 * V + V - 1, 5 * V + 2};
+  for (std::int64_t p = 3; p < n_logits; p += 11) picks.push_back(p);
+  // 0 rows: the default block (one block here, the same gemm as forward's); in float64 also
+  // 1 to 21 blocks, which change only the order of the loss's sum over blocks.
+  const std::vector<std::int64_t> block_rows =
+      dt == DType::F64 ? std::vector<std::int64_t>{0, 1, 4, 5, 21} : std::vector<std::int64_t>{0};
+  for (const std::int64_t rows : block_rows) {
+    INFO("rows per block " << rows);
+    CausalLM eval_lm(cfg, w, *be);
+    eval_lm.set_head_chunk_rows(rows);
+    std::vector<double> picked;
+    const LmLoss l = eval_lm.eval_loss(batch.ids, batch.mask, batch.targets, picks, &picked);
+    CHECK(l.n_tokens == whole.n_tokens);
+    CHECK(l.n_tokens == 3 * 6 - 3);
+    if (rows == 0) {
+      CHECK(l.loss == whole.loss);
+    } else {
+      CHECK(l.loss == Approx(whole.loss).epsilon(1e-13));
+    }
+    CHECK(l.aux_loss == whole.aux_loss);  // the same routing, pooled in the same order
+    if (cfg.output_router_logits) CHECK(l.aux_loss > 0);
+    REQUIRE(picked.size() == picks.size());
+    for (std::size_t j = 0; j < picks.size(); ++j) {
+      INFO("pick " << picks[j]);
+      const double want = logits.data<double>()[picks[j]];
+      if (rows == 0) {
+        CHECK(picked[j] == want);  // the same product as forward's
+      } else {  // a product over fewer rows: BLAS may take another path, a few ulps off
+        CHECK(picked[j] == Approx(want).epsilon(1e-13).margin(1e-15));
+      }
+    }
+  }
 }

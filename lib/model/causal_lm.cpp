@@ -97,7 +97,7 @@ Tensor CausalLM::aux_grad(std::int64_t i, double weight) const {
 }
 
 void CausalLM::forward(const Tensor& ids, const Tensor& attention_mask) {
-  forward_layers(ids, attention_mask);
+  forward_layers(ids, attention_mask, true);
   const std::int64_t rows = ids.numel(), D = cfg_.d_model;
   logits_ = be_.empty({ids.dim(0), ids.dim(1), cfg_.vocab_size}, final_norm_.dtype());
   Tensor logits2 = logits_.reshape({rows, cfg_.vocab_size});
@@ -105,11 +105,11 @@ void CausalLM::forward(const Tensor& ids, const Tensor& attention_mask) {
 }
 
 void CausalLM::forward_for_training(const Tensor& ids, const Tensor& attention_mask) {
-  forward_layers(ids, attention_mask);
+  forward_layers(ids, attention_mask, true);
   logits_ = Tensor();
 }
 
-void CausalLM::forward_layers(const Tensor& ids, const Tensor& attention_mask) {
+void CausalLM::forward_layers(const Tensor& ids, const Tensor& attention_mask, bool keep) {
   check(ids.ndim() == 2, "input ids must be (batch, length), got " + shape_str(ids.shape()));
   check(!attention_mask.defined() ||
             (attention_mask.shape() == ids.shape() && attention_mask.dtype() == DType::I64),
@@ -122,18 +122,9 @@ void CausalLM::forward_layers(const Tensor& ids, const Tensor& attention_mask) {
   Tensor e2 = embedded.reshape({rows, D});
   be_.embedding_forward(ids.reshape({rows}), w_.embedding, e2);  // reads a bf16 table as is
   if (hook_) hook_->embedding_forward(ids.reshape({rows}), e2);
-  run_layers(embedded, nullptr, true);
-  std::vector<LayerRouting> routing;  // the router loss over every MoE layer's rows
-  for (std::int64_t i = 0; i < cfg_.n_layer; ++i) {
-    if (layer_kind(cfg_, i).ffn != FeedForwardKind::MoE) continue;
-    const MoeActivations& m = moe_[std::size_t(i)];
-    LayerRouting r{Tensor::empty(m.probs.shape(), m.probs.dtype()), m.experts_host,
-                   counted_rows(m.probs.dim(0) / B)};
-    be_.copy(m.probs, r.probs);
-    routing.push_back(r);
-  }
-  aux_ = router_aux_loss(routing, cfg_.n_experts);
-  kept_activations_ = true;
+  logits_ = Tensor();
+  run_layers(embedded, nullptr, true, keep);
+  kept_activations_ = keep;
 }
 
 Tensor CausalLM::forward_cached(const Tensor& ids, std::vector<LayerCache>& caches,
@@ -151,7 +142,7 @@ Tensor CausalLM::forward_cached(const Tensor& ids, std::vector<LayerCache>& cach
   logits_ = Tensor();  // the activations backward() would need are gone
   kept_activations_ = false;
   attention_mask_ = Tensor();
-  run_layers(embedded, &caches, sequence_start);
+  run_layers(embedded, &caches, sequence_start, false);
   // Only the last token's logits are wanted (docs/models.md, Mamba step 10).
   const Tensor last = final_norm_.reshape({n, D}).rows(n - 1, n);  // (1, D)
   Tensor logits = be_.empty({1, V}, dt);
@@ -227,13 +218,13 @@ void CausalLM::recompute_mixer(std::int64_t i, const LayerWeights& lw) {
 }
 
 void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* caches,
-                          bool virtual_tokens) {
+                          bool virtual_tokens, bool keep) {
   const std::int64_t B = embedded.dim(0), L = embedded.dim(1), D = cfg_.d_model, rows = B * L;
   const std::int64_t n_layer = cfg_.n_layer;
   const DType dt = embedded.dtype();
-  // Training keeps every layer's activations for backward; decoding keeps none (each layer's
-  // go into slot 0 and are overwritten by the next layer's).
-  const bool keep = caches == nullptr;
+  check(!(keep && caches), "CausalLM: decoding keeps no activations");
+  // Training keeps every layer's activations for backward; evaluation and decoding keep none
+  // (each layer's go into slot 0 and are overwritten by the next layer's).
   const std::size_t n_slots = keep ? std::size_t(n_layer) : 1;
   const auto slot = [&](std::int64_t i) { return keep ? std::size_t(i) : 0; };
   layer_in_.assign(keep ? n_layer + 1 : 1, Tensor());
@@ -248,7 +239,8 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
   ffn_norm_out_.assign(n_slots, Tensor());
   ffn_rstd_.assign(n_slots, Tensor());
   mlp_.assign(n_slots, MlpActivations());
-  moe_.assign(keep ? std::size_t(n_layer) : 1, MoeActivations());
+  moe_.assign(n_slots, MoeActivations());
+  std::vector<LayerRouting> routing;  // the router loss over every MoE layer's rows
 
   const bool with_virtual = virtual_tokens && input_hook_;
   const Tensor prompt = with_virtual ? input_hook_->prompt() : Tensor();
@@ -301,6 +293,12 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
       branch = be_.empty({B, Lb, D}, dt);
       ffn_forward(i, lw, s, ffn_norm_out_[s], branch);
       residual = mix;
+      if (kind.ffn == FeedForwardKind::MoE && !caches) {
+        const MoeActivations& m = moe_[s];
+        routing.push_back({Tensor::empty(m.probs.shape(), m.probs.dtype()), m.experts_host,
+                           counted_rows(Lb)});
+        be_.copy(m.probs, routing.back().probs);
+      }
     }
     // The residual (in the model's dtype; fp32 or wider, so Mamba's residual_in_fp32 holds
     // trivially), fused with the next norm (the next layer's, or norm_f after the last) when
@@ -338,6 +336,7 @@ void CausalLM::run_layers(const Tensor& embedded, std::vector<LayerCache>* cache
   if (!normed)
     be_.rmsnorm_forward(final_in_, in_dtype(be_, w_.norm_f, dt), cfg_.layer_norm_epsilon,
                         final_norm_, final_rstd_);
+  if (!caches) aux_ = router_aux_loss(routing, cfg_.n_experts);
 }
 
 LmLoss CausalLM::loss(const Tensor& targets) {
@@ -411,36 +410,81 @@ std::int64_t CausalLM::head_chunk_rows() const {
   return std::max(min_rows, kLogitsBytes / std::max<std::int64_t>(row_bytes, 1));
 }
 
+void CausalLM::head_blocks(
+    const std::function<void(std::int64_t, std::int64_t, Tensor&)>& block) {
+  const std::int64_t rows = ids_.numel(), D = cfg_.d_model;
+  const Tensor x = final_norm_.reshape({rows, D});
+  const std::int64_t chunk = std::min(head_chunk_rows(), std::max<std::int64_t>(rows, 1));
+  Tensor buffer = be_.empty({chunk, cfg_.vocab_size}, final_norm_.dtype());
+  for (std::int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const std::int64_t r1 = std::min(rows, r0 + chunk);
+    Tensor logits = buffer.rows(0, r1 - r0);
+    linear_forward(be_, x.rows(r0, r1), w_.lm_head, Tensor(), logits);
+    block(r0, r1, logits);
+  }
+}
+
 LmLoss CausalLM::loss_and_backward(const Tensor& targets, ModelWeights& grads,
                                    std::int64_t normaliser_tokens) {
   check(kept_activations_ && !logits_.defined(),
         "CausalLM::loss_and_backward needs forward_for_training first");
   check(targets.shape() == ids_.shape(),
         "targets shape " + shape_str(targets.shape()) + " != ids shape " + shape_str(ids_.shape()));
-  const std::int64_t rows = ids_.numel(), D = cfg_.d_model, V = cfg_.vocab_size;
-  const DType dt = final_norm_.dtype();
+  const std::int64_t rows = ids_.numel(), D = cfg_.d_model;
   const Tensor targets_by_row = targets.reshape({rows, 1});
   const LossScale ls = loss_scale(targets.reshape({rows}), normaliser_tokens);
-
   const Tensor x = final_norm_.reshape({rows, D});
-  Tensor dnorm = be_.empty({rows, D}, dt);
-  const std::int64_t chunk = std::min(head_chunk_rows(), std::max<std::int64_t>(rows, 1));
-  Tensor block = be_.empty({chunk, V}, dt);  // one block's logits, then their gradient
+  Tensor dnorm = be_.empty({rows, D}, final_norm_.dtype());
   double sum = 0;
   std::int64_t n_tokens = 0;
-  for (std::int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    const std::int64_t r1 = std::min(rows, r0 + chunk);
-    Tensor logits = block.rows(0, r1 - r0);
-    const Tensor x_rows = x.rows(r0, r1);
+  head_blocks([&](std::int64_t r0, std::int64_t r1, Tensor& logits) {
     const Tensor t_rows = targets_by_row.rows(r0, r1).reshape({r1 - r0});
-    linear_forward(be_, x_rows, w_.lm_head, Tensor(), logits);
     std::int64_t counted = 0;
     sum += be_.cross_entropy_forward(logits, t_rows, &counted);
     n_tokens += counted;
     Tensor dx_rows = dnorm.rows(r0, r1);
-    head_backward(logits, t_rows, ls.scale, x_rows, dx_rows, grads);
-  }
+    head_backward(logits, t_rows, ls.scale, x.rows(r0, r1), dx_rows, grads);  // overwrites
+  });
   layers_backward(dnorm, grads, ls.n_tokens, ls.scale);
+  return loss_from_sum(sum, n_tokens);
+}
+
+LmLoss CausalLM::eval_loss(const Tensor& ids, const Tensor& attention_mask,
+                           const Tensor& targets, const std::vector<std::int64_t>& picks,
+                           std::vector<double>* picked) {
+  check(targets.shape() == ids.shape(),
+        "targets shape " + shape_str(targets.shape()) + " != ids shape " + shape_str(ids.shape()));
+  check(picks.empty() || picked, "CausalLM::eval_loss: picks without a place to put them");
+  const std::int64_t V = cfg_.vocab_size;
+  for (const std::int64_t p : picks)
+    check(p >= 0 && p < ids.numel() * V,
+          "CausalLM::eval_loss: pick " + std::to_string(p) + " outside the logits " +
+              shape_str({ids.dim(0), ids.dim(1), V}));
+  forward_layers(ids, attention_mask, false);
+  const Tensor targets_by_row = targets.reshape({ids.numel(), 1});
+  if (picked) picked->assign(picks.size(), 0.0);
+  double sum = 0;
+  std::int64_t n_tokens = 0;
+  head_blocks([&](std::int64_t r0, std::int64_t r1, Tensor& logits) {
+    std::int64_t counted = 0;
+    sum += be_.cross_entropy_forward(
+        logits, targets_by_row.rows(r0, r1).reshape({r1 - r0}), &counted);
+    n_tokens += counted;
+    // This block's picks, gathered on the backend and read back at once.
+    std::vector<std::size_t> order;
+    for (std::size_t j = 0; j < picks.size(); ++j)
+      if (picks[j] >= r0 * V && picks[j] < r1 * V) order.push_back(j);
+    if (order.empty()) return;
+    const std::int64_t k = std::int64_t(order.size());
+    Tensor index = Tensor::empty({k}, DType::I64);
+    for (std::int64_t j = 0; j < k; ++j)
+      index.data<std::int64_t>()[j] = picks[order[std::size_t(j)]] - r0 * V;
+    Tensor values = be_.empty({k}, logits.dtype());
+    be_.index_gather(logits, index, values);
+    const Tensor host = values.to(DType::F64);
+    for (std::int64_t j = 0; j < k; ++j)
+      (*picked)[order[std::size_t(j)]] = host.data<double>()[j];
+  });
   return loss_from_sum(sum, n_tokens);
 }
 

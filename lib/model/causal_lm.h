@@ -5,12 +5,14 @@
 // kind's file holds its forward, backward, what it saves and its decoding cache (mamba_mixer.h,
 // attention_layer.h, feed_forward.h). One residual loop serves training, evaluation and
 // recurrent decoding: forward() keeps the activations backward() needs, llm.c style;
-// forward_cached() runs a block of tokens from per-layer caches and keeps nothing.
+// eval_loss() keeps one layer's at a time; forward_cached() runs a block of tokens from
+// per-layer caches and keeps nothing.
 // Virtual-token methods (the input hook) lengthen sequences: prompt tuning's P vectors go
 // before the embedded input and are dropped before norm_f; prefix tuning's Tq vectors go before
 // block i's input and its outputs there are dropped; affix tuning acts inside the mixer.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "backend/backend.h"
@@ -94,8 +96,16 @@ class CausalLM {
   // trainable head's gradient over rows).
   LmLoss loss_and_backward(const Tensor& targets, ModelWeights& grads,
                            std::int64_t normaliser_tokens = 0);
-  // Rows per block of loss_and_backward: 0 (the default) picks about 32 MiB of logits, at
-  // least 512 rows (1024 when the head is held in bf16).
+  // Evaluation: loss(targets) of ids as forward would give it, keeping no activations (each
+  // layer's go into one slot, overwritten by the next layer's, as in decoding) and no logits
+  // (formed head_chunk_rows() rows at a time), so memory does not grow with n_layer or V. The
+  // logits at `picks`, flat indices into the (B*L, V) logits (the classification metric's class
+  // tokens), are returned in *picked in that order. backward is not possible after it.
+  LmLoss eval_loss(const Tensor& ids, const Tensor& attention_mask, const Tensor& targets,
+                   const std::vector<std::int64_t>& picks = {},
+                   std::vector<double>* picked = nullptr);
+  // Rows per block of loss_and_backward and eval_loss: 0 (the default) picks about 32 MiB of
+  // logits, at least 512 rows (1024 when the head is held in bf16).
   void set_head_chunk_rows(std::int64_t rows) { head_chunk_rows_ = rows; }
   std::int64_t head_chunk_rows() const;
 
@@ -120,11 +130,17 @@ class CausalLM {
 
  private:
   // The residual stream from the embedded ids (B, L, D) through every layer into norm_f:
-  // final_norm_ (B, L, D). caches: null in training (activations kept in the members below),
-  // else the decoding states (nothing kept). Virtual tokens go in when `virtual_tokens`.
-  void run_layers(const Tensor& embedded, std::vector<LayerCache>* caches, bool virtual_tokens);
-  // forward's work up to final_norm_ (what forward_for_training does).
-  void forward_layers(const Tensor& ids, const Tensor& attention_mask);
+  // final_norm_ (B, L, D). caches: null in training and evaluation, else the decoding states
+  // (updated). keep: every layer's activations kept in the members below for backward (only
+  // without caches), else one layer's at a time. Virtual tokens go in when `virtual_tokens`.
+  // Without caches the router loss of the MoE layers is left in aux_.
+  void run_layers(const Tensor& embedded, std::vector<LayerCache>* caches, bool virtual_tokens,
+                  bool keep);
+  // forward's work up to final_norm_ (what forward_for_training does; eval_loss's, keep false).
+  void forward_layers(const Tensor& ids, const Tensor& attention_mask, bool keep);
+  // The head over final_norm_, head_chunk_rows() rows at a time: block(r0, r1, logits) gets
+  // the logits (r1 - r0, V) of rows [r0, r1), on the backend, to read or overwrite.
+  void head_blocks(const std::function<void(std::int64_t, std::int64_t, Tensor&)>& block);
   // The LmLoss of a cross-entropy sum over n_tokens counted targets, with the last forward's
   // router loss.
   LmLoss loss_from_sum(double sum, std::int64_t n_tokens) const;

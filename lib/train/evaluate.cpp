@@ -23,15 +23,6 @@ std::string trim(const std::string& s) {
   return s.substr(b, s.find_last_not_of(ws) - b + 1);
 }
 
-// Argmax over the class words' first tokens of logits row (V).
-template <class T>
-std::int64_t restricted_argmax(const T* row, const std::vector<std::int64_t>& class_tokens) {
-  std::int64_t best = 0;
-  for (std::size_t c = 1; c < class_tokens.size(); ++c)
-    if (row[class_tokens[c]] > row[class_tokens[best]]) best = std::int64_t(c);
-  return best;
-}
-
 // The greedy continuation of `prompt` ids, stopping at EOS.
 std::vector<std::int64_t> greedy_ids(Decoder& dec, const std::vector<std::int64_t>& prompt,
                                      std::int64_t max_new, std::optional<std::int64_t> eos,
@@ -78,27 +69,32 @@ EvalResult evaluate(EvalInputs& in, const Dataset& ds, const EvalConfig& cfg) {
     std::vector<std::int64_t> idx;
     for (std::int64_t i = b0; i < std::min(n, b0 + cfg.batch_size); ++i) idx.push_back(i);
     const Batch batch = make_batch(ds, idx, in.tokenizer.pad_id());
-    in.lm.forward(batch.input_ids, batch.attention_mask);
-    const Tensor targets = shift_labels(batch.labels);
-    const LmLoss l = in.lm.loss(targets);
-    loss_sum += l.loss * double(l.n_tokens);
-    r.n_tokens += l.n_tokens;
+    // accuracy: the logits of the class words' first tokens at each example's last prompt
+    // position, (B, C) flattened; nothing else of the logits is kept (CausalLM::eval_loss).
+    const std::vector<std::int64_t>& classes = ds.class_token_ids;
+    std::vector<std::int64_t> picks;
     if (wants(cfg, "accuracy")) {
-      const Tensor& logits = in.lm.logits();  // (B, L, V)
-      const std::int64_t L = logits.dim(1), V = logits.dim(2);
+      const std::int64_t L = batch.input_ids.dim(1), V = in.lm.config().vocab_size;
       for (std::size_t b = 0; b < idx.size(); ++b) {
         const Example& ex = ds.examples[idx[b]];
         if (ex.prompt_length < 1)
           throw Error(ds.path + ":" + std::to_string(ex.line) +
                       ": the prompt is empty, so no position predicts the label");
         const std::int64_t pos = (ex.prompt_length - 1) + std::int64_t(b) * L;
-        const std::int64_t pred =
-            logits.dtype() == DType::F64
-                ? restricted_argmax(logits.data<double>() + pos * V, ds.class_token_ids)
-                : restricted_argmax(logits.data<float>() + pos * V, ds.class_token_ids);
-        correct += pred == ex.class_index;
+        for (const std::int64_t token : classes) picks.push_back(pos * V + token);
       }
     }
+    std::vector<double> class_logits;
+    const LmLoss l = in.lm.eval_loss(batch.input_ids, batch.attention_mask,
+                                     shift_labels(batch.labels), picks, &class_logits);
+    loss_sum += l.loss * double(l.n_tokens);
+    r.n_tokens += l.n_tokens;
+    if (wants(cfg, "accuracy"))
+      for (std::size_t b = 0; b < idx.size(); ++b) {
+        const double* row = class_logits.data() + b * classes.size();  // first max wins
+        const std::int64_t pred = std::max_element(row, row + classes.size()) - row;
+        correct += pred == ds.examples[idx[b]].class_index;
+      }
   }
   if (wants(cfg, "loss") || wants(cfg, "perplexity")) {
     const double loss = r.n_tokens ? loss_sum / double(r.n_tokens) : 0.0;
