@@ -2,14 +2,18 @@
 // every transpose combination and with row strides longer than the rows, as the projections use.
 #include "backend/cpu/gemm_cpu.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <tuple>
 #include <vector>
 
+#include "backend/cpu/gemm_thin_cpu.h"
 #include "core/dtype.h"
 #include "core/error.h"
 
@@ -116,6 +120,63 @@ TEST_CASE("gemm with one row (the matrix-vector path) matches a double reference
   CHECK(C[1] == 16.0f);
 }
 
+TEST_CASE("gemm with a thin dimension (LoRA's rank-r factors) matches a double reference",
+          "[gemm][gemm-thin]") {
+  // Shapes with a dimension <= kThinDim go to gemm_thin: each of its five routes (K small; few
+  // rows of C with B stored (K, N) or (N, K); few columns of C with A stored (M, K) or (K, M)),
+  // in every transpose combination, with edges that are not whole tiles (64-column strips, 4-row
+  // and 2 x 4 tiles, 16 lanes along K), large enough to run on several threads, beta 0 (C holds
+  // NaN), 1 and other, row strides longer than the rows.
+  struct Shape {
+    std::int64_t M, N, K;
+  };
+  const Shape shapes[] = {{300, 70, 8},  {37, 45, 1},   {5, 150, 130}, {16, 67, 300},
+                          {150, 7, 130}, {67, 16, 301}, {1000, 3, 17}, {3, 1000, 17}};
+  for (const Shape& sh : shapes)
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (const double beta : {0.0, 1.0, -1.5}) {
+          CAPTURE(sh.M, sh.N, sh.K, ta, tb, beta);
+          REQUIRE(ssmtune::cpu::is_thin(sh.M, sh.N, sh.K));
+          const Operands o = make_operands(ta, tb, sh.M, sh.N, sh.K, 21);
+          // Error bound of a K-term sum in float: ~K * eps * sum |a b|, and two more roundings
+          // (the operands' to float, the alpha and beta terms): (301 + 2) * 6e-8 = 1.8e-5.
+          CHECK(worst_relative_error<float>(o, 0.5, beta) < double(sh.K + 2) * 6e-8);
+          CHECK(worst_relative_error<double>(o, 0.5, beta) < double(sh.K + 2) * 1.2e-16);
+          if (beta == 0.0) {  // C is not read: NaNs there are overwritten
+            std::vector<float> A(o.A.begin(), o.A.end()), B(o.B.begin(), o.B.end());
+            std::vector<float> C(o.C.size(), std::nanf(""));
+            gemm<float>(ta, tb, o.M, o.N, o.K, 1.0f, A.data(), o.lda, B.data(), o.ldb, 0.0f,
+                        C.data(), o.ldc);
+            for (std::int64_t i = 0; i < o.M; ++i)
+              for (std::int64_t j = 0; j < o.N; ++j) REQUIRE(std::isfinite(C[i * o.ldc + j]));
+          }
+        }
+}
+
+TEST_CASE("gemm with a thin dimension gives the same bits on one thread and on several",
+          "[gemm][gemm-thin]") {
+  // Each element is summed in one order wherever it lies and whichever thread computes it, so a
+  // run resumes bit for bit on a machine with another core count.
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (const auto& [M, N, K] : {std::tuple{512L, 8L, 768L}, {512L, 768L, 8L}, {8L, 768L, 512L}}) {
+        CAPTURE(ta, tb, M, N, K);
+        const Operands o = make_operands(ta, tb, M, N, K, 23);
+        const std::vector<float> A(o.A.begin(), o.A.end()), B(o.B.begin(), o.B.end());
+        std::vector<float> one(o.C.begin(), o.C.end()), many = one;
+        const int threads = omp_get_max_threads();
+        omp_set_num_threads(1);
+        gemm<float>(ta, tb, M, N, K, 1.0f, A.data(), o.lda, B.data(), o.ldb, 1.0f, one.data(),
+                    o.ldc);
+        omp_set_num_threads(std::max(threads, 3));
+        gemm<float>(ta, tb, M, N, K, 1.0f, A.data(), o.lda, B.data(), o.ldb, 1.0f, many.data(),
+                    o.ldc);
+        omp_set_num_threads(threads);
+        REQUIRE(std::memcmp(one.data(), many.data(), one.size() * 4) == 0);
+      }
+}
+
 TEST_CASE("gemm on a Mamba-sized projection matches a double reference", "[gemm]") {
   // Large enough for OpenBLAS to split the work over threads and use its packed kernels.
   const Operands o = make_operands(false, true, 256, 384, 192, 11);
@@ -181,21 +242,24 @@ TEST_CASE("gemm with B held in bf16 gives the bits of gemm<float> on B widened",
 TEST_CASE("gemm with a bf16 B wider than its scratch works a block of columns at a time",
           "[gemm][bf16-frozen]") {
   // K = 1000: the 8M-float scratch holds 8388 of B's N = 20000 rows (or columns), so C comes
-  // in three blocks, the last one short. Each block of C is still the whole K-long sum: the
+  // in three blocks of about even width. Each block of C is still the whole K-long sum: the
   // bits of gemm<float> on the widened B, for B stored (N, K) (forward's y = x W^T) and (K, N)
   // (backward's dx = dy W).
-  for (const bool tb : {true, false}) {
-    CAPTURE(tb);
-    const Operands o = make_operands(false, tb, 3, 20000, 1000, 17);
-    const std::vector<float> A(o.A.begin(), o.A.end());
-    std::vector<std::uint16_t> B16;
-    std::vector<float> B32;
-    round_to_bf16(o.B, B16, B32);
-    std::vector<float> want(o.C.begin(), o.C.end()), got = want;
-    gemm<float>(false, tb, o.M, o.N, o.K, 1.0f, A.data(), o.lda, B32.data(), o.ldb, 0.5f,
-                want.data(), o.ldc);
-    ssmtune::cpu::gemm_bf16_b(false, tb, o.M, o.N, o.K, 1.0f, A.data(), o.lda, B16.data(), o.ldb,
-                              0.5f, got.data(), o.ldc);
-    REQUIRE(std::memcmp(got.data(), want.data(), got.size() * 4) == 0);
-  }
+  // M = 3 makes the whole product thin (gemm_thin, every block too); with M = 37 BLAS runs each
+  // block, and N = 16786 leaves a last block of 18 columns.
+  for (const auto& [M, N] : {std::pair{3L, 20000L}, {37L, 20000L}, {37L, 16786L}})
+    for (const bool tb : {true, false}) {
+      CAPTURE(M, N, tb);
+      const Operands o = make_operands(false, tb, M, N, 1000, 17);
+      const std::vector<float> A(o.A.begin(), o.A.end());
+      std::vector<std::uint16_t> B16;
+      std::vector<float> B32;
+      round_to_bf16(o.B, B16, B32);
+      std::vector<float> want(o.C.begin(), o.C.end()), got = want;
+      gemm<float>(false, tb, o.M, o.N, o.K, 1.0f, A.data(), o.lda, B32.data(), o.ldb, 0.5f,
+                  want.data(), o.ldc);
+      ssmtune::cpu::gemm_bf16_b(false, tb, o.M, o.N, o.K, 1.0f, A.data(), o.lda, B16.data(), o.ldb,
+                                0.5f, got.data(), o.ldc);
+      REQUIRE(std::memcmp(got.data(), want.data(), got.size() * 4) == 0);
+    }
 }

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "backend/cpu/cpu_clones.h"
+#include "backend/cpu/gemm_thin_cpu.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/host_blocks.h"
@@ -118,6 +119,22 @@ void gemv_row(bool trans_a, bool trans_b, std::int64_t N, std::int64_t K, T alph
     cblas_dgemv(CblasRowMajor, t, rows, cols, alpha, B, int(ldb), A, inc_a, beta, C, 1);
 }
 
+// The product for M > 1: shapes with a thin dimension (LoRA's rank-r factors) in gemm_thin, the
+// rest in BLAS. `thin` is decided on the whole product by the caller, so that a block of columns
+// of a product (gemm_bf16_b) takes the path the whole product would.
+template <class T>
+void product(bool thin, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N,
+             std::int64_t K, T alpha, const T* A, std::int64_t lda, const T* B, std::int64_t ldb,
+             T beta, T* C, std::int64_t ldc) {
+  if (thin) return gemm_thin(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, op(trans_a), op(trans_b), int(M), int(N), int(K), alpha, A, int(lda),
+                B, int(ldb), beta, C, int(ldc));
+  else
+    cblas_dgemm(CblasRowMajor, op(trans_a), op(trans_b), int(M), int(N), int(K), alpha, A, int(lda),
+                B, int(ldb), beta, C, int(ldc));
+}
+
 }  // namespace
 
 template <class T>
@@ -134,12 +151,7 @@ void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64
     gemv_row(trans_a, trans_b, N, K, alpha, A, lda, B, ldb, beta, C);
     return;
   }
-  if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, op(trans_a), op(trans_b), int(M), int(N), int(K), alpha, A, int(lda),
-                B, int(ldb), beta, C, int(ldc));
-  else
-    cblas_dgemm(CblasRowMajor, op(trans_a), op(trans_b), int(M), int(N), int(K), alpha, A, int(lda),
-                B, int(ldb), beta, C, int(ldc));
+  product(is_thin(M, N, K), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 template void gemm<float>(bool, bool, std::int64_t, std::int64_t, std::int64_t, float, const float*,
@@ -159,24 +171,41 @@ void gemm_bf16_b(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std
   }
   if (M == 1 && trans_b && !trans_a) return dot_rows(N, K, alpha, A, B, ldb, beta, C);
   // Every other shape: B widened (exactly) into scratch, then the fp32 product, over blocks of
-  // C's columns so that the scratch stays within kWidenFloats however large B is (a (V, D)
+  // C's columns so that the scratch stays near kWidenFloats however large B is (a (V, D)
   // lm_head would otherwise take V x D floats). Each block of C is the whole K-long sum, as in
   // one product. The scratch is reused across steps (core/host_blocks.h).
   constexpr std::int64_t kWidenFloats = std::int64_t(8) << 20;  // 32 MiB
-  const std::int64_t block_n = std::min(N, std::max<std::int64_t>(16, kWidenFloats / K));
-  const std::shared_ptr<void> block = host_block(std::size_t(block_n * K) * sizeof(float));
+  const bool thin = is_thin(M, N, K);
+  // Blocks of about even width, edges on multiples of 64 columns: none so narrow that BLAS takes
+  // another path for it (OpenBLAS multiplies small matrices with other kernels, summing in
+  // another order: a last block of 18 columns gave other bits), so each element of C gets the
+  // whole product's sums.
+  constexpr std::int64_t kColumnUnit = 64;
+  const std::int64_t fits = std::max(kColumnUnit, kWidenFloats / K);
+  const std::int64_t blocks = (N + fits - 1) / fits;
+  const auto edge = [&](std::int64_t b) {
+    return b == blocks ? N : b * N / blocks / kColumnUnit * kColumnUnit;
+  };
+  const std::int64_t widest = std::min(N, (N + blocks - 1) / blocks + kColumnUnit);
+  const std::shared_ptr<void> block = host_block(std::size_t(widest * K) * sizeof(float));
   check(block != nullptr, "gemm: no memory left to widen a bf16 operand of " +
-                              std::to_string(block_n) + " x " + std::to_string(K));
+                              std::to_string(widest) + " x " + std::to_string(K));
   float* wide = static_cast<float*>(block.get());
-  for (std::int64_t n0 = 0; n0 < N; n0 += block_n) {
-    const std::int64_t nb = std::min(block_n, N - n0);
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    const std::int64_t n0 = edge(b), nb = edge(b + 1) - n0;
+    if (nb == 0) continue;
     // trans_b: B's rows [n0, n0 + nb), stored (nb, K); else its columns, stored (K, nb).
     const std::int64_t rows = trans_b ? nb : K, cols = trans_b ? K : nb;
     const std::uint16_t* src = B + (trans_b ? n0 * ldb : n0);
 #pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
     for (std::int64_t r = 0; r < rows; ++r)
       for (std::int64_t c = 0; c < cols; ++c) wide[r * cols + c] = widen(src[r * ldb + c]);
-    gemm<float>(trans_a, trans_b, M, nb, K, alpha, A, lda, wide, cols, beta, C + n0, ldc);
+    if (M == 1)
+      gemv_row(trans_a, trans_b, nb, K, alpha, A, lda, static_cast<const float*>(wide), cols, beta,
+               C + n0);
+    else
+      product(thin, trans_a, trans_b, M, nb, K, alpha, A, lda, static_cast<const float*>(wide),
+              cols, beta, C + n0, ldc);
   }
 }
 
