@@ -109,12 +109,13 @@ void conv1d_backward(std::int64_t B, std::int64_t L, std::int64_t E, int K, cons
   if (n <= 0 || K < 1 || K > kConv1dMaxWidth) return;
   SSMTUNE_LAUNCH(conv1d_backward_dx_kernel, grid_for(n), dim3(kThreads), 0, stream, B, L, E, K, dc,
                  w, dx);
+  if (!dw && !dbias) return;  // frozen conv: no weight gradients to form
   const std::int64_t chunks = dw_chunks(B * L);
   const dim3 grid(unsigned(chunks), unsigned((E + kThreads - 1) / kThreads));
   SSMTUNE_LAUNCH(conv1d_dw_partial_kernel, grid, dim3(kThreads), 0, stream, B, L, E, K, dc, x,
                  workspace);
   // Pass 2: the partials added in chunk order.
-  column_sum(chunks, E * K, workspace, dw, stream);
+  if (dw) column_sum(chunks, E * K, workspace, dw, stream);
   if (dbias) column_sum(chunks, E, workspace + chunks * E * K, dbias, stream);
 }
 

@@ -25,7 +25,8 @@ void conv1d_forward(std::int64_t B, std::int64_t L, std::int64_t E, int K, const
 std::int64_t conv1d_backward_workspace_floats(std::int64_t B, std::int64_t L, std::int64_t E,
                                               int K);
 
-// dc, x, dx: (B, L, E). dx overwritten; dw: (E, K) and dbias: (E) (or null) accumulated (+=).
+// dc, x, dx: (B, L, E). dx overwritten; dw: (E, K) and dbias: (E) accumulated (+=), each null
+// when not wanted (a frozen conv).
 void conv1d_backward(std::int64_t B, std::int64_t L, std::int64_t E, int K, const float* dc,
                      const float* x, const float* w, float* dx, float* dw, float* dbias,
                      float* workspace, cudaStream_t stream);

@@ -4,6 +4,7 @@
 
 #include "backend/backend.h"
 #include "gradient_check.h"
+#include "test_compare.h"
 
 using namespace ssmtune;
 using namespace ssmtune::testing;
@@ -73,6 +74,13 @@ TEST_CASE("conv1d backward matches finite differences", "[ops][grad]") {
         check_gradient("x", x, dx, loss);
         check_gradient("w", w, dw, loss);
         if (with_bias) check_gradient("bias", bias, db, loss);
+        // A frozen conv weight (dw undefined, as the mixers pass it under LoRA): no dw formed,
+        // the same dx and dbias bits.
+        Tensor dx_frozen = be->empty({B, L, E}, DType::F64), no_dw;
+        Tensor db_frozen = with_bias ? be->zeros({E}, DType::F64) : Tensor();
+        be->conv1d_backward(dy, x, w, dx_frozen, no_dw, db_frozen);
+        CHECK(same_bits(dx_frozen, dx));
+        if (with_bias) CHECK(same_bits(db_frozen, db));
       }
     }
   }

@@ -87,5 +87,13 @@ TEST_CASE("emulated conv1d backward kernels match cpu::conv1d_backward", "[cuda-
     // sequential in the twin: sqrt(520) u ~ 3e-6 relative typical; 2e-5 leaves a margin.
     require_close("dw", d_dw.to_host({s.E, s.K}), dw_ref, 2e-5, 0);
     require_close("dbias", d_db.to_host({s.E}), db_ref, 2e-5, 0);
+
+    // A frozen conv weight: dw null (the bias's gradient still formed when there is one).
+    DeviceFloats d_dx2(x.numel()), d_db2(db0);
+    kernels::conv1d_backward(s.B, s.L, s.E, s.K, d_dc.get(), d_x.get(), d_w.get(), d_dx2.get(),
+                             nullptr, s.bias ? d_db2.get() : nullptr, d_work.get(), nullptr);
+    require_launch_ok();
+    require_close("dx, dw null", d_dx2.to_host(x.shape()), dx_ref, 1e-6, 0);
+    require_close("dbias, dw null", d_db2.to_host({s.E}), s.bias ? db_ref : db0, 2e-5, 0);
   }
 }

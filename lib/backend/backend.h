@@ -123,7 +123,8 @@ class Backend {
     conv1d_forward(x, w, bias, c);
     silu_forward(c, u);
   }
-  // dbias may be undefined (no conv bias)
+  // dw and dbias accumulate; either may be undefined (a frozen conv weight, no or a frozen bias),
+  // and is then not formed.
   virtual void conv1d_backward(const Tensor& dc, const Tensor& x, const Tensor& w, Tensor& dx,
                                Tensor& dw, Tensor& dbias) = 0;
 

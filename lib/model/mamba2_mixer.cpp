@@ -318,7 +318,7 @@ void mamba2_mixer_backward(Backend& be, const ModelConfig& cfg, const Mamba2Mixe
     put_steps(be, dc, Cx, dc_full);
   }
   Tensor dconv_in = be.empty(a.conv_in.shape(), dt);
-  Tensor dconv = g.conv1d.defined() ? g.conv1d.reshape({C, K}) : be.zeros({C, K}, dt);
+  Tensor dconv = g.conv1d.defined() ? g.conv1d.reshape({C, K}) : Tensor();  // frozen: not formed
   be.conv1d_backward(dc_full, a.conv_in, w.conv1d.reshape({C, K}), dconv_in, dconv,
                      g.conv1d_bias);
   Tensor dxbc = dconv_in;

@@ -299,7 +299,7 @@ void mixer_backward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights
     put_steps(be, dc, Cx, dc_full);
   }
   Tensor dconv_in = be.empty(a.conv_in.shape(), dt);
-  Tensor dconv = g.conv1d.defined() ? g.conv1d.reshape({E, K}) : be.zeros({E, K}, dt);
+  Tensor dconv = g.conv1d.defined() ? g.conv1d.reshape({E, K}) : Tensor();  // frozen: not formed
   be.conv1d_backward(dc_full, a.conv_in, w.conv1d.reshape({E, K}), dconv_in, dconv, g.conv1d_bias);
   Tensor dx = dconv_in;
   if (Cx > 0 || Ta > 0) {

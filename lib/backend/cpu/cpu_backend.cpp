@@ -171,7 +171,7 @@ class CpuBackend final : public Backend {
     dispatch(x.dtype(), "conv1d_backward", [&](auto zero) {
       using T = decltype(zero);
       cpu::conv1d_backward<T>(B, L, E, K, dc.data<T>(), x.data<T>(), w.data<T>(), dx.data<T>(),
-                              dw.data<T>(), ptr<T>(dbias));
+                              ptr<T>(dw), ptr<T>(dbias));
     });
   }
 

@@ -74,9 +74,9 @@ template <class T, int RT>
 template <class T>
 [[gnu::always_inline]] inline void combine_block_body(std::int64_t r0, std::int64_t r1,
                                                       std::int64_t w0, std::int64_t w1,
-                                                      std::int64_t K, Strided<T> coef,
-                                                      const T* src, std::int64_t lds, T alpha,
-                                                      T beta, Out<T> out) {
+                                                      std::int64_t K, Strided<T> coef, const T* src,
+                                                      std::int64_t lds, T alpha, T beta,
+                                                      Out<T> out) {
   constexpr int kRows = 4;
   for (std::int64_t w = w0; w < w1; w += kStrip) {  // a source strip, reused by every row tile
     const std::int64_t wn = std::min(kStrip, w1 - w);
@@ -152,11 +152,10 @@ template <class T, int TI, int TJ>
 }
 
 template <class T>
-[[gnu::always_inline]] inline void dot_block_body(std::int64_t i0, std::int64_t i1,
-                                                  std::int64_t j0, std::int64_t j1,
-                                                  std::int64_t K, const T* a, std::int64_t lda,
-                                                  const T* b, std::int64_t ldb, T alpha, T beta,
-                                                  T* C, std::int64_t ldc) {
+[[gnu::always_inline]] inline void dot_block_body(std::int64_t i0, std::int64_t i1, std::int64_t j0,
+                                                  std::int64_t j1, std::int64_t K, const T* a,
+                                                  std::int64_t lda, const T* b, std::int64_t ldb,
+                                                  T alpha, T beta, T* C, std::int64_t ldc) {
   constexpr int kI = 2, kJ = 4;  // 8 sums of kLanes: 8 AVX-512 or 16 AVX2 registers
   std::int64_t i = i0;
   for (; i + kI <= i1; i += kI) {
@@ -172,15 +171,15 @@ template <class T>
 }
 
 SSMTUNE_CPU_CLONES void dot_block(std::int64_t i0, std::int64_t i1, std::int64_t j0,
-                                  std::int64_t j1, std::int64_t K, const float* a,
-                                  std::int64_t lda, const float* b, std::int64_t ldb, float alpha,
-                                  float beta, float* C, std::int64_t ldc) {
+                                  std::int64_t j1, std::int64_t K, const float* a, std::int64_t lda,
+                                  const float* b, std::int64_t ldb, float alpha, float beta,
+                                  float* C, std::int64_t ldc) {
   dot_block_body(i0, i1, j0, j1, K, a, lda, b, ldb, alpha, beta, C, ldc);
 }
 SSMTUNE_CPU_CLONES void dot_block(std::int64_t i0, std::int64_t i1, std::int64_t j0,
                                   std::int64_t j1, std::int64_t K, const double* a,
-                                  std::int64_t lda, const double* b, std::int64_t ldb,
-                                  double alpha, double beta, double* C, std::int64_t ldc) {
+                                  std::int64_t lda, const double* b, std::int64_t ldb, double alpha,
+                                  double beta, double* C, std::int64_t ldc) {
   dot_block_body(i0, i1, j0, j1, K, a, lda, b, ldb, alpha, beta, C, ldc);
 }
 

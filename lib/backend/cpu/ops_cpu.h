@@ -28,7 +28,7 @@ void rmsnorm_backward(std::int64_t rows, std::int64_t D, const T* dy, const T* x
 template <class T>
 void conv1d_forward(std::int64_t B, std::int64_t L, std::int64_t E, std::int64_t K, const T* x,
                     const T* w, const T* bias, T* c);
-// dx: (B, L, E) overwritten   dw: (E, K), dbias: (E) or null, accumulated
+// dx: (B, L, E) overwritten   dw: (E, K) or null, dbias: (E) or null, accumulated (null: frozen)
 template <class T>
 void conv1d_backward(std::int64_t B, std::int64_t L, std::int64_t E, std::int64_t K,
                      const T* dc, const T* x, const T* w, T* dx, T* dw, T* dbias);

@@ -248,9 +248,13 @@ class CudaBackend final : public Backend {
     const char* op = "conv1d_backward";
     const auto [B, L, E, K] = checks.conv1d_backward(dc, x, w, dx, dw, dbias);
     checks.require(K >= 1 && K <= kernels::kConv1dMaxWidth, op, "kernel width out of range");
-    DeviceScratch ws(*memory_, floats(kernels::conv1d_backward_workspace_floats(B, L, E, int(K))));
+    const bool weight_grads = dw.defined() || dbias.defined();  // none for a frozen conv
+    const std::int64_t ws_floats =
+        weight_grads ? kernels::conv1d_backward_workspace_floats(B, L, E, int(K)) : 0;
+    DeviceScratch ws(*memory_, floats(ws_floats));
     kernels::conv1d_backward(B, L, E, int(K), f32(dc, op, "dc"), f32(x, op, "x"), f32(w, op, "w"),
-                             f32(dx, op, "dx"), f32(dw, op, "dw"), f32_or_null(dbias, op, "dbias"),
+                             f32(dx, op, "dx"), f32_or_null(dw, op, "dw"),
+                             f32_or_null(dbias, op, "dbias"),
                              ws.as<float>(), stream());
     launch_check(op);
   }
