@@ -119,8 +119,8 @@ void gemv_row(bool trans_a, bool trans_b, std::int64_t N, std::int64_t K, T alph
     cblas_dgemv(CblasRowMajor, t, rows, cols, alpha, B, int(ldb), A, inc_a, beta, C, 1);
 }
 
-// The product for M > 1: shapes with a thin dimension (LoRA's rank-r factors) in gemm_thin, the
-// rest in BLAS. `thin` is decided on the whole product by the caller, so that a block of columns
+// The product for M > 1: few rows or columns of C over a long activation (the gradients of
+// LoRA's factors) in gemm_thin, the rest in BLAS. `thin` is decided on the whole product by the caller, so that a block of columns
 // of a product (gemm_bf16_b) takes the path the whole product would.
 template <class T>
 void product(bool thin, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N,
@@ -151,7 +151,7 @@ void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64
     gemv_row(trans_a, trans_b, N, K, alpha, A, lda, B, ldb, beta, C);
     return;
   }
-  product(is_thin(M, N, K), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  product(is_thin(trans_a, trans_b, M, N), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 template void gemm<float>(bool, bool, std::int64_t, std::int64_t, std::int64_t, float, const float*,
@@ -175,7 +175,7 @@ void gemm_bf16_b(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std
   // lm_head would otherwise take V x D floats). Each block of C is the whole K-long sum, as in
   // one product. The scratch is reused across steps (core/host_blocks.h).
   constexpr std::int64_t kWidenFloats = std::int64_t(8) << 20;  // 32 MiB
-  const bool thin = is_thin(M, N, K);
+  const bool thin = is_thin(trans_a, trans_b, M, N);
   // Blocks of about even width, edges on multiples of 64 columns: none so narrow that BLAS takes
   // another path for it (OpenBLAS multiplies small matrices with other kernels, summing in
   // another order: a last block of 18 columns gave other bits), so each element of C gets the

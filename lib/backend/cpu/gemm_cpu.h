@@ -15,6 +15,8 @@ namespace ssmtune::cpu {
 //   forward  y  = x W^T       gemm(false, true,  tokens, out, in,  ...)
 //   backward dx = dy W        gemm(false, false, tokens, in,  out, ...)
 //            dW += dy^T x     gemm(true,  false, out,    in,  tokens, ..., beta = 1)
+// One row of A goes to a matrix-vector product, few rows or columns of C over a long activation
+// (the gradients of LoRA's factors) to gemm_thin (gemm_thin_cpu.h), the rest to BLAS.
 // Uses omp_get_max_threads() threads; called inside an OpenMP parallel region it runs on the
 // calling thread only. Throws ssmtune::Error for a stride shorter than its row or a dimension
 // beyond the BLAS's 32-bit integers.
