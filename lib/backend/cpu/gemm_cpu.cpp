@@ -120,8 +120,9 @@ void gemv_row(bool trans_a, bool trans_b, std::int64_t N, std::int64_t K, T alph
 }
 
 // The product for M > 1: few rows or columns of C over a long activation (the gradients of
-// LoRA's factors) in gemm_thin, the rest in BLAS. `thin` is decided on the whole product by the caller, so that a block of columns
-// of a product (gemm_bf16_b) takes the path the whole product would.
+// LoRA's factors) in gemm_thin, the rest in BLAS. `thin` is decided on the whole product by the
+// caller, so that a block of columns of a product (gemm_bf16_b) takes the path the whole product
+// would.
 template <class T>
 void product(bool thin, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N,
              std::int64_t K, T alpha, const T* A, std::int64_t lda, const T* B, std::int64_t ldb,
@@ -151,7 +152,8 @@ void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64
     gemv_row(trans_a, trans_b, N, K, alpha, A, lda, B, ldb, beta, C);
     return;
   }
-  product(is_thin(trans_a, trans_b, M, N), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  product(is_thin(trans_a, trans_b, M, N), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta,
+          C, ldc);
 }
 
 template void gemm<float>(bool, bool, std::int64_t, std::int64_t, std::int64_t, float, const float*,
