@@ -3,10 +3,16 @@
 // length (chunking only changes what is saved, never the math).
 #include <catch2/catch.hpp>
 
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
 #include <cmath>
+#include <utility>
 
 #include "backend/backend.h"
 #include "gradient_check.h"
+#include "test_compare.h"
 
 using namespace ssmtune;
 using namespace ssmtune::testing;
@@ -19,8 +25,8 @@ struct ScanCase {
   Tensor dy;
 };
 
-ScanCase make_case(std::uint64_t seed, std::int64_t chunk, bool with_h0) {
-  ScanCase c;
+// Draws the inputs of a case of c's sizes.
+ScanCase make_case(std::uint64_t seed, std::int64_t chunk, bool with_h0, ScanCase c = {}) {
   std::mt19937_64 rng(seed);
   c.in.u = random_f64({c.B, c.L, c.E}, rng);
   c.in.delta = random_f64({c.B, c.L, c.E}, rng, 0.05, 1.0);  // softplus output: positive
@@ -35,8 +41,9 @@ ScanCase make_case(std::uint64_t seed, std::int64_t chunk, bool with_h0) {
 }
 
 Tensor run_forward(Backend& be, const ScanCase& c, Tensor* h_saved_out = nullptr) {
-  Tensor y = be.empty({c.B, c.L, c.E}, DType::F64);
-  Tensor h_saved = be.empty({c.B, (c.L + c.in.chunk - 1) / c.in.chunk, c.E, c.N}, DType::F64);
+  const DType dt = c.in.u.dtype();
+  Tensor y = be.empty({c.B, c.L, c.E}, dt);
+  Tensor h_saved = be.empty({c.B, (c.L + c.in.chunk - 1) / c.in.chunk, c.E, c.N}, dt);
   Tensor no_last;
   be.selective_scan_forward(c.in, y, h_saved, no_last);
   if (h_saved_out) *h_saved_out = h_saved;
@@ -46,14 +53,15 @@ Tensor run_forward(Backend& be, const ScanCase& c, Tensor* h_saved_out = nullptr
 Backend::ScanGrads run_backward(Backend& be, const ScanCase& c) {
   Tensor h_saved;
   run_forward(be, c, &h_saved);
+  const DType dt = c.in.u.dtype();
   Backend::ScanGrads g;
-  g.du = be.empty({c.B, c.L, c.E}, DType::F64);
-  g.ddelta = be.empty({c.B, c.L, c.E}, DType::F64);
-  g.dA = be.zeros({c.E, c.N}, DType::F64);
-  g.dBm = be.empty({c.B, c.L, c.N}, DType::F64);
-  g.dCm = be.empty({c.B, c.L, c.N}, DType::F64);
-  g.dD = be.zeros({c.E}, DType::F64);
-  if (c.in.h0.defined()) g.dh0 = be.empty({c.B, c.E, c.N}, DType::F64);
+  g.du = be.empty({c.B, c.L, c.E}, dt);
+  g.ddelta = be.empty({c.B, c.L, c.E}, dt);
+  g.dA = be.zeros({c.E, c.N}, dt);
+  g.dBm = be.empty({c.B, c.L, c.N}, dt);
+  g.dCm = be.empty({c.B, c.L, c.N}, dt);
+  g.dD = be.zeros({c.E}, dt);
+  if (c.in.h0.defined()) g.dh0 = be.empty({c.B, c.E, c.N}, dt);
   be.selective_scan_backward(c.in, h_saved, c.dy, g);
   return g;
 }
@@ -126,5 +134,44 @@ TEST_CASE("scan results do not depend on the chunk length", "[scan]") {
       same(g.dD, g_ref.dD);
       same(g.dh0, g_ref.dh0);
     }
+  }
+}
+
+// float is the training precision and the vectorised path (per-CPU clones, lanes of channels,
+// the tree sums of dB and dC over a block's lanes); double above is the plain one. Sizes of a
+// real layer's state (N = 16), three full channel blocks and a ragged one (E = 101), and
+// chunks that do not divide L.
+TEST_CASE("float scan: close to double, the same bits on 1 and 3 threads", "[scan]") {
+  auto be = make_cpu_backend();
+  ScanCase dims;
+  dims.B = 2, dims.L = 70, dims.E = 101, dims.N = 16;
+  const ScanCase c64 = make_case(17, /*chunk=*/32, /*with_h0=*/true, dims);
+  ScanCase c32 = c64;
+  for (Tensor* t : {&c32.in.u, &c32.in.delta, &c32.in.A, &c32.in.Bm, &c32.in.Cm, &c32.in.D,
+                    &c32.in.h0, &c32.dy})
+    *t = t->to(DType::F32);
+  const Tensor y64 = run_forward(*be, c64);
+  const Backend::ScanGrads g64 = run_backward(*be, c64);
+
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const Tensor y1 = run_forward(*be, c32);
+  const Backend::ScanGrads g1 = run_backward(*be, c32);
+  omp_set_num_threads(std::max(threads, 3));
+  const Tensor y3 = run_forward(*be, c32);
+  const Backend::ScanGrads g3 = run_backward(*be, c32);
+  omp_set_num_threads(threads);
+
+  const std::pair<const char*, std::array<const Tensor*, 3>> outs[] = {
+      {"y", {&y64, &y1, &y3}},           {"du", {&g64.du, &g1.du, &g3.du}},
+      {"ddelta", {&g64.ddelta, &g1.ddelta, &g3.ddelta}},
+      {"dA", {&g64.dA, &g1.dA, &g3.dA}}, {"dB", {&g64.dBm, &g1.dBm, &g3.dBm}},
+      {"dC", {&g64.dCm, &g1.dCm, &g3.dCm}}, {"dD", {&g64.dD, &g1.dD, &g3.dD}},
+      {"dh0", {&g64.dh0, &g1.dh0, &g3.dh0}}};
+  for (const auto& [what, t] : outs) {
+    // float32's unit roundoff is 6e-8; each output sums up to L * N (1120) products and decays
+    // through exp (2 ulp each), so 1e-5 of the output's largest value bounds the rounding.
+    require_close(what, *t[1], *t[0], 1e-5, 0);
+    CHECK(same_bits(*t[1], *t[2]));
   }
 }

@@ -1,6 +1,7 @@
 #include "backend/cpu/scan_cpu.h"
 
 #include <algorithm>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -69,13 +70,30 @@ void from_lanes(const T* lanes, std::int64_t nb, std::int64_t N, T* rows) {
     for (std::int64_t n = 0; n < N; ++n) rows[i * N + n] = lanes[n * KB + i];
 }
 
-// Forward of channels [e0, e1) of batch row b.
+// A block reads a strip of nb channels of each (B, L, E) input per step; the strips lie E
+// floats apart, so every few steps the next one is on another page, where the hardware
+// prefetcher stops, and the step waits for memory. Asking for the strips kAhead steps early
+// hides that. Two arrays' strips at `offset`, every cache line of each.
+constexpr std::int64_t kAhead = 2;
 template <class T>
+inline void prefetch_rows(const T* x, const T* y, std::int64_t offset, std::int64_t nb) {
+  constexpr std::int64_t line = 64 / sizeof(T);
+  for (std::int64_t i = 0; i < nb; i += line) {
+    __builtin_prefetch(x + offset + i);
+    __builtin_prefetch(y + offset + i);
+  }
+  __builtin_prefetch(x + offset + nb - 1);  // the strip's last line, when it is not aligned
+  __builtin_prefetch(y + offset + nb - 1);
+}
+
+// Forward of channels [e0, e1) of batch row b. kLanes: the block's width when known at compile
+// time (a full block: loops of a fixed trip count, unrolled, the lanes kept in registers), or 0.
+template <class T, std::int64_t kLanes = 0>
 [[gnu::always_inline]] inline void forward_block(const ScanArgs<T>& a, std::int64_t b,
                                                  std::int64_t e0, std::int64_t e1,
                                                  BlockScratch<T>& s) {
   const std::int64_t L = a.d.seqlen, E = a.d.d_inner, N = a.d.d_state, Q = a.d.chunk;
-  const std::int64_t n_chunks = a.d.n_chunks(), nb = e1 - e0;
+  const std::int64_t n_chunks = a.d.n_chunks(), nb = kLanes ? kLanes : e1 - e0;
   T* __restrict h = s.h.data();
   const T* __restrict At = s.At.data();
   to_lanes(a.A + e0 * N, nb, N, s.At.data());
@@ -83,14 +101,17 @@ template <class T>
     to_lanes(a.h0 + (b * E + e0) * N, nb, N, h);
   else
     std::fill(s.h.begin(), s.h.end(), T(0));
-  T dt[KB], dt_u[KB], acc[KB];
+  T dt_u[KB], acc[KB];
   for (std::int64_t t = 0; t < L; ++t) {
     if (t % Q == 0) from_lanes(h, nb, N, a.h_saved + ((b * n_chunks + t / Q) * E + e0) * N);
     const std::int64_t bt = b * L + t;
-    const T* u_t = a.u + bt * E + e0;
-    const T* delta_t = a.delta + bt * E + e0;
+    if (t + kAhead < L) {
+      prefetch_rows(a.u, a.delta, (bt + kAhead) * E + e0, nb);
+      prefetch_rows(a.y, a.y, (bt + kAhead) * E + e0, nb);
+    }
+    const T* __restrict u_t = a.u + bt * E + e0;
+    const T* __restrict dt = a.delta + bt * E + e0;
     for (std::int64_t i = 0; i < nb; ++i) {
-      dt[i] = delta_t[i];
       dt_u[i] = dt[i] * u_t[i];
       acc[i] = 0;
     }
@@ -107,6 +128,17 @@ template <class T>
       a.y[bt * E + e0 + i] = acc[i] + (a.D ? a.D[e0 + i] * u_t[i] : T(0));
   }
   if (a.h_last) from_lanes(h, nb, N, a.h_last + (b * E + e0) * N);
+}
+
+// The sum of one row of KB lanes, in a fixed tree: four rows of 8 added lane by lane, then
+// 8 -> 1 pairwise. A sum in channel order is a chain of KB dependent adds per state and step,
+// which took longer than the adjoint itself; the tree vectorises, and its order depends on
+// neither the ISA clone nor the thread count.
+template <class T> [[gnu::always_inline]] inline T lane_sum(const T* __restrict p) {
+  static_assert(KB == 32, "the tree below adds four rows of 8 lanes");
+  T s[8];
+  for (int j = 0; j < 8; ++j) s[j] = (p[j] + p[8 + j]) + (p[16 + j] + p[24 + j]);
+  return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
 }
 
 // One state n of one step of the adjoint recurrence, over the block's nb channels (lanes).
@@ -133,13 +165,14 @@ template <class T>
 
 // Backward of channels [e0, e1) of batch row b, chunks in reverse: recompute the chunk's
 // states from its saved start state (keeping each decay, so each exp is taken once), then the
-// adjoint recurrence backwards in time. dB_blk, dC_blk: this block's partial sums.
-template <class T>
+// adjoint recurrence backwards in time. dB_blk, dC_blk: (B, L, N), this block's sums over its
+// channels, each element written once.
+template <class T, std::int64_t kLanes = 0>
 [[gnu::always_inline]] inline void backward_block(const ScanGradArgs<T>& a, std::int64_t b,
                                                   std::int64_t e0, std::int64_t e1,
                                                   BlockScratch<T>& s, T* dB_blk, T* dC_blk) {
   const std::int64_t L = a.d.seqlen, E = a.d.d_inner, N = a.d.d_state, Q = a.d.chunk;
-  const std::int64_t n_chunks = a.d.n_chunks(), nb = e1 - e0, span = N * KB;
+  const std::int64_t n_chunks = a.d.n_chunks(), nb = kLanes ? kLanes : e1 - e0, span = N * KB;
   const T* __restrict At = s.At.data();
   T* __restrict g = s.g.data();
   T* __restrict dA = s.dA.data();
@@ -148,19 +181,23 @@ template <class T>
   to_lanes(a.A + e0 * N, nb, N, s.At.data());
   to_lanes(a.dA + e0 * N, nb, N, dA);  // accumulated in place, in the scalar order
   std::fill(s.g.begin(), s.g.end(), T(0));
-  T dt[KB], dt_u[KB], dy[KB], u[KB], ddelta_acc[KB], du_acc[KB];
+  for (std::int64_t n = 0; n < N; ++n) {  // lanes past nb add nothing to lane_sum
+    std::fill(dBp + n * KB + nb, dBp + (n + 1) * KB, T(0));
+    std::fill(dCp + n * KB + nb, dCp + (n + 1) * KB, T(0));
+  }
+  T dt_u[KB], ddelta_acc[KB], du_acc[KB];
   for (std::int64_t c = n_chunks - 1; c >= 0; --c) {
     const std::int64_t t0 = c * Q, t1 = std::min(L, t0 + Q);
     to_lanes(a.h_saved + ((b * n_chunks + c) * E + e0) * N, nb, N, s.hs.data());
     for (std::int64_t t = t0; t < t1; ++t) {
       const std::int64_t bt = b * L + t;
+      if (t + kAhead < t1) prefetch_rows(a.u, a.delta, (bt + kAhead) * E + e0, nb);
       const T* __restrict hp = s.hs.data() + (t - t0) * span;
       T* __restrict hn = s.hs.data() + (t - t0 + 1) * span;
       T* __restrict a_t = s.as.data() + (t - t0) * span;
-      for (std::int64_t i = 0; i < nb; ++i) {
-        dt[i] = a.delta[bt * E + e0 + i];
-        dt_u[i] = dt[i] * a.u[bt * E + e0 + i];
-      }
+      const T* __restrict dt = a.delta + bt * E + e0;
+      const T* __restrict u = a.u + bt * E + e0;
+      for (std::int64_t i = 0; i < nb; ++i) dt_u[i] = dt[i] * u[i];
       for (std::int64_t n = 0; n < N; ++n) {
         const T B_n = a.Bm[bt * N + n];
         const std::int64_t o = n * KB;
@@ -176,13 +213,17 @@ template <class T>
     }
     for (std::int64_t t = t1 - 1; t >= t0; --t) {
       const std::int64_t bt = b * L + t;
+      if (t - kAhead >= 0) {
+        prefetch_rows(a.dy, a.dy, (bt - kAhead) * E + e0, nb);
+        prefetch_rows(a.du, a.ddelta, (bt - kAhead) * E + e0, nb);
+      }
       const T* __restrict h_t = s.hs.data() + (t - t0 + 1) * span;
       const T* __restrict h_prev = s.hs.data() + (t - t0) * span;
       const T* __restrict a_t = s.as.data() + (t - t0) * span;
+      const T* __restrict dy = a.dy + bt * E + e0;
+      const T* __restrict dt = a.delta + bt * E + e0;
+      const T* __restrict u = a.u + bt * E + e0;
       for (std::int64_t i = 0; i < nb; ++i) {
-        dy[i] = a.dy[bt * E + e0 + i];
-        dt[i] = a.delta[bt * E + e0 + i];
-        u[i] = a.u[bt * E + e0 + i];
         ddelta_acc[i] = 0;
         du_acc[i] = a.D ? dy[i] * a.D[e0 + i] : T(0);
       }
@@ -196,15 +237,9 @@ template <class T>
         a.du[bt * E + e0 + i] = du_acc[i];
         if (a.dD) a.dD[e0 + i] += dy[i] * u[i];
       }
-      // dB_t and dC_t sum over the block's channels, in channel order.
       for (std::int64_t n = 0; n < N; ++n) {
-        T sb = 0, sc = 0;
-        for (std::int64_t i = 0; i < nb; ++i) {
-          sb += dBp[n * KB + i];
-          sc += dCp[n * KB + i];
-        }
-        dB_blk[bt * N + n] += sb;
-        dC_blk[bt * N + n] += sc;
+        dB_blk[bt * N + n] = lane_sum(dBp + n * KB);
+        dC_blk[bt * N + n] = lane_sum(dCp + n * KB);
       }
     }
   }
@@ -212,16 +247,23 @@ template <class T>
   if (a.dh0) from_lanes(g, nb, N, a.dh0 + (b * E + e0) * N);
 }
 
-// float: vectorised per CPU (cpu_clones.h); double (gradient checks) uses the generic body.
+// float: vectorised per CPU (cpu_clones.h), full blocks of KB lanes apart from a last partial
+// one; double (gradient checks) uses the generic body.
 SSMTUNE_CPU_CLONES void forward_block_f32(const ScanArgs<float>& a, std::int64_t b,
                                           std::int64_t e0, std::int64_t e1,
                                           BlockScratch<float>& s) {
-  forward_block(a, b, e0, e1, s);
+  if (e1 - e0 == KB)
+    forward_block<float, KB>(a, b, e0, e1, s);
+  else
+    forward_block(a, b, e0, e1, s);
 }
 SSMTUNE_CPU_CLONES void backward_block_f32(const ScanGradArgs<float>& a, std::int64_t b,
                                            std::int64_t e0, std::int64_t e1,
                                            BlockScratch<float>& s, float* dB_blk, float* dC_blk) {
-  backward_block(a, b, e0, e1, s, dB_blk, dC_blk);
+  if (e1 - e0 == KB)
+    backward_block<float, KB>(a, b, e0, e1, s, dB_blk, dC_blk);
+  else
+    backward_block(a, b, e0, e1, s, dB_blk, dC_blk);
 }
 
 template <class T>
@@ -270,10 +312,11 @@ void selective_scan_backward(const ScanDims& d, const T* u, const T* delta, cons
   const ScanGradArgs<T> a{d, u, delta, A, Bm, Cm, D, h_saved, dy, du, ddelta, dA, dD, dh0};
   const std::int64_t n_blocks = n_channel_blocks(d.d_inner);
   const std::int64_t BLN = d.batch * d.seqlen * d.d_state;
-  // dB and dC sum over all channels; each channel block writes its own partial sums,
-  // reduced below in block order (deterministic, no atomics). Each block owns its channels'
-  // dA and dD, so those need no reduction.
-  std::vector<T> dB_part(std::size_t(n_blocks * BLN), T(0)), dC_part(std::size_t(n_blocks * BLN), T(0));
+  // dB and dC sum over all channels; each channel block writes its own sums (every element,
+  // so the buffers need no zeroing), added below in block order (deterministic, no atomics).
+  // Each block owns its channels' dA and dD, so those need no reduction.
+  const std::unique_ptr<T[]> dB_part(new T[std::size_t(n_blocks * BLN)]);
+  const std::unique_ptr<T[]> dC_part(new T[std::size_t(n_blocks * BLN)]);
 #pragma omp parallel
   {
     BlockScratch<T> s(d.d_state, d.chunk, /*backward=*/true);
@@ -281,18 +324,22 @@ void selective_scan_backward(const ScanDims& d, const T* u, const T* delta, cons
     for (std::int64_t blk = 0; blk < n_blocks; ++blk) {
       const std::int64_t e0 = blk * kChannelBlock, e1 = std::min(d.d_inner, e0 + kChannelBlock);
       for (std::int64_t b = 0; b < d.batch; ++b)
-        backward_task(a, b, e0, e1, s, dB_part.data() + blk * BLN, dC_part.data() + blk * BLN);
+        backward_task(a, b, e0, e1, s, dB_part.get() + blk * BLN, dC_part.get() + blk * BLN);
     }
   }
+  // Slices of the (B, L, N) outputs, each summed block after block: contiguous rows, so the
+  // adds vectorise across elements while every element keeps the block order.
+  constexpr std::int64_t kSlice = 1024;
 #pragma omp parallel for schedule(static)
-  for (std::int64_t i = 0; i < BLN; ++i) {
-    T sb = 0, sc = 0;
-    for (std::int64_t blk = 0; blk < n_blocks; ++blk) {
-      sb += dB_part[blk * BLN + i];
-      sc += dC_part[blk * BLN + i];
-    }
-    dBm[i] = sb;
-    dCm[i] = sc;
+  for (std::int64_t i0 = 0; i0 < BLN; i0 += kSlice) {
+    const std::int64_t i1 = std::min(BLN, i0 + kSlice);
+    std::copy(dB_part.get() + i0, dB_part.get() + i1, dBm + i0);
+    std::copy(dC_part.get() + i0, dC_part.get() + i1, dCm + i0);
+    for (std::int64_t blk = 1; blk < n_blocks; ++blk)
+      for (std::int64_t i = i0; i < i1; ++i) {
+        dBm[i] += dB_part[blk * BLN + i];
+        dCm[i] += dC_part[blk * BLN + i];
+      }
   }
 }
 
