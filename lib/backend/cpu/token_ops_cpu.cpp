@@ -65,9 +65,14 @@ SSMTUNE_CPU_CLONES double log_sum_exp_f32(std::int64_t V, const float* x) {
   float mx = -std::numeric_limits<float>::infinity();
   for (std::int64_t l = 0; l < kLanes; ++l) mx = std::max(mx, lane_max[l]);
   for (std::int64_t v = V_lanes; v < V; ++v) mx = std::max(mx, x[v]);
+  // The exps in float first, then widened and added: written as one loop, the mix of float
+  // and double widths kept GCC from vectorising it, and every exp ran scalar.
   double lane_sum[kLanes] = {};
-  for (std::int64_t v = 0; v < V_lanes; v += kLanes)
-    for (std::int64_t l = 0; l < kLanes; ++l) lane_sum[l] += double(fast_exp(x[v + l] - mx));
+  for (std::int64_t v = 0; v < V_lanes; v += kLanes) {
+    float e[kLanes];
+    for (std::int64_t l = 0; l < kLanes; ++l) e[l] = fast_exp(x[v + l] - mx);
+    for (std::int64_t l = 0; l < kLanes; ++l) lane_sum[l] += double(e[l]);
+  }
   double s = 0;
   for (std::int64_t l = 0; l < kLanes; ++l) s += lane_sum[l];
   for (std::int64_t v = V_lanes; v < V; ++v) s += double(fast_exp(x[v] - mx));
