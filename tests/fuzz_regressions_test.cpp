@@ -35,6 +35,24 @@ TEST_CASE("a check on a defaulted field of config.json that is absent is an Erro
   }
 }
 
+TEST_CASE("a Mamba-2 expand too large for int(expand * hidden_size) is an Error naming it",
+          "[model][config][fuzz]") {
+  // fuzz_config_json: a Mamba-2 config.json with expand 2.3e90 made int(expand * hidden_size)
+  // convert a double past int64's range (undefined behaviour, UBSan's report) before the range
+  // check on expand ran; Mamba and Jamba checked expand first already.
+  ssmtune::test::TempDir dir;
+  std::filesystem::copy_file(kRegressions + "/config_json/mamba2-expand-past-int64.json",
+                             dir / "config.json");
+  try {
+    (void)ssmtune::load_model_config(dir.path().string());
+    FAIL("the config loaded");
+  } catch (const ssmtune::Error& e) {
+    const std::string what = e.what();
+    CHECK(what.find("config.json: field \"expand\"") != std::string::npos);
+    CHECK(what.find("a positive number no larger than 64") != std::string::npos);
+  }
+}
+
 TEST_CASE("a SentencePiece model whose trie builder throws is an Error naming the file",
           "[tokenizer][fuzz]") {
   // fuzz_sentencepiece: a 32-byte tokenizer.model with a piece starting with a NUL byte, which

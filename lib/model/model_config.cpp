@@ -267,9 +267,11 @@ ModelConfig parse_mamba2(const JsonFields& f) {
   c.d_state = f.get_int("state_size", 1, kMaxDState).value_or(128);
   c.d_conv = f.get_int("conv_kernel", 1, kMaxDConv).value_or(4);
   c.expand = positive_number(f, "expand", 2);
+  // Bounded before the product is converted: a double past int64's range has no conversion.
+  if (c.expand > kMaxExpand) f.fail("expand", "a positive number no larger than 64");
   // Mamba2Mixer: intermediate_size = int(expand * hidden_size)
   c.d_inner = std::int64_t(c.expand * double(c.d_model));
-  if (c.expand > kMaxExpand || c.d_inner < 1 || c.d_inner > kMaxDInner)
+  if (c.d_inner < 1 || c.d_inner > kMaxDInner)
     f.fail("expand", "a value with int(expand * hidden_size) from 1 to 262144");
   c.ssm_heads = f.get_int("num_heads", 1, kMaxDInner).value_or(128);
   c.ssm_head_dim = f.get_int("head_dim", 1, kMaxDInner).value_or(64);
