@@ -14,6 +14,19 @@ namespace {
 
 const std::string kRegressions = std::string(SSMTUNE_FIXTURES_DIR) + "/../fuzz/regressions";
 
+// The error that loading regressions/config_json/<file> as a model's config.json gives.
+std::string config_json_error(const std::string& file) {
+  ssmtune::test::TempDir dir;
+  std::filesystem::copy_file(kRegressions + "/config_json/" + file, dir / "config.json");
+  try {
+    (void)ssmtune::load_model_config(dir.path().string());
+  } catch (const ssmtune::Error& e) {
+    return e.what();
+  }
+  FAIL("the config loaded");
+  return "";
+}
+
 }  // namespace
 
 TEST_CASE("a check on a defaulted field of config.json that is absent is an Error naming it",
@@ -21,18 +34,10 @@ TEST_CASE("a check on a defaulted field of config.json that is absent is an Erro
   // fuzz_config_json: a Jamba config without num_attention_heads (default 32) and hidden_size
   // 61 failed the divisor check, whose message read the absent field: an uncaught
   // nlohmann::json out_of_range instead of ssmtune::Error.
-  ssmtune::test::TempDir dir;
-  std::filesystem::copy_file(
-      kRegressions + "/config_json/jamba-absent-num-attention-heads.json", dir / "config.json");
-  try {
-    (void)ssmtune::load_model_config(dir.path().string());
-    FAIL("the config loaded");
-  } catch (const ssmtune::Error& e) {
-    const std::string what = e.what();
-    CHECK(what.find("config.json: field \"num_attention_heads\"") != std::string::npos);
-    CHECK(what.find("a divisor of hidden_size = 61") != std::string::npos);
-    CHECK(what.find("the field is absent") != std::string::npos);
-  }
+  const std::string what = config_json_error("jamba-absent-num-attention-heads.json");
+  CHECK(what.find("config.json: field \"num_attention_heads\"") != std::string::npos);
+  CHECK(what.find("a divisor of hidden_size = 61") != std::string::npos);
+  CHECK(what.find("the field is absent") != std::string::npos);
 }
 
 TEST_CASE("a Mamba-2 expand too large for int(expand * hidden_size) is an Error naming it",
@@ -40,17 +45,9 @@ TEST_CASE("a Mamba-2 expand too large for int(expand * hidden_size) is an Error 
   // fuzz_config_json: a Mamba-2 config.json with expand 2.3e90 made int(expand * hidden_size)
   // convert a double past int64's range (undefined behaviour, UBSan's report) before the range
   // check on expand ran; Mamba and Jamba checked expand first already.
-  ssmtune::test::TempDir dir;
-  std::filesystem::copy_file(kRegressions + "/config_json/mamba2-expand-past-int64.json",
-                             dir / "config.json");
-  try {
-    (void)ssmtune::load_model_config(dir.path().string());
-    FAIL("the config loaded");
-  } catch (const ssmtune::Error& e) {
-    const std::string what = e.what();
-    CHECK(what.find("config.json: field \"expand\"") != std::string::npos);
-    CHECK(what.find("a positive number no larger than 64") != std::string::npos);
-  }
+  const std::string what = config_json_error("mamba2-expand-past-int64.json");
+  CHECK(what.find("config.json: field \"expand\"") != std::string::npos);
+  CHECK(what.find("a positive number no larger than 64") != std::string::npos);
 }
 
 TEST_CASE("a SentencePiece model whose trie builder throws is an Error naming the file",
