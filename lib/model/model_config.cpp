@@ -63,6 +63,14 @@ double positive_number(const JsonFields& f, const std::string& key, double fallb
   return v;
 }
 
+// "expand" (default 2): positive and at most kMaxExpand, checked before any caller converts
+// int(expand * width), since a double past int64's range has no conversion.
+double get_expand(const JsonFields& f) {
+  const double v = positive_number(f, "expand", 2);
+  if (v > kMaxExpand) f.fail("expand", "a positive number no larger than 64");
+  return v;
+}
+
 // A token id in [0, vocab) or null (unset, stored as -1).
 std::int64_t get_token_id(const JsonFields& f, const std::string& key, std::int64_t vocab,
                           std::int64_t fallback) {
@@ -101,8 +109,7 @@ ModelConfig parse_hf(const JsonFields& f) {
                       "num_hidden_layers", "n_layer");
   c.d_state = get_aliased_int(f, "state_size", "d_state", 1, kMaxDState).value_or(16);
   c.d_conv = get_aliased_int(f, "conv_kernel", "d_conv", 1, kMaxDConv).value_or(4);
-  c.expand = positive_number(f, "expand", 2);
-  if (c.expand > kMaxExpand) f.fail("expand", "a positive number no larger than 64");
+  c.expand = get_expand(f);
   // An explicit intermediate_size wins over int(expand * hidden_size) (docs/models.md "Mamba config").
   const auto d_inner = get_aliased_int(f, "intermediate_size", "d_inner", 1, kMaxDInner);
   c.d_inner = d_inner ? *d_inner : std::int64_t(c.expand * double(c.d_model));
@@ -159,8 +166,7 @@ ModelConfig parse_original(const JsonFields& f, const std::string& file) {
   ssm.get_choice("layer", {"Mamba1"});
   c.d_state = ssm.get_int("d_state", 1, kMaxDState).value_or(16);
   c.d_conv = ssm.get_int("d_conv", 1, kMaxDConv).value_or(4);
-  c.expand = positive_number(ssm, "expand", 2);
-  if (c.expand > kMaxExpand) ssm.fail("expand", "a positive number no larger than 64");
+  c.expand = get_expand(ssm);
   c.d_inner = std::int64_t(c.expand * double(c.d_model));
   if (c.d_inner < 1 || c.d_inner > kMaxDInner)
     ssm.fail("expand", "a value with int(expand * d_model) from 1 to 262144");
@@ -266,9 +272,7 @@ ModelConfig parse_mamba2(const JsonFields& f) {
   read_required_sizes(f, c);
   c.d_state = f.get_int("state_size", 1, kMaxDState).value_or(128);
   c.d_conv = f.get_int("conv_kernel", 1, kMaxDConv).value_or(4);
-  c.expand = positive_number(f, "expand", 2);
-  // Bounded before the product is converted: a double past int64's range has no conversion.
-  if (c.expand > kMaxExpand) f.fail("expand", "a positive number no larger than 64");
+  c.expand = get_expand(f);
   // Mamba2Mixer: intermediate_size = int(expand * hidden_size)
   c.d_inner = std::int64_t(c.expand * double(c.d_model));
   if (c.d_inner < 1 || c.d_inner > kMaxDInner)
