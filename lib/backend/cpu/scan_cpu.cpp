@@ -1,6 +1,7 @@
 #include "backend/cpu/scan_cpu.h"
 
 #include <algorithm>
+#include <initializer_list>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -73,17 +74,12 @@ void from_lanes(const T* lanes, std::int64_t nb, std::int64_t N, T* rows) {
 // A block reads a strip of nb channels of each (B, L, E) input per step; the strips lie E
 // floats apart, so every few steps the next one is on another page, where the hardware
 // prefetcher stops, and the step waits for memory. Asking for the strips kAhead steps early
-// hides that. Two arrays' strips at `offset`, every cache line of each.
+// hides that. Every cache line of the strip [p, p + nb).
 constexpr std::int64_t kAhead = 2;
-template <class T>
-inline void prefetch_rows(const T* x, const T* y, std::int64_t offset, std::int64_t nb) {
+template <class T> inline void prefetch_strip(const T* p, std::int64_t nb) {
   constexpr std::int64_t line = 64 / sizeof(T);
-  for (std::int64_t i = 0; i < nb; i += line) {
-    __builtin_prefetch(x + offset + i);
-    __builtin_prefetch(y + offset + i);
-  }
-  __builtin_prefetch(x + offset + nb - 1);  // the strip's last line, when it is not aligned
-  __builtin_prefetch(y + offset + nb - 1);
+  for (std::int64_t i = 0; i < nb; i += line) __builtin_prefetch(p + i);
+  __builtin_prefetch(p + nb - 1);  // the strip's last line, when it is not aligned
 }
 
 // Forward of channels [e0, e1) of batch row b. kLanes: the block's width when known at compile
@@ -105,10 +101,9 @@ template <class T, std::int64_t kLanes = 0>
   for (std::int64_t t = 0; t < L; ++t) {
     if (t % Q == 0) from_lanes(h, nb, N, a.h_saved + ((b * n_chunks + t / Q) * E + e0) * N);
     const std::int64_t bt = b * L + t;
-    if (t + kAhead < L) {
-      prefetch_rows(a.u, a.delta, (bt + kAhead) * E + e0, nb);
-      prefetch_rows(a.y, a.y, (bt + kAhead) * E + e0, nb);
-    }
+    if (t + kAhead < L)
+      for (const T* x : {a.u, a.delta, static_cast<const T*>(a.y)})
+        prefetch_strip(x + (bt + kAhead) * E + e0, nb);
     const T* __restrict u_t = a.u + bt * E + e0;
     const T* __restrict dt = a.delta + bt * E + e0;
     for (std::int64_t i = 0; i < nb; ++i) {
@@ -191,7 +186,8 @@ template <class T, std::int64_t kLanes = 0>
     to_lanes(a.h_saved + ((b * n_chunks + c) * E + e0) * N, nb, N, s.hs.data());
     for (std::int64_t t = t0; t < t1; ++t) {
       const std::int64_t bt = b * L + t;
-      if (t + kAhead < t1) prefetch_rows(a.u, a.delta, (bt + kAhead) * E + e0, nb);
+      if (t + kAhead < t1)
+        for (const T* x : {a.u, a.delta}) prefetch_strip(x + (bt + kAhead) * E + e0, nb);
       const T* __restrict hp = s.hs.data() + (t - t0) * span;
       T* __restrict hn = s.hs.data() + (t - t0 + 1) * span;
       T* __restrict a_t = s.as.data() + (t - t0) * span;
@@ -213,10 +209,9 @@ template <class T, std::int64_t kLanes = 0>
     }
     for (std::int64_t t = t1 - 1; t >= t0; --t) {
       const std::int64_t bt = b * L + t;
-      if (t - kAhead >= 0) {
-        prefetch_rows(a.dy, a.dy, (bt - kAhead) * E + e0, nb);
-        prefetch_rows(a.du, a.ddelta, (bt - kAhead) * E + e0, nb);
-      }
+      if (t - kAhead >= 0)
+        for (const T* x : {a.dy, static_cast<const T*>(a.du), static_cast<const T*>(a.ddelta)})
+          prefetch_strip(x + (bt - kAhead) * E + e0, nb);
       const T* __restrict h_t = s.hs.data() + (t - t0 + 1) * span;
       const T* __restrict h_prev = s.hs.data() + (t - t0) * span;
       const T* __restrict a_t = s.as.data() + (t - t0) * span;
