@@ -37,16 +37,24 @@ void run_generate_bench(const GenerateBenchOptions& o) {
 
   // One run: the prompt's logits give the first new token; each decode step feeds the last
   // token and gives the next, so N tokens take the prefill and N - 1 steps.
+  // One more run after the timed ones fills the op table of the decode steps (on a GPU the
+  // profile waits for every op, so it is kept out of the timed runs everywhere).
   std::vector<double> run_seconds, prefill_seconds, step_seconds;
-  for (std::int64_t r = 0; r < o.warmup + o.runs; ++r) {
+  OpProfile decode_profile;
+  double profiled_decode_seconds = 0;
+  for (std::int64_t r = 0; r < o.warmup + o.runs + 1; ++r) {
+    const bool profiled = r == o.warmup + o.runs;
     decoder.reset();
     const auto t0 = std::chrono::steady_clock::now();
     std::int64_t id = sample_token(decoder.prefill(prompt), greedy, no_draw);
     const double prefill = seconds_since(t0);
+    be->set_profile(profiled ? &decode_profile : nullptr);
     for (std::int64_t i = 1; i < o.new_tokens; ++i) id = sample_token(decoder.step(id), greedy, no_draw);
     be->synchronize();
+    be->set_profile(nullptr);
     const double total = seconds_since(t0);
-    if (r < o.warmup) continue;
+    if (profiled) profiled_decode_seconds = total - prefill;
+    if (r < o.warmup || profiled) continue;
     run_seconds.push_back(total);
     prefill_seconds.push_back(prefill);
     if (o.new_tokens > 1) step_seconds.push_back((total - prefill) / double(o.new_tokens - 1));
@@ -71,6 +79,14 @@ void run_generate_bench(const GenerateBenchOptions& o) {
   const double step = step_seconds.empty() ? 0 : median(step_seconds);
   if (!step_seconds.empty())
     std::printf("decode step   median %.3f ms (%.1f tokens/s)\n", 1e3 * step, 1.0 / step);
+  if (o.new_tokens > 1) {
+    // What the ops do not cover: sampling, and the host work between ops (allocation,
+    // dispatch), which a decode step's small ops make visible.
+    std::printf("\nops over %lld decode steps (one more run)\n", (long long)(o.new_tokens - 1));
+    print_op_table(decode_profile);
+    std::printf("outside ops   %.4f s of the run's %.4f s of decode steps\n",
+                profiled_decode_seconds - op_seconds(decode_profile), profiled_decode_seconds);
+  }
   const double bytes = weight_bytes(model.cfg, model.w);
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);

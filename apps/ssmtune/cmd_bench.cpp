@@ -199,8 +199,6 @@ void run_bench(const BenchOptions& o) {
 
   const double tokens = double(o.batch * o.seq_len);
   const double med = median(step_seconds);
-  double total_op_seconds = 0;
-  for (const auto& [name, e] : profile.ops) total_op_seconds += e.seconds;
   std::printf("model         %s (%s)\n", model.label.c_str(), describe_model(cfg).c_str());
   const CudaDevices gpus = o.device == "cuda" ? query_cuda_devices() : CudaDevices{};
   if (o.device == "cuda") {
@@ -239,12 +237,7 @@ void run_bench(const BenchOptions& o) {
     std::printf("device memory peak %.1f MiB in use (allocator high-water mark)\n",
                 double(be->peak_device_bytes()) / mib);
   std::printf("\nops over %lld profiled step(s)\n", (long long)profiled_steps);
-  std::printf("%-16s %10s %10s %8s %12s\n", "op", "calls", "seconds", "share", "GFLOP/s");
-  for (const auto& [name, e] : profile.ops) {
-    const std::string gflops = e.flops > 0 ? std::to_string(int(e.flops / e.seconds / 1e9)) : "";
-    std::printf("%-16s %10lld %10.4f %7.1f%% %12s\n", name.c_str(), (long long)e.calls, e.seconds,
-                100.0 * e.seconds / std::max(total_op_seconds, 1e-12), gflops.c_str());
-  }
+  print_op_table(profile);
   // The floor (docs/benchmarks.md "The floor"): what the step would take if its matrix
   // products ran at the machine's sgemm rate and its scans moved their bytes at the machine's
   // memory bandwidth, with nothing else costing time. A CPU-side figure: on a GPU the profile

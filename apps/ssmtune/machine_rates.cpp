@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <string>
 
 namespace ssmtune {
 
@@ -35,6 +37,22 @@ double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const std::size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double op_seconds(const OpProfile& profile) {
+  double total = 0;
+  for (const auto& [name, e] : profile.ops) total += e.seconds;
+  return total;
+}
+
+void print_op_table(const OpProfile& profile) {
+  const double total = std::max(op_seconds(profile), 1e-12);
+  std::printf("%-16s %10s %10s %8s %12s\n", "op", "calls", "seconds", "share", "GFLOP/s");
+  for (const auto& [name, e] : profile.ops) {
+    const std::string gflops = e.flops > 0 ? std::to_string(int(e.flops / e.seconds / 1e9)) : "";
+    std::printf("%-16s %10lld %10.4f %7.1f%% %12s\n", name.c_str(), (long long)e.calls, e.seconds,
+                100.0 * e.seconds / total, gflops.c_str());
+  }
 }
 
 }  // namespace ssmtune

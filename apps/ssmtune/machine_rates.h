@@ -1,6 +1,6 @@
 // This machine's matrix-product rate and memory bandwidth, measured through a backend's own
 // ops: what `ssmtune bench` divides a step's (or a decoded token's) unavoidable work by to get
-// its floor (docs/benchmarks.md "The floor"); and the median its timings report.
+// its floor (docs/benchmarks.md "The floor"); the median its timings report, and its op table.
 #pragma once
 
 #include <vector>
@@ -19,5 +19,12 @@ MachineRates measure_rates(Backend& be);
 
 // The median of timed runs (non-empty): what every bench figure reports.
 double median(std::vector<double> v);
+
+// The profile's ops, one line each: calls, seconds, share of all ops' seconds, and GFLOP/s where
+// the op counts FLOPs (matrix products).
+void print_op_table(const OpProfile& profile);
+
+// Seconds summed over the profile's ops.
+double op_seconds(const OpProfile& profile);
 
 }  // namespace ssmtune
