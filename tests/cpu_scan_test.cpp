@@ -70,7 +70,9 @@ Backend::ScanGrads run_backward(Backend& be, const ScanCase& c) {
 
 TEST_CASE("scan forward matches the naive recurrence", "[scan]") {
   auto be = make_cpu_backend();
-  ScanCase c = make_case(7, 4, /*with_h0=*/true);
+  ScanCase dims;
+  dims.L = GENERATE(11, 1);  // L = 1: a decoding step, which takes its own path
+  ScanCase c = make_case(7, 4, /*with_h0=*/true, dims);
   Tensor y = run_forward(*be, c);
   const auto at = [](const Tensor& t, std::int64_t i) { return t.data<double>()[i]; };
   for (std::int64_t b = 0; b < c.B; ++b) {
@@ -173,5 +175,52 @@ TEST_CASE("float scan: close to double, the same bits on 1 and 3 threads", "[sca
     // through exp (2 ulp each), so 1e-5 of the output's largest value bounds the rounding.
     require_close(what, *t[1], *t[0], 1e-5, 0);
     CHECK(same_bits(*t[1], *t[2]));
+  }
+}
+
+namespace {
+// Step t of a (B, L, X) tensor: (B, 1, X).
+Tensor step_of(const Tensor& x, std::int64_t t) {
+  const std::int64_t B = x.dim(0), L = x.dim(1), X = x.dim(2);
+  Tensor s = Tensor::empty({B, 1, X}, x.dtype());
+  for (std::int64_t b = 0; b < B; ++b)
+    std::copy_n(x.data<float>() + (b * L + t) * X, X, s.data<float>() + b * X);
+  return s;
+}
+}  // namespace
+
+// A decoding step (L = 1) takes its own path, in the state's (E, N) layout. Step after step its
+// states must be the whole-sequence path's bits (the same operations per state); y may differ
+// in rounding only: its sum over the N states adds products rounded apiece where the other
+// path may fuse each multiply-add.
+TEST_CASE("float scan: one step at a time gives the whole sequence's states", "[scan]") {
+  auto be = make_cpu_backend();
+  ScanCase dims;
+  dims.B = 2, dims.L = 4, dims.E = 101, dims.N = 16;
+  for (const bool with_h0 : {false, true}) {
+    DYNAMIC_SECTION("initial state " << (with_h0 ? "given" : "zero")) {
+      ScanCase c = make_case(23, /*chunk=*/64, with_h0, dims);
+      for (Tensor* t : {&c.in.u, &c.in.delta, &c.in.A, &c.in.Bm, &c.in.Cm, &c.in.D, &c.in.h0})
+        if (t->defined()) *t = t->to(DType::F32);
+      Tensor y = be->empty({c.B, c.L, c.E}, DType::F32);
+      Tensor h_saved = be->empty({c.B, 1, c.E, c.N}, DType::F32);
+      Tensor h_last = be->empty({c.B, c.E, c.N}, DType::F32);
+      be->selective_scan_forward(c.in, y, h_saved, h_last);
+
+      Tensor h = c.in.h0;
+      for (std::int64_t t = 0; t < c.L; ++t) {
+        const Backend::ScanInputs in{step_of(c.in.u, t), step_of(c.in.delta, t), c.in.A,
+                                     step_of(c.in.Bm, t), step_of(c.in.Cm, t), c.in.D, h, 64};
+        Tensor y_t = be->empty({c.B, 1, c.E}, DType::F32);
+        Tensor saved_t = be->empty({c.B, 1, c.E, c.N}, DType::F32);
+        Tensor h_t = be->empty({c.B, c.E, c.N}, DType::F32);
+        be->selective_scan_forward(in, y_t, saved_t, h_t);
+        // float's unit roundoff 6e-8, N = 16 products and their sum: 1e-6 of the largest y.
+        require_close("y", y_t, step_of(y, t), 1e-6, 0);
+        if (t == 0) CHECK(same_bits(saved_t, h_saved));
+        h = h_t;
+      }
+      CHECK(same_bits(h, h_last));
+    }
   }
 }

@@ -125,6 +125,35 @@ template <class T, std::int64_t kLanes = 0>
   if (a.h_last) from_lanes(h, nb, N, a.h_last + (b * E + e0) * N);
 }
 
+// One step (L == 1: a decoding step) of channels [e0, e1) of batch row b, in the arrays' own
+// (E, N) layout: a channel's N states are contiguous, so the update vectorises over the states,
+// without the lane-major copies in and out that forward_block makes per call (at L == 1 they
+// were most of its time). Each state gets forward_block's operations in its order, and y sums
+// over the states in the same order, so both paths give the same bits.
+template <class T>
+[[gnu::always_inline]] inline void forward_step(const ScanArgs<T>& a, std::int64_t b,
+                                                std::int64_t e0, std::int64_t e1) {
+  const std::int64_t E = a.d.d_inner, N = a.d.d_state;
+  const T* __restrict B_t = a.Bm + b * N;
+  const T* __restrict C_t = a.Cm + b * N;
+  std::vector<T> h_scratch(a.h_last ? 0 : std::size_t(N));  // the new state, when not kept
+  for (std::int64_t e = e0; e < e1; ++e) {
+    const std::int64_t be = b * E + e;
+    const T* __restrict A_e = a.A + e * N;
+    T* __restrict saved = a.h_saved + be * N;  // the one chunk's start state: h0
+    if (a.h0)
+      std::copy_n(a.h0 + be * N, N, saved);
+    else
+      std::fill_n(saved, N, T(0));
+    T* __restrict h = a.h_last ? a.h_last + be * N : h_scratch.data();
+    const T dt = a.delta[be], u_t = a.u[be], dt_u = dt * u_t;
+    for (std::int64_t n = 0; n < N; ++n) h[n] = fast_exp(dt * A_e[n]) * saved[n] + dt_u * B_t[n];
+    T acc = 0;
+    for (std::int64_t n = 0; n < N; ++n) acc += h[n] * C_t[n];
+    a.y[be] = acc + (a.D ? a.D[e] * u_t : T(0));
+  }
+}
+
 // The sum of one row of KB lanes, in a fixed tree: four rows of 8 added lane by lane, then
 // 8 -> 1 pairwise. A sum in channel order is a chain of KB dependent adds per state and step,
 // which took longer than the adjoint itself; the tree vectorises, and its order depends on
@@ -261,6 +290,11 @@ SSMTUNE_CPU_CLONES void backward_block_f32(const ScanGradArgs<float>& a, std::in
     backward_block(a, b, e0, e1, s, dB_blk, dC_blk);
 }
 
+SSMTUNE_CPU_CLONES void forward_step_f32(const ScanArgs<float>& a, std::int64_t b,
+                                         std::int64_t e0, std::int64_t e1) {
+  forward_step(a, b, e0, e1);
+}
+
 template <class T>
 void forward_task(const ScanArgs<T>& a, std::int64_t b, std::int64_t e0, std::int64_t e1,
                   BlockScratch<T>& s) {
@@ -287,6 +321,18 @@ void selective_scan_forward(const ScanDims& d, const T* u, const T* delta, const
                             T* h_saved, T* h_last) {
   const ScanArgs<T> a{d, u, delta, A, Bm, Cm, D, h0, y, h_saved, h_last};
   const std::int64_t n_blocks = n_channel_blocks(d.d_inner);
+  if (d.seqlen == 1) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (std::int64_t b = 0; b < d.batch; ++b)
+      for (std::int64_t blk = 0; blk < n_blocks; ++blk) {
+        const std::int64_t e0 = blk * kChannelBlock, e1 = std::min(d.d_inner, e0 + kChannelBlock);
+        if constexpr (std::is_same_v<T, float>)
+          forward_step_f32(a, b, e0, e1);
+        else
+          forward_step(a, b, e0, e1);
+      }
+    return;
+  }
 #pragma omp parallel
   {
     BlockScratch<T> s(d.d_state, d.chunk, /*backward=*/false);
