@@ -54,7 +54,7 @@ template <class T>
 void taps(bool transposed, std::int64_t B, std::int64_t L, std::int64_t E, std::int64_t K,
           const T* in, const T* w, const T* bias, T* out) {
   const std::vector<T> wk = taps_by_channel(E, K, w);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (B * L * E * K >= kParallelMin)
   for (std::int64_t b = 0; b < B; ++b)
     for (std::int64_t t = 0; t < L; ++t)
       taps_row(transposed, t, L, E, K, in + b * L * E, wk.data(), bias, out + (b * L + t) * E);

@@ -62,7 +62,7 @@ class CpuBackend final : public Backend {
       const auto* s = static_cast<const std::uint16_t*>(src.raw());
       T* d = dst.data<T>();
       const std::int64_t n = src.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= cpu::kParallelMin)
       for (std::int64_t i = 0; i < n; ++i) d[i] = T(bf16_to_f32(s[i]));
     });
   }
@@ -95,7 +95,7 @@ class CpuBackend final : public Backend {
       using T = decltype(zero);
       T* yp = y.data<T>();
       const T* bp = bias.data<T>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * n >= cpu::kParallelMin)
       for (std::int64_t r = 0; r < rows; ++r)
         for (std::int64_t j = 0; j < n; ++j) yp[r * n + j] += bp[j];
     });
@@ -119,7 +119,7 @@ class CpuBackend final : public Backend {
       const T* xp = x.data<T>();
       T* yp = y.data<T>();
       const std::int64_t n = y.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= cpu::kParallelMin)
       for (std::int64_t i = 0; i < n; ++i) yp[i] += xp[i];
     });
   }
@@ -630,7 +630,7 @@ class CpuBackend final : public Backend {
     const std::size_t es = dtype_size(wide.dtype());
     char* w = static_cast<char*>(wide.raw());
     char* nr = static_cast<char*>(narrow.raw());
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * n >= cpu::kParallelMin)
     for (std::int64_t r = 0; r < rows; ++r) {
       char* wp = w + (r * S + col0) * es;
       char* np = nr + r * n * es;

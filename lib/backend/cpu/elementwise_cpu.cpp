@@ -64,10 +64,6 @@ SSMTUNE_CPU_CLONES void op_range_f32(Op op, std::int64_t lo, std::int64_t hi, co
   op_range(op, lo, hi, a, b, c, o, o2);
 }
 
-// Below this many elements (a decoding step's few thousand) one thread does it all: waking
-// the team costs more than the loop.
-constexpr std::int64_t kParallelMin = 1 << 15;
-
 template <class T>
 void run(Op op, std::int64_t n, const T* a, const T* b, const T* c, T* o, T* o2 = nullptr) {
 #pragma omp parallel if (n >= kParallelMin)

@@ -10,6 +10,10 @@
 
 namespace ssmtune::cpu {
 
+// Below this many elements of work (a decoding step's few thousand) a loop runs on the calling
+// thread alone: waking the team and joining it again costs more than the loop.
+constexpr std::int64_t kParallelMin = 1 << 15;
+
 // RMSNorm (HF MambaRMSNorm): y = w * x / sqrt(mean(x^2) + eps).
 // x, y: (rows, D)   w: (D)   rstd: (rows, G) out, 1/sqrt(mean(x^2)+eps), saved for backward.
 // With G groups each row's G runs of D/G columns are normalised separately (mamba_ssm's

@@ -17,7 +17,7 @@ template <class T>
 void rmsnorm_forward(std::int64_t rows, std::int64_t D, const T* x, const T* w, double eps,
                      T* y, T* rstd, std::int64_t G) {
   const std::int64_t S = D / G;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * D >= kParallelMin)
   for (std::int64_t seg = 0; seg < rows * G; ++seg) {
     const T* xr = x + seg * S;
     const T* wr = w + (seg % G) * S;

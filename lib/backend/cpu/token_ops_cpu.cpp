@@ -13,14 +13,14 @@ namespace ssmtune::cpu {
 template <class T>
 void embedding_forward(std::int64_t n, std::int64_t D, const std::int64_t* ids, const T* table,
                        T* out) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * D >= kParallelMin)
   for (std::int64_t t = 0; t < n; ++t) std::copy_n(table + ids[t] * D, D, out + t * D);
 }
 
 template <class T>
 void embedding_forward_bf16(std::int64_t n, std::int64_t D, const std::int64_t* ids,
                             const std::uint16_t* table, T* out) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * D >= kParallelMin)
   for (std::int64_t t = 0; t < n; ++t)
     for (std::int64_t j = 0; j < D; ++j) out[t * D + j] = T(bf16_to_f32(table[ids[t] * D + j]));
 }
