@@ -152,7 +152,10 @@ TEST_CASE("gemm with few rows or columns (LoRA's factor gradients) matches a dou
         }
   CHECK(ssmtune::cpu::is_thin(true, false, 8, 768));   // dA += dU^T x
   CHECK(ssmtune::cpu::is_thin(true, false, 1536, 8));  // dB += dY^T U
-  CHECK_FALSE(ssmtune::cpu::is_thin(false, true, 512, 8));  // U = x A^T: BLAS
+  CHECK_FALSE(ssmtune::cpu::is_thin(false, true, 512, 8));         // U = x A^T: dot products
+  CHECK(ssmtune::cpu::is_few_columns(false, true, 512, 8, 1536));   // U = x A^T
+  CHECK(ssmtune::cpu::is_few_columns(false, false, 512, 8, 1536));  // dU = dY B
+  CHECK_FALSE(ssmtune::cpu::is_few_columns(false, true, 512, 8, 48));  // short K: BLAS
 }
 
 TEST_CASE("gemm with few rows or columns gives the same bits on one thread and on several",
@@ -162,7 +165,8 @@ TEST_CASE("gemm with few rows or columns gives the same bits on one thread and o
   for (bool ta : {false, true})
     for (bool tb : {false, true})
       for (const auto& [M, N, K] : {std::tuple{8L, 768L, 512L}, {1536L, 8L, 512L}}) {
-        if (!ssmtune::cpu::is_thin(ta, tb, M, N)) continue;  // BLAS's own affair
+        if (!ssmtune::cpu::is_thin(ta, tb, M, N) && !ssmtune::cpu::is_few_columns(ta, tb, M, N, K))
+          continue;  // BLAS's own affair
         CAPTURE(ta, tb, M, N, K);
         const Operands o = make_operands(ta, tb, M, N, K, 23);
         const std::vector<float> A(o.A.begin(), o.A.end()), B(o.B.begin(), o.B.end());
@@ -216,13 +220,14 @@ TEST_CASE("gemm with B held in bf16 gives the bits of gemm<float> on B widened",
   // stored (N, K) (a decoding step) reads the bf16 in dot_rows's own order, every other shape
   // widens B and calls gemm<float>. Either way the result is gemm<float>'s on the widened B,
   // bit for bit: every transpose, one row and many, beta 0 (C holds NaN), 1 and other,
-  // strides longer than the rows, K not a multiple of the 16 lanes.
+  // strides longer than the rows, K not a multiple of the 16 lanes, and N = 8 (few columns:
+  // dot products, is_few_columns, when A is stored (M, K)).
   for (bool ta : {false, true})
     for (bool tb : {false, true})
-      for (const std::int64_t M : {1, 37})
+      for (const auto& [M, N] : {std::pair{1L, 45L}, {37L, 45L}, {1L, 8L}, {37L, 8L}})
         for (const double beta : {0.0, 1.0, -1.5}) {
-          CAPTURE(ta, tb, M, beta);
-          const Operands o = make_operands(ta, tb, M, 45, 130, 13);
+          CAPTURE(ta, tb, M, N, beta);
+          const Operands o = make_operands(ta, tb, M, N, 130, 13);
           const std::vector<float> A(o.A.begin(), o.A.end());
           std::vector<std::uint16_t> B16;
           std::vector<float> B32;

@@ -6,6 +6,7 @@
 #include <climits>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "backend/cpu/cpu_clones.h"
 #include "backend/cpu/gemm_thin_cpu.h"
@@ -119,6 +120,28 @@ void gemv_row(bool trans_a, bool trans_b, std::int64_t N, std::int64_t K, T alph
     cblas_dgemv(CblasRowMajor, t, rows, cols, alpha, B, int(ldb), A, inc_a, beta, C, 1);
 }
 
+// C (M, N) = alpha A (M, K) op(B) + beta C with few columns (is_few_columns): LoRA's x A^T and
+// dY B, r = 8 or 16 columns over a long activation. OpenBLAS ran these at 11-14 GFLOP/s inside
+// a training step (docs/benchmarks.md, "LoRA's x A^T and dY B"); here each row of C is r dot
+// products of A's row with op(B)'s columns, held as r rows (B itself when trans_b, else B
+// transposed once into scratch), so A is read once. Each element is summed as dot_rows sums
+// it, whichever thread computes its row.
+void few_columns(bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K, float alpha,
+                 const float* A, std::int64_t lda, const float* B, std::int64_t ldb, float beta,
+                 float* C, std::int64_t ldc) {
+  std::vector<float> columns;
+  if (!trans_b) {
+    columns.resize(std::size_t(N * K));
+    for (std::int64_t k = 0; k < K; ++k)
+      for (std::int64_t n = 0; n < N; ++n) columns[std::size_t(n * K + k)] = B[k * ldb + n];
+    B = columns.data();
+    ldb = K;
+  }
+#pragma omp parallel for schedule(static) if (M * N * K >= (1 << 16))
+  for (std::int64_t m = 0; m < M; ++m)
+    dot_rows_block(0, N, K, B, ldb, A + m * lda, alpha, beta, C + m * ldc);
+}
+
 // The product for M > 1: few rows or columns of C over a long activation (the gradients of
 // LoRA's factors) in gemm_thin, the rest in BLAS. `thin` is decided on the whole product by the
 // caller, so that a block of columns of a product (gemm_bf16_b) takes the path the whole product
@@ -152,6 +175,9 @@ void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64
     gemv_row(trans_a, trans_b, N, K, alpha, A, lda, B, ldb, beta, C);
     return;
   }
+  if constexpr (std::is_same_v<T, float>)
+    if (is_few_columns(trans_a, trans_b, M, N, K))
+      return few_columns(trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   product(is_thin(trans_a, trans_b, M, N), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta,
           C, ldc);
 }
@@ -178,6 +204,7 @@ void gemm_bf16_b(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std
   // one product. The scratch is reused across steps (core/host_blocks.h).
   constexpr std::int64_t kWidenFloats = std::int64_t(8) << 20;  // 32 MiB
   const bool thin = is_thin(trans_a, trans_b, M, N);
+  const bool few = is_few_columns(trans_a, trans_b, M, N, K);
   // Blocks of about even width, edges on multiples of 64 columns: none so narrow that BLAS takes
   // another path for it (OpenBLAS multiplies small matrices with other kernels, summing in
   // another order: a last block of 18 columns gave other bits), so each element of C gets the
@@ -205,6 +232,8 @@ void gemm_bf16_b(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std
     if (M == 1)
       gemv_row(trans_a, trans_b, nb, K, alpha, A, lda, static_cast<const float*>(wide), cols, beta,
                C + n0);
+    else if (few)
+      few_columns(trans_b, M, nb, K, alpha, A, lda, wide, cols, beta, C + n0, ldc);
     else
       product(thin, trans_a, trans_b, M, nb, K, alpha, A, lda, static_cast<const float*>(wide),
               cols, beta, C + n0, ldc);

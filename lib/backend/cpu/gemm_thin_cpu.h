@@ -3,7 +3,8 @@
 // columns), r = 8 or 16. OpenBLAS packs the activation into panels for these and ran them at
 // 40 to 80 GFLOP/s at the 130M and d256 shapes; here each is one pass over the activation, the
 // r rows of sums held in registers, at 100 to 215 (docs/benchmarks.md, "LoRA's thin products").
-// LoRA's other products (x A^T, U B^T, dY B, dU A) stay with BLAS, which did as well or better.
+// LoRA's x A^T and dY B (few columns, A stored (M, K)) are dot products (is_few_columns); U B^T
+// and dU A stay with BLAS.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +17,14 @@ constexpr std::int64_t kThinDim = 16;
 
 inline bool is_thin(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N) {
   return (M <= kThinDim && !trans_b) || (N <= kThinDim && trans_a);
+}
+
+// The float products gemm computes as dot products instead (gemm_cpu.cpp, few_columns): at
+// most kThinDim columns of C, A stored (M, K), K long enough (64) that BLAS's packing costs
+// more than the dots (below, BLAS was as fast), and not already gemm_thin's.
+inline bool is_few_columns(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N,
+                           std::int64_t K) {
+  return M > 1 && N <= kThinDim && !trans_a && K >= 64 && !is_thin(trans_a, trans_b, M, N);
 }
 
 // gemm's contract (gemm_cpu.h: row-major C = alpha op(A) op(B) + beta C, beta == 0 does not read
