@@ -128,8 +128,10 @@ template <class T, std::int64_t kLanes = 0>
 // One step (L == 1: a decoding step) of channels [e0, e1) of batch row b, in the arrays' own
 // (E, N) layout: a channel's N states are contiguous, so the update vectorises over the states,
 // without the lane-major copies in and out that forward_block makes per call (at L == 1 they
-// were most of its time). Each state gets forward_block's operations in its order, and y sums
-// over the states in the same order, so both paths give the same bits.
+// were most of its time). Each state gets forward_block's operations in its order, so the
+// states are the same bits on both paths; y sums over the states in the same order, but the
+// compiler may fuse each multiply-add on one path and not the other, so y may differ in its
+// rounding (tests/cpu_scan_test.cpp).
 template <class T>
 [[gnu::always_inline]] inline void forward_step(const ScanArgs<T>& a, std::int64_t b,
                                                 std::int64_t e0, std::int64_t e1) {
