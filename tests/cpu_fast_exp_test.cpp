@@ -61,4 +61,13 @@ TEST_CASE("fast_softplus(float) matches log1p(exp(x)) to float precision, small 
   }
   INFO("worst relative error " << worst);
   CHECK(worst <= 4 * std::numeric_limits<float>::epsilon());
+  // The ends, where its branch-free picks must still pick: x itself above the threshold (+inf
+  // too), exp(x) itself where 1 + exp(x) rounds to 1 (x = -inf: exp's floor, ~1e-38), NaN kept.
+  const float inf = std::numeric_limits<float>::infinity();
+  CHECK(ssmtune::cpu::fast_softplus(20.5f) == 20.5f);
+  CHECK(ssmtune::cpu::fast_softplus(inf) == inf);
+  CHECK(ssmtune::cpu::fast_softplus(-30.0f) == ssmtune::cpu::fast_exp(-30.0f));
+  CHECK(ssmtune::cpu::fast_softplus(-inf) == ssmtune::cpu::fast_exp(-inf));
+  CHECK(ssmtune::cpu::fast_softplus(-inf) > 0.0f);
+  CHECK(std::isnan(ssmtune::cpu::fast_softplus(std::numeric_limits<float>::quiet_NaN())));
 }

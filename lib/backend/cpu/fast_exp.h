@@ -61,13 +61,21 @@ inline float fast_log(float x) {
 // softplus(x) = log(1 + exp(x)), x itself above kSoftplusThreshold (where they agree in float),
 // as torch's softplus with threshold 20; softplus's backward switches there too. log1p(t) as
 // log(u) * t / (u - 1), u = 1 + t rounded: exact to the log's error even where t is far below 1
-// (Goldberg's compensation), with no library call.
+// (Goldberg's compensation), with no library call; where u rounds to 1, log(u) is 0 and t is
+// added instead.
+// Written without a select whose one side is the division: GCC moves such a side into a branch,
+// and a division under a branch may trap, so the loop over softplus would not vectorise (it ran
+// ~12x slower than SiLU's). Both picks below are sums with one term zeroed, the same bits as
+// the selects for every input, infinities and NaN included.
 inline constexpr double kSoftplusThreshold = 20.0;
 inline float fast_softplus(float x) {
   const float t = fast_exp(x);
   const float u = 1.0f + t;
-  const float log1p_t = u == 1.0f ? t : fast_log(u) * (t / (u - 1.0f));
-  return x > float(kSoftplusThreshold) ? x : log1p_t;
+  const float d = u - 1.0f;
+  const bool u_is_1 = d == 0.0f;
+  const float log1p_t = fast_log(u) * (t / (u_is_1 ? 1.0f : d)) + (u_is_1 ? t : 0.0f);
+  const bool above = x > float(kSoftplusThreshold);
+  return (above ? x : 0.0f) + (above ? 0.0f : 1.0f) * log1p_t;
 }
 inline double fast_softplus(double x) {
   return x > kSoftplusThreshold ? x : std::log1p(std::exp(x));
