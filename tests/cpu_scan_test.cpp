@@ -224,3 +224,51 @@ TEST_CASE("float scan: one step at a time gives the whole sequence's states", "[
     }
   }
 }
+
+// ScanInputs::delta_softplus: the scan takes softplus of its delta input itself and returns the
+// gradient of the values before it. The mixer relies on this being exactly the softplus ops
+// around a plain scan (it picks one or the other by whether a scan hook reads delta), so every
+// output must be the same bits, on the block path (L = 70, chunks of 32) and the one-step path
+// (L = 1), in float (the fast path) and double (the gradient checks').
+TEST_CASE("the scan's own softplus gives the bits of the softplus ops around a plain scan",
+          "[scan]") {
+  auto be = make_cpu_backend();
+  const DType dtype = GENERATE(DType::F32, DType::F64);
+  ScanCase dims;
+  dims.B = 2, dims.L = GENERATE(70, 1), dims.E = 101, dims.N = 16;
+  CAPTURE(dtype_name(dtype), dims.L);
+  ScanCase raw = make_case(29, /*chunk=*/32, /*with_h0=*/true, dims);
+  std::mt19937_64 rng(31);
+  raw.in.delta = random_f64({dims.B, dims.L, dims.E}, rng, -8.0, 3.0);  // dt_proj's output
+  raw.in.delta.data<double>()[3] = 25.0;     // above softplus's threshold: delta = the value
+  raw.in.delta.data<double>()[5] = -40.0;    // 1 + exp(x) rounds to 1
+  for (Tensor* t : {&raw.in.u, &raw.in.delta, &raw.in.A, &raw.in.Bm, &raw.in.Cm, &raw.in.D,
+                    &raw.in.h0, &raw.dy})
+    *t = t->to(dtype);
+
+  ScanCase ops = raw;  // softplus_forward, the plain scan, softplus_backward
+  ops.in.delta = be->empty(raw.in.delta.shape(), dtype);
+  be->softplus_forward(raw.in.delta, ops.in.delta);
+  Tensor saved_ops, saved_fused;
+  const Tensor y_ops = run_forward(*be, ops, &saved_ops);
+  ScanCase fused = raw;
+  fused.in.delta_softplus = true;
+  const Tensor y_fused = run_forward(*be, fused, &saved_fused);
+  CHECK(same_bits(y_fused, y_ops));
+  CHECK(same_bits(saved_fused, saved_ops));
+  if (dims.L == 1) return;  // decoding has no backward
+
+  Backend::ScanGrads g_ops = run_backward(*be, ops);
+  const Backend::ScanGrads g_fused = run_backward(*be, fused);
+  Tensor ddelta_raw = be->empty(raw.in.delta.shape(), dtype);
+  be->softplus_backward(g_ops.ddelta, raw.in.delta, ddelta_raw);
+  const std::pair<const char*, std::array<const Tensor*, 2>> grads[] = {
+      {"ddelta", {&g_fused.ddelta, &ddelta_raw}}, {"du", {&g_fused.du, &g_ops.du}},
+      {"dA", {&g_fused.dA, &g_ops.dA}},           {"dB", {&g_fused.dBm, &g_ops.dBm}},
+      {"dC", {&g_fused.dCm, &g_ops.dCm}},         {"dD", {&g_fused.dD, &g_ops.dD}},
+      {"dh0", {&g_fused.dh0, &g_ops.dh0}}};
+  for (const auto& [what, t] : grads) {
+    INFO(what);
+    CHECK(same_bits(*t[0], *t[1]));
+  }
+}

@@ -265,34 +265,41 @@ TEST_CASE("every op of the emulated CUDA backend matches the CPU backend", "[cud
     same("dA_log", dA_log, kElemTol);
   }
   SECTION("selective scan forward and backward with h0 and D, three chunks") {
-    auto u = b.random({B, L, E}), delta = b.random({B, L, E}, 0.001, 0.1),
-         A = b.random({E, N}, -8, -1), Bm = b.random({B, L, N}), Cm = b.random({B, L, N}),
-         Dv = b.random({E}), h0 = b.random({B, E, N});
-    Backend::ScanInputs ci{u.cpu, delta.cpu, A.cpu, Bm.cpu, Cm.cpu, Dv.cpu, h0.cpu, 16};
-    Backend::ScanInputs gi{u.gpu, delta.gpu, A.gpu, Bm.gpu, Cm.gpu, Dv.gpu, h0.gpu, 16};
-    auto y = b.empty({B, L, E}), hs = b.empty({B, 3, E, N}), hl = b.empty({B, E, N});
-    b.cpu->selective_scan_forward(ci, y.cpu, hs.cpu, hl.cpu);
-    b.gpu->selective_scan_forward(gi, y.gpu, hs.gpu, hl.gpu);
-    // The scan reassociates the 37-step recurrence (cuda_emu_selective_scan_test.cpp): 2e-5.
-    same("y", y, 2e-5);
-    same("h_saved", hs, 2e-5);
-    same("h_last", hl, 2e-5);
-    auto dy = b.random({B, L, E});
-    auto du = b.empty({B, L, E}), dd = b.empty({B, L, E}), dA = b.random({E, N}),
-         dB = b.empty({B, L, N}), dC = b.empty({B, L, N}), dD = b.random({E}),
-         dh0 = b.empty({B, E, N});
-    Backend::ScanGrads cg{du.cpu, dd.cpu, dA.cpu, dB.cpu, dC.cpu, dD.cpu, dh0.cpu};
-    Backend::ScanGrads gg{du.gpu, dd.gpu, dA.gpu, dB.gpu, dC.gpu, dD.gpu, dh0.gpu};
-    b.cpu->selective_scan_backward(ci, hs.cpu, dy.cpu, cg);
-    b.gpu->selective_scan_backward(gi, hs.gpu, dy.gpu, gg);
-    for (auto [name, p] : {std::pair{"du", &du},
-                           {"ddelta", &dd},
-                           {"dA", &dA},
-                           {"dBm", &dB},
-                           {"dCm", &dC},
-                           {"dD", &dD},
-                           {"dh0", &dh0}})
-      same(name, *p, 5e-5);
+    // delta_softplus: delta before softplus, in [-7, -2.3] so that softplus(delta) is in
+    // [0.001, 0.1] as the plain scan's delta (the CUDA backend runs the softplus ops around its
+    // kernel, the CPU scan its own softplus)
+    for (const bool softplus : {false, true}) {
+      INFO("delta_softplus " << softplus);
+      auto u = b.random({B, L, E}),
+           delta = softplus ? b.random({B, L, E}, -7, -2.3) : b.random({B, L, E}, 0.001, 0.1),
+           A = b.random({E, N}, -8, -1), Bm = b.random({B, L, N}), Cm = b.random({B, L, N}),
+           Dv = b.random({E}), h0 = b.random({B, E, N});
+      Backend::ScanInputs ci{u.cpu, delta.cpu, A.cpu, Bm.cpu, Cm.cpu, Dv.cpu, h0.cpu, 16, softplus};
+      Backend::ScanInputs gi{u.gpu, delta.gpu, A.gpu, Bm.gpu, Cm.gpu, Dv.gpu, h0.gpu, 16, softplus};
+      auto y = b.empty({B, L, E}), hs = b.empty({B, 3, E, N}), hl = b.empty({B, E, N});
+      b.cpu->selective_scan_forward(ci, y.cpu, hs.cpu, hl.cpu);
+      b.gpu->selective_scan_forward(gi, y.gpu, hs.gpu, hl.gpu);
+      // The scan reassociates the 37-step recurrence (cuda_emu_selective_scan_test.cpp): 2e-5.
+      same("y", y, 2e-5);
+      same("h_saved", hs, 2e-5);
+      same("h_last", hl, 2e-5);
+      auto dy = b.random({B, L, E});
+      auto du = b.empty({B, L, E}), dd = b.empty({B, L, E}), dA = b.random({E, N}),
+           dB = b.empty({B, L, N}), dC = b.empty({B, L, N}), dD = b.random({E}),
+           dh0 = b.empty({B, E, N});
+      Backend::ScanGrads cg{du.cpu, dd.cpu, dA.cpu, dB.cpu, dC.cpu, dD.cpu, dh0.cpu};
+      Backend::ScanGrads gg{du.gpu, dd.gpu, dA.gpu, dB.gpu, dC.gpu, dD.gpu, dh0.gpu};
+      b.cpu->selective_scan_backward(ci, hs.cpu, dy.cpu, cg);
+      b.gpu->selective_scan_backward(gi, hs.gpu, dy.gpu, gg);
+      for (auto [name, p] : {std::pair{"du", &du},
+                             {"ddelta", &dd},
+                             {"dA", &dA},
+                             {"dBm", &dB},
+                             {"dCm", &dC},
+                             {"dD", &dD},
+                             {"dh0", &dh0}})
+        same(name, *p, 5e-5);
+    }
   }
   SECTION("embedding, cross-entropy, sum of squares, masked entries, AdamW") {
     const Tensor ids = ints({3, 0, 49, 3, 3, 17});

@@ -151,9 +151,13 @@ class Backend {
   // Selective scan (cpu/scan_cpu.h for the math).
   // u, delta, y: (B, L, E)  A: (E, N)  Bm, Cm: (B, L, N)  D: (E) or undefined
   // h0: (B, E, N) or undefined   h_saved: (B, ceil(L/chunk), E, N)   h_last: (B, E, N) or undefined
+  // delta_softplus: delta holds the values before softplus and the scan applies it (backward's
+  // ddelta is then their gradient): the same bits as softplus_forward/backward around a plain
+  // scan (cpu::ScanDims); the CUDA backend runs those ops around its kernel.
   struct ScanInputs {
     Tensor u, delta, A, Bm, Cm, D, h0;
     std::int64_t chunk = 64;
+    bool delta_softplus = false;
   };
   virtual void selective_scan_forward(const ScanInputs& in, Tensor& y, Tensor& h_saved,
                                       Tensor& h_last) = 0;

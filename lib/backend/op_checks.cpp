@@ -103,7 +103,8 @@ cpu::ScanDims OpChecks::scan(const Backend::ScanInputs& in) const {
   const char* op = "selective_scan";
   require(in.u.ndim() == 3 && in.A.ndim() == 2, op, "u (B, L, E), A (E, N)");
   require(in.chunk > 0, op, "chunk must be positive");
-  cpu::ScanDims d{in.u.dim(0), in.u.dim(1), in.u.dim(2), in.A.dim(1), in.chunk};
+  cpu::ScanDims d{in.u.dim(0), in.u.dim(1), in.u.dim(2), in.A.dim(1), in.chunk,
+                  in.delta_softplus};
   shape(in.delta, in.u.shape(), op, "delta");
   shape(in.A, {d.d_inner, d.d_state}, op, "A");
   shape(in.Bm, {d.batch, d.seqlen, d.d_state}, op, "Bm");

@@ -8,6 +8,11 @@ namespace ssmtune {
 namespace {
 // The mixer's sites in append_mamba_mixer_sites's order.
 enum MambaSite { kInProj, kXProj, kDtProj, kOutProj };
+
+// The scan applies softplus to dt_proj's output itself (ScanInputs::delta_softplus: no delta
+// tensor written, kept or read back) unless a scan hook reads delta (state-offset tuning, the
+// additional scan).
+bool scan_applies_softplus(const MixerHooks& hooks) { return hooks.scan == nullptr; }
 }  // namespace
 
 void append_mamba_mixer_slots(const ModelConfig& c, const std::string& module,
@@ -173,8 +178,11 @@ void mixer_forward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights&
     std::vector<LinearPart> parts{{0, draw2}};
     hook->linear_forward(hooks.sites[kDtProj], a.dt_in, parts);
   }
-  a.delta = be.empty({B, Le, E}, dt);
-  be.softplus_forward(a.delta_raw, a.delta);
+  const bool scan_softplus = scan_applies_softplus(hooks);
+  if (!scan_softplus) {
+    a.delta = be.empty({B, Le, E}, dt);
+    be.softplus_forward(a.delta_raw, a.delta);
+  }
 
   if (cache && cache->A.defined()) {
     a.A = cache->A;
@@ -183,7 +191,8 @@ void mixer_forward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights&
     be.ssm_A_forward(w.A_log, a.A);
   }
   a.h0 = cache ? cache->ssm : scan_hook ? scan_hook->initial_state(layer, B) : Tensor();
-  Backend::ScanInputs in{a.u, a.delta, a.A, a.Bm, a.Cm, w.D, a.h0, scan_chunk};
+  Backend::ScanInputs in{a.u, scan_softplus ? a.delta_raw : a.delta, a.A, a.Bm, a.Cm, w.D,
+                         a.h0, scan_chunk, scan_softplus};
   a.y_scan = be.empty({B, Le, E}, dt);
   a.scan_chunk = scan_chunk;
   a.h_saved = be.empty({B, (Le + scan_chunk - 1) / scan_chunk, E, N}, dt);
@@ -239,7 +248,9 @@ void mixer_backward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights
   }
 
   // the scan
-  Backend::ScanInputs in{a.u, a.delta, a.A, a.Bm, a.Cm, w.D, a.h0, a.scan_chunk};
+  const bool scan_softplus = scan_applies_softplus(hooks);
+  Backend::ScanInputs in{a.u, scan_softplus ? a.delta_raw : a.delta, a.A, a.Bm, a.Cm, w.D,
+                         a.h0, a.scan_chunk, scan_softplus};
   Backend::ScanGrads sg;
   sg.du = be.empty({B, Le, E}, dt);
   sg.ddelta = be.empty({B, Le, E}, dt);
@@ -256,9 +267,13 @@ void mixer_backward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights
   }
   if (g.A_log.defined()) be.ssm_A_backward(sg.dA, a.A, g.A_log);
 
-  // delta = softplus(dt_proj(dt_in))
-  Tensor ddelta_raw = be.empty({B, Le, E}, dt);
-  be.softplus_backward(sg.ddelta, a.delta_raw, ddelta_raw);
+  // delta = softplus(dt_proj(dt_in)); with the scan's own softplus, sg.ddelta is already the
+  // gradient of dt_proj's output
+  Tensor ddelta_raw = sg.ddelta;
+  if (!scan_softplus) {
+    ddelta_raw = be.empty({B, Le, E}, dt);
+    be.softplus_backward(sg.ddelta, a.delta_raw, ddelta_raw);
+  }
   Tensor ddt_in = be.empty({rows_e, R}, dt);
   linear_backward(be, flat(ddelta_raw), a.dt_in, w.dt_proj, ddt_in, 0.0, g.dt_proj, g.dt_proj_bias);
   if (hook)

@@ -35,7 +35,8 @@ struct MixerActivations {
   // Jamba (cfg.mamba_inner_norms): dt_in, Bm, Cm are RMSNorms of x_proj's parts, kept here
   // with their rstd (B*Le).
   Tensor dt_pre, B_pre, C_pre, dt_rstd, B_rstd, C_rstd;
-  Tensor delta_raw, delta;  // (B, Le, E) before and after softplus
+  Tensor delta_raw, delta;  // (B, Le, E) before and after softplus; delta only where a scan
+                            // hook reads it (else the scan applies the softplus itself)
   Tensor A;                 // (E, N) = -exp(A_log)
   Tensor h0;                // (B, E, N) the scan's initial state, or undefined (zeros)
   Tensor h_saved;           // (B, n_chunks, E, N) scan state at each chunk start

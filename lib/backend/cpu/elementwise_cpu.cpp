@@ -16,12 +16,9 @@
 namespace ssmtune::cpu {
 
 namespace {
-template <class T> [[gnu::always_inline]] inline T sigmoid(T v) {
-  return T(1) / (T(1) + fast_exp(-v));
-}
 // d silu(v) / dv = s * (1 + v * (1 - s)), s = sigmoid(v)
 template <class T> [[gnu::always_inline]] inline T silu_grad(T v) {
-  const T s = sigmoid(v);
+  const T s = fast_sigmoid(v);
   return s * (T(1) + v * (T(1) - s));
 }
 
@@ -34,7 +31,7 @@ template <class T>
                                             const T* b, const T* c, T* o, T* o2) {
   switch (op) {
     case Op::SiluForward:  // a = x; o = y
-      for (std::int64_t i = lo; i < hi; ++i) o[i] = a[i] * sigmoid(a[i]);
+      for (std::int64_t i = lo; i < hi; ++i) o[i] = a[i] * fast_sigmoid(a[i]);
       break;
     case Op::SiluBackward:  // a = dy, b = x; o = dx
       for (std::int64_t i = lo; i < hi; ++i) o[i] = a[i] * silu_grad(b[i]);
@@ -43,17 +40,16 @@ template <class T>
       for (std::int64_t i = lo; i < hi; ++i) o[i] = fast_softplus(a[i]);
       break;
     case Op::SoftplusBackward:  // a = dy, b = x; o = dx
-      for (std::int64_t i = lo; i < hi; ++i)
-        o[i] = b[i] > T(kSoftplusThreshold) ? a[i] : a[i] * sigmoid(b[i]);
+      for (std::int64_t i = lo; i < hi; ++i) o[i] = softplus_grad(a[i], b[i]);
       break;
     case Op::GateForward:  // a = y, b = z; o = y * silu(z)
-      for (std::int64_t i = lo; i < hi; ++i) o[i] = a[i] * (b[i] * sigmoid(b[i]));
+      for (std::int64_t i = lo; i < hi; ++i) o[i] = a[i] * (b[i] * fast_sigmoid(b[i]));
       break;
     case Op::GateBackward:  // a = dout, b = y, c = z; o = dy, o2 = dz
       for (std::int64_t i = lo; i < hi; ++i) {
         const T g = a[i];
         o2[i] = g * b[i] * silu_grad(c[i]);
-        o[i] = g * (c[i] * sigmoid(c[i]));
+        o[i] = g * (c[i] * fast_sigmoid(c[i]));
       }
       break;
   }

@@ -81,4 +81,17 @@ inline double fast_softplus(double x) {
   return x > kSoftplusThreshold ? x : std::log1p(std::exp(x));
 }
 
+template <class T> [[gnu::always_inline]] inline T fast_sigmoid(T v) {
+  return T(1) / (T(1) + fast_exp(-v));
+}
+
+// dL/dx of softplus(x) given dL/dy: dy * sigmoid(x), and dy itself above the threshold where
+// softplus is x. The softplus op's backward and the scan's own softplus (ScanDims) both call
+// this, so the two give the same bits. Above the threshold it takes sigmoid(100), which is 1
+// exactly in float and double (exp(-100) is below half an ulp of 1): the pick is of the input,
+// not of a quotient, so loops over it vectorise (see fast_softplus).
+template <class T> [[gnu::always_inline]] inline T softplus_grad(T dy, T x) {
+  return dy * fast_sigmoid(x > T(kSoftplusThreshold) ? T(100) : x);
+}
+
 }  // namespace ssmtune::cpu

@@ -43,6 +43,7 @@ template <class T> struct BlockScratch {
   std::vector<T> h;       // (N, KB) forward: the running state
   std::vector<T> hs, as;  // backward: (Q + 1, N, KB) states h_{t0-1} .. h_{t1-1} of one
                           // chunk; (Q, N, KB) their decays a_t = exp(delta_t A)
+  std::vector<T> dts;     // backward: (Q, KB) the chunk's delta_t (after the scan's softplus)
   std::vector<T> g;       // (N, KB) the adjoint dL/dh_t
   std::vector<T> dA;      // (N, KB) the block's dA, read from and written back to dA
   std::vector<T> dBp, dCp;  // (N, KB) one step's per-channel terms of dB and dC
@@ -51,6 +52,7 @@ template <class T> struct BlockScratch {
     if (!backward) return;
     hs.resize(std::size_t((Q + 1) * N * kChannelBlock));
     as.resize(std::size_t(Q * N * kChannelBlock));
+    dts.resize(std::size_t(Q * kChannelBlock));
     g.resize(At.size());
     dA.resize(At.size());
     dBp.resize(At.size());
@@ -82,6 +84,17 @@ template <class T> inline void prefetch_strip(const T* p, std::int64_t nb) {
   __builtin_prefetch(p + nb - 1);  // the strip's last line, when it is not aligned
 }
 
+// delta_t of nb channels from their strip of the delta input: the scan's own softplus when
+// ScanDims::delta_softplus, else the values as they are.
+template <class T>
+[[gnu::always_inline]] inline void delta_lanes(bool softplus, std::int64_t nb,
+                                               const T* __restrict in, T* __restrict dt) {
+  if (softplus)
+    for (std::int64_t i = 0; i < nb; ++i) dt[i] = fast_softplus(in[i]);
+  else
+    for (std::int64_t i = 0; i < nb; ++i) dt[i] = in[i];
+}
+
 // Forward of channels [e0, e1) of batch row b. kLanes: the block's width when known at compile
 // time (a full block: loops of a fixed trip count, unrolled, the lanes kept in registers), or 0.
 template <class T, std::int64_t kLanes = 0>
@@ -97,7 +110,7 @@ template <class T, std::int64_t kLanes = 0>
     to_lanes(a.h0 + (b * E + e0) * N, nb, N, h);
   else
     std::fill(s.h.begin(), s.h.end(), T(0));
-  T dt_u[KB], acc[KB];
+  T dt[KB], dt_u[KB], acc[KB];
   for (std::int64_t t = 0; t < L; ++t) {
     if (t % Q == 0) from_lanes(h, nb, N, a.h_saved + ((b * n_chunks + t / Q) * E + e0) * N);
     const std::int64_t bt = b * L + t;
@@ -105,7 +118,7 @@ template <class T, std::int64_t kLanes = 0>
       for (const T* x : {a.u, a.delta, static_cast<const T*>(a.y)})
         prefetch_strip(x + (bt + kAhead) * E + e0, nb);
     const T* __restrict u_t = a.u + bt * E + e0;
-    const T* __restrict dt = a.delta + bt * E + e0;
+    delta_lanes(a.d.delta_softplus, nb, a.delta + bt * E + e0, dt);
     for (std::int64_t i = 0; i < nb; ++i) {
       dt_u[i] = dt[i] * u_t[i];
       acc[i] = 0;
@@ -148,7 +161,8 @@ template <class T>
     else
       std::fill_n(saved, N, T(0));
     T* __restrict h = a.h_last ? a.h_last + be * N : h_scratch.data();
-    const T dt = a.delta[be], u_t = a.u[be], dt_u = dt * u_t;
+    const T dt = a.d.delta_softplus ? fast_softplus(a.delta[be]) : a.delta[be];
+    const T u_t = a.u[be], dt_u = dt * u_t;
     for (std::int64_t n = 0; n < N; ++n) h[n] = fast_exp(dt * A_e[n]) * saved[n] + dt_u * B_t[n];
     T acc = 0;
     for (std::int64_t n = 0; n < N; ++n) acc += h[n] * C_t[n];
@@ -222,8 +236,9 @@ template <class T, std::int64_t kLanes = 0>
       const T* __restrict hp = s.hs.data() + (t - t0) * span;
       T* __restrict hn = s.hs.data() + (t - t0 + 1) * span;
       T* __restrict a_t = s.as.data() + (t - t0) * span;
-      const T* __restrict dt = a.delta + bt * E + e0;
       const T* __restrict u = a.u + bt * E + e0;
+      T* __restrict dt = s.dts.data() + (t - t0) * KB;  // kept for the adjoint pass below
+      delta_lanes(a.d.delta_softplus, nb, a.delta + bt * E + e0, dt);
       for (std::int64_t i = 0; i < nb; ++i) dt_u[i] = dt[i] * u[i];
       for (std::int64_t n = 0; n < N; ++n) {
         const T B_n = a.Bm[bt * N + n];
@@ -247,8 +262,9 @@ template <class T, std::int64_t kLanes = 0>
       const T* __restrict h_prev = s.hs.data() + (t - t0) * span;
       const T* __restrict a_t = s.as.data() + (t - t0) * span;
       const T* __restrict dy = a.dy + bt * E + e0;
-      const T* __restrict dt = a.delta + bt * E + e0;
+      const T* __restrict delta_in = a.delta + bt * E + e0;
       const T* __restrict u = a.u + bt * E + e0;
+      const T* __restrict dt = s.dts.data() + (t - t0) * KB;
       for (std::int64_t i = 0; i < nb; ++i) {
         ddelta_acc[i] = 0;
         du_acc[i] = a.D ? dy[i] * a.D[e0 + i] : T(0);
@@ -258,11 +274,14 @@ template <class T, std::int64_t kLanes = 0>
         adjoint_row(nb, a.Bm[bt * N + n], a.Cm[bt * N + n], dy, dt, u, h_t + o, h_prev + o,
                     a_t + o, At + o, g + o, dA + o, dBp + o, dCp + o, ddelta_acc, du_acc);
       }
-      for (std::int64_t i = 0; i < nb; ++i) {
-        a.ddelta[bt * E + e0 + i] = ddelta_acc[i];
-        a.du[bt * E + e0 + i] = du_acc[i];
-        if (a.dD) a.dD[e0 + i] += dy[i] * u[i];
-      }
+      T* __restrict ddelta = a.ddelta + bt * E + e0;
+      if (a.d.delta_softplus)
+        for (std::int64_t i = 0; i < nb; ++i) ddelta[i] = softplus_grad(ddelta_acc[i], delta_in[i]);
+      else
+        std::copy_n(ddelta_acc, nb, ddelta);
+      std::copy_n(du_acc, nb, a.du + bt * E + e0);
+      if (a.dD)
+        for (std::int64_t i = 0; i < nb; ++i) a.dD[e0 + i] += dy[i] * u[i];
       for (std::int64_t n = 0; n < N; ++n) {
         dB_blk[bt * N + n] = lane_sum(dBp + n * KB);
         dC_blk[bt * N + n] = lane_sum(dCp + n * KB);

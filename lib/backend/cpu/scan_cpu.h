@@ -15,9 +15,16 @@
 
 namespace ssmtune::cpu {
 
+// delta_softplus: `delta` holds the values before softplus (the mixer's dt_proj output) and
+// the scan takes delta_t = softplus(delta) itself, as mamba_ssm's selective_scan_fn(...,
+// delta_softplus=True) does; backward's ddelta is then the gradient of those values. The
+// softplus is fast_softplus and its gradient softplus_grad (fast_exp.h), as the softplus ops
+// compute them, so the fused scan gives the same bits as the ops around a plain scan, and no
+// (B, L, E) delta is written, kept for backward or read back.
 struct ScanDims {
   std::int64_t batch, seqlen, d_inner, d_state;
   std::int64_t chunk = 64;
+  bool delta_softplus = false;
   std::int64_t n_chunks() const { return (seqlen + chunk - 1) / chunk; }
 };
 

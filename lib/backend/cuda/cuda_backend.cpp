@@ -310,9 +310,20 @@ class CudaBackend final : public Backend {
     binary("ssm_A_backward", dA, A, dA_log, SSMTUNE_KERNEL_FN(ssm_A_backward));
   }
 
+  // ScanInputs::delta_softplus has no fused kernel here yet: the softplus ops run around the
+  // plain scan (what the model did before the CPU backend fused it), with delta in a temporary.
+  ScanInputs softplus_applied(const ScanInputs& in) {
+    ScanInputs plain = in;
+    plain.delta_softplus = false;
+    plain.delta = empty(in.delta.shape(), in.delta.dtype());
+    softplus_forward(in.delta, plain.delta);
+    return plain;
+  }
+
   // u, delta, Bm, Cm: all F32, or all BF16 (the kernels widen them as they stage them).
   void selective_scan_forward(const ScanInputs& in, Tensor& y, Tensor& h_saved,
                               Tensor& h_last) override {
+    if (in.delta_softplus) return selective_scan_forward(softplus_applied(in), y, h_saved, h_last);
     Timer timer(*this, "scan_forward");
     const char* op = "selective_scan_forward";
     const cpu::ScanDims d = checks.scan(in);
@@ -330,6 +341,14 @@ class CudaBackend final : public Backend {
   }
   void selective_scan_backward(const ScanInputs& in, const Tensor& h_saved, const Tensor& dy,
                                ScanGrads& g) override {
+    if (in.delta_softplus) {
+      checks.scan_grads(checks.scan(in), in, h_saved, dy, g);  // before g.ddelta is read
+      ScanGrads plain = g;
+      plain.ddelta = empty(g.ddelta.shape(), g.ddelta.dtype());
+      selective_scan_backward(softplus_applied(in), h_saved, dy, plain);
+      softplus_backward(plain.ddelta, in.delta, g.ddelta);
+      return;
+    }
     Timer timer(*this, "scan_backward");
     const char* op = "selective_scan_backward";
     const cpu::ScanDims d = checks.scan(in);
