@@ -13,6 +13,15 @@ enum MambaSite { kInProj, kXProj, kDtProj, kOutProj };
 // tensor written, kept or read back) unless a scan hook reads delta (state-offset tuning, the
 // additional scan).
 bool scan_applies_softplus(const MixerHooks& hooks) { return hooks.scan == nullptr; }
+
+// The scan's inputs from the mixer's activations, forward and backward alike: dt_proj's output
+// where the scan applies the softplus itself, else delta.
+Backend::ScanInputs scan_inputs(const MixerActivations& a, const MambaMixerWeights& w,
+                                const MixerHooks& hooks) {
+  const bool own_softplus = scan_applies_softplus(hooks);
+  return {a.u, own_softplus ? a.delta_raw : a.delta, a.A, a.Bm, a.Cm, w.D, a.h0, a.scan_chunk,
+          own_softplus};
+}
 }  // namespace
 
 void append_mamba_mixer_slots(const ModelConfig& c, const std::string& module,
@@ -178,8 +187,7 @@ void mixer_forward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights&
     std::vector<LinearPart> parts{{0, draw2}};
     hook->linear_forward(hooks.sites[kDtProj], a.dt_in, parts);
   }
-  const bool scan_softplus = scan_applies_softplus(hooks);
-  if (!scan_softplus) {
+  if (!scan_applies_softplus(hooks)) {
     a.delta = be.empty({B, Le, E}, dt);
     be.softplus_forward(a.delta_raw, a.delta);
   }
@@ -191,10 +199,9 @@ void mixer_forward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights&
     be.ssm_A_forward(w.A_log, a.A);
   }
   a.h0 = cache ? cache->ssm : scan_hook ? scan_hook->initial_state(layer, B) : Tensor();
-  Backend::ScanInputs in{a.u, scan_softplus ? a.delta_raw : a.delta, a.A, a.Bm, a.Cm, w.D,
-                         a.h0, scan_chunk, scan_softplus};
-  a.y_scan = be.empty({B, Le, E}, dt);
   a.scan_chunk = scan_chunk;
+  const Backend::ScanInputs in = scan_inputs(a, w, hooks);
+  a.y_scan = be.empty({B, Le, E}, dt);
   a.h_saved = be.empty({B, (Le + scan_chunk - 1) / scan_chunk, E, N}, dt);
   Tensor h_last = cache ? be.empty({B, E, N}, dt) : Tensor();
   be.selective_scan_forward(in, a.y_scan, a.h_saved, h_last);
@@ -248,9 +255,7 @@ void mixer_backward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights
   }
 
   // the scan
-  const bool scan_softplus = scan_applies_softplus(hooks);
-  Backend::ScanInputs in{a.u, scan_softplus ? a.delta_raw : a.delta, a.A, a.Bm, a.Cm, w.D,
-                         a.h0, a.scan_chunk, scan_softplus};
+  const Backend::ScanInputs in = scan_inputs(a, w, hooks);
   Backend::ScanGrads sg;
   sg.du = be.empty({B, Le, E}, dt);
   sg.ddelta = be.empty({B, Le, E}, dt);
@@ -270,7 +275,7 @@ void mixer_backward(Backend& be, const ModelConfig& cfg, const MambaMixerWeights
   // delta = softplus(dt_proj(dt_in)); with the scan's own softplus, sg.ddelta is already the
   // gradient of dt_proj's output
   Tensor ddelta_raw = sg.ddelta;
-  if (!scan_softplus) {
+  if (!in.delta_softplus) {
     ddelta_raw = be.empty({B, Le, E}, dt);
     be.softplus_backward(sg.ddelta, a.delta_raw, ddelta_raw);
   }
